@@ -1,0 +1,181 @@
+#!/usr/bin/env node
+/**
+ * The `vmsynth` command line. Each command is a thin wrapper over lib/:
+ * parse options, call the library, print (human text, or one JSON object
+ * as the last stdout line with --json).
+ */
+import { Command, CommanderError } from 'commander';
+import { VMSYNTH_VERSION } from '../core/version.js';
+import { baseDir, cacheDir, runDir } from '../core/paths.js';
+import { VmsynthError } from '../core/errors.js';
+import { buildGuest } from '../guest/build.js';
+import { createBase, listBases, loadBase, verifyBase, type BaseSource } from '../vm/base.js';
+import { resumeBase, type ResumeResult } from '../vm/resume.js';
+import { cleanStale } from '../vm/janitor.js';
+import { Libvirt } from '../vm/libvirt.js';
+import { runDemo } from './demo.js';
+import { bytes, ms, table } from './format.js';
+import { nonNegativeInt, positiveInt, runCommand } from './run.js';
+
+const program = new Command();
+program
+  .name('vmsynth')
+  .description('Just-in-time VM synthesis for mobile offload: resume a custom VM early, over FUSE, from a base VM.')
+  .version(VMSYNTH_VERSION)
+  .exitOverride()
+  .showHelpAfterError()
+  .addHelpText('after', `
+Environment:
+  LIBVIRT_URI        libvirt connection (default qemu:///system)
+  VMSYNTH_BASE_DIR   base VM directories (default ${baseDir()})
+  VMSYNTH_RUN_DIR    session directories and FUSE mounts (default ${runDir()})
+  VMSYNTH_CACHE_DIR  test guest build cache (default ${cacheDir()})
+  VMSYNTH_ACCEL      force the accelerator: kvm or tcg (default: detected)
+  LOG_LEVEL          debug | info | warn | error | silent (default info)
+  LOG_FORMAT         text (default) or json (pino, to stderr)`);
+
+function resumeLines(r: ResumeResult): string {
+  return table([
+    ['accelerator', r.accel.toUpperCase()],
+    ['base verify', r.verifyMs === null ? 'skipped' : ms(r.verifyMs)],
+    ['time to running', ms(r.resumeMs)],
+    ['time to first reply', ms(r.firstResponseMs)],
+    ['FUSE bytes before first reply', `${bytes(r.fuseBytesReadBeforeFirstResponse)} (memory ${bytes(r.fuseBeforeFirstResponse.memory.bytesRead)} of ${bytes(r.memoryBytes)}, disk ${bytes(r.fuseBeforeFirstResponse.disk.bytesRead)} of ${bytes(r.diskBytes)})`],
+    ['device state', bytes(r.deviceStateBytes)],
+    ['first reply', JSON.stringify(r.reply)],
+  ]);
+}
+
+program
+  .command('demo')
+  .description('Build the test guest, capture it as base "demo", resume it over FUSE and print the timings.')
+  .option('--json', 'print one JSON object as the last stdout line')
+  .action(async (o: { json?: boolean }) => runCommand(!!o.json, async ({ signal, json }) => {
+    const r = await runDemo(signal);
+    if (!json) {
+      console.log(`vmsynth demo: resumed base "${r.base}" with its memory and disk served over FUSE`);
+      console.log(resumeLines(r));
+    }
+    return r;
+  }));
+
+const guest = program.command('guest').description('The small built-in test guest.');
+guest
+  .command('build')
+  .description('Build (or find in the cache) the test guest: Debian kernel, busybox initramfs with the offload app, data disk.')
+  .option('--json', 'print the result as JSON')
+  .option('--disk-mib <n>', 'data disk size in MiB', positiveInt('--disk-mib'), 64)
+  .option('--working-set-mib <n>', 'memory the app fills at start, in MiB', positiveInt('--working-set-mib'), 32)
+  .action(async (o: { json?: boolean; diskMib: number; workingSetMib: number }) => runCommand(!!o.json, async ({ json }) => {
+    const g = await buildGuest({ diskMiB: o.diskMib, workingSetMiB: o.workingSetMib });
+    if (!json) console.log(`test guest ${g.key} in ${g.dir}\n${table([['kernel', g.kernel], ['initrd', g.initrd], ['disk', g.disk], ['cmdline', g.cmdline]])}`);
+    return g;
+  }));
+
+const base = program.command('base').description('Base VMs: capture, list, verify, resume.');
+base
+  .command('create')
+  .description('Boot a guest, wait until its app answers, and capture it as a base VM (disk, raw memory, device state, manifest).')
+  .argument('[name]', 'base name', 'default')
+  .option('--kernel <file>', 'guest kernel (default: the built-in test guest)')
+  .option('--initrd <file>', 'guest initrd')
+  .option('--disk <file>', 'raw guest disk image')
+  .option('--cmdline <text>', 'kernel command line', 'console=ttyS0')
+  .option('--memory <mib>', 'guest RAM in MiB', positiveInt('--memory'), 256)
+  .option('--app-port <port>', 'TCP port of the app in the guest', positiveInt('--app-port'), 8000)
+  .option('--timeout <seconds>', 'how long the guest may take to boot and answer', positiveInt('--timeout'), 180)
+  .option('--force', 'replace an existing base of that name')
+  .option('--json', 'print the manifest as JSON')
+  .action(async (name: string, o: { kernel?: string; initrd?: string; disk?: string; cmdline: string; memory: number; appPort: number; timeout: number; force?: boolean; json?: boolean }) =>
+    runCommand(!!o.json, async ({ signal, json }) => {
+      const given = [o.kernel, o.initrd, o.disk].filter(Boolean).length;
+      let source: BaseSource;
+      if (given === 0) {
+        const g = await buildGuest({ memoryMiB: o.memory });
+        source = { kernel: g.kernel, initrd: g.initrd, disk: g.disk, cmdline: g.cmdline, memoryMiB: o.memory, appPort: g.appPort, info: { kind: 'vmsynth-test-guest', guestKey: g.key, kernelPackage: g.kernelPackage } };
+      } else if (given === 3) {
+        source = { kernel: o.kernel!, initrd: o.initrd!, disk: o.disk!, cmdline: o.cmdline, memoryMiB: o.memory, appPort: o.appPort, info: { kind: 'user' } };
+      } else {
+        throw new VmsynthError('VMS_USAGE', '--kernel, --initrd and --disk go together: give all three, or none for the built-in test guest');
+      }
+      const b = await createBase({ name, source, force: o.force, timeoutMs: o.timeout * 1000, signal });
+      if (!json) {
+        const m = b.manifest;
+        console.log(`base "${b.name}" captured in ${b.dir}\n${table([
+          ['accelerator', m.vm.accel.toUpperCase()], ['machine', m.vm.machine], ['memory', `${bytes(m.memory.bytes)}  sha256 ${m.memory.sha256}`],
+          ['disk', `${bytes(m.disk.bytes)}  sha256 ${m.disk.sha256}`], ['device state', bytes(m.deviceState.bytes)], ['boot to app', ms(m.created.bootMs)],
+        ])}`);
+      }
+      return b.manifest;
+    }));
+
+base
+  .command('list')
+  .description('List the base VMs in the base directory.')
+  .option('--json', 'print the list as JSON')
+  .action(async (o: { json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
+    const all = await listBases();
+    if (!json) {
+      if (all.length === 0) console.log(`no bases in ${baseDir()} (create one with \`vmsynth base create\`)`);
+      for (const b of all) {
+        console.log(b.ok && b.manifest
+          ? `${b.name}  ${b.manifest.vm.accel.toUpperCase()}  memory ${bytes(b.manifest.memory.bytes)}  disk ${bytes(b.manifest.disk.bytes)}  created ${b.manifest.created.at}`
+          : `${b.name}  BROKEN ${b.error?.code}: ${b.error?.message}`);
+      }
+    }
+    return all.map((b) => ({ name: b.name, dir: b.dir, ok: b.ok, ...(b.manifest ? { manifest: b.manifest } : {}), ...(b.error ? { error: b.error } : {}) }));
+  }));
+
+base
+  .command('verify')
+  .description('Re-hash every file of a base against its manifest.')
+  .argument('<name>', 'base name or directory')
+  .option('--json', 'print the result as JSON')
+  .action(async (name: string, o: { json?: boolean }) => runCommand(!!o.json, async ({ signal, json }) => {
+    const r = await verifyBase(await loadBase(name), signal);
+    if (!json) console.log(`base "${r.name}" is intact (${Object.keys(r.files).length} files hashed in ${ms(r.ms)})`);
+    return r;
+  }));
+
+base
+  .command('resume')
+  .description('Resume a base VM with its memory and disk served over FUSE, wait for the app, print timings, tear down.')
+  .argument('<name>', 'base name or directory')
+  .option('--no-verify', 'skip re-hashing the base files first')
+  .option('--mem-mb <n>', 'MiB of its working set the app touches for the first reply', nonNegativeInt('--mem-mb'), 0)
+  .option('--disk-mb <n>', 'MiB of disk the app reads for the first reply', nonNegativeInt('--disk-mb'), 0)
+  .option('--timeout <seconds>', 'how long the app may take to answer', positiveInt('--timeout'), 60)
+  .option('--json', 'print the result as JSON')
+  .action(async (name: string, o: { verify: boolean; memMb: number; diskMb: number; timeout: number; json?: boolean }) => runCommand(!!o.json, async ({ signal, json }) => {
+    const r = await resumeBase({ base: name, verify: o.verify, work: { memMb: o.memMb, diskMb: o.diskMb }, timeoutMs: o.timeout * 1000, signal });
+    if (!json) console.log(`resumed base "${r.base}" as ${r.domain}\n${resumeLines(r)}`);
+    return r;
+  }));
+
+program
+  .command('clean')
+  .description('Remove what a crashed vmsynth left behind: vmsynth-* domains, FUSE mounts and session directories of dead processes.')
+  .option('--json', 'print what was removed as JSON')
+  .action(async (o: { json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
+    const lv = await Libvirt.connect();
+    try {
+      const r = await cleanStale(lv);
+      if (!json) console.log(`removed ${r.domains.length} domains, ${r.mounts.length} mounts, ${r.sessions.length} session directories`);
+      return r;
+    } finally {
+      await lv.close();
+    }
+  }));
+
+await program.parseAsync(process.argv).catch((err: unknown) => {
+  // Option parsers throw VmsynthError(VMS_USAGE).
+  if (err instanceof CommanderError) {
+    // Help and version exit 0; commander already printed its usage error.
+    process.exitCode = err.exitCode === 0 ? 0 : 64;
+  } else if (err instanceof VmsynthError) {
+    process.stderr.write(`vmsynth: error ${err.code}: ${err.message}\n  what to do: ${err.hint}\n`);
+    process.exitCode = err.exitCode;
+  } else {
+    throw err;
+  }
+});

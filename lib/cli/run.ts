@@ -1,0 +1,66 @@
+/**
+ * How every vmsynth command runs: logging attached, Ctrl-C and SIGTERM turned
+ * into a clean cancellation (a second signal forces the exit), errors printed
+ * with their code and hint, `--json` results as the last stdout line, and the
+ * exit status taken from the error catalogue.
+ */
+import { attachLogger } from '../core/log.js';
+import { asVmsynthError, VmsynthError } from '../core/errors.js';
+
+export interface CommandContext {
+  signal: AbortSignal;
+  json: boolean;
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(JSON.stringify(value) + '\n');
+}
+
+/** Runs one command; `action` returns what `--json` prints (or undefined for nothing). */
+export async function runCommand(json: boolean, action: (ctx: CommandContext) => Promise<unknown>): Promise<void> {
+  const detach = attachLogger({ level: process.env.LOG_LEVEL, format: process.env.LOG_FORMAT });
+  const controller = new AbortController();
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signals++;
+    if (signals === 1) {
+      process.stderr.write(`vmsynth: ${sig}: cleaning up (send it again to exit at once)\n`);
+      controller.abort(new VmsynthError('VMS_INTERRUPTED', `interrupted by ${sig}`));
+    } else {
+      process.exit(130);
+    }
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    const result = await action({ signal: controller.signal, json });
+    if (json && result !== undefined) printJson(result);
+  } catch (err) {
+    const e = asVmsynthError(err);
+    process.stderr.write(`vmsynth: error ${e.code}: ${e.message}\n  what to do: ${e.hint}\n`);
+    if (e.code === 'VMS_INTERNAL' && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
+    if (json) printJson({ error: e.toJSON() });
+    process.exitCode = e.exitCode;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    detach();
+  }
+}
+
+/** Parses a positive integer option, as a usage error when it is not one. */
+export function positiveInt(name: string): (value: string) => number {
+  return (value: string) => {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n <= 0) throw new VmsynthError('VMS_USAGE', `${name} must be a positive integer, got "${value}"`);
+    return n;
+  };
+}
+
+export function nonNegativeInt(name: string): (value: string) => number {
+  return (value: string) => {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n < 0) throw new VmsynthError('VMS_USAGE', `${name} must be a whole number >= 0, got "${value}"`);
+    return n;
+  };
+}

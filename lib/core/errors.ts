@@ -1,0 +1,78 @@
+/**
+ * The one error type of vmsynth, and the catalogue of its stable codes.
+ *
+ * Every failure that reaches a user (CLI, logs, and later the wire protocol)
+ * is a VmsynthError whose `code` never changes meaning. Each catalogue entry
+ * says what went wrong in general and what to do about it; the thrower adds
+ * the specifics. Tests assert `err.code`, never message text.
+ */
+
+export interface ErrorSpec {
+  /** Process exit status the CLI uses for this error. */
+  readonly exit: number;
+  /** What the user should do about it. */
+  readonly hint: string;
+}
+
+export const ERRORS = {
+  VMS_USAGE: { exit: 64, hint: 'Check the command line; run the command with --help.' },
+  VMS_BASE_NOT_FOUND: { exit: 66, hint: 'List bases with `vmsynth base list`, or create one with `vmsynth base create`.' },
+  VMS_BASE_EXISTS: { exit: 73, hint: 'Pick another name, or pass --force to replace the existing base.' },
+  VMS_BASE_FILE_MISSING: { exit: 66, hint: 'The base directory is incomplete; recreate it with `vmsynth base create --force`.' },
+  VMS_BASE_CORRUPT: { exit: 65, hint: 'The base manifest or a base file is damaged; recreate it with `vmsynth base create --force`.' },
+  VMS_HASH_MISMATCH: { exit: 65, hint: 'A base file changed since capture; recreate the base, or restore the file from a good copy.' },
+  VMS_MEMORY_SIZE_MISMATCH: { exit: 65, hint: 'The memory image does not match the size the base was captured with; recreate the base.' },
+  VMS_ACCEL_MISMATCH: { exit: 69, hint: 'A base resumes only under the accelerator and CPU model it was captured with; capture it on this host.' },
+  VMS_NO_FUSE: { exit: 69, hint: 'Load the fuse module (`modprobe fuse`) and give the process /dev/fuse; in a container pass --device /dev/fuse.' },
+  VMS_FUSE_MOUNT: { exit: 71, hint: 'Check that the mount point is free (`grep fuse /proc/mounts`) and that libfuse2 and fuse3 are installed.' },
+  VMS_LIBVIRT_UNREACHABLE: { exit: 69, hint: 'Start libvirtd and virtlogd (`libvirtd -d; virtlogd -d`, or `systemctl start libvirtd`), or set LIBVIRT_URI.' },
+  VMS_LIBVIRT: { exit: 71, hint: 'libvirt refused the operation; see its message, and `virsh list --all` for the domain state.' },
+  VMS_QEMU_DIED: { exit: 70, hint: 'QEMU exited unexpectedly; see the guest console log and /var/log/libvirt/qemu/ for the reason.' },
+  VMS_QMP: { exit: 70, hint: 'QEMU rejected a monitor command; see the message, which names it.' },
+  VMS_MIGRATION: { exit: 70, hint: 'Saving or loading the device state failed; the base may be from another QEMU version: recreate it.' },
+  VMS_GUEST_TIMEOUT: { exit: 75, hint: 'The guest app never answered; see the console log tail in the message, or raise --timeout (TCG is slow).' },
+  VMS_GUEST_BUILD: { exit: 70, hint: 'Building the test guest failed; check that apt can download the Debian kernel (`apt-get update`).' },
+  VMS_INTERRUPTED: { exit: 130, hint: 'Interrupted by a signal; everything the command had started was cleaned up.' },
+  VMS_INTERNAL: { exit: 70, hint: 'This is a bug in vmsynth; please report it with the log.' },
+} as const satisfies Record<string, ErrorSpec>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export interface ErrorOptions {
+  cause?: unknown;
+  /** Extra machine-readable facts (paths, sizes, hashes). */
+  details?: Record<string, unknown>;
+}
+
+export class VmsynthError extends Error {
+  readonly code: ErrorCode;
+  readonly hint: string;
+  readonly details: Record<string, unknown>;
+
+  constructor(code: ErrorCode, message: string, options: ErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'VmsynthError';
+    this.code = code;
+    this.hint = ERRORS[code].hint;
+    this.details = options.details ?? {};
+  }
+
+  get exitCode(): number {
+    return ERRORS[this.code].exit;
+  }
+
+  toJSON(): Record<string, unknown> {
+    return { code: this.code, message: this.message, hint: this.hint, ...(Object.keys(this.details).length ? { details: this.details } : {}) };
+  }
+}
+
+/** Wraps anything thrown into a VmsynthError, keeping one that already is. */
+export function asVmsynthError(err: unknown, fallback: ErrorCode = 'VMS_INTERNAL'): VmsynthError {
+  if (err instanceof VmsynthError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new VmsynthError(fallback, message, { cause: err });
+}
+
+export function isErrorCode(err: unknown, code: ErrorCode): boolean {
+  return err instanceof VmsynthError && err.code === code;
+}

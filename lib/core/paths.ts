@@ -1,0 +1,37 @@
+/**
+ * Where vmsynth keeps things on the host. Each location can be moved with an
+ * environment variable, so tests and ops can use their own directories.
+ */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Session directories (FUSE mount points, QMP sockets, local disk overlays). */
+export function runDir(): string {
+  return path.resolve(process.env.VMSYNTH_RUN_DIR ?? '/run/vmsynth');
+}
+
+/** Base VM directories, one per base. */
+export function baseDir(): string {
+  return path.resolve(process.env.VMSYNTH_BASE_DIR ?? '/var/lib/vmsynth/bases');
+}
+
+/** Build cache (test guest builds, downloaded Debian packages). */
+export function cacheDir(): string {
+  return path.resolve(process.env.VMSYNTH_CACHE_DIR ?? '/var/cache/vmsynth');
+}
+
+export function libvirtUri(): string {
+  return process.env.LIBVIRT_URI ?? 'qemu:///system';
+}
+
+/** The installed vmsynth package's root (holds package.json and guest/), from source or from dist/. */
+export function packageRoot(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(path.join(dir, 'package.json')) && existsSync(path.join(dir, 'guest'))) return dir;
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error('cannot find the vmsynth package root');
+    dir = up;
+  }
+}

@@ -1,0 +1,81 @@
+/**
+ * Resource scopes and cancellation.
+ *
+ * A Scope owns everything one operation acquired (a domain, a FUSE mount, a
+ * socket, a temp directory) as a LIFO list of release steps. close() runs
+ * every step even when some fail, so a failure half-way never leaks the rest.
+ * Cancellation is an AbortSignal whose reason is a VmsynthError.
+ */
+import { setTimeout as delay } from 'node:timers/promises';
+import { publish } from './diagnostics.js';
+import { VmsynthError } from './errors.js';
+
+type Release = () => Promise<unknown> | unknown;
+
+export class Scope {
+  private readonly steps: { what: string; release: Release }[] = [];
+  private closed = false;
+
+  /** Registers a release step; steps run in reverse order of registration. */
+  defer(what: string, release: Release): void {
+    if (this.closed) throw new VmsynthError('VMS_INTERNAL', `scope already closed; cannot defer ${what}`);
+    this.steps.push({ what, release });
+  }
+
+  /** Runs all release steps, newest first. Failures are published, never thrown. */
+  async close(): Promise<void> {
+    this.closed = true;
+    while (this.steps.length > 0) {
+      const { what, release } = this.steps.pop()!;
+      try {
+        await release();
+      } catch (error) {
+        publish('cleanupFailed', { what, error });
+      }
+    }
+  }
+}
+
+/** Runs fn with a fresh scope and always closes it. */
+export async function withScope<T>(fn: (scope: Scope) => Promise<T>): Promise<T> {
+  const scope = new Scope();
+  try {
+    return await fn(scope);
+  } finally {
+    await scope.close();
+  }
+}
+
+/** Throws the signal's reason (a VmsynthError) when it has been aborted. */
+export function throwIfAborted(signal?: AbortSignal): void {
+  if (signal?.aborted) throw abortReason(signal);
+}
+
+export function abortReason(signal: AbortSignal): VmsynthError {
+  const r: unknown = signal.reason;
+  return r instanceof VmsynthError ? r : new VmsynthError('VMS_INTERRUPTED', 'operation cancelled', { cause: r });
+}
+
+/** Sleeps, rejecting early with the abort reason. */
+export async function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  try {
+    await delay(ms, undefined, { signal });
+  } catch (err) {
+    if (signal?.aborted) throw abortReason(signal);
+    throw err;
+  }
+}
+
+/** Races a promise against an abort signal. */
+export function untilAborted<T>(promise: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (!signal) return promise;
+  if (signal.aborted) return Promise.reject(abortReason(signal));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(abortReason(signal));
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (v) => { signal.removeEventListener('abort', onAbort); resolve(v); },
+      (e) => { signal.removeEventListener('abort', onAbort); reject(e); },
+    );
+  });
+}

@@ -1,0 +1,177 @@
+/**
+ * Builds vmsynth's small test guest from Debian packages, reproducibly:
+ *   - the Debian cloud kernel, unpacked from its .deb (never installed on the host);
+ *   - an initramfs of busybox-static, the virtio modules the guest needs,
+ *     guest/init and the offload app (guest/offload-app.c, built static);
+ *   - a small raw data disk of a known pseudo-random pattern.
+ * The result is cached under <cache>/guest/<key>, the key a hash of every
+ * input (sources, package versions, compiler, sizes), and built atomically.
+ */
+import { createCipheriv, createHash } from 'node:crypto';
+import { createWriteStream, promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { once } from 'node:events';
+import { publish } from '../core/diagnostics.js';
+import { VmsynthError } from '../core/errors.js';
+import { exec } from '../core/exec.js';
+import { cacheDir, packageRoot } from '../core/paths.js';
+import { cpioNewc, type CpioEntry } from './cpio.js';
+import { indexModules, loadOrder } from './kmod.js';
+
+const BUILDER_VERSION = 1;
+const KERNEL_META = 'linux-image-cloud-amd64';
+const MODULES = ['virtio_pci', 'virtio_blk', 'virtio_net', 'virtio_balloon'];
+
+export const GUEST_APP_PORT = 8000;
+
+export interface GuestOptions {
+  /** Data disk size in MiB. */
+  diskMiB?: number;
+  /** Working set the app fills at start, in MiB. */
+  workingSetMiB?: number;
+  /** Guest RAM in MiB. */
+  memoryMiB?: number;
+}
+
+export interface Guest {
+  key: string;
+  dir: string;
+  kernel: string;
+  initrd: string;
+  disk: string;
+  cmdline: string;
+  memoryMiB: number;
+  workingSetMiB: number;
+  diskMiB: number;
+  appPort: number;
+  kernelPackage: string;
+}
+
+const sourceDir = () => path.join(packageRoot(), 'guest');
+
+async function sh(cmd: string, args: string[], cwd?: string): Promise<string> {
+  return (await exec(cmd, args, { cwd, code: 'VMS_GUEST_BUILD' })).stdout.trim();
+}
+
+/** The concrete kernel package behind the metapackage, and its version. */
+async function resolveKernel(): Promise<{ name: string; version: string }> {
+  const tryResolve = async () => {
+    const deps = await sh('apt-cache', ['depends', KERNEL_META]);
+    const name = /Depends:\s*(linux-image-\S+)/.exec(deps)?.[1];
+    if (!name) return null;
+    const show = await sh('apt-cache', ['show', '--no-all-versions', name]);
+    const version = /^Version:\s*(\S+)/m.exec(show)?.[1];
+    return version ? { name, version } : null;
+  };
+  let found = await tryResolve().catch(() => null);
+  if (!found) {
+    publish('progress', { step: 'apt-get update (to find the Debian kernel package)' });
+    await sh('apt-get', ['update', '-qq']);
+    found = await tryResolve();
+  }
+  if (!found) throw new VmsynthError('VMS_GUEST_BUILD', `apt knows no ${KERNEL_META}; check /etc/apt/sources.list`);
+  return found;
+}
+
+async function fileSha(p: string): Promise<string> {
+  return createHash('sha256').update(await fsp.readFile(p)).digest('hex');
+}
+
+/** Returns the cached guest for these options, building it first if needed. */
+export async function buildGuest(options: GuestOptions = {}): Promise<Guest> {
+  const diskMiB = options.diskMiB ?? 64;
+  const workingSetMiB = options.workingSetMiB ?? 32;
+  const memoryMiB = options.memoryMiB ?? 256;
+  const src = sourceDir();
+  const kernel = await resolveKernel();
+  const inputs = {
+    builder: BUILDER_VERSION,
+    kernel,
+    busybox: await sh('dpkg-query', ['-W', '-f=${Version}', 'busybox-static']).catch(() => 'missing'),
+    gcc: (await sh('gcc', ['-dumpfullversion']).catch(() => 'missing')),
+    init: await fileSha(path.join(src, 'init')),
+    app: await fileSha(path.join(src, 'offload-app.c')),
+    modules: MODULES,
+    diskMiB,
+  };
+  const key = createHash('sha256').update(JSON.stringify(inputs)).digest('hex').slice(0, 16);
+  const dir = path.join(cacheDir(), 'guest', key);
+  const cmdline = `console=ttyS0 loglevel=4 panic=-1 vmsynth.ws_mb=${workingSetMiB}`;
+  const guest: Guest = {
+    key, dir, cmdline, memoryMiB, workingSetMiB, diskMiB, appPort: GUEST_APP_PORT,
+    kernel: path.join(dir, 'vmlinuz'), initrd: path.join(dir, 'initrd.img'), disk: path.join(dir, 'data.raw'),
+    kernelPackage: `${kernel.name}=${kernel.version}`,
+  };
+  if (await fsp.stat(path.join(dir, 'guest.json')).catch(() => null)) return guest;
+
+  publish('progress', { step: `building test guest ${key}` });
+  const tmp = `${dir}.tmp-${process.pid}`;
+  await fsp.rm(tmp, { recursive: true, force: true });
+  await fsp.mkdir(tmp, { recursive: true });
+  try {
+    const deb = await downloadKernel(kernel);
+    const root = path.join(tmp, 'kernel-root');
+    await sh('dpkg-deb', ['-x', deb, root]);
+    const release = kernel.name.replace(/^linux-image-/, '');
+    await fsp.copyFile(path.join(root, 'boot', `vmlinuz-${release}`), path.join(tmp, 'vmlinuz'));
+
+    const index = await indexModules(path.join(root, 'lib', 'modules', release));
+    const order = await loadOrder(index, MODULES);
+    publish('progress', { step: `compiling the offload app; modules: ${order.join(' ')}` });
+    const app = path.join(tmp, 'offload-app');
+    await sh('gcc', ['-static', '-O2', '-s', '-o', app, path.join(src, 'offload-app.c')]);
+
+    const entries: CpioEntry[] = [
+      { kind: 'dir', path: 'bin' }, { kind: 'dir', path: 'dev' }, { kind: 'dir', path: 'lib' },
+      { kind: 'dir', path: 'lib/modules' }, { kind: 'dir', path: 'proc' }, { kind: 'dir', path: 'sys' },
+      { kind: 'dir', path: 'tmp', mode: 0o1777 },
+      { kind: 'char', path: 'dev/console', major: 5, minor: 1 },
+      { kind: 'file', path: 'init', data: await fsp.readFile(path.join(src, 'init')), mode: 0o755 },
+      { kind: 'file', path: 'bin/busybox', data: await fsp.readFile('/bin/busybox'), mode: 0o755 },
+      { kind: 'symlink', path: 'bin/sh', target: 'busybox' },
+      { kind: 'file', path: 'bin/offload-app', data: await fsp.readFile(app), mode: 0o755 },
+      { kind: 'file', path: 'lib/modules/load-order', data: Buffer.from(order.map((m) => `${m}.ko`).join('\n') + '\n') },
+    ];
+    for (const m of order) entries.push({ kind: 'file', path: `lib/modules/${m}.ko`, data: await fsp.readFile(index.get(m)!) });
+    await fsp.writeFile(path.join(tmp, 'initrd.img'), cpioNewc(entries));
+    await fsp.rm(root, { recursive: true, force: true });
+    await fsp.rm(app);
+
+    publish('progress', { step: `writing the ${diskMiB} MiB data disk` });
+    await writeDiskPattern(path.join(tmp, 'data.raw'), diskMiB * 1024 * 1024);
+    await fsp.writeFile(path.join(tmp, 'guest.json'), JSON.stringify({ key, inputs, order }, null, 2) + '\n');
+    await fsp.rm(dir, { recursive: true, force: true });
+    await fsp.rename(tmp, dir);
+  } catch (err) {
+    await fsp.rm(tmp, { recursive: true, force: true });
+    throw err;
+  }
+  return guest;
+}
+
+async function downloadKernel(kernel: { name: string; version: string }): Promise<string> {
+  const debs = path.join(cacheDir(), 'debs');
+  await fsp.mkdir(debs, { recursive: true });
+  const want = `${kernel.name}_${kernel.version.replace(/:/g, '%3a')}_amd64.deb`;
+  const file = path.join(debs, want);
+  if (await fsp.stat(file).catch(() => null)) return file;
+  publish('progress', { step: `downloading ${kernel.name} ${kernel.version}` });
+  // apt's sandbox user cannot write into root-only directories; download as root into a fresh dir.
+  await sh('apt-get', ['download', '-o', 'APT::Sandbox::User=root', `${kernel.name}=${kernel.version}`], debs);
+  if (!(await fsp.stat(file).catch(() => null))) throw new VmsynthError('VMS_GUEST_BUILD', `apt-get download did not produce ${want}`);
+  return file;
+}
+
+/** Writes the data disk's pseudo-random pattern (same as patterns.diskPattern), 1 MiB at a time. */
+async function writeDiskPattern(file: string, bytes: number): Promise<void> {
+  const key = Buffer.alloc(16);
+  key.write('vmsynth-test-disk');
+  const cipher = createCipheriv('aes-128-ctr', key, Buffer.alloc(16));
+  const out = createWriteStream(file);
+  const zeros = Buffer.alloc(1024 * 1024);
+  for (let done = 0; done < bytes; done += zeros.length) {
+    if (!out.write(cipher.update(zeros.subarray(0, Math.min(zeros.length, bytes - done))))) await once(out, 'drain');
+  }
+  out.end();
+  await once(out, 'finish');
+}

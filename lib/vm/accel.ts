@@ -1,0 +1,42 @@
+/**
+ * Which accelerator this host gives QEMU: KVM when the CPU has vmx/svm and
+ * /dev/kvm is usable, TCG (software emulation) otherwise. Some hosts have a
+ * /dev/kvm that cannot run a stock guest (no vmx/svm, e.g. kvm_pvm), so the
+ * CPU flags decide, not the device alone. VMSYNTH_ACCEL=kvm|tcg overrides.
+ */
+import { constants as fsc, promises as fsp } from 'node:fs';
+import { publish } from '../core/diagnostics.js';
+import { VmsynthError } from '../core/errors.js';
+
+export type Accel = 'kvm' | 'tcg';
+
+export interface AccelChoice {
+  accel: Accel;
+  reason: string;
+}
+
+export async function detectAccel(): Promise<AccelChoice> {
+  const choice = await choose();
+  publish('accel', { ...choice });
+  return choice;
+}
+
+async function choose(): Promise<AccelChoice> {
+  const forced = process.env.VMSYNTH_ACCEL;
+  if (forced !== undefined && forced !== '') {
+    if (forced !== 'kvm' && forced !== 'tcg') {
+      throw new VmsynthError('VMS_USAGE', `VMSYNTH_ACCEL must be "kvm" or "tcg", got "${forced}"`);
+    }
+    return { accel: forced, reason: 'VMSYNTH_ACCEL' };
+  }
+  const cpuinfo = await fsp.readFile('/proc/cpuinfo', 'utf8').catch(() => '');
+  const flags = /^flags\s*:(.*)$/m.exec(cpuinfo)?.[1]?.split(/\s+/) ?? [];
+  const hw = flags.includes('vmx') ? 'vmx' : flags.includes('svm') ? 'svm' : null;
+  if (!hw) return { accel: 'tcg', reason: 'the CPU has no vmx/svm flag: QEMU software emulation (TCG)' };
+  try {
+    await fsp.access('/dev/kvm', fsc.R_OK | fsc.W_OK);
+  } catch {
+    return { accel: 'tcg', reason: `the CPU has ${hw} but /dev/kvm is not usable: QEMU software emulation (TCG)` };
+  }
+  return { accel: 'kvm', reason: `the CPU has ${hw} and /dev/kvm is usable: KVM` };
+}

@@ -1,0 +1,97 @@
+/**
+ * Talking to the offload app inside a guest over its forwarded host port
+ * (127.0.0.1:<port>, QEMU user networking). waitForApp retries until the app
+ * answers, and fails fast with a typed error when QEMU dies or time runs out.
+ */
+import http from 'node:http';
+import { promises as fsp } from 'node:fs';
+import { VmsynthError } from '../core/errors.js';
+import { sleep, throwIfAborted } from '../core/scope.js';
+
+export interface AppReply {
+  status: number;
+  body: Record<string, unknown>;
+}
+
+export interface AppWork {
+  memMb?: number;
+  diskMb?: number;
+  diskOffMb?: number;
+}
+
+export function workPath(work: AppWork = {}): string {
+  return `/run?mem_mb=${work.memMb ?? 0}&disk_mb=${work.diskMb ?? 0}&disk_off_mb=${work.diskOffMb ?? 0}`;
+}
+
+/** One HTTP GET to the app; rejects on connection errors and on timeout. */
+export function appGet(port: number, path: string, timeoutMs: number): Promise<AppReply> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path, timeout: timeoutMs, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        try {
+          resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as Record<string, unknown> });
+        } catch {
+          reject(new Error(`app answered with non-JSON: ${text.slice(0, 200)}`));
+        }
+      });
+      res.on('error', reject);
+    });
+    req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+    req.on('error', reject);
+  });
+}
+
+export interface WaitOptions {
+  timeoutMs: number;
+  signal?: AbortSignal;
+  /** Polled between attempts; false means QEMU is gone. */
+  alive?: () => Promise<boolean>;
+  /** Console log whose tail goes into the timeout error. */
+  consoleLog?: string;
+  path?: string;
+}
+
+/** Retries a request until the app answers 200; returns the reply and the attempt count. */
+export async function waitForApp(port: number, opts: WaitOptions): Promise<{ reply: AppReply; attempts: number }> {
+  const deadline = Date.now() + opts.timeoutMs;
+  const path = opts.path ?? '/health';
+  let attempts = 0;
+  let attemptTimeout = 1000;
+  let lastError = 'no attempt made';
+  for (;;) {
+    throwIfAborted(opts.signal);
+    attempts++;
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) break;
+    try {
+      const reply = await appGet(port, path, Math.min(attemptTimeout, remaining));
+      if (reply.status === 200) return { reply, attempts };
+      lastError = `HTTP ${reply.status}: ${JSON.stringify(reply.body)}`;
+    } catch (err) {
+      lastError = (err as Error).message;
+    }
+    attemptTimeout = Math.min(attemptTimeout * 2, 8000);
+    if (opts.alive && !(await opts.alive())) {
+      throw new VmsynthError('VMS_QEMU_DIED', `the VM stopped before its app answered (last attempt: ${lastError})${await consoleTail(opts.consoleLog)}`);
+    }
+    await sleep(100, opts.signal);
+  }
+  throw new VmsynthError('VMS_GUEST_TIMEOUT', `the guest app on 127.0.0.1:${port} did not answer within ${opts.timeoutMs} ms (last attempt: ${lastError})${await consoleTail(opts.consoleLog)}`, {
+    details: { port, timeoutMs: opts.timeoutMs, attempts },
+  });
+}
+
+/** The last lines of a console log, formatted for an error message ('' when unavailable). */
+export async function consoleTail(file: string | undefined, bytes = 1500): Promise<string> {
+  if (!file) return '';
+  try {
+    const text = await fsp.readFile(file, 'utf8');
+    const tail = text.slice(-bytes).trim();
+    return tail ? `\n--- guest console (last ${bytes} bytes of ${file}) ---\n${tail}` : '';
+  } catch {
+    return '';
+  }
+}

@@ -1,0 +1,51 @@
+/**
+ * Starting a vmsynth VM: a transient libvirt domain from a VmSpec, plus the
+ * private QMP connection to it. Everything started is registered with the
+ * caller's scope, so the domain is destroyed however the caller ends.
+ */
+import { promises as fsp } from 'node:fs';
+import { VmsynthError } from '../core/errors.js';
+import type { Scope } from '../core/scope.js';
+import { domainXml, type VmSpec } from './domain-xml.js';
+import type { Libvirt } from './libvirt.js';
+import { QmpClient } from './qmp.js';
+
+export interface RunningVm {
+  spec: VmSpec;
+  qmp: QmpClient;
+  /** True while the domain exists and is not shut off. */
+  alive(): Promise<boolean>;
+  /** Destroys the domain now (the scope would do it at the end anyway). */
+  destroy(): Promise<void>;
+}
+
+export async function startVm(lv: Libvirt, spec: VmSpec, scope: Scope, opts: { signal?: AbortSignal } = {}): Promise<RunningVm> {
+  let destroyed: Promise<void> | null = null;
+  const destroy = () => (destroyed ??= lv.destroy(spec.name).then(() => undefined));
+  scope.defer(`destroy domain ${spec.name}`, async () => {
+    await destroy();
+    await fsp.rm(qemuLogPath(spec.name), { force: true });
+  });
+  await fsp.rm(spec.qmpSocket, { force: true });
+  await lv.create(domainXml(spec), spec.name);
+  const alive = () => lv.isActive(spec.name);
+  const qmp = await QmpClient.connect(spec.qmpSocket, { signal: opts.signal, alive }).catch(async (err: unknown) => {
+    throw await withQemuLog(err, spec.name);
+  });
+  scope.defer(`close QMP ${spec.qmpSocket}`, () => qmp.close());
+  return { spec, qmp, alive, destroy };
+}
+
+/** Adds the tail of libvirt's QEMU log for the domain to an error's message. */
+export async function withQemuLog(err: unknown, name: string): Promise<unknown> {
+  if (!(err instanceof VmsynthError)) return err;
+  const text = await fsp.readFile(qemuLogPath(name), 'utf8').catch(() => '');
+  const tail = text.trim().split('\n').slice(-6).join('\n');
+  if (!tail) return err;
+  return new VmsynthError(err.code, `${err.message}\n--- QEMU log (${qemuLogPath(name)}) ---\n${tail}`, { cause: err.cause, details: err.details });
+}
+
+/** libvirt's per-domain QEMU log (system mode). */
+export function qemuLogPath(name: string): string {
+  return `/var/log/libvirt/qemu/${name}.log`;
+}

@@ -1,0 +1,95 @@
+/**
+ * Saving and loading a VM's state through QEMU migration over unix sockets
+ * (libvirt's seccomp forbids exec: URIs; QEMU 7.2 has no file: URI).
+ *
+ * With x-ignore-shared, RAM that lives in a shared named file is not put in
+ * the stream: the stream is only the device state (a few hundred KB) and the
+ * RAM stays in the file. Without it, the stream carries all of RAM — the
+ * classic full save/restore the benchmark compares against.
+ */
+import { createReadStream, createWriteStream, promises as fsp } from 'node:fs';
+import net from 'node:net';
+import { pipeline } from 'node:stream/promises';
+import { VmsynthError } from '../core/errors.js';
+import { sleep, throwIfAborted, untilAborted } from '../core/scope.js';
+import type { QmpClient } from './qmp.js';
+
+interface MigrateInfo {
+  status?: string;
+  'error-desc'?: string;
+}
+
+async function setIgnoreShared(qmp: QmpClient, on: boolean): Promise<void> {
+  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: on }] });
+}
+
+/** Stops the VM and writes its migration stream to `file`. Returns the stream size. */
+export async function saveState(qmp: QmpClient, file: string, socketPath: string, opts: { ignoreShared: boolean; signal?: AbortSignal; timeoutMs?: number }): Promise<number> {
+  await setIgnoreShared(qmp, opts.ignoreShared);
+  await qmp.execute('stop');
+  await fsp.rm(socketPath, { force: true });
+  const server = net.createServer();
+  let written: Promise<void> | null = null;
+  server.on('connection', (sock) => {
+    written ??= pipeline(sock, createWriteStream(file));
+  });
+  await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(socketPath, resolve); });
+  try {
+    await qmp.execute('migrate', { uri: `unix:${socketPath}` });
+    const deadline = Date.now() + (opts.timeoutMs ?? 120_000);
+    for (;;) {
+      throwIfAborted(opts.signal);
+      const info = await qmp.execute<MigrateInfo>('query-migrate');
+      if (info.status === 'completed') break;
+      if (info.status === 'failed' || info.status === 'cancelled') {
+        throw new VmsynthError('VMS_MIGRATION', `saving the VM state failed: ${info['error-desc'] ?? info.status}`);
+      }
+      if (Date.now() > deadline) throw new VmsynthError('VMS_MIGRATION', 'saving the VM state timed out');
+      await sleep(20, opts.signal);
+    }
+    if (!written) throw new VmsynthError('VMS_MIGRATION', 'QEMU reported the save complete but never connected');
+    await untilAborted(written, opts.signal);
+  } finally {
+    server.close();
+    await fsp.rm(socketPath, { force: true });
+  }
+  return (await fsp.stat(file)).size;
+}
+
+/**
+ * Feeds a saved migration stream to a VM started with `-incoming defer`, and
+ * waits until it runs (continuing it if it stays paused).
+ */
+export async function loadState(qmp: QmpClient, file: string, socketPath: string, opts: { ignoreShared: boolean; signal?: AbortSignal; timeoutMs?: number }): Promise<void> {
+  await setIgnoreShared(qmp, opts.ignoreShared);
+  await fsp.rm(socketPath, { force: true });
+  await qmp.execute('migrate-incoming', { uri: `unix:${socketPath}` });
+  const sock = await new Promise<net.Socket>((resolve, reject) => {
+    const s = net.connect(socketPath, () => { s.off('error', reject); resolve(s); });
+    s.once('error', reject);
+  }).catch((cause: unknown) => {
+    throw new VmsynthError('VMS_MIGRATION', `cannot connect to QEMU's incoming socket: ${(cause as Error).message}`, { cause });
+  });
+  const fed = pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), sock).catch((cause: unknown) => {
+    throw new VmsynthError('VMS_MIGRATION', `feeding the saved state to QEMU failed: ${(cause as Error).message}`, { cause });
+  });
+  fed.catch(() => undefined);
+  const deadline = Date.now() + (opts.timeoutMs ?? 120_000);
+  for (;;) {
+    throwIfAborted(opts.signal);
+    const { status } = await qmp.execute<{ status: string }>('query-status');
+    if (status === 'running') break;
+    if (status !== 'inmigrate') {
+      const info = await qmp.execute<MigrateInfo>('query-migrate');
+      if (info.status === 'failed') throw new VmsynthError('VMS_MIGRATION', `loading the VM state failed: ${info['error-desc'] ?? 'unknown'}`);
+      if (status === 'paused' || status === 'prelaunch') {
+        await qmp.execute('cont');
+        continue;
+      }
+    }
+    if (Date.now() > deadline) throw new VmsynthError('VMS_MIGRATION', `loading the VM state timed out (status ${status})`);
+    await sleep(5, opts.signal);
+  }
+  await fed;
+  await fsp.rm(socketPath, { force: true });
+}

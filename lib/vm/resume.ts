@@ -1,0 +1,157 @@
+/**
+ * Resuming a base VM with its memory and disk served over FUSE — the path
+ * early-start synthesis is built on.
+ *
+ * The memory image is mapped MAP_PRIVATE (memory-backend-file share=off), so
+ * every guest page fault on a page not yet touched becomes a FUSE read, and
+ * guest writes stay in QEMU's private memory. The disk is a local qcow2 layer
+ * over the FUSE disk image, so guest writes stay local too. The base files
+ * are only ever read.
+ */
+import type { FileHandle } from 'node:fs/promises';
+import { promises as fsp } from 'node:fs';
+import { publish } from '../core/diagnostics.js';
+import { VmsynthError } from '../core/errors.js';
+import { exec } from '../core/exec.js';
+import { freePort } from '../core/net.js';
+import { withScope, type Scope } from '../core/scope.js';
+import { ChunkMap, ChunkSource } from '../fs/chunk-map.js';
+import { ImageMount, checkFuseDevice } from '../fs/fuse-images.js';
+import { fileReader, ImageFile, type ImageStats } from '../fs/image.js';
+import { detectAccel, type Accel } from './accel.js';
+import { loadBase, verifyBase, type Base } from './base.js';
+import type { VmSpec } from './domain-xml.js';
+import { waitForApp, workPath, type AppReply, type AppWork } from './guest-app.js';
+import { cleanStale } from './janitor.js';
+import { Libvirt } from './libvirt.js';
+import { startVm, withQemuLog, type RunningVm } from './machine.js';
+import { loadState } from './migration.js';
+import { Session } from './session.js';
+
+export interface ResumeOptions {
+  /** Base name or directory. */
+  base: string;
+  /** Re-hash the base files first (default true). */
+  verify?: boolean;
+  /** Work the first request asks of the app. */
+  work?: AppWork;
+  /** How long the app may take to answer after the resume starts. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  /** FUSE device to require (tests point it elsewhere). */
+  fuseDevice?: string;
+  /** Called while the VM runs, after the first reply, before teardown. */
+  whileRunning?: (vm: ResumedVm) => Promise<void>;
+}
+
+export interface ResumedVm {
+  vm: RunningVm;
+  session: Session;
+  hostPort: number;
+  images: { memory: ImageFile; disk: ImageFile };
+}
+
+export interface ResumeResult {
+  base: string;
+  domain: string;
+  accel: Accel;
+  verifyMs: number | null;
+  /** From the start of the resume (mount) to the VM running. */
+  resumeMs: number;
+  /** From the start of the resume to the app's first reply. */
+  firstResponseMs: number;
+  /** FUSE bytes (memory + disk) read before the first reply. */
+  fuseBytesReadBeforeFirstResponse: number;
+  fuseBeforeFirstResponse: { memory: ImageStats; disk: ImageStats };
+  fuseTotal: { memory: ImageStats; disk: ImageStats };
+  memoryBytes: number;
+  diskBytes: number;
+  deviceStateBytes: number;
+  reply: AppReply['body'];
+}
+
+/** Opens a base image read-only and serves it through a chunk map whose every chunk is BASE. */
+async function baseImage(name: string, file: string, bytes: number, scope: Scope): Promise<ImageFile> {
+  const handle: FileHandle = await fsp.open(file, 'r');
+  scope.defer(`close ${file}`, () => handle.close());
+  return new ImageFile(name, new ChunkMap(bytes, undefined, ChunkSource.BASE), { [ChunkSource.BASE]: fileReader(handle, file) });
+}
+
+export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
+  const base: Base = await loadBase(opts.base);
+  const m = base.manifest;
+  let verifyMs: number | null = null;
+  if (opts.verify ?? true) verifyMs = (await verifyBase(base, opts.signal)).ms;
+  const { accel } = await detectAccel();
+  if (accel !== m.vm.accel) {
+    throw new VmsynthError('VMS_ACCEL_MISMATCH', `base "${base.name}" was captured under ${m.vm.accel.toUpperCase()}, this host runs ${accel.toUpperCase()}`);
+  }
+  await checkFuseDevice(opts.fuseDevice);
+
+  return withScope(async (scope) => {
+    const lv = await Libvirt.connect();
+    scope.defer('close libvirt connection', () => lv.close());
+    await cleanStale(lv);
+    const session = await Session.create(scope);
+    const t0 = performance.now();
+
+    const memory = await baseImage('memory.img', base.file('memory'), m.memory.bytes, scope);
+    const disk = await baseImage('disk.img', base.file('disk'), m.disk.bytes, scope);
+    const mount = await ImageMount.mount(session.file('mnt'), [memory, disk], { fuseDevice: opts.fuseDevice });
+    scope.defer(`unmount ${mount.mountpoint}`, () => mount.unmount());
+
+    const qcow = session.file('disk.qcow2');
+    // -u: do not open the backing file now (that would read our own FUSE mount).
+    await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', mount.path('disk.img'), '-F', 'raw', qcow, String(m.disk.bytes)]);
+
+    const hostPort = await freePort();
+    const spec: VmSpec = {
+      name: session.domainName,
+      accel,
+      machine: m.vm.machine,
+      vcpus: m.vm.vcpus,
+      memoryMiB: m.vm.memoryMiB,
+      kernel: base.file('kernel'),
+      initrd: base.file('initrd'),
+      cmdline: m.vm.cmdline,
+      disk: { path: qcow, format: 'qcow2' },
+      memory: { path: mount.path('memory.img'), share: false },
+      qmpSocket: session.file('qmp.sock'),
+      consoleLog: session.file('console.log'),
+      net: { mac: m.vm.mac, hostPort, guestPort: m.vm.appPort },
+      incoming: true,
+      owner: { ...session.owner, sessionDir: session.dir },
+    };
+    const vm = await startVm(lv, spec, scope, { signal: opts.signal });
+    try {
+      await loadState(vm.qmp, base.file('deviceState'), session.file('incoming.sock'), { ignoreShared: true, signal: opts.signal });
+    } catch (err) {
+      throw await withQemuLog(err instanceof VmsynthError && err.code === 'VMS_QMP' && !(await vm.alive()) ? new VmsynthError('VMS_QEMU_DIED', err.message, { cause: err }) : err, spec.name);
+    }
+    const resumeMs = performance.now() - t0;
+    publish('domainRunning', { name: spec.name, ms: resumeMs });
+
+    const remaining = Math.max(1000, (opts.timeoutMs ?? 60_000) - resumeMs);
+    const { reply } = await waitForApp(hostPort, { timeoutMs: remaining, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog, path: workPath(opts.work) });
+    const firstResponseMs = performance.now() - t0;
+    const before = { memory: { ...memory.stats }, disk: { ...disk.stats } };
+
+    if (opts.whileRunning) await opts.whileRunning({ vm, session, hostPort, images: { memory, disk } });
+
+    return {
+      base: base.name,
+      domain: spec.name,
+      accel,
+      verifyMs,
+      resumeMs: Math.round(resumeMs),
+      firstResponseMs: Math.round(firstResponseMs),
+      fuseBytesReadBeforeFirstResponse: before.memory.bytesRead + before.disk.bytesRead,
+      fuseBeforeFirstResponse: before,
+      fuseTotal: { memory: { ...memory.stats }, disk: { ...disk.stats } },
+      memoryBytes: m.memory.bytes,
+      diskBytes: m.disk.bytes,
+      deviceStateBytes: m.deviceState.bytes,
+      reply: reply.body,
+    };
+  });
+}

@@ -1,0 +1,73 @@
+/**
+ * A session: one VM's private working directory under the run directory
+ * (FUSE mount point, QMP and migration sockets, local disk layer, console
+ * log), and the owner record that lets a later start tell a live session
+ * from one a crash left behind.
+ */
+import { randomBytes } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { runDir } from '../core/paths.js';
+import type { Scope } from '../core/scope.js';
+import { DOMAIN_PREFIX } from './libvirt.js';
+
+export interface Owner {
+  pid: number;
+  /** Process start time (clock ticks since boot), to survive pid reuse. */
+  start: string;
+}
+
+export const OWNER_FILE = 'owner.json';
+
+/** This process as an owner. */
+export async function currentOwner(): Promise<Owner> {
+  return { pid: process.pid, start: (await processStart(process.pid)) ?? '' };
+}
+
+async function processStart(pid: number): Promise<string | null> {
+  try {
+    const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8');
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return fields[19] ?? null; // field 22 overall: starttime
+  } catch {
+    return null;
+  }
+}
+
+export async function ownerAlive(owner: Owner): Promise<boolean> {
+  const start = await processStart(owner.pid);
+  return start !== null && (owner.start === '' || start === owner.start);
+}
+
+export class Session {
+  private constructor(readonly id: string, readonly dir: string, readonly owner: Owner) {}
+
+  get domainName(): string {
+    return `${DOMAIN_PREFIX}${this.id}`;
+  }
+
+  file(name: string): string {
+    return path.join(this.dir, name);
+  }
+
+  /** Creates the session directory; the scope removes it at the end. */
+  static async create(scope: Scope): Promise<Session> {
+    const id = randomBytes(6).toString('hex');
+    const dir = path.join(runDir(), id);
+    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    scope.defer(`remove session directory ${dir}`, () => fsp.rm(dir, { recursive: true, force: true }));
+    const owner = await currentOwner();
+    await fsp.writeFile(path.join(dir, OWNER_FILE), JSON.stringify(owner));
+    return new Session(id, dir, owner);
+  }
+}
+
+export async function readOwner(file: string): Promise<Owner | null> {
+  try {
+    const o = JSON.parse(await fsp.readFile(file, 'utf8')) as Partial<Owner>;
+    return typeof o.pid === 'number' ? { pid: o.pid, start: String(o.start ?? '') } : null;
+  } catch {
+    return null;
+  }
+}

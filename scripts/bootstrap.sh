@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# vmsynth bootstrap: everything `npm run demo`, `npm test` and .ci/run need, installed
+# idempotently on Debian 12 as root. Fast when all is already there (no apt, no npm).
+#   1. Debian packages (QEMU, libvirt, FUSE, busybox, a C toolchain for the test guest
+#      and for native npm modules);
+#   2. host device permissions udev would set (this machine may run no udev);
+#   3. libvirtd and virtlogd running (started by hand where there is no systemd);
+#   4. npm dependencies (`npm ci` when package-lock.json changed);
+#   5. the TypeScript build (when a source is newer than the last build).
+# Everything it prints goes to stderr, so a command's stdout stays machine-readable.
+set -euo pipefail
+exec 3>&1 1>&2
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+say() { printf 'bootstrap: %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  say "vmsynth manages VMs through qemu:///system and mounts FUSE filesystems: run as root."
+  exit 1
+fi
+
+# 1. Debian packages.
+packages=(
+  qemu-system-x86 qemu-utils
+  libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
+  libfuse2 fuse3 busybox-static
+  gcc g++ make libc6-dev python3 pkg-config
+  ca-certificates procps iproute2
+)
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+  [ "$status" = installed ] || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 2. /dev/kvm as Debian's udev rule (60-qemu-system-common) would leave it: group kvm, 0660.
+#    Without it libvirt sees KVM "enabled when probing but not available now" and re-probes
+#    QEMU's capabilities on every domain start (about 60 s each on these machines).
+if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G:%a /dev/kvm)" != "kvm:660" ]; then
+  say "setting /dev/kvm to root:kvm 0660 (what udev does on a stock Debian host)"
+  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
+if [ ! -c /dev/fuse ]; then
+  modprobe fuse 2>/dev/null || say "warning: /dev/fuse is missing; resume over FUSE will fail with VMS_NO_FUSE"
+fi
+
+# 3. libvirt daemons.
+if [ -d /run/systemd/system ]; then
+  systemctl is-active --quiet virtlogd || systemctl start virtlogd
+  systemctl is-active --quiet libvirtd || systemctl start libvirtd
+else
+  pgrep -x virtlogd >/dev/null || { say "starting virtlogd"; virtlogd -d; }
+  pgrep -x libvirtd >/dev/null || { say "starting libvirtd"; libvirtd -d; }
+fi
+for _ in $(seq 1 100); do
+  [ -S /var/run/libvirt/libvirt-sock ] && break
+  sleep 0.1
+done
+[ -S /var/run/libvirt/libvirt-sock ] || { say "libvirtd did not come up (no /var/run/libvirt/libvirt-sock)"; exit 1; }
+
+# 4. npm dependencies.
+lock_sum=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ ! -d node_modules ] || [ "$(cat node_modules/.vmsynth-lock 2>/dev/null || true)" != "$lock_sum" ]; then
+  say "npm ci"
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$lock_sum" > node_modules/.vmsynth-lock
+fi
+
+# 5. TypeScript build.
+if [ ! -f dist/.build-stamp ] || [ -n "$(find lib bench test tsconfig.json package.json -newer dist/.build-stamp -print -quit)" ]; then
+  say "building (tsc)"
+  node_modules/.bin/tsc -p .
+  touch dist/.build-stamp
+fi
