@@ -51,7 +51,7 @@ export class ImageMount {
     const byName = new Map(images.map((img) => [`/${img.name}`, img]));
     const started = new Date();
     let nextFd = 1;
-    const fuse = new Fuse(mountpoint, handlers(byName, started, () => nextFd++), {
+    const fuse = new Fuse(mountpoint, fuseHandlers(byName, started, () => nextFd++), {
       mkdir: true,
       force: true,
       timeout: false,
@@ -95,7 +95,8 @@ export class ImageMount {
   }
 }
 
-function handlers(images: Map<string, ImageFile>, started: Date, newFd: () => number): Handlers {
+/** The FUSE operations over a set of images (exported for unit tests that need no FUSE). */
+export function fuseHandlers(images: Map<string, ImageFile>, started: Date, newFd: () => number): Handlers {
   return {
     readdir(p, cb) {
       if (p !== '/') return cb(Fuse.ENOTDIR);

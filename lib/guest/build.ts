@@ -140,6 +140,11 @@ export async function buildGuest(options: GuestOptions = {}): Promise<Guest> {
     publish('progress', { step: `writing the ${diskMiB} MiB data disk` });
     await writeDiskPattern(path.join(tmp, 'data.raw'), diskMiB * 1024 * 1024);
     await fsp.writeFile(path.join(tmp, 'guest.json'), JSON.stringify({ key, inputs, order }, null, 2) + '\n');
+    // Another process may have finished the same build meanwhile: keep the first complete one.
+    if (await fsp.stat(path.join(dir, 'guest.json')).catch(() => null)) {
+      await fsp.rm(tmp, { recursive: true, force: true });
+      return guest;
+    }
     await fsp.rm(dir, { recursive: true, force: true });
     await fsp.rename(tmp, dir);
   } catch (err) {

@@ -1,0 +1,64 @@
+/**
+ * What a run may leave behind, looked up on the real host: libvirt domains,
+ * QEMU processes, FUSE mounts and files under a directory. Tests assert all
+ * of them are empty after every path, successful or not.
+ */
+import { execFile } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+
+export async function virshDomains(): Promise<string[]> {
+  const { stdout } = await run('virsh', ['-c', process.env.LIBVIRT_URI ?? 'qemu:///system', 'list', '--all', '--name']);
+  return stdout.split('\n').map((s) => s.trim()).filter(Boolean);
+}
+
+export async function qemuProcessesFor(domain: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const pid of await fsp.readdir('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    const cmd = await fsp.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmd.includes('qemu-system') && cmd.includes(`guest=${domain}`)) out.push(pid);
+  }
+  return out;
+}
+
+export async function mountsUnder(dir: string): Promise<string[]> {
+  const text = await fsp.readFile('/proc/self/mountinfo', 'utf8');
+  return text.split('\n').map((l) => l.split(' ')[4] ?? '').filter((mp) => mp.startsWith(dir));
+}
+
+export async function filesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (d: string): Promise<void> => {
+    for (const e of await fsp.readdir(d, { withFileTypes: true }).catch(() => [])) {
+      const p = `${d}/${e.name}`;
+      out.push(p);
+      if (e.isDirectory()) await walk(p);
+    }
+  };
+  await walk(dir);
+  return out;
+}
+
+export interface Leaks {
+  domains: string[];
+  qemu: string[];
+  mounts: string[];
+  files: string[];
+}
+
+/** Everything still present for these domains and under this run directory. */
+export async function leaks(domains: string[], runDir: string): Promise<Leaks> {
+  const live = await virshDomains();
+  const qemu = (await Promise.all(domains.map(qemuProcessesFor))).flat();
+  return {
+    domains: domains.filter((d) => live.includes(d)),
+    qemu,
+    mounts: await mountsUnder(runDir),
+    files: await filesUnder(runDir),
+  };
+}
+
+export const NO_LEAKS: Leaks = { domains: [], qemu: [], mounts: [], files: [] };
