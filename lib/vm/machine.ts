@@ -29,11 +29,25 @@ export async function startVm(lv: Libvirt, spec: VmSpec, scope: Scope, opts: { s
   await fsp.rm(spec.qmpSocket, { force: true });
   await lv.create(domainXml(spec), spec.name);
   const alive = () => lv.isActive(spec.name);
-  const qmp = await QmpClient.connect(spec.qmpSocket, { signal: opts.signal, alive }).catch(async (err: unknown) => {
-    throw await withQemuLog(err, spec.name);
+  const vm = { spec, alive, destroy } as RunningVm;
+  vm.qmp = await QmpClient.connect(spec.qmpSocket, { signal: opts.signal, alive }).catch(async (err: unknown) => {
+    throw await explainFailure(err, vm);
   });
+  const qmp = vm.qmp;
   scope.defer(`close QMP ${spec.qmpSocket}`, () => qmp.close());
-  return { spec, qmp, alive, destroy };
+  return vm;
+}
+
+/**
+ * Turns a failure while a VM was starting or running into the error a user
+ * needs: when QEMU itself is gone, that is the story (VMS_QEMU_DIED, whatever
+ * step noticed first), told with the tail of QEMU's log.
+ */
+export async function explainFailure(err: unknown, vm: Pick<RunningVm, 'spec' | 'alive'>): Promise<unknown> {
+  if (!(err instanceof VmsynthError) || err.code === 'VMS_INTERRUPTED') return err;
+  const died = err.code !== 'VMS_QEMU_DIED' && !(await vm.alive());
+  const e = died ? new VmsynthError('VMS_QEMU_DIED', `QEMU exited underneath vmsynth (first noticed as: ${err.message})`, { cause: err, details: err.details }) : err;
+  return withQemuLog(e, vm.spec.name);
 }
 
 /** Adds the tail of libvirt's QEMU log for the domain to an error's message. */

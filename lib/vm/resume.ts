@@ -24,7 +24,7 @@ import type { VmSpec } from './domain-xml.js';
 import { waitForApp, workPath, type AppReply, type AppWork } from './guest-app.js';
 import { cleanStale } from './janitor.js';
 import { Libvirt } from './libvirt.js';
-import { startVm, withQemuLog, type RunningVm } from './machine.js';
+import { explainFailure, startVm, type RunningVm } from './machine.js';
 import { loadState } from './migration.js';
 import { Session } from './session.js';
 
@@ -123,16 +123,17 @@ export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
       owner: { ...session.owner, sessionDir: session.dir },
     };
     const vm = await startVm(lv, spec, scope, { signal: opts.signal });
+    let resumeMs = 0;
+    let reply: AppReply;
     try {
       await loadState(vm.qmp, base.file('deviceState'), session.file('incoming.sock'), { ignoreShared: true, signal: opts.signal });
+      resumeMs = performance.now() - t0;
+      publish('domainRunning', { name: spec.name, ms: resumeMs });
+      const remaining = Math.max(1000, (opts.timeoutMs ?? 60_000) - resumeMs);
+      ({ reply } = await waitForApp(hostPort, { timeoutMs: remaining, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog, path: workPath(opts.work) }));
     } catch (err) {
-      throw await withQemuLog(err instanceof VmsynthError && err.code === 'VMS_QMP' && !(await vm.alive()) ? new VmsynthError('VMS_QEMU_DIED', err.message, { cause: err }) : err, spec.name);
+      throw await explainFailure(err, vm);
     }
-    const resumeMs = performance.now() - t0;
-    publish('domainRunning', { name: spec.name, ms: resumeMs });
-
-    const remaining = Math.max(1000, (opts.timeoutMs ?? 60_000) - resumeMs);
-    const { reply } = await waitForApp(hostPort, { timeoutMs: remaining, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog, path: workPath(opts.work) });
     const firstResponseMs = performance.now() - t0;
     const before = { memory: { ...memory.stats }, disk: { ...disk.stats } };
 

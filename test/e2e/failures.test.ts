@@ -1,0 +1,135 @@
+/**
+ * Failure paths end to end: each gives its typed error and leaves nothing
+ * behind — no domain, QEMU process, FUSE mount, session file or partial base.
+ */
+import { testRoot, removeTestRoot } from '../helpers/env.js';
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { channels } from '../../lib/core/diagnostics.js';
+import { baseDir, packageRoot, runDir } from '../../lib/core/paths.js';
+import { createBase } from '../../lib/vm/base.js';
+import { cleanStale } from '../../lib/vm/janitor.js';
+import { Libvirt } from '../../lib/vm/libvirt.js';
+import { resumeBase } from '../../lib/vm/resume.js';
+import { guestBase, guestSource } from '../helpers/guest-base.js';
+import { leaks, mountsUnder, NO_LEAKS, virshDomains } from '../helpers/leaks.js';
+
+t.teardown(removeTestRoot);
+
+const { guest, base } = await guestBase('fail');
+
+/** Runs fn while recording every domain it creates; returns their names. */
+async function tracking(fn: () => Promise<unknown>): Promise<{ error: unknown; domains: string[] }> {
+  const domains: string[] = [];
+  const onCreated = (m: unknown) => domains.push((m as { name: string }).name);
+  channels.domainCreated.subscribe(onCreated);
+  try {
+    await fn();
+    return { error: null, domains };
+  } catch (error) {
+    return { error, domains };
+  } finally {
+    channels.domainCreated.unsubscribe(onCreated);
+  }
+}
+
+for (const when of ['created', 'running'] as const) {
+  t.test(`QEMU killed right after the domain is ${when}: VMS_QEMU_DIED, no leaks`, async (t) => {
+    const kill = (m: unknown) => {
+      const { pid, name } = m as { pid?: number | null; name: string };
+      if (when === 'created' && pid) process.kill(pid, 'SIGKILL');
+      if (when === 'running') void fsp.readFile(`/run/libvirt/qemu/${name}.pid`, 'utf8').then((p) => process.kill(Number(p), 'SIGKILL'));
+    };
+    const ch = when === 'created' ? channels.domainCreated : channels.domainRunning;
+    ch.subscribe(kill);
+    const { error, domains } = await tracking(() => resumeBase({ base: 'fail', verify: false, timeoutMs: 30_000 }));
+    ch.unsubscribe(kill);
+    t.match(error, { code: 'VMS_QEMU_DIED' });
+    t.equal(domains.length, 1);
+    t.same(await leaks(domains, runDir()), NO_LEAKS);
+  });
+}
+
+t.test('no /dev/fuse: VMS_NO_FUSE before anything starts', async (t) => {
+  const { error, domains } = await tracking(() => resumeBase({ base: 'fail', verify: false, fuseDevice: '/nonexistent/fuse' }));
+  t.match(error, { code: 'VMS_NO_FUSE' });
+  t.same(domains, []);
+  t.same(await leaks([], runDir()), NO_LEAKS);
+});
+
+t.test('libvirtd unreachable: VMS_LIBVIRT_UNREACHABLE', async (t) => {
+  const saved = process.env.LIBVIRT_URI;
+  process.env.LIBVIRT_URI = 'qemu:///system?socket=/nonexistent/libvirt-sock';
+  t.teardown(() => { if (saved === undefined) delete process.env.LIBVIRT_URI; else process.env.LIBVIRT_URI = saved; });
+  const { error } = await tracking(() => resumeBase({ base: 'fail', verify: false }));
+  t.match(error, { code: 'VMS_LIBVIRT_UNREACHABLE', message: /nonexistent/ });
+  t.same(await mountsUnder(runDir()), []);
+  t.same(await fsp.readdir(runDir()).catch(() => []), []);
+});
+
+/** A copy of the base with one file damaged; the other files are hard links. */
+async function damaged(name: string, damage: (dir: string) => Promise<void>): Promise<string> {
+  const dir = path.join(baseDir(), name);
+  await fsp.mkdir(dir);
+  for (const f of await fsp.readdir(base.dir)) await fsp.link(path.join(base.dir, f), path.join(dir, f));
+  await damage(dir);
+  return name;
+}
+
+async function replaceWithCopy(file: string, edit: (buf: Buffer) => Buffer): Promise<void> {
+  const data = edit(await fsp.readFile(file));
+  await fsp.rm(file);
+  await fsp.writeFile(file, data);
+}
+
+t.test('bad bases: each damage has its own code, and nothing starts', async (t) => {
+  const cases: [string, (dir: string) => Promise<void>, string][] = [
+    ['flipped', (d) => replaceWithCopy(path.join(d, 'memory.raw'), (b) => { b[123_456] = b[123_456]! ^ 0x40; return b; }), 'VMS_HASH_MISMATCH'],
+    ['short-memory', (d) => replaceWithCopy(path.join(d, 'memory.raw'), (b) => b.subarray(0, b.length - 4096)), 'VMS_MEMORY_SIZE_MISMATCH'],
+    ['no-state', (d) => fsp.rm(path.join(d, 'device.state')), 'VMS_BASE_FILE_MISSING'],
+    ['garbage', (d) => replaceWithCopy(path.join(d, 'manifest.json'), () => Buffer.from('{"format": 1')), 'VMS_BASE_CORRUPT'],
+  ];
+  for (const [name, damage, code] of cases) {
+    await damaged(name, damage);
+    const { error, domains } = await tracking(() => resumeBase({ base: name }));
+    t.match(error, { code }, name);
+    t.same(domains, [], `${name}: no domain started`);
+  }
+  const { error } = await tracking(() => resumeBase({ base: 'never-made' }));
+  t.match(error, { code: 'VMS_BASE_NOT_FOUND' });
+  t.same(await leaks([], runDir()), NO_LEAKS);
+});
+
+t.test('a guest whose app never answers: VMS_GUEST_TIMEOUT with the console tail, no partial base', async (t) => {
+  const { error, domains } = await tracking(() => createBase({ name: 'silent', source: { ...guestSource(guest), appPort: 9 }, timeoutMs: 10_000 }));
+  t.match(error, { code: 'VMS_GUEST_TIMEOUT', message: /guest console/ });
+  t.same(await fsp.readdir(baseDir()).then((d) => d.filter((n) => n.includes('silent'))), [], 'no base and no temp dir');
+  t.same(await leaks(domains, runDir()), NO_LEAKS);
+});
+
+t.test('a start after a crash removes the domain, mount and session a killed vmsynth left', async (t) => {
+  const child = spawn(process.execPath, [path.join(packageRoot(), 'test/fixtures/hold-resume.mjs'), 'fail'], { env: process.env, stdio: ['ignore', 'pipe', 'inherit'] });
+  const domain = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /RUNNING (\S+)/.exec(out);
+      if (m) resolve(m[1]!);
+    });
+    child.on('exit', (code) => reject(new Error(`hold-resume exited early (${code})`)));
+  });
+  child.kill('SIGKILL');
+  await new Promise((r) => child.once('exit', r));
+  t.ok((await virshDomains()).includes(domain), 'the crash left the domain running');
+  t.equal((await mountsUnder(runDir())).length, 1, 'and the FUSE mount');
+  const lv = await Libvirt.connect();
+  t.teardown(() => lv.close());
+  const report = await cleanStale(lv);
+  t.same(report.domains, [domain]);
+  t.equal(report.mounts.length, 1);
+  t.equal(report.sessions.length, 1);
+  t.same(await leaks([domain], runDir()), NO_LEAKS);
+  t.ok(testRoot);
+});
