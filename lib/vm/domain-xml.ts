@@ -23,8 +23,11 @@ export interface VmSpec {
   initrd: string;
   cmdline: string;
   disk: { path: string; format: 'raw' | 'qcow2' };
-  /** Guest RAM: the file, and whether guest writes reach it (MAP_SHARED) or stay private. */
-  memory: { path: string; share: boolean };
+  /**
+   * Guest RAM: the file, and whether guest writes reach it (MAP_SHARED) or stay
+   * private; path null means anonymous RAM (a classic restore loads it all from the stream).
+   */
+  memory: { path: string | null; share: boolean };
   qmpSocket: string;
   consoleLog: string;
   net: { mac: string; hostPort: number; guestPort: number };
@@ -46,7 +49,9 @@ function esc(s: string): string {
 /** The QEMU arguments vmsynth adds through <qemu:commandline>. */
 export function extraQemuArgs(spec: VmSpec): string[] {
   const args = [
-    '-object', `memory-backend-file,id=${MEMORY_BACKEND_ID},size=${spec.memoryMiB}M,mem-path=${spec.memory.path},share=${spec.memory.share ? 'on' : 'off'}`,
+    '-object', spec.memory.path === null
+      ? `memory-backend-ram,id=${MEMORY_BACKEND_ID},size=${spec.memoryMiB}M`
+      : `memory-backend-file,id=${MEMORY_BACKEND_ID},size=${spec.memoryMiB}M,mem-path=${spec.memory.path},share=${spec.memory.share ? 'on' : 'off'}`,
     '-machine', `memory-backend=${MEMORY_BACKEND_ID}`,
     '-qmp', `unix:${spec.qmpSocket},server=on,wait=off`,
     '-netdev', `user,id=${NETDEV_ID},hostfwd=tcp:127.0.0.1:${spec.net.hostPort}-:${spec.net.guestPort}`,

@@ -1,0 +1,56 @@
+/** The vmsynth command line: --help everywhere, usage errors, typed JSON errors, exit codes. */
+import { testRoot, removeTestRoot } from './helpers/env.js';
+import t from 'tap';
+import { execFile } from 'node:child_process';
+import path from 'node:path';
+import { packageRoot } from '../lib/core/paths.js';
+import { ERRORS } from '../lib/core/errors.js';
+
+t.teardown(removeTestRoot);
+const main = path.join(packageRoot(), 'dist/lib/cli/main.js');
+
+function vmsynth(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [main, ...args], { env: { ...process.env, ...env } }, (err, stdout, stderr) => {
+      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+const commands = [[], ['demo'], ['guest'], ['guest', 'build'], ['base'], ['base', 'create'], ['base', 'list'], ['base', 'verify'], ['base', 'resume'], ['clean']];
+
+t.test('every command has --help', async (t) => {
+  for (const c of commands) {
+    const r = await vmsynth([...c, '--help']);
+    t.equal(r.code, 0, `vmsynth ${c.join(' ')} --help exits 0`);
+    t.match(r.stdout, /Usage: vmsynth/);
+  }
+});
+
+t.test('usage errors exit 64', async (t) => {
+  t.equal((await vmsynth(['frobnicate'])).code, 64);
+  t.equal((await vmsynth(['base', 'resume', 'x', '--mem-mb', 'lots'])).code, 64);
+  const r = await vmsynth(['base', 'create', 'x', '--kernel', '/k']);
+  t.equal(r.code, ERRORS.VMS_USAGE.exit);
+  t.match(r.stderr, /VMS_USAGE.*go together/);
+});
+
+t.test('errors print their code and hint; --json puts them on stdout', async (t) => {
+  const r = await vmsynth(['base', 'verify', 'nope', '--json']);
+  t.equal(r.code, ERRORS.VMS_BASE_NOT_FOUND.exit);
+  t.match(r.stderr, /error VMS_BASE_NOT_FOUND/);
+  t.match(r.stderr, /what to do: /);
+  const last = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { error: { code: string; hint: string } };
+  t.equal(last.error.code, 'VMS_BASE_NOT_FOUND');
+  t.ok(last.error.hint);
+});
+
+t.test('base list is empty and says how to make one; libvirt down is typed', async (t) => {
+  const r = await vmsynth(['base', 'list', '--json']);
+  t.equal(r.code, 0);
+  t.same(JSON.parse(r.stdout), []);
+  const down = await vmsynth(['clean', '--json'], { LIBVIRT_URI: 'qemu:///system?socket=/nonexistent/sock' });
+  t.equal(down.code, ERRORS.VMS_LIBVIRT_UNREACHABLE.exit);
+  t.match(down.stdout, /VMS_LIBVIRT_UNREACHABLE/);
+  t.ok(testRoot);
+});
