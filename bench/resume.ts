@@ -12,6 +12,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
+import { exec } from '../lib/core/exec.js';
 import { attachLogger } from '../lib/core/log.js';
 import { freePort } from '../lib/core/net.js';
 import { packageRoot } from '../lib/core/paths.js';
@@ -58,7 +59,6 @@ async function classicRestore(base: Base, stream: string, streamBytes: number): 
     const session = await Session.create(scope);
     const t0 = performance.now();
     const disk = session.file('disk.qcow2');
-    const { exec } = await import('../lib/core/exec.js');
     await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base.file('disk'), '-F', 'raw', disk]);
     const hostPort = await freePort();
     const vm = await startVm(lv, {

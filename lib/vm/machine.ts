@@ -29,13 +29,11 @@ export async function startVm(lv: Libvirt, spec: VmSpec, scope: Scope, opts: { s
   await fsp.rm(spec.qmpSocket, { force: true });
   await lv.create(domainXml(spec), spec.name);
   const alive = () => lv.isActive(spec.name);
-  const vm = { spec, alive, destroy } as RunningVm;
-  vm.qmp = await QmpClient.connect(spec.qmpSocket, { signal: opts.signal, alive }).catch(async (err: unknown) => {
-    throw await explainFailure(err, vm);
+  const qmp = await QmpClient.connect(spec.qmpSocket, { signal: opts.signal, alive }).catch(async (err: unknown) => {
+    throw await explainFailure(err, { spec, alive });
   });
-  const qmp = vm.qmp;
   scope.defer(`close QMP ${spec.qmpSocket}`, () => qmp.close());
-  return vm;
+  return { spec, qmp, alive, destroy };
 }
 
 /**
