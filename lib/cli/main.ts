@@ -155,11 +155,12 @@ base
 program
   .command('clean')
   .description('Remove what a crashed vmsynth left behind: vmsynth-* domains, FUSE mounts and session directories of dead processes.')
+  .option('--all', 'also remove stale state of other vmsynth instances (other VMSYNTH_RUN_DIR)')
   .option('--json', 'print what was removed as JSON')
-  .action(async (o: { json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
+  .action(async (o: { all?: boolean; json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
     const lv = await Libvirt.connect();
     try {
-      const r = await cleanStale(lv);
+      const r = await cleanStale(lv, { allInstances: o.all });
       if (!json) console.log(`removed ${r.domains.length} domains, ${r.mounts.length} mounts, ${r.sessions.length} session directories`);
       return r;
     } finally {

@@ -2,7 +2,10 @@
  * The janitor: finds what a crashed vmsynth left behind and removes it —
  * `vmsynth-*` domains, FUSE mounts and session directories whose owning
  * process is gone. State owned by a live vmsynth process is never touched,
- * so concurrent runs (and parallel tests) are safe.
+ * so concurrent runs (and parallel tests) are safe. Stale state of another
+ * vmsynth instance (another run directory) is left to that instance while its
+ * session directory still exists; orphans whose session directory is gone
+ * are anyone's to clean.
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
@@ -19,13 +22,25 @@ export interface CleanReport {
   sessions: string[];
 }
 
-export async function cleanStale(lv: Libvirt | null): Promise<CleanReport> {
+/** Whether this instance should clean a dead owner's session directory. */
+async function ours(sessionDir: string, root: string): Promise<boolean> {
+  if (sessionDir.startsWith(root + path.sep)) return true;
+  return !(await fsp.stat(sessionDir).catch(() => null));
+}
+
+/**
+ * Removes stale state. With allInstances, stale state of other vmsynth
+ * instances (other run directories) is removed too.
+ */
+export async function cleanStale(lv: Libvirt | null, opts: { allInstances?: boolean } = {}): Promise<CleanReport> {
   const report: CleanReport = { domains: [], mounts: [], sessions: [] };
+  const root = runDir();
+  const all = !!opts.allInstances;
 
   if (lv) {
     for (const name of await lv.vmsynthDomains()) {
       const owner = ownerFromXml(await lv.xmlDesc(name).catch(() => ''));
-      if (owner && (await ownerAlive(owner))) continue;
+      if (owner && ((await ownerAlive(owner)) || (!all && !(await ours(owner.sessionDir, root))))) continue;
       if (await lv.destroy(name).catch(() => false)) {
         report.domains.push(name);
         publish('staleCleaned', { kind: 'domain', what: name });
@@ -35,14 +50,14 @@ export async function cleanStale(lv: Libvirt | null): Promise<CleanReport> {
 
   for (const mount of await listFuseMounts()) {
     if (mount.fstype !== 'fuse.vmsynth') continue;
-    const owner = await readOwner(path.join(path.dirname(mount.mountpoint), OWNER_FILE));
-    if (owner && (await ownerAlive(owner))) continue;
+    const sessionDir = path.dirname(mount.mountpoint);
+    const owner = await readOwner(path.join(sessionDir, OWNER_FILE));
+    if (owner && ((await ownerAlive(owner)) || (!all && !sessionDir.startsWith(root + path.sep)))) continue;
     await forceUnmount(mount);
     report.mounts.push(mount.mountpoint);
     publish('staleCleaned', { kind: 'mount', what: mount.mountpoint });
   }
 
-  const root = runDir();
   for (const entry of await fsp.readdir(root).catch(() => [] as string[])) {
     const dir = path.join(root, entry);
     const owner = await readOwner(path.join(dir, OWNER_FILE));
