@@ -25,7 +25,7 @@ import { waitForApp, workPath, type AppWork } from '../lib/vm/guest-app.js';
 import { Libvirt } from '../lib/vm/libvirt.js';
 import { startVm } from '../lib/vm/machine.js';
 import { loadState, saveState } from '../lib/vm/migration.js';
-import { resumeBase } from '../lib/vm/resume.js';
+import { restoreSpec, resumeBase } from '../lib/vm/resume.js';
 import { Session } from '../lib/vm/session.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
@@ -52,7 +52,6 @@ async function captureFullStream(base: Base, file: string): Promise<number> {
 
 /** Classic restore: anonymous RAM, the whole stream loaded, then the first request. */
 async function classicRestore(base: Base, stream: string, streamBytes: number): Promise<Sample> {
-  const m = base.manifest;
   return withScope(async (scope) => {
     const lv = await Libvirt.connect();
     scope.defer('close libvirt', () => lv.close());
@@ -61,14 +60,7 @@ async function classicRestore(base: Base, stream: string, streamBytes: number): 
     const disk = session.file('disk.qcow2');
     await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base.file('disk'), '-F', 'raw', disk]);
     const hostPort = await freePort();
-    const vm = await startVm(lv, {
-      name: session.domainName, accel: m.vm.accel, machine: m.vm.machine, vcpus: m.vm.vcpus, memoryMiB: m.vm.memoryMiB,
-      kernel: base.file('kernel'), initrd: base.file('initrd'), cmdline: m.vm.cmdline,
-      disk: { path: disk, format: 'qcow2' }, memory: { path: null, share: false },
-      qmpSocket: session.file('qmp.sock'), consoleLog: session.file('console.log'),
-      net: { mac: m.vm.mac, hostPort, guestPort: m.vm.appPort }, incoming: true,
-      owner: { ...session.owner, sessionDir: session.dir },
-    }, scope);
+    const vm = await startVm(lv, restoreSpec(base, session, { disk: { path: disk, format: 'qcow2' }, memory: { path: null, share: false }, hostPort }), scope);
     await loadState(vm.qmp, stream, session.file('in.sock'), { ignoreShared: false });
     const resumeMs = performance.now() - t0;
     await waitForApp(hostPort, { timeoutMs: 60_000, alive: vm.alive, path: workPath(WORK) });

@@ -14,7 +14,7 @@ import { runDir } from '../core/paths.js';
 import { forceUnmount, listFuseMounts } from '../fs/mounts.js';
 import { ownerFromXml } from './domain-xml.js';
 import type { Libvirt } from './libvirt.js';
-import { OWNER_FILE, ownerAlive, readOwner } from './session.js';
+import { OWNER_FILE, ownerAlive, readOwner, type Owner } from './session.js';
 
 export interface CleanReport {
   domains: string[];
@@ -22,9 +22,15 @@ export interface CleanReport {
   sessions: string[];
 }
 
-/** Whether this instance should clean a dead owner's session directory. */
-async function ours(sessionDir: string, root: string): Promise<boolean> {
-  if (sessionDir.startsWith(root + path.sep)) return true;
+/**
+ * Whether state recorded with this owner and session directory may be removed:
+ * its owner is gone, and it is this instance's (or anyone's, with `all`, or
+ * an orphan whose session directory no longer exists).
+ */
+async function mayClean(owner: Owner | null, sessionDir: string, root: string, all: boolean): Promise<boolean> {
+  if (!owner) return true;
+  if (await ownerAlive(owner)) return false;
+  if (all || sessionDir.startsWith(root + path.sep)) return true;
   return !(await fsp.stat(sessionDir).catch(() => null));
 }
 
@@ -40,7 +46,7 @@ export async function cleanStale(lv: Libvirt | null, opts: { allInstances?: bool
   if (lv) {
     for (const name of await lv.vmsynthDomains()) {
       const owner = ownerFromXml(await lv.xmlDesc(name).catch(() => ''));
-      if (owner && ((await ownerAlive(owner)) || (!all && !(await ours(owner.sessionDir, root))))) continue;
+      if (!(await mayClean(owner, owner?.sessionDir ?? '', root, all))) continue;
       if (await lv.destroy(name).catch(() => false)) {
         report.domains.push(name);
         publish('staleCleaned', { kind: 'domain', what: name });
@@ -52,7 +58,7 @@ export async function cleanStale(lv: Libvirt | null, opts: { allInstances?: bool
     if (mount.fstype !== 'fuse.vmsynth') continue;
     const sessionDir = path.dirname(mount.mountpoint);
     const owner = await readOwner(path.join(sessionDir, OWNER_FILE));
-    if (owner && ((await ownerAlive(owner)) || (!all && !sessionDir.startsWith(root + path.sep)))) continue;
+    if (!(await mayClean(owner, sessionDir, root, all))) continue;
     await forceUnmount(mount);
     report.mounts.push(mount.mountpoint);
     publish('staleCleaned', { kind: 'mount', what: mount.mountpoint });

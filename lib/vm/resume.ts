@@ -77,6 +77,31 @@ async function baseImage(name: string, file: string, bytes: number, scope: Scope
   return new ImageFile(name, new ChunkMap(bytes, undefined, ChunkSource.BASE), { [ChunkSource.BASE]: fileReader(handle, file) });
 }
 
+/**
+ * The VmSpec that restores a base's saved state: the base's machine, kernel and
+ * NIC, waiting for incoming state, with the given disk, RAM and host port.
+ */
+export function restoreSpec(base: Base, session: Session, at: { disk: VmSpec['disk']; memory: VmSpec['memory']; hostPort: number }): VmSpec {
+  const m = base.manifest;
+  return {
+    name: session.domainName,
+    accel: m.vm.accel,
+    machine: m.vm.machine,
+    vcpus: m.vm.vcpus,
+    memoryMiB: m.vm.memoryMiB,
+    kernel: base.file('kernel'),
+    initrd: base.file('initrd'),
+    cmdline: m.vm.cmdline,
+    disk: at.disk,
+    memory: at.memory,
+    qmpSocket: session.file('qmp.sock'),
+    consoleLog: session.file('console.log'),
+    net: { mac: m.vm.mac, hostPort: at.hostPort, guestPort: m.vm.appPort },
+    incoming: true,
+    owner: { ...session.owner, sessionDir: session.dir },
+  };
+}
+
 export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
   const base: Base = await loadBase(opts.base);
   const m = base.manifest;
@@ -105,23 +130,7 @@ export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
     await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', mount.path('disk.img'), '-F', 'raw', qcow, String(m.disk.bytes)]);
 
     const hostPort = await freePort();
-    const spec: VmSpec = {
-      name: session.domainName,
-      accel,
-      machine: m.vm.machine,
-      vcpus: m.vm.vcpus,
-      memoryMiB: m.vm.memoryMiB,
-      kernel: base.file('kernel'),
-      initrd: base.file('initrd'),
-      cmdline: m.vm.cmdline,
-      disk: { path: qcow, format: 'qcow2' },
-      memory: { path: mount.path('memory.img'), share: false },
-      qmpSocket: session.file('qmp.sock'),
-      consoleLog: session.file('console.log'),
-      net: { mac: m.vm.mac, hostPort, guestPort: m.vm.appPort },
-      incoming: true,
-      owner: { ...session.owner, sessionDir: session.dir },
-    };
+    const spec = restoreSpec(base, session, { disk: { path: qcow, format: 'qcow2' }, memory: { path: mount.path('memory.img'), share: false }, hostPort });
     const vm = await startVm(lv, spec, scope, { signal: opts.signal });
     let resumeMs = 0;
     let reply: AppReply;
