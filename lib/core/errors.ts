@@ -32,6 +32,13 @@ export const ERRORS = {
   VMS_MIGRATION: { exit: 70, hint: 'Saving or loading the device state failed; the base may be from another QEMU version: recreate it.' },
   VMS_GUEST_TIMEOUT: { exit: 75, hint: 'The guest app never answered; see the console log tail in the message, or raise --timeout (TCG is slow).' },
   VMS_GUEST_BUILD: { exit: 70, hint: 'Building the test guest failed; check that apt can download the Debian kernel (`apt-get update`).' },
+  VMS_OVERLAY_CORRUPT: { exit: 65, hint: 'The overlay is truncated or damaged; fetch or build it again (`vmsynth overlay verify DIR` names the first bad part).' },
+  VMS_OVERLAY_FORMAT: { exit: 65, hint: 'The overlay was written in a format version this vmsynth does not read; rebuild it with this version, or upgrade vmsynth.' },
+  VMS_OVERLAY_EXISTS: { exit: 73, hint: 'The output directory already exists; pick another, or pass --force to replace it.' },
+  VMS_BASE_MISMATCH: { exit: 65, hint: 'The overlay was made against another base; synthesize it over the base whose disk and memory hashes it names (`vmsynth overlay inspect DIR`).' },
+  VMS_BAD_SIGNATURE: { exit: 65, hint: 'The overlay manifest is not signed by the key it names; it was altered after signing. Do not use it.' },
+  VMS_UNTRUSTED_KEY: { exit: 77, hint: 'The overlay is signed by a key this host does not trust; add its public key with `vmsynth key trust FILE`, or pass --trust FILE.' },
+  VMS_NO_KEY: { exit: 66, hint: 'Create a signing key with `vmsynth key generate`, or pass --key FILE.' },
   VMS_INTERRUPTED: { exit: 130, hint: 'Interrupted by a signal; everything the command had started was cleaned up.' },
   VMS_INTERNAL: { exit: 70, hint: 'This is a bug in vmsynth; please report it with the log.' },
 } as const satisfies Record<string, ErrorSpec>;

@@ -21,6 +21,11 @@ export function cacheDir(): string {
   return path.resolve(process.env.VMSYNTH_CACHE_DIR ?? '/var/cache/vmsynth');
 }
 
+/** Signing keys (private, 0600) and the public keys this host trusts (trusted/). */
+export function keyDir(): string {
+  return path.resolve(process.env.VMSYNTH_KEY_DIR ?? '/var/lib/vmsynth/keys');
+}
+
 export function libvirtUri(): string {
   return process.env.LIBVIRT_URI ?? 'qemu:///system';
 }

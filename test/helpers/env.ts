@@ -1,5 +1,5 @@
 /**
- * Test isolation: each test file gets its own run and base directories, so
+ * Test isolation: each test file gets its own run, base and key directories, so
  * parallel test files never see each other's sessions or bases. Import this
  * first in any test that touches lib/ paths.
  */
@@ -10,6 +10,7 @@ import path from 'node:path';
 export const testRoot = mkdtempSync(path.join(os.tmpdir(), 'vmsynth-test-'));
 process.env.VMSYNTH_RUN_DIR = path.join(testRoot, 'run');
 process.env.VMSYNTH_BASE_DIR = path.join(testRoot, 'bases');
+process.env.VMSYNTH_KEY_DIR = path.join(testRoot, 'keys');
 
 /** Removes the test's directories (call from t.teardown of the top-level test). */
 export function removeTestRoot(): void {

@@ -1,0 +1,167 @@
+/**
+ * Applying an overlay offline: turn base + overlay into the custom VM's full
+ * disk and memory images, and checking an overlay chunk by chunk.
+ *
+ * The segment loop is shared: segments are read in order, verified and
+ * decompressed on worker threads (a bounded window ahead), and each chunk's
+ * content is rebuilt from its record: zeros, a base chunk, an earlier
+ * overlay chunk, base XOR payload, or the payload. `apply` writes the
+ * content into copies of the base images (coalescing neighbouring chunks
+ * into one write); `verify` hashes it against the manifest instead.
+ */
+import { CHUNK_SIZE } from '../fs/chunk-map.js';
+import { throwIfAborted } from '../core/scope.js';
+import { publish } from '../core/diagnostics.js';
+import { VmsynthError } from '../core/errors.js';
+import { ChunkFile, sha256, xorInto, ZERO_CHUNK, ZERO_DIGEST } from './chunk-io.js';
+import { ChunkKind, HASH_BYTES, readRecord, type ChunkRecord, type SegmentInfo } from './format.js';
+import type { Overlay } from './reader.js';
+import { SegmentPool } from './segment-pool.js';
+
+/** Where rebuilt chunks go. */
+interface ChunkSink {
+  /** Content of an earlier overlay chunk (for SELF references). */
+  prior(image: number, index: number, scratch: Buffer, segment: number): Buffer;
+  put(r: ChunkRecord, content: Buffer, digest: Uint8Array, segment: number): void;
+  endSegment(): void;
+}
+
+export interface LoopStats {
+  segments: number;
+  chunks: number;
+  compressedBytes: number;
+  rawBytes: number;
+  /** Bytes of image content the overlay defines (chunks × 4 KiB). */
+  imageBytes: number;
+  ms: number;
+}
+
+export interface LoopOptions {
+  /** Worker threads for verify + decompress (0: inline). */
+  threads?: number;
+  signal?: AbortSignal;
+}
+
+async function forEachChunk(overlay: Overlay, base: ChunkFile[], sink: ChunkSink, opts: LoopOptions): Promise<LoopStats> {
+  const t0 = performance.now();
+  const segs = overlay.body.segments;
+  const threads = opts.threads ?? 1;
+  const pool = new SegmentPool(threads);
+  const file = overlay.segmentFile();
+  const window = Math.max(2, threads * 2);
+  const inflight: Promise<Buffer>[] = [];
+  const stats: LoopStats = { segments: segs.length, chunks: 0, compressedBytes: 0, rawBytes: 0, imageBytes: 0, ms: 0 };
+  const scratch = Buffer.allocUnsafeSlow(CHUNK_SIZE);
+  const content = Buffer.allocUnsafeSlow(CHUNK_SIZE);
+  let next = 0;
+  const launch = () => {
+    while (next < segs.length && inflight.length < window) {
+      const s = segs[next]!;
+      inflight.push(pool.open(next, s, file.read(s)));
+      next++;
+    }
+  };
+  try {
+    for (let si = 0; si < segs.length; si++) {
+      launch();
+      const raw = await inflight.shift()!;
+      throwIfAborted(opts.signal);
+      const s: SegmentInfo = segs[si]!;
+      for (let i = 0; i < s.count; i++) {
+        const r = readRecord(s.chunks, i);
+        const digest = s.hashes.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES);
+        let c: Buffer;
+        switch (r.kind) {
+          case ChunkKind.ZERO: c = ZERO_CHUNK; break;
+          case ChunkKind.BASE: c = base[r.refImage]!.chunk(r.refIndex); break;
+          case ChunkKind.SELF: c = sink.prior(r.refImage, r.refIndex, scratch, si); break;
+          case ChunkKind.XOR:
+            xorInto(content, raw.subarray(r.payloadOffset, r.payloadOffset + CHUNK_SIZE), base[r.image]!.chunk(r.index));
+            c = content;
+            break;
+          default: c = raw.subarray(r.payloadOffset, r.payloadOffset + CHUNK_SIZE);
+        }
+        sink.put(r, c, digest, si);
+      }
+      sink.endSegment();
+      stats.chunks += s.count;
+      stats.compressedBytes += s.bytes;
+      stats.rawBytes += s.rawBytes;
+      if (si % 64 === 63) publish('progress', { step: `overlay: ${si + 1}/${segs.length} segments` });
+    }
+  } finally {
+    // Let in-flight work settle before closing the pool, so nothing rejects unobserved.
+    await Promise.allSettled(inflight);
+    file.close();
+    await pool.close();
+  }
+  stats.imageBytes = stats.chunks * CHUNK_SIZE;
+  stats.ms = performance.now() - t0;
+  return stats;
+}
+
+/** Writes rebuilt chunks into the output images, coalescing runs of neighbouring chunks. */
+class FileSink implements ChunkSink {
+  private run = Buffer.allocUnsafeSlow(1 << 20);
+  private runImage = -1;
+  private runStart = 0;
+  private runCount = 0;
+
+  constructor(private readonly out: ChunkFile[]) {}
+
+  prior(image: number, index: number, scratch: Buffer): Buffer {
+    this.flush();
+    this.out[image]!.readAt(scratch, index * CHUNK_SIZE);
+    return scratch;
+  }
+
+  put(r: ChunkRecord, content: Buffer): void {
+    if (r.image !== this.runImage || r.index !== this.runStart + this.runCount || this.runCount * CHUNK_SIZE >= this.run.length) {
+      this.flush();
+      this.runImage = r.image;
+      this.runStart = r.index;
+    }
+    content.copy(this.run, this.runCount * CHUNK_SIZE);
+    this.runCount++;
+  }
+
+  endSegment(): void {}
+
+  flush(): void {
+    if (this.runCount === 0) return;
+    this.out[this.runImage]!.writeAt(this.run.subarray(0, this.runCount * CHUNK_SIZE), this.runStart * CHUNK_SIZE);
+    this.runCount = 0;
+  }
+}
+
+/** Rebuilds the overlay's chunks into `out` (which must start as copies of the base images). */
+export async function applyToImages(overlay: Overlay, base: ChunkFile[], out: ChunkFile[], opts: LoopOptions = {}): Promise<LoopStats> {
+  const sink = new FileSink(out);
+  const stats = await forEachChunk(overlay, base, sink, opts);
+  sink.flush();
+  return stats;
+}
+
+/** Checks every chunk's rebuilt content against its SHA-256 in the manifest; writes nothing. */
+export async function verifyChunks(overlay: Overlay, base: ChunkFile[], opts: LoopOptions = {}): Promise<LoopStats> {
+  const digests = new Map<number, Buffer>();
+  const key = (image: number, index: number) => image * 2 ** 32 + index;
+  const bad = (r: ChunkRecord, seg: number, why: string) =>
+    new VmsynthError('VMS_OVERLAY_CORRUPT', `segment ${seg}: ${r.image === 0 ? 'memory' : 'disk'} chunk ${r.index} ${why}`, { details: { segment: seg, image: r.image, index: r.index } });
+  const sink: ChunkSink = {
+    prior: () => ZERO_CHUNK, // a SELF chunk is checked by its target's digest, below
+    put(r, content, digest, seg) {
+      if (r.kind === ChunkKind.SELF) {
+        const t = digests.get(key(r.refImage, r.refIndex));
+        if (!t || !t.equals(digest)) throw bad(r, seg, 'refers to a chunk with other content');
+      } else if (r.kind === ChunkKind.ZERO) {
+        if (!ZERO_DIGEST.equals(digest)) throw bad(r, seg, 'is a zero chunk whose digest is not that of zeros');
+      } else if (!sha256(content).equals(digest)) {
+        throw bad(r, seg, 'does not match its SHA-256');
+      }
+      digests.set(key(r.image, r.index), Buffer.from(digest));
+    },
+    endSegment() {},
+  };
+  return forEachChunk(overlay, base, sink, opts);
+}

@@ -1,0 +1,107 @@
+/**
+ * Chunk-level helpers shared by the overlay builder and applier: reading
+ * images block by block or chunk by chunk (synchronously: both are CPU-bound
+ * batch jobs with their own process), zero tests, XOR, and digests.
+ */
+import { hash } from 'node:crypto';
+import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
+import { VmsynthError } from '../core/errors.js';
+import { CHUNK_SIZE } from '../fs/chunk-map.js';
+
+export const ZERO_CHUNK: Buffer = Buffer.alloc(CHUNK_SIZE);
+export const ZERO_DIGEST: Buffer = sha256(ZERO_CHUNK);
+export const BLOCK_BYTES = 1 << 20;
+
+export function sha256(data: Uint8Array): Buffer {
+  return hash('sha256', data, 'buffer') as unknown as Buffer;
+}
+
+export function isZero(buf: Buffer, offset = 0): boolean {
+  return buf.compare(ZERO_CHUNK, 0, CHUNK_SIZE, offset, offset + CHUNK_SIZE) === 0;
+}
+
+/** out = a XOR b, chunk by chunk, 32 bits at a time. */
+export function xorInto(out: Uint8Array, a: Uint8Array, b: Uint8Array): void {
+  if (out.byteOffset % 4 === 0 && a.byteOffset % 4 === 0 && b.byteOffset % 4 === 0) {
+    const o = new Uint32Array(out.buffer, out.byteOffset, CHUNK_SIZE / 4);
+    const x = new Uint32Array(a.buffer, a.byteOffset, CHUNK_SIZE / 4);
+    const y = new Uint32Array(b.buffer, b.byteOffset, CHUNK_SIZE / 4);
+    for (let i = 0; i < o.length; i++) o[i] = x[i]! ^ y[i]!;
+    return;
+  }
+  for (let i = 0; i < CHUNK_SIZE; i++) out[i] = a[i]! ^ b[i]!;
+}
+
+/** Number of zero 32-bit words in a chunk: the builder's measure of how compressible a payload is. */
+export function zeroWords(c: Uint8Array): number {
+  let n = 0;
+  if (c.byteOffset % 4 === 0) {
+    const w = new Uint32Array(c.buffer, c.byteOffset, CHUNK_SIZE / 4);
+    for (let i = 0; i < w.length; i++) if (w[i] === 0) n++;
+    return n;
+  }
+  for (let i = 0; i < CHUNK_SIZE; i += 4) if ((c[i]! | c[i + 1]! | c[i + 2]! | c[i + 3]!) === 0) n++;
+  return n;
+}
+
+/** A file opened for positional chunk I/O, with a one-block read cache for sequential access. */
+export class ChunkFile {
+  readonly fd: number;
+  readonly bytes: number;
+  private block: Buffer = Buffer.allocUnsafeSlow(BLOCK_BYTES);
+  private blockStart = -1;
+  private blockLen = 0;
+
+  constructor(readonly file: string, flags: 'r' | 'r+' = 'r') {
+    try {
+      this.fd = openSync(file, flags);
+    } catch (err) {
+      throw new VmsynthError('VMS_USAGE', `cannot open ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+    }
+    this.bytes = fstatSync(this.fd).size;
+  }
+
+  get chunks(): number {
+    return Math.floor(this.bytes / CHUNK_SIZE);
+  }
+
+  /** Reads exactly buf.length bytes at `offset` (zeros past the end of the file). */
+  readAt(buf: Uint8Array, offset: number): void {
+    let done = 0;
+    while (done < buf.length) {
+      const n = readSync(this.fd, buf, done, buf.length - done, offset + done);
+      if (n === 0) {
+        buf.fill(0, done);
+        return;
+      }
+      done += n;
+    }
+  }
+
+  /** A view of chunk `index`, valid until the next call (served from a cached 1 MiB block). */
+  chunk(index: number): Buffer {
+    const off = index * CHUNK_SIZE;
+    if (off < this.blockStart || off + CHUNK_SIZE > this.blockStart + this.blockLen) {
+      this.blockStart = off - (off % BLOCK_BYTES);
+      this.blockLen = Math.min(BLOCK_BYTES, Math.max(CHUNK_SIZE, this.bytes - this.blockStart));
+      this.readAt(this.block.subarray(0, this.blockLen), this.blockStart);
+    }
+    const rel = off - this.blockStart;
+    return this.block.subarray(rel, rel + CHUNK_SIZE);
+  }
+
+  /** Forgets the cached block (after writes through writeAt). */
+  invalidate(): void {
+    this.blockStart = -1;
+    this.blockLen = 0;
+  }
+
+  writeAt(buf: Uint8Array, offset: number): void {
+    let done = 0;
+    while (done < buf.length) done += writeSync(this.fd, buf, done, buf.length - done, offset + done);
+  }
+
+  close(): void {
+    closeSync(this.fd);
+  }
+}

@@ -1,0 +1,276 @@
+/**
+ * The VM overlay format, version vmsynth-overlay/1: what is on disk and how
+ * to check it. Pure (no I/O): the builder writes it, the reader parses it.
+ *
+ * An overlay directory holds two files:
+ *   overlay.manifest  MessagePack (no records extension) envelope
+ *                     { format, body: bin, signature: { alg, keyId, publicKey, sig } }
+ *                     where `body` is the MessagePack-encoded OverlayBody and
+ *                     `sig` is Ed25519 over exactly those body bytes;
+ *   overlay.segments  the segments, back to back: each one zstd frame.
+ *
+ * A segment's raw (decompressed) bytes are the payloads of its XOR and RAW
+ * chunks. Its chunk table (in the manifest) is `count` 16-byte little-endian
+ * records, in apply order, plus `count` SHA-256 digests of each chunk's final
+ * content. A record is:
+ *   u8 image   0 memory, 1 disk
+ *   u8 kind    ChunkKind
+ *   u8 refImage  for BASE and SELF: which image the reference points into
+ *   u8 reserved (0)
+ *   u32 index  the chunk's index in its image (offset / chunkSize)
+ *   u32 refIndex  for BASE and SELF: the referenced chunk's index
+ *   u32 payloadOffset  for XOR and RAW: where its chunkSize bytes start in the raw segment
+ * A SELF reference names an overlay chunk that comes earlier: in an earlier
+ * segment, or earlier in the same segment's table.
+ */
+import { Packr } from 'msgpackr';
+import { VmsynthError } from '../core/errors.js';
+
+export const OVERLAY_FORMAT = 'vmsynth-overlay/1';
+export const MANIFEST_FILE = 'overlay.manifest';
+export const SEGMENTS_FILE = 'overlay.segments';
+export const RECORD_BYTES = 16;
+export const HASH_BYTES = 32;
+export const DEFAULT_SEGMENT_BYTES = 1 << 20;
+/** Frame sizes beyond these are refused before anything is allocated. */
+export const MAX_MANIFEST_BYTES = 512 << 20;
+export const MAX_SEGMENT_RAW_BYTES = 64 << 20;
+
+export const Image = { MEMORY: 0, DISK: 1 } as const;
+export type Image = (typeof Image)[keyof typeof Image];
+export const IMAGE_NAMES = ['memory', 'disk'] as const;
+export type ImageName = (typeof IMAGE_NAMES)[number];
+
+export const ChunkKind = {
+  /** All zeros; no payload. */
+  ZERO: 0,
+  /** Equal to a chunk of the base (memory or disk, refImage/refIndex); no payload. */
+  BASE: 1,
+  /** Equal to an earlier overlay chunk (refImage/refIndex); no payload. */
+  SELF: 2,
+  /** Payload XOR the base chunk at the same offset. */
+  XOR: 3,
+  /** Payload is the content. */
+  RAW: 4,
+} as const;
+export type ChunkKind = (typeof ChunkKind)[keyof typeof ChunkKind];
+export const KIND_NAMES = ['zero', 'base-ref', 'self-ref', 'xor-delta', 'raw'] as const;
+
+export interface ChunkRecord {
+  image: Image;
+  kind: ChunkKind;
+  refImage: Image;
+  index: number;
+  refIndex: number;
+  payloadOffset: number;
+}
+
+export interface SegmentInfo {
+  /** Byte offset of the zstd frame in overlay.segments. */
+  offset: number;
+  /** Compressed bytes. */
+  bytes: number;
+  /** Decompressed bytes (payloads of this segment's XOR and RAW chunks). */
+  rawBytes: number;
+  /** SHA-256 of the compressed bytes. */
+  sha256: Uint8Array;
+  count: number;
+  /** count × 16-byte records. */
+  chunks: Uint8Array;
+  /** count × 32-byte SHA-256 of each chunk's final content. */
+  hashes: Uint8Array;
+}
+
+export interface ImageIdentity {
+  bytes: number;
+  sha256: string;
+}
+
+export interface OverlayStats {
+  /** Chunks by kind (index = ChunkKind). */
+  chunks: number[];
+  /** Chunks the guest discarded (counted as zero chunks, listed here too). */
+  trimmedChunks: number;
+  /** Chunks that differ from the base, per image. */
+  modified: { memory: number; disk: number };
+}
+
+export interface OverlayBody {
+  format: typeof OVERLAY_FORMAT;
+  createdAt: string;
+  tool: string;
+  base: { name: string; memory: ImageIdentity; disk: ImageIdentity };
+  chunkSize: number;
+  /** How XOR and RAW were chosen; recorded so a reader knows what the builder did. */
+  delta: { encoding: 'xor'; rule: string };
+  compression: { codec: 'zstd'; level: number };
+  segmentBytes: number;
+  /** How chunks were ordered: "default" (memory by offset, then disk) or "profile". */
+  order: { kind: 'default' | 'profile'; runs: number; rank?: string };
+  vm: { appPort: number };
+  deviceState: { bytes: number; sha256: string; zstd: Uint8Array };
+  segments: SegmentInfo[];
+  stats: OverlayStats;
+}
+
+export interface OverlaySignature {
+  alg: 'ed25519';
+  keyId: string;
+  /** Raw 32-byte Ed25519 public key. */
+  publicKey: Uint8Array;
+  sig: Uint8Array;
+}
+
+export interface OverlayEnvelope {
+  format: string;
+  body: Uint8Array;
+  signature: OverlaySignature;
+}
+
+/** MessagePack without msgpackr's records extension, so any decoder can read it. */
+export const packr = new Packr({ useRecords: false, moreTypes: false, bundleStrings: false, mapsAsObjects: true });
+
+export function encodeRecords(records: readonly ChunkRecord[]): Buffer {
+  const buf = Buffer.alloc(records.length * RECORD_BYTES);
+  records.forEach((r, i) => writeRecord(buf, i, r));
+  return buf;
+}
+
+export function writeRecord(buf: Buffer, i: number, r: ChunkRecord): void {
+  const o = i * RECORD_BYTES;
+  buf[o] = r.image;
+  buf[o + 1] = r.kind;
+  buf[o + 2] = r.refImage;
+  buf[o + 3] = 0;
+  buf.writeUInt32LE(r.index, o + 4);
+  buf.writeUInt32LE(r.refIndex, o + 8);
+  buf.writeUInt32LE(r.payloadOffset, o + 12);
+}
+
+export function readRecord(chunks: Uint8Array, i: number): ChunkRecord {
+  const o = i * RECORD_BYTES;
+  const v = new DataView(chunks.buffer, chunks.byteOffset, chunks.byteLength);
+  return {
+    image: chunks[o] as Image,
+    kind: chunks[o + 1] as ChunkKind,
+    refImage: chunks[o + 2] as Image,
+    index: v.getUint32(o + 4, true),
+    refIndex: v.getUint32(o + 8, true),
+    payloadOffset: v.getUint32(o + 12, true),
+  };
+}
+
+export function hasPayload(kind: ChunkKind): boolean {
+  return kind === ChunkKind.XOR || kind === ChunkKind.RAW;
+}
+
+function corrupt(message: string): VmsynthError {
+  return new VmsynthError('VMS_OVERLAY_CORRUPT', message);
+}
+
+function isBytes(x: unknown, len?: number): x is Uint8Array {
+  return x instanceof Uint8Array && (len === undefined || x.length === len);
+}
+
+function isCount(x: unknown): x is number {
+  return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+}
+
+/** Decodes the envelope; throws VMS_OVERLAY_FORMAT for a version this build does not read. */
+export function decodeEnvelope(bytes: Uint8Array): OverlayEnvelope {
+  let env: unknown;
+  try {
+    env = packr.unpack(bytes);
+  } catch (err) {
+    throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the overlay manifest is not valid MessagePack (${(err as Error).message})`, { cause: err });
+  }
+  if (!env || typeof env !== 'object') throw corrupt('the overlay manifest is not a map');
+  const e = env as Record<string, unknown>;
+  if (typeof e.format !== 'string') throw corrupt('the overlay manifest has no format');
+  if (e.format !== OVERLAY_FORMAT) {
+    throw new VmsynthError('VMS_OVERLAY_FORMAT', `overlay format "${e.format.slice(0, 80)}" is not one this vmsynth reads (${OVERLAY_FORMAT})`, { details: { format: e.format } });
+  }
+  const s = e.signature as Record<string, unknown> | undefined;
+  if (!isBytes(e.body)) throw corrupt('the overlay manifest has no body');
+  if (!s || s.alg !== 'ed25519' || typeof s.keyId !== 'string' || !isBytes(s.publicKey, 32) || !isBytes(s.sig, 64)) {
+    throw new VmsynthError('VMS_BAD_SIGNATURE', 'the overlay manifest carries no well-formed Ed25519 signature');
+  }
+  return { format: e.format, body: e.body, signature: s as unknown as OverlaySignature };
+}
+
+/**
+ * Decodes and validates a body: every field present and typed, segments
+ * contiguous, every record in range, every chunk listed once, every SELF
+ * reference pointing backwards. Never trusts a count before checking it.
+ */
+export function decodeBody(bytes: Uint8Array): OverlayBody {
+  let b: Record<string, any>;
+  try {
+    b = packr.unpack(bytes);
+  } catch (err) {
+    throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the overlay body is not valid MessagePack (${(err as Error).message})`, { cause: err });
+  }
+  if (!b || typeof b !== 'object') throw corrupt('the overlay body is not a map');
+  if (b.format !== OVERLAY_FORMAT) throw new VmsynthError('VMS_OVERLAY_FORMAT', `overlay body format "${String(b.format).slice(0, 80)}" is not ${OVERLAY_FORMAT}`);
+  const chunkSize = b.chunkSize;
+  if (chunkSize !== 4096) throw corrupt(`unsupported chunk size ${chunkSize}`);
+  const base = b.base;
+  for (const name of IMAGE_NAMES) {
+    const id = base?.[name];
+    if (!id || !isCount(id.bytes) || id.bytes % chunkSize !== 0 || typeof id.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(id.sha256)) {
+      throw corrupt(`the overlay's base ${name} identity is malformed`);
+    }
+  }
+  if (typeof base.name !== 'string') throw corrupt('the overlay names no base');
+  if (!isCount(b.segmentBytes) || b.segmentBytes === 0) throw corrupt('segmentBytes is malformed');
+  if (!b.vm || !isCount(b.vm.appPort)) throw corrupt('vm.appPort is malformed');
+  const ds = b.deviceState;
+  if (!ds || !isCount(ds.bytes) || typeof ds.sha256 !== 'string' || !isBytes(ds.zstd)) throw corrupt('the device state is malformed');
+  if (!Array.isArray(b.segments)) throw corrupt('the segment table is missing');
+  if (!b.stats || !Array.isArray(b.stats.chunks)) throw corrupt('the stats are missing');
+  if (!b.order || (b.order.kind !== 'default' && b.order.kind !== 'profile')) throw corrupt('the order is malformed');
+
+  const chunkCount = [base.memory.bytes / chunkSize, base.disk.bytes / chunkSize];
+  const seen = [new Uint8Array(Math.ceil(chunkCount[0]! / 8)), new Uint8Array(Math.ceil(chunkCount[1]! / 8))];
+  const test = (img: number, i: number) => (seen[img]![i >> 3]! >> (i & 7)) & 1;
+  const mark = (img: number, i: number) => { seen[img]![i >> 3]! |= 1 << (i & 7); };
+  let offset = 0;
+  b.segments.forEach((s: Record<string, unknown>, si: number) => {
+    if (!s || !isCount(s.offset) || !isCount(s.bytes) || !isCount(s.rawBytes) || !isCount(s.count) || !isBytes(s.sha256, HASH_BYTES)) {
+      throw corrupt(`segment ${si}: malformed entry`);
+    }
+    if (s.offset !== offset) throw corrupt(`segment ${si}: offset ${s.offset}, expected ${offset}`);
+    if (s.rawBytes > MAX_SEGMENT_RAW_BYTES || s.rawBytes % chunkSize !== 0) throw corrupt(`segment ${si}: raw size ${s.rawBytes} is not allowed`);
+    if (!isBytes(s.chunks, s.count * RECORD_BYTES) || !isBytes(s.hashes, s.count * HASH_BYTES)) throw corrupt(`segment ${si}: chunk table size does not match its count`);
+    offset += s.bytes;
+    const payloadSeen = new Uint8Array(s.rawBytes / chunkSize);
+    for (let i = 0; i < s.count; i++) {
+      const r = readRecord(s.chunks, i);
+      const where = `segment ${si}, chunk ${i}`;
+      if (r.image > 1 || r.index >= chunkCount[r.image]!) throw corrupt(`${where}: chunk ${r.image}/${r.index} is outside the images`);
+      if (r.kind > ChunkKind.RAW) throw corrupt(`${where}: unknown kind ${r.kind}`);
+      if (test(r.image, r.index)) throw corrupt(`${where}: ${IMAGE_NAMES[r.image]} chunk ${r.index} is listed twice`);
+      if (r.kind === ChunkKind.BASE || r.kind === ChunkKind.SELF) {
+        if (r.refImage > 1 || r.refIndex >= chunkCount[r.refImage]!) throw corrupt(`${where}: reference ${r.refImage}/${r.refIndex} is outside the images`);
+        if (r.kind === ChunkKind.SELF && !test(r.refImage, r.refIndex)) throw corrupt(`${where}: self reference to ${IMAGE_NAMES[r.refImage]} chunk ${r.refIndex}, which does not come earlier`);
+      }
+      if (hasPayload(r.kind)) {
+        const p = r.payloadOffset;
+        if (p % chunkSize !== 0 || p + chunkSize > s.rawBytes || payloadSeen[p / chunkSize]) throw corrupt(`${where}: payload offset ${p} is out of place`);
+        payloadSeen[p / chunkSize] = 1;
+      }
+      mark(r.image, r.index);
+    }
+  });
+  return b as OverlayBody;
+}
+
+/** Total size of overlay.segments the table describes. */
+export function segmentsFileBytes(body: OverlayBody): number {
+  const last = body.segments.at(-1);
+  return last ? last.offset + last.bytes : 0;
+}
+
+export function chunkCount(body: OverlayBody): number {
+  return body.segments.reduce((n, s) => n + s.count, 0);
+}
