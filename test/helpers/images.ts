@@ -37,7 +37,7 @@ function sha(buf: Buffer): string {
   return createHash('sha256').update(buf).digest('hex');
 }
 
-async function writeBaseDir(dir: string, name: string, memory: Buffer, disk: Buffer): Promise<void> {
+export async function writeBaseDir(dir: string, name: string, memory: Buffer, disk: Buffer): Promise<void> {
   await fsp.mkdir(dir, { recursive: true });
   const state = Buffer.from('device state of ' + name);
   const files = { 'memory.raw': memory, 'disk.raw': disk, 'device.state': state, vmlinuz: Buffer.from('kernel'), 'initrd.img': Buffer.from('initrd') };
@@ -47,7 +47,7 @@ async function writeBaseDir(dir: string, name: string, memory: Buffer, disk: Buf
     format: BASE_FORMAT, name, chunkSize: CHUNK,
     disk: d('disk.raw', disk), memory: d('memory.raw', memory), deviceState: d('device.state', state),
     kernel: d('vmlinuz', files.vmlinuz), initrd: d('initrd.img', files['initrd.img']),
-    vm: { accel: 'tcg', cpu: 'maximum', machine: 'pc-q35-7.2', vcpus: 1, memoryMiB: memory.length >> 20, cmdline: 'x', mac: '52:54:00:00:00:01', appPort: 8000, devices: [] },
+    vm: { accel: 'tcg', cpu: 'maximum', machine: 'pc-q35-7.2', vcpus: 1, memoryMiB: Math.max(1, memory.length >> 20), cmdline: 'x', mac: '52:54:00:00:00:01', appPort: 8000, devices: [] },
     created: { at: new Date(0).toISOString(), host: 'test', qemu: 'none', vmsynth: 'test', source: { kind: 'generated' }, bootMs: 0 },
   };
   await fsp.writeFile(path.join(dir, 'manifest.json'), JSON.stringify(m, null, 2));
