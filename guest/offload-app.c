@@ -11,6 +11,15 @@
  *       and returns a digest of each, so the host can check that the bytes
  *       the guest saw after a resume are the bytes it had before.
  *
+ * With --agent it is instead the customization agent (no working set), for
+ * `vmsynth overlay create`; the host forwards its port only while it
+ * customizes a VM:
+ *
+ *   PUT  /file?path=P&mode=M   (body: the file) -> writes P with mode M (octal)
+ *   POST /exec                 (body: a script) -> runs it with /bin/sh; replies
+ *       {"status":N} with the script's output (stdout+stderr, last 64 KiB) in
+ *       the X-Output-Bytes bytes after the JSON line.
+ *
  * The digest is the one lib/guest/app-digest.ts computes on the host:
  * h = 0; for each little-endian u64 word w: h = rotl(h, 5) ^ w; h *= K.
  */
@@ -25,6 +34,8 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -98,6 +109,110 @@ static void reply(int c, int status, const char *body) {
   if (write(c, head, n) < 0 || write(c, body, strlen(body)) < 0) { /* client went away */ }
 }
 
+static void reply_with_output(int c, int status, const char *json, const char *out, size_t outlen) {
+  char head[320];
+  size_t jl = strlen(json);
+  int n = snprintf(head, sizeof head,
+                   "HTTP/1.0 %d %s\r\nContent-Type: application/octet-stream\r\nX-Output-Bytes: %zu\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
+                   status, status == 200 ? "OK" : "Error", outlen, jl + 1 + outlen);
+  if (write(c, head, n) < 0 || write(c, json, jl) < 0 || write(c, "\n", 1) < 0 || (outlen && write(c, out, outlen) < 0)) { /* gone */ }
+}
+
+/* Reads the request body: `have` bytes already read after the headers, Content-Length in total. */
+static char *read_body(int c, const char *req, const char *body_start, size_t have, size_t *len) {
+  const char *cl = strcasestr(req, "Content-Length:");
+  size_t want = cl ? strtoul(cl + 15, NULL, 10) : 0;
+  if (want > 256 * MIB) return NULL;
+  char *b = malloc(want + 1);
+  if (!b) return NULL;
+  if (have > want) have = want;
+  memcpy(b, body_start, have);
+  while (have < want) {
+    ssize_t n = read(c, b + have, want - have);
+    if (n <= 0) { free(b); return NULL; }
+    have += n;
+  }
+  b[want] = 0;
+  *len = want;
+  return b;
+}
+
+static void url_decode(char *s) {
+  char *o = s;
+  for (; *s; s++) {
+    if (*s == '%' && s[1] && s[2]) { char h[3] = { s[1], s[2], 0 }; *o++ = (char)strtol(h, NULL, 16); s += 2; }
+    else *o++ = *s;
+  }
+  *o = 0;
+}
+
+static void query_str(const char *query, const char *key, char *out, size_t outlen) {
+  size_t klen = strlen(key);
+  out[0] = 0;
+  for (const char *p = query; p && *p; ) {
+    if (strncmp(p, key, klen) == 0 && p[klen] == '=') {
+      const char *v = p + klen + 1, *e = strchr(v, '&');
+      size_t n = e ? (size_t)(e - v) : strlen(v);
+      if (n >= outlen) n = outlen - 1;
+      memcpy(out, v, n);
+      out[n] = 0;
+      url_decode(out);
+      return;
+    }
+    p = strchr(p, '&');
+    if (p) p++;
+  }
+}
+
+static void agent_exec(int c, const char *script, size_t len) {
+  char path[] = "/tmp/vmsynth-script-XXXXXX";
+  int fd = mkstemp(path);
+  if (fd < 0 || write(fd, script, len) != (ssize_t)len) { reply(c, 500, "{\"error\":\"cannot write the script\"}"); if (fd >= 0) close(fd); return; }
+  close(fd);
+  int p[2];
+  if (pipe(p) < 0) { reply(c, 500, "{\"error\":\"pipe\"}"); return; }
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(p[1], 1); dup2(p[1], 2); close(p[0]); close(p[1]);
+    execl("/bin/sh", "sh", path, (char *)NULL);
+    _exit(127);
+  }
+  close(p[1]);
+  static char out[64 * 1024];
+  size_t outlen = 0;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(p[0], buf, sizeof buf)) > 0) {
+    if (outlen + n > sizeof out) { size_t drop = outlen + n - sizeof out; if (drop > outlen) drop = outlen; memmove(out, out + drop, outlen - drop); outlen -= drop; }
+    size_t take = (size_t)n > sizeof out ? sizeof out : (size_t)n;
+    memcpy(out + outlen, buf + n - take, take);
+    outlen += take;
+  }
+  close(p[0]);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  unlink(path);
+  char json[64];
+  snprintf(json, sizeof json, "{\"status\":%d}", WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+  reply_with_output(c, 200, json, out, outlen);
+}
+
+static void agent_put(int c, const char *query, const char *data, size_t len) {
+  char path[512], mode[16];
+  query_str(query, "path", path, sizeof path);
+  query_str(query, "mode", mode, sizeof mode);
+  if (path[0] != '/') { reply(c, 400, "{\"error\":\"path must be absolute\"}"); return; }
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode[0] ? (mode_t)strtol(mode, NULL, 8) : 0644);
+  if (fd < 0) { char b[600]; snprintf(b, sizeof b, "{\"error\":\"open: %s\"}", strerror(errno)); reply(c, 500, b); return; }
+  size_t done = 0;
+  while (done < len) { ssize_t n = write(fd, data + done, len - done); if (n <= 0) break; done += n; }
+  if (mode[0]) fchmod(fd, (mode_t)strtol(mode, NULL, 8));
+  close(fd);
+  reply(c, done == len ? 200 : 500, done == len ? "{\"ok\":true}" : "{\"error\":\"short write\"}");
+}
+
+static int agent_mode = 0;
+
 static void handle(int c, double started) {
   char req[2048];
   size_t got = 0;
@@ -109,12 +224,21 @@ static void handle(int c, double started) {
     if (strstr(req, "\r\n\r\n") || strstr(req, "\n\n")) break;
   }
   req[got] = 0;
+  char *hend = strstr(req, "\r\n\r\n");
+  size_t hlen = hend ? (size_t)(hend - req) + 4 : got;
   char method[8], target[1024];
   if (sscanf(req, "%7s %1023s", method, target) != 2) { reply(c, 400, "{\"error\":\"bad request\"}"); return; }
   char *query = strchr(target, '?');
   if (query) *query++ = 0;
   char body[512];
-  if (strcmp(target, "/health") == 0) {
+  if (agent_mode && (strcmp(target, "/exec") == 0 || strcmp(target, "/file") == 0)) {
+    size_t len = 0;
+    char *data = read_body(c, req, req + hlen, got - hlen, &len);
+    if (!data) { reply(c, 400, "{\"error\":\"bad body\"}"); return; }
+    if (target[1] == 'e') agent_exec(c, data, len);
+    else agent_put(c, query, data, len);
+    free(data);
+  } else if (strcmp(target, "/health") == 0) {
     reply(c, 200, "{\"ok\":true}");
   } else if (strcmp(target, "/info") == 0) {
     snprintf(body, sizeof body, "{\"wsMb\":%zu,\"uptimeMs\":%.0f}", ws_bytes / MIB, (now_us() - started) / 1e3);
@@ -147,10 +271,12 @@ static void handle(int c, double started) {
 int main(int argc, char **argv) {
   int port = 8000;
   long ws_mb = 16;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!strcmp(argv[i], "--port")) port = atoi(argv[i + 1]);
-    else if (!strcmp(argv[i], "--ws-mb")) ws_mb = atol(argv[i + 1]);
-    else if (!strcmp(argv[i], "--disk")) disk_path = argv[i + 1];
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--agent")) { agent_mode = 1; ws_mb = 0; continue; }
+    if (i + 1 >= argc) break;
+    if (!strcmp(argv[i], "--port")) port = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--ws-mb")) ws_mb = atol(argv[++i]);
+    else if (!strcmp(argv[i], "--disk")) disk_path = argv[++i];
   }
   double started = now_us();
   ws_bytes = (size_t)ws_mb * MIB;

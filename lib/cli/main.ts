@@ -6,7 +6,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { VMSYNTH_VERSION } from '../core/version.js';
-import { baseDir, cacheDir, runDir } from '../core/paths.js';
+import { baseDir, cacheDir, keyDir, runDir } from '../core/paths.js';
 import { VmsynthError } from '../core/errors.js';
 import { buildGuest } from '../guest/build.js';
 import { createBase, listBases, loadBase, verifyBase, type BaseSource } from '../vm/base.js';
@@ -14,6 +14,7 @@ import { resumeBase, type ResumeResult } from '../vm/resume.js';
 import { cleanStale } from '../vm/janitor.js';
 import { Libvirt } from '../vm/libvirt.js';
 import { runDemo } from './demo.js';
+import { registerOverlayCommands } from './overlay-commands.js';
 import { bytes, ms, table } from './format.js';
 import { nonNegativeInt, positiveInt, runCommand } from './run.js';
 
@@ -30,6 +31,7 @@ Environment:
   VMSYNTH_BASE_DIR   base VM directories (default ${baseDir()})
   VMSYNTH_RUN_DIR    session directories and FUSE mounts (default ${runDir()})
   VMSYNTH_CACHE_DIR  test guest build cache (default ${cacheDir()})
+  VMSYNTH_KEY_DIR    overlay signing keys and trusted public keys (default ${keyDir()})
   VMSYNTH_ACCEL      force the accelerator: kvm or tcg (default: detected)
   LOG_LEVEL          debug | info | warn | error | silent (default info)
   LOG_FORMAT         text (default) or json (pino, to stderr)`);
@@ -151,6 +153,8 @@ base
     if (!json) console.log(`resumed base "${r.base}" as ${r.domain}\n${resumeLines(r)}`);
     return r;
   }));
+
+registerOverlayCommands(program);
 
 program
   .command('clean')

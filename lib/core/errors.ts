@@ -39,6 +39,7 @@ export const ERRORS = {
   VMS_BAD_SIGNATURE: { exit: 65, hint: 'The overlay manifest is not signed by the key it names; it was altered after signing. Do not use it.' },
   VMS_UNTRUSTED_KEY: { exit: 77, hint: 'The overlay is signed by a key this host does not trust; add its public key with `vmsynth key trust FILE`, or pass --trust FILE.' },
   VMS_NO_KEY: { exit: 66, hint: 'Create a signing key with `vmsynth key generate`, or pass --key FILE.' },
+  VMS_CUSTOMIZE_FAILED: { exit: 70, hint: 'The customization script failed inside the guest; its output is in the message. Fix the script and run `vmsynth overlay create` again.' },
   VMS_INTERRUPTED: { exit: 130, hint: 'Interrupted by a signal; everything the command had started was cleaned up.' },
   VMS_INTERNAL: { exit: 70, hint: 'This is a bug in vmsynth; please report it with the log.' },
 } as const satisfies Record<string, ErrorSpec>;

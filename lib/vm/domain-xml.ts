@@ -22,7 +22,8 @@ export interface VmSpec {
   kernel: string;
   initrd: string;
   cmdline: string;
-  disk: { path: string; format: 'raw' | 'qcow2' };
+  /** discard: pass the guest's discards (TRIM) down to the image (a qcow2 then drops the clusters). */
+  disk: { path: string; format: 'raw' | 'qcow2'; discard?: boolean };
   /**
    * Guest RAM: the file, and whether guest writes reach it (MAP_SHARED) or stay
    * private; path null means anonymous RAM (a classic restore loads it all from the stream).
@@ -30,7 +31,8 @@ export interface VmSpec {
   memory: { path: string | null; share: boolean };
   qmpSocket: string;
   consoleLog: string;
-  net: { mac: string; hostPort: number; guestPort: number };
+  /** The app's port forward; `agent` adds the customization agent's (only while customizing). */
+  net: { mac: string; hostPort: number; guestPort: number; agent?: { hostPort: number; guestPort: number } };
   /** Start waiting for an incoming migration (device state) instead of booting. */
   incoming: boolean;
   /** The vmsynth process that owns the domain; a later start destroys it once that process is gone. */
@@ -54,7 +56,7 @@ export function extraQemuArgs(spec: VmSpec): string[] {
       : `memory-backend-file,id=${MEMORY_BACKEND_ID},size=${spec.memoryMiB}M,mem-path=${spec.memory.path},share=${spec.memory.share ? 'on' : 'off'}`,
     '-machine', `memory-backend=${MEMORY_BACKEND_ID}`,
     '-qmp', `unix:${spec.qmpSocket},server=on,wait=off`,
-    '-netdev', `user,id=${NETDEV_ID},hostfwd=tcp:127.0.0.1:${spec.net.hostPort}-:${spec.net.guestPort}`,
+    '-netdev', `user,id=${NETDEV_ID},hostfwd=tcp:127.0.0.1:${spec.net.hostPort}-:${spec.net.guestPort}${spec.net.agent ? `,hostfwd=tcp:127.0.0.1:${spec.net.agent.hostPort}-:${spec.net.agent.guestPort}` : ''}`,
     '-device', `virtio-net-pci,netdev=${NETDEV_ID},mac=${spec.net.mac},romfile=,bus=pcie.0,addr=0x10`,
   ];
   if (spec.incoming) args.push('-incoming', 'defer');
@@ -84,7 +86,7 @@ export function domainXml(spec: VmSpec): string {
   <on_crash>destroy</on_crash>
   <devices>
     <disk type='file' device='disk'>
-      <driver name='qemu' type='${spec.disk.format}'/>
+      <driver name='qemu' type='${spec.disk.format}'${spec.disk.discard ? ` discard='unmap'` : ''}/>
       <source file='${esc(spec.disk.path)}'/>
       <target dev='vda' bus='virtio'/>
     </disk>

@@ -1,0 +1,147 @@
+/**
+ * `vmsynth key …` and `vmsynth overlay …`: signing keys, and creating,
+ * inspecting, verifying and applying VM overlays. Thin wrappers over
+ * lib/overlay.
+ */
+import { promises as fsp } from 'node:fs';
+import type { Command } from 'commander';
+import { VmsynthError } from '../core/errors.js';
+import { keyDir } from '../core/paths.js';
+import { createOverlay } from '../overlay/create.js';
+import { KIND_NAMES } from '../overlay/format.js';
+import { inspectOverlay } from '../overlay/inspect.js';
+import { generateKey, trustKey } from '../overlay/keys.js';
+import { applyOverlay, verifyOverlay } from '../overlay/offline.js';
+import { Overlay } from '../overlay/reader.js';
+import type { Copy } from '../vm/customize.js';
+import { bytes, ms, table } from './format.js';
+import { nonNegativeInt, positiveInt, runCommand } from './run.js';
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+function parseCopy(spec: string): Copy {
+  const i = spec.lastIndexOf(':');
+  if (i <= 0 || !spec.slice(i + 1).startsWith('/')) throw new VmsynthError('VMS_USAGE', `--copy "${spec}" must be HOSTFILE:/absolute/guest/path`);
+  return { src: spec.slice(0, i), dest: spec.slice(i + 1) };
+}
+
+export function registerOverlayCommands(program: Command): void {
+  const key = program.command('key').description(`Ed25519 keys that sign overlays (kept in ${keyDir()}).`);
+  key
+    .command('generate')
+    .description('Create a signing key pair, and trust its public key on this host.')
+    .option('--json', 'print the result as JSON')
+    .action(async (o: { json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
+      const k = await generateKey();
+      if (!json) console.log(`key ${k.keyId}\n${table([['private key', k.privateKeyFile], ['public key', k.publicKeyFile], ['trusted as', k.trustedFile]])}`);
+      return k;
+    }));
+  key
+    .command('trust')
+    .description('Trust overlays signed by the key whose public key (PEM) is in FILE.')
+    .argument('<file>', 'public key file')
+    .option('--json', 'print the result as JSON')
+    .action(async (file: string, o: { json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
+      const keyId = await trustKey(file);
+      if (!json) console.log(`trusting key ${keyId}`);
+      return { keyId };
+    }));
+
+  const overlay = program.command('overlay').description('VM overlays: what a mobile app ships instead of a whole VM.');
+  overlay
+    .command('create')
+    .description('Resume a base on a writable copy, customize it (copy files in, run a script), suspend it, and build a signed overlay against the base.')
+    .requiredOption('--base <name>', 'base name or directory')
+    .requiredOption('--out <dir>', 'overlay directory to write')
+    .option('--customize <script>', 'shell script run in the guest with /bin/sh')
+    .option('--copy <src:dest>', 'copy a host file into the guest before the script (repeatable)', collect, [])
+    .option('--key <file|id>', 'signing key (default: the only key in the key directory)')
+    .option('--segment-kib <n>', 'segment size (payload bytes before compression)', positiveInt('--segment-kib'), 1024)
+    .option('--zstd-level <n>', 'zstd compression level', positiveInt('--zstd-level'), 3)
+    .option('--no-drop-caches', 'keep the guest page cache (by default it is dropped before the save)')
+    .option('--keep-custom <dir>', 'keep the custom VM images (memory.raw, disk.raw, device.state) in this directory')
+    .option('--timeout <seconds>', 'how long the script may run and the app may take to answer', positiveInt('--timeout'), 300)
+    .option('--force', 'replace an existing output directory')
+    .option('--json', 'print the result as JSON')
+    .action(async (o: { base: string; out: string; customize?: string; copy: string[]; key?: string; segmentKib: number; zstdLevel: number; dropCaches: boolean; keepCustom?: string; timeout: number; force?: boolean; json?: boolean }) =>
+      runCommand(!!o.json, async ({ signal, json }) => {
+        const copies = o.copy.map(parseCopy);
+        const script = o.customize ? await fsp.readFile(o.customize, 'utf8').catch((e: NodeJS.ErrnoException) => { throw new VmsynthError('VMS_USAGE', `cannot read --customize ${o.customize}: ${e.code}`); }) : undefined;
+        if (!script && copies.length === 0) throw new VmsynthError('VMS_USAGE', 'nothing to customize: give --customize SCRIPT and/or --copy SRC:DEST');
+        const r = await createOverlay({
+          base: o.base, out: o.out, script, copies, key: o.key, segmentBytes: o.segmentKib * 1024, zstdLevel: o.zstdLevel,
+          dropCaches: o.dropCaches, keepCustom: o.keepCustom, force: o.force, timeoutMs: o.timeout * 1000, signal,
+        });
+        const rep = inspectOverlay(await Overlay.open(r.dir, { trusted: null }));
+        if (!json) {
+          console.log(`overlay written to ${r.dir} (signed by ${rep.keyId})\n${table([
+            ['customize', `resume ${ms(r.custom.ms.resume)}, script ${ms(r.custom.ms.script)}, save ${ms(r.custom.ms.save)}`],
+            ['build', `scan ${ms(r.ms.scan)}, base lookaside ${ms(r.ms.lookaside)}, pack ${ms(r.ms.pack)}`],
+            ...reportRows(rep),
+          ])}`);
+        }
+        return { ...rep, ms: r.ms, custom: r.custom };
+      }));
+
+  overlay
+    .command('inspect')
+    .description('Show what an overlay holds: bytes by kind, overlay and naive bytes, ratio, segments.')
+    .argument('<dir>', 'overlay directory')
+    .option('--json', 'print the report as JSON')
+    .action(async (dir: string, o: { json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
+      const rep = inspectOverlay(await Overlay.open(dir, { trusted: null }));
+      if (!json) console.log(`overlay ${rep.dir}\n${table([['format', rep.format], ['signed by', `${rep.keyId} (signature checked against the key it names; \`overlay verify\` checks trust)`], ['base', `${rep.base.name}  memory ${rep.base.memorySha256.slice(0, 16)}…  disk ${rep.base.diskSha256.slice(0, 16)}…`], ...reportRows(rep)])}`);
+      return rep;
+    }));
+
+  overlay
+    .command('verify')
+    .description('Check an overlay: signature by a trusted key, base match, every segment and every chunk hash.')
+    .argument('<dir>', 'overlay directory')
+    .option('--base <name>', 'base to check against (default: the local base with the hashes the overlay names)')
+    .option('--trust <file>', 'also trust this public key file (repeatable)', collect, [])
+    .option('--threads <n>', 'worker threads for verify + decompress', nonNegativeInt('--threads'), 2)
+    .option('--json', 'print the result as JSON')
+    .action(async (dir: string, o: { base?: string; trust: string[]; threads: number; json?: boolean }) => runCommand(!!o.json, async ({ signal, json }) => {
+      const r = await verifyOverlay({ overlay: dir, base: o.base, trust: o.trust, threads: o.threads, signal });
+      if (!json) console.log(`overlay ${r.overlay} is intact: signed by trusted key ${r.keyId}, made against base "${r.base}", ${r.segments} segments and ${r.chunks} chunks checked in ${ms(r.ms)}`);
+      return r;
+    }));
+
+  overlay
+    .command('apply')
+    .description('Offline synthesis: base + overlay -> full disk and memory images of the custom VM, as a base directory (resumable with `vmsynth base resume DIR`).')
+    .argument('<dir>', 'overlay directory')
+    .requiredOption('--out <dir>', 'output directory')
+    .option('--base <name>', 'base to apply to (default: the local base with the hashes the overlay names)')
+    .option('--trust <file>', 'also trust this public key file (repeatable)', collect, [])
+    .option('--threads <n>', 'worker threads for verify + decompress', nonNegativeInt('--threads'), 2)
+    .option('--no-verify-base', 'skip re-hashing the base files first')
+    .option('--force', 'replace an existing output directory')
+    .option('--json', 'print the result as JSON')
+    .action(async (dir: string, o: { out: string; base?: string; trust: string[]; threads: number; verifyBase: boolean; force?: boolean; json?: boolean }) =>
+      runCommand(!!o.json, async ({ signal, json }) => {
+        const r = await applyOverlay({ overlay: dir, out: o.out, base: o.base, trust: o.trust, threads: o.threads, verifyBase: o.verifyBase, force: o.force, signal });
+        if (!json) {
+          console.log(`synthesized ${r.out} from base "${r.base}" + overlay (key ${r.keyId})\n${table([
+            ['applied', `${r.apply.segments} segments, ${r.apply.chunks} chunks, ${bytes(r.apply.imageBytes)} in ${ms(r.apply.ms)} (${r.apply.mbps.toFixed(0)} MB/s)`],
+            ['memory', `${bytes(r.memory.bytes)}  sha256 ${r.memory.sha256}`],
+            ['disk', `${bytes(r.disk.bytes)}  sha256 ${r.disk.sha256}`],
+            ['total', ms(r.ms.total)],
+          ])}`);
+        }
+        return r;
+      }));
+}
+
+function reportRows(rep: ReturnType<typeof inspectOverlay>): [string, string][] {
+  return [
+    ['chunks by kind', KIND_NAMES.map((k) => `${k} ${rep.kinds[k].chunks}`).join(', ')],
+    ['modified chunks', `memory ${rep.modifiedChunks.memory}, disk ${rep.modifiedChunks.disk} (trimmed ${rep.trimmedChunks})`],
+    ['overlay bytes', `${bytes(rep.overlayBytes)} (manifest ${bytes(rep.manifestBytes)}, segments ${bytes(rep.segmentsBytes)})`],
+    ['naive bytes', bytes(rep.naiveBytes)],
+    ['ratio', `${(rep.ratio * 100).toFixed(1)}% of naive`],
+    ['segments', `${rep.segments} (${bytes(rep.segmentBytes)} each before compression)`],
+    ['order', rep.order.kind === 'profile' ? `profile of ${rep.order.runs} run(s)` : 'default (memory by offset, then disk)'],
+  ];
+}

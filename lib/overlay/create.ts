@@ -1,0 +1,67 @@
+/**
+ * `vmsynth overlay create`: customize a base into a custom VM, then build
+ * the overlay from it. The custom VM's images live in a work directory next
+ * to the output, removed at the end (or kept, with keepCustom, for tests and
+ * for re-packing later).
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { VmsynthError } from '../core/errors.js';
+import { customizeBase, type Copy, type CustomVm } from '../vm/customize.js';
+import { buildOverlay, type BuildOrder, type BuildResult } from './builder.js';
+import { loadSigningKey } from './keys.js';
+
+export interface CreateOverlayOptions {
+  base: string;
+  out: string;
+  script?: string;
+  copies?: Copy[];
+  /** Key file or id (default: the only key in the key directory). */
+  key?: string;
+  segmentBytes?: number;
+  zstdLevel?: number;
+  order?: BuildOrder;
+  dropCaches?: boolean;
+  /** Keep the custom VM's images (memory.raw, disk.raw, device.state) in this directory. */
+  keepCustom?: string;
+  force?: boolean;
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface CreateOverlayResult extends BuildResult {
+  custom: Pick<CustomVm, 'domain' | 'trimmed' | 'ms' | 'scriptOutput'> & { kept: string | null };
+}
+
+export async function createOverlay(opts: CreateOverlayOptions): Promise<CreateOverlayResult> {
+  const key = await loadSigningKey(opts.key);
+  const out = path.resolve(opts.out);
+  if (!opts.force && (await fsp.stat(out).catch(() => null))) throw new VmsynthError('VMS_OVERLAY_EXISTS', `${out} already exists`);
+  if (opts.keepCustom && (await fsp.stat(opts.keepCustom).catch(() => null))) throw new VmsynthError('VMS_OVERLAY_EXISTS', `${opts.keepCustom} already exists`);
+  const work = `${out}.work-${process.pid}`;
+  try {
+    const custom = await customizeBase({ base: opts.base, script: opts.script, copies: opts.copies, workDir: work, dropCaches: opts.dropCaches, timeoutMs: opts.timeoutMs, signal: opts.signal });
+    const m = custom.base.manifest;
+    const built = await buildOverlay({
+      base: { name: custom.base.name, files: { memory: custom.base.file('memory'), disk: custom.base.file('disk') }, identity: { memory: m.memory, disk: m.disk } },
+      custom,
+      appPort: m.vm.appPort,
+      trimmed: custom.trimmed,
+      order: opts.order,
+      segmentBytes: opts.segmentBytes,
+      zstdLevel: opts.zstdLevel,
+      key,
+      out,
+      force: opts.force,
+      signal: opts.signal,
+    });
+    let kept: string | null = null;
+    if (opts.keepCustom) {
+      kept = path.resolve(opts.keepCustom);
+      await fsp.rename(work, kept);
+    }
+    return { ...built, custom: { domain: custom.domain, trimmed: custom.trimmed, ms: custom.ms, scriptOutput: custom.scriptOutput, kept } };
+  } finally {
+    await fsp.rm(work, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,159 @@
+/**
+ * Customizing a base VM into the custom VM an overlay is made from.
+ *
+ * The base is resumed on its own writable copy: RAM from a copy of the
+ * base's memory image mapped share=on (so the file is the custom VM's
+ * memory when it is saved), and a local qcow2 over the base disk with
+ * discard=unmap (so blocks the guest trims become zero clusters, which
+ * `qemu-img map` reports). Files are copied in and a script runs through the
+ * guest's customization agent; once the app answers again, the guest drops
+ * its page cache, and the VM is saved with x-ignore-shared. The custom disk
+ * is converted to a raw image next to the memory image. The base itself is
+ * only ever read.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { publish } from '../core/diagnostics.js';
+import { VmsynthError } from '../core/errors.js';
+import { exec } from '../core/exec.js';
+import { freePort } from '../core/net.js';
+import { sleep, withScope } from '../core/scope.js';
+import { CHUNK_SIZE } from '../fs/chunk-map.js';
+import { detectAccel } from './accel.js';
+import { AGENT_GUEST_PORT, agentExec, agentPut } from './agent.js';
+import { loadBase, type Base } from './base.js';
+import { waitForApp } from './guest-app.js';
+import { cleanStale } from './janitor.js';
+import { Libvirt } from './libvirt.js';
+import { explainFailure, startVm } from './machine.js';
+import { loadState, saveState } from './migration.js';
+import { restoreSpec } from './resume.js';
+import { Session } from './session.js';
+
+export interface Copy {
+  /** Host file. */
+  src: string;
+  /** Absolute path in the guest. */
+  dest: string;
+  mode?: number;
+}
+
+export interface CustomizeOptions {
+  base: string;
+  /** Shell script run in the guest with /bin/sh (after the copies). */
+  script?: string;
+  copies?: Copy[];
+  /** Where the custom VM's memory.raw, disk.raw and device.state go (created; the caller removes it). */
+  workDir: string;
+  /** Drop the guest's page cache before saving (default true). */
+  dropCaches?: boolean;
+  /** How long the script may run, and the app may take to answer after it. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface CustomVm {
+  base: Base;
+  /** The libvirt domain that ran the customization (gone when this returns). */
+  domain: string;
+  memory: string;
+  disk: string;
+  deviceState: string;
+  /** Disk chunk ranges [start, end) the guest discarded. */
+  trimmed: Array<[number, number]>;
+  scriptOutput: string;
+  ms: { resume: number; script: number; save: number; total: number };
+}
+
+interface MapEntry {
+  start: number;
+  length: number;
+  depth: number;
+  zero: boolean;
+  data: boolean;
+}
+
+/** Chunk ranges of a qcow2 layer (depth 0) that read as zeros without data: what the guest discarded. */
+export function trimmedRanges(map: MapEntry[]): Array<[number, number]> {
+  return map
+    .filter((e) => e.depth === 0 && e.zero && !e.data)
+    .map((e) => [Math.ceil(e.start / CHUNK_SIZE), Math.floor((e.start + e.length) / CHUNK_SIZE)] as [number, number])
+    .filter(([s, e]) => e > s);
+}
+
+export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
+  const base = await loadBase(opts.base);
+  const m = base.manifest;
+  const { accel } = await detectAccel();
+  if (accel !== m.vm.accel) throw new VmsynthError('VMS_ACCEL_MISMATCH', `base "${base.name}" was captured under ${m.vm.accel.toUpperCase()}, this host runs ${accel.toUpperCase()}`);
+  const script = opts.script ?? '';
+  for (const c of opts.copies ?? []) {
+    if (!path.isAbsolute(c.dest)) throw new VmsynthError('VMS_USAGE', `copy destination "${c.dest}" must be an absolute path in the guest`);
+    if (!(await fsp.stat(c.src).catch(() => null))?.isFile()) throw new VmsynthError('VMS_USAGE', `copy source ${c.src} is not a file`);
+  }
+  const timeoutMs = opts.timeoutMs ?? 300_000;
+  const work = path.resolve(opts.workDir);
+  await fsp.mkdir(work, { recursive: true });
+  const out = { memory: path.join(work, 'memory.raw'), disk: path.join(work, 'disk.raw'), deviceState: path.join(work, 'device.state') };
+
+  return withScope(async (scope) => {
+    const t0 = performance.now();
+    const lv = await Libvirt.connect();
+    scope.defer('close libvirt connection', () => lv.close());
+    await cleanStale(lv);
+    const session = await Session.create(scope);
+    publish('progress', { step: `customize: copying base "${base.name}" memory into ${work}` });
+    await exec('cp', ['--sparse=always', '--reflink=auto', base.file('memory'), out.memory]);
+    const qcow = path.join(work, 'disk.qcow2');
+    scope.defer(`remove ${qcow}`, () => fsp.rm(qcow, { force: true }));
+    await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base.file('disk'), '-F', 'raw', qcow, String(m.disk.bytes)]);
+
+    const hostPort = await freePort();
+    const agentPort = await freePort();
+    const spec = restoreSpec(base, session, { disk: { path: qcow, format: 'qcow2', discard: true }, memory: { path: out.memory, share: true }, hostPort });
+    spec.net.agent = { hostPort: agentPort, guestPort: AGENT_GUEST_PORT };
+    const vm = await startVm(lv, spec, scope, { signal: opts.signal });
+    let output = '';
+    let tResumed = 0;
+    let tScript = 0;
+    try {
+      await loadState(vm.qmp, base.file('deviceState'), session.file('incoming.sock'), { ignoreShared: true, signal: opts.signal });
+      await waitForApp(agentPort, { timeoutMs: 60_000, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog, path: '/health' });
+      tResumed = performance.now();
+      for (const c of opts.copies ?? []) {
+        publish('progress', { step: `customize: copying ${c.src} to ${c.dest}` });
+        await agentPut(agentPort, c.dest, await fsp.readFile(c.src), c.mode ?? 0o755, timeoutMs);
+      }
+      if (script) {
+        publish('progress', { step: 'customize: running the script in the guest' });
+        const r = await agentExec(agentPort, script, timeoutMs);
+        output = r.output;
+        if (r.status !== 0) {
+          throw new VmsynthError('VMS_CUSTOMIZE_FAILED', `the customization script exited with status ${r.status}; its output ends:\n${r.output.slice(-2000)}`, { details: { status: r.status } });
+        }
+      }
+      await waitForApp(hostPort, { timeoutMs, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog });
+      if (opts.dropCaches ?? true) {
+        await agentExec(agentPort, 'sync; echo 3 > /proc/sys/vm/drop_caches', 60_000);
+        await sleep(500, opts.signal);
+      }
+      tScript = performance.now();
+      publish('progress', { step: 'customize: saving the custom VM' });
+      await saveState(vm.qmp, out.deviceState, session.file('migrate.sock'), { ignoreShared: true, signal: opts.signal });
+    } catch (err) {
+      throw await explainFailure(err, vm);
+    }
+    await vm.destroy();
+    const map = JSON.parse((await exec('qemu-img', ['map', '--output=json', '-f', 'qcow2', qcow])).stdout) as MapEntry[];
+    await exec('qemu-img', ['convert', '-q', '-f', 'qcow2', '-O', 'raw', qcow, out.disk]);
+    const tEnd = performance.now();
+    return {
+      base,
+      domain: spec.name,
+      ...out,
+      trimmed: trimmedRanges(map),
+      scriptOutput: output,
+      ms: { resume: Math.round(tResumed - t0), script: Math.round(tScript - tResumed), save: Math.round(tEnd - tScript), total: Math.round(tEnd - t0) },
+    };
+  });
+}
