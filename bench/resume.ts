@@ -78,7 +78,7 @@ const median = (xs: number[]) => {
   return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
 };
 
-async function main(): Promise<void> {
+export async function benchResume(): Promise<void> {
   const detach = attachLogger({ level: process.env.LOG_LEVEL ?? 'warn' });
   const { accel } = await detectAccel();
   const guest = await buildGuest();
@@ -132,4 +132,3 @@ async function main(): Promise<void> {
   }
 }
 
-await main();

@@ -23,7 +23,7 @@ fi
 packages=(
   qemu-system-x86 qemu-utils
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
-  libfuse2 fuse3 busybox-static
+  libfuse2 fuse3 busybox-static xdelta3 xz-utils
   gcc g++ make libc6-dev python3 pkg-config
   ca-certificates procps iproute2
 )

@@ -16,13 +16,15 @@ import { VmsynthError } from '../core/errors.js';
 import { ChunkFile, sha256, xorInto, ZERO_CHUNK, ZERO_DIGEST } from './chunk-io.js';
 import { ChunkKind, HASH_BYTES, readRecord, type ChunkRecord, type SegmentInfo } from './format.js';
 import type { Overlay } from './reader.js';
+import { ApplyPool } from './apply-pool.js';
 import { SegmentPool } from './segment-pool.js';
 
 /** Where rebuilt chunks go. */
 interface ChunkSink {
   /** Content of an earlier overlay chunk (for SELF references). */
   prior(image: number, index: number, scratch: Buffer, segment: number): Buffer;
-  put(r: ChunkRecord, content: Buffer, digest: Uint8Array, segment: number): void;
+  /** `hashes` holds the segment's digests; this chunk's is at i * 32. */
+  put(r: ChunkRecord, content: Buffer, hashes: Uint8Array, i: number, segment: number): void;
   endSegment(): void;
 }
 
@@ -69,7 +71,6 @@ async function forEachChunk(overlay: Overlay, base: ChunkFile[], sink: ChunkSink
       const s: SegmentInfo = segs[si]!;
       for (let i = 0; i < s.count; i++) {
         const r = readRecord(s.chunks, i);
-        const digest = s.hashes.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES);
         let c: Buffer;
         switch (r.kind) {
           case ChunkKind.ZERO: c = ZERO_CHUNK; break;
@@ -81,7 +82,7 @@ async function forEachChunk(overlay: Overlay, base: ChunkFile[], sink: ChunkSink
             break;
           default: c = raw.subarray(r.payloadOffset, r.payloadOffset + CHUNK_SIZE);
         }
-        sink.put(r, c, digest, si);
+        sink.put(r, c, s.hashes, i, si);
       }
       sink.endSegment();
       stats.chunks += s.count;
@@ -134,11 +135,59 @@ class FileSink implements ChunkSink {
   }
 }
 
-/** Rebuilds the overlay's chunks into `out` (which must start as copies of the base images). */
+/**
+ * Rebuilds the overlay's chunks into `out` (which must start as copies of the
+ * base images). With worker threads, the workers write the payload chunks
+ * (ApplyPool) and this thread the references; inline, this thread does all.
+ */
 export async function applyToImages(overlay: Overlay, base: ChunkFile[], out: ChunkFile[], opts: LoopOptions = {}): Promise<LoopStats> {
+  if ((opts.threads ?? 1) > 0) return applyParallel(overlay, base, out, opts);
   const sink = new FileSink(out);
   const stats = await forEachChunk(overlay, base, sink, opts);
   sink.flush();
+  return stats;
+}
+
+async function applyParallel(overlay: Overlay, base: ChunkFile[], out: ChunkFile[], opts: LoopOptions): Promise<LoopStats> {
+  const t0 = performance.now();
+  const segs = overlay.body.segments;
+  const threads = opts.threads ?? 1;
+  const pool = new ApplyPool(threads, { base: base.map((f) => f.file), out: out.map((f) => f.file) });
+  const file = overlay.segmentFile();
+  const sink = new FileSink(out);
+  const scratch = Buffer.allocUnsafeSlow(CHUNK_SIZE);
+  const window = Math.max(2, threads * 2);
+  const inflight: Promise<void>[] = [];
+  const stats: LoopStats = { segments: segs.length, chunks: 0, compressedBytes: 0, rawBytes: 0, imageBytes: 0, ms: 0 };
+  let next = 0;
+  try {
+    for (let si = 0; si < segs.length; si++) {
+      while (next < segs.length && inflight.length < window) {
+        inflight.push(pool.applyPayloads(next, segs[next]!, file.read(segs[next]!)));
+        next++;
+      }
+      await inflight.shift()!;
+      throwIfAborted(opts.signal);
+      const s = segs[si]!;
+      for (let i = 0; i < s.count; i++) {
+        const r = readRecord(s.chunks, i);
+        if (r.kind === ChunkKind.ZERO) sink.put(r, ZERO_CHUNK);
+        else if (r.kind === ChunkKind.BASE) sink.put(r, base[r.refImage]!.chunk(r.refIndex));
+        else if (r.kind === ChunkKind.SELF) sink.put(r, sink.prior(r.refImage, r.refIndex, scratch));
+      }
+      sink.flush();
+      stats.chunks += s.count;
+      stats.compressedBytes += s.bytes;
+      stats.rawBytes += s.rawBytes;
+      if (si % 64 === 63) publish('progress', { step: `overlay: ${si + 1}/${segs.length} segments` });
+    }
+  } finally {
+    await Promise.allSettled(inflight);
+    file.close();
+    await pool.close();
+  }
+  stats.imageBytes = stats.chunks * CHUNK_SIZE;
+  stats.ms = performance.now() - t0;
   return stats;
 }
 
@@ -150,7 +199,8 @@ export async function verifyChunks(overlay: Overlay, base: ChunkFile[], opts: Lo
     new VmsynthError('VMS_OVERLAY_CORRUPT', `segment ${seg}: ${r.image === 0 ? 'memory' : 'disk'} chunk ${r.index} ${why}`, { details: { segment: seg, image: r.image, index: r.index } });
   const sink: ChunkSink = {
     prior: () => ZERO_CHUNK, // a SELF chunk is checked by its target's digest, below
-    put(r, content, digest, seg) {
+    put(r, content, hashes, i, seg) {
+      const digest = hashes.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES);
       if (r.kind === ChunkKind.SELF) {
         const t = digests.get(key(r.refImage, r.refIndex));
         if (!t || !t.equals(digest)) throw bad(r, seg, 'refers to a chunk with other content');

@@ -31,7 +31,7 @@ import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import { ChunkIndex } from './chunk-index.js';
 import { BLOCK_BYTES, ChunkFile, isZero, sha256, xorInto, ZERO_DIGEST, zeroWords } from './chunk-io.js';
 import {
-  ChunkKind, DEFAULT_SEGMENT_BYTES, encodeRecords, HASH_BYTES, Image, IMAGE_NAMES, MANIFEST_FILE, MAX_SEGMENT_RAW_BYTES, OVERLAY_FORMAT,
+  ChunkKind, DEFAULT_SEGMENT_BYTES, encodeBody, encodeRecords, HASH_BYTES, Image, IMAGE_NAMES, MANIFEST_FILE, MAX_SEGMENT_RAW_BYTES, OVERLAY_FORMAT,
   packr, SEGMENTS_FILE, type ChunkRecord, type ImageIdentity, type OverlayBody, type OverlayEnvelope, type SegmentInfo,
 } from './format.js';
 import { signBytes, type SigningKey } from './keys.js';
@@ -63,6 +63,8 @@ export interface BuildOptions {
   order?: BuildOrder;
   segmentBytes?: number;
   zstdLevel?: number;
+  /** Delta choice per payload chunk: "auto" (default: the rule below), or always "xor" / "raw" (for measuring). */
+  delta?: 'auto' | 'xor' | 'raw';
   key: SigningKey;
   out: string;
   force?: boolean;
@@ -79,6 +81,12 @@ export interface BuildResult {
 }
 
 const PENDING = 255;
+
+const DELTA_RULES = {
+  auto: 'XOR against the base chunk at the same offset when that leaves more zero 32-bit words than the raw chunk; RAW otherwise',
+  xor: 'always XOR against the base chunk at the same offset',
+  raw: 'always RAW',
+} as const;
 
 /** Growable per-chunk metadata, columnar. */
 class Entries {
@@ -269,7 +277,7 @@ function flushSegment(w: SegmentWriter, records: ChunkRecord[], hashes: Buffer[]
 
 /** Pass 4: dedup against earlier overlay chunks, delta-encode, pack, compress. */
 async function pack(
-  base: ChunkFile[], custom: ChunkFile[], entries: Entries, order: Uint32Array, segmentBytes: number, w: SegmentWriter, signal?: AbortSignal,
+  base: ChunkFile[], custom: ChunkFile[], entries: Entries, order: Uint32Array, segmentBytes: number, delta: 'auto' | 'xor' | 'raw', w: SegmentWriter, signal?: AbortSignal,
 ): Promise<number[]> {
   const kinds = [0, 0, 0, 0, 0];
   const self = new ChunkIndex(entries.n);
@@ -310,7 +318,7 @@ async function pack(
         if (!prior) self.add(digest, { image, index });
         const basePage = base[image]!.chunk(index);
         xorInto(xor, content, basePage);
-        kind = zeroWords(xor) > zeroWords(content) ? ChunkKind.XOR : ChunkKind.RAW;
+        kind = delta === 'xor' || (delta === 'auto' && zeroWords(xor) > zeroWords(content)) ? ChunkKind.XOR : ChunkKind.RAW;
         (kind === ChunkKind.XOR ? xor : content).copy(payload, used);
         payloadOffset = used;
         used += CHUNK_SIZE;
@@ -375,7 +383,7 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
     fd = openSync(path.join(tmp, SEGMENTS_FILE), 'w');
     const w: SegmentWriter = { fd, offset: 0, table: [], level };
     publish('progress', { step: `overlay: packing ${entries.n} chunks into ${segmentBytes >> 10} KiB segments` });
-    const kinds = await pack(base, custom, entries, orderEntries(entries, opts.order), segmentBytes, w, opts.signal);
+    const kinds = await pack(base, custom, entries, orderEntries(entries, opts.order), segmentBytes, opts.delta ?? 'auto', w, opts.signal);
     closeSync(fd);
     fd = -1;
     const tPack = performance.now();
@@ -386,7 +394,7 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
       tool: `vmsynth ${VMSYNTH_VERSION}`,
       base: { name: opts.base.name, memory: opts.base.identity.memory, disk: opts.base.identity.disk },
       chunkSize: CHUNK_SIZE,
-      delta: { encoding: 'xor', rule: 'XOR against the base chunk at the same offset when that leaves more zero 32-bit words than the raw chunk; RAW otherwise' },
+      delta: { encoding: 'xor', rule: DELTA_RULES[opts.delta ?? 'auto'] },
       compression: { codec: 'zstd', level },
       segmentBytes,
       order: opts.order ? { kind: 'profile', runs: opts.order.runs, rank: opts.order.rank } : { kind: 'default', runs: 0 },
@@ -395,7 +403,7 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
       segments: w.table,
       stats: { chunks: kinds, trimmedChunks, modified: { memory: modified[0]!, disk: modified[1]! } },
     };
-    const bodyBytes = packr.pack(body);
+    const bodyBytes = encodeBody(body);
     const sig = signBytes(opts.key, bodyBytes);
     const envelope: OverlayEnvelope = {
       format: OVERLAY_FORMAT,

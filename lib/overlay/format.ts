@@ -5,8 +5,10 @@
  * An overlay directory holds two files:
  *   overlay.manifest  MessagePack (no records extension) envelope
  *                     { format, body: bin, signature: { alg, keyId, publicKey, sig } }
- *                     where `body` is the MessagePack-encoded OverlayBody and
- *                     `sig` is Ed25519 over exactly those body bytes;
+ *                     where `body` is one zstd frame holding the
+ *                     MessagePack-encoded OverlayBody (its chunk tables
+ *                     compress well) and `sig` is Ed25519 over exactly the
+ *                     `body` bytes as stored;
  *   overlay.segments  the segments, back to back: each one zstd frame.
  *
  * A segment's raw (decompressed) bytes are the payloads of its XOR and RAW
@@ -24,6 +26,8 @@
  * segment, or earlier in the same segment's table.
  */
 import { Packr } from 'msgpackr';
+import { compress, decompress } from 'zstd-napi';
+import zstdBinding from 'zstd-napi/binding.js';
 import { VmsynthError } from '../core/errors.js';
 
 export const OVERLAY_FORMAT = 'vmsynth-overlay/1';
@@ -149,14 +153,15 @@ export function writeRecord(buf: Buffer, i: number, r: ChunkRecord): void {
 
 export function readRecord(chunks: Uint8Array, i: number): ChunkRecord {
   const o = i * RECORD_BYTES;
-  const v = new DataView(chunks.buffer, chunks.byteOffset, chunks.byteLength);
+  const b = chunks as Buffer;
+  if (typeof b.readUInt32LE !== 'function') return readRecord(Buffer.from(chunks.buffer, chunks.byteOffset, chunks.byteLength), i);
   return {
-    image: chunks[o] as Image,
-    kind: chunks[o + 1] as ChunkKind,
-    refImage: chunks[o + 2] as Image,
-    index: v.getUint32(o + 4, true),
-    refIndex: v.getUint32(o + 8, true),
-    payloadOffset: v.getUint32(o + 12, true),
+    image: b[o] as Image,
+    kind: b[o + 1] as ChunkKind,
+    refImage: b[o + 2] as Image,
+    index: b.readUInt32LE(o + 4),
+    refIndex: b.readUInt32LE(o + 8),
+    payloadOffset: b.readUInt32LE(o + 12),
   };
 }
 
@@ -198,18 +203,35 @@ export function decodeEnvelope(bytes: Uint8Array): OverlayEnvelope {
   return { format: e.format, body: e.body, signature: s as unknown as OverlaySignature };
 }
 
+/** The stored form of a body: zstd(MessagePack(body)). */
+export function encodeBody(body: unknown): Buffer {
+  return compress(packr.pack(body), { compressionLevel: 6 });
+}
+
+/** The body's MessagePack object, unvalidated (a size-capped decompress, then unpack). */
+export function unpackBody(bytes: Uint8Array): unknown {
+  let raw: Buffer;
+  try {
+    const size = zstdBinding.getFrameContentSize(bytes);
+    if (size === null || size > MAX_MANIFEST_BYTES) throw new Error(`declared size ${size} is missing or over ${MAX_MANIFEST_BYTES >> 20} MiB`);
+    raw = decompress(bytes);
+  } catch (err) {
+    throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the overlay body does not decompress (${(err as Error).message})`, { cause: err });
+  }
+  try {
+    return packr.unpack(raw);
+  } catch (err) {
+    throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the overlay body is not valid MessagePack (${(err as Error).message})`, { cause: err });
+  }
+}
+
 /**
  * Decodes and validates a body: every field present and typed, segments
  * contiguous, every record in range, every chunk listed once, every SELF
  * reference pointing backwards. Never trusts a count before checking it.
  */
 export function decodeBody(bytes: Uint8Array): OverlayBody {
-  let b: Record<string, any>;
-  try {
-    b = packr.unpack(bytes);
-  } catch (err) {
-    throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the overlay body is not valid MessagePack (${(err as Error).message})`, { cause: err });
-  }
+  const b = unpackBody(bytes) as Record<string, any>;
   if (!b || typeof b !== 'object') throw corrupt('the overlay body is not a map');
   if (b.format !== OVERLAY_FORMAT) throw new VmsynthError('VMS_OVERLAY_FORMAT', `overlay body format "${String(b.format).slice(0, 80)}" is not ${OVERLAY_FORMAT}`);
   const chunkSize = b.chunkSize;

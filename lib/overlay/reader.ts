@@ -96,7 +96,7 @@ export class SegmentFile {
 
   /** The compressed bytes of a segment (not yet checked). */
   read(s: SegmentInfo): Buffer {
-    const buf = Buffer.allocUnsafe(s.bytes);
+    const buf = Buffer.allocUnsafeSlow(s.bytes);
     let done = 0;
     while (done < s.bytes) {
       const n = readSync(this.fd, buf, done, s.bytes - done, s.offset + done);

@@ -8,6 +8,7 @@ import { Worker } from 'node:worker_threads';
 import { VmsynthError } from '../core/errors.js';
 import type { SegmentInfo } from './format.js';
 import { openSegment } from './reader.js';
+import { ownBuffer } from './apply-pool.js';
 
 const zstdPath = createRequire(import.meta.url).resolve('zstd-napi');
 
@@ -23,13 +24,13 @@ parentPort.on('message', (m) => {
       parentPort.postMessage({ id: m.id, error: 'does not match its SHA-256' });
       return;
     }
-    let raw = decompress(c);
+    const raw = decompress(c);
     if (raw.length !== m.rawBytes) {
       parentPort.postMessage({ id: m.id, error: 'decompresses to ' + raw.length + ' bytes, expected ' + m.rawBytes });
       return;
     }
-    if (raw.byteOffset !== 0 || raw.byteLength !== raw.buffer.byteLength) raw = Buffer.from(raw);
-    parentPort.postMessage({ id: m.id, raw: raw.buffer }, [raw.buffer]);
+    const ab = raw.byteOffset === 0 && raw.byteLength === raw.buffer.byteLength ? raw.buffer : raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.byteLength);
+    parentPort.postMessage({ id: m.id, raw: ab }, [ab]);
   } catch (e) {
     parentPort.postMessage({ id: m.id, error: 'does not decompress (' + e.message + ')' });
   }
@@ -76,8 +77,9 @@ export class SegmentPool {
     const w = this.workers[this.rr++ % this.workers.length]!;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { index, resolve, reject });
-      const own = compressed.byteOffset === 0 && compressed.byteLength === compressed.buffer.byteLength ? compressed : Buffer.from(compressed);
-      w.postMessage({ id, buf: own.buffer, sha256: Buffer.from(info.sha256), rawBytes: info.rawBytes }, [own.buffer as ArrayBuffer]);
+      // Transfer an ArrayBuffer of exactly these bytes: a small Buffer may be a view into Node's shared pool.
+      const own = ownBuffer(compressed);
+      w.postMessage({ id, buf: own, sha256: Buffer.from(info.sha256), rawBytes: info.rawBytes }, [own]);
     });
   }
 

@@ -6,7 +6,7 @@ import { generatePair } from '../helpers/images.js';
 import { buildOverlay } from '../../lib/overlay/builder.js';
 import { generateKey, loadSigningKey, signBytes } from '../../lib/overlay/keys.js';
 import { applyOverlay, verifyOverlay } from '../../lib/overlay/offline.js';
-import { MANIFEST_FILE, packr, SEGMENTS_FILE } from '../../lib/overlay/format.js';
+import { encodeBody, MANIFEST_FILE, packr, SEGMENTS_FILE, unpackBody } from '../../lib/overlay/format.js';
 import { loadBase } from '../../lib/vm/base.js';
 
 t.teardown(removeTestRoot);
@@ -83,9 +83,9 @@ t.test('the wrong base', async (t) => {
 
 t.test('a manifest altered after signing', async (t) => {
   const dir = await damaged((d) => rewriteEnvelope(d, (env) => {
-    const body = packr.unpack(env.body);
+    const body = unpackBody(env.body) as Record<string, any>;
     body.vm.appPort = 22;
-    env.body = packr.pack(body);
+    env.body = encodeBody(body);
   }));
   await refused(t, dir, 'VMS_BAD_SIGNATURE');
   await refused(t, await damaged((d) => rewriteEnvelope(d, (env) => { delete env.signature; })), 'VMS_BAD_SIGNATURE');
@@ -108,9 +108,9 @@ t.test('an unknown format version', async (t) => {
   // A validly signed body of another version is refused too.
   const key = await loadSigningKey();
   const dir = await damaged((d) => rewriteEnvelope(d, (env) => {
-    const body = packr.unpack(env.body);
+    const body = unpackBody(env.body) as Record<string, any>;
     body.format = 'vmsynth-overlay/2';
-    env.body = packr.pack(body);
+    env.body = encodeBody(body);
     env.signature.sig = signBytes(key, env.body);
   }));
   await refused(t, dir, 'VMS_OVERLAY_FORMAT');
@@ -119,12 +119,12 @@ t.test('an unknown format version', async (t) => {
 t.test('a signed but inconsistent manifest (self reference to a later chunk)', async (t) => {
   const key = await loadSigningKey();
   const dir = await damaged((d) => rewriteEnvelope(d, (env) => {
-    const body = packr.unpack(env.body);
+    const body = unpackBody(env.body) as Record<string, any>;
     const s = body.segments[0];
     s.chunks[1] = 2; // kind SELF
     s.chunks[2] = 1; // -> disk
     s.chunks.writeUInt32LE(500, 8); // chunk 500, never listed before
-    env.body = packr.pack(body);
+    env.body = encodeBody(body);
     env.signature.sig = signBytes(key, env.body);
   }));
   await refused(t, dir, 'VMS_OVERLAY_CORRUPT');

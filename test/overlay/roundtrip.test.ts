@@ -87,6 +87,20 @@ t.test('a profile order puts touched chunks first, and still round-trips (0 and 
   }
 });
 
+t.test('tiny segments (many smaller than 4 KiB compressed, some without payload) apply through the worker pools', async (t) => {
+  const out = path.join(testRoot, 'ov-tiny');
+  const r = await buildOverlay({ ...opts(out), segmentBytes: 4096 });
+  t.ok(r.body.segments.some((s) => s.bytes < 4096), 'some segments are smaller than Node\'s buffer pool slab');
+  for (const threads of [1, 2]) {
+    const synth = path.join(testRoot, `synth-tiny-${threads}`);
+    await applyOverlay({ overlay: out, base: 'gen', out: synth, threads, verifyBase: false });
+    await sameFile(t, path.join(synth, 'memory.raw'), pair.custom.memory, `memory (${threads} workers)`);
+    await sameFile(t, path.join(synth, 'disk.raw'), pair.custom.disk, `disk (${threads} workers)`);
+  }
+  const v = await verifyOverlay({ overlay: out, base: 'gen', threads: 2 });
+  t.equal(v.segments, r.segments, 'verify through the segment pool');
+});
+
 t.test('the base is found by its hashes when not named', async (t) => {
   const synth = path.join(testRoot, 'synth3');
   const a = await applyOverlay({ overlay: path.join(testRoot, 'ov1'), out: synth, verifyBase: false });
