@@ -17,7 +17,8 @@ function vmsynth(args: string[], env: Record<string, string> = {}): Promise<{ co
   });
 }
 
-const commands = [[], ['demo'], ['guest'], ['guest', 'build'], ['base'], ['base', 'create'], ['base', 'list'], ['base', 'verify'], ['base', 'resume'], ['clean']];
+const commands = [[], ['demo'], ['guest'], ['guest', 'build'], ['base'], ['base', 'create'], ['base', 'list'], ['base', 'verify'], ['base', 'resume'], ['clean'],
+  ['key'], ['key', 'generate'], ['key', 'trust'], ['overlay'], ['overlay', 'create'], ['overlay', 'inspect'], ['overlay', 'verify'], ['overlay', 'apply']];
 
 t.test('every command has --help', async (t) => {
   for (const c of commands) {
@@ -53,4 +54,37 @@ t.test('base list is empty and says how to make one; libvirt down is typed', asy
   t.equal(down.code, ERRORS.VMS_LIBVIRT_UNREACHABLE.exit);
   t.match(down.stdout, /VMS_LIBVIRT_UNREACHABLE/);
   t.ok(testRoot);
+});
+
+t.test('key generate, then overlay inspect/verify/apply of a generated overlay, with --json', async (t) => {
+  const { generatePair } = await import('./helpers/images.js');
+  const { buildOverlay } = await import('../lib/overlay/builder.js');
+  const { loadSigningKey } = await import('../lib/overlay/keys.js');
+  const { loadBase } = await import('../lib/vm/base.js');
+  const k = await vmsynth(['key', 'generate', '--json']);
+  t.equal(k.code, 0);
+  const key = JSON.parse(k.stdout.trim().split('\n').at(-1)!) as { keyId: string };
+  t.match(key.keyId, /^[0-9a-f]{16}$/);
+  const pair = await generatePair(process.env.VMSYNTH_BASE_DIR!, 'cli', path.join(testRoot, 'custom'), { memChunks: 512, diskChunks: 256, each: 8 });
+  const base = await loadBase('cli');
+  const ov = path.join(testRoot, 'ov');
+  await buildOverlay({
+    base: { name: 'cli', files: { memory: base.file('memory'), disk: base.file('disk') }, identity: { memory: base.manifest.memory, disk: base.manifest.disk } },
+    custom: pair.custom, appPort: 8000, key: await loadSigningKey(key.keyId), out: ov,
+  });
+  const i = await vmsynth(['overlay', 'inspect', ov, '--json']);
+  t.equal(i.code, 0);
+  const rep = JSON.parse(i.stdout.trim().split('\n').at(-1)!) as { keyId: string; ratio: number; segments: number };
+  t.equal(rep.keyId, key.keyId);
+  t.ok(rep.segments >= 1 && rep.ratio > 0);
+  t.match((await vmsynth(['overlay', 'inspect', ov])).stdout, /naive bytes/);
+  t.equal((await vmsynth(['overlay', 'verify', ov])).code, 0);
+  const a = await vmsynth(['overlay', 'apply', ov, '--out', path.join(testRoot, 'synth'), '--json']);
+  t.equal(a.code, 0);
+  t.equal((JSON.parse(a.stdout.trim().split('\n').at(-1)!) as { base: string }).base, 'cli', 'the base was found by its hashes');
+  const again = await vmsynth(['overlay', 'apply', ov, '--out', path.join(testRoot, 'synth'), '--json']);
+  t.equal(again.code, ERRORS.VMS_OVERLAY_EXISTS.exit);
+  t.equal((JSON.parse(again.stdout.trim()) as { error: { code: string } }).error.code, 'VMS_OVERLAY_EXISTS');
+  t.equal((await vmsynth(['overlay', 'create', '--base', 'cli', '--out', path.join(testRoot, 'x')])).code, ERRORS.VMS_USAGE.exit, 'nothing to customize is a usage error');
+  t.equal((await vmsynth(['overlay', 'verify', path.join(testRoot, 'nope')])).code, ERRORS.VMS_USAGE.exit, 'not an overlay directory');
 });
