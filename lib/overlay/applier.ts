@@ -44,6 +44,23 @@ export interface LoopOptions {
   signal?: AbortSignal;
 }
 
+function newStats(segments: number): LoopStats {
+  return { segments, chunks: 0, compressedBytes: 0, rawBytes: 0, imageBytes: 0, ms: 0 };
+}
+
+function segmentDone(stats: LoopStats, s: SegmentInfo, si: number): void {
+  stats.chunks += s.count;
+  stats.compressedBytes += s.bytes;
+  stats.rawBytes += s.rawBytes;
+  if (si % 64 === 63) publish('progress', { step: `overlay: ${si + 1}/${stats.segments} segments` });
+}
+
+function finished(stats: LoopStats, t0: number): LoopStats {
+  stats.imageBytes = stats.chunks * CHUNK_SIZE;
+  stats.ms = performance.now() - t0;
+  return stats;
+}
+
 async function forEachChunk(overlay: Overlay, base: ChunkFile[], sink: ChunkSink, opts: LoopOptions): Promise<LoopStats> {
   const t0 = performance.now();
   const segs = overlay.body.segments;
@@ -52,7 +69,7 @@ async function forEachChunk(overlay: Overlay, base: ChunkFile[], sink: ChunkSink
   const file = overlay.segmentFile();
   const window = Math.max(2, threads * 2);
   const inflight: Promise<Buffer>[] = [];
-  const stats: LoopStats = { segments: segs.length, chunks: 0, compressedBytes: 0, rawBytes: 0, imageBytes: 0, ms: 0 };
+  const stats = newStats(segs.length);
   const scratch = Buffer.allocUnsafeSlow(CHUNK_SIZE);
   const content = Buffer.allocUnsafeSlow(CHUNK_SIZE);
   let next = 0;
@@ -85,10 +102,7 @@ async function forEachChunk(overlay: Overlay, base: ChunkFile[], sink: ChunkSink
         sink.put(r, c, s.hashes, i, si);
       }
       sink.endSegment();
-      stats.chunks += s.count;
-      stats.compressedBytes += s.bytes;
-      stats.rawBytes += s.rawBytes;
-      if (si % 64 === 63) publish('progress', { step: `overlay: ${si + 1}/${segs.length} segments` });
+      segmentDone(stats, s, si);
     }
   } finally {
     // Let in-flight work settle before closing the pool, so nothing rejects unobserved.
@@ -96,9 +110,7 @@ async function forEachChunk(overlay: Overlay, base: ChunkFile[], sink: ChunkSink
     file.close();
     await pool.close();
   }
-  stats.imageBytes = stats.chunks * CHUNK_SIZE;
-  stats.ms = performance.now() - t0;
-  return stats;
+  return finished(stats, t0);
 }
 
 /** Writes rebuilt chunks into the output images, coalescing runs of neighbouring chunks. */
@@ -158,7 +170,7 @@ async function applyParallel(overlay: Overlay, base: ChunkFile[], out: ChunkFile
   const scratch = Buffer.allocUnsafeSlow(CHUNK_SIZE);
   const window = Math.max(2, threads * 2);
   const inflight: Promise<void>[] = [];
-  const stats: LoopStats = { segments: segs.length, chunks: 0, compressedBytes: 0, rawBytes: 0, imageBytes: 0, ms: 0 };
+  const stats = newStats(segs.length);
   let next = 0;
   try {
     for (let si = 0; si < segs.length; si++) {
@@ -176,19 +188,14 @@ async function applyParallel(overlay: Overlay, base: ChunkFile[], out: ChunkFile
         else if (r.kind === ChunkKind.SELF) sink.put(r, sink.prior(r.refImage, r.refIndex, scratch));
       }
       sink.flush();
-      stats.chunks += s.count;
-      stats.compressedBytes += s.bytes;
-      stats.rawBytes += s.rawBytes;
-      if (si % 64 === 63) publish('progress', { step: `overlay: ${si + 1}/${segs.length} segments` });
+      segmentDone(stats, s, si);
     }
   } finally {
     await Promise.allSettled(inflight);
     file.close();
     await pool.close();
   }
-  stats.imageBytes = stats.chunks * CHUNK_SIZE;
-  stats.ms = performance.now() - t0;
-  return stats;
+  return finished(stats, t0);
 }
 
 /** Checks every chunk's rebuilt content against its SHA-256 in the manifest; writes nothing. */
