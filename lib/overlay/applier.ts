@@ -2,12 +2,13 @@
  * Applying an overlay offline: turn base + overlay into the custom VM's full
  * disk and memory images, and checking an overlay chunk by chunk.
  *
- * The segment loop is shared: segments are read in order, verified and
- * decompressed on worker threads (a bounded window ahead), and each chunk's
- * content is rebuilt from its record: zeros, a base chunk, an earlier
- * overlay chunk, base XOR payload, or the payload. `apply` writes the
- * content into copies of the base images (coalescing neighbouring chunks
- * into one write); `verify` hashes it against the manifest instead.
+ * One segment loop (eachSegment) serves both: segments are read in order
+ * and verified and decompressed on worker threads, a bounded window ahead.
+ * `verify` rebuilds each chunk's content from its record (zeros, a base
+ * chunk, an earlier overlay chunk, base XOR payload, or the payload) and
+ * hashes it against the manifest. `apply` writes the content into copies of
+ * the base images, coalescing neighbouring chunks into one write: the
+ * workers write payload chunks themselves, this thread the references.
  */
 import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import { throwIfAborted } from '../core/scope.js';
@@ -16,16 +17,14 @@ import { VmsynthError } from '../core/errors.js';
 import { ChunkFile, sha256, xorInto, ZERO_CHUNK, ZERO_DIGEST } from './chunk-io.js';
 import { ChunkKind, HASH_BYTES, readRecord, type ChunkRecord, type SegmentInfo } from './format.js';
 import type { Overlay } from './reader.js';
-import { ApplyPool } from './apply-pool.js';
-import { SegmentPool } from './segment-pool.js';
+import { SegmentWorkers } from './segment-workers.js';
 
 /** Where rebuilt chunks go. */
 interface ChunkSink {
   /** Content of an earlier overlay chunk (for SELF references). */
-  prior(image: number, index: number, scratch: Buffer, segment: number): Buffer;
+  prior(image: number, index: number, scratch: Buffer): Buffer;
   /** `hashes` holds the segment's digests; this chunk's is at i * 32. */
   put(r: ChunkRecord, content: Buffer, hashes: Uint8Array, i: number, segment: number): void;
-  endSegment(): void;
 }
 
 export interface LoopStats {
@@ -44,73 +43,67 @@ export interface LoopOptions {
   signal?: AbortSignal;
 }
 
-function newStats(segments: number): LoopStats {
-  return { segments, chunks: 0, compressedBytes: 0, rawBytes: 0, imageBytes: 0, ms: 0 };
-}
-
-function segmentDone(stats: LoopStats, s: SegmentInfo, si: number): void {
-  stats.chunks += s.count;
-  stats.compressedBytes += s.bytes;
-  stats.rawBytes += s.rawBytes;
-  if (si % 64 === 63) publish('progress', { step: `overlay: ${si + 1}/${stats.segments} segments` });
-}
-
-function finished(stats: LoopStats, t0: number): LoopStats {
+/**
+ * The segment loop: reads segments in order, starts `start` on a bounded
+ * window of them ahead, and hands each result to `handle` in segment order.
+ */
+async function eachSegment<T>(
+  overlay: Overlay, workers: SegmentWorkers, opts: LoopOptions,
+  start: (index: number, s: SegmentInfo, compressed: Buffer) => Promise<T>,
+  handle: (index: number, s: SegmentInfo, result: T) => void,
+): Promise<LoopStats> {
+  const t0 = performance.now();
+  const segs = overlay.body.segments;
+  const file = overlay.segmentFile();
+  const window = Math.max(2, workers.threads * 2);
+  const inflight: Promise<T>[] = [];
+  const stats: LoopStats = { segments: segs.length, chunks: 0, compressedBytes: 0, rawBytes: 0, imageBytes: 0, ms: 0 };
+  let next = 0;
+  try {
+    for (let si = 0; si < segs.length; si++) {
+      for (; next < segs.length && inflight.length < window; next++) inflight.push(start(next, segs[next]!, file.read(segs[next]!)));
+      const result = await inflight.shift()!;
+      throwIfAborted(opts.signal);
+      const s = segs[si]!;
+      handle(si, s, result);
+      stats.chunks += s.count;
+      stats.compressedBytes += s.bytes;
+      stats.rawBytes += s.rawBytes;
+      if (si % 64 === 63) publish('progress', { step: `overlay: ${si + 1}/${segs.length} segments` });
+    }
+  } finally {
+    // Let in-flight work settle before the workers close, so nothing rejects unobserved.
+    await Promise.allSettled(inflight);
+    file.close();
+    await workers.close();
+  }
   stats.imageBytes = stats.chunks * CHUNK_SIZE;
   stats.ms = performance.now() - t0;
   return stats;
 }
 
-async function forEachChunk(overlay: Overlay, base: ChunkFile[], sink: ChunkSink, opts: LoopOptions): Promise<LoopStats> {
-  const t0 = performance.now();
-  const segs = overlay.body.segments;
-  const threads = opts.threads ?? 1;
-  const pool = new SegmentPool(threads);
-  const file = overlay.segmentFile();
-  const window = Math.max(2, threads * 2);
-  const inflight: Promise<Buffer>[] = [];
-  const stats = newStats(segs.length);
+/** Rebuilds every chunk on this thread (segments verified and decompressed by workers) and gives it to `sink`. */
+function forEachChunk(overlay: Overlay, base: ChunkFile[], sink: ChunkSink, opts: LoopOptions): Promise<LoopStats> {
+  const workers = new SegmentWorkers(opts.threads ?? 1);
   const scratch = Buffer.allocUnsafeSlow(CHUNK_SIZE);
   const content = Buffer.allocUnsafeSlow(CHUNK_SIZE);
-  let next = 0;
-  const launch = () => {
-    while (next < segs.length && inflight.length < window) {
-      const s = segs[next]!;
-      inflight.push(pool.open(next, s, file.read(s)));
-      next++;
-    }
-  };
-  try {
-    for (let si = 0; si < segs.length; si++) {
-      launch();
-      const raw = await inflight.shift()!;
-      throwIfAborted(opts.signal);
-      const s: SegmentInfo = segs[si]!;
-      for (let i = 0; i < s.count; i++) {
-        const r = readRecord(s.chunks, i);
-        let c: Buffer;
-        switch (r.kind) {
-          case ChunkKind.ZERO: c = ZERO_CHUNK; break;
-          case ChunkKind.BASE: c = base[r.refImage]!.chunk(r.refIndex); break;
-          case ChunkKind.SELF: c = sink.prior(r.refImage, r.refIndex, scratch, si); break;
-          case ChunkKind.XOR:
-            xorInto(content, raw.subarray(r.payloadOffset, r.payloadOffset + CHUNK_SIZE), base[r.image]!.chunk(r.index));
-            c = content;
-            break;
-          default: c = raw.subarray(r.payloadOffset, r.payloadOffset + CHUNK_SIZE);
-        }
-        sink.put(r, c, s.hashes, i, si);
+  return eachSegment(overlay, workers, opts, (i, s, compressed) => workers.open(i, s, compressed), (si, s, raw) => {
+    for (let i = 0; i < s.count; i++) {
+      const r = readRecord(s.chunks, i);
+      let c: Buffer;
+      switch (r.kind) {
+        case ChunkKind.ZERO: c = ZERO_CHUNK; break;
+        case ChunkKind.BASE: c = base[r.refImage]!.chunk(r.refIndex); break;
+        case ChunkKind.SELF: c = sink.prior(r.refImage, r.refIndex, scratch); break;
+        case ChunkKind.XOR:
+          xorInto(content, raw.subarray(r.payloadOffset, r.payloadOffset + CHUNK_SIZE), base[r.image]!.chunk(r.index));
+          c = content;
+          break;
+        default: c = raw.subarray(r.payloadOffset, r.payloadOffset + CHUNK_SIZE);
       }
-      sink.endSegment();
-      segmentDone(stats, s, si);
+      sink.put(r, c, s.hashes, i, si);
     }
-  } finally {
-    // Let in-flight work settle before closing the pool, so nothing rejects unobserved.
-    await Promise.allSettled(inflight);
-    file.close();
-    await pool.close();
-  }
-  return finished(stats, t0);
+  });
 }
 
 /** Writes rebuilt chunks into the output images, coalescing runs of neighbouring chunks. */
@@ -138,8 +131,6 @@ class FileSink implements ChunkSink {
     this.runCount++;
   }
 
-  endSegment(): void {}
-
   flush(): void {
     if (this.runCount === 0) return;
     this.out[this.runImage]!.writeAt(this.run.subarray(0, this.runCount * CHUNK_SIZE), this.runStart * CHUNK_SIZE);
@@ -150,52 +141,27 @@ class FileSink implements ChunkSink {
 /**
  * Rebuilds the overlay's chunks into `out` (which must start as copies of the
  * base images). With worker threads, the workers write the payload chunks
- * (ApplyPool) and this thread the references; inline, this thread does all.
+ * and this thread the references; with none, this thread does all.
  */
 export async function applyToImages(overlay: Overlay, base: ChunkFile[], out: ChunkFile[], opts: LoopOptions = {}): Promise<LoopStats> {
-  if ((opts.threads ?? 1) > 0) return applyParallel(overlay, base, out, opts);
   const sink = new FileSink(out);
-  const stats = await forEachChunk(overlay, base, sink, opts);
-  sink.flush();
-  return stats;
-}
-
-async function applyParallel(overlay: Overlay, base: ChunkFile[], out: ChunkFile[], opts: LoopOptions): Promise<LoopStats> {
-  const t0 = performance.now();
-  const segs = overlay.body.segments;
   const threads = opts.threads ?? 1;
-  const pool = new ApplyPool(threads, { base: base.map((f) => f.file), out: out.map((f) => f.file) });
-  const file = overlay.segmentFile();
-  const sink = new FileSink(out);
-  const scratch = Buffer.allocUnsafeSlow(CHUNK_SIZE);
-  const window = Math.max(2, threads * 2);
-  const inflight: Promise<void>[] = [];
-  const stats = newStats(segs.length);
-  let next = 0;
-  try {
-    for (let si = 0; si < segs.length; si++) {
-      while (next < segs.length && inflight.length < window) {
-        inflight.push(pool.applyPayloads(next, segs[next]!, file.read(segs[next]!)));
-        next++;
-      }
-      await inflight.shift()!;
-      throwIfAborted(opts.signal);
-      const s = segs[si]!;
-      for (let i = 0; i < s.count; i++) {
-        const r = readRecord(s.chunks, i);
-        if (r.kind === ChunkKind.ZERO) sink.put(r, ZERO_CHUNK);
-        else if (r.kind === ChunkKind.BASE) sink.put(r, base[r.refImage]!.chunk(r.refIndex));
-        else if (r.kind === ChunkKind.SELF) sink.put(r, sink.prior(r.refImage, r.refIndex, scratch));
-      }
-      sink.flush();
-      segmentDone(stats, s, si);
-    }
-  } finally {
-    await Promise.allSettled(inflight);
-    file.close();
-    await pool.close();
+  if (threads === 0) {
+    const stats = await forEachChunk(overlay, base, sink, opts);
+    sink.flush();
+    return stats;
   }
-  return finished(stats, t0);
+  const workers = new SegmentWorkers(threads, { base: base.map((f) => f.file), out: out.map((f) => f.file) });
+  const scratch = Buffer.allocUnsafeSlow(CHUNK_SIZE);
+  return eachSegment(overlay, workers, opts, (i, s, compressed) => workers.applyPayloads(i, s, compressed), (_si, s) => {
+    for (let i = 0; i < s.count; i++) {
+      const r = readRecord(s.chunks, i);
+      if (r.kind === ChunkKind.ZERO) sink.put(r, ZERO_CHUNK);
+      else if (r.kind === ChunkKind.BASE) sink.put(r, base[r.refImage]!.chunk(r.refIndex));
+      else if (r.kind === ChunkKind.SELF) sink.put(r, sink.prior(r.refImage, r.refIndex, scratch));
+    }
+    sink.flush();
+  });
 }
 
 /** Checks every chunk's rebuilt content against its SHA-256 in the manifest; writes nothing. */
@@ -218,7 +184,6 @@ export async function verifyChunks(overlay: Overlay, base: ChunkFile[], opts: Lo
       }
       digests.set(key(r.image, r.index), Buffer.from(digest));
     },
-    endSegment() {},
   };
   return forEachChunk(overlay, base, sink, opts);
 }

@@ -81,6 +81,7 @@ export interface BuildResult {
 }
 
 const PENDING = 255;
+const PRINT_BYTES = 8;
 
 const DELTA_RULES = {
   auto: 'XOR against the base chunk at the same offset when that leaves more zero 32-bit words than the raw chunk; RAW otherwise',
@@ -97,19 +98,26 @@ class Entries {
   refImage = new Uint8Array(1024);
   refIndex = new Uint32Array(1024);
   digest = new Uint8Array(1024 * HASH_BYTES);
+  /** The 64-bit fingerprint of pending chunks (zero for others). */
+  print = new Uint8Array(1024 * PRINT_BYTES);
 
-  push(image: Image, index: number, kind: number, digest: Uint8Array): number {
+  /** Adds a chunk; for a pending one, `content` gives its fingerprint. */
+  push(image: Image, index: number, kind: number, digest: Uint8Array, content?: Buffer, at = 0): void {
     if (this.n === this.index.length) this.grow();
     const i = this.n++;
     this.image[i] = image;
     this.index[i] = index;
     this.kind[i] = kind;
     this.digest.set(digest, i * HASH_BYTES);
-    return i;
+    if (content) fingerprint(content, at, this.print.subarray(i * PRINT_BYTES, (i + 1) * PRINT_BYTES));
   }
 
   digestOf(i: number): Uint8Array {
     return this.digest.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES);
+  }
+
+  printOf(i: number): Uint8Array {
+    return this.print.subarray(i * PRINT_BYTES, (i + 1) * PRINT_BYTES);
   }
 
   private grow(): void {
@@ -125,11 +133,12 @@ class Entries {
     this.refImage = g(this.refImage, cap);
     this.refIndex = g(this.refIndex, cap);
     this.digest = g(this.digest, cap * HASH_BYTES);
+    this.print = g(this.print, cap * PRINT_BYTES);
   }
 }
 
 /** 64-bit fingerprint of a chunk from 16 sampled 32-bit words; cheap pre-filter for base lookaside. */
-function fingerprint(buf: Buffer, off: number, out: Uint8Array): void {
+function fingerprint(buf: Buffer, off: number, out: Uint8Array): Uint8Array {
   let h1 = 0x9e3779b9;
   let h2 = 0x85ebca6b;
   for (let k = 0; k < 16; k++) {
@@ -139,6 +148,7 @@ function fingerprint(buf: Buffer, off: number, out: Uint8Array): void {
   }
   out[0] = h1; out[1] = h1 >>> 8; out[2] = h1 >>> 16; out[3] = h1 >>> 24;
   out[4] = h2; out[5] = h2 >>> 8; out[6] = h2 >>> 16; out[7] = h2 >>> 24;
+  return out;
 }
 
 function checkSameSize(base: ChunkFile, custom: ChunkFile, name: string): void {
@@ -159,7 +169,13 @@ async function scan(base: ChunkFile[], custom: ChunkFile[], entries: Entries, tr
   const b = Buffer.allocUnsafeSlow(BLOCK_BYTES);
   const modified = [0, 0];
   let trimmedChunks = 0;
-  const isTrimmed = (i: number) => trimmed.some(([s, e]) => i >= s && i < e);
+  // Disk chunks come in increasing order: walk the sorted trimmed ranges with a cursor.
+  const ranges = [...trimmed].sort((x, y) => x[0] - y[0]);
+  let r = 0;
+  const isTrimmed = (i: number) => {
+    while (r < ranges.length && ranges[r]![1] <= i) r++;
+    return r < ranges.length && ranges[r]![0] <= i;
+  };
   for (const image of [Image.MEMORY, Image.DISK]) {
     const bf = base[image]!;
     const cf = custom[image]!;
@@ -174,9 +190,9 @@ async function scan(base: ChunkFile[], custom: ChunkFile[], entries: Entries, tr
           modified[image]!++;
           if (isZero(b, c)) {
             entries.push(image, index, ChunkKind.ZERO, ZERO_DIGEST);
-            if (image === Image.DISK && trimmed.length && isTrimmed(index)) trimmedChunks++;
+            if (image === Image.DISK && isTrimmed(index)) trimmedChunks++;
           } else {
-            entries.push(image, index, PENDING, sha256(b.subarray(c, c + CHUNK_SIZE)));
+            entries.push(image, index, PENDING, sha256(b.subarray(c, c + CHUNK_SIZE)), b, c);
           }
         }
       }
@@ -190,16 +206,14 @@ async function scan(base: ChunkFile[], custom: ChunkFile[], entries: Entries, tr
 async function lookaside(base: ChunkFile[], custom: ChunkFile[], entries: Entries, signal?: AbortSignal): Promise<void> {
   const byDigest = new ChunkIndex(entries.n);
   const byPrint = new ChunkIndex(entries.n);
-  const fp = new Uint8Array(8);
+  const fp = new Uint8Array(PRINT_BYTES);
   const scratch = Buffer.allocUnsafeSlow(CHUNK_SIZE);
   let pending = 0;
   for (let i = 0; i < entries.n; i++) {
     if (entries.kind[i] !== PENDING) continue;
     pending++;
     byDigest.add(entries.digestOf(i), { image: 0, index: i });
-    custom[entries.image[i]!]!.readAt(scratch, entries.index[i]! * CHUNK_SIZE);
-    fingerprint(scratch, 0, fp);
-    byPrint.add(fp, { image: 0, index: 0 });
+    byPrint.add(entries.printOf(i), { image: 0, index: 0 });
   }
   if (pending === 0) return;
   const a = Buffer.allocUnsafeSlow(BLOCK_BYTES);
@@ -250,44 +264,66 @@ function orderEntries(entries: Entries, order?: BuildOrder): Uint32Array {
   return idx.sort((x, y) => (r[x]! - r[y]! || x - y));
 }
 
-interface SegmentWriter {
-  fd: number;
-  offset: number;
-  table: SegmentInfo[];
-  level: number;
+/** Collects records and payloads into a segment; flush() compresses, writes and lists it. */
+class SegmentPacker {
+  readonly table: SegmentInfo[] = [];
+  /** Bytes written to the segments file so far. */
+  offset = 0;
+  private records: ChunkRecord[] = [];
+  private hashes: Buffer[] = [];
+  private payload: Buffer;
+  private used = 0;
+  private readonly maxRecords: number;
+
+  constructor(private readonly fd: number, private readonly segmentBytes: number, private readonly level: number) {
+    this.payload = Buffer.allocUnsafeSlow(segmentBytes);
+    // A segment of references only (no payload) still ends after this many records.
+    this.maxRecords = Math.max(1024, (segmentBytes / CHUNK_SIZE) * 16);
+  }
+
+  /** Where the next payload goes, starting a new segment when this one is full. */
+  payloadSlot(): { buf: Buffer; offset: number } {
+    if (this.used + CHUNK_SIZE > this.segmentBytes) this.flush();
+    const offset = this.used;
+    this.used += CHUNK_SIZE;
+    return { buf: this.payload.subarray(offset, offset + CHUNK_SIZE), offset };
+  }
+
+  add(r: ChunkRecord, digest: Uint8Array): void {
+    this.records.push(r);
+    this.hashes.push(Buffer.from(digest));
+    if (this.records.length >= this.maxRecords) this.flush();
+  }
+
+  flush(): void {
+    if (this.records.length === 0) return;
+    const z = compress(this.payload.subarray(0, this.used), { compressionLevel: this.level });
+    let done = 0;
+    while (done < z.length) done += writeSync(this.fd, z, done, z.length - done, this.offset + done);
+    this.table.push({
+      offset: this.offset,
+      bytes: z.length,
+      rawBytes: this.used,
+      sha256: sha256(z),
+      count: this.records.length,
+      chunks: encodeRecords(this.records),
+      hashes: Buffer.concat(this.hashes),
+    });
+    this.offset += z.length;
+    this.records = [];
+    this.hashes = [];
+    this.used = 0;
+  }
 }
 
-function flushSegment(w: SegmentWriter, records: ChunkRecord[], hashes: Buffer[], payload: Buffer, payloadBytes: number): void {
-  if (records.length === 0) return;
-  const raw = payload.subarray(0, payloadBytes);
-  const z = compress(raw, { compressionLevel: w.level });
-  let done = 0;
-  while (done < z.length) done += writeSync(w.fd, z, done, z.length - done, w.offset + done);
-  w.table.push({
-    offset: w.offset,
-    bytes: z.length,
-    rawBytes: payloadBytes,
-    sha256: sha256(z),
-    count: records.length,
-    chunks: encodeRecords(records),
-    hashes: Buffer.concat(hashes),
-  });
-  w.offset += z.length;
-}
-
-/** Pass 4: dedup against earlier overlay chunks, delta-encode, pack, compress. */
+/** Pass 4: dedup against earlier overlay chunks, delta-encode, pack, compress. Returns chunk counts by kind. */
 async function pack(
-  base: ChunkFile[], custom: ChunkFile[], entries: Entries, order: Uint32Array, segmentBytes: number, delta: 'auto' | 'xor' | 'raw', w: SegmentWriter, signal?: AbortSignal,
+  base: ChunkFile[], custom: ChunkFile[], entries: Entries, order: Uint32Array, delta: 'auto' | 'xor' | 'raw', packer: SegmentPacker, signal?: AbortSignal,
 ): Promise<number[]> {
   const kinds = [0, 0, 0, 0, 0];
   const self = new ChunkIndex(entries.n);
-  const payload = Buffer.allocUnsafeSlow(segmentBytes);
   const target = Buffer.allocUnsafeSlow(CHUNK_SIZE);
   const xor = Buffer.allocUnsafeSlow(CHUNK_SIZE);
-  const maxRecords = Math.max(1024, (segmentBytes / CHUNK_SIZE) * 16);
-  let records: ChunkRecord[] = [];
-  let hashes: Buffer[] = [];
-  let used = 0;
   for (let k = 0; k < order.length; k++) {
     const e = order[k]!;
     const image = entries.image[e]! as Image;
@@ -300,42 +336,25 @@ async function pack(
     if (kind === PENDING) {
       const prior = self.get(digest);
       const content = custom[image]!.chunk(index);
-      if (prior) {
-        custom[prior.image]!.readAt(target, prior.index * CHUNK_SIZE);
-        if (target.equals(content)) {
-          kind = ChunkKind.SELF;
-          refImage = prior.image as Image;
-          refIndex = prior.index;
-        }
-      }
-      if (kind === PENDING) {
-        if (used + CHUNK_SIZE > segmentBytes) {
-          flushSegment(w, records, hashes, payload, used);
-          records = [];
-          hashes = [];
-          used = 0;
-        }
+      if (prior) custom[prior.image]!.readAt(target, prior.index * CHUNK_SIZE);
+      if (prior && target.equals(content)) {
+        kind = ChunkKind.SELF;
+        refImage = prior.image as Image;
+        refIndex = prior.index;
+      } else {
         if (!prior) self.add(digest, { image, index });
-        const basePage = base[image]!.chunk(index);
-        xorInto(xor, content, basePage);
+        xorInto(xor, content, base[image]!.chunk(index));
         kind = delta === 'xor' || (delta === 'auto' && zeroWords(xor) > zeroWords(content)) ? ChunkKind.XOR : ChunkKind.RAW;
-        (kind === ChunkKind.XOR ? xor : content).copy(payload, used);
-        payloadOffset = used;
-        used += CHUNK_SIZE;
+        const slot = packer.payloadSlot();
+        (kind === ChunkKind.XOR ? xor : content).copy(slot.buf);
+        payloadOffset = slot.offset;
       }
     }
     kinds[kind]!++;
-    records.push({ image, kind: kind as ChunkKind, refImage, index, refIndex, payloadOffset });
-    hashes.push(Buffer.from(digest));
-    if (records.length >= maxRecords) {
-      flushSegment(w, records, hashes, payload, used);
-      records = [];
-      hashes = [];
-      used = 0;
-    }
+    packer.add({ image, kind: kind as ChunkKind, refImage, index, refIndex, payloadOffset }, digest);
     if (k % 4096 === 4095) await yieldNow(signal);
   }
-  flushSegment(w, records, hashes, payload, used);
+  packer.flush();
   return kinds;
 }
 
@@ -381,9 +400,9 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
     await fsp.rm(tmp, { recursive: true, force: true });
     await fsp.mkdir(tmp, { recursive: true });
     fd = openSync(path.join(tmp, SEGMENTS_FILE), 'w');
-    const w: SegmentWriter = { fd, offset: 0, table: [], level };
+    const packer = new SegmentPacker(fd, segmentBytes, level);
     publish('progress', { step: `overlay: packing ${entries.n} chunks into ${segmentBytes >> 10} KiB segments` });
-    const kinds = await pack(base, custom, entries, orderEntries(entries, opts.order), segmentBytes, opts.delta ?? 'auto', w, opts.signal);
+    const kinds = await pack(base, custom, entries, orderEntries(entries, opts.order), opts.delta ?? 'auto', packer, opts.signal);
     closeSync(fd);
     fd = -1;
     const tPack = performance.now();
@@ -400,7 +419,7 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
       order: opts.order ? { kind: 'profile', runs: opts.order.runs, rank: opts.order.rank } : { kind: 'default', runs: 0 },
       vm: { appPort: opts.appPort },
       deviceState: { bytes: deviceState.length, sha256: sha256(deviceState).toString('hex'), zstd: compress(deviceState, { compressionLevel: 9 }) },
-      segments: w.table,
+      segments: packer.table,
       stats: { chunks: kinds, trimmedChunks, modified: { memory: modified[0]!, disk: modified[1]! } },
     };
     const bodyBytes = encodeBody(body);
@@ -418,8 +437,8 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
     return {
       dir: out,
       manifestBytes: manifest.length,
-      segmentsBytes: w.offset,
-      segments: w.table.length,
+      segmentsBytes: packer.offset,
+      segments: packer.table.length,
       body,
       ms: { scan: Math.round(tScan - t0), lookaside: Math.round(tLook - tScan), pack: Math.round(tPack - tLook), total: Math.round(tEnd - t0) },
     };

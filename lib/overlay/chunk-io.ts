@@ -44,7 +44,11 @@ export function zeroWords(c: Uint8Array): number {
   return n;
 }
 
-/** A file opened for positional chunk I/O, with a one-block read cache for sequential access. */
+/**
+ * A file opened for positional chunk I/O, with a one-block read cache for
+ * sequential access through chunk(). writeAt() bypasses the cache: a file
+ * that is written is read with readAt().
+ */
 export class ChunkFile {
   readonly fd: number;
   readonly bytes: number;
@@ -59,10 +63,6 @@ export class ChunkFile {
       throw new VmsynthError('VMS_USAGE', `cannot open ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
     }
     this.bytes = fstatSync(this.fd).size;
-  }
-
-  get chunks(): number {
-    return Math.floor(this.bytes / CHUNK_SIZE);
   }
 
   /** Reads exactly buf.length bytes at `offset` (zeros past the end of the file). */
@@ -88,12 +88,6 @@ export class ChunkFile {
     }
     const rel = off - this.blockStart;
     return this.block.subarray(rel, rel + CHUNK_SIZE);
-  }
-
-  /** Forgets the cached block (after writes through writeAt). */
-  invalidate(): void {
-    this.blockStart = -1;
-    this.blockLen = 0;
   }
 
   writeAt(buf: Uint8Array, offset: number): void {

@@ -292,7 +292,3 @@ export function segmentsFileBytes(body: OverlayBody): number {
   const last = body.segments.at(-1);
   return last ? last.offset + last.bytes : 0;
 }
-
-export function chunkCount(body: OverlayBody): number {
-  return body.segments.reduce((n, s) => n + s.count, 0);
-}

@@ -40,3 +40,11 @@ async function choose(): Promise<AccelChoice> {
   }
   return { accel: 'kvm', reason: `the CPU has ${hw} and /dev/kvm is usable: KVM` };
 }
+
+/** The host's accelerator, which must be the one `base` was captured under (VMS_ACCEL_MISMATCH otherwise). */
+export async function requireAccel(base: { name: string; manifest: { vm: { accel: Accel } } }): Promise<Accel> {
+  const { accel } = await detectAccel();
+  const want = base.manifest.vm.accel;
+  if (accel !== want) throw new VmsynthError('VMS_ACCEL_MISMATCH', `base "${base.name}" was captured under ${want.toUpperCase()}, this host runs ${accel.toUpperCase()}`);
+  return accel;
+}

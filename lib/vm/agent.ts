@@ -3,28 +3,14 @@
  * port 8022): copy a file in, run a script. Reached over a host port that is
  * forwarded only while `vmsynth overlay create` customizes a VM.
  */
-import http from 'node:http';
 import { VmsynthError } from '../core/errors.js';
+import { guestRequest } from './guest-app.js';
 
 export const AGENT_GUEST_PORT = 8022;
 
-function request(port: number, method: string, path: string, body: Buffer, timeoutMs: number): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, method, path, timeout: timeoutMs, agent: false, headers: { 'Content-Length': body.length } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-      res.on('error', reject);
-    });
-    req.on('timeout', () => req.destroy(new Error(`the guest agent did not answer within ${timeoutMs} ms`)));
-    req.on('error', reject);
-    req.end(body);
-  });
-}
-
 /** Writes `data` to `guestPath` in the guest. */
 export async function agentPut(port: number, guestPath: string, data: Buffer, mode = 0o644, timeoutMs = 60_000): Promise<void> {
-  const r = await request(port, 'PUT', `/file?path=${encodeURIComponent(guestPath)}&mode=${mode.toString(8)}`, data, timeoutMs);
+  const r = await guestRequest(port, 'PUT', `/file?path=${encodeURIComponent(guestPath)}&mode=${mode.toString(8)}`, timeoutMs, data);
   if (r.status !== 200) throw new VmsynthError('VMS_CUSTOMIZE_FAILED', `copying ${guestPath} into the guest failed: ${r.body.toString('utf8').slice(0, 300)}`);
 }
 
@@ -35,7 +21,7 @@ export interface ExecResult {
 
 /** Runs a shell script in the guest; returns its exit status and output (last 64 KiB). */
 export async function agentExec(port: number, script: string, timeoutMs: number): Promise<ExecResult> {
-  const r = await request(port, 'POST', '/exec', Buffer.from(script), timeoutMs);
+  const r = await guestRequest(port, 'POST', '/exec', timeoutMs, Buffer.from(script));
   const text = r.body.toString('utf8');
   const nl = text.indexOf('\n');
   let status: number;

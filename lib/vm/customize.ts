@@ -19,7 +19,7 @@ import { exec } from '../core/exec.js';
 import { freePort } from '../core/net.js';
 import { sleep, withScope } from '../core/scope.js';
 import { CHUNK_SIZE } from '../fs/chunk-map.js';
-import { detectAccel } from './accel.js';
+import { requireAccel } from './accel.js';
 import { AGENT_GUEST_PORT, agentExec, agentPut } from './agent.js';
 import { loadBase, type Base } from './base.js';
 import { waitForApp } from './guest-app.js';
@@ -83,9 +83,7 @@ export function trimmedRanges(map: MapEntry[]): Array<[number, number]> {
 
 export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
   const base = await loadBase(opts.base);
-  const m = base.manifest;
-  const { accel } = await detectAccel();
-  if (accel !== m.vm.accel) throw new VmsynthError('VMS_ACCEL_MISMATCH', `base "${base.name}" was captured under ${m.vm.accel.toUpperCase()}, this host runs ${accel.toUpperCase()}`);
+  await requireAccel(base);
   const script = opts.script ?? '';
   for (const c of opts.copies ?? []) {
     if (!path.isAbsolute(c.dest)) throw new VmsynthError('VMS_USAGE', `copy destination "${c.dest}" must be an absolute path in the guest`);
@@ -106,12 +104,13 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
     await exec('cp', ['--sparse=always', '--reflink=auto', base.file('memory'), out.memory]);
     const qcow = path.join(work, 'disk.qcow2');
     scope.defer(`remove ${qcow}`, () => fsp.rm(qcow, { force: true }));
-    await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base.file('disk'), '-F', 'raw', qcow, String(m.disk.bytes)]);
+    await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base.file('disk'), '-F', 'raw', qcow, String(base.manifest.disk.bytes)]);
 
     const hostPort = await freePort();
     const agentPort = await freePort();
-    const spec = restoreSpec(base, session, { disk: { path: qcow, format: 'qcow2', discard: true }, memory: { path: out.memory, share: true }, hostPort });
-    spec.net.agent = { hostPort: agentPort, guestPort: AGENT_GUEST_PORT };
+    const spec = restoreSpec(base, session, {
+      disk: { path: qcow, format: 'qcow2', discard: true }, memory: { path: out.memory, share: true }, hostPort, agent: { hostPort: agentPort, guestPort: AGENT_GUEST_PORT },
+    });
     const vm = await startVm(lv, spec, scope, { signal: opts.signal });
     let output = '';
     let tResumed = 0;

@@ -23,25 +23,37 @@ export function workPath(work: AppWork = {}): string {
   return `/run?mem_mb=${work.memMb ?? 0}&disk_mb=${work.diskMb ?? 0}&disk_off_mb=${work.diskOffMb ?? 0}`;
 }
 
-/** One HTTP GET to the app; rejects on connection errors and on timeout. */
-export function appGet(port: number, path: string, timeoutMs: number): Promise<AppReply> {
+export interface HttpReply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** One HTTP request to a guest service on 127.0.0.1:<port>; rejects on connection errors and on timeout. */
+export function guestRequest(port: number, method: string, path: string, timeoutMs: number, body?: Buffer): Promise<HttpReply> {
   return new Promise((resolve, reject) => {
-    const req = http.get({ host: '127.0.0.1', port, path, timeout: timeoutMs, agent: false }, (res) => {
+    const headers = body ? { 'Content-Length': body.length } : undefined;
+    const req = http.request({ host: '127.0.0.1', port, method, path, timeout: timeoutMs, agent: false, headers }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        try {
-          resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as Record<string, unknown> });
-        } catch {
-          reject(new Error(`app answered with non-JSON: ${text.slice(0, 200)}`));
-        }
-      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
       res.on('error', reject);
     });
     req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
     req.on('error', reject);
+    req.end(body);
   });
+}
+
+/** One HTTP GET to the app, whose replies are JSON. */
+export async function appGet(port: number, path: string, timeoutMs: number): Promise<AppReply> {
+  const r = await guestRequest(port, 'GET', path, timeoutMs);
+  const text = r.body.toString('utf8');
+  try {
+    return { status: r.status, body: JSON.parse(text) as Record<string, unknown> };
+  } catch {
+    throw new Error(`app answered with non-JSON: ${text.slice(0, 200)}`);
+  }
 }
 
 export interface WaitOptions {

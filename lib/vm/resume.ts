@@ -11,14 +11,13 @@
 import type { FileHandle } from 'node:fs/promises';
 import { promises as fsp } from 'node:fs';
 import { publish } from '../core/diagnostics.js';
-import { VmsynthError } from '../core/errors.js';
 import { exec } from '../core/exec.js';
 import { freePort } from '../core/net.js';
 import { withScope, type Scope } from '../core/scope.js';
 import { ChunkMap, ChunkSource } from '../fs/chunk-map.js';
 import { ImageMount, checkFuseDevice } from '../fs/fuse-images.js';
 import { fileReader, ImageFile, type ImageStats } from '../fs/image.js';
-import { detectAccel, type Accel } from './accel.js';
+import { requireAccel, type Accel } from './accel.js';
 import { loadBase, verifyBase, type Base } from './base.js';
 import type { VmSpec } from './domain-xml.js';
 import { waitForApp, workPath, type AppReply, type AppWork } from './guest-app.js';
@@ -81,7 +80,7 @@ async function baseImage(name: string, file: string, bytes: number, scope: Scope
  * The VmSpec that restores a base's saved state: the base's machine, kernel and
  * NIC, waiting for incoming state, with the given disk, RAM and host port.
  */
-export function restoreSpec(base: Base, session: Session, at: { disk: VmSpec['disk']; memory: VmSpec['memory']; hostPort: number }): VmSpec {
+export function restoreSpec(base: Base, session: Session, at: { disk: VmSpec['disk']; memory: VmSpec['memory']; hostPort: number; agent?: VmSpec['net']['agent'] }): VmSpec {
   const m = base.manifest;
   return {
     name: session.domainName,
@@ -96,7 +95,7 @@ export function restoreSpec(base: Base, session: Session, at: { disk: VmSpec['di
     memory: at.memory,
     qmpSocket: session.file('qmp.sock'),
     consoleLog: session.file('console.log'),
-    net: { mac: m.vm.mac, hostPort: at.hostPort, guestPort: m.vm.appPort },
+    net: { mac: m.vm.mac, hostPort: at.hostPort, guestPort: m.vm.appPort, ...(at.agent ? { agent: at.agent } : {}) },
     incoming: true,
     owner: { ...session.owner, sessionDir: session.dir },
   };
@@ -107,10 +106,7 @@ export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
   const m = base.manifest;
   let verifyMs: number | null = null;
   if (opts.verify ?? true) verifyMs = (await verifyBase(base, opts.signal)).ms;
-  const { accel } = await detectAccel();
-  if (accel !== m.vm.accel) {
-    throw new VmsynthError('VMS_ACCEL_MISMATCH', `base "${base.name}" was captured under ${m.vm.accel.toUpperCase()}, this host runs ${accel.toUpperCase()}`);
-  }
+  const accel = await requireAccel(base);
   await checkFuseDevice(opts.fuseDevice);
 
   return withScope(async (scope) => {
