@@ -100,7 +100,7 @@ export function registerOverlayCommands(program: Command): void {
     .argument('<dir>', 'overlay directory')
     .option('--base <name>', 'base to check against (default: the local base with the hashes the overlay names)')
     .option('--trust <file>', 'also trust this public key file (repeatable)', collect, [])
-    .option('--threads <n>', 'worker threads for verify + decompress', nonNegativeInt('--threads'), 2)
+    .option('--threads <n>', 'worker threads that verify and decompress segments (0: all on one thread)', nonNegativeInt('--threads'), 2)
     .option('--json', 'print the result as JSON')
     .action(async (dir: string, o: { base?: string; trust: string[]; threads: number; json?: boolean }) => runCommand(!!o.json, async ({ signal, json }) => {
       const r = await verifyOverlay({ overlay: dir, base: o.base, trust: o.trust, threads: o.threads, signal });
@@ -115,7 +115,7 @@ export function registerOverlayCommands(program: Command): void {
     .requiredOption('--out <dir>', 'output directory')
     .option('--base <name>', 'base to apply to (default: the local base with the hashes the overlay names)')
     .option('--trust <file>', 'also trust this public key file (repeatable)', collect, [])
-    .option('--threads <n>', 'worker threads for verify + decompress', nonNegativeInt('--threads'), 2)
+    .option('--threads <n>', 'worker threads that verify, decompress and write segments (0: all on one thread)', nonNegativeInt('--threads'), 2)
     .option('--no-verify-base', 'skip re-hashing the base files first')
     .option('--force', 'replace an existing output directory')
     .option('--json', 'print the result as JSON')
