@@ -2,6 +2,7 @@
 import { testRoot, removeTestRoot } from './helpers/env.js';
 import t from 'tap';
 import { execFile } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { packageRoot } from '../lib/core/paths.js';
 import { ERRORS } from '../lib/core/errors.js';
@@ -18,7 +19,7 @@ function vmsynth(args: string[], env: Record<string, string> = {}): Promise<{ co
 }
 
 const commands = [[], ['demo'], ['guest'], ['guest', 'build'], ['base'], ['base', 'create'], ['base', 'list'], ['base', 'verify'], ['base', 'resume'], ['clean'],
-  ['key'], ['key', 'generate'], ['key', 'trust'], ['overlay'], ['overlay', 'create'], ['overlay', 'inspect'], ['overlay', 'verify'], ['overlay', 'apply']];
+  ['key'], ['key', 'generate'], ['key', 'trust'], ['overlay'], ['overlay', 'create'], ['overlay', 'inspect'], ['overlay', 'verify'], ['overlay', 'apply'], ['overlay', 'profile']];
 
 t.test('every command has --help', async (t) => {
   for (const c of commands) {
@@ -87,4 +88,9 @@ t.test('key generate, then overlay inspect/verify/apply of a generated overlay, 
   t.equal((JSON.parse(again.stdout.trim()) as { error: { code: string } }).error.code, 'VMS_OVERLAY_EXISTS');
   t.equal((await vmsynth(['overlay', 'create', '--base', 'cli', '--out', path.join(testRoot, 'x')])).code, ERRORS.VMS_USAGE.exit, 'nothing to customize is a usage error');
   t.equal((await vmsynth(['overlay', 'verify', path.join(testRoot, 'nope')])).code, ERRORS.VMS_USAGE.exit, 'not an overlay directory');
+  t.equal((await vmsynth(['overlay', 'profile', ov, '--out', ov])).code, ERRORS.VMS_USAGE.exit, 'profiling over its own input is refused');
+  t.equal((await vmsynth(['overlay', 'profile', ov, '--out', path.join(testRoot, 'p'), '--runs', '0'])).code, ERRORS.VMS_USAGE.exit, '--runs 0 is a usage error');
+  const exists = await vmsynth(['overlay', 'profile', ov, '--out', path.join(testRoot, 'synth'), '--json']);
+  t.equal((JSON.parse(exists.stdout.trim()) as { error: { code: string } }).error.code, 'VMS_OVERLAY_EXISTS', 'an existing output is refused before any work');
+  t.same((await fsp.readdir(testRoot)).filter((n) => n.includes('.work-')), [], 'and leaves no work directory');
 });

@@ -12,6 +12,7 @@ import { KIND_NAMES } from '../overlay/format.js';
 import { inspectOverlay } from '../overlay/inspect.js';
 import { generateKey, trustKey } from '../overlay/keys.js';
 import { applyOverlay, verifyOverlay } from '../overlay/offline.js';
+import { profileOverlay } from '../overlay/profile.js';
 import { Overlay } from '../overlay/reader.js';
 import type { Copy } from '../vm/customize.js';
 import { bytes, ms, table } from './format.js';
@@ -81,6 +82,40 @@ export function registerOverlayCommands(program: Command): void {
           ])}`);
         }
         return { ...rep, ms: r.ms, custom: r.custom };
+      }));
+
+  overlay
+    .command('profile')
+    .description('Learn the access order: synthesize the overlay locally, resume it N times through tracing FUSE images, send the app its first request, record the first touches of disk and memory chunks, merge the runs and re-pack the overlay in that order (signed again).')
+    .argument('<dir>', 'overlay directory')
+    .requiredOption('--out <dir>', 'directory for the re-packed overlay')
+    .option('--runs <n>', 'runs to merge', positiveInt('--runs'), 3)
+    .option('--base <name>', 'base (default: the local base with the hashes the overlay names)')
+    .option('--key <file|id>', 'signing key (default: the only key in the key directory)')
+    .option('--trust <file>', 'also trust this public key file (repeatable)', collect, [])
+    .option('--mem-mb <n>', 'first request: MiB of its working set the app touches', nonNegativeInt('--mem-mb'), 0)
+    .option('--disk-mb <n>', 'first request: MiB of disk the app reads', nonNegativeInt('--disk-mb'), 0)
+    .option('--disk-off-mb <n>', 'first request: where on the disk it reads, in MiB', nonNegativeInt('--disk-off-mb'), 0)
+    .option('--segment-kib <n>', 'segment size (default: the overlay\'s own)', positiveInt('--segment-kib'))
+    .option('--threads <n>', 'worker threads for the offline synthesis', nonNegativeInt('--threads'), 2)
+    .option('--timeout <seconds>', 'per run: how long the app may take to answer', positiveInt('--timeout'), 120)
+    .option('--force', 'replace an existing output directory')
+    .option('--json', 'print the result as JSON')
+    .action(async (dir: string, o: { out: string; runs: number; base?: string; key?: string; trust: string[]; memMb: number; diskMb: number; diskOffMb: number; segmentKib?: number; threads: number; timeout: number; force?: boolean; json?: boolean }) =>
+      runCommand(!!o.json, async ({ signal, json }) => {
+        const r = await profileOverlay({
+          overlay: dir, out: o.out, runs: o.runs, base: o.base, key: o.key, trust: o.trust, threads: o.threads, force: o.force, signal,
+          work: { memMb: o.memMb, diskMb: o.diskMb, diskOffMb: o.diskOffMb }, segmentBytes: o.segmentKib && o.segmentKib * 1024, timeoutMs: o.timeout * 1000,
+        });
+        const rep = inspectOverlay(await Overlay.open(r.dir, { trusted: null }));
+        if (!json) {
+          console.log(`profiled overlay written to ${r.dir} (${r.runs.length} runs merged, ${r.ranked} chunks ranked)\n${table([
+            ...r.runs.map((run, i): [string, string] => [`run ${i + 1}`, `first response ${ms(run.firstResponseMs)}; touched ${run.touches.memory} memory + ${run.touches.disk} disk chunks, ${run.after.chunks} of them in the overlay; in-order stream needed before they were all present: ${bytes(run.before.prefixBytes)} (${run.before.prefixSegments} segments) before, ${bytes(run.after.prefixBytes)} (${run.after.prefixSegments}) after`]),
+            ['rank', r.rank],
+            ...reportRows(rep),
+          ])}`);
+        }
+        return { ...rep, profile: { runs: r.runs, ranked: r.ranked, rank: r.rank, ms: r.ms } };
       }));
 
   overlay

@@ -4,11 +4,13 @@
  * read() is the hot path of every guest page fault and disk read. It splits
  * the request by chunk source and fills the caller's buffer; it keeps the
  * counters that tell how much of an image the guest touched (bytes, reads,
- * distinct chunks), which resume and, later, access-order profiling use.
+ * distinct chunks), and, when given a TouchLog, the order in which chunks
+ * were first read (access-order profiling).
  */
 import type { FileHandle } from 'node:fs/promises';
 import { VmsynthError } from '../core/errors.js';
 import { ChunkMap, ChunkSource } from './chunk-map.js';
+import type { TouchLog } from './touch-log.js';
 
 /** Fills buf[bufOffset, bufOffset + length) with the image bytes at imageOffset. */
 export type RangeReader = (buf: Buffer, bufOffset: number, length: number, imageOffset: number) => Promise<void>;
@@ -20,6 +22,12 @@ export interface ImageStats {
   chunksTouched: number;
 }
 
+export interface TouchTrace {
+  log: TouchLog;
+  /** This image's id in the log. */
+  image: number;
+}
+
 export class ImageFile {
   readonly stats: ImageStats = { reads: 0, bytesRead: 0, chunksTouched: 0 };
   private readonly touched: Uint8Array;
@@ -28,6 +36,7 @@ export class ImageFile {
     readonly name: string,
     readonly map: ChunkMap,
     private readonly readers: Partial<Record<ChunkSource, RangeReader>>,
+    private readonly trace?: TouchTrace,
   ) {
     this.touched = new Uint8Array(map.chunkCount);
   }
@@ -39,6 +48,8 @@ export class ImageFile {
   /** Reads up to `length` bytes at `offset` into buf; returns the count (0 at EOF). */
   async read(buf: Buffer, length: number, offset: number): Promise<number> {
     const runs = this.map.runs(offset, Math.min(length, buf.length));
+    const end = runs.length ? runs[runs.length - 1]!.offset + runs[runs.length - 1]!.length : offset;
+    this.touch(offset, end - offset);
     let filled = 0;
     for (const run of runs) {
       const reader = this.readers[run.source];
@@ -46,20 +57,23 @@ export class ImageFile {
       await reader(buf, run.offset - offset, run.length, run.offset);
       filled += run.length;
     }
-    this.account(offset, filled);
+    if (filled > 0) {
+      this.stats.reads++;
+      this.stats.bytesRead += filled;
+    }
     return filled;
   }
 
-  private account(offset: number, length: number): void {
+  /** Marks the chunks of a read as touched when it arrives (not when it completes: a blocked read counts in request order). */
+  private touch(offset: number, length: number): void {
     if (length === 0) return;
-    this.stats.reads++;
-    this.stats.bytesRead += length;
     const first = Math.floor(offset / this.map.chunkSize);
     const last = Math.floor((offset + length - 1) / this.map.chunkSize);
     for (let c = first; c <= last; c++) {
       if (this.touched[c] === 0) {
         this.touched[c] = 1;
         this.stats.chunksTouched++;
+        this.trace?.log.record(this.trace.image, c);
       }
     }
   }

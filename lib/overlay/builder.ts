@@ -60,6 +60,8 @@ export interface BuildOptions {
   appPort: number;
   /** Disk chunk ranges [start, end) the guest discarded; counted as trimmed. */
   trimmed?: Array<[number, number]>;
+  /** Re-packing a synthesized VM, whose trimmed ranges are no longer known: the count its first build recorded. */
+  trimmedChunks?: number;
   order?: BuildOrder;
   segmentBytes?: number;
   zstdLevel?: number;
@@ -420,7 +422,7 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
       vm: { appPort: opts.appPort },
       deviceState: { bytes: deviceState.length, sha256: sha256(deviceState).toString('hex'), zstd: compress(deviceState, { compressionLevel: 9 }) },
       segments: packer.table,
-      stats: { chunks: kinds, trimmedChunks, modified: { memory: modified[0]!, disk: modified[1]! } },
+      stats: { chunks: kinds, trimmedChunks: opts.trimmedChunks ?? trimmedChunks, modified: { memory: modified[0]!, disk: modified[1]! } },
     };
     const bodyBytes = encodeBody(body);
     const sig = signBytes(opts.key, bodyBytes);

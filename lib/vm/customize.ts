@@ -14,7 +14,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { publish } from '../core/diagnostics.js';
-import { VmsynthError } from '../core/errors.js';
+import { isErrorCode, VmsynthError } from '../core/errors.js';
 import { exec } from '../core/exec.js';
 import { freePort } from '../core/net.js';
 import { sleep, withScope } from '../core/scope.js';
@@ -117,7 +117,10 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
     let tScript = 0;
     try {
       await loadState(vm.qmp, base.file('deviceState'), session.file('incoming.sock'), { ignoreShared: true, signal: opts.signal });
-      await waitForApp(agentPort, { timeoutMs: 60_000, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog, path: '/health' });
+      await waitForApp(agentPort, { timeoutMs: 60_000, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog, path: '/health' }).catch((err: unknown) => {
+        if (!isErrorCode(err, 'VMS_GUEST_TIMEOUT')) throw err;
+        throw new VmsynthError('VMS_CUSTOMIZE_FAILED', `the guest agent (guest port ${AGENT_GUEST_PORT}) of base "${base.name}" never answered: customizing needs a base whose guest runs the vmsynth agent; a base captured from an older test guest does not (capture it again with \`vmsynth base create ${base.name} --force\`). ${(err as Error).message}`, { cause: err });
+      });
       tResumed = performance.now();
       for (const c of opts.copies ?? []) {
         publish('progress', { step: `customize: copying ${c.src} to ${c.dest}` });

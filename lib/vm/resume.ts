@@ -16,7 +16,8 @@ import { freePort } from '../core/net.js';
 import { withScope, type Scope } from '../core/scope.js';
 import { ChunkMap, ChunkSource } from '../fs/chunk-map.js';
 import { ImageMount, checkFuseDevice } from '../fs/fuse-images.js';
-import { fileReader, ImageFile, type ImageStats } from '../fs/image.js';
+import { fileReader, ImageFile, type ImageStats, type TouchTrace } from '../fs/image.js';
+import { TouchLog, type Touch } from '../fs/touch-log.js';
 import { requireAccel, type Accel } from './accel.js';
 import { loadBase, verifyBase, type Base } from './base.js';
 import type { VmSpec } from './domain-xml.js';
@@ -39,6 +40,8 @@ export interface ResumeOptions {
   signal?: AbortSignal;
   /** FUSE device to require (tests point it elsewhere). */
   fuseDevice?: string;
+  /** Record the order in which chunks were first read (image 0 memory, 1 disk). */
+  trace?: boolean;
   /** Called while the VM runs, after the first reply, before teardown. */
   whileRunning?: (vm: ResumedVm) => Promise<void>;
 }
@@ -67,13 +70,15 @@ export interface ResumeResult {
   diskBytes: number;
   deviceStateBytes: number;
   reply: AppReply['body'];
+  /** With `trace`: first touches (image 0 memory, 1 disk) from the resume to the first reply, in order. */
+  touchesBeforeFirstResponse?: Touch[];
 }
 
 /** Opens a base image read-only and serves it through a chunk map whose every chunk is BASE. */
-async function baseImage(name: string, file: string, bytes: number, scope: Scope): Promise<ImageFile> {
+async function baseImage(name: string, file: string, bytes: number, scope: Scope, trace?: TouchTrace): Promise<ImageFile> {
   const handle: FileHandle = await fsp.open(file, 'r');
   scope.defer(`close ${file}`, () => handle.close());
-  return new ImageFile(name, new ChunkMap(bytes, undefined, ChunkSource.BASE), { [ChunkSource.BASE]: fileReader(handle, file) });
+  return new ImageFile(name, new ChunkMap(bytes, undefined, ChunkSource.BASE), { [ChunkSource.BASE]: fileReader(handle, file) }, trace);
 }
 
 /**
@@ -116,8 +121,9 @@ export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
     const session = await Session.create(scope);
     const t0 = performance.now();
 
-    const memory = await baseImage('memory.img', base.file('memory'), m.memory.bytes, scope);
-    const disk = await baseImage('disk.img', base.file('disk'), m.disk.bytes, scope);
+    const log = opts.trace ? new TouchLog() : undefined;
+    const memory = await baseImage('memory.img', base.file('memory'), m.memory.bytes, scope, log && { log, image: 0 });
+    const disk = await baseImage('disk.img', base.file('disk'), m.disk.bytes, scope, log && { log, image: 1 });
     const mount = await ImageMount.mount(session.file('mnt'), [memory, disk], { fuseDevice: opts.fuseDevice });
     scope.defer(`unmount ${mount.mountpoint}`, () => mount.unmount());
 
@@ -141,6 +147,7 @@ export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
     }
     const firstResponseMs = performance.now() - t0;
     const before = { memory: { ...memory.stats }, disk: { ...disk.stats } };
+    const touchesBefore = log?.length ?? 0;
 
     if (opts.whileRunning) await opts.whileRunning({ vm, session, hostPort, images: { memory, disk } });
 
@@ -158,6 +165,7 @@ export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
       diskBytes: m.disk.bytes,
       deviceStateBytes: m.deviceState.bytes,
       reply: reply.body,
+      ...(log ? { touchesBeforeFirstResponse: log.slice(0, touchesBefore) } : {}),
     };
   });
 }

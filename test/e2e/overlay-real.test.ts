@@ -15,6 +15,7 @@ import { createOverlay } from '../../lib/overlay/create.js';
 import { generateKey } from '../../lib/overlay/keys.js';
 import { applyOverlay, verifyOverlay } from '../../lib/overlay/offline.js';
 import { inspectOverlay } from '../../lib/overlay/inspect.js';
+import { profileOverlay } from '../../lib/overlay/profile.js';
 import { Overlay } from '../../lib/overlay/reader.js';
 import { verifyBase } from '../../lib/vm/base.js';
 import { resumeBase } from '../../lib/vm/resume.js';
@@ -56,6 +57,31 @@ t.test('create, verify, apply byte-identically, resume the synthesized VM', asyn
   t.equal(res.reply.diskDigest, hex64(appDigest(installed)), 'the synthesized VM reads the installed bytes');
   t.same(await leaks([res.domain], runDir()), NO_LEAKS);
   await verifyBase(base); // the base files were only read
+});
+
+t.test('profile: two traced runs of the synthesized VM re-pack the overlay so the first request needs a shorter prefix', async (t) => {
+  const out = path.join(testRoot, 'profiled');
+  const work = { diskMb: 4, diskOffMb: 40, memMb: 4 };
+  const r = await profileOverlay({ overlay: ov, out, runs: 2, work, base: 'ovbase' });
+  t.equal(r.runs.length, 2);
+  for (const run of r.runs) {
+    t.ok(run.touches.memory > 0 && run.touches.disk >= 1024, `memory faults and the 4 MiB disk read were traced (${run.touches.memory} memory, ${run.touches.disk} disk chunks)`);
+    t.ok(run.after.chunks >= 1024, `the installed disk chunks are among the touched overlay chunks (${run.after.chunks})`);
+    t.ok(run.after.prefixBytes < run.before.prefixBytes, `in-order prefix before the first reply: ${run.before.prefixBytes} -> ${run.after.prefixBytes} bytes`);
+  }
+  const p = await Overlay.open(out, { trusted: null });
+  t.same(p.body.order, { kind: 'profile', runs: 2, rank: r.rank }, 'the manifest says how it was ordered');
+  const orig = await Overlay.open(ov, { trusted: null });
+  t.same(p.body.stats, orig.body.stats, 'same chunks, same kinds, same trimmed count: only the order changed');
+
+  const synth = path.join(testRoot, 'synth-profiled');
+  await applyOverlay({ overlay: out, base: 'ovbase', out: synth, verifyBase: false });
+  for (const f of ['memory.raw', 'disk.raw', 'device.state']) {
+    const [a, b] = await Promise.all([fsp.readFile(path.join(synth, f)), fsp.readFile(path.join(custom, f))]);
+    t.ok(a.equals(b), `${f}: the profiled overlay still synthesizes the custom VM`);
+  }
+  t.same((await fsp.readdir(testRoot)).filter((n) => n.includes('.work-') || n.includes('.tmp-')), [], 'no work or temp directories left');
+  t.same(await leaks(r.runs.map((run) => run.domain), runDir()), NO_LEAKS, 'no domains, QEMU processes, mounts or session directories left');
 });
 
 t.test('a failing customization script is a typed error with its output, and leaves nothing', async (t) => {

@@ -7,6 +7,7 @@ import Fuse, { type Stat } from 'fuse-native';
 import { ChunkMap, ChunkSource, CHUNK_SIZE } from '../../lib/fs/chunk-map.js';
 import { fileReader, ImageFile, zeroReader } from '../../lib/fs/image.js';
 import { fuseHandlers } from '../../lib/fs/fuse-images.js';
+import { TouchLog } from '../../lib/fs/touch-log.js';
 
 async function fixture(t: Test, bytes: number) {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'vmsynth-image-'));
@@ -35,6 +36,35 @@ t.test('reads mix base bytes and zero chunks, and count what was touched', async
   t.equal(img.stats.chunksTouched, 4, 'a chunk read twice counts once');
   t.equal(await img.read(buf, 100, size), 0, 'EOF reads 0');
   t.equal(await img.read(buf, 100, size - 10), 10, 'a read across EOF is short');
+});
+
+t.test('a touch log keeps the first touch of each chunk across images, in request order', async (t) => {
+  const size = 8 * CHUNK_SIZE;
+  const { handle, file } = await fixture(t, size);
+  const log = new TouchLog();
+  const mem = new ImageFile('memory.img', new ChunkMap(size), { [ChunkSource.BASE]: fileReader(handle, file) }, { log, image: 0 });
+  const disk = new ImageFile('disk.img', new ChunkMap(size), { [ChunkSource.BASE]: fileReader(handle, file) }, { log, image: 1 });
+  const buf = Buffer.alloc(size);
+  await mem.read(buf, 2 * CHUNK_SIZE, 5 * CHUNK_SIZE + 10); // chunks 5, 6, 7
+  await disk.read(buf, 1, 3 * CHUNK_SIZE); // chunk 3
+  await mem.read(buf, 4 * CHUNK_SIZE, 4 * CHUNK_SIZE); // 4 is new; 5..7 are not
+  await mem.read(buf, 100, size); // EOF touches nothing
+  t.same(log.slice(), [{ image: 0, index: 5 }, { image: 0, index: 6 }, { image: 0, index: 7 }, { image: 1, index: 3 }, { image: 0, index: 4 }]);
+  t.same(log.slice(3, 4), [{ image: 1, index: 3 }], 'slices by position');
+  for (let i = 0; i < 5000; i++) log.record(1, i);
+  t.equal(log.length, 5005, 'grows past its first allocation');
+  t.same(log.slice(5004), [{ image: 1, index: 4999 }]);
+  // A read that blocks counts when it arrives, not when it completes.
+  let release!: () => void;
+  const gate = new Promise<void>((r) => { release = r; });
+  const log2 = new TouchLog();
+  const slow = new ImageFile('m', new ChunkMap(size), { [ChunkSource.BASE]: async () => gate }, { log: log2, image: 0 });
+  const fast = new ImageFile('d', new ChunkMap(size), { [ChunkSource.BASE]: async () => undefined }, { log: log2, image: 1 });
+  const pending = slow.read(buf, CHUNK_SIZE, 0);
+  await fast.read(buf, CHUNK_SIZE, 0);
+  release();
+  await pending;
+  t.same(log2.slice(), [{ image: 0, index: 0 }, { image: 1, index: 0 }]);
 });
 
 t.test('a base file shorter than the manifest says is VMS_BASE_CORRUPT', async (t) => {
