@@ -60,18 +60,19 @@ export function registerOverlayCommands(program: Command): void {
     .option('--segment-kib <n>', 'segment size (payload bytes before compression)', positiveInt('--segment-kib'), 1024)
     .option('--zstd-level <n>', 'zstd compression level', positiveInt('--zstd-level'), 3)
     .option('--no-drop-caches', 'keep the guest page cache (by default it is dropped before the save)')
+    .option('--no-report-free-pages', 'let free page reporting return only 4 MiB blocks (by default free pages of every size read as zeros)')
     .option('--keep-custom <dir>', 'keep the custom VM images (memory.raw, disk.raw, device.state) in this directory')
     .option('--timeout <seconds>', 'how long the script may run and the app may take to answer', positiveInt('--timeout'), 300)
     .option('--force', 'replace an existing output directory')
     .option('--json', 'print the result as JSON')
-    .action(async (o: { base: string; out: string; customize?: string; copy: string[]; key?: string; segmentKib: number; zstdLevel: number; dropCaches: boolean; keepCustom?: string; timeout: number; force?: boolean; json?: boolean }) =>
+    .action(async (o: { base: string; out: string; customize?: string; copy: string[]; key?: string; segmentKib: number; zstdLevel: number; dropCaches: boolean; reportFreePages: boolean; keepCustom?: string; timeout: number; force?: boolean; json?: boolean }) =>
       runCommand(!!o.json, async ({ signal, json }) => {
         const copies = o.copy.map(parseCopy);
         const script = o.customize ? await fsp.readFile(o.customize, 'utf8').catch((e: NodeJS.ErrnoException) => { throw new VmsynthError('VMS_USAGE', `cannot read --customize ${o.customize}: ${e.code}`); }) : undefined;
         if (!script && copies.length === 0) throw new VmsynthError('VMS_USAGE', 'nothing to customize: give --customize SCRIPT and/or --copy SRC:DEST');
         const r = await createOverlay({
           base: o.base, out: o.out, script, copies, key: o.key, segmentBytes: o.segmentKib * 1024, zstdLevel: o.zstdLevel,
-          dropCaches: o.dropCaches, keepCustom: o.keepCustom, force: o.force, timeoutMs: o.timeout * 1000, signal,
+          dropCaches: o.dropCaches, reportFreePages: o.reportFreePages, keepCustom: o.keepCustom, force: o.force, timeoutMs: o.timeout * 1000, signal,
         });
         const rep = inspectOverlay(await Overlay.open(r.dir, { trusted: null }));
         if (!json) {

@@ -20,6 +20,7 @@ export const ERRORS = {
   VMS_BASE_EXISTS: { exit: 73, hint: 'Pick another name, or pass --force to replace the existing base.' },
   VMS_BASE_FILE_MISSING: { exit: 66, hint: 'The base directory is incomplete; recreate it with `vmsynth base create --force`.' },
   VMS_BASE_CORRUPT: { exit: 65, hint: 'The base manifest or a base file is damaged; recreate it with `vmsynth base create --force`.' },
+  VMS_BASE_OUTDATED: { exit: 65, hint: 'The base was captured by an older vmsynth with another VM device set; capture it again with `vmsynth base create NAME --force` (overlays made against it must be made again too).' },
   VMS_HASH_MISMATCH: { exit: 65, hint: 'A base file changed since capture; recreate the base, or restore the file from a good copy.' },
   VMS_MEMORY_SIZE_MISMATCH: { exit: 65, hint: 'The memory image does not match the size the base was captured with; recreate the base.' },
   VMS_ACCEL_MISMATCH: { exit: 69, hint: 'A base resumes only under the accelerator and CPU model it was captured with; capture it on this host.' },

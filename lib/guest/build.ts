@@ -21,6 +21,11 @@ import { indexModules, loadOrder } from './kmod.js';
 const BUILDER_VERSION = 1;
 const KERNEL_META = 'linux-image-cloud-amd64';
 const MODULES = ['virtio_pci', 'virtio_blk', 'virtio_net', 'virtio_balloon'];
+/**
+ * Kernel flags of the test guest. page_reporting_order=0: free page reporting
+ * returns free pages of any size, not only 2 MiB blocks (see lib/vm/free-pages.ts).
+ */
+const KERNEL_FLAGS = 'console=ttyS0 loglevel=4 panic=-1 page_reporting.page_reporting_order=0';
 
 export const GUEST_APP_PORT = 8000;
 
@@ -92,11 +97,12 @@ export async function buildGuest(options: GuestOptions = {}): Promise<Guest> {
     init: await fileSha(path.join(src, 'init')),
     app: await fileSha(path.join(src, 'offload-app.c')),
     modules: MODULES,
+    cmdline: KERNEL_FLAGS,
     diskMiB,
   };
   const key = createHash('sha256').update(JSON.stringify(inputs)).digest('hex').slice(0, 16);
   const dir = path.join(cacheDir(), 'guest', key);
-  const cmdline = `console=ttyS0 loglevel=4 panic=-1 vmsynth.ws_mb=${workingSetMiB}`;
+  const cmdline = `${KERNEL_FLAGS} vmsynth.ws_mb=${workingSetMiB}`;
   const guest: Guest = {
     key, dir, cmdline, memoryMiB, workingSetMiB, diskMiB, appPort: GUEST_APP_PORT,
     kernel: path.join(dir, 'vmlinuz'), initrd: path.join(dir, 'initrd.img'), disk: path.join(dir, 'data.raw'),

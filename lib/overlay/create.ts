@@ -22,6 +22,7 @@ export interface CreateOverlayOptions {
   zstdLevel?: number;
   order?: BuildOrder;
   dropCaches?: boolean;
+  reportFreePages?: boolean;
   /** Keep the custom VM's images (memory.raw, disk.raw, device.state) in this directory. */
   keepCustom?: string;
   force?: boolean;
@@ -30,7 +31,7 @@ export interface CreateOverlayOptions {
 }
 
 export interface CreateOverlayResult extends BuildResult {
-  custom: Pick<CustomVm, 'domain' | 'trimmed' | 'ms' | 'scriptOutput'> & { kept: string | null };
+  custom: Pick<CustomVm, 'domain' | 'trimmed' | 'ms' | 'scriptOutput' | 'freePages'> & { kept: string | null };
 }
 
 export async function createOverlay(opts: CreateOverlayOptions): Promise<CreateOverlayResult> {
@@ -40,7 +41,7 @@ export async function createOverlay(opts: CreateOverlayOptions): Promise<CreateO
   if (opts.keepCustom && (await fsp.stat(opts.keepCustom).catch(() => null))) throw new VmsynthError('VMS_OVERLAY_EXISTS', `${opts.keepCustom} already exists`);
   const work = `${out}.work-${process.pid}`;
   try {
-    const custom = await customizeBase({ base: opts.base, script: opts.script, copies: opts.copies, workDir: work, dropCaches: opts.dropCaches, timeoutMs: opts.timeoutMs, signal: opts.signal });
+    const custom = await customizeBase({ base: opts.base, script: opts.script, copies: opts.copies, workDir: work, dropCaches: opts.dropCaches, reportFreePages: opts.reportFreePages, timeoutMs: opts.timeoutMs, signal: opts.signal });
     const m = custom.base.manifest;
     const built = await buildOverlay({
       base: { name: custom.base.name, files: { memory: custom.base.file('memory'), disk: custom.base.file('disk') }, identity: { memory: m.memory, disk: m.disk } },
@@ -60,7 +61,7 @@ export async function createOverlay(opts: CreateOverlayOptions): Promise<CreateO
       kept = path.resolve(opts.keepCustom);
       await fsp.rename(work, kept);
     }
-    return { ...built, custom: { domain: custom.domain, trimmed: custom.trimmed, ms: custom.ms, scriptOutput: custom.scriptOutput, kept } };
+    return { ...built, custom: { domain: custom.domain, trimmed: custom.trimmed, ms: custom.ms, scriptOutput: custom.scriptOutput, freePages: custom.freePages, kept } };
   } finally {
     await fsp.rm(work, { recursive: true, force: true });
   }

@@ -6,7 +6,12 @@
 import { VmsynthError } from '../core/errors.js';
 import type { Accel } from './accel.js';
 
-export const BASE_FORMAT = 'vmsynth-base/1';
+/**
+ * vmsynth-base/2: the VM has a virtio balloon with free page reporting (its
+ * device state cannot be loaded into a VM without one, nor the reverse), and
+ * free pages were returned before the save. /1 had no balloon.
+ */
+export const BASE_FORMAT = 'vmsynth-base/2';
 
 export interface BaseFile {
   file: string;
@@ -73,6 +78,9 @@ export function parseBaseManifest(text: string, where: string): BaseManifest {
     fail(where, `not valid JSON (${(err as Error).message})`);
   }
   if (!isObj(m)) fail(where, 'not a JSON object');
+  if (m.format === 'vmsynth-base/1') {
+    throw new VmsynthError('VMS_BASE_OUTDATED', `base manifest ${where}: format vmsynth-base/1 is from an older vmsynth, whose VMs had no free-page-reporting balloon; this version cannot resume it`);
+  }
   if (m.format !== BASE_FORMAT) fail(where, `unknown format ${JSON.stringify(m.format)}, expected ${BASE_FORMAT}`);
   need(m, 'name', isStr, where);
   need(m, 'chunkSize', (v) => v === 4096, where);

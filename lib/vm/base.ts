@@ -25,6 +25,7 @@ import { waitForApp } from './guest-app.js';
 import { cleanStale } from './janitor.js';
 import { Libvirt } from './libvirt.js';
 import { startVm } from './machine.js';
+import { settleFreePages } from './free-pages.js';
 import { saveState } from './migration.js';
 import { BASE_FORMAT, parseBaseManifest, type BaseFile, type BaseManifest } from './base-manifest.js';
 import { Session } from './session.js';
@@ -137,6 +138,8 @@ export async function createBase(opts: CreateBaseOptions): Promise<Base> {
     const vm = await startVm(lv, spec, scope, { signal: opts.signal });
     await waitForApp(spec.net.hostPort, { timeoutMs: opts.timeoutMs ?? 180_000, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog });
     const bootMs = Date.now() - booted;
+    publish('progress', { step: 'waiting for the guest to report its free pages' });
+    await settleFreePages(memFile, { signal: opts.signal });
     const machine = machineFromXml(await lv.xmlDesc(spec.name)) ?? spec.machine;
     publish('progress', { step: `guest app answered after ${bootMs} ms; saving device state` });
     await saveState(vm.qmp, path.join(tmp, 'device.state'), session.file('migrate.sock'), { ignoreShared: true, signal: opts.signal });
@@ -162,7 +165,7 @@ export async function createBase(opts: CreateBaseOptions): Promise<Base> {
         cmdline: spec.cmdline,
         mac: BASE_MAC,
         appPort: source.appPort,
-        devices: ['virtio-blk-pci:vda', 'virtio-net-pci:user', 'serial:file'],
+        devices: ['virtio-blk-pci:vda', 'virtio-net-pci:user', 'serial:file', 'virtio-balloon-pci:free-page-reporting'],
       },
       created: { at: new Date().toISOString(), host: os.hostname(), qemu, vmsynth: VMSYNTH_VERSION, source: source.info ?? {}, bootMs },
     };

@@ -17,7 +17,7 @@ import { publish } from '../core/diagnostics.js';
 import { isErrorCode, VmsynthError } from '../core/errors.js';
 import { exec } from '../core/exec.js';
 import { freePort } from '../core/net.js';
-import { sleep, withScope } from '../core/scope.js';
+import { withScope } from '../core/scope.js';
 import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import { requireAccel } from './accel.js';
 import { AGENT_GUEST_PORT, agentExec, agentPut } from './agent.js';
@@ -25,6 +25,7 @@ import { loadBase, type Base } from './base.js';
 import { waitForApp } from './guest-app.js';
 import { cleanStale } from './janitor.js';
 import { Libvirt } from './libvirt.js';
+import { settleFreePages, type SettleResult } from './free-pages.js';
 import { explainFailure, startVm } from './machine.js';
 import { loadState, saveState } from './migration.js';
 import { restoreSpec } from './resume.js';
@@ -47,6 +48,8 @@ export interface CustomizeOptions {
   workDir: string;
   /** Drop the guest's page cache before saving (default true). */
   dropCaches?: boolean;
+  /** Let free page reporting return free pages of every size before the save (default true; false: only 4 MiB blocks). */
+  reportFreePages?: boolean;
   /** How long the script may run, and the app may take to answer after it. */
   timeoutMs?: number;
   signal?: AbortSignal;
@@ -62,6 +65,8 @@ export interface CustomVm {
   /** Disk chunk ranges [start, end) the guest discarded. */
   trimmed: Array<[number, number]>;
   scriptOutput: string;
+  /** Guest memory returned by free page reporting after the script (and drop_caches). */
+  freePages: SettleResult;
   ms: { resume: number; script: number; save: number; total: number };
 }
 
@@ -79,6 +84,22 @@ export function trimmedRanges(map: MapEntry[]): Array<[number, number]> {
     .filter((e) => e.depth === 0 && e.zero && !e.data)
     .map((e) => [Math.ceil(e.start / CHUNK_SIZE), Math.floor((e.start + e.length) / CHUNK_SIZE)] as [number, number])
     .filter(([s, e]) => e > s);
+}
+
+/**
+ * The guest command run after the customization, before the save: drop the
+ * page cache (optional), set the free page reporting order (0: report free
+ * pages of every size; 10: only 4 MiB blocks, about what a stock kernel does
+ * by default), and allocate and free 8 MiB, because reporting runs only when
+ * the buddy allocator frees pages after the order changed.
+ */
+export function freeMemoryCommand(dropCaches: boolean, report: boolean): string {
+  return [
+    `echo ${report ? 0 : 10} > /sys/module/page_reporting/parameters/page_reporting_order`,
+    'sync',
+    ...(dropCaches ? ['echo 3 > /proc/sys/vm/drop_caches'] : []),
+    'dd if=/dev/zero of=/dev/null bs=8M count=1 2>/dev/null',
+  ].join('; ');
 }
 
 export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
@@ -115,6 +136,7 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
     let output = '';
     let tResumed = 0;
     let tScript = 0;
+    let freePages: SettleResult = { ms: 0, freedBytes: 0, allocatedBytes: 0 };
     try {
       await loadState(vm.qmp, base.file('deviceState'), session.file('incoming.sock'), { ignoreShared: true, signal: opts.signal });
       await waitForApp(agentPort, { timeoutMs: 60_000, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog, path: '/health' }).catch((err: unknown) => {
@@ -135,10 +157,9 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
         }
       }
       await waitForApp(hostPort, { timeoutMs, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog });
-      if (opts.dropCaches ?? true) {
-        await agentExec(agentPort, 'sync; echo 3 > /proc/sys/vm/drop_caches', 60_000);
-        await sleep(500, opts.signal);
-      }
+      publish('progress', { step: 'customize: returning free guest memory' });
+      await agentExec(agentPort, freeMemoryCommand(opts.dropCaches ?? true, opts.reportFreePages ?? true), 60_000);
+      freePages = await settleFreePages(out.memory, { signal: opts.signal });
       tScript = performance.now();
       publish('progress', { step: 'customize: saving the custom VM' });
       await saveState(vm.qmp, out.deviceState, session.file('migrate.sock'), { ignoreShared: true, signal: opts.signal });
@@ -155,6 +176,7 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
       ...out,
       trimmed: trimmedRanges(map),
       scriptOutput: output,
+      freePages,
       ms: { resume: Math.round(tResumed - t0), script: Math.round(tScript - tResumed), save: Math.round(tEnd - tScript), total: Math.round(tEnd - t0) },
     };
   });

@@ -95,7 +95,7 @@ export function domainXml(spec: VmSpec): string {
       <source path='${esc(spec.consoleLog)}'/>
       <target port='0'/>
     </serial>
-    <memballoon model='none'/>
+    <memballoon model='virtio' freePageReporting='on'/>
   </devices>
   <seclabel type='static' model='dac' relabel='no'>
     <label>+0:+0</label>

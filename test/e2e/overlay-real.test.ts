@@ -12,7 +12,8 @@ import path from 'node:path';
 import { packageRoot, runDir } from '../../lib/core/paths.js';
 import { appDigest, hex64 } from '../../lib/guest/patterns.js';
 import { createOverlay } from '../../lib/overlay/create.js';
-import { generateKey } from '../../lib/overlay/keys.js';
+import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
+import { buildOverlay } from '../../lib/overlay/builder.js';
 import { applyOverlay, verifyOverlay } from '../../lib/overlay/offline.js';
 import { inspectOverlay } from '../../lib/overlay/inspect.js';
 import { profileOverlay } from '../../lib/overlay/profile.js';
@@ -61,17 +62,27 @@ t.test('create, verify, apply byte-identically, resume the synthesized VM', asyn
 
 t.test('profile: two traced runs of the synthesized VM re-pack the overlay so the first request needs a shorter prefix', async (t) => {
   const out = path.join(testRoot, 'profiled');
-  const work = { diskMb: 4, diskOffMb: 40, memMb: 4 };
-  const r = await profileOverlay({ overlay: ov, out, runs: 2, work, base: 'ovbase' });
+  // The first request reads the last of the installed MiB: in default order (memory, then disk by
+  // offset) everything before it must arrive first.
+  const work = { diskMb: 1, diskOffMb: 42, memMb: 4 };
+  // The overlay is ~1.8 MB: in two 1 MB segments any order looks alike. Re-pack it in 64 KiB
+  // segments, default order, and profile that.
+  const ov64 = path.join(testRoot, 'overlay-64k');
+  const orig = await Overlay.open(ov, { trusted: null });
+  await buildOverlay({
+    base: { name: 'ovbase', files: { memory: base.file('memory'), disk: base.file('disk') }, identity: { memory: base.manifest.memory, disk: base.manifest.disk } },
+    custom: { memory: path.join(custom, 'memory.raw'), disk: path.join(custom, 'disk.raw'), deviceState: path.join(custom, 'device.state') },
+    appPort: orig.body.vm.appPort, trimmedChunks: orig.body.stats.trimmedChunks, segmentBytes: 64 << 10, key: await loadSigningKey(), out: ov64,
+  });
+  const r = await profileOverlay({ overlay: ov64, out, runs: 2, work, base: 'ovbase' });
   t.equal(r.runs.length, 2);
   for (const run of r.runs) {
-    t.ok(run.touches.memory > 0 && run.touches.disk >= 1024, `memory faults and the 4 MiB disk read were traced (${run.touches.memory} memory, ${run.touches.disk} disk chunks)`);
-    t.ok(run.after.chunks >= 1024, `the installed disk chunks are among the touched overlay chunks (${run.after.chunks})`);
-    t.ok(run.after.prefixBytes < run.before.prefixBytes, `in-order prefix before the first reply: ${run.before.prefixBytes} -> ${run.after.prefixBytes} bytes`);
+    t.ok(run.touches.memory > 0 && run.touches.disk >= 256, `memory faults and the 1 MiB disk read were traced (${run.touches.memory} memory, ${run.touches.disk} disk chunks)`);
+    t.ok(run.after.chunks >= 256, `the installed disk chunks read are among the touched overlay chunks (${run.after.chunks})`);
+    t.ok(run.after.prefixBytes < 0.9 * run.before.prefixBytes, `in-order prefix before the first reply: ${run.before.prefixBytes} -> ${run.after.prefixBytes} bytes`);
   }
   const p = await Overlay.open(out, { trusted: null });
   t.same(p.body.order, { kind: 'profile', runs: 2, rank: r.rank }, 'the manifest says how it was ordered');
-  const orig = await Overlay.open(ov, { trusted: null });
   t.same(p.body.stats, orig.body.stats, 'same chunks, same kinds, same trimmed count: only the order changed');
 
   const synth = path.join(testRoot, 'synth-profiled');

@@ -19,6 +19,7 @@ t.test('damage is a typed error naming the field', async (t) => {
   t.throws(() => parseBaseManifest('{not json', 'm'), { code: 'VMS_BASE_CORRUPT' });
   t.throws(() => parseBaseManifest('[]', 'm'), { code: 'VMS_BASE_CORRUPT' });
   t.throws(() => parseBaseManifest(JSON.stringify({ ...good, format: 'other/9' }), 'm'), { code: 'VMS_BASE_CORRUPT', message: /unknown format/ });
+  t.throws(() => parseBaseManifest(JSON.stringify({ ...good, format: 'vmsynth-base/1' }), 'm'), { code: 'VMS_BASE_OUTDATED', message: /older vmsynth/ }, 'a base from before the balloon says so');
   t.throws(() => parseBaseManifest(JSON.stringify({ ...good, disk: { ...good.disk, sha256: 'xyz' } }), 'm'), { code: 'VMS_BASE_CORRUPT', message: /sha256/ });
   t.throws(() => parseBaseManifest(JSON.stringify({ ...good, kernel: { ...good.kernel, file: '../etc/passwd' } }), 'm'), { code: 'VMS_BASE_CORRUPT' }, 'no path escapes');
   t.throws(() => parseBaseManifest(JSON.stringify({ ...good, vm: { ...good.vm, accel: 'xen' } }), 'm'), { code: 'VMS_BASE_CORRUPT' });

@@ -20,6 +20,7 @@ t.test('resume XML maps RAM private from the FUSE image and waits for incoming s
   t.match(xml, /<cpu mode='maximum'/);
   t.match(xml, /console=ttyS0 a=&lt;b&gt;/, 'text is escaped');
   t.match(xml, /<driver name='qemu' type='qcow2'\/>/);
+  t.match(xml, /<memballoon model='virtio' freePageReporting='on'\/>/, 'every VM has the free-page-reporting balloon (its device state depends on it)');
 });
 
 t.test('capture XML shares RAM into the file and boots', async (t) => {
