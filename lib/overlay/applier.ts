@@ -17,7 +17,7 @@ import { VmsynthError } from '../core/errors.js';
 import { ChunkFile, sha256, xorInto, ZERO_CHUNK, ZERO_DIGEST } from './chunk-io.js';
 import { ChunkKind, HASH_BYTES, readRecord, type ChunkRecord, type SegmentInfo } from './format.js';
 import type { Overlay } from './reader.js';
-import { SegmentWorkers } from './segment-workers.js';
+import { INLINE_BUFFERS, SegmentWorkers } from './segment-workers.js';
 
 /** Where rebuilt chunks go. */
 interface ChunkSink {
@@ -49,19 +49,24 @@ export interface LoopOptions {
  */
 async function eachSegment<T>(
   overlay: Overlay, workers: SegmentWorkers, opts: LoopOptions,
-  start: (index: number, s: SegmentInfo, compressed: Buffer) => Promise<T>,
+  /** Starts work on a segment; `read` gives its compressed bytes, for work that needs them here. */
+  start: (index: number, s: SegmentInfo, read: () => Buffer) => Promise<T>,
   handle: (index: number, s: SegmentInfo, result: T) => void,
 ): Promise<LoopStats> {
   const t0 = performance.now();
   const segs = overlay.body.segments;
   const file = overlay.segmentFile();
-  const window = Math.max(2, workers.threads * 2);
+  // Inline, open() results live in INLINE_BUFFERS reused buffers: keep fewer than that alive.
+  const window = workers.threads === 0 ? Math.min(2, INLINE_BUFFERS - 1) : workers.threads * 2;
   const inflight: Promise<T>[] = [];
   const stats: LoopStats = { segments: segs.length, chunks: 0, compressedBytes: 0, rawBytes: 0, imageBytes: 0, ms: 0 };
   let next = 0;
   try {
     for (let si = 0; si < segs.length; si++) {
-      for (; next < segs.length && inflight.length < window; next++) inflight.push(start(next, segs[next]!, file.read(segs[next]!)));
+      for (; next < segs.length && inflight.length < window; next++) {
+        const s = segs[next]!;
+        inflight.push(start(next, s, () => file.read(s)));
+      }
       const result = await inflight.shift()!;
       throwIfAborted(opts.signal);
       const s = segs[si]!;
@@ -87,7 +92,7 @@ function forEachChunk(overlay: Overlay, base: ChunkFile[], sink: ChunkSink, opts
   const workers = new SegmentWorkers(opts.threads ?? 1);
   const scratch = Buffer.allocUnsafeSlow(CHUNK_SIZE);
   const content = Buffer.allocUnsafeSlow(CHUNK_SIZE);
-  return eachSegment(overlay, workers, opts, (i, s, compressed) => workers.open(i, s, compressed), (si, s, raw) => {
+  return eachSegment(overlay, workers, opts, (i, s, read) => workers.open(i, s, read()), (si, s, raw) => {
     for (let i = 0; i < s.count; i++) {
       const r = readRecord(s.chunks, i);
       let c: Buffer;
@@ -151,9 +156,9 @@ export async function applyToImages(overlay: Overlay, base: ChunkFile[], out: Ch
     sink.flush();
     return stats;
   }
-  const workers = new SegmentWorkers(threads, { base: base.map((f) => f.file), out: out.map((f) => f.file) });
+  const workers = new SegmentWorkers(threads, { segments: overlay.segmentsPath, base: base.map((f) => f.file), out: out.map((f) => f.file) });
   const scratch = Buffer.allocUnsafeSlow(CHUNK_SIZE);
-  return eachSegment(overlay, workers, opts, (i, s, compressed) => workers.applyPayloads(i, s, compressed), (_si, s) => {
+  return eachSegment(overlay, workers, opts, (i, s) => workers.applyPayloads(i, s), (_si, s) => {
     for (let i = 0; i < s.count; i++) {
       const r = readRecord(s.chunks, i);
       if (r.kind === ChunkKind.ZERO) sink.put(r, ZERO_CHUNK);

@@ -4,9 +4,12 @@
  *
  *   open(segment)          check the SHA-256, decompress, return the raw bytes
  *                          (inline when there are no workers);
- *   applyPayloads(segment) check, decompress, and write the segment's XOR and
- *                          RAW chunks straight into the output images (only
- *                          when the pool was given base and output files).
+ *   applyPayloads(segment) read the segment from the segments file, check,
+ *                          decompress, and write its XOR and RAW chunks
+ *                          straight into the output images (only when the
+ *                          pool was given the segments, base and output files).
+ *                          Nothing crosses threads but the chunk records, and
+ *                          every buffer is reused.
  *
  * applyPayloads is safe alongside the caller writing the references (ZERO,
  * BASE, SELF) of earlier segments: every chunk is in exactly one record, and
@@ -19,7 +22,12 @@ import { VmsynthError } from '../core/errors.js';
 import type { SegmentInfo } from './format.js';
 import { openSegment } from './reader.js';
 
-const zstdPath = createRequire(import.meta.url).resolve('zstd-napi');
+const require = createRequire(import.meta.url);
+const zstdPath = require.resolve('zstd-napi');
+const zstdBindingPath = require.resolve('zstd-napi/binding.js');
+
+/** Without workers, open() cycles through this many output buffers: a result stays valid for this many more calls. */
+export const INLINE_BUFFERS = 4;
 
 // Plain CommonJS so the same worker runs from the TypeScript sources and from dist/.
 const WORKER_SOURCE = `
@@ -27,10 +35,27 @@ const { parentPort, workerData } = require('node:worker_threads');
 const { hash } = require('node:crypto');
 const fs = require('node:fs');
 const { decompress } = require(${JSON.stringify(zstdPath)});
+const { DCtx } = require(${JSON.stringify(zstdBindingPath)});
+const dctx = new DCtx();
+// apply decompresses into one reused buffer: fresh 1 MB buffers cost more in page faults than zstd itself.
+let scratch = Buffer.allocUnsafeSlow(1 << 20);
+function inflateReused(c, rawBytes) {
+  if (scratch.length < rawBytes) scratch = Buffer.allocUnsafeSlow(rawBytes);
+  const dst = scratch.subarray(0, rawBytes);
+  return dst.subarray(0, dctx.decompress(dst, c));
+}
 const CHUNK = 4096, BLOCK = 1 << 20;
 const files = workerData || { base: [], out: [] };
 const base = files.base.map((f) => { const fd = fs.openSync(f, 'r'); return { fd, size: fs.fstatSync(fd).size, block: Buffer.allocUnsafeSlow(BLOCK), start: -1, len: 0 }; });
 const out = files.out.map((f) => fs.openSync(f, 'r+'));
+const segFd = files.segments ? fs.openSync(files.segments, 'r') : -1;
+let cbuf = Buffer.allocUnsafeSlow(1 << 20);
+function readSegment(offset, bytes) {
+  if (cbuf.length < bytes) cbuf = Buffer.allocUnsafeSlow(bytes);
+  let done = 0;
+  while (done < bytes) { const n = fs.readSync(segFd, cbuf, done, bytes - done, offset + done); if (n === 0) throw new Error('the segments file ends inside it'); done += n; }
+  return cbuf.subarray(0, bytes);
+}
 function baseChunk(b, index) {
   const off = index * CHUNK;
   if (off < b.start || off + CHUNK > b.start + b.len) {
@@ -41,14 +66,40 @@ function baseChunk(b, index) {
   }
   return b.block.subarray(off - b.start, off - b.start + CHUNK);
 }
-const run = Buffer.allocUnsafeSlow(BLOCK);
-let runImage = -1, runStart = 0, runCount = 0;
+// A run: neighbouring chunks of one image, written with one pwritev. RAW
+// payloads are written straight from the decompressed segment (neighbouring
+// payloads merge into one iovec); XOR results go to xbuf first.
+const xbuf = Buffer.allocUnsafeSlow(BLOCK);
+const iov = [];
+let runImage = -1, runStart = 0, runCount = 0, xused = 0;
+let cur = null, curStart = 0, curEnd = 0;
+function xor1024(Z, z, X, x, Y, y) {
+  for (let e = z + 1024; z < e; z++, x++, y++) Z[z] = X[x] ^ Y[y];
+}
+const views = new WeakMap();
+function words(ab) {
+  let v = views.get(ab);
+  if (!v) { v = new Int32Array(ab, 0, ab.byteLength >> 2); views.set(ab, v); }
+  return v;
+}
+function slice(buf, start, end) {
+  if (cur === buf && curEnd === start) { curEnd = end; return; }
+  if (cur) iov.push(cur.subarray(curStart, curEnd));
+  cur = buf; curStart = start; curEnd = end;
+}
 function flush() {
   if (runCount === 0) return;
-  const len = runCount * CHUNK;
-  let done = 0;
-  while (done < len) done += fs.writeSync(out[runImage], run, done, len - done, runStart * CHUNK + done);
+  if (cur) iov.push(cur.subarray(curStart, curEnd));
+  cur = null;
+  const len = runCount * CHUNK, pos = runStart * CHUNK;
+  let done = fs.writevSync(out[runImage], iov, pos);
+  if (done < len) {
+    const rest = Buffer.concat(iov).subarray(done);
+    while (done < len) done += fs.writeSync(out[runImage], rest, done - (len - rest.length), len - done, pos + done);
+  }
+  iov.length = 0;
   runCount = 0;
+  xused = 0;
 }
 function exact(b) {
   return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength ? b.buffer : b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength);
@@ -58,17 +109,20 @@ function writePayloads(raw, rec, count) {
     const o = i * 16, kind = rec[o + 1];
     if (kind !== 3 && kind !== 4) continue;
     const image = rec[o], index = rec.readUInt32LE(o + 4), p = rec.readUInt32LE(o + 12);
-    if (image !== runImage || index !== runStart + runCount || runCount * CHUNK >= BLOCK) { flush(); runImage = image; runStart = index; }
-    const dst = run.subarray(runCount * CHUNK, (runCount + 1) * CHUNK);
-    if (kind === 4) raw.copy(dst, 0, p, p + CHUNK);
+    if (image !== runImage || index !== runStart + runCount || xused === BLOCK || iov.length >= 1000) { flush(); runImage = image; runStart = index; }
+    if (kind === 4) slice(raw, p, p + CHUNK);
     else {
       const b = baseChunk(base[image], index);
-      if ((raw.byteOffset + p) % 4 === 0) {
-        const x = new Int32Array(raw.buffer, raw.byteOffset + p, 1024), y = new Int32Array(b.buffer, b.byteOffset, 1024), z = new Int32Array(dst.buffer, dst.byteOffset, 1024);
-        for (let k = 0; k < 1024; k++) z[k] = x[k] ^ y[k];
+      // Whole-buffer Int32 views indexed by offset: a view per chunk costs 3-5x the XOR itself.
+      const X = words(raw.buffer), Y = words(b.buffer), Z = words(xbuf.buffer);
+      const xo = raw.byteOffset + p, yo = b.byteOffset, zo = xbuf.byteOffset + xused;
+      if ((xo | yo | zo) % 4 === 0) {
+        xor1024(Z, zo >> 2, X, xo >> 2, Y, yo >> 2);
       } else {
-        for (let k = 0; k < CHUNK; k++) dst[k] = raw[p + k] ^ b[k];
+        for (let k = 0; k < CHUNK; k++) xbuf[xused + k] = raw[p + k] ^ b[k];
       }
+      slice(xbuf, xused, xused + CHUNK);
+      xused += CHUNK;
     }
     runCount++;
   }
@@ -78,16 +132,17 @@ parentPort.on('message', (m) => {
   if (m.op === 'close') {
     for (const b of base) fs.closeSync(b.fd);
     for (const fd of out) fs.closeSync(fd);
+    if (segFd >= 0) fs.closeSync(segFd);
     parentPort.postMessage({ id: m.id });
     return;
   }
   let raw;
   try {
-    const c = Buffer.from(m.buf);
+    const c = m.buf ? Buffer.from(m.buf) : readSegment(m.offset, m.bytes);
     if (!hash('sha256', c, 'buffer').equals(Buffer.from(m.sha256))) { parentPort.postMessage({ id: m.id, error: 'does not match its SHA-256' }); return; }
-    raw = decompress(c);
+    raw = m.op === 'open' ? decompress(c) : inflateReused(c, m.rawBytes);
   } catch (e) {
-    parentPort.postMessage({ id: m.id, error: 'does not decompress (' + e.message + ')' });
+    parentPort.postMessage({ id: m.id, error: 'does not decompress to its ' + m.rawBytes + ' bytes (' + e.message + ')' });
     return;
   }
   if (raw.length !== m.rawBytes) { parentPort.postMessage({ id: m.id, error: 'decompresses to ' + raw.length + ' bytes, expected ' + m.rawBytes }); return; }
@@ -126,9 +181,13 @@ export class SegmentWorkers {
   private pending = new Map<number, Pending>();
   private nextId = 0;
   private rr = 0;
+  /** Set when a worker died: every later request fails at once instead of waiting forever. */
+  private failed: VmsynthError | null = null;
+  private inline: Buffer[] = [];
+  private inlineNext = 0;
 
-  /** `files` (base and output image paths, memory then disk) enables applyPayloads. */
-  constructor(readonly threads: number, private readonly files?: { base: string[]; out: string[] }) {
+  /** `files` (the segments file, base and output image paths, memory then disk) enables applyPayloads. */
+  constructor(readonly threads: number, private readonly files?: { segments: string; base: string[]; out: string[] }) {
     for (let i = 0; i < threads; i++) {
       const w = new Worker(WORKER_SOURCE, { eval: true, workerData: files });
       w.on('message', (m: { id: number; raw?: ArrayBuffer; error?: string }) => {
@@ -139,7 +198,8 @@ export class SegmentWorkers {
         else p.resolve(m.raw);
       });
       w.on('error', (err) => {
-        for (const p of this.pending.values()) p.reject(new VmsynthError('VMS_INTERNAL', `a segment worker failed: ${err.message}`, { cause: err }));
+        this.failed = new VmsynthError('VMS_INTERNAL', `a segment worker failed: ${err.message}`, { cause: err });
+        for (const p of this.pending.values()) p.reject(this.failed);
         this.pending.clear();
       });
       this.workers.push(w);
@@ -148,29 +208,37 @@ export class SegmentWorkers {
 
   private post(index: number, w: Worker, message: Record<string, unknown>, transfer: ArrayBuffer[]): Promise<ArrayBuffer | undefined> {
     const id = this.nextId++;
+    if (this.failed) return Promise.reject(this.failed);
     return new Promise((resolve, reject) => {
       this.pending.set(id, { index, resolve, reject });
       w.postMessage({ id, ...message }, transfer);
     });
   }
 
-  private send(op: 'open' | 'apply', index: number, s: Pick<SegmentInfo, 'sha256' | 'rawBytes' | 'count' | 'chunks'>, compressed: Buffer): Promise<ArrayBuffer | undefined> {
-    const buf = ownBuffer(compressed);
-    const w = this.workers[this.rr++ % this.workers.length]!;
-    // Exact copies: a view into the manifest would clone the whole manifest buffer.
-    return this.post(index, w, { op, buf, sha256: new Uint8Array(s.sha256), rawBytes: s.rawBytes, count: s.count, chunks: op === 'apply' ? new Uint8Array(s.chunks) : undefined }, [buf]);
+  private worker(): Worker {
+    return this.workers[this.rr++ % this.workers.length]!;
   }
 
-  /** Checks and decompresses segment `index`; `compressed` is handed over to a worker. */
+  /**
+   * Checks and decompresses segment `index`; `compressed` is handed over to a
+   * worker. Without workers the result lives in a reused buffer, valid for
+   * INLINE_BUFFERS - 1 more calls.
+   */
   async open(index: number, s: SegmentInfo, compressed: Buffer): Promise<Buffer> {
-    if (this.workers.length === 0) return openSegment(index, s, compressed);
-    return Buffer.from((await this.send('open', index, s, compressed))!);
+    if (this.workers.length === 0) {
+      const slot = this.inlineNext++ % INLINE_BUFFERS;
+      if ((this.inline[slot]?.length ?? 0) < s.rawBytes) this.inline[slot] = Buffer.allocUnsafeSlow(Math.max(s.rawBytes, 1 << 20));
+      return openSegment(index, s, compressed, this.inline[slot]);
+    }
+    const buf = ownBuffer(compressed);
+    return Buffer.from((await this.post(index, this.worker(), { op: 'open', buf, sha256: new Uint8Array(s.sha256), rawBytes: s.rawBytes }, [buf]))!);
   }
 
-  /** Checks, decompresses and writes the payload chunks of segment `index` into the output images. */
-  async applyPayloads(index: number, s: SegmentInfo, compressed: Buffer): Promise<void> {
+  /** A worker reads segment `index` from the segments file, checks and decompresses it, and writes its payload chunks into the output images. */
+  async applyPayloads(index: number, s: SegmentInfo): Promise<void> {
     if (!this.files || this.workers.length === 0) throw new VmsynthError('VMS_INTERNAL', 'applyPayloads needs worker threads and output files');
-    await this.send('apply', index, s, compressed);
+    // Exact copies: a view into the manifest would clone the whole manifest buffer.
+    await this.post(index, this.worker(), { op: 'apply', offset: s.offset, bytes: s.bytes, sha256: new Uint8Array(s.sha256), rawBytes: s.rawBytes, count: s.count, chunks: new Uint8Array(s.chunks) }, []);
   }
 
   /** Closes the workers' file descriptors, then the workers. */
