@@ -1,12 +1,13 @@
 /**
- * `npm run bench -- [name...]`: runs the named benchmarks (resume, overlay),
+ * `npm run bench -- [name...]`: runs the named benchmarks (resume, overlay, memory),
  * all of them without a name. Each prints a table with a ratio against a
  * baseline measured in the same run, and writes JSON to bench/results/.
  */
+import { benchMemory } from './memory.js';
 import { benchOverlay } from './overlay.js';
 import { benchResume } from './resume.js';
 
-const BENCHES: Record<string, () => Promise<void>> = { resume: benchResume, overlay: benchOverlay };
+const BENCHES: Record<string, () => Promise<void>> = { resume: benchResume, overlay: benchOverlay, memory: benchMemory };
 const names = process.argv.slice(2);
 for (const n of names) {
   if (!BENCHES[n]) {
