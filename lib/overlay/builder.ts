@@ -35,6 +35,7 @@ import {
   packr, SEGMENTS_FILE, type ChunkRecord, type ImageIdentity, type OverlayBody, type OverlayEnvelope, type SegmentInfo,
 } from './format.js';
 import { signBytes, type SigningKey } from './keys.js';
+import { removeStaleSiblings } from '../core/stale.js';
 
 export interface ImagePaths {
   memory: string;
@@ -377,6 +378,7 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
     files.push(cf);
     return cf;
   };
+  await removeStaleSiblings(out);
   const tmp = `${out}.tmp-${process.pid}`;
   let fd = -1;
   try {

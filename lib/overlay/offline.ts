@@ -20,6 +20,7 @@ import { applyToImages, verifyChunks, type LoopStats } from './applier.js';
 import { ChunkFile } from './chunk-io.js';
 import { trustedKeys } from './keys.js';
 import { Overlay } from './reader.js';
+import { removeStaleSiblings } from '../core/stale.js';
 
 export interface TrustOptions {
   /** Extra trusted public key files (besides the key directory's trusted/). */
@@ -74,6 +75,7 @@ export async function applyOverlay(opts: ApplyOptions): Promise<ApplyResult> {
   if (opts.verifyBase ?? true) verifyMs = (await verifyBase(base, opts.signal)).ms;
   const out = path.resolve(opts.out);
   if (!opts.force && (await fsp.stat(out).catch(() => null))) throw new VmsynthError('VMS_OVERLAY_EXISTS', `${out} already exists`);
+  await removeStaleSiblings(out);
   const tmp = `${out}.tmp-${process.pid}`;
   const files: ChunkFile[] = [];
   try {

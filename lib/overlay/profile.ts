@@ -26,6 +26,7 @@ import { readRecord, type Image } from './format.js';
 import { loadSigningKey } from './keys.js';
 import { applyOverlay, baseFor, openTrusted, type TrustOptions } from './offline.js';
 import { Overlay } from './reader.js';
+import { removeStaleSiblings } from '../core/stale.js';
 
 export const RANK_RULE =
   'min over runs of the normalized first-touch position (position / touches in that run); ties: touched in more runs first, then lower mean position; chunks no run touched follow in default order';
@@ -142,6 +143,7 @@ export async function profileOverlay(opts: ProfileOptions): Promise<ProfileResul
   const out = path.resolve(opts.out);
   if (path.resolve(opts.overlay) === out) throw new VmsynthError('VMS_USAGE', 'the profiled overlay must go to a new directory (--out), not over its input');
   if (!opts.force && (await fsp.stat(out).catch(() => null))) throw new VmsynthError('VMS_OVERLAY_EXISTS', `${out} already exists`);
+  await removeStaleSiblings(out);
   const work = `${out}.work-${process.pid}`;
   try {
     await fsp.rm(work, { recursive: true, force: true });
