@@ -41,6 +41,8 @@ export const ERRORS = {
   VMS_UNTRUSTED_KEY: { exit: 77, hint: 'The overlay is signed by a key this host does not trust; add its public key with `vmsynth key trust FILE`, or pass --trust FILE.' },
   VMS_NO_KEY: { exit: 66, hint: 'Create a signing key with `vmsynth key generate`, or pass --key FILE.' },
   VMS_CUSTOMIZE_FAILED: { exit: 70, hint: 'The customization script failed inside the guest; its output is in the message. Fix the script and run `vmsynth overlay create` again.' },
+  VMS_PROTOCOL: { exit: 76, hint: 'The peer sent something the vmsynth protocol does not allow (see docs/protocol.md); check that client and server speak the same protocol version.' },
+  VMS_FRAME_TOO_LARGE: { exit: 76, hint: 'A frame was larger than the protocol allows for its type; the peer is broken or hostile. Segments must stay under 64 MiB.' },
   VMS_INTERRUPTED: { exit: 130, hint: 'Interrupted by a signal; everything the command had started was cleaned up.' },
   VMS_INTERNAL: { exit: 70, hint: 'This is a bug in vmsynth; please report it with the log.' },
 } as const satisfies Record<string, ErrorSpec>;

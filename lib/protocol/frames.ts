@@ -1,0 +1,154 @@
+/**
+ * Frames of the vmsynth wire protocol (docs/protocol.md): how messages are
+ * cut out of a TCP byte stream, and capped before they are buffered.
+ *
+ *   u32 big-endian L | header: L - P bytes of MessagePack | payload: P bytes
+ *
+ * The header is a MessagePack map (plain: no msgpackr records or extension
+ * types, so any MessagePack decoder reads it) with a string `type` and, when
+ * the frame has a payload, its size P as `payloadBytes`. Payloads (segments,
+ * the overlay manifest, offload bodies) are raw bytes, never re-encoded.
+ *
+ * FrameDecoder is pure: feed it bytes in any split, it yields whole frames,
+ * and it refuses a frame larger than the caps as soon as its length prefix
+ * arrives, before buffering it.
+ */
+import { Packr } from 'msgpackr';
+import { VmsynthError } from '../core/errors.js';
+
+/** Largest header (MessagePack map) a peer may send. */
+export const MAX_HEADER_BYTES = 64 << 10;
+/** Largest frame (header + payload): the largest payload type is the overlay manifest. */
+export const MAX_FRAME_BYTES = 512 << 20;
+const PREFIX = 4;
+
+const packr = new Packr({ useRecords: false, moreTypes: false, bundleStrings: false, mapsAsObjects: true, variableMapSize: true });
+
+export interface FrameHeader {
+  type: string;
+  payloadBytes?: number;
+  [field: string]: unknown;
+}
+
+export interface Frame {
+  header: FrameHeader;
+  payload: Buffer;
+}
+
+export interface FrameLimits {
+  maxFrameBytes?: number;
+  maxHeaderBytes?: number;
+}
+
+function protocolError(message: string, details: Record<string, unknown> = {}): VmsynthError {
+  return new VmsynthError('VMS_PROTOCOL', message, { details });
+}
+
+/** Encodes one frame as buffers to write in order (prefix + header, then the payload untouched). */
+export function encodeFrame(header: Omit<FrameHeader, 'payloadBytes'>, payload?: Uint8Array): Buffer[] {
+  const p = payload?.length ?? 0;
+  const h = packr.pack(p > 0 ? { ...header, payloadBytes: p } : header);
+  if (h.length > MAX_HEADER_BYTES) throw new VmsynthError('VMS_FRAME_TOO_LARGE', `a ${header.type} header of ${h.length} bytes exceeds ${MAX_HEADER_BYTES}`);
+  const head = Buffer.allocUnsafe(PREFIX + h.length);
+  head.writeUInt32BE(h.length + p, 0);
+  h.copy(head, PREFIX);
+  return p > 0 ? [head, Buffer.from(payload!.buffer, payload!.byteOffset, payload!.byteLength)] : [head];
+}
+
+/** Parses the bytes of one frame (without its length prefix). */
+export function decodeFrameBody(body: Buffer, limits: FrameLimits = {}): Frame {
+  // The header's size is not on the wire: it is the frame minus the payload, and the payload
+  // size is in the header. Decode the map from the front, then check that it ends exactly there.
+  let header: unknown;
+  let headerBytes: number;
+  try {
+    const values: unknown[] = [];
+    let end = 0;
+    packr.unpackMultiple(body.subarray(0, Math.min(body.length, limits.maxHeaderBytes ?? MAX_HEADER_BYTES)), (value: unknown, _start?: number, stop?: number) => {
+      values.push(value);
+      end = stop ?? end;
+      return false; // only the first value: the header
+    });
+    header = values[0];
+    headerBytes = end;
+  } catch (err) {
+    throw protocolError(`a frame header is not valid MessagePack (${(err as Error).message})`);
+  }
+  if (typeof header !== 'object' || header === null || Array.isArray(header) || Buffer.isBuffer(header)) throw protocolError('a frame header is not a MessagePack map');
+  const h = header as Record<string, unknown>;
+  if (typeof h.type !== 'string' || h.type.length === 0) throw protocolError('a frame header has no "type" string');
+  const p = h.payloadBytes ?? 0;
+  if (!Number.isSafeInteger(p) || (p as number) < 0) throw protocolError(`a ${h.type} frame has an invalid payloadBytes`, { type: h.type });
+  if (headerBytes === 0 || headerBytes + (p as number) !== body.length) {
+    throw protocolError(`a ${h.type} frame of ${body.length} bytes does not split into its header and a ${p as number}-byte payload`, { type: h.type });
+  }
+  return { header: h as FrameHeader, payload: body.subarray(headerBytes) };
+}
+
+/** Cuts frames out of a byte stream. */
+export class FrameDecoder {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private maxFrame: number;
+
+  constructor(private readonly limits: FrameLimits = {}) {
+    this.maxFrame = limits.maxFrameBytes ?? MAX_FRAME_BYTES;
+  }
+
+  /** Changes the frame cap as the conversation moves on (small before hello, a manifest's size for the session, a segment's after). */
+  setMaxFrameBytes(n: number): void {
+    this.maxFrame = n;
+  }
+
+  /** Bytes held for a frame not yet complete. */
+  get pending(): number {
+    return this.buffered;
+  }
+
+  /** Adds bytes; returns the frames they complete. Throws VMS_FRAME_TOO_LARGE or VMS_PROTOCOL; the stream is then unusable. */
+  push(data: Buffer): Frame[] {
+    this.chunks.push(data);
+    this.buffered += data.length;
+    const frames: Frame[] = [];
+    for (;;) {
+      if (this.buffered < PREFIX) break;
+      const len = this.peekLength();
+      if (len > this.maxFrame) throw new VmsynthError('VMS_FRAME_TOO_LARGE', `a frame of ${len} bytes exceeds the limit of ${this.maxFrame}`, { details: { bytes: len, limit: this.maxFrame } });
+      if (len === 0) throw protocolError('an empty frame');
+      if (this.buffered < PREFIX + len) break;
+      const body = this.take(PREFIX + len).subarray(PREFIX);
+      frames.push(decodeFrameBody(body, this.limits));
+    }
+    return frames;
+  }
+
+  private peekLength(): number {
+    const first = this.chunks[0]!;
+    if (first.length >= PREFIX) return first.readUInt32BE(0);
+    return Buffer.concat(this.chunks, PREFIX).readUInt32BE(0);
+  }
+
+  /** Removes and returns the next n buffered bytes (one copy at most). */
+  private take(n: number): Buffer {
+    const first = this.chunks[0]!;
+    let out: Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let done = 0;
+      while (done < n) {
+        const c = this.chunks[0]!;
+        const k = Math.min(c.length, n - done);
+        c.copy(out, done, 0, k);
+        done += k;
+        if (k === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(k);
+      }
+    }
+    this.buffered -= n;
+    return out;
+  }
+}

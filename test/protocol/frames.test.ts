@@ -1,0 +1,76 @@
+/**
+ * Framing: any sequence of frames, cut into any pieces, decodes to the same
+ * frames; oversized, empty, non-map, mis-sized and garbage frames are typed
+ * errors, raised before an oversized frame is buffered.
+ */
+import t from 'tap';
+import fc from 'fast-check';
+import { Packr } from 'msgpackr';
+import { decodeFrameBody, encodeFrame, FrameDecoder, type FrameHeader } from '../../lib/protocol/frames.js';
+
+const plain = new Packr({ useRecords: false });
+
+function frameBytes(header: Record<string, unknown>, payload?: Buffer): Buffer {
+  return Buffer.concat(encodeFrame(header as FrameHeader, payload));
+}
+
+t.test('round trip through any split of the stream (fast-check)', async (t) => {
+  const frameArb = fc.record({
+    header: fc.record({ type: fc.string({ minLength: 1, maxLength: 12 }), n: fc.nat(), s: fc.string(), list: fc.array(fc.nat(), { maxLength: 5 }) }),
+    payload: fc.uint8Array({ maxLength: 3000 }).map((a) => Buffer.from(a)),
+  });
+  fc.assert(
+    fc.property(fc.array(frameArb, { minLength: 1, maxLength: 8 }), fc.array(fc.integer({ min: 1, max: 700 }), { minLength: 1, maxLength: 50 }), (frames, cuts) => {
+      const stream = Buffer.concat(frames.map((f) => frameBytes(f.header, f.payload)));
+      const dec = new FrameDecoder();
+      const got = [];
+      let pos = 0;
+      for (let i = 0; pos < stream.length; i++) {
+        const n = cuts[i % cuts.length]!;
+        got.push(...dec.push(stream.subarray(pos, pos + n)));
+        pos += n;
+      }
+      if (dec.pending !== 0 || got.length !== frames.length) return false;
+      return got.every((g, i) => {
+        const want = frames[i]!;
+        const { payloadBytes, ...h } = g.header;
+        return JSON.stringify(h) === JSON.stringify(want.header) && g.payload.equals(want.payload) && (payloadBytes ?? 0) === want.payload.length;
+      });
+    }),
+    { numRuns: 200 },
+  );
+  t.pass('200 random frame sequences and splits');
+});
+
+t.test('an oversized frame is refused from its length prefix alone', async (t) => {
+  const dec = new FrameDecoder({ maxFrameBytes: 1000 });
+  const prefix = Buffer.alloc(4);
+  prefix.writeUInt32BE(1001);
+  t.throws(() => dec.push(prefix), { code: 'VMS_FRAME_TOO_LARGE' });
+  const staged = new FrameDecoder({ maxFrameBytes: 1 << 20 });
+  t.equal(staged.push(frameBytes({ type: 'x' }, Buffer.alloc(5000))).length, 1);
+  staged.setMaxFrameBytes(100);
+  t.throws(() => staged.push(frameBytes({ type: 'x' }, Buffer.alloc(5000))), { code: 'VMS_FRAME_TOO_LARGE' }, 'caps change with the stage');
+});
+
+t.test('malformed frames are VMS_PROTOCOL', async (t) => {
+  const body = (b: Buffer) => t.throws(() => decodeFrameBody(b), { code: 'VMS_PROTOCOL' });
+  body(plain.pack([1, 2, 3])); // not a map
+  body(plain.pack({ nope: 1 })); // no type
+  body(plain.pack({ type: '' }));
+  body(Buffer.from([0xc1])); // never-used MessagePack byte
+  body(plain.pack({ type: 'x', payloadBytes: -1 }));
+  body(Buffer.concat([plain.pack({ type: 'x', payloadBytes: 4 }), Buffer.alloc(3)])); // payload shorter than announced
+  body(Buffer.concat([plain.pack({ type: 'x' }), Buffer.alloc(3)])); // trailing bytes without payloadBytes
+  body(plain.pack({ type: 'x' }).subarray(0, 3)); // truncated header
+  const empty = Buffer.alloc(4);
+  t.throws(() => new FrameDecoder().push(empty), { code: 'VMS_PROTOCOL' }, 'an empty frame');
+  t.throws(() => encodeFrame({ type: 'x', big: 'y'.repeat(70 << 10) }), { code: 'VMS_FRAME_TOO_LARGE' }, 'the encoder keeps the header cap too');
+});
+
+t.test('headers are plain MessagePack: a generic decoder reads them', async (t) => {
+  const [head, payload] = encodeFrame({ type: 'segment', index: 7 }, Buffer.from('abc'));
+  t.equal(head!.readUInt32BE(0), head!.length - 4 + 3);
+  t.same(plain.unpack(head!.subarray(4)), { type: 'segment', index: 7, payloadBytes: 3 });
+  t.equal(payload!.toString(), 'abc', 'the payload is passed through untouched');
+});

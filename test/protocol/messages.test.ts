@@ -1,0 +1,37 @@
+import t from 'tap';
+import { encodeFrame, FrameDecoder, type FrameHeader } from '../../lib/protocol/frames.js';
+import { parseClientMessage, parseServerMessage } from '../../lib/protocol/messages.js';
+
+const frame = (header: Record<string, unknown>, payload?: Buffer) => new FrameDecoder().push(Buffer.concat(encodeFrame(header as FrameHeader, payload)))[0]!;
+
+t.test('client messages: accepted shapes', async (t) => {
+  t.same(parseClientMessage(frame({ type: 'hello', protocol: 'vmsynth/1', client: 'test' })), { type: 'hello', protocol: 'vmsynth/1', client: 'test' });
+  const s = parseClientMessage(frame({ type: 'session', policy: 'baseline' }, Buffer.from('manifest')));
+  t.same(s.type === 'session' && [s.policy, s.manifest.toString()], ['baseline', 'manifest']);
+  const seg = parseClientMessage(frame({ type: 'segment', index: 3 }, Buffer.from([1, 2])));
+  t.same(seg.type === 'segment' && [seg.index, [...seg.data]], [3, [1, 2]]);
+  t.same(parseClientMessage(frame({ type: 'offload', id: 1, method: 'GET', path: '/run' })).type, 'offload');
+  t.same(parseClientMessage(frame({ type: 'finish' })), { type: 'finish' });
+});
+
+t.test('client messages: refused shapes are VMS_PROTOCOL', async (t) => {
+  const refuse = (h: Record<string, unknown>, p?: Buffer) => t.throws(() => parseClientMessage(frame(h, p)), { code: 'VMS_PROTOCOL' }, JSON.stringify(h));
+  refuse({ type: 'welcome', protocol: 'vmsynth/1', server: 's' }); // a server's message
+  refuse({ type: 'teleport' });
+  refuse({ type: 'hello', protocol: 1, client: 'x' });
+  refuse({ type: 'session', policy: 'fastest' }, Buffer.from('m'));
+  refuse({ type: 'session', policy: 'baseline' }); // no manifest
+  refuse({ type: 'segment', index: -1 }, Buffer.from('x'));
+  refuse({ type: 'segment', index: 1.5 }, Buffer.from('x'));
+  refuse({ type: 'offload', id: 1, method: 'DELETE', path: '/' });
+  refuse({ type: 'offload', id: 1, method: 'GET', path: 'no-slash' });
+  refuse({ type: 'finish' }, Buffer.from('unexpected payload'));
+});
+
+t.test('server messages', async (t) => {
+  t.same(parseServerMessage(frame({ type: 'want', lane: 'demand', segments: [4, 5] })), { type: 'want', lane: 'demand', segments: [4, 5] });
+  t.same(parseServerMessage(frame({ type: 'error', code: 'VMS_BAD_SIGNATURE', message: 'no', fatal: true })), { type: 'error', code: 'VMS_BAD_SIGNATURE', message: 'no', fatal: true });
+  t.throws(() => parseServerMessage(frame({ type: 'want', lane: 'demand', segments: [] })), { code: 'VMS_PROTOCOL' });
+  t.throws(() => parseServerMessage(frame({ type: 'want', lane: 'sideways', segments: [1] })), { code: 'VMS_PROTOCOL' });
+  t.throws(() => parseServerMessage(frame({ type: 'hello', protocol: 'vmsynth/1', client: 'x' })), { code: 'VMS_PROTOCOL' });
+});
