@@ -3,7 +3,7 @@
  * overlay with the library calls the CLI makes, inside the memory cgroup the
  * parent moved it into, and prints one JSON line (time, peak RSS).
  */
-import { buildOverlay } from '../lib/overlay/builder.js';
+import { baseInput, buildOverlay } from '../lib/overlay/builder.js';
 import { loadSigningKey } from '../lib/overlay/keys.js';
 import { applyOverlay } from '../lib/overlay/offline.js';
 import { loadBase } from '../lib/vm/base.js';
@@ -14,7 +14,7 @@ const t0 = performance.now();
 if (op === 'build') {
   const base = await loadBase(o.base);
   const r = await buildOverlay({
-    base: { name: base.name, files: { memory: base.file('memory'), disk: base.file('disk') }, identity: { memory: base.manifest.memory, disk: base.manifest.disk } },
+    base: baseInput(base),
     custom: o.custom, appPort: 8000, key: await loadSigningKey(), out: o.overlay,
   });
   console.log(JSON.stringify({ ms: Math.round(performance.now() - t0), maxRssMiB: Math.round(process.resourceUsage().maxRSS / 1024), overlayBytes: r.manifestBytes + r.segmentsBytes, segments: r.segments }));

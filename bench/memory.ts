@@ -19,6 +19,7 @@ import { sha256File } from '../lib/core/hash.js';
 import { packageRoot } from '../lib/core/paths.js';
 import { generateKey } from '../lib/overlay/keys.js';
 import { BASE_FORMAT, type BaseManifest } from '../lib/vm/base-manifest.js';
+import { fillChunky } from './fill.js';
 
 const MIB = 1 << 20;
 const LIMIT_MIB = Number(process.env.BENCH_MEMORY_LIMIT_MIB ?? 2048);
@@ -87,15 +88,6 @@ function writeData(fd: number, fromMib: number, mib: number, fill: (b: Buffer) =
   }
 }
 
-/** Half-compressible: 1 KiB random per 4 KiB chunk, the rest a repeated phrase. */
-function chunky(b: Buffer): void {
-  const phrase = Buffer.from('vmsynth memory bench filler, ');
-  for (let o = 0; o < b.length; o += 4096) {
-    randomFillSync(b, o, 1024);
-    for (let p = o + 1024; p < o + 4096; p += phrase.length) phrase.copy(b, p, 0, Math.min(phrase.length, o + 4096 - p));
-  }
-}
-
 async function describe(file: string, name: string) {
   return { file: name, bytes: (await fsp.stat(file)).size, sha256: await sha256File(file) };
 }
@@ -109,10 +101,10 @@ async function generate(tmp: string) {
   await fsp.mkdir(customDir);
   process.stderr.write(`memory bench: generating a base (${memMib} MiB memory, ${diskMib} MiB disk) and a custom VM with ${OVERLAY_MIB} MiB of new disk data\n`);
   let fd = openSync(path.join(baseDir, 'memory.raw'), 'w');
-  writeData(fd, 0, memMib, chunky);
+  writeData(fd, 0, memMib, fillChunky);
   closeSync(fd);
   fd = openSync(path.join(baseDir, 'disk.raw'), 'w');
-  writeData(fd, 0, 128, chunky);
+  writeData(fd, 0, 128, fillChunky);
   closeSync(fd);
   await fsp.truncate(path.join(baseDir, 'disk.raw'), diskMib * MIB);
   await fsp.writeFile(path.join(baseDir, 'device.state'), Buffer.alloc(300 << 10, 7));
@@ -132,7 +124,7 @@ async function generate(tmp: string) {
   for (const k of ['memory', 'disk'] as const) await exec('cp', ['--sparse=always', path.join(baseDir, `${k}.raw`), custom[k]]);
   await fsp.writeFile(custom.deviceState, Buffer.alloc(300 << 10, 9));
   fd = openSync(custom.memory, 'r+');
-  for (let m = 0; m < memMib; m += 8) writeData(fd, m, 1, chunky);
+  for (let m = 0; m < memMib; m += 8) writeData(fd, m, 1, fillChunky);
   closeSync(fd);
   fd = openSync(custom.disk, 'r+');
   writeData(fd, diskMib - OVERLAY_MIB, OVERLAY_MIB, (b) => randomFillSync(b));

@@ -23,16 +23,16 @@ import { ensureGuestBase } from '../lib/cli/demo.js';
 import { exec } from '../lib/core/exec.js';
 import { attachLogger } from '../lib/core/log.js';
 import { packageRoot } from '../lib/core/paths.js';
+import { fillChunky } from './fill.js';
 import { buildGuest } from '../lib/guest/build.js';
 import { applyToImages } from '../lib/overlay/applier.js';
-import { buildOverlay, type BuildOptions } from '../lib/overlay/builder.js';
+import { baseInput, buildOverlay } from '../lib/overlay/builder.js';
 import { ChunkFile, sha256 } from '../lib/overlay/chunk-io.js';
 import { createOverlay } from '../lib/overlay/create.js';
 import { inspectOverlay, type OverlayReport } from '../lib/overlay/inspect.js';
 import { generateKey, loadSigningKey, type SigningKey } from '../lib/overlay/keys.js';
 import { Overlay } from '../lib/overlay/reader.js';
 import { detectAccel } from '../lib/vm/accel.js';
-import type { Base } from '../lib/vm/base.js';
 import { elijahSize } from './elijah.js';
 
 const MIB = 1 << 20;
@@ -47,9 +47,6 @@ function size(r: OverlayReport) {
   return { overlayBytes: r.overlayBytes, naiveBytes: r.naiveBytes, ratio: +r.ratio.toFixed(4), kinds: r.kinds, trimmedChunks: r.trimmedChunks };
 }
 
-function baseInput(base: Base): BuildOptions['base'] {
-  return { name: base.name, files: { memory: base.file('memory'), disk: base.file('disk') }, identity: { memory: base.manifest.memory, disk: base.manifest.disk } };
-}
 
 async function realCustomization(tmp: string, key: SigningKey) {
   const guest = await buildGuest();
@@ -84,15 +81,6 @@ async function realCustomization(tmp: string, key: SigningKey) {
     semanticGap: gap,
     createMs: created.ms,
   };
-}
-
-/** Half-compressible content: 1 KiB random, then a repeated phrase. */
-function fillChunky(buf: Buffer): void {
-  const phrase = Buffer.from('vmsynth overlay bench: compressible filler text, ');
-  for (let o = 0; o < buf.length; o += 4096) {
-    randomFillSync(buf, o, 1024);
-    for (let p = o + 1024; p < o + 4096; p += phrase.length) phrase.copy(buf, p, 0, Math.min(phrase.length, o + 4096 - p));
-  }
 }
 
 async function writeGenerated(file: string, mib: number, dataMib: number): Promise<void> {

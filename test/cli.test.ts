@@ -59,7 +59,7 @@ t.test('base list is empty and says how to make one; libvirt down is typed', asy
 
 t.test('key generate, then overlay inspect/verify/apply of a generated overlay, with --json', async (t) => {
   const { generatePair } = await import('./helpers/images.js');
-  const { buildOverlay } = await import('../lib/overlay/builder.js');
+  const { baseInput, buildOverlay } = await import('../lib/overlay/builder.js');
   const { loadSigningKey } = await import('../lib/overlay/keys.js');
   const { loadBase } = await import('../lib/vm/base.js');
   const k = await vmsynth(['key', 'generate', '--json']);
@@ -70,7 +70,7 @@ t.test('key generate, then overlay inspect/verify/apply of a generated overlay, 
   const base = await loadBase('cli');
   const ov = path.join(testRoot, 'ov');
   await buildOverlay({
-    base: { name: 'cli', files: { memory: base.file('memory'), disk: base.file('disk') }, identity: { memory: base.manifest.memory, disk: base.manifest.disk } },
+    base: baseInput(base),
     custom: pair.custom, appPort: 8000, key: await loadSigningKey(key.keyId), out: ov,
   });
   const i = await vmsynth(['overlay', 'inspect', ov, '--json']);

@@ -15,7 +15,7 @@ import { throwIfAborted } from '../core/scope.js';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import { ChunkFile, sha256, xorInto, ZERO_CHUNK, ZERO_DIGEST } from './chunk-io.js';
-import { ChunkKind, HASH_BYTES, readRecord, type ChunkRecord, type SegmentInfo } from './format.js';
+import { chunkKey, ChunkKind, HASH_BYTES, readRecord, type ChunkRecord, type SegmentInfo } from './format.js';
 import type { Overlay } from './reader.js';
 import { INLINE_BUFFERS, SegmentWorkers } from './segment-workers.js';
 
@@ -172,7 +172,6 @@ export async function applyToImages(overlay: Overlay, base: ChunkFile[], out: Ch
 /** Checks every chunk's rebuilt content against its SHA-256 in the manifest; writes nothing. */
 export async function verifyChunks(overlay: Overlay, base: ChunkFile[], opts: LoopOptions = {}): Promise<LoopStats> {
   const digests = new Map<number, Buffer>();
-  const key = (image: number, index: number) => image * 2 ** 32 + index;
   const bad = (r: ChunkRecord, seg: number, why: string) =>
     new VmsynthError('VMS_OVERLAY_CORRUPT', `segment ${seg}: ${r.image === 0 ? 'memory' : 'disk'} chunk ${r.index} ${why}`, { details: { segment: seg, image: r.image, index: r.index } });
   const sink: ChunkSink = {
@@ -180,14 +179,14 @@ export async function verifyChunks(overlay: Overlay, base: ChunkFile[], opts: Lo
     put(r, content, hashes, i, seg) {
       const digest = hashes.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES);
       if (r.kind === ChunkKind.SELF) {
-        const t = digests.get(key(r.refImage, r.refIndex));
+        const t = digests.get(chunkKey(r.refImage, r.refIndex));
         if (!t || !t.equals(digest)) throw bad(r, seg, 'refers to a chunk with other content');
       } else if (r.kind === ChunkKind.ZERO) {
         if (!ZERO_DIGEST.equals(digest)) throw bad(r, seg, 'is a zero chunk whose digest is not that of zeros');
       } else if (!sha256(content).equals(digest)) {
         throw bad(r, seg, 'does not match its SHA-256');
       }
-      digests.set(key(r.image, r.index), Buffer.from(digest));
+      digests.set(chunkKey(r.image, r.index), Buffer.from(digest));
     },
   };
   return forEachChunk(overlay, base, sink, opts);

@@ -31,9 +31,10 @@ import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import { ChunkIndex } from './chunk-index.js';
 import { BLOCK_BYTES, ChunkFile, isZero, sha256, xorInto, ZERO_DIGEST, zeroWords } from './chunk-io.js';
 import {
-  ChunkKind, DEFAULT_SEGMENT_BYTES, encodeBody, encodeRecords, HASH_BYTES, Image, IMAGE_NAMES, MANIFEST_FILE, MAX_SEGMENT_RAW_BYTES, OVERLAY_FORMAT,
+  chunkKey, ChunkKind, DEFAULT_SEGMENT_BYTES, encodeBody, encodeRecords, HASH_BYTES, Image, IMAGE_NAMES, MANIFEST_FILE, MAX_SEGMENT_RAW_BYTES, OVERLAY_FORMAT,
   packr, SEGMENTS_FILE, type ChunkRecord, type ImageIdentity, type OverlayBody, type OverlayEnvelope, type SegmentInfo,
 } from './format.js';
+import type { Base } from '../vm/base.js';
 import { signBytes, type SigningKey } from './keys.js';
 import { removeStaleSiblings } from '../core/stale.js';
 
@@ -55,8 +56,19 @@ export interface BuildOrder {
   rank: string;
 }
 
+export interface BuildBase {
+  name: string;
+  files: ImagePaths;
+  identity: { memory: ImageIdentity; disk: ImageIdentity };
+}
+
+/** The builder's view of a local base: its name, image files and identity. */
+export function baseInput(base: Base): BuildBase {
+  return { name: base.name, files: { memory: base.file('memory'), disk: base.file('disk') }, identity: { memory: base.manifest.memory, disk: base.manifest.disk } };
+}
+
 export interface BuildOptions {
-  base: { name: string; files: ImagePaths; identity: { memory: ImageIdentity; disk: ImageIdentity } };
+  base: BuildBase;
   custom: ImagePaths & { deviceState: string };
   appPort: number;
   /** Disk chunk ranges [start, end) the guest discarded; counted as trimmed. */
@@ -259,11 +271,11 @@ function orderEntries(entries: Entries, order?: BuildOrder): Uint32Array {
   if (!order || order.chunks.length === 0) return idx; // scan order: memory by offset, then disk by offset
   const rank = new Map<number, number>();
   order.chunks.forEach((c, r) => {
-    const key = c.image * 2 ** 32 + c.index;
+    const key = chunkKey(c.image, c.index);
     if (!rank.has(key)) rank.set(key, r);
   });
   const r = new Float64Array(entries.n);
-  for (let i = 0; i < entries.n; i++) r[i] = rank.get(entries.image[i]! * 2 ** 32 + entries.index[i]!) ?? Infinity;
+  for (let i = 0; i < entries.n; i++) r[i] = rank.get(chunkKey(entries.image[i]!, entries.index[i]!)) ?? Infinity;
   return idx.sort((x, y) => (r[x]! - r[y]! || x - y));
 }
 

@@ -8,7 +8,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { VmsynthError } from '../core/errors.js';
 import { customizeBase, type Copy, type CustomVm } from '../vm/customize.js';
-import { buildOverlay, type BuildOrder, type BuildResult } from './builder.js';
+import { baseInput, buildOverlay, type BuildOrder, type BuildResult } from './builder.js';
 import { loadSigningKey } from './keys.js';
 import { removeStaleSiblings } from '../core/stale.js';
 
@@ -44,11 +44,10 @@ export async function createOverlay(opts: CreateOverlayOptions): Promise<CreateO
   const work = `${out}.work-${process.pid}`;
   try {
     const custom = await customizeBase({ base: opts.base, script: opts.script, copies: opts.copies, workDir: work, dropCaches: opts.dropCaches, reportFreePages: opts.reportFreePages, timeoutMs: opts.timeoutMs, signal: opts.signal });
-    const m = custom.base.manifest;
     const built = await buildOverlay({
-      base: { name: custom.base.name, files: { memory: custom.base.file('memory'), disk: custom.base.file('disk') }, identity: { memory: m.memory, disk: m.disk } },
+      base: baseInput(custom.base),
       custom,
-      appPort: m.vm.appPort,
+      appPort: custom.base.manifest.vm.appPort,
       trimmed: custom.trimmed,
       order: opts.order,
       segmentBytes: opts.segmentBytes,

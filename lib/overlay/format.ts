@@ -43,6 +43,11 @@ export const MAX_SEGMENT_RAW_BYTES = 64 << 20;
 export const Image = { MEMORY: 0, DISK: 1 } as const;
 export type Image = (typeof Image)[keyof typeof Image];
 export const IMAGE_NAMES = ['memory', 'disk'] as const;
+
+/** One number naming a chunk of either image, for maps and sets keyed by chunk. */
+export function chunkKey(image: number, index: number): number {
+  return image * 2 ** 32 + index;
+}
 export type ImageName = (typeof IMAGE_NAMES)[number];
 
 export const ChunkKind = {

@@ -21,8 +21,8 @@ import { VmsynthError } from '../core/errors.js';
 import type { Touch } from '../fs/touch-log.js';
 import type { AppWork } from '../vm/guest-app.js';
 import { resumeBase } from '../vm/resume.js';
-import { buildOverlay, type BuildOrder, type BuildResult, type ChunkRef } from './builder.js';
-import { readRecord, type Image } from './format.js';
+import { baseInput, buildOverlay, type BuildOrder, type BuildResult, type ChunkRef } from './builder.js';
+import { chunkKey, readRecord, type Image } from './format.js';
 import { loadSigningKey } from './keys.js';
 import { applyOverlay, baseFor, openTrusted, type TrustOptions } from './offline.js';
 import { Overlay } from './reader.js';
@@ -42,7 +42,7 @@ export function rankTouches(runs: readonly (readonly Touch[])[]): ChunkRef[] {
     const n = run.length;
     const seen = new Set<number>();
     run.forEach((t, i) => {
-      const key = t.image * 2 ** 32 + t.index;
+      const key = chunkKey(t.image, t.index);
       if (seen.has(key)) return;
       seen.add(key);
       const p = i / n;
@@ -77,14 +77,14 @@ export function prefixNeeded(overlay: Overlay, touches: readonly Touch[]): Prefi
   overlay.body.segments.forEach((s, i) => {
     for (let k = 0; k < s.count; k++) {
       const r = readRecord(s.chunks, k);
-      segmentOf.set(r.image * 2 ** 32 + r.index, i);
+      segmentOf.set(chunkKey(r.image, r.index), i);
     }
   });
   const hit = new Set<number>();
   let chunks = 0;
   let last = -1;
   for (const t of touches) {
-    const seg = segmentOf.get(t.image * 2 ** 32 + t.index);
+    const seg = segmentOf.get(chunkKey(t.image, t.index));
     if (seg === undefined) continue;
     chunks++;
     hit.add(seg);
@@ -127,7 +127,7 @@ export interface ProfileResult {
   base: string;
   runs: ProfileRun[];
   rank: string;
-  /** Distinct chunks ranked (touched in some run), and how many of them are overlay chunks. */
+  /** Distinct chunks ranked (touched in some run; overlay chunks or not). */
   ranked: number;
   build: BuildResult;
   ms: { apply: number; runs: number; build: number; total: number };
@@ -153,23 +153,20 @@ export async function profileOverlay(opts: ProfileOptions): Promise<ProfileResul
     await applyOverlay({ overlay: opts.overlay, base: base.dir, out: launch, trust: opts.trust, threads: opts.threads, signal: opts.signal });
     const tRuns = performance.now();
 
-    const traces: Touch[][] = [];
     const results: Array<{ domain: string; firstResponseMs: number; touches: Touch[] }> = [];
     for (let i = 0; i < runs; i++) {
       publish('progress', { step: `overlay profile: run ${i + 1} of ${runs}: resume through tracing FUSE images, first request` });
       const r = await resumeBase({ base: launch, verify: false, trace: true, work: opts.work, timeoutMs: opts.timeoutMs, signal: opts.signal });
-      const touches = r.touchesBeforeFirstResponse ?? [];
-      traces.push(touches);
-      results.push({ domain: r.domain, firstResponseMs: r.firstResponseMs, touches });
+      results.push({ domain: r.domain, firstResponseMs: r.firstResponseMs, touches: r.touchesBeforeFirstResponse ?? [] });
     }
     const tBuild = performance.now();
 
-    const chunks = rankTouches(traces);
+    const chunks = rankTouches(results.map((r) => r.touches));
     const order: BuildOrder = { chunks, runs, rank: RANK_RULE };
     const body = input.body;
     publish('progress', { step: `overlay profile: re-packing ${chunks.length} ranked chunks in access order` });
     const build = await buildOverlay({
-      base: { name: base.name, files: { memory: base.file('memory'), disk: base.file('disk') }, identity: { memory: base.manifest.memory, disk: base.manifest.disk } },
+      base: baseInput(base),
       custom: { memory: path.join(launch, 'memory.raw'), disk: path.join(launch, 'disk.raw'), deviceState: path.join(launch, 'device.state') },
       appPort: body.vm.appPort,
       trimmedChunks: body.stats.trimmedChunks,

@@ -82,11 +82,11 @@ export class Overlay {
     return raw;
   }
 
-  /** Opens the segments file for reading compressed segments in any order. */
   get segmentsPath(): string {
     return path.join(this.dir, SEGMENTS_FILE);
   }
 
+  /** Opens the segments file for reading compressed segments in any order. */
   segmentFile(): SegmentFile {
     return new SegmentFile(this.segmentsPath);
   }

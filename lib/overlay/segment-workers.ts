@@ -94,8 +94,8 @@ function flush() {
   const len = runCount * CHUNK, pos = runStart * CHUNK;
   let done = fs.writevSync(out[runImage], iov, pos);
   if (done < len) {
-    const rest = Buffer.concat(iov).subarray(done);
-    while (done < len) done += fs.writeSync(out[runImage], rest, done - (len - rest.length), len - done, pos + done);
+    const all = Buffer.concat(iov);
+    while (done < len) done += fs.writeSync(out[runImage], all, done, len - done, pos + done);
   }
   iov.length = 0;
   runCount = 0;

@@ -13,16 +13,14 @@
  * and it refuses a frame larger than the caps as soon as its length prefix
  * arrives, before buffering it.
  */
-import { Packr } from 'msgpackr';
 import { VmsynthError } from '../core/errors.js';
+import { packr } from '../overlay/format.js';
 
 /** Largest header (MessagePack map) a peer may send. */
 export const MAX_HEADER_BYTES = 64 << 10;
 /** Largest frame (header + payload): the largest payload type is the overlay manifest. */
 export const MAX_FRAME_BYTES = 512 << 20;
 const PREFIX = 4;
-
-const packr = new Packr({ useRecords: false, moreTypes: false, bundleStrings: false, mapsAsObjects: true, variableMapSize: true });
 
 export interface FrameHeader {
   type: string;

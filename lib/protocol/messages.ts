@@ -7,7 +7,7 @@
  * refused before anything acts on them. Each side accepts only the types its
  * peer may send. Frame caps per conversation stage are in FRAME_CAPS.
  */
-import { VmsynthError, type ErrorCode } from '../core/errors.js';
+import { VmsynthError } from '../core/errors.js';
 import { MAX_SEGMENT_RAW_BYTES, MAX_MANIFEST_BYTES } from '../overlay/format.js';
 import type { Frame } from './frames.js';
 
@@ -132,9 +132,4 @@ export function parseServerMessage(f: Frame): ServerMessage {
     default:
       throw bad(`unknown message type "${f.header.type}" from a server`);
   }
-}
-
-/** The wire form of an error: the stable code and the message, nothing else of the stack. */
-export function errorMessage(code: ErrorCode | string, message: string, fatal: boolean): { type: 'error'; code: string; message: string; fatal: boolean } {
-  return { type: 'error', code, message, fatal };
 }

@@ -13,7 +13,7 @@ import { packageRoot, runDir } from '../../lib/core/paths.js';
 import { appDigest, hex64 } from '../../lib/guest/patterns.js';
 import { createOverlay } from '../../lib/overlay/create.js';
 import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
-import { buildOverlay } from '../../lib/overlay/builder.js';
+import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
 import { applyOverlay, verifyOverlay } from '../../lib/overlay/offline.js';
 import { inspectOverlay } from '../../lib/overlay/inspect.js';
 import { profileOverlay } from '../../lib/overlay/profile.js';
@@ -70,7 +70,7 @@ t.test('profile: two traced runs of the synthesized VM re-pack the overlay so th
   const ov64 = path.join(testRoot, 'overlay-64k');
   const orig = await Overlay.open(ov, { trusted: null });
   await buildOverlay({
-    base: { name: 'ovbase', files: { memory: base.file('memory'), disk: base.file('disk') }, identity: { memory: base.manifest.memory, disk: base.manifest.disk } },
+    base: baseInput(base),
     custom: { memory: path.join(custom, 'memory.raw'), disk: path.join(custom, 'disk.raw'), deviceState: path.join(custom, 'device.state') },
     appPort: orig.body.vm.appPort, trimmedChunks: orig.body.stats.trimmedChunks, segmentBytes: 64 << 10, key: await loadSigningKey(), out: ov64,
   });

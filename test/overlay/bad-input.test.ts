@@ -3,7 +3,7 @@ import t from 'tap';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { generatePair } from '../helpers/images.js';
-import { buildOverlay } from '../../lib/overlay/builder.js';
+import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
 import { generateKey, loadSigningKey, signBytes } from '../../lib/overlay/keys.js';
 import { applyOverlay, verifyOverlay } from '../../lib/overlay/offline.js';
 import { encodeBody, MANIFEST_FILE, packr, SEGMENTS_FILE, unpackBody } from '../../lib/overlay/format.js';
@@ -20,7 +20,7 @@ t.before(async () => {
   await generateKey();
   const base = await loadBase('gen');
   await buildOverlay({
-    base: { name: 'gen', files: { memory: base.file('memory'), disk: base.file('disk') }, identity: { memory: base.manifest.memory, disk: base.manifest.disk } },
+    base: baseInput(base),
     custom: pair.custom, appPort: 8000, key: await loadSigningKey(), out: good, segmentBytes: 16 << 10,
   });
 });

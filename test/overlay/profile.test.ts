@@ -9,7 +9,7 @@ import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
 import path from 'node:path';
 import { generatePair } from '../helpers/images.js';
-import { buildOverlay } from '../../lib/overlay/builder.js';
+import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
 import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
 import { prefixNeeded, rankTouches } from '../../lib/overlay/profile.js';
 import { Overlay } from '../../lib/overlay/reader.js';
@@ -39,7 +39,7 @@ t.test('prefixNeeded: a profile order shortens the prefix a stream must deliver'
   const key = await loadSigningKey();
   const base = await loadBase('prof');
   const opts = (out: string) => ({
-    base: { name: 'prof', files: { memory: base.file('memory'), disk: base.file('disk') }, identity: { memory: base.manifest.memory, disk: base.manifest.disk } },
+    base: baseInput(base),
     custom: pair.custom, appPort: 8000, key, out, segmentBytes: 32 << 10,
   });
   await buildOverlay(opts(path.join(testRoot, 'default')));

@@ -3,7 +3,7 @@ import t from 'tap';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { generatePair, type GeneratedPair } from '../helpers/images.js';
-import { buildOverlay, type BuildOptions } from '../../lib/overlay/builder.js';
+import { baseInput, buildOverlay, type BuildOptions } from '../../lib/overlay/builder.js';
 import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
 import { applyOverlay, verifyOverlay } from '../../lib/overlay/offline.js';
 import { Overlay } from '../../lib/overlay/reader.js';
@@ -23,7 +23,7 @@ t.before(async () => {
   const key = await loadSigningKey();
   const base = await loadBase('gen');
   opts = (out) => ({
-    base: { name: 'gen', files: { memory: base.file('memory'), disk: base.file('disk') }, identity: { memory: base.manifest.memory, disk: base.manifest.disk } },
+    base: baseInput(base),
     custom: pair.custom,
     appPort: 8000,
     key,
