@@ -97,7 +97,7 @@ export function registerOverlayCommands(program: Command): void {
     .option('--mem-mb <n>', 'first request: MiB of its working set the app touches', nonNegativeInt('--mem-mb'), 0)
     .option('--disk-mb <n>', 'first request: MiB of disk the app reads', nonNegativeInt('--disk-mb'), 0)
     .option('--disk-off-mb <n>', 'first request: where on the disk it reads, in MiB', nonNegativeInt('--disk-off-mb'), 0)
-    .option('--segment-kib <n>', 'segment size (default: the overlay\'s own)', positiveInt('--segment-kib'))
+    .option('--segment-kib <n>', 'segment size (default: the overlay\'s own; another size makes the printed before/after prefixes compare different segmentations)', positiveInt('--segment-kib'))
     .option('--threads <n>', 'worker threads for the offline synthesis', nonNegativeInt('--threads'), 2)
     .option('--timeout <seconds>', 'per run: how long the app may take to answer', positiveInt('--timeout'), 120)
     .option('--force', 'replace an existing output directory')
