@@ -4,7 +4,8 @@
  */
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { channels } from '../../lib/core/diagnostics.js';
@@ -120,6 +121,11 @@ t.test('a start after a crash removes the domain, mount and session a killed vms
     });
     child.on('exit', (code) => reject(new Error(`hold-resume exited early (${code})`)));
   });
+  // Pause the guest first: once its FUSE server is gone, a running guest's
+  // next page fault on the memory file is a SIGBUS that ends QEMU on its own,
+  // and the janitor would find nothing to destroy. Paused, the domain outlives
+  // the crash the way a guest between faults does.
+  await promisify(execFile)('virsh', ['-c', process.env.LIBVIRT_URI ?? 'qemu:///system', 'suspend', domain]);
   child.kill('SIGKILL');
   await new Promise((r) => child.once('exit', r));
   t.ok((await virshDomains()).includes(domain), 'the crash left the domain running');
