@@ -15,6 +15,7 @@ import { cleanStale } from '../vm/janitor.js';
 import { Libvirt } from '../vm/libvirt.js';
 import { runDemo } from './demo.js';
 import { registerOverlayCommands } from './overlay-commands.js';
+import { registerSynthCommands } from './synth-commands.js';
 import { bytes, ms, table } from './format.js';
 import { nonNegativeInt, positiveInt, runCommand } from './run.js';
 
@@ -33,6 +34,7 @@ Environment:
   VMSYNTH_CACHE_DIR  test guest build cache (default ${cacheDir()})
   VMSYNTH_KEY_DIR    overlay signing keys and trusted public keys (default ${keyDir()})
   VMSYNTH_ACCEL      force the accelerator: kvm or tcg (default: detected)
+  VMSYNTH_TOKEN      client token for \`serve\` (required of clients) and \`synth\` (presented)
   LOG_LEVEL          debug | info | warn | error | silent (default info)
   LOG_FORMAT         text (default) or json (pino, to stderr)`);
 
@@ -155,6 +157,7 @@ base
   }));
 
 registerOverlayCommands(program);
+registerSynthCommands(program);
 
 program
   .command('clean')

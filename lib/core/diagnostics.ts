@@ -25,6 +25,12 @@ export const channels = {
   staleCleaned: diagnostics.channel('vmsynth:janitor:cleaned'),
   /** { step, detail? } — progress of long work (guest build, base capture). */
   progress: diagnostics.channel('vmsynth:progress'),
+  /** { session, peer, policy, base, segments } — a synthesis session was accepted. */
+  sessionStarted: diagnostics.channel('vmsynth:server:session-started'),
+  /** { session, peer, stats, error? } — a synthesis session ended and was torn down. */
+  sessionEnded: diagnostics.channel('vmsynth:server:session-ended'),
+  /** { host, port } — the server is accepting connections. */
+  serverListening: diagnostics.channel('vmsynth:server:listening'),
   /** { what, error } — a cleanup step failed (it is logged, never thrown). */
   cleanupFailed: diagnostics.channel('vmsynth:cleanup:failed'),
 } as const;

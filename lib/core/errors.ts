@@ -43,6 +43,11 @@ export const ERRORS = {
   VMS_CUSTOMIZE_FAILED: { exit: 70, hint: 'The customization script failed inside the guest; its output is in the message. Fix the script and run `vmsynth overlay create` again.' },
   VMS_PROTOCOL: { exit: 76, hint: 'The peer sent something the vmsynth protocol does not allow (see docs/protocol.md); check that client and server speak the same protocol version.' },
   VMS_FRAME_TOO_LARGE: { exit: 76, hint: 'A frame was larger than the protocol allows for its type; the peer is broken or hostile. Segments must stay under 64 MiB.' },
+  VMS_AUTH: { exit: 77, hint: 'The server requires a client token: pass --token with the one the server was started with.' },
+  VMS_CONNECT: { exit: 69, hint: 'Cannot reach the synthesis server: check HOST:PORT, and that `vmsynth serve` runs there and its port is open.' },
+  VMS_PEER_GONE: { exit: 69, hint: 'The other side closed the connection mid-session; the server tore the session down. Retry; if it repeats, see the server log.' },
+  VMS_BUSY: { exit: 75, hint: 'The server runs as many sessions as it is allowed; retry shortly, or raise its --max-sessions.' },
+  VMS_SHUTTING_DOWN: { exit: 75, hint: 'The server is stopping (SIGTERM or SIGINT); retry when it is back, or against another cloudlet.' },
   VMS_INTERRUPTED: { exit: 130, hint: 'Interrupted by a signal; everything the command had started was cleaned up.' },
   VMS_INTERNAL: { exit: 70, hint: 'This is a bug in vmsynth; please report it with the log.' },
 } as const satisfies Record<string, ErrorSpec>;

@@ -20,6 +20,9 @@ const EVENT_LEVEL: Record<ChannelName, Level> = {
   staleCleaned: 'warn',
   progress: 'info',
   cleanupFailed: 'warn',
+  sessionStarted: 'info',
+  sessionEnded: 'info',
+  serverListening: 'info',
 };
 
 function text(name: ChannelName, m: Record<string, unknown>): string {
@@ -28,6 +31,9 @@ function text(name: ChannelName, m: Record<string, unknown>): string {
     case 'progress': return String(m.step);
     case 'staleCleaned': return `removed stale ${String(m.kind)} left by a crashed run: ${String(m.what)}`;
     case 'cleanupFailed': return `cleanup step failed: ${String(m.what)}: ${errText(m.error)}`;
+    case 'sessionStarted': return `session ${String(m.session)} from ${String(m.peer)}: ${String(m.policy)} over base "${String(m.base)}", ${String(m.segments)} segments`;
+    case 'sessionEnded': return `session ${String(m.session)} ended${m.error ? ` (${errText(m.error)})` : ''}: ${JSON.stringify(m.stats)}`;
+    case 'serverListening': return `listening on ${String(m.host)}:${String(m.port)}`;
     case 'fuseReadFailed': return `FUSE read failed (${String(m.path)} at ${String(m.offset)}): ${errText(m.error)}`;
     default: return `${name} ${JSON.stringify(m)}`;
   }

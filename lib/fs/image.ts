@@ -28,6 +28,13 @@ export interface TouchTrace {
   image: number;
 }
 
+/**
+ * Holds a read until every chunk it covers has a servable source (early
+ * start: MISSING chunks wait for their segment). Returns undefined when the
+ * read may go ahead at once.
+ */
+export type ReadGate = (offset: number, length: number) => Promise<void> | undefined;
+
 export class ImageFile {
   readonly stats: ImageStats = { reads: 0, bytesRead: 0, chunksTouched: 0 };
   private readonly touched: Uint8Array;
@@ -37,6 +44,7 @@ export class ImageFile {
     readonly map: ChunkMap,
     private readonly readers: Partial<Record<ChunkSource, RangeReader>>,
     private readonly trace?: TouchTrace,
+    private readonly gate?: ReadGate,
   ) {
     this.touched = new Uint8Array(map.chunkCount);
   }
@@ -47,9 +55,13 @@ export class ImageFile {
 
   /** Reads up to `length` bytes at `offset` into buf; returns the count (0 at EOF). */
   async read(buf: Buffer, length: number, offset: number): Promise<number> {
-    const runs = this.map.runs(offset, Math.min(length, buf.length));
-    const end = runs.length ? runs[runs.length - 1]!.offset + runs[runs.length - 1]!.length : offset;
-    this.touch(offset, end - offset);
+    const want = Math.max(0, Math.min(length, buf.length, this.map.imageBytes - offset));
+    this.touch(offset, want);
+    if (want > 0 && this.gate) {
+      const held = this.gate(offset, want);
+      if (held) await held;
+    }
+    const runs = this.map.runs(offset, want);
     let filled = 0;
     for (const run of runs) {
       const reader = this.readers[run.source];

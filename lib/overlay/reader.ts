@@ -44,9 +44,7 @@ export class Overlay {
     if (!mst) throw new VmsynthError('VMS_OVERLAY_CORRUPT', `${abs} has no ${MANIFEST_FILE}`);
     if (mst.size > MAX_MANIFEST_BYTES) throw new VmsynthError('VMS_OVERLAY_CORRUPT', `${mfile} is ${mst.size} bytes, over the ${MAX_MANIFEST_BYTES >> 20} MiB limit`);
     const bytes = await fsp.readFile(mfile);
-    const envelope = decodeEnvelope(bytes);
-    verifySignature(envelope.body, envelope.signature, opts.trusted);
-    const body = decodeBody(envelope.body);
+    const { envelope, body } = Overlay.parseManifest(bytes, opts);
     const want = segmentsFileBytes(body);
     const sst = await fsp.stat(path.join(abs, SEGMENTS_FILE)).catch(() => null);
     if (!sst) throw new VmsynthError('VMS_OVERLAY_CORRUPT', `${abs} has no ${SEGMENTS_FILE}`);
@@ -54,6 +52,23 @@ export class Overlay {
       throw new VmsynthError('VMS_OVERLAY_CORRUPT', `${SEGMENTS_FILE} is ${sst.size} bytes, the manifest describes ${want}${sst.size < want ? ' (truncated)' : ''}`);
     }
     return new Overlay(abs, envelope, body, bytes.length, want);
+  }
+
+  /**
+   * An overlay known only by its manifest bytes (a synthesis server's view:
+   * the segments arrive over the network). `segmentsPath` is not usable.
+   */
+  static fromManifest(bytes: Uint8Array, opts: OpenOptions): Overlay {
+    if (bytes.length > MAX_MANIFEST_BYTES) throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the manifest is ${bytes.length} bytes, over the ${MAX_MANIFEST_BYTES >> 20} MiB limit`);
+    const { envelope, body } = Overlay.parseManifest(bytes, opts);
+    return new Overlay('(received)', envelope, body, bytes.length, segmentsFileBytes(body));
+  }
+
+  /** Envelope, signature (against `opts.trusted`), then the validated body. */
+  private static parseManifest(bytes: Uint8Array, opts: OpenOptions): { envelope: OverlayEnvelope; body: OverlayBody } {
+    const envelope = decodeEnvelope(bytes);
+    verifySignature(envelope.body, envelope.signature, opts.trusted);
+    return { envelope, body: decodeBody(envelope.body) };
   }
 
   /** Throws VMS_BASE_MISMATCH unless `base` is the base this overlay was made against. */

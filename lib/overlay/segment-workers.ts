@@ -4,7 +4,8 @@
  *
  *   open(segment)          check the SHA-256, decompress, return the raw bytes
  *                          (inline when there are no workers);
- *   applyPayloads(segment) read the segment from the segments file, check,
+ *   applyPayloads(segment) read the segment from the segments file (or take
+ *                          it as received: applyReceived), check,
  *                          decompress, and write its XOR and RAW chunks
  *                          straight into the output images (only when the
  *                          pool was given the segments, base and output files).
@@ -104,13 +105,19 @@ function flush() {
 function exact(b) {
   return b.byteOffset === 0 && b.byteLength === b.buffer.byteLength ? b.buffer : b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength);
 }
-function writePayloads(raw, rec, count) {
+function writePayloads(raw, rec, count, baseRefs) {
   for (let i = 0; i < count; i++) {
     const o = i * 16, kind = rec[o + 1];
-    if (kind !== 3 && kind !== 4) continue;
+    if (kind !== 3 && kind !== 4 && !(kind === 1 && baseRefs)) continue;
     const image = rec[o], index = rec.readUInt32LE(o + 4), p = rec.readUInt32LE(o + 12);
     if (image !== runImage || index !== runStart + runCount || xused === BLOCK || iov.length >= 1000) { flush(); runImage = image; runStart = index; }
     if (kind === 4) slice(raw, p, p + CHUNK);
+    else if (kind === 1) {
+      // A base reference (into either base image): copied, since the next baseChunk may reuse the block.
+      baseChunk(base[rec[o + 2]], rec.readUInt32LE(o + 8)).copy(xbuf, xused);
+      slice(xbuf, xused, xused + CHUNK);
+      xused += CHUNK;
+    }
     else {
       const b = baseChunk(base[image], index);
       // Whole-buffer Int32 views indexed by offset: a view per chunk costs 3-5x the XOR itself.
@@ -152,7 +159,7 @@ parentPort.on('message', (m) => {
     return;
   }
   try {
-    writePayloads(raw, Buffer.from(m.chunks.buffer, m.chunks.byteOffset, m.chunks.byteLength), m.count);
+    writePayloads(raw, Buffer.from(m.chunks.buffer, m.chunks.byteOffset, m.chunks.byteLength), m.count, !!m.baseRefs);
     parentPort.postMessage({ id: m.id });
   } catch (e) {
     parentPort.postMessage({ id: m.id, error: 'could not be applied (' + e.message + ')' });
@@ -172,6 +179,7 @@ function ownBuffer(b: Uint8Array): ArrayBuffer {
 
 interface Pending {
   index: number;
+  worker: number;
   resolve: (raw: ArrayBuffer | undefined) => void;
   reject: (e: Error) => void;
 }
@@ -180,20 +188,22 @@ export class SegmentWorkers {
   private workers: Worker[] = [];
   private pending = new Map<number, Pending>();
   private nextId = 0;
-  private rr = 0;
+  /** Requests outstanding per worker: a new one goes to the least busy. */
+  private busy: number[] = [];
   /** Set when a worker died: every later request fails at once instead of waiting forever. */
   private failed: VmsynthError | null = null;
   private inline: Buffer[] = [];
   private inlineNext = 0;
 
-  /** `files` (the segments file, base and output image paths, memory then disk) enables applyPayloads. */
-  constructor(readonly threads: number, private readonly files?: { segments: string; base: string[]; out: string[] }) {
+  /** `files` (the segments file, base and output image paths, memory then disk) enables applyPayloads; without a segments file, applyReceived only. */
+  constructor(readonly threads: number, private readonly files?: { segments?: string; base: string[]; out: string[] }) {
     for (let i = 0; i < threads; i++) {
       const w = new Worker(WORKER_SOURCE, { eval: true, workerData: files });
       w.on('message', (m: { id: number; raw?: ArrayBuffer; error?: string }) => {
         const p = this.pending.get(m.id);
         if (!p) return;
         this.pending.delete(m.id);
+        this.busy[p.worker]!--;
         if (m.error) p.reject(new VmsynthError('VMS_OVERLAY_CORRUPT', `segment ${p.index} ${m.error}`, { details: { segment: p.index } }));
         else p.resolve(m.raw);
       });
@@ -203,20 +213,25 @@ export class SegmentWorkers {
         this.pending.clear();
       });
       this.workers.push(w);
+      this.busy.push(0);
     }
   }
 
-  private post(index: number, w: Worker, message: Record<string, unknown>, transfer: ArrayBuffer[]): Promise<ArrayBuffer | undefined> {
+  private post(index: number, worker: number, message: Record<string, unknown>, transfer: ArrayBuffer[]): Promise<ArrayBuffer | undefined> {
     const id = this.nextId++;
     if (this.failed) return Promise.reject(this.failed);
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { index, resolve, reject });
-      w.postMessage({ id, ...message }, transfer);
+      this.pending.set(id, { index, worker, resolve, reject });
+      this.busy[worker]!++;
+      this.workers[worker]!.postMessage({ id, ...message }, transfer);
     });
   }
 
-  private worker(): Worker {
-    return this.workers[this.rr++ % this.workers.length]!;
+  /** The worker with the fewest requests outstanding. */
+  private worker(): number {
+    let best = 0;
+    for (let i = 1; i < this.busy.length; i++) if (this.busy[i]! < this.busy[best]!) best = i;
+    return best;
   }
 
   /**
@@ -241,9 +256,21 @@ export class SegmentWorkers {
     await this.post(index, this.worker(), { op: 'apply', offset: s.offset, bytes: s.bytes, sha256: new Uint8Array(s.sha256), rawBytes: s.rawBytes, count: s.count, chunks: new Uint8Array(s.chunks) }, []);
   }
 
+  /**
+   * A worker checks and decompresses a segment that arrived over the network
+   * (`compressed` is handed over), then writes its payload chunks and its
+   * base references into the output images. Zero chunks and SELF references
+   * are left to the caller: a SELF target may be in a segment not yet here.
+   */
+  async applyReceived(index: number, s: SegmentInfo, compressed: Buffer): Promise<void> {
+    if (!this.files || this.workers.length === 0) throw new VmsynthError('VMS_INTERNAL', 'applyReceived needs worker threads and output files');
+    const buf = ownBuffer(compressed);
+    await this.post(index, this.worker(), { op: 'apply', buf, sha256: new Uint8Array(s.sha256), rawBytes: s.rawBytes, count: s.count, chunks: new Uint8Array(s.chunks), baseRefs: true }, [buf]);
+  }
+
   /** Closes the workers' file descriptors, then the workers. */
   async close(): Promise<void> {
-    await Promise.all(this.workers.map((w) => this.post(-1, w, { op: 'close' }, []).catch(() => undefined)));
+    await Promise.all(this.workers.map((_w, i) => this.post(-1, i, { op: 'close' }, []).catch(() => undefined)));
     await Promise.all(this.workers.map((w) => w.terminate()));
     this.workers = [];
   }

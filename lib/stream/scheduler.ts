@@ -27,6 +27,8 @@ export interface SchedulerOptions {
   sizes: readonly number[];
   /** Background bytes requested but not received, at most (default 4 MiB); at least one segment is always allowed. */
   maxInFlightBytes?: number;
+  /** False: demand lane only, no background stream (ISR's pure demand fetch). Default true. */
+  background?: boolean;
 }
 
 export interface Request {
@@ -74,6 +76,18 @@ export class SegmentScheduler {
     }
   }
 
+  /** Requested and not yet received (a segment may arrive only then). */
+  isRequested(index: number): boolean {
+    this.check(index);
+    return this.state[index] === REQUESTED;
+  }
+
+  /** A guest read has needed this segment. */
+  isDemanded(index: number): boolean {
+    this.check(index);
+    return this.demanded[index] === 1;
+  }
+
   /** A guest read needs segment `index`. Returns true when that puts a request on the demand lane. */
   demand(index: number): boolean {
     this.check(index);
@@ -97,6 +111,7 @@ export class SegmentScheduler {
       this.lane[index] = 2;
       return { index, lane: 'demand' };
     }
+    if (this.opts.background === false) return null;
     const n = this.state.length;
     for (let scanned = 0; scanned < n; scanned++) {
       const index = this.cursor;

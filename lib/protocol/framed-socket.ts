@@ -1,0 +1,111 @@
+/**
+ * A TCP socket that speaks frames: both the server's connections and the
+ * client use it. Incoming bytes are cut into frames (with the cap the
+ * conversation stage allows) and handed over one at a time; a framing error
+ * is reported once and the socket is not read further. Writes are queued by
+ * the socket; `drained()` lets a sender of large payloads wait for room.
+ */
+import type net from 'node:net';
+import { asVmsynthError, type VmsynthError } from '../core/errors.js';
+import { encodeFrame, FrameDecoder, type Frame, type FrameHeader } from './frames.js';
+
+export interface FramedHandlers {
+  frame(f: Frame): void;
+  /** A framing error (oversized, malformed); the socket is still open. */
+  invalid(err: VmsynthError): void;
+  /** The connection is gone (end, reset or error); called once. */
+  closed(err?: Error): void;
+}
+
+export class FramedSocket {
+  private readonly decoder: FrameDecoder;
+  private broken = false;
+  private ended = false;
+  bytesIn = 0;
+  bytesOut = 0;
+
+  constructor(readonly socket: net.Socket, maxFrameBytes: number, private readonly handlers: FramedHandlers) {
+    this.decoder = new FrameDecoder({ maxFrameBytes });
+    socket.setNoDelay(true);
+    socket.on('data', (d: Buffer) => this.onData(d));
+    let closed = false;
+    const close = (err?: Error) => {
+      if (closed) return;
+      closed = true;
+      this.ended = true;
+      handlers.closed(err);
+    };
+    socket.on('error', (err) => close(err));
+    socket.on('close', () => close());
+  }
+
+  get open(): boolean {
+    return !this.ended && !this.socket.destroyed;
+  }
+
+  setMaxFrameBytes(n: number): void {
+    this.decoder.setMaxFrameBytes(n);
+  }
+
+  private onData(d: Buffer): void {
+    if (this.broken) return;
+    this.bytesIn += d.length;
+    let frames: Frame[];
+    try {
+      frames = this.decoder.push(d);
+    } catch (err) {
+      this.broken = true;
+      this.socket.pause();
+      this.handlers.invalid(asVmsynthError(err, 'VMS_PROTOCOL'));
+      return;
+    }
+    for (const f of frames) {
+      if (this.broken || this.ended) return;
+      this.handlers.frame(f);
+    }
+  }
+
+  /** Stops handing over frames (after a fatal error, while the goodbye is sent). */
+  stopReading(): void {
+    this.broken = true;
+    this.socket.pause();
+  }
+
+  /** Queues one frame; returns false when the socket's buffer is over its high-water mark. */
+  send(header: Omit<FrameHeader, 'payloadBytes'>, payload?: Uint8Array): boolean {
+    if (!this.open) return false;
+    let ok = true;
+    for (const part of encodeFrame(header, payload)) {
+      this.bytesOut += part.length;
+      ok = this.socket.write(part);
+    }
+    return ok;
+  }
+
+  /** Resolves when the socket's write buffer has room again (at once when it has). */
+  drained(): Promise<void> {
+    if (!this.socket.writableNeedDrain || !this.open) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        resolve();
+      };
+      this.socket.once('drain', done);
+      this.socket.once('close', done);
+    });
+  }
+
+  /** Ends the connection after queued frames are flushed; destroys it if the peer does not close within `ms`. */
+  end(ms = 2000): void {
+    if (this.socket.destroyed) return;
+    this.socket.end();
+    const timer = setTimeout(() => this.socket.destroy(), ms);
+    timer.unref();
+    this.socket.once('close', () => clearTimeout(timer));
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+}

@@ -1,0 +1,144 @@
+/**
+ * Which overlay chunks of a launch VM have arrived, and the guest reads
+ * waiting for the rest: the blocking half of early start.
+ *
+ * Every overlay chunk starts MISSING in its image's chunk map, tagged with
+ * the segment that carries it. A FUSE read that covers MISSING chunks is
+ * held (the ImageFile's read gate): each segment it needs is reported once
+ * through `demand`, and the read goes on when the last of its chunks has
+ * been marked present, never before. Pure state and callbacks, no I/O, so
+ * the blocking rules are testable without FUSE or a VM.
+ */
+import { VmsynthError } from '../core/errors.js';
+import { ChunkSource, type ChunkMap } from '../fs/chunk-map.js';
+import type { ReadGate } from '../fs/image.js';
+import { chunkKey } from '../overlay/format.js';
+
+interface Waiter {
+  remaining: number;
+  since: number;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+export interface BlockedReadStats {
+  /** Reads that had to wait for at least one chunk. */
+  count: number;
+  totalMs: number;
+  maxMs: number;
+  p50Ms: number;
+  p90Ms: number;
+}
+
+export class ChunkArrivals {
+  /** Per image, per chunk: the segment that carries it while it is MISSING (-1 otherwise). */
+  private readonly segmentOf: Int32Array[];
+  private readonly waiters = new Map<number, Waiter[]>();
+  private readonly waits: number[] = [];
+  private failure: Error | null = null;
+
+  constructor(
+    readonly maps: readonly ChunkMap[],
+    /** Called once per held read for each segment it needs that is not present. */
+    private readonly demand: (segment: number) => void,
+  ) {
+    this.segmentOf = maps.map((m) => new Int32Array(m.chunkCount).fill(-1));
+  }
+
+  /** Marks an overlay chunk as not yet arrived, carried by `segment`. */
+  expect(image: number, index: number, segment: number): void {
+    this.maps[image]!.set(index, ChunkSource.MISSING);
+    this.segmentOf[image]![index] = segment;
+  }
+
+  /** A MISSING chunk will now come with another segment (a SELF reference waiting for its target's). */
+  redirect(image: number, index: number, segment: number): void {
+    if (this.maps[image]!.get(index) === ChunkSource.MISSING) this.segmentOf[image]![index] = segment;
+  }
+
+  /** The segment a MISSING chunk waits for (-1 when present). */
+  segmentFor(image: number, index: number): number {
+    return this.segmentOf[image]![index]!;
+  }
+
+  isMissing(image: number, index: number): boolean {
+    return this.maps[image]!.get(index) === ChunkSource.MISSING;
+  }
+
+  /** The chunk is now servable from `source` (OVERLAY or ZERO): wakes the reads that waited only for it. */
+  arrived(image: number, index: number, source: ChunkSource): void {
+    this.maps[image]!.set(index, source);
+    this.segmentOf[image]![index] = -1;
+    const k = chunkKey(image, index);
+    const list = this.waiters.get(k);
+    if (!list) return;
+    this.waiters.delete(k);
+    const now = performance.now();
+    for (const w of list) {
+      if (--w.remaining === 0) {
+        this.waits.push(now - w.since);
+        w.resolve();
+      }
+    }
+  }
+
+  /** The read gate for one image. */
+  gate(image: number): ReadGate {
+    const map = this.maps[image]!;
+    const segOf = this.segmentOf[image]!;
+    return (offset, length) => {
+      if (this.failure) return Promise.reject(this.failure);
+      const first = Math.floor(offset / map.chunkSize);
+      const last = Math.floor((offset + length - 1) / map.chunkSize);
+      let missing: number[] | null = null;
+      for (let c = first; c <= last; c++) {
+        if (map.get(c) === ChunkSource.MISSING) (missing ??= []).push(c);
+      }
+      if (!missing) return undefined;
+      return new Promise<void>((resolve, reject) => {
+        const w: Waiter = { remaining: missing.length, since: performance.now(), resolve, reject };
+        const asked = new Set<number>();
+        for (const c of missing) {
+          const k = chunkKey(image, c);
+          const list = this.waiters.get(k);
+          if (list) list.push(w);
+          else this.waiters.set(k, [w]);
+          const s = segOf[c]!;
+          if (s >= 0 && !asked.has(s)) {
+            asked.add(s);
+            this.demand(s);
+          }
+        }
+      });
+    };
+  }
+
+  /** Reads waiting now. */
+  get waiting(): number {
+    const all = new Set<Waiter>();
+    for (const list of this.waiters.values()) for (const w of list) all.add(w);
+    return all.size;
+  }
+
+  /** Fails every held read and every later one (teardown: QEMU gets EIO instead of hanging FUSE). */
+  failAll(err: Error = new VmsynthError('VMS_INTERRUPTED', 'the synthesis session ended')): void {
+    this.failure ??= err;
+    const all = new Set<Waiter>();
+    for (const list of this.waiters.values()) for (const w of list) all.add(w);
+    this.waiters.clear();
+    for (const w of all) w.reject(this.failure);
+  }
+
+  stats(): BlockedReadStats {
+    const sorted = [...this.waits].sort((a, b) => a - b);
+    const at = (q: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : 0);
+    const round = (x: number) => Math.round(x * 10) / 10;
+    return {
+      count: sorted.length,
+      totalMs: round(sorted.reduce((a, b) => a + b, 0)),
+      maxMs: round(sorted.at(-1) ?? 0),
+      p50Ms: round(at(0.5)),
+      p90Ms: round(at(0.9)),
+    };
+  }
+}

@@ -1,0 +1,362 @@
+/**
+ * One synthesis session on the server: a launch VM built from a base and an
+ * overlay whose segments are still arriving.
+ *
+ * It owns the session directory, the store files the segments are applied
+ * into, the FUSE images (chunk maps over base | store | zeros, with overlay
+ * chunks MISSING until their segment is applied), the segment scheduler
+ * (what to ask the client for next), the apply pipeline, and the VM. It
+ * speaks to the network only through `want` and its event callbacks, so the
+ * server owns the sockets and the session owns everything that must be torn
+ * down: close() destroys the VM, fails held reads, unmounts, and removes the
+ * files, whatever state the session reached.
+ *
+ * Policies: early-start resumes the VM at once and streams in the
+ * background; demand-only resumes at once and fetches only what the guest
+ * reads; baseline fetches and applies everything, then resumes.
+ */
+import { promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import { publish } from '../core/diagnostics.js';
+import { asVmsynthError, VmsynthError } from '../core/errors.js';
+import { exec } from '../core/exec.js';
+import { freePort } from '../core/net.js';
+import { Scope } from '../core/scope.js';
+import { ChunkMap, ChunkSource } from '../fs/chunk-map.js';
+import { ImageMount } from '../fs/fuse-images.js';
+import { fileReader, ImageFile, zeroReader } from '../fs/image.js';
+import { readRecord } from '../overlay/format.js';
+import type { Overlay } from '../overlay/reader.js';
+import type { Policy } from '../protocol/messages.js';
+import { SegmentScheduler } from '../stream/scheduler.js';
+import type { Base } from '../vm/base.js';
+import { guestRequest, type HttpReply } from '../vm/guest-app.js';
+import type { Libvirt } from '../vm/libvirt.js';
+import { explainFailure, startVm, type RunningVm } from '../vm/machine.js';
+import { loadState } from '../vm/migration.js';
+import { restoreSpec } from '../vm/resume.js';
+import { Session } from '../vm/session.js';
+import { ChunkArrivals, type BlockedReadStats } from './arrivals.js';
+import { Priority, StreamApplier } from './stream-apply.js';
+
+export interface SynthEvents {
+  /** Ask the client for these segments. */
+  want(lane: 'demand' | 'background', segments: number[]): void;
+  /** The VM is running. */
+  ready(resumedMs: number): void;
+  /** Every segment has been applied. */
+  complete(appliedMs: number): void;
+  /** The session cannot go on (the caller closes it). */
+  failed(err: VmsynthError): void;
+}
+
+export interface SynthOptions {
+  overlay: Overlay;
+  base: Base;
+  policy: Policy;
+  lv: Libvirt;
+  events: SynthEvents;
+  /** Worker threads for verify + decompress + apply (default 2). */
+  threads?: number;
+  /** Background bytes requested and not yet applied (default 4 MiB). */
+  maxInFlightBytes?: number;
+  fuseDevice?: string;
+}
+
+export interface SynthStats {
+  policy: Policy;
+  segments: number;
+  segmentsReceived: number;
+  bytesReceived: number;
+  overlayBytes: number;
+  /** Segments asked for on the demand lane. */
+  demandFetches: number;
+  /** Guest reads that needed a segment already on its way in the background. */
+  outOfOrder: number;
+  /** Segments that failed their hash and were asked for again. */
+  retries: number;
+  blockedReads: BlockedReadStats;
+  /** From session start (manifest accepted). */
+  resumedMs: number | null;
+  firstResponseMs: number | null;
+  completeMs: number | null;
+  bytesReceivedBeforeFirstResponse: number | null;
+  segmentsReceivedBeforeFirstResponse: number | null;
+}
+
+export class SynthSession {
+  readonly id: string;
+  private readonly scope = new Scope();
+  private readonly t0 = performance.now();
+  private readonly scheduler: SegmentScheduler;
+  private readonly arrivals: ChunkArrivals;
+  private applier!: StreamApplier;
+  private images!: { memory: ImageFile; disk: ImageFile };
+  private vm: RunningVm | null = null;
+  private hostPort = 0;
+  private readonly retried = new Set<number>();
+  private closing: Promise<SynthStats> | null = null;
+  /** Aborted by close(): a resume in progress stops at its next step. */
+  private readonly abort = new AbortController();
+  private resuming: Promise<unknown> = Promise.resolve();
+  private failedWith: VmsynthError | null = null;
+  private readonly s = {
+    segmentsReceived: 0, bytesReceived: 0, demandFetches: 0, retries: 0,
+    resumedMs: null as number | null, firstResponseMs: null as number | null, completeMs: null as number | null,
+    bytesBefore: null as number | null, segmentsBefore: null as number | null,
+  };
+
+  private constructor(private readonly opts: SynthOptions, private readonly session: Session) {
+    this.id = session.id;
+    const body = opts.overlay.body;
+    this.scheduler = new SegmentScheduler({
+      sizes: body.segments.map((s) => s.bytes),
+      maxInFlightBytes: opts.maxInFlightBytes,
+      background: opts.policy !== 'demand-only',
+    });
+    const maps = [new ChunkMap(body.base.memory.bytes), new ChunkMap(body.base.disk.bytes)];
+    this.arrivals = new ChunkArrivals(maps, (segment) => this.onDemand(segment));
+    body.segments.forEach((s, si) => {
+      for (let i = 0; i < s.count; i++) {
+        const r = readRecord(s.chunks, i);
+        this.arrivals.expect(r.image, r.index, si);
+      }
+    });
+  }
+
+  /** Sets up the session's files and pipeline; run() then starts it. */
+  static async start(opts: SynthOptions): Promise<SynthSession> {
+    const scope = new Scope();
+    let s: SynthSession;
+    try {
+      const session = await Session.create(scope);
+      s = new SynthSession(opts, session);
+    } catch (err) {
+      await scope.close();
+      throw err;
+    }
+    s.scope.defer('remove the session directory', () => scope.close());
+    try {
+      await s.setUp();
+    } catch (err) {
+      await s.scope.close();
+      throw err;
+    }
+    return s;
+  }
+
+  /** Asks for the first segments and, unless baseline, resumes the VM now. */
+  run(): void {
+    this.pump();
+    if (this.opts.policy !== 'baseline') this.resumeInBackground();
+    else if (this.scheduler.done) this.onComplete();
+  }
+
+  private async setUp(): Promise<void> {
+    const { base, overlay } = this.opts;
+    const m = overlay.body.base;
+    const handles: FileHandle[] = [];
+    this.scope.defer('close store and base files', () => Promise.all(handles.map((h) => h.close())));
+    const open = async (file: string, flags: string) => {
+      const h = await fsp.open(file, flags);
+      handles.push(h);
+      return h;
+    };
+    const store = [this.session.file('memory.store'), this.session.file('disk.store')];
+    const storeHandles = [await open(store[0]!, 'w+'), await open(store[1]!, 'w+')];
+    await storeHandles[0]!.truncate(m.memory.bytes);
+    await storeHandles[1]!.truncate(m.disk.bytes);
+    const baseFiles = [base.file('memory'), base.file('disk')];
+    const baseHandles = [await open(baseFiles[0]!, 'r'), await open(baseFiles[1]!, 'r')];
+    const image = (i: number, name: string) => new ImageFile(name, this.arrivals.maps[i]!, {
+      [ChunkSource.BASE]: fileReader(baseHandles[i]!, baseFiles[i]!),
+      [ChunkSource.ZERO]: zeroReader,
+      [ChunkSource.OVERLAY]: fileReader(storeHandles[i]!, store[i]!),
+    }, undefined, this.arrivals.gate(i));
+    this.images = { memory: image(0, 'memory.img'), disk: image(1, 'disk.img') };
+    this.applier = new StreamApplier({
+      segments: overlay.body.segments, base: baseFiles, store, storeHandles, arrivals: this.arrivals,
+      threads: this.opts.threads ?? 2,
+    });
+    this.scope.defer('stop the apply workers', () => this.applier.close());
+  }
+
+  private ms(): number {
+    return Math.round(performance.now() - this.t0);
+  }
+
+  /** Sends every request the scheduler allows now, grouped by lane. */
+  private pump(): void {
+    if (this.failedWith || this.closing) return;
+    const reqs = this.scheduler.drain();
+    const demand = reqs.filter((r) => r.lane === 'demand').map((r) => r.index);
+    const background = reqs.filter((r) => r.lane === 'background').map((r) => r.index);
+    if (demand.length) this.opts.events.want('demand', demand);
+    if (background.length) this.opts.events.want('background', background);
+  }
+
+  private onDemand(segment: number): void {
+    if (this.scheduler.demand(segment)) {
+      this.s.demandFetches++;
+      this.pump();
+    } else {
+      this.applier.promote(segment);
+    }
+  }
+
+  /** A segment arrived from the client. */
+  receive(index: number, data: Buffer): void {
+    if (this.failedWith || this.closing) return;
+    if (!Number.isInteger(index) || index < 0 || index >= this.scheduler.total || !this.scheduler.isRequested(index)) {
+      this.fail(new VmsynthError('VMS_PROTOCOL', `segment ${index} was not asked for`, { details: { segment: index } }));
+      return;
+    }
+    this.s.segmentsReceived++;
+    this.s.bytesReceived += data.length;
+    const priority = this.scheduler.isDemanded(index) ? Priority.DEMAND : Priority.BACKGROUND;
+    this.applier.apply(index, data, priority).then(
+      () => {
+        this.scheduler.received(index);
+        if (this.scheduler.done) this.onComplete();
+        else this.pump();
+      },
+      (err: unknown) => {
+        const e = asVmsynthError(err);
+        if (e.code === 'VMS_OVERLAY_CORRUPT' && !this.retried.has(index) && !this.closing) {
+          this.retried.add(index);
+          this.s.retries++;
+          publish('progress', { step: `session ${this.id}: segment ${index} failed its check; asking for it again` });
+          this.scheduler.retry(index);
+          this.pump();
+        } else {
+          this.fail(e);
+        }
+      },
+    );
+  }
+
+  private onComplete(): void {
+    this.s.completeMs = this.ms();
+    this.opts.events.complete(this.s.completeMs);
+    if (this.opts.policy === 'baseline') this.resumeInBackground();
+  }
+
+  private fail(err: VmsynthError): void {
+    if (this.failedWith || this.closing) return;
+    this.failedWith = err;
+    this.opts.events.failed(err);
+  }
+
+  private resumeInBackground(): void {
+    this.resuming = this.resume().then(
+      (ms) => {
+        this.s.resumedMs = ms;
+        if (!this.closing) this.opts.events.ready(ms);
+      },
+      (err: unknown) => this.fail(asVmsynthError(err)),
+    );
+  }
+
+  /** Mounts the images and restores the VM from the overlay's device state; resolves when it runs. */
+  private async resume(): Promise<number> {
+    const { base, overlay } = this.opts;
+    const stop = () => {
+      if (this.abort.signal.aborted) throw new VmsynthError('VMS_INTERRUPTED', 'the session ended before the VM started');
+    };
+    const mount = await ImageMount.mount(this.session.file('mnt'), [this.images.memory, this.images.disk], { fuseDevice: this.opts.fuseDevice });
+    this.scope.defer(`unmount ${mount.mountpoint}`, () => mount.unmount());
+    // Runs before the unmount (steps run newest first): held reads get EIO, so nothing hangs the unmount.
+    this.scope.defer('fail held guest reads', () => this.arrivals.failAll());
+    stop();
+    const qcow = this.session.file('disk.qcow2');
+    await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', mount.path('disk.img'), '-F', 'raw', qcow, String(overlay.body.base.disk.bytes)]);
+    const stateFile = this.session.file('device.state');
+    await fsp.writeFile(stateFile, overlay.deviceState());
+    this.hostPort = await freePort();
+    const spec = restoreSpec(base, this.session, { disk: { path: qcow, format: 'qcow2' }, memory: { path: mount.path('memory.img'), share: false }, hostPort: this.hostPort });
+    spec.net.guestPort = overlay.body.vm.appPort;
+    stop();
+    const signal = this.abort.signal;
+    const vm = await startVm(this.opts.lv, spec, this.scope, { signal });
+    this.vm = vm;
+    try {
+      await loadState(vm.qmp, stateFile, this.session.file('incoming.sock'), { ignoreShared: true, signal });
+    } catch (err) {
+      throw await explainFailure(err, vm);
+    }
+    publish('domainRunning', { name: spec.name, ms: this.ms() });
+    return this.ms();
+  }
+
+  /**
+   * Forwards an offload request to the app in the VM. Retries while the
+   * app's port refuses connections (the guest's network stack may still be
+   * faulting its pages in); a reply of any status is the answer.
+   */
+  async offload(method: string, path: string, body: Buffer, timeoutMs = 120_000): Promise<HttpReply> {
+    if (!this.vm) throw new VmsynthError('VMS_PROTOCOL', 'an offload request came before the VM was ready');
+    const deadline = Date.now() + timeoutMs;
+    let last = '';
+    for (;;) {
+      if (this.closing || this.failedWith) throw this.failedWith ?? new VmsynthError('VMS_INTERRUPTED', 'the session ended');
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) break;
+      try {
+        const reply = await guestRequest(this.hostPort, method, path, remaining, body.length ? body : undefined);
+        if (this.s.firstResponseMs === null) {
+          this.s.firstResponseMs = this.ms();
+          this.s.bytesBefore = this.s.bytesReceived;
+          this.s.segmentsBefore = this.s.segmentsReceived;
+        }
+        return reply;
+      } catch (err) {
+        last = (err as Error).message;
+        if (!(await this.vm.alive())) throw await explainFailure(new VmsynthError('VMS_QEMU_DIED', `the VM stopped while an offload request waited (${last})`), this.vm);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    throw new VmsynthError('VMS_GUEST_TIMEOUT', `the app in the VM did not answer ${method} ${path} within ${timeoutMs} ms (last attempt: ${last})`);
+  }
+
+  stats(): SynthStats {
+    const body = this.opts.overlay.body;
+    return {
+      policy: this.opts.policy,
+      segments: body.segments.length,
+      segmentsReceived: this.s.segmentsReceived,
+      bytesReceived: this.s.bytesReceived,
+      overlayBytes: this.opts.overlay.segmentsBytes,
+      demandFetches: this.s.demandFetches,
+      outOfOrder: this.scheduler.outOfOrder,
+      retries: this.s.retries,
+      blockedReads: this.arrivals.stats(),
+      resumedMs: this.s.resumedMs,
+      firstResponseMs: this.s.firstResponseMs,
+      completeMs: this.s.completeMs,
+      bytesReceivedBeforeFirstResponse: this.s.bytesBefore,
+      segmentsReceivedBeforeFirstResponse: this.s.segmentsBefore,
+    };
+  }
+
+  /** The launch images as FUSE serves them (tests compare them with an offline apply). */
+  get mountpoint(): string {
+    return this.session.file('mnt');
+  }
+
+  get domain(): string {
+    return this.session.domainName;
+  }
+
+  /** Destroys the VM, fails held reads, unmounts, stops the workers and removes the files. Idempotent. */
+  close(): Promise<SynthStats> {
+    this.closing ??= (async () => {
+      const stats = this.stats();
+      this.abort.abort(new VmsynthError('VMS_INTERRUPTED', 'the session ended'));
+      // Let a resume in progress reach a step boundary, so whatever it acquired is in the scope.
+      await this.resuming.catch(() => undefined);
+      await this.scope.close();
+      return stats;
+    })();
+    return this.closing;
+  }
+}

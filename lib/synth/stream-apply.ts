@@ -1,0 +1,135 @@
+/**
+ * Applying segments as they arrive, in whatever order they come: the
+ * verify ‖ decompress ‖ apply stages of the early-start pipeline.
+ *
+ * Received segments wait in a p-queue whose priority puts segments a guest
+ * read is blocked on ahead of background ones; as many run at once as there
+ * are worker threads. A worker checks the segment's SHA-256, decompresses it
+ * and writes its payload chunks and base references into the session's
+ * store files (sparse, one per image, at the image's own offsets). This
+ * thread — the one that answers FUSE — then only marks chunks present:
+ * zero chunks need no bytes (the store reads as zeros and the map says
+ * ZERO), and a SELF reference is copied from its target, or, when the
+ * target's segment has not arrived yet (a demand fetch ran ahead of it),
+ * waits for it and is redirected to that segment.
+ */
+import type { FileHandle } from 'node:fs/promises';
+import PQueue from 'p-queue';
+import { CHUNK_SIZE, ChunkSource } from '../fs/chunk-map.js';
+import { chunkKey, ChunkKind, readRecord, type SegmentInfo } from '../overlay/format.js';
+import { SegmentWorkers } from '../overlay/segment-workers.js';
+import type { ChunkArrivals } from './arrivals.js';
+
+export const Priority = { BACKGROUND: 0, DEMAND: 10 } as const;
+
+export interface StreamApplyOptions {
+  segments: readonly SegmentInfo[];
+  /** Base image files, memory then disk. */
+  base: string[];
+  /** Store files (sparse, image-sized), memory then disk. */
+  store: string[];
+  /** Open handles on the store files, for SELF copies on this thread. */
+  storeHandles: FileHandle[];
+  arrivals: ChunkArrivals;
+  threads: number;
+}
+
+export class StreamApplier {
+  private readonly workers: SegmentWorkers;
+  private readonly queue: PQueue;
+  /** SELF chunks waiting for their target: target key → dependents. */
+  private readonly dependents = new Map<number, { image: number; index: number }[]>();
+  appliedSegments = 0;
+
+  constructor(private readonly opts: StreamApplyOptions) {
+    const threads = Math.max(1, opts.threads);
+    this.workers = new SegmentWorkers(threads, { base: opts.base, out: opts.store });
+    this.queue = new PQueue({ concurrency: threads });
+  }
+
+  /** Segments received and not yet applied. */
+  get queued(): number {
+    return this.queue.size + this.queue.pending;
+  }
+
+  /**
+   * Verifies, decompresses and applies segment `index`; resolves when its
+   * chunks are servable. Rejects with VMS_OVERLAY_CORRUPT when it does not
+   * match its hash (nothing of it is marked present then).
+   */
+  apply(index: number, compressed: Buffer, priority: number): Promise<void> {
+    return this.queue.add(async () => {
+      const s = this.opts.segments[index]!;
+      await this.workers.applyReceived(index, s, compressed);
+      await this.markPresent(s);
+      this.appliedSegments++;
+    }, { priority, id: String(index), throwOnTimeout: true });
+  }
+
+  /** A guest read now waits for segment `index`, already received and still queued: move it ahead. */
+  promote(index: number): boolean {
+    try {
+      this.queue.setPriority(String(index), Priority.DEMAND);
+      return true;
+    } catch {
+      return false; // already running or done
+    }
+  }
+
+  private async markPresent(s: SegmentInfo): Promise<void> {
+    const arrivals = this.opts.arrivals;
+    for (let i = 0; i < s.count; i++) {
+      const r = readRecord(s.chunks, i);
+      if (r.kind === ChunkKind.SELF) {
+        if (arrivals.isMissing(r.refImage, r.refIndex)) {
+          const k = chunkKey(r.refImage, r.refIndex);
+          const list = this.dependents.get(k);
+          if (list) list.push({ image: r.image, index: r.index });
+          else this.dependents.set(k, [{ image: r.image, index: r.index }]);
+          arrivals.redirect(r.image, r.index, arrivals.segmentFor(r.refImage, r.refIndex));
+        } else {
+          await this.copy(r.refImage, r.refIndex, r.image, r.index);
+        }
+      } else {
+        await this.present(r.image, r.index, r.kind === ChunkKind.ZERO ? ChunkSource.ZERO : ChunkSource.OVERLAY);
+      }
+    }
+  }
+
+  /** Marks a chunk present, then fills the SELF chunks that waited for it. */
+  private async present(image: number, index: number, source: ChunkSource): Promise<void> {
+    this.opts.arrivals.arrived(image, index, source);
+    const k = chunkKey(image, index);
+    const deps = this.dependents.get(k);
+    if (!deps) return;
+    this.dependents.delete(k);
+    for (const d of deps) await this.copy(image, index, d.image, d.index);
+  }
+
+  private async copy(fromImage: number, fromIndex: number, image: number, index: number): Promise<void> {
+    const h = this.opts.storeHandles;
+    const buf = Buffer.allocUnsafe(CHUNK_SIZE); // one per copy: segments are marked concurrently
+    await readFull(h[fromImage]!, buf, fromIndex * CHUNK_SIZE);
+    await h[image]!.write(buf, 0, CHUNK_SIZE, index * CHUNK_SIZE);
+    await this.present(image, index, ChunkSource.OVERLAY);
+  }
+
+  /** Waits for queued work to settle, then stops the workers. */
+  async close(): Promise<void> {
+    this.queue.clear();
+    await this.queue.onIdle();
+    await this.workers.close();
+  }
+}
+
+async function readFull(h: FileHandle, buf: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const { bytesRead } = await h.read(buf, done, buf.length - done, position + done);
+    if (bytesRead === 0) {
+      buf.fill(0, done);
+      return;
+    }
+    done += bytesRead;
+  }
+}
