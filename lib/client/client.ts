@@ -48,8 +48,20 @@ export interface SynthesizeOptions {
    * link with tc instead). Default: unpaced.
    */
   maxBytesPerSecond?: number;
+  /**
+   * Called once the first response is in (and, with waitComplete, the whole
+   * overlay): the VM stays up until it resolves. More offload requests can
+   * be sent through `ctx.offload`.
+   */
+  whileRunning?: (ctx: RunningSession) => Promise<void>;
   /** Fault injection for tests: may replace a segment's bytes before they are sent (attempt counts from 1). */
   tamper?: (index: number, data: Buffer, attempt: number) => Buffer;
+}
+
+export interface RunningSession {
+  /** The server's session id. */
+  session: string;
+  offload(request: OffloadRequest): Promise<{ status: number; body: Buffer }>;
 }
 
 export type ClientEvent =
@@ -143,6 +155,8 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
       clearTimeout(timer);
       opts.signal?.removeEventListener('abort', onAbort);
       void segments.close();
+      for (const r of replies.values()) r.reject(err ?? new VmsynthError('VMS_PEER_GONE', 'the session ended'));
+      replies.clear();
       if (err) {
         if (io.open) io.send({ type: 'error', code: err instanceof VmsynthError ? err.code : 'VMS_INTERNAL', message: err.message.slice(0, 4000) });
         io.end(500);
@@ -172,10 +186,24 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
       closed: (err) => finish(new VmsynthError('VMS_PEER_GONE', `the server closed the connection${err ? ` (${err.message})` : ''}${finishing ? ' before confirming the teardown' : ''}`)),
     });
 
+    const replies = new Map<number, { resolve: (r: { status: number; body: Buffer }) => void; reject: (e: Error) => void }>();
+    let nextId = 2;
+    const running: RunningSession = {
+      get session() { return session; },
+      offload: (req) => new Promise((resolve, reject) => {
+        if (done) return reject(new VmsynthError('VMS_PEER_GONE', 'the session has ended'));
+        const id = nextId++;
+        replies.set(id, { resolve, reject });
+        io.send({ type: 'offload', id, method: req.method, path: req.path }, req.body);
+      }),
+    };
     const maybeFinish = () => {
       if (finishing || !firstResponse || (waitComplete && timeline.overlayComplete === null)) return;
       finishing = true;
-      io.send({ type: 'finish' });
+      const hook = opts.whileRunning ? opts.whileRunning(running) : Promise.resolve();
+      hook.then(() => {
+        if (!done) io.send({ type: 'finish' });
+      }, (err: unknown) => finish(err as Error));
     };
 
     const pump = async () => {
@@ -247,7 +275,12 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
           io.send({ type: 'offload', id: 1, method: request.method, path: request.path }, request.body);
           return;
         case 'reply':
-          if (m.id !== 1 || firstResponse) return;
+          if (m.id !== 1) {
+            replies.get(m.id)?.resolve({ status: m.status, body: m.body });
+            replies.delete(m.id);
+            return;
+          }
+          if (firstResponse) return;
           mark('firstResponse');
           before = { bytes: bytesSent, segments: segmentsSent };
           firstResponse = { status: m.status, body: m.body.toString('utf8') };

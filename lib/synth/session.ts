@@ -16,16 +16,12 @@
  * reads; baseline fetches and applies everything, then resumes.
  */
 import { promises as fsp } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
 import { publish } from '../core/diagnostics.js';
 import { asVmsynthError, VmsynthError } from '../core/errors.js';
 import { exec } from '../core/exec.js';
 import { freePort } from '../core/net.js';
 import { Scope } from '../core/scope.js';
-import { ChunkMap, ChunkSource } from '../fs/chunk-map.js';
 import { ImageMount } from '../fs/fuse-images.js';
-import { fileReader, ImageFile, zeroReader } from '../fs/image.js';
-import { readRecord } from '../overlay/format.js';
 import type { Overlay } from '../overlay/reader.js';
 import type { Policy } from '../protocol/messages.js';
 import { SegmentScheduler } from '../stream/scheduler.js';
@@ -36,8 +32,9 @@ import { explainFailure, startVm, type RunningVm } from '../vm/machine.js';
 import { loadState } from '../vm/migration.js';
 import { restoreSpec } from '../vm/resume.js';
 import { Session } from '../vm/session.js';
-import { ChunkArrivals, type BlockedReadStats } from './arrivals.js';
-import { Priority, StreamApplier } from './stream-apply.js';
+import type { BlockedReadStats } from './arrivals.js';
+import { LaunchImages } from './launch-images.js';
+import { Priority } from './stream-apply.js';
 
 export interface SynthEvents {
   /** Ask the client for these segments. */
@@ -89,9 +86,7 @@ export class SynthSession {
   private readonly scope = new Scope();
   private readonly t0 = performance.now();
   private readonly scheduler: SegmentScheduler;
-  private readonly arrivals: ChunkArrivals;
-  private applier!: StreamApplier;
-  private images!: { memory: ImageFile; disk: ImageFile };
+  private launch!: LaunchImages;
   private vm: RunningVm | null = null;
   private hostPort = 0;
   private readonly retried = new Set<number>();
@@ -113,14 +108,6 @@ export class SynthSession {
       sizes: body.segments.map((s) => s.bytes),
       maxInFlightBytes: opts.maxInFlightBytes,
       background: opts.policy !== 'demand-only',
-    });
-    const maps = [new ChunkMap(body.base.memory.bytes), new ChunkMap(body.base.disk.bytes)];
-    this.arrivals = new ChunkArrivals(maps, (segment) => this.onDemand(segment));
-    body.segments.forEach((s, si) => {
-      for (let i = 0; i < s.count; i++) {
-        const r = readRecord(s.chunks, i);
-        this.arrivals.expect(r.image, r.index, si);
-      }
     });
   }
 
@@ -154,31 +141,13 @@ export class SynthSession {
 
   private async setUp(): Promise<void> {
     const { base, overlay } = this.opts;
-    const m = overlay.body.base;
-    const handles: FileHandle[] = [];
-    this.scope.defer('close store and base files', () => Promise.all(handles.map((h) => h.close())));
-    const open = async (file: string, flags: string) => {
-      const h = await fsp.open(file, flags);
-      handles.push(h);
-      return h;
-    };
-    const store = [this.session.file('memory.store'), this.session.file('disk.store')];
-    const storeHandles = [await open(store[0]!, 'w+'), await open(store[1]!, 'w+')];
-    await storeHandles[0]!.truncate(m.memory.bytes);
-    await storeHandles[1]!.truncate(m.disk.bytes);
-    const baseFiles = [base.file('memory'), base.file('disk')];
-    const baseHandles = [await open(baseFiles[0]!, 'r'), await open(baseFiles[1]!, 'r')];
-    const image = (i: number, name: string) => new ImageFile(name, this.arrivals.maps[i]!, {
-      [ChunkSource.BASE]: fileReader(baseHandles[i]!, baseFiles[i]!),
-      [ChunkSource.ZERO]: zeroReader,
-      [ChunkSource.OVERLAY]: fileReader(storeHandles[i]!, store[i]!),
-    }, undefined, this.arrivals.gate(i));
-    this.images = { memory: image(0, 'memory.img'), disk: image(1, 'disk.img') };
-    this.applier = new StreamApplier({
-      segments: overlay.body.segments, base: baseFiles, store, storeHandles, arrivals: this.arrivals,
+    this.launch = await LaunchImages.create({
+      body: overlay.body,
+      base: [base.file('memory'), base.file('disk')],
+      dir: this.session.dir,
+      demand: (segment) => this.onDemand(segment),
       threads: this.opts.threads ?? 2,
-    });
-    this.scope.defer('stop the apply workers', () => this.applier.close());
+    }, this.scope);
   }
 
   private ms(): number {
@@ -200,7 +169,7 @@ export class SynthSession {
       this.s.demandFetches++;
       this.pump();
     } else {
-      this.applier.promote(segment);
+      this.launch.applier.promote(segment);
     }
   }
 
@@ -214,7 +183,7 @@ export class SynthSession {
     this.s.segmentsReceived++;
     this.s.bytesReceived += data.length;
     const priority = this.scheduler.isDemanded(index) ? Priority.DEMAND : Priority.BACKGROUND;
-    this.applier.apply(index, data, priority).then(
+    this.launch.applier.apply(index, data, priority).then(
       () => {
         this.scheduler.received(index);
         if (this.scheduler.done) this.onComplete();
@@ -263,10 +232,10 @@ export class SynthSession {
     const stop = () => {
       if (this.abort.signal.aborted) throw new VmsynthError('VMS_INTERRUPTED', 'the session ended before the VM started');
     };
-    const mount = await ImageMount.mount(this.session.file('mnt'), [this.images.memory, this.images.disk], { fuseDevice: this.opts.fuseDevice });
+    const mount = await ImageMount.mount(this.session.file('mnt'), [this.launch.memory, this.launch.disk], { fuseDevice: this.opts.fuseDevice });
     this.scope.defer(`unmount ${mount.mountpoint}`, () => mount.unmount());
     // Runs before the unmount (steps run newest first): held reads get EIO, so nothing hangs the unmount.
-    this.scope.defer('fail held guest reads', () => this.arrivals.failAll());
+    this.scope.defer('fail held guest reads', () => this.launch.arrivals.failAll());
     stop();
     const qcow = this.session.file('disk.qcow2');
     await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', mount.path('disk.img'), '-F', 'raw', qcow, String(overlay.body.base.disk.bytes)]);
@@ -329,7 +298,7 @@ export class SynthSession {
       demandFetches: this.s.demandFetches,
       outOfOrder: this.scheduler.outOfOrder,
       retries: this.s.retries,
-      blockedReads: this.arrivals.stats(),
+      blockedReads: this.launch.arrivals.stats(),
       resumedMs: this.s.resumedMs,
       firstResponseMs: this.s.firstResponseMs,
       completeMs: this.s.completeMs,

@@ -88,3 +88,16 @@ t.test('any interleaving of demands and arrivals requests every segment exactly 
   );
   t.pass('300 random schedules');
 });
+
+t.test('demand-only: nothing goes out but what guest reads need', async (t) => {
+  const s = new SegmentScheduler({ sizes: new Array(16).fill(1000), background: false });
+  t.same(s.drain(), [], 'no background stream');
+  t.ok(s.demand(9));
+  t.ok(s.isDemanded(9));
+  t.same(s.drain(), [{ index: 9, lane: 'demand' }]);
+  t.ok(s.isRequested(9));
+  t.ok(s.received(9));
+  t.notOk(s.isRequested(9));
+  t.same(s.drain(), [], 'still nothing in the background');
+  t.notOk(s.done);
+});
