@@ -66,6 +66,7 @@ export interface RunningSession {
 
 export type ClientEvent =
   | { type: 'timeline'; step: keyof Timeline; ms: number }
+  | { type: 'accepted'; session: string; base: string }
   | { type: 'segment'; index: number; lane: 'demand' | 'background'; sent: number; total: number; bytesSent: number; overlayBytes: number };
 
 /** Milliseconds since synthesize() was called, on the client's clock. */
@@ -251,6 +252,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
           session = m.session;
           baseName = m.base;
           io.setMaxFrameBytes(FRAME_CAPS.streaming);
+          opts.onEvent?.({ type: 'accepted', session, base: baseName });
           mark('accepted');
           return;
         case 'want': {

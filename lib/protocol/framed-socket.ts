@@ -55,7 +55,6 @@ export class FramedSocket {
       frames = this.decoder.push(d);
     } catch (err) {
       this.broken = true;
-      this.socket.pause();
       this.handlers.invalid(asVmsynthError(err, 'VMS_PROTOCOL'));
       return;
     }
@@ -65,10 +64,9 @@ export class FramedSocket {
     }
   }
 
-  /** Stops handing over frames (after a fatal error, while the goodbye is sent). */
+  /** Stops handing over frames (after a fatal error, while the goodbye is sent); later bytes are read and dropped, so the peer's close is still seen. */
   stopReading(): void {
     this.broken = true;
-    this.socket.pause();
   }
 
   /** Queues one frame; returns false when the socket's buffer is over its high-water mark. */

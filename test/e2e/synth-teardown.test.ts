@@ -1,0 +1,86 @@
+/**
+ * Teardown on the real stack: a client killed mid-stream, and a server
+ * stopped with SIGTERM mid-session. Either way the VM is destroyed, the FUSE
+ * mount is gone and the session files are removed; after a vanished client
+ * the server goes on serving.
+ */
+import { testRoot, removeTestRoot } from '../helpers/env.js';
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { synthesize } from '../../lib/client/client.js';
+import { channels } from '../../lib/core/diagnostics.js';
+import { packageRoot, runDir } from '../../lib/core/paths.js';
+import { createOverlay } from '../../lib/overlay/create.js';
+import { generateKey } from '../../lib/overlay/keys.js';
+import { SynthServer } from '../../lib/server/server.js';
+import { DOMAIN_PREFIX } from '../../lib/vm/libvirt.js';
+import { guestBase } from '../helpers/guest-base.js';
+import { leaks, NO_LEAKS, virshDomains } from '../helpers/leaks.js';
+
+t.teardown(removeTestRoot);
+await guestBase('tdbase');
+await generateKey();
+const ov = path.join(testRoot, 'overlay');
+await createOverlay({ base: 'tdbase', out: ov, script: await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8') });
+const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'main.js');
+const request = { method: 'GET' as const, path: '/run?mem_mb=8&disk_mb=4&disk_off_mb=40' };
+
+async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 30_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+t.test('a client killed mid-stream: its session is torn down, and the server serves the next', async (t) => {
+  const server = await SynthServer.listen({ port: 0 });
+  t.teardown(() => server.close());
+  const { host, port } = server.address();
+  const running = new Promise<string>((resolve) => {
+    const on = (m: unknown) => {
+      channels.domainRunning.unsubscribe(on);
+      resolve((m as { name: string }).name);
+    };
+    channels.domainRunning.subscribe(on);
+  });
+  // 1 Mbit/s: the client is still streaming when it dies.
+  const child = spawn(process.execPath, [cli, 'synth', '--server', `${host}:${port}`, '--overlay', ov, '--max-rate-mbit', '1', '--json'], { env: process.env, stdio: 'ignore' });
+  const domain = await running;
+  t.ok((await virshDomains()).includes(domain), 'the VM runs');
+  child.kill('SIGKILL');
+  await until(() => server.connectionCount === 0, 'the server to drop the connection');
+  t.same(await leaks([domain], runDir()), NO_LEAKS, 'VM, mount and files are gone');
+
+  const r = await synthesize({ server: `${host}:${port}`, overlay: ov, request });
+  t.equal(r.firstResponse.status, 200, 'the next client is served');
+  t.same(await leaks([`${DOMAIN_PREFIX}${r.session}`], runDir()), NO_LEAKS);
+});
+
+t.test('SIGTERM ends every session cleanly and tells the client why', async (t) => {
+  const child = spawn(process.execPath, [cli, 'serve', '--listen', '127.0.0.1:0', '--json'], { env: process.env, stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const addr = await new Promise<{ host: string; port: number }>((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      const line = out.split('\n').find((l) => l.includes('"listening"'));
+      if (line) resolve((JSON.parse(line) as { listening: { host: string; port: number } }).listening);
+    });
+    child.once('exit', () => reject(new Error(`serve exited early: ${out}`)));
+  });
+  let session = '';
+  const outcome = synthesize({
+    server: `${addr.host}:${addr.port}`, overlay: ov, request, maxBytesPerSecond: 125_000,
+    onEvent: (e) => {
+      if (e.type === 'accepted') session = e.session;
+      if (e.type === 'timeline' && e.step === 'resumed') child.kill('SIGTERM');
+    },
+  });
+  await t.rejects(outcome, { code: 'VMS_SHUTTING_DOWN' }, 'the client hears that the server is stopping');
+  t.equal(await exited, 0, 'the server exits cleanly');
+  t.ok(session, 'a session had been accepted');
+  t.same(await leaks([`${DOMAIN_PREFIX}${session}`], runDir()), NO_LEAKS, 'VM, mount and files are gone');
+});

@@ -1,0 +1,112 @@
+/**
+ * Early-start synthesis end to end on the real stack over loopback: a real
+ * customization of the test guest becomes an overlay, `vmsynth serve`'s
+ * server resumes the VM before the overlay has arrived, the client's first
+ * offload request is answered through the app in the VM, and the launch
+ * images equal base + overlay. The link is slowed by the client's pacing,
+ * so "before the overlay arrived" is read off the timeline, not a clock.
+ */
+import { testRoot, removeTestRoot } from '../helpers/env.js';
+import t from 'tap';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { synthesize, type SynthesizeOptions } from '../../lib/client/client.js';
+import { packageRoot, runDir } from '../../lib/core/paths.js';
+import { appDigest, hex64 } from '../../lib/guest/patterns.js';
+import { createOverlay } from '../../lib/overlay/create.js';
+import { generateKey } from '../../lib/overlay/keys.js';
+import { SynthServer } from '../../lib/server/server.js';
+import { DOMAIN_PREFIX } from '../../lib/vm/libvirt.js';
+import { guestBase } from '../helpers/guest-base.js';
+import { leaks, NO_LEAKS } from '../helpers/leaks.js';
+
+const run = promisify(execFile);
+t.teardown(removeTestRoot);
+
+await guestBase('synthbase');
+await generateKey();
+const ov = path.join(testRoot, 'overlay');
+const custom = path.join(testRoot, 'custom');
+// The example customization, plus 12 MiB of new data at 8 MiB on the disk:
+// in the default order it streams before the 4 MiB at 40 MiB that the first
+// request reads, so early start must fetch that on demand.
+const demo = await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8');
+const script = `${demo}\ndd if=/dev/urandom of=/dev/vda bs=1M seek=8 count=12 conv=fsync 2>/dev/null\necho data written\n`;
+await createOverlay({ base: 'synthbase', out: ov, script, keepCustom: custom });
+const customDisk = await fsp.readFile(path.join(custom, 'disk.raw'));
+const installedDigest = hex64(appDigest(customDisk.subarray(40 << 20, 44 << 20)));
+
+const server = await SynthServer.listen({ port: 0 });
+t.teardown(() => server.close());
+const addr = server.address();
+const request = { method: 'GET' as const, path: '/run?mem_mb=8&disk_mb=4&disk_off_mb=40' };
+const synth = (o: Partial<SynthesizeOptions>) => synthesize({ server: `${addr.host}:${addr.port}`, overlay: ov, request, timeoutMs: 300_000, ...o });
+
+async function sha256sum(file: string): Promise<string> {
+  const { stdout } = await run('sha256sum', [file]);
+  return stdout.split(' ')[0]!;
+}
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+t.test('early start answers the first request before the overlay has arrived, with the synthesized VM\'s bytes', async (t) => {
+  let images: { memory: string; disk: string } | null = null;
+  const r = await synth({
+    policy: 'early-start',
+    maxBytesPerSecond: 2_000_000, // 16 Mbit/s
+    whileRunning: async ({ session }) => {
+      const mnt = path.join(runDir(), session, 'mnt');
+      images = { memory: await sha256sum(path.join(mnt, 'memory.img')), disk: await sha256sum(path.join(mnt, 'disk.img')) };
+    },
+  });
+  const tl = r.timeline;
+  t.ok(tl.resumed! < tl.overlayComplete!, `the VM resumed (${tl.resumed} ms) before the overlay was complete (${tl.overlayComplete} ms)`);
+  t.ok(tl.firstResponse! < tl.overlayComplete!, `the first response (${tl.firstResponse} ms) came before the overlay was complete`);
+  t.ok(r.bytesSentBeforeFirstResponse < r.overlayBytes, `${r.bytesSentBeforeFirstResponse} of ${r.overlayBytes} bytes were sent before it`);
+  t.equal(r.firstResponse.status, 200);
+  t.equal(JSON.parse(r.firstResponse.body).diskDigest, installedDigest, 'the app read the customization\'s disk bytes');
+  t.ok(r.demandRequests > 0, `the guest's reads were fetched on demand (${r.demandRequests} requests)`);
+  const s = r.serverStats as { blockedReads: { count: number }; demandFetches: number; segmentsReceived: number };
+  t.ok(s.blockedReads.count > 0 && s.demandFetches === r.demandRequests, 'the server counted the blocked reads and demand fetches');
+  t.equal(s.segmentsReceived, r.segments, 'every segment arrived once');
+  t.same(images, {
+    memory: sha(await fsp.readFile(path.join(custom, 'memory.raw'))),
+    disk: sha(customDisk),
+  }, 'the launch images equal base + overlay');
+  t.same(await leaks([`${DOMAIN_PREFIX}${r.session}`], runDir()), NO_LEAKS, 'the session is gone after finish');
+});
+
+t.test('baseline resumes only after the whole overlay is applied', async (t) => {
+  const r = await synth({ policy: 'baseline', maxBytesPerSecond: 8_000_000 });
+  t.ok(r.timeline.overlayComplete! < r.timeline.resumed!, 'complete before resumed');
+  t.equal(r.bytesSentBeforeFirstResponse, r.overlayBytes, 'the whole overlay went before the first response');
+  t.equal(r.demandRequests, 0);
+  t.equal(JSON.parse(r.firstResponse.body).diskDigest, installedDigest);
+  t.same(await leaks([`${DOMAIN_PREFIX}${r.session}`], runDir()), NO_LEAKS);
+});
+
+t.test('demand-only fetches only what the guest reads', async (t) => {
+  const r = await synth({ policy: 'demand-only' });
+  t.ok(r.segmentsSent < r.segments, `${r.segmentsSent} of ${r.segments} segments were needed`);
+  t.equal(r.segmentsSent, r.demandRequests, 'every segment sent was a demand');
+  t.equal(r.timeline.overlayComplete, null);
+  t.equal(JSON.parse(r.firstResponse.body).diskDigest, installedDigest);
+  t.same(await leaks([`${DOMAIN_PREFIX}${r.session}`], runDir()), NO_LEAKS);
+});
+
+t.test('a segment that fails its hash is asked for again once; twice fails the session', async (t) => {
+  const flip = (data: Buffer) => {
+    const b = Buffer.from(data);
+    b[b.length >> 1]! ^= 0x01;
+    return b;
+  };
+  const once = await synth({ tamper: (i, d, attempt) => (i === 2 && attempt === 1 ? flip(d) : d) });
+  t.equal((once.serverStats as { retries: number }).retries, 1, 'retried once and the session went on');
+  t.equal(JSON.parse(once.firstResponse.body).diskDigest, installedDigest);
+  let session = '';
+  await t.rejects(synth({ tamper: (i, d) => (i === 2 ? flip(d) : d), onEvent: (e) => { if (e.type === 'accepted') session = e.session; } }), { code: 'VMS_OVERLAY_CORRUPT' });
+  for (let i = 0; i < 100 && server.connectionCount > 0; i++) await new Promise((r) => setTimeout(r, 50));
+  t.same(await leaks([`${DOMAIN_PREFIX}${session}`], runDir()), NO_LEAKS, 'the failed session left nothing');
+});

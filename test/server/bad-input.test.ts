@@ -1,0 +1,114 @@
+/**
+ * The server against bad clients, on a real listener (libvirt connected, no
+ * VM needed): oversized and malformed frames, messages out of order, a
+ * foreign protocol, a wrong token, a tampered or untrusted manifest, an
+ * unknown base. Each gets its typed error as a fatal error frame and a
+ * closed connection; the server keeps serving, and nothing is left behind.
+ */
+import { testRoot, removeTestRoot } from '../helpers/env.js';
+import t from 'tap';
+import net from 'node:net';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { runDir } from '../../lib/core/paths.js';
+import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
+import { MANIFEST_FILE, packr } from '../../lib/overlay/format.js';
+import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
+import { encodeFrame, FrameDecoder } from '../../lib/protocol/frames.js';
+import { PROTOCOL } from '../../lib/protocol/messages.js';
+import { SynthServer } from '../../lib/server/server.js';
+import { loadBase } from '../../lib/vm/base.js';
+import { generatePair } from '../helpers/images.js';
+
+t.teardown(removeTestRoot);
+const bases = process.env.VMSYNTH_BASE_DIR!;
+
+await generatePair(bases, 'gen', path.join(testRoot, 'c1'), { memChunks: 256, diskChunks: 128, each: 4 });
+await generatePair(bases, 'gone', path.join(testRoot, 'c2'), { memChunks: 256, diskChunks: 128, each: 4, seed: 99 });
+await generateKey();
+const otherKeys = path.join(testRoot, 'other-keys');
+await generateKey(otherKeys);
+
+async function overlayFor(base: string, out: string, keyDir?: string): Promise<Buffer> {
+  await buildOverlay({
+    base: baseInput(await loadBase(base)),
+    custom: { memory: path.join(testRoot, base === 'gen' ? 'c1' : 'c2', 'memory.raw'), disk: path.join(testRoot, base === 'gen' ? 'c1' : 'c2', 'disk.raw'), deviceState: path.join(testRoot, base === 'gen' ? 'c1' : 'c2', 'device.state') },
+    appPort: 8000,
+    key: await loadSigningKey(undefined, keyDir),
+    out,
+  });
+  return fsp.readFile(path.join(out, MANIFEST_FILE));
+}
+const good = await overlayFor('gen', path.join(testRoot, 'ov-good'));
+const untrusted = await overlayFor('gen', path.join(testRoot, 'ov-untrusted'), otherKeys);
+const unknownBase = await overlayFor('gone', path.join(testRoot, 'ov-gone'));
+await fsp.rm(path.join(bases, 'gone'), { recursive: true });
+const env = packr.unpack(good) as { body: Uint8Array };
+const body = Buffer.from(env.body);
+body[body.length >> 1]! ^= 0x10;
+const tampered = packr.pack({ ...env, body });
+
+const server = await SynthServer.listen({ port: 0 });
+t.teardown(() => server.close());
+
+type Msg = Record<string, unknown>;
+/** Connects, writes `bytes`, and collects the server's messages until it closes the connection. */
+function converse(bytes: Buffer[], port = server.address().port): Promise<Msg[]> {
+  return new Promise((resolve, reject) => {
+    const out: Msg[] = [];
+    const dec = new FrameDecoder();
+    const s = net.connect({ host: '127.0.0.1', port }, () => {
+      for (const b of bytes) s.write(b);
+    });
+    s.on('data', (d: Buffer) => { for (const f of dec.push(d)) out.push(f.header as Msg); });
+    s.on('close', () => resolve(out));
+    s.on('error', reject);
+    setTimeout(() => { s.destroy(); reject(new Error(`no close; got ${JSON.stringify(out)}`)); }, 20_000).unref();
+  });
+}
+const frame = (h: Msg, payload?: Buffer) => Buffer.concat(encodeFrame(h as { type: string }, payload));
+const hello = (token?: string) => frame({ type: 'hello', protocol: PROTOCOL, client: 'test', ...(token ? { token } : {}) });
+const session = (manifest: Buffer) => frame({ type: 'session', policy: 'early-start' }, manifest);
+const lastError = (msgs: Msg[]) => msgs.at(-1);
+
+t.test('framing: an oversized length and a malformed header', async (t) => {
+  const big = Buffer.alloc(4);
+  big.writeUInt32BE(0x7fffffff);
+  t.match(lastError(await converse([big])), { type: 'error', code: 'VMS_FRAME_TOO_LARGE', fatal: true });
+  const junk = Buffer.from([0, 0, 0, 5, 0xc1, 0xc1, 0xc1, 0xc1, 0xc1]);
+  t.match(lastError(await converse([junk])), { type: 'error', code: 'VMS_PROTOCOL', fatal: true });
+  // A frame the size of a manifest is refused before hello: the cap depends on the stage.
+  const early = Buffer.alloc(4);
+  early.writeUInt32BE(1 << 20);
+  t.match(lastError(await converse([early])), { code: 'VMS_FRAME_TOO_LARGE' });
+});
+
+t.test('conversation: out of order, unknown type, foreign protocol, wrong token', async (t) => {
+  t.match(lastError(await converse([session(good)])), { code: 'VMS_PROTOCOL', message: /not allowed now/ });
+  t.match(lastError(await converse([hello(), frame({ type: 'teleport' })])), { code: 'VMS_PROTOCOL', message: /unknown message type/ });
+  t.match(lastError(await converse([frame({ type: 'hello', protocol: 'vmsynth/99', client: 'x' })])), { code: 'VMS_PROTOCOL', message: /speaks vmsynth\/1/ });
+  t.match(lastError(await converse([hello(), frame({ type: 'segment', index: 0 }, Buffer.from('x'))])), { code: 'VMS_PROTOCOL' });
+
+  const guarded = await SynthServer.listen({ port: 0, token: 'sesame' });
+  t.teardown(() => guarded.close());
+  const port = guarded.address().port;
+  t.match(lastError(await converse([hello()], port)), { code: 'VMS_AUTH', message: /requires a client token/ });
+  t.match(lastError(await converse([hello('wrong')], port)), { code: 'VMS_AUTH' });
+  const ok = await converse([hello('sesame'), frame({ type: 'finish' })], port);
+  t.match(ok[0], { type: 'welcome', protocol: PROTOCOL }, 'the right token is welcome');
+});
+
+t.test('manifests: tampered, untrusted, unknown base', async (t) => {
+  t.match(lastError(await converse([hello(), session(tampered)])), { code: 'VMS_BAD_SIGNATURE' });
+  t.match(lastError(await converse([hello(), session(untrusted)])), { code: 'VMS_UNTRUSTED_KEY' });
+  t.match(lastError(await converse([hello(), session(unknownBase)])), { code: 'VMS_BASE_NOT_FOUND' });
+  t.match(lastError(await converse([hello(), session(Buffer.from('not a manifest'))])), { code: 'VMS_OVERLAY_CORRUPT' });
+});
+
+t.test('the server still serves, and nothing was left behind', async (t) => {
+  const msgs = await converse([hello(), frame({ type: 'finish' })]);
+  t.match(msgs, [{ type: 'welcome' }, { type: 'finished' }]);
+  for (let i = 0; i < 100 && server.connectionCount > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  t.equal(server.connectionCount, 0, 'every connection closed');
+  t.same(await fsp.readdir(runDir()).catch(() => []), [], 'no session directories');
+});
