@@ -19,7 +19,7 @@ function vmsynth(args: string[], env: Record<string, string> = {}): Promise<{ co
 }
 
 const commands = [[], ['demo'], ['guest'], ['guest', 'build'], ['base'], ['base', 'create'], ['base', 'list'], ['base', 'verify'], ['base', 'resume'], ['clean'],
-  ['key'], ['key', 'generate'], ['key', 'trust'], ['overlay'], ['overlay', 'create'], ['overlay', 'inspect'], ['overlay', 'verify'], ['overlay', 'apply'], ['overlay', 'profile']];
+  ['key'], ['key', 'generate'], ['key', 'trust'], ['overlay'], ['overlay', 'create'], ['overlay', 'inspect'], ['overlay', 'verify'], ['overlay', 'apply'], ['overlay', 'profile'], ['serve'], ['synth']];
 
 t.test('every command has --help', async (t) => {
   for (const c of commands) {
@@ -35,6 +35,12 @@ t.test('usage errors exit 64', async (t) => {
   const r = await vmsynth(['base', 'create', 'x', '--kernel', '/k']);
   t.equal(r.code, ERRORS.VMS_USAGE.exit);
   t.match(r.stderr, /VMS_USAGE.*go together/);
+  const p = await vmsynth(['synth', '--server', '127.0.0.1:1', '--overlay', '/nonexistent', '--policy', 'eager']);
+  t.equal(p.code, 64, 'an unknown policy is a usage error');
+  t.match(p.stderr, /--policy must be one of early-start, baseline, demand-only/);
+  const s = await vmsynth(['synth', '--server', 'host:99999', '--overlay', '/nonexistent']);
+  t.equal(s.code, 64);
+  t.match(s.stderr, /--server must be HOST:PORT/);
 });
 
 t.test('errors print their code and hint; --json puts them on stdout', async (t) => {

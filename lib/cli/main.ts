@@ -13,7 +13,7 @@ import { createBase, listBases, loadBase, verifyBase, type BaseSource } from '..
 import { resumeBase, type ResumeResult } from '../vm/resume.js';
 import { cleanStale } from '../vm/janitor.js';
 import { Libvirt } from '../vm/libvirt.js';
-import { runDemo } from './demo.js';
+import { DEMO_LINK_MBIT, runDemo, type DemoResult } from './demo.js';
 import { registerOverlayCommands } from './overlay-commands.js';
 import { registerSynthCommands } from './synth-commands.js';
 import { bytes, ms, table } from './format.js';
@@ -52,13 +52,21 @@ function resumeLines(r: ResumeResult): string {
 
 program
   .command('demo')
-  .description('Build the test guest, capture it as base "demo", resume it over FUSE and print the timings.')
+  .description('The whole story on loopback: build the test guest, capture base "demo", customize it into an overlay, start a synthesis server, synthesize with early start and with the baseline (whole overlay first), print both first-response times.')
+  .option('--link-mbit <n>', 'the link rate the client paces itself to (0: unpaced loopback)', nonNegativeInt('--link-mbit'), DEMO_LINK_MBIT)
   .option('--json', 'print one JSON object as the last stdout line')
-  .action(async (o: { json?: boolean }) => runCommand(!!o.json, async ({ signal, json }) => {
-    const r = await runDemo(signal);
+  .action(async (o: { linkMbit: number; json?: boolean }) => runCommand(!!o.json, async ({ signal, json }) => {
+    const r = await runDemo({ signal, linkMbit: o.linkMbit });
     if (!json) {
-      console.log(`vmsynth demo: resumed base "${r.base}" with its memory and disk served over FUSE`);
-      console.log(resumeLines(r));
+      const line = (p: DemoResult['earlyStart']) => `${ms(p.firstResponseMs)}  (${bytes(p.bytesBeforeFirstResponse)} of ${bytes(p.overlayBytes)} sent before it)`;
+      console.log(`vmsynth demo: overlay of base "${r.base}" synthesized on a local server (${r.accelerator.toUpperCase()}), link ${r.link.mbit ? `${r.link.mbit} Mbit/s (${r.link.how})` : r.link.how}`);
+      console.log(table([
+        ['overlay', `${bytes(r.overlay.bytes)} in ${r.overlay.segments} segments`],
+        ['first request', `GET ${r.request}`],
+        ['first response, early start', line(r.earlyStart)],
+        ['first response, baseline', line(r.baseline)],
+        ['speedup', `${r.speedup.toFixed(2)}x`],
+      ]));
     }
     return r;
   }));

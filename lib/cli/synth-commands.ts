@@ -64,7 +64,7 @@ export function registerSynthCommands(program: Command): void {
     .option('--trust <file>', 'also trust overlays signed by this public key (repeatable)', collect, [])
     .option('--token <token>', 'require clients to present this token')
     .option('--threads <n>', 'worker threads per session for verify + decompress + apply', positiveInt('--threads'), 2)
-    .option('--max-in-flight-kib <n>', 'background segment bytes requested and not yet applied, per session', positiveInt('--max-in-flight-kib'), 4096)
+    .option('--max-in-flight-kib <n>', 'background segment bytes requested and not yet applied, per session', positiveInt('--max-in-flight-kib'), 2048)
     .option('--max-sessions <n>', 'sessions at once', positiveInt('--max-sessions'), 8)
     .option('--json', 'print the listening address as a JSON line once ready')
     .action(async (o: { listen: { host: string; port: number }; trust: string[]; token?: string; threads: number; maxInFlightKib: number; maxSessions: number; json?: boolean }) =>

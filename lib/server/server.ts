@@ -30,7 +30,7 @@ export interface ServeOptions {
   token?: string;
   /** Worker threads per session for verify + decompress + apply (default 2). */
   threads?: number;
-  /** Background bytes requested and not yet applied, per session (default 4 MiB). */
+  /** Background bytes requested and not yet applied, per session (default 2 MiB). */
   maxInFlightBytes?: number;
   /** Sessions at once; more are refused with VMS_BUSY (default 8). */
   maxSessions?: number;

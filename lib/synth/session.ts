@@ -55,7 +55,7 @@ export interface SynthOptions {
   events: SynthEvents;
   /** Worker threads for verify + decompress + apply (default 2). */
   threads?: number;
-  /** Background bytes requested and not yet applied (default 4 MiB). */
+  /** Background bytes requested and not yet applied (default 2 MiB). */
   maxInFlightBytes?: number;
   fuseDevice?: string;
 }
