@@ -90,7 +90,11 @@ export interface SynthesizeResult {
   segments: number;
   segmentsSent: number;
   bytesSent: number;
-  /** Segment bytes sent before the first response arrived. */
+  /**
+   * Segment bytes handed to the socket before the first response arrived: on
+   * a slow link up to a segment more than had reached the server (whose own
+   * count is serverStats.bytesReceivedBeforeFirstResponse).
+   */
   bytesSentBeforeFirstResponse: number;
   segmentsSentBeforeFirstResponse: number;
   demandRequests: number;

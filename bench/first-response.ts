@@ -1,0 +1,706 @@
+/**
+ * Benchmark: time from a mobile client starting a synthesis to its first
+ * offload response, per policy, over an emulated network link, with the real
+ * server (lib/server, in this process, on the host) and the real client
+ * (`vmsynth synth --json`, a child process inside a network namespace).
+ *
+ * Variants: early-start (resume at once, stream the rest in the background),
+ * baseline (whole overlay, apply, then resume), demand-only (resume at once,
+ * fetch only what the guest reads), and early-start with the overlay
+ * re-packed in access order by `overlay profile` (skipped if profiling fails).
+ *
+ * The overlay: guest/examples/customize-demo.sh plus 16 MiB of random bytes
+ * written to the disk at 48..64 MiB (the end of the 64 MiB test disk, over
+ * the demo's trimmed scratch at 48..52; the first request reads 40..44), so
+ * the overlay is ~17 MB and early start has something to hide. It is cached
+ * in <cache>/bench/first-response/<hash of the base's manifest hashes, the
+ * script and the key>, signed by a bench key kept there.
+ *
+ * The link: a veth pair between the host (server, 10.201.x.1/30) and a
+ * network namespace (client, 10.201.x.2/30), both ends shaped with a tbf
+ * qdisc, so the kernel's TCP sees a real bottleneck in each direction:
+ *   wifi: 38 Mbit/s, burst 32 kbit, queue up to 50 ms (~240 KB, an AP-sized
+ *         buffer); the effective 802.11n rate the brief asks for.
+ *   lan:  1 Gbit/s, burst 256 KB (~2 ms of traffic: a smaller burst costs
+ *         throughput at this rate), queue up to 10 ms.
+ * No delay is added: this host's kernel has no netem (CONFIG_NET_SCH_NETEM
+ * unset), so the RTT is the veth's (~0.05 ms). A real Wi-Fi hop adds 2-5 ms
+ * per round trip; that mostly flatters demand-only (one round trip per
+ * demand fetch) and is small against the seconds measured here.
+ *
+ * The floor: the physics bound for a first response = the bytes that must
+ * cross the link (the manifest, plus the segments the guest needs, as
+ * measured by demand-only's bytes sent before its first response, which are
+ * all demanded) at the nominal link rate (TCP/IP headers ignored, so a true
+ * lower bound), plus the first-response time of the same launch VM resumed
+ * from a fully local copy (applyOverlay, then resumeBase; BENCH_RUNS runs).
+ * That sum is not quite a bound: early start overlaps the segment transfer
+ * with starting the VM. So the overlapped bound is reported too: manifest
+ * transfer (the server needs it to start) + max(segment transfer, local
+ * resume).
+ *
+ * Parameters (environment): BENCH_RUNS (default 10) sessions per link and
+ * variant, interleaved round by round; BENCH_LINKS (default "wifi,lan");
+ * BENCH_PROFILE=0 skips the profiled variant.
+ * Prints a table per link: p50/p90 of the client's timeline.firstResponse;
+ * p50 of the VM resumed (client clock), of the segment bytes sent before
+ * the first response (client count) and received before it (server count),
+ * of blocked reads (server: guest reads that waited for a segment, whole
+ * session: count / total ms) and of demand requests; replies whose memory and
+ * disk digests equal the local VM's, of all sessions; the speedup
+ * baseline/variant at p50; the floor and early-start's p50 against it.
+ * Writes bench/results/first-response-<time>.json (summaries, every sample,
+ * failures, load average) and a bar chart first-response-<time>.svg.
+ *
+ * Everything it creates (namespace, veth pair and its qdiscs, server,
+ * temporary directories) is removed on the way out, on failure and on
+ * Ctrl-C too; the namespace, veth and temporary directory of a killed run
+ * are removed by the next (its VM and FUSE mount by the server's janitor).
+ */
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { SynthesizeResult } from '../lib/client/client.js';
+import { ensureGuestBase } from '../lib/cli/demo.js';
+import { ERRORS, VmsynthError, type ErrorCode } from '../lib/core/errors.js';
+import { exec } from '../lib/core/exec.js';
+import { attachLogger } from '../lib/core/log.js';
+import { cacheDir, packageRoot } from '../lib/core/paths.js';
+import { abortReason, Scope, throwIfAborted } from '../lib/core/scope.js';
+import { buildGuest } from '../lib/guest/build.js';
+import { createOverlay } from '../lib/overlay/create.js';
+import { generateKey, loadSigningKey, type SigningKey } from '../lib/overlay/keys.js';
+import { applyOverlay } from '../lib/overlay/offline.js';
+import { profileOverlay } from '../lib/overlay/profile.js';
+import { Overlay } from '../lib/overlay/reader.js';
+import type { Policy } from '../lib/protocol/messages.js';
+import { SynthServer } from '../lib/server/server.js';
+import type { BlockedReadStats } from '../lib/synth/arrivals.js';
+import { detectAccel } from '../lib/vm/accel.js';
+import type { Base } from '../lib/vm/base.js';
+import { workPath, type AppWork } from '../lib/vm/guest-app.js';
+import { resumeBase } from '../lib/vm/resume.js';
+
+const MIB = 1 << 20;
+const BASE_NAME = 'bench-first-response';
+const WORK: AppWork = { memMb: 8, diskMb: 4, diskOffMb: 40 };
+const RANDOM = { atMiB: 48, mib: 16 };
+const PROFILE_RUNS = 3;
+const CLIENT_TIMEOUT_S = 300;
+const NS_PREFIX = 'vmsfr-';
+const TMP_PREFIX = 'vmsynth-bench-first-response-';
+const DEV_PREFIX = 'vfr';
+const CLI = fileURLToPath(new URL('../lib/cli/main.js', import.meta.url));
+
+interface Link {
+  name: string;
+  rateMbit: number;
+  burst: string;
+  latency: string;
+}
+
+const LINKS: Record<string, Link> = {
+  wifi: { name: 'wifi', rateMbit: 38, burst: '32kbit', latency: '50ms' },
+  lan: { name: 'lan', rateMbit: 1000, burst: '256kb', latency: '10ms' },
+};
+
+interface Variant {
+  name: string;
+  policy: Policy;
+  overlay: string;
+}
+
+interface Sample {
+  firstResponseMs: number;
+  resumedMs: number | null;
+  overlayCompleteMs: number | null;
+  finishedMs: number | null;
+  /** Counted by the client when handed to its socket; the kernel may still hold some of them. */
+  bytesSentBeforeFirstResponse: number;
+  /** Counted by the server as segments arrived. */
+  serverBytesReceivedBeforeFirstResponse: number | null;
+  overlayBytes: number;
+  demandRequests: number;
+  blockedReads: BlockedReadStats | null;
+  outOfOrder: number | null;
+  serverFirstResponseMs: number | null;
+  /** The reply's memory and disk digests equal those of the fully local launch VM. */
+  replyMatchesLocal: boolean;
+}
+
+interface LocalRun {
+  resumeMs: number;
+  firstResponseMs: number;
+}
+
+// ---------------------------------------------------------------- parameters
+
+function positiveEnv(name: string, fallback: number): number {
+  const v = Number(process.env[name] ?? fallback);
+  if (!Number.isSafeInteger(v) || v < 1) throw new VmsynthError('VMS_USAGE', `${name} must be a positive integer, got "${process.env[name]}"`);
+  return v;
+}
+
+function chosenLinks(): Link[] {
+  const names = (process.env.BENCH_LINKS ?? 'wifi,lan').split(',').map((s) => s.trim()).filter(Boolean);
+  return names.map((n) => {
+    const link = LINKS[n];
+    if (!link) throw new VmsynthError('VMS_USAGE', `BENCH_LINKS: unknown link "${n}"; choose from ${Object.keys(LINKS).join(', ')}`);
+    return link;
+  });
+}
+
+// ---------------------------------------------------------------- statistics
+
+/** Linear interpolation between order statistics; null for no data. */
+function percentile(xs: readonly number[], p: number): number | null {
+  if (xs.length === 0) return null;
+  const s = [...xs].sort((a, b) => a - b);
+  const at = (s.length - 1) * p;
+  const lo = Math.floor(at);
+  const hi = Math.ceil(at);
+  return s[lo]! + (s[hi]! - s[lo]!) * (at - lo);
+}
+
+const p50 = (xs: readonly number[]) => percentile(xs, 0.5);
+const round = (v: number | null, digits = 0) => (v === null ? null : +v.toFixed(digits));
+
+// ---------------------------------------------------------------- emulated link
+
+interface Netns {
+  ns: string;
+  hostDev: string;
+  nsDev: string;
+  hostAddr: string;
+  nsAddr: string;
+}
+
+/** Names and a /30 in 10.201.0.0/16, both from the PID, so concurrent runs do not collide. */
+function netnsFor(pid: number): Netns {
+  const block = pid % 16384;
+  const net = `10.201.${block >> 6}.`;
+  const host = (block & 63) * 4;
+  return { ns: `${NS_PREFIX}${pid}`, hostDev: `${DEV_PREFIX}${pid}h`, nsDev: `${DEV_PREFIX}${pid}n`, hostAddr: `${net}${host + 1}`, nsAddr: `${net}${host + 2}` };
+}
+
+function linkError(what: string, err: unknown): VmsynthError {
+  const detail = err instanceof Error ? err.message : String(err);
+  return new VmsynthError('VMS_USAGE', `the first-response bench emulates its link with a network namespace, a veth pair and tc tbf, as root; ${what}: ${detail}`, { cause: err });
+}
+
+const ip = (args: string[]) => exec('ip', args);
+const inNs = (n: Netns, cmd: string, args: string[]) => exec('ip', ['netns', 'exec', n.ns, cmd, ...args]);
+
+/** Fails with what is missing when `ip netns` or `tc` cannot be used here. */
+async function checkLinkTools(): Promise<void> {
+  if (process.getuid?.() !== 0) throw linkError('not running as root', `uid ${process.getuid?.()}`);
+  await ip(['netns', 'list']).catch((err: unknown) => { throw linkError('`ip netns list` failed (iproute2 missing, or no network namespace support)', err); });
+  await exec('tc', ['-V']).catch((err: unknown) => { throw linkError('`tc` is missing (install iproute2)', err); });
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Removes the namespaces, veths and temporary directories of runs killed before they could clean up (their PID is gone). */
+async function removeStale(): Promise<void> {
+  const ns = (await ip(['netns', 'list'])).stdout.split('\n').map((l) => l.split(' ')[0] ?? '');
+  for (const name of ns) {
+    const pid = Number(new RegExp(`^${NS_PREFIX}(\\d+)$`).exec(name)?.[1]);
+    if (pid && pid !== process.pid && !alive(pid)) await ip(['netns', 'del', name]).catch(() => undefined);
+  }
+  for (const line of (await ip(['-o', 'link', 'show'])).stdout.split('\n')) {
+    const m = new RegExp(`^\\d+:\\s+(${DEV_PREFIX}(\\d+)h)[@:]`).exec(line);
+    const pid = Number(m?.[2]);
+    if (m && pid !== process.pid && !alive(pid)) await ip(['link', 'del', m[1]!]).catch(() => undefined);
+  }
+  for (const name of await fsp.readdir(os.tmpdir())) {
+    const pid = Number(name.startsWith(TMP_PREFIX) ? name.slice(TMP_PREFIX.length) : NaN);
+    if (pid && pid !== process.pid && !alive(pid)) await fsp.rm(path.join(os.tmpdir(), name), { recursive: true, force: true });
+  }
+}
+
+/** Namespace + veth pair, addressed and up; their removal is deferred on `scope` (a veth's qdiscs go with it). */
+async function createLinkPair(scope: Scope, n: Netns): Promise<void> {
+  try {
+    await ip(['netns', 'add', n.ns]);
+    scope.defer(`delete network namespace ${n.ns}`, () => ip(['netns', 'del', n.ns]));
+    await ip(['link', 'add', n.hostDev, 'type', 'veth', 'peer', 'name', n.nsDev]);
+    scope.defer(`delete veth pair ${n.hostDev}`, () => ip(['link', 'del', n.hostDev]));
+    await ip(['link', 'set', n.nsDev, 'netns', n.ns]);
+    await ip(['addr', 'add', `${n.hostAddr}/30`, 'dev', n.hostDev]);
+    await ip(['link', 'set', n.hostDev, 'up']);
+    await inNs(n, 'ip', ['addr', 'add', `${n.nsAddr}/30`, 'dev', n.nsDev]);
+    await inNs(n, 'ip', ['link', 'set', n.nsDev, 'up']);
+    await inNs(n, 'ip', ['link', 'set', 'lo', 'up']);
+  } catch (err) {
+    throw linkError('creating the namespace and veth pair failed', err);
+  }
+}
+
+/** Shapes both directions: a tbf root qdisc on each end (replacing the previous link's). */
+async function shape(n: Netns, link: Link): Promise<void> {
+  const tbf = (dev: string) => ['qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', `${link.rateMbit}mbit`, 'burst', link.burst, 'latency', link.latency];
+  try {
+    await exec('tc', tbf(n.hostDev));
+    await inNs(n, 'tc', tbf(n.nsDev));
+  } catch (err) {
+    throw linkError(`shaping the veth pair to ${link.rateMbit} Mbit/s failed (is the tbf qdisc, CONFIG_NET_SCH_TBF, in this kernel?)`, err);
+  }
+}
+
+// ---------------------------------------------------------------- base, key, overlays
+
+/** The bench's signing key, kept with the cached overlays (created on first use). */
+async function benchKey(root: string): Promise<SigningKey & { pubFile: string }> {
+  const dir = path.join(root, 'keys');
+  const keys = (await fsp.readdir(dir).catch(() => [] as string[])).filter((f) => f.endsWith('.key'));
+  if (keys.length === 0) await generateKey(dir);
+  const key = await loadSigningKey(undefined, dir);
+  return { ...key, pubFile: path.join(dir, `${key.keyId}.pub`) };
+}
+
+async function customizationScript(): Promise<string> {
+  const demo = await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8');
+  return `${demo}
+# first-response bench: ${RANDOM.mib} MiB of incompressible data the first request does not read,
+# so the overlay is large enough for streaming to matter.
+dd if=/dev/urandom of=/dev/vda bs=1M seek=${RANDOM.atMiB} count=${RANDOM.mib} conv=fsync 2>/dev/null
+`;
+}
+
+function cacheKey(base: Base, script: string, keyId: string): string {
+  const m = base.manifest;
+  const what = { memory: m.memory.sha256, disk: m.disk.sha256, deviceState: m.deviceState.sha256, script, keyId, work: WORK };
+  return createHash('sha256').update(JSON.stringify(what)).digest('hex').slice(0, 16);
+}
+
+/** Removes cached overlays made for other bases or scripts. */
+async function pruneCache(root: string, keep: string): Promise<void> {
+  for (const name of await fsp.readdir(root).catch(() => [] as string[])) {
+    if (name !== keep && name !== 'keys') await fsp.rm(path.join(root, name), { recursive: true, force: true });
+  }
+}
+
+const trustedBy = (key: SigningKey) => new Map([[key.keyId, key.publicKeyRaw]]);
+
+async function openIfValid(dir: string, key: SigningKey): Promise<Overlay | null> {
+  return Overlay.open(dir, { trusted: trustedBy(key) }).catch(() => null);
+}
+
+interface Prepared {
+  base: Base;
+  key: SigningKey & { pubFile: string };
+  overlay: Overlay;
+  cached: boolean;
+  createMs: number | null;
+  profiled: { overlay: Overlay; cached: boolean; ms: number | null } | { error: string } | null;
+}
+
+async function prepare(signal: AbortSignal): Promise<Prepared> {
+  const root = path.join(cacheDir(), 'bench', 'first-response');
+  const guest = await buildGuest();
+  const { base } = await ensureGuestBase(guest, BASE_NAME, signal);
+  const key = await benchKey(root);
+  const script = await customizationScript();
+  const id = cacheKey(base, script, key.keyId);
+  await pruneCache(root, id);
+  const out = path.join(root, id, 'overlay');
+  let overlay = await openIfValid(out, key);
+  const cached = overlay !== null;
+  let createMs: number | null = null;
+  if (!overlay) {
+    process.stderr.write(`first-response bench: customizing base "${base.name}" into the bench overlay\n`);
+    await fsp.mkdir(path.dirname(out), { recursive: true });
+    const t0 = performance.now();
+    await createOverlay({ base: base.name, out, script, key: key.file, force: true, signal });
+    createMs = Math.round(performance.now() - t0);
+    overlay = await Overlay.open(out, { trusted: trustedBy(key) });
+  }
+  const profiled = process.env.BENCH_PROFILE === '0' ? null : await ensureProfiled(overlay, key, path.join(root, id, 'profiled'), signal);
+  return { base, key, overlay, cached, createMs, profiled };
+}
+
+/** The access-ordered overlay, or why there is none (profiling must not stop the rest). */
+async function ensureProfiled(overlay: Overlay, key: SigningKey & { pubFile: string }, out: string, signal: AbortSignal): Promise<Prepared['profiled']> {
+  const hit = await openIfValid(out, key);
+  if (hit) return { overlay: hit, cached: true, ms: null };
+  try {
+    process.stderr.write(`first-response bench: profiling the overlay (${PROFILE_RUNS} runs)\n`);
+    const r = await profileOverlay({ overlay: overlay.dir, out, runs: PROFILE_RUNS, work: WORK, key: key.file, trust: [key.pubFile], force: true, signal });
+    return { overlay: await Overlay.open(out, { trusted: trustedBy(key) }), cached: false, ms: r.ms.total };
+  } catch (err) {
+    if (signal.aborted) throw abortReason(signal);
+    const message = err instanceof Error ? err.message : String(err);
+    process.stderr.write(`first-response bench: profiling failed, skipping the profiled variant: ${message}\n`);
+    return { error: message };
+  }
+}
+
+// ---------------------------------------------------------------- measurements
+
+interface Local {
+  runs: LocalRun[];
+  reply: Record<string, unknown>;
+}
+
+/** The launch VM fully local: applied to a temp directory, resumed `runs` times. */
+async function measureLocal(p: Prepared, tmp: string, runs: number, signal: AbortSignal): Promise<Local> {
+  const launch = path.join(tmp, 'launch');
+  process.stderr.write('first-response bench: applying the overlay locally for the floor\n');
+  await applyOverlay({ overlay: p.overlay.dir, out: launch, trust: [p.key.pubFile], verifyBase: false, signal });
+  const out: LocalRun[] = [];
+  let reply: Record<string, unknown> = {};
+  for (let i = 0; i < runs; i++) {
+    const r = await resumeBase({ base: launch, verify: false, work: WORK, signal });
+    out.push({ resumeMs: r.resumeMs, firstResponseMs: r.firstResponseMs });
+    reply = r.reply;
+    process.stderr.write(`local resume ${i + 1}/${runs}: first response ${r.firstResponseMs} ms\n`);
+  }
+  return { runs: out, reply };
+}
+
+function knownCode(code: unknown): ErrorCode {
+  return typeof code === 'string' && Object.hasOwn(ERRORS, code) ? (code as ErrorCode) : 'VMS_INTERNAL';
+}
+
+/** One `vmsynth synth --json` in the namespace; its last stdout line is the result (or the error). */
+function runClient(n: Netns, port: number, v: Variant, signal: AbortSignal): Promise<SynthesizeResult> {
+  const args = ['netns', 'exec', n.ns, process.execPath, CLI, 'synth', '--server', `${n.hostAddr}:${port}`, '--overlay', v.overlay,
+    '--policy', v.policy, '--path', workPath(WORK), '--timeout', String(CLIENT_TIMEOUT_S), '--json'];
+  return new Promise((resolve, reject) => {
+    execFile('ip', args, { signal, maxBuffer: 16 * MIB, env: { ...process.env, LOG_LEVEL: 'warn' } }, (err, stdout, stderr) => {
+      if (signal.aborted) return reject(abortReason(signal));
+      let last: { error?: { code?: string; message?: string } } & Partial<SynthesizeResult> = {};
+      try {
+        last = JSON.parse(stdout.trim().split('\n').at(-1) ?? '') as typeof last;
+      } catch {
+        // no JSON: the client died before printing; stderr says why
+      }
+      if (!err && !last.error && last.timeline) return resolve(last as SynthesizeResult);
+      const why = last.error?.message ?? (stderr.trim().split('\n').slice(-5).join('\n') || err?.message || 'no result');
+      reject(new VmsynthError(knownCode(last.error?.code), `client (${v.name}): ${why}`));
+    });
+  });
+}
+
+function sampleOf(r: SynthesizeResult, local: Local): Sample {
+  const s = r.serverStats as { blockedReads?: BlockedReadStats; outOfOrder?: number; firstResponseMs?: number; bytesReceivedBeforeFirstResponse?: number | null };
+  let body: Record<string, unknown> = {};
+  try {
+    body = JSON.parse(r.firstResponse.body) as Record<string, unknown>;
+  } catch {
+    // not JSON: it cannot match
+  }
+  return {
+    firstResponseMs: r.timeline.firstResponse!,
+    resumedMs: r.timeline.resumed,
+    overlayCompleteMs: r.timeline.overlayComplete,
+    finishedMs: r.timeline.finished,
+    bytesSentBeforeFirstResponse: r.bytesSentBeforeFirstResponse,
+    serverBytesReceivedBeforeFirstResponse: s.bytesReceivedBeforeFirstResponse ?? null,
+    overlayBytes: r.overlayBytes,
+    demandRequests: r.demandRequests,
+    blockedReads: s.blockedReads ?? null,
+    outOfOrder: s.outOfOrder ?? null,
+    serverFirstResponseMs: s.firstResponseMs ?? null,
+    replyMatchesLocal: r.firstResponse.status === 200 && typeof local.reply.memDigest === 'string' && typeof local.reply.diskDigest === 'string'
+      && body.memDigest === local.reply.memDigest && body.diskDigest === local.reply.diskDigest,
+  };
+}
+
+interface Cell {
+  samples: Sample[];
+  failures: string[];
+}
+
+/** RUNS rounds over one link; each round runs every variant once, in an order rotated per round. */
+async function runLink(n: Netns, port: number, link: Link, variants: Variant[], local: Local, runs: number, signal: AbortSignal): Promise<Record<string, Cell>> {
+  const cells: Record<string, Cell> = Object.fromEntries(variants.map((v) => [v.name, { samples: [], failures: [] }]));
+  for (let i = 0; i < runs; i++) {
+    for (let k = 0; k < variants.length; k++) {
+      const v = variants[(i + k) % variants.length]!;
+      throwIfAborted(signal);
+      const cell = cells[v.name]!;
+      try {
+        const s = sampleOf(await runClient(n, port, v, signal), local);
+        cell.samples.push(s);
+        process.stderr.write(`${link.name} ${i + 1}/${runs} ${v.name}: first response ${s.firstResponseMs} ms, ${(s.bytesSentBeforeFirstResponse / MIB).toFixed(1)} MiB before${s.replyMatchesLocal ? '' : ', REPLY DIFFERS from the local VM'}\n`);
+      } catch (err) {
+        if (signal.aborted) throw abortReason(signal);
+        const message = err instanceof Error ? err.message : String(err);
+        cell.failures.push(message);
+        process.stderr.write(`${link.name} ${i + 1}/${runs} ${v.name}: FAILED: ${message}\n`);
+      }
+    }
+  }
+  return cells;
+}
+
+// ---------------------------------------------------------------- summary
+
+function summarize(c: Cell) {
+  const xs = c.samples;
+  const br = xs.map((s) => s.blockedReads).filter((b): b is BlockedReadStats => b !== null);
+  return {
+    n: xs.length,
+    failures: c.failures.length,
+    firstResponseMs: { p50: round(p50(xs.map((s) => s.firstResponseMs))), p90: round(percentile(xs.map((s) => s.firstResponseMs), 0.9)) },
+    resumedMs: round(p50(xs.flatMap((s) => (s.resumedMs === null ? [] : [s.resumedMs])))),
+    bytesSentBeforeFirstResponse: round(p50(xs.map((s) => s.bytesSentBeforeFirstResponse))),
+    serverBytesReceivedBeforeFirstResponse: round(p50(xs.flatMap((s) => (s.serverBytesReceivedBeforeFirstResponse === null ? [] : [s.serverBytesReceivedBeforeFirstResponse])))),
+    overlayBytes: xs[0]?.overlayBytes ?? null,
+    demandRequests: round(p50(xs.map((s) => s.demandRequests))),
+    blockedReads: { count: round(p50(br.map((b) => b.count))), totalMs: round(p50(br.map((b) => b.totalMs))), maxMs: br.length ? Math.max(...br.map((b) => b.maxMs)) : null },
+    outOfOrder: round(p50(xs.flatMap((s) => (s.outOfOrder === null ? [] : [s.outOfOrder])))),
+    repliesMatchingLocal: xs.filter((s) => s.replyMatchesLocal).length,
+  };
+}
+
+type Summary = ReturnType<typeof summarize>;
+
+interface Floor {
+  neededBytes: number;
+  neededFrom: string;
+  manifestBytes: number;
+  transferMs: number;
+  localFirstResponseMs: number;
+  /** transferMs + localFirstResponseMs. */
+  floorMs: number;
+  /** Manifest transfer + max(needed segments' transfer, local resume). */
+  overlappedFloorMs: number;
+  earlyStartOverFloor: number | null;
+  earlyStartOverOverlappedFloor: number | null;
+}
+
+function floorFor(link: Link, s: Record<string, Summary>, manifestBytes: number, localP50: number): Floor {
+  const from = s['demand-only']?.bytesSentBeforeFirstResponse != null ? 'demand-only' : 'early-start';
+  const neededBytes = s[from]?.bytesSentBeforeFirstResponse ?? 0;
+  const ms = (bytes: number) => (bytes * 8) / (link.rateMbit * 1e3);
+  const transferMs = ms(neededBytes + manifestBytes);
+  const floorMs = transferMs + localP50;
+  const overlappedFloorMs = ms(manifestBytes) + Math.max(ms(neededBytes), localP50);
+  const es = s['early-start']?.firstResponseMs.p50 ?? null;
+  return {
+    neededBytes, neededFrom: `${from} p50 bytes sent before first response`, manifestBytes,
+    transferMs: Math.round(transferMs), localFirstResponseMs: Math.round(localP50),
+    floorMs: Math.round(floorMs), overlappedFloorMs: Math.round(overlappedFloorMs),
+    earlyStartOverFloor: es === null ? null : +(es / floorMs).toFixed(2),
+    earlyStartOverOverlappedFloor: es === null ? null : +(es / overlappedFloorMs).toFixed(2),
+  };
+}
+
+function speedup(s: Record<string, Summary>, over: string): number | null {
+  const b = s.baseline?.firstResponseMs.p50;
+  const e = s[over]?.firstResponseMs.p50;
+  return b == null || e == null || e === 0 ? null : +(b / e).toFixed(2);
+}
+
+const mib = (n: number | null) => (n === null ? '—' : (n / MIB).toFixed(2));
+const num = (n: number | null) => (n === null ? '—' : String(n));
+
+function printLink(link: Link, s: Record<string, Summary>, floor: Floor, speedups: Record<string, number | null>): void {
+  console.log(`\nlink ${link.name}: tbf ${link.rateMbit} Mbit/s each way (burst ${link.burst}, queue ${link.latency}), no added delay`);
+  console.log(`${'variant'.padEnd(22)} ${'p50 ms'.padStart(7)} ${'p90 ms'.padStart(7)} ${'resumed'.padStart(8)} ${'MiB before'.padStart(10)} ${'(server)'.padStart(8)} ${'overlay MiB'.padStart(11)} ${'blocked n/ms'.padStart(13)} ${'demand'.padStart(6)} ${'ok/n'.padStart(6)}`);
+  for (const [name, v] of Object.entries(s)) {
+    console.log(`${name.padEnd(22)} ${num(v.firstResponseMs.p50).padStart(7)} ${num(v.firstResponseMs.p90).padStart(7)} ${num(v.resumedMs).padStart(8)} ${mib(v.bytesSentBeforeFirstResponse).padStart(10)} ${mib(v.serverBytesReceivedBeforeFirstResponse).padStart(8)} ${mib(v.overlayBytes).padStart(11)} ${`${num(v.blockedReads.count)}/${num(v.blockedReads.totalMs)}`.padStart(13)} ${num(v.demandRequests).padStart(6)} ${`${v.repliesMatchingLocal}/${v.n + v.failures}`.padStart(6)}`);
+  }
+  for (const [name, x] of Object.entries(speedups)) console.log(`speedup baseline/${name} at p50: ${x ?? '—'}x`);
+  console.log(`floor: (${mib(floor.neededBytes)} MiB needed + ${mib(floor.manifestBytes)} MiB manifest) at ${link.rateMbit} Mbit/s = ${floor.transferMs} ms + local resume p50 ${floor.localFirstResponseMs} ms = ${floor.floorMs} ms; early-start p50 = ${floor.earlyStartOverFloor ?? '—'}x the floor`);
+  console.log(`overlapped bound: manifest + max(segments, local resume) = ${floor.overlappedFloorMs} ms; early-start p50 = ${floor.earlyStartOverOverlappedFloor ?? '—'}x it`);
+}
+
+// ---------------------------------------------------------------- plot
+
+const COLORS: Record<string, string> = { 'early-start': '#2b7bb9', baseline: '#c0504d', 'demand-only': '#6a9a3a', 'early-start+profile': '#8064a2' };
+
+function niceStep(max: number): number {
+  const raw = max / 5;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  return ([1, 2, 5, 10].find((m) => m * mag >= raw) ?? 10) * mag;
+}
+
+const px = (v: number) => +v.toFixed(1);
+
+/** A variant's name under its bars, broken before "+" so long names stay inside their group. */
+function barLabel(x: number, y: number, name: string): string {
+  const lines = name.split(/(?=\+)/);
+  return `<text x="${px(x)}" y="${px(y)}" text-anchor="middle" font-size="11">${lines.map((l, i) => `<tspan x="${px(x)}" dy="${i ? 13 : 0}">${l}</tspan>`).join('')}</text>`;
+}
+
+/** One panel per link: p50 (solid) and p90 (pale) bars per variant, the floor dashed, the overlapped bound dotted. */
+function panel(x0: number, link: Link, s: Record<string, Summary>, floor: Floor, w: number, h: number): string {
+  const names = Object.keys(s);
+  const top = Math.max(floor.floorMs, ...names.map((n) => s[n]!.firstResponseMs.p90 ?? 0)) * 1.1 || 1;
+  const step = niceStep(top);
+  const yMax = Math.ceil(top / step) * step;
+  const plot = { x: x0 + 60, y: 62, w: w - 120, h: h - 110 };
+  const y = (v: number) => px(plot.y + plot.h - (v / yMax) * plot.h);
+  const out: string[] = [`<text x="${x0 + w / 2}" y="48" text-anchor="middle" font-weight="bold">${link.name}: ${link.rateMbit} Mbit/s</text>`];
+  for (let v = 0; v <= yMax + 1e-9; v += step) {
+    out.push(`<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/>`, `<text x="${plot.x - 6}" y="${y(v) + 4}" text-anchor="end" font-size="11">${Math.round(v)}</text>`);
+  }
+  const group = plot.w / names.length;
+  names.forEach((n, i) => {
+    const gx = plot.x + i * group + group * 0.15;
+    const bw = group * 0.35;
+    const color = COLORS[n] ?? '#888';
+    const bars: [number | null, number][] = [[s[n]!.firstResponseMs.p50, 1], [s[n]!.firstResponseMs.p90, 0.45]];
+    bars.forEach(([v, opacity], j) => {
+      if (v === null) return;
+      out.push(`<rect x="${px(gx + j * bw)}" y="${y(v)}" width="${px(bw - 2)}" height="${px(plot.y + plot.h - y(v))}" fill="${color}" fill-opacity="${opacity}"/>`,
+        `<text x="${px(gx + j * bw + bw / 2)}" y="${y(v) - 4}" text-anchor="middle" font-size="10">${v}</text>`);
+    });
+    out.push(barLabel(gx + bw, plot.y + plot.h + 16, n));
+  });
+  const fy = y(floor.floorMs);
+  const oy = y(floor.overlappedFloorMs);
+  out.push(`<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${oy}" y2="${oy}" stroke="#000" stroke-dasharray="2 3"/>`,`<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${fy}" y2="${fy}" stroke="#000" stroke-dasharray="6 4"/>`,
+    `<text x="${plot.x + plot.w + 4}" y="${fy - 2}" font-size="10">floor</text>`,
+    `<text x="${plot.x + plot.w + 4}" y="${fy + 10}" font-size="10">${floor.floorMs} ms</text>`,
+    `<line x1="${plot.x}" x2="${plot.x}" y1="${plot.y}" y2="${plot.y + plot.h}" stroke="#000"/>`,
+    `<text x="${x0 + 14}" y="${plot.y + plot.h / 2}" transform="rotate(-90 ${x0 + 14} ${plot.y + plot.h / 2})" text-anchor="middle" font-size="11">first response, ms</text>`);
+  return out.join('\n');
+}
+
+function svgPlot(title: string, perLink: { link: Link; summary: Record<string, Summary>; floor: Floor }[]): string {
+  const w = 500;
+  const h = 360;
+  const width = w * perLink.length;
+  const panels = perLink.map((p, i) => panel(i * w, p.link, p.summary, p.floor, w, h));
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${h + 20}" font-family="sans-serif">
+<rect width="100%" height="100%" fill="#fff"/>
+<text x="${width / 2}" y="14" text-anchor="middle" font-size="12">${title}</text>
+<text x="${width / 2}" y="28" text-anchor="middle" font-size="10">solid: p50, pale: p90, dashed: floor (transfer + local resume), dotted: overlapped bound</text>
+${panels.join('\n')}
+</svg>
+`;
+}
+
+// ---------------------------------------------------------------- the bench
+
+/** First SIGINT/SIGTERM aborts (cleanup runs); a second exits at once (the next run removes the leftovers). */
+function onSignals(controller: AbortController): () => void {
+  let count = 0;
+  const handler = (sig: NodeJS.Signals) => {
+    if (++count > 1) process.exit(130);
+    process.stderr.write(`first-response bench: ${sig}: cleaning up (send it again to exit at once)\n`);
+    controller.abort(new VmsynthError('VMS_INTERRUPTED', `interrupted by ${sig}`));
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+  return () => {
+    process.off('SIGINT', handler);
+    process.off('SIGTERM', handler);
+  };
+}
+
+function variantsOf(p: Prepared): Variant[] {
+  const v: Variant[] = (['early-start', 'baseline', 'demand-only'] as const).map((policy) => ({ name: policy, policy, overlay: p.overlay.dir }));
+  if (p.profiled && 'overlay' in p.profiled) v.push({ name: 'early-start+profile', policy: 'early-start', overlay: p.profiled.overlay.dir });
+  return v;
+}
+
+export async function benchFirstResponse(): Promise<void> {
+  const detach = attachLogger({ level: process.env.LOG_LEVEL ?? 'warn' });
+  const controller = new AbortController();
+  const signal = controller.signal;
+  const offSignals = onSignals(controller);
+  const scope = new Scope();
+  try {
+    const loadAtStart = os.loadavg().map((x) => +x.toFixed(2));
+    const runs = positiveEnv('BENCH_RUNS', 10);
+    const links = chosenLinks();
+    await checkLinkTools();
+    await removeStale();
+    const { accel } = await detectAccel();
+    const prepared = await prepare(signal);
+    const tmp = path.join(os.tmpdir(), `${TMP_PREFIX}${process.pid}`);
+    await fsp.mkdir(tmp);
+    scope.defer(`remove ${tmp}`, () => fsp.rm(tmp, { recursive: true, force: true }));
+    const local = await measureLocal(prepared, tmp, runs, signal);
+    const localP50 = p50(local.runs.map((r) => r.firstResponseMs))!;
+
+    const n = netnsFor(process.pid);
+    await createLinkPair(scope, n);
+    const server = await SynthServer.listen({ host: n.hostAddr, port: 0, trust: [prepared.key.pubFile] });
+    scope.defer('close the synthesis server', () => server.close());
+    const port = server.address().port;
+    const variants = variantsOf(prepared);
+
+    const perLink: { link: Link; summary: Record<string, Summary>; floor: Floor; speedup: Record<string, number | null>; cells: Record<string, Cell> }[] = [];
+    for (const link of links) {
+      await shape(n, link);
+      const cells = await runLink(n, port, link, variants, local, runs, signal);
+      const summary = Object.fromEntries(Object.entries(cells).map(([k, c]) => [k, summarize(c)]));
+      const floor = floorFor(link, summary, prepared.overlay.manifestBytes, localP50);
+      const speedups = Object.fromEntries(variants.filter((v) => v.name !== 'baseline').map((v) => [v.name, speedup(summary, v.name)]));
+      perLink.push({ link, summary, floor, speedup: speedups, cells });
+    }
+    await report({ loadAtStart, accel, runs, prepared, local, perLink });
+  } finally {
+    await scope.close();
+    offSignals();
+    detach();
+  }
+}
+
+interface ReportInput {
+  loadAtStart: number[];
+  accel: string;
+  runs: number;
+  prepared: Prepared;
+  local: Local;
+  perLink: { link: Link; summary: Record<string, Summary>; floor: Floor; speedup: Record<string, number | null>; cells: Record<string, Cell> }[];
+}
+
+async function report({ loadAtStart, accel, runs, prepared, local, perLink }: ReportInput): Promise<void> {
+  const ov = prepared.overlay;
+  const profiled = prepared.profiled;
+  const result = {
+    bench: 'first-response',
+    at: new Date().toISOString(),
+    accel,
+    cpus: os.cpus().length,
+    loadavg: { atStart: loadAtStart, atEnd: os.loadavg().map((x) => +x.toFixed(2)) },
+    runs,
+    request: workPath(WORK),
+    base: prepared.base.name,
+    overlay: { dir: ov.dir, segmentsBytes: ov.segmentsBytes, manifestBytes: ov.manifestBytes, segments: ov.body.segments.length, cached: prepared.cached, createMs: prepared.createMs, randomDisk: RANDOM },
+    profiled: profiled === null ? null : 'error' in profiled ? profiled : { dir: profiled.overlay.dir, cached: profiled.cached, ms: profiled.ms, runs: PROFILE_RUNS },
+    localResume: {
+      firstResponseMs: { p50: round(p50(local.runs.map((r) => r.firstResponseMs))), p90: round(percentile(local.runs.map((r) => r.firstResponseMs), 0.9)) },
+      resumeMs: { p50: round(p50(local.runs.map((r) => r.resumeMs))) },
+      samples: local.runs,
+    },
+    links: Object.fromEntries(perLink.map((p) => [p.link.name, {
+      link: { ...p.link, delay: 'none (no netem in this kernel)' },
+      summary: p.summary,
+      speedupBaselineOver: p.speedup,
+      floor: p.floor,
+      samples: Object.fromEntries(Object.entries(p.cells).map(([k, c]) => [k, c.samples])),
+      failures: Object.fromEntries(Object.entries(p.cells).filter(([, c]) => c.failures.length).map(([k, c]) => [k, c.failures])),
+    }])),
+  };
+  const outDir = path.join(packageRoot(), 'bench', 'results');
+  await fsp.mkdir(outDir, { recursive: true });
+  const stamp = result.at.replace(/[:.]/g, '-');
+  const file = path.join(outDir, `first-response-${stamp}.json`);
+  const svg = path.join(outDir, `first-response-${stamp}.svg`);
+  await fsp.writeFile(file, JSON.stringify(result, null, 2) + '\n');
+  await fsp.writeFile(svg, svgPlot(`first response, ${accel.toUpperCase()}, n=${runs} per bar, overlay ${mib(ov.segmentsBytes)} MiB`, perLink));
+
+  console.log(`first-response benchmark (${accel.toUpperCase()}, ${os.cpus().length} CPUs, ${runs} sessions per link and variant, request ${result.request})`);
+  console.log(`overlay ${mib(ov.segmentsBytes)} MiB in ${ov.body.segments.length} segments + ${mib(ov.manifestBytes)} MiB manifest${prepared.cached ? ' (cached)' : ''}; profiled variant: ${profiled === null ? 'off' : 'error' in profiled ? `failed (${profiled.error})` : 'yes'}`);
+  console.log(`local resume of the launch VM (the floor's VM part): first response p50 ${result.localResume.firstResponseMs.p50} ms, p90 ${result.localResume.firstResponseMs.p90} ms`);
+  for (const p of perLink) printLink(p.link, p.summary, p.floor, p.speedup);
+  console.log(`\nresults: ${file}\nplot: ${svg}`);
+}
