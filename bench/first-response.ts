@@ -67,6 +67,7 @@ import type { SynthesizeResult } from '../lib/client/client.js';
 import { ensureGuestBase } from '../lib/cli/demo.js';
 import { ERRORS, VmsynthError, type ErrorCode } from '../lib/core/errors.js';
 import { exec } from '../lib/core/exec.js';
+import { processAlive } from '../lib/core/stale.js';
 import { attachLogger } from '../lib/core/log.js';
 import { cacheDir, packageRoot } from '../lib/core/paths.js';
 import { abortReason, Scope, throwIfAborted } from '../lib/core/scope.js';
@@ -201,30 +202,21 @@ async function checkLinkTools(): Promise<void> {
   await exec('tc', ['-V']).catch((err: unknown) => { throw linkError('`tc` is missing (install iproute2)', err); });
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** Removes the namespaces, veths and temporary directories of runs killed before they could clean up (their PID is gone). */
 async function removeStale(): Promise<void> {
   const ns = (await ip(['netns', 'list'])).stdout.split('\n').map((l) => l.split(' ')[0] ?? '');
   for (const name of ns) {
     const pid = Number(new RegExp(`^${NS_PREFIX}(\\d+)$`).exec(name)?.[1]);
-    if (pid && pid !== process.pid && !alive(pid)) await ip(['netns', 'del', name]).catch(() => undefined);
+    if (pid && pid !== process.pid && !processAlive(pid)) await ip(['netns', 'del', name]).catch(() => undefined);
   }
   for (const line of (await ip(['-o', 'link', 'show'])).stdout.split('\n')) {
     const m = new RegExp(`^\\d+:\\s+(${DEV_PREFIX}(\\d+)h)[@:]`).exec(line);
     const pid = Number(m?.[2]);
-    if (m && pid !== process.pid && !alive(pid)) await ip(['link', 'del', m[1]!]).catch(() => undefined);
+    if (m && pid !== process.pid && !processAlive(pid)) await ip(['link', 'del', m[1]!]).catch(() => undefined);
   }
   for (const name of await fsp.readdir(os.tmpdir())) {
     const pid = Number(name.startsWith(TMP_PREFIX) ? name.slice(TMP_PREFIX.length) : NaN);
-    if (pid && pid !== process.pid && !alive(pid)) await fsp.rm(path.join(os.tmpdir(), name), { recursive: true, force: true });
+    if (pid && pid !== process.pid && !processAlive(pid)) await fsp.rm(path.join(os.tmpdir(), name), { recursive: true, force: true });
   }
 }
 

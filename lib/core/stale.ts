@@ -9,7 +9,8 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { publish } from './diagnostics.js';
 
-function alive(pid: number): boolean {
+/** True while a process with this PID exists (EPERM: it exists, owned by another user). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -28,7 +29,7 @@ export async function removeStaleSiblings(out: string): Promise<string[]> {
     const m = /^\.(?:tmp|work)-(\d+)$/.exec(name.slice(base.length));
     if (!m) continue;
     const pid = Number(m[1]);
-    if (pid === process.pid || alive(pid)) continue;
+    if (pid === process.pid || processAlive(pid)) continue;
     const p = path.join(dir, name);
     await fsp.rm(p, { recursive: true, force: true });
     publish('staleCleaned', { kind: 'work directory', what: p });

@@ -33,6 +33,8 @@ export interface BlockedReadStats {
 export class ChunkArrivals {
   /** Per image, per chunk: the segment that carries it while it is MISSING (-1 otherwise). */
   private readonly segmentOf: Int32Array[];
+  /** Per image, chunks still MISSING: at 0 the gate lets every read through without a scan. */
+  private readonly missing: number[];
   private readonly waiters = new Map<number, Waiter[]>();
   private readonly waits: number[] = [];
   private failure: Error | null = null;
@@ -43,10 +45,12 @@ export class ChunkArrivals {
     private readonly demand: (segment: number) => void,
   ) {
     this.segmentOf = maps.map((m) => new Int32Array(m.chunkCount).fill(-1));
+    this.missing = maps.map(() => 0);
   }
 
   /** Marks an overlay chunk as not yet arrived, carried by `segment`. */
   expect(image: number, index: number, segment: number): void {
+    if (!this.isMissing(image, index)) this.missing[image]!++;
     this.maps[image]!.set(index, ChunkSource.MISSING);
     this.segmentOf[image]![index] = segment;
   }
@@ -67,6 +71,7 @@ export class ChunkArrivals {
 
   /** The chunk is now servable from `source` (OVERLAY or ZERO): wakes the reads that waited only for it. */
   arrived(image: number, index: number, source: ChunkSource): void {
+    if (this.isMissing(image, index)) this.missing[image]!--;
     this.maps[image]!.set(index, source);
     this.segmentOf[image]![index] = -1;
     const k = chunkKey(image, index);
@@ -88,6 +93,7 @@ export class ChunkArrivals {
     const segOf = this.segmentOf[image]!;
     return (offset, length) => {
       if (this.failure) return Promise.reject(this.failure);
+      if (this.missing[image] === 0) return undefined;
       const first = Math.floor(offset / map.chunkSize);
       const last = Math.floor((offset + length - 1) / map.chunkSize);
       let missing: number[] | null = null;
@@ -115,16 +121,20 @@ export class ChunkArrivals {
 
   /** Reads waiting now. */
   get waiting(): number {
+    return this.heldReads().size;
+  }
+
+  /** Each held read once (a read waiting for several chunks is listed under each). */
+  private heldReads(): Set<Waiter> {
     const all = new Set<Waiter>();
     for (const list of this.waiters.values()) for (const w of list) all.add(w);
-    return all.size;
+    return all;
   }
 
   /** Fails every held read and every later one (teardown: QEMU gets EIO instead of hanging FUSE). */
   failAll(err: Error = new VmsynthError('VMS_INTERRUPTED', 'the synthesis session ended')): void {
     this.failure ??= err;
-    const all = new Set<Waiter>();
-    for (const list of this.waiters.values()) for (const w of list) all.add(w);
+    const all = this.heldReads();
     this.waiters.clear();
     for (const w of all) w.reject(this.failure);
   }

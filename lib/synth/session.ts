@@ -2,9 +2,9 @@
  * One synthesis session on the server: a launch VM built from a base and an
  * overlay whose segments are still arriving.
  *
- * It owns the session directory, the store files the segments are applied
- * into, the FUSE images (chunk maps over base | store | zeros, with overlay
- * chunks MISSING until their segment is applied), the segment scheduler
+ * It owns the session directory, the launch images (LaunchImages: store
+ * files, chunk maps with overlay chunks MISSING until their segment is
+ * applied, the apply pipeline) and their FUSE mount, the segment scheduler
  * (what to ask the client for next), the apply pipeline, and the VM. It
  * speaks to the network only through `want` and its event callbacks, so the
  * server owns the sockets and the session owns everything that must be torn
@@ -176,7 +176,8 @@ export class SynthSession {
   /** A segment arrived from the client. */
   receive(index: number, data: Buffer): void {
     if (this.failedWith || this.closing) return;
-    if (!Number.isInteger(index) || index < 0 || index >= this.scheduler.total || !this.scheduler.isRequested(index)) {
+    // The message parser guarantees an unsigned integer.
+    if (index >= this.scheduler.total || !this.scheduler.isRequested(index)) {
       this.fail(new VmsynthError('VMS_PROTOCOL', `segment ${index} was not asked for`, { details: { segment: index } }));
       return;
     }
