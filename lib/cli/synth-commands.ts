@@ -3,7 +3,7 @@
  * client): thin wrappers over lib/server and lib/client.
  */
 import { promises as fsp } from 'node:fs';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { VmsynthError } from '../core/errors.js';
 import { synthesize, type ClientEvent, type OffloadRequest, type SynthesizeResult } from '../client/client.js';
 import { DEFAULT_PORT, POLICIES, type Policy } from '../protocol/messages.js';
@@ -60,7 +60,7 @@ export function registerSynthCommands(program: Command): void {
   program
     .command('serve')
     .description('Run the synthesis server: accept overlays from clients, resume their VMs early over FUSE, stream the rest, answer offload requests.')
-    .option('--listen <[host:]port>', `address to listen on`, listen, { host: '127.0.0.1', port: DEFAULT_PORT })
+    .addOption(new Option('--listen <[host:]port>', 'address to listen on').argParser(listen).default({ host: '127.0.0.1', port: DEFAULT_PORT }, `127.0.0.1:${DEFAULT_PORT}`))
     .option('--trust <file>', 'also trust overlays signed by this public key (repeatable)', collect, [])
     .option('--token <token>', 'require clients to present this token')
     .option('--threads <n>', 'worker threads per session for verify + decompress + apply', positiveInt('--threads'), 2)
