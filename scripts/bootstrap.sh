@@ -6,7 +6,8 @@
 #   2. host device permissions udev would set (this machine may run no udev);
 #   3. libvirtd and virtlogd running (started by hand where there is no systemd);
 #   4. npm dependencies (`npm ci` when package-lock.json changed);
-#   5. the TypeScript build (when a source is newer than the last build).
+#   5. the native addon in native/ (node-gyp, when a source is newer than the addon);
+#   6. the TypeScript build (when a source is newer than the last build).
 # Everything it prints goes to stderr, so a command's stdout stays machine-readable.
 set -euo pipefail
 exec 3>&1 1>&2
@@ -26,6 +27,7 @@ packages=(
   libfuse2 fuse3 busybox-static xdelta3 xz-utils
   gcc g++ make libc6-dev python3 pkg-config
   ca-certificates procps iproute2
+  openssl systemd
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -72,7 +74,28 @@ if [ ! -d node_modules ] || [ "$(cat node_modules/.vmsynth-lock 2>/dev/null || t
   echo "$lock_sum" > node_modules/.vmsynth-lock
 fi
 
-# 5. TypeScript build.
+# 5. Native addon (native/sd_notify.c: systemd notifications; lib/core/sd-notify.ts loads it).
+#    Built with node-gyp (node_modules/ has one; npm bundles another) against the headers
+#    of the running node (npm's nodedir, else <node prefix>/include/node): no download.
+addon=native/build/Release/sd_notify.node
+if [ ! -f "$addon" ] || [ -n "$(find native -path native/build -prune -o -type f -newer "$addon" -print -quit)" ]; then
+  say "building the native addon (node-gyp)"
+  gyp=node_modules/node-gyp/bin/node-gyp.js
+  [ -f "$gyp" ] || gyp="$(dirname "$(readlink -f "$(command -v npm)")")/../node_modules/node-gyp/bin/node-gyp.js"
+  [ -f "$gyp" ] || { say "cannot find node-gyp (npm bundles it at $gyp)"; exit 1; }
+  nodedir="${npm_config_nodedir:-$(npm config get nodedir 2>/dev/null || true)}"
+  [ -n "$nodedir" ] && [ "$nodedir" != undefined ] && [ "$nodedir" != null ] || nodedir="$(node -p 'require("node:path").resolve(process.execPath, "../..")')"
+  gyp_args=(rebuild --directory=native --loglevel=error)
+  [ -f "$nodedir/include/node/node_api.h" ] && gyp_args+=("--nodedir=$nodedir")
+  if ! out=$(node "$gyp" "${gyp_args[@]}" 2>&1); then
+    printf '%s\n' "$out"
+    say "building native/ failed (node-gyp ${gyp_args[*]})"
+    exit 1
+  fi
+  touch "$addon"
+fi
+
+# 6. TypeScript build.
 if [ ! -f dist/.build-stamp ] || [ -n "$(find lib bench test tsconfig.json package.json -newer dist/.build-stamp -print -quit)" ]; then
   say "building (tsc)"
   node_modules/.bin/tsc -p .

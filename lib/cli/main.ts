@@ -15,7 +15,9 @@ import { cleanStale } from '../vm/janitor.js';
 import { Libvirt } from '../vm/libvirt.js';
 import { DEMO_LINK_MBIT, runDemo, type DemoResult } from './demo.js';
 import { registerOverlayCommands } from './overlay-commands.js';
+import { registerServeCommands } from './serve-commands.js';
 import { registerSynthCommands } from './synth-commands.js';
+import { exportPaths, resolveConfig } from '../core/config.js';
 import { bytes, ms, table } from './format.js';
 import { nonNegativeInt, positiveInt, runCommand } from './run.js';
 
@@ -27,8 +29,14 @@ program
   .exitOverride()
   .showHelpAfterError()
   .addHelpText('after', `
+Config: /etc/vmsynth/vmsynth.json (or VMSYNTH_CONFIG) sets the same keys as the
+environment below, which overrides it; flags override both. Every command reads
+the directories from it; \`vmsynth config check\` prints the effective config and
+docs/operations.md lists every key.
+
 Environment:
-  LIBVIRT_URI        libvirt connection (default qemu:///system)
+  VMSYNTH_CONFIG     config file (default /etc/vmsynth/vmsynth.json, if it exists)
+  LIBVIRT_URI        libvirt connection (default qemu:///system; or VMSYNTH_LIBVIRT_URI)
   VMSYNTH_BASE_DIR   base VM directories (default ${baseDir()})
   VMSYNTH_RUN_DIR    session directories and FUSE mounts (default ${runDir()})
   VMSYNTH_CACHE_DIR  test guest build cache (default ${cacheDir()})
@@ -36,7 +44,16 @@ Environment:
   VMSYNTH_ACCEL      force the accelerator: kvm or tcg (default: detected)
   VMSYNTH_TOKEN      client token for \`serve\` (required of clients) and \`synth\` (presented)
   LOG_LEVEL          debug | info | warn | error | silent (default info)
-  LOG_FORMAT         text (default) or json (pino, to stderr)`);
+  LOG_FORMAT         text (default) or json (pino, to stderr); \`serve\` defaults to json on stdout
+  NOTIFY_SOCKET, WATCHDOG_USEC  set by systemd for \`serve\` (Type=notify, WatchdogSec)`);
+
+// Every command finds its directories where the config file puts them (serve
+// and config check resolve the config themselves, with their flags).
+program.hook('preAction', (_root, cmd) => {
+  const name = cmd.name();
+  if (name === 'serve' || (name === 'check' && cmd.parent?.name() === 'config')) return;
+  exportPaths(resolveConfig().config);
+});
 
 function resumeLines(r: ResumeResult): string {
   return table([
@@ -166,6 +183,7 @@ base
 
 registerOverlayCommands(program);
 registerSynthCommands(program);
+registerServeCommands(program);
 
 program
   .command('clean')

@@ -4,7 +4,7 @@
  * with their code and hint, `--json` results as the last stdout line, and the
  * exit status taken from the error catalogue.
  */
-import { attachLogger } from '../core/log.js';
+import { attachLogger, type LoggerOptions } from '../core/log.js';
 import { asVmsynthError, VmsynthError } from '../core/errors.js';
 
 export interface CommandContext {
@@ -16,9 +16,14 @@ export function printJson(value: unknown): void {
   process.stdout.write(JSON.stringify(value) + '\n');
 }
 
-/** Runs one command; `action` returns what `--json` prints (or undefined for nothing). */
-export async function runCommand(json: boolean, action: (ctx: CommandContext) => Promise<unknown>): Promise<void> {
-  const detach = attachLogger({ level: process.env.LOG_LEVEL, format: process.env.LOG_FORMAT });
+/**
+ * Runs one command; `action` returns what `--json` prints (or undefined for
+ * nothing). `log` replaces the default logging (text to stderr, LOG_LEVEL and
+ * LOG_FORMAT from the environment); a function is called first thing, and
+ * what it throws is reported like any error of the command.
+ */
+export async function runCommand(json: boolean, action: (ctx: CommandContext) => Promise<unknown>, opts: { log?: () => LoggerOptions } = {}): Promise<void> {
+  let detach = () => undefined as void;
   const controller = new AbortController();
   let signals = 0;
   const onSignal = (sig: NodeJS.Signals) => {
@@ -33,6 +38,7 @@ export async function runCommand(json: boolean, action: (ctx: CommandContext) =>
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
+    detach = attachLogger(opts.log ? opts.log() : { level: process.env.LOG_LEVEL, format: process.env.LOG_FORMAT });
     const result = await action({ signal: controller.signal, json });
     if (json && result !== undefined) printJson(result);
   } catch (err) {

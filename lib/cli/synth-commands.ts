@@ -1,29 +1,18 @@
 /**
- * `vmsynth serve` (the synthesis server) and `vmsynth synth` (the mobile
- * client): thin wrappers over lib/server and lib/client.
+ * `vmsynth synth`, the mobile client: a thin wrapper over lib/client.
+ * (`vmsynth serve` is in serve-commands.ts.)
  */
 import { promises as fsp } from 'node:fs';
-import { Option, type Command } from 'commander';
+import type { Command } from 'commander';
 import { VmsynthError } from '../core/errors.js';
 import { synthesize, type ClientEvent, type OffloadRequest, type SynthesizeResult } from '../client/client.js';
-import { DEFAULT_PORT, POLICIES, type Policy } from '../protocol/messages.js';
-import { SynthServer } from '../server/server.js';
+import { POLICIES, type Policy } from '../protocol/messages.js';
 import { bytes, ms, table } from './format.js';
 import { positiveInt, runCommand } from './run.js';
-
-const collect = (v: string, prev: string[]) => [...prev, v];
 
 function policy(v: string): Policy {
   if (!(POLICIES as readonly string[]).includes(v)) throw new VmsynthError('VMS_USAGE', `--policy must be one of ${POLICIES.join(', ')}, got "${v}"`);
   return v as Policy;
-}
-
-function listen(v: string): { host: string; port: number } {
-  const m = /^(?:(\[[^\]]+\]|[^:]*):)?(\d+)$/.exec(v) ?? /^(\[[^\]]+\]|[^:]+)$/.exec(v);
-  if (!m) throw new VmsynthError('VMS_USAGE', `--listen must be [HOST:]PORT or HOST, got "${v}"`);
-  const port = m[2] !== undefined ? Number(m[2]) : DEFAULT_PORT;
-  if (port > 65535) throw new VmsynthError('VMS_USAGE', `--listen port ${port} is out of range`);
-  return { host: (m[1] || '127.0.0.1').replace(/^\[|\]$/g, ''), port };
 }
 
 /** The timeline and byte counts a person reads after `vmsynth synth`. */
@@ -58,34 +47,6 @@ function progressBar(): { onEvent: (e: ClientEvent) => void; done: () => void } 
 
 export function registerSynthCommands(program: Command): void {
   program
-    .command('serve')
-    .description('Run the synthesis server: accept overlays from clients, resume their VMs early over FUSE, stream the rest, answer offload requests.')
-    .addOption(new Option('--listen <[host:]port>', 'address to listen on').argParser(listen).default({ host: '127.0.0.1', port: DEFAULT_PORT }, `127.0.0.1:${DEFAULT_PORT}`))
-    .option('--trust <file>', 'also trust overlays signed by this public key (repeatable)', collect, [])
-    .option('--token <token>', 'require clients to present this token')
-    .option('--threads <n>', 'worker threads per session for verify + decompress + apply', positiveInt('--threads'), 2)
-    .option('--max-in-flight-kib <n>', 'background segment bytes requested and not yet applied, per session', positiveInt('--max-in-flight-kib'), 2048)
-    .option('--max-sessions <n>', 'sessions at once', positiveInt('--max-sessions'), 8)
-    .option('--json', 'print the listening address as a JSON line once ready')
-    .action(async (o: { listen: { host: string; port: number }; trust: string[]; token?: string; threads: number; maxInFlightKib: number; maxSessions: number; json?: boolean }) =>
-      runCommand(!!o.json, async ({ signal, json }) => {
-        const server = await SynthServer.listen({
-          host: o.listen.host, port: o.listen.port, trust: o.trust, token: o.token ?? process.env.VMSYNTH_TOKEN,
-          threads: o.threads, maxInFlightBytes: o.maxInFlightKib * 1024, maxSessions: o.maxSessions,
-        });
-        const a = server.address();
-        if (json) process.stdout.write(JSON.stringify({ listening: a }) + '\n');
-        else console.log(`vmsynth serve: listening on ${a.host}:${a.port} (SIGTERM or Ctrl-C ends every session and stops)`);
-        await new Promise<void>((resolve) => {
-          if (signal.aborted) resolve();
-          signal.addEventListener('abort', () => resolve(), { once: true });
-        });
-        await server.close();
-        if (!json) console.log('vmsynth serve: every session ended; stopped');
-        return undefined;
-      }));
-
-  program
     .command('synth')
     .description('Synthesize an overlay on a server: stream it in the order the server asks, send the first offload request once the VM is up, print the timeline.')
     .requiredOption('--server <host:port>', 'synthesis server')
@@ -94,11 +55,14 @@ export function registerSynthCommands(program: Command): void {
     .option('--path <path>', 'path of the first offload request', '/run')
     .option('--request <file>', 'body of the first offload request (sent as POST unless --method says otherwise)')
     .option('--method <m>', 'GET, POST or PUT (default GET, or POST with --request)')
-    .option('--token <token>', 'client token, if the server requires one')
+    .option('--token <token>', 'client token, if the server requires one (or VMSYNTH_TOKEN)')
+    .option('--tls', 'speak TLS, checking the server certificate against the system CAs')
+    .option('--tls-ca <file>', 'speak TLS, checking the server certificate against this PEM (a cloudlet CA or self-signed certificate)')
+    .option('--tls-servername <name>', 'the name the server certificate must carry (default: the --server host)')
     .option('--max-rate-mbit <n>', 'pace segments to this many Mbit/s, to emulate a slower link (default: as fast as the link goes)', positiveInt('--max-rate-mbit'))
     .option('--timeout <seconds>', 'limit for the whole session', positiveInt('--timeout'), 600)
     .option('--json', 'print the result as JSON')
-    .action(async (o: { server: string; overlay: string; policy: Policy; path: string; request?: string; method?: string; token?: string; maxRateMbit?: number; timeout: number; json?: boolean }) =>
+    .action(async (o: { server: string; overlay: string; policy: Policy; path: string; request?: string; method?: string; token?: string; tls?: boolean; tlsCa?: string; tlsServername?: string; maxRateMbit?: number; timeout: number; json?: boolean }) =>
       runCommand(!!o.json, async ({ signal, json }) => {
         if (!o.path.startsWith('/')) throw new VmsynthError('VMS_USAGE', `--path must start with "/", got "${o.path}"`);
         const method = (o.method ?? (o.request ? 'POST' : 'GET')).toUpperCase();
@@ -110,9 +74,16 @@ export function registerSynthCommands(program: Command): void {
           });
         }
         const request: OffloadRequest = { method, path: o.path, ...(body ? { body } : {}) };
+        let tls: boolean | { ca?: Buffer; servername?: string } | undefined;
+        if (o.tls || o.tlsCa || o.tlsServername) {
+          const ca = o.tlsCa ? await fsp.readFile(o.tlsCa).catch((cause: unknown) => {
+            throw new VmsynthError('VMS_USAGE', `cannot read --tls-ca ${o.tlsCa}: ${(cause as Error).message}`, { cause });
+          }) : undefined;
+          tls = { ...(ca ? { ca } : {}), ...(o.tlsServername ? { servername: o.tlsServername } : {}) };
+        }
         const bar = json ? { onEvent: () => undefined, done: () => undefined } : progressBar();
         try {
-          const r = await synthesize({ server: o.server, overlay: o.overlay, policy: o.policy, request, token: o.token ?? process.env.VMSYNTH_TOKEN, timeoutMs: o.timeout * 1000, signal, onEvent: bar.onEvent,
+          const r = await synthesize({ server: o.server, overlay: o.overlay, policy: o.policy, request, token: o.token ?? process.env.VMSYNTH_TOKEN, ...(tls ? { tls } : {}), timeoutMs: o.timeout * 1000, signal, onEvent: bar.onEvent,
             ...(o.maxRateMbit ? { maxBytesPerSecond: (o.maxRateMbit * 1e6) / 8 } : {}),
           });
           bar.done();

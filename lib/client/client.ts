@@ -10,6 +10,7 @@
  * buffers. Usable from any Node program: `synthesize()` is the whole API.
  */
 import net from 'node:net';
+import tls from 'node:tls';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { ERRORS, VmsynthError, type ErrorCode } from '../core/errors.js';
@@ -35,6 +36,12 @@ export interface SynthesizeOptions {
   /** The first offload request (default GET /run). */
   request?: OffloadRequest;
   token?: string;
+  /**
+   * Speak TLS: true checks the server's certificate against the system's CAs,
+   * { ca } against these PEM certificates (a cloudlet's own CA or a
+   * self-signed certificate); servername overrides the name checked.
+   */
+  tls?: boolean | { ca?: Buffer | string; servername?: string };
   /** Finish only after every segment was sent (default: yes, except demand-only). */
   waitComplete?: boolean;
   /** Overall limit (default 10 min). */
@@ -135,7 +142,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
     opts.onEvent?.({ type: 'timeline', step, ms: timeline[step]! });
   };
 
-  const socket = await connect(host, port, opts.signal);
+  const socket = await connect(host, port, opts.signal, opts.tls);
   mark('connected');
 
   return new Promise<SynthesizeResult>((resolve, reject) => {
@@ -315,14 +322,17 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
   });
 }
 
-function connect(host: string, port: number, signal?: AbortSignal): Promise<net.Socket> {
+function connect(host: string, port: number, signal?: AbortSignal, secure?: SynthesizeOptions['tls']): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host, port, timeout: 10_000 });
+    const t = secure ? (secure === true ? {} : secure) : null;
+    const socket = t
+      ? tls.connect({ host, port, timeout: 10_000, ...(t.ca ? { ca: t.ca } : {}), servername: t.servername ?? (net.isIP(host) ? undefined : host) })
+      : net.connect({ host, port, timeout: 10_000 });
     const fail = (why: string) => {
       socket.destroy();
-      reject(new VmsynthError('VMS_CONNECT', `cannot connect to ${host}:${port}: ${why}`, { details: { host, port } }));
+      reject(new VmsynthError('VMS_CONNECT', `cannot connect to ${host}:${port}${t ? ' over TLS' : ''}: ${why}`, { details: { host, port } }));
     };
-    socket.once('connect', () => {
+    socket.once(t ? 'secureConnect' : 'connect', () => {
       socket.setTimeout(0);
       socket.removeAllListeners('error');
       resolve(socket);

@@ -29,6 +29,24 @@ export const channels = {
   sessionStarted: diagnostics.channel('vmsynth:server:session-started'),
   /** { session, peer, stats, error? } — a synthesis session ended and was torn down. */
   sessionEnded: diagnostics.channel('vmsynth:server:session-ended'),
+  /** { session, domain, ms, policy } — the session's VM is running. */
+  sessionResumed: diagnostics.channel('vmsynth:server:session-resumed'),
+  /** { session, ms, policy } — the app's first answer (ms from session start). */
+  firstResponse: diagnostics.channel('vmsynth:server:first-response'),
+  /** { session, ms } — every overlay segment of the session is applied. */
+  overlayComplete: diagnostics.channel('vmsynth:server:overlay-complete'),
+  /** { session, index, bytes, lane } — a segment was verified and applied. */
+  segmentApplied: diagnostics.channel('vmsynth:server:segment-applied'),
+  /** { session, segment, outOfOrder } — a guest read put a segment on the demand lane (outOfOrder: it was already on its way in the background). */
+  demandFetch: diagnostics.channel('vmsynth:server:demand-fetch'),
+  /** { session, ms } — a guest read held for a missing chunk went on. */
+  readUnblocked: diagnostics.channel('vmsynth:server:read-unblocked'),
+  /** { session, domain, error } — the session's VM died while the session ran. */
+  vmDied: diagnostics.channel('vmsynth:server:vm-died'),
+  /** { peer, client, code, message } — a connection was refused or failed before its session started. */
+  connectionRefused: diagnostics.channel('vmsynth:server:connection-refused'),
+  /** { base, ok, ms?, error? } — a base was hashed against its manifest at server start. */
+  baseChecked: diagnostics.channel('vmsynth:server:base-checked'),
   /** { host, port } — the server is accepting connections. */
   serverListening: diagnostics.channel('vmsynth:server:listening'),
   /** { what, error } — a cleanup step failed (it is logged, never thrown). */

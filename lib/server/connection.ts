@@ -27,6 +27,8 @@ export class Connection {
   private ending: Promise<void> | null = null;
   private opening: Promise<void> = Promise.resolve();
   private readonly peer: string;
+  /** The authenticated client's name (set by hello). */
+  client: string | null = null;
   private handshakeTimer: NodeJS.Timeout | null;
 
   constructor(socket: net.Socket, private readonly ctx: ServerContext, private readonly onGone: () => void) {
@@ -68,7 +70,7 @@ export class Connection {
       case 'hello': {
         this.expect('greeting', m);
         if (m.protocol !== PROTOCOL) throw new VmsynthError('VMS_PROTOCOL', `this server speaks ${PROTOCOL}, the client ${m.protocol.slice(0, 40)}`);
-        if (this.ctx.opts.token !== undefined && m.token !== this.ctx.opts.token) throw new VmsynthError('VMS_AUTH', m.token === undefined ? 'this server requires a client token' : 'the client token is not valid');
+        this.client = this.ctx.auth.authenticate(m.token);
         this.stage = 'open';
         this.io.setMaxFrameBytes(FRAME_CAPS.session);
         this.io.send({ type: 'welcome', protocol: PROTOCOL, server: `vmsynth ${VMSYNTH_VERSION}` });
@@ -107,10 +109,20 @@ export class Connection {
   }
 
   private async openSession(m: Extract<ClientMessage, { type: 'session' }>): Promise<void> {
-    const limit = this.ctx.opts.maxSessions ?? 8;
+    const { opts } = this.ctx;
+    const limit = opts.maxSessions ?? 8;
     if (this.ctx.sessions() > limit) throw new VmsynthError('VMS_BUSY', `this server runs its limit of ${limit} sessions`);
+    const perClient = opts.maxSessionsPerClient;
+    if (perClient !== undefined && this.ctx.auth.required && this.ctx.sessions(this.client!) > perClient) {
+      throw new VmsynthError('VMS_LIMIT', `client "${this.client}" already runs its limit of ${perClient} sessions`);
+    }
     const overlay = Overlay.fromManifest(m.manifest, { trusted: this.ctx.trusted });
     const base = await baseFor(overlay);
+    const memory = base.manifest.memory.bytes + (opts.maxInFlightBytes ?? 2 << 20);
+    if (opts.sessionMemoryBytes !== undefined && memory > opts.sessionMemoryBytes) {
+      throw new VmsynthError('VMS_LIMIT', `the session would use ${Math.ceil(memory / 2 ** 20)} MiB (guest RAM + in-flight segments), over this server's limit of ${Math.floor(opts.sessionMemoryBytes / 2 ** 20)} MiB per session`);
+    }
+    await this.ctx.checkBase(base);
     await requireAccel(base);
     const session = await SynthSession.start({
       overlay, base, policy: m.policy, lv: this.ctx.lv,
@@ -131,7 +143,7 @@ export class Connection {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     this.io.setMaxFrameBytes(FRAME_CAPS.streaming);
-    publish('sessionStarted', { session: session.id, peer: this.peer, policy: m.policy, base: base.name, segments: overlay.body.segments.length });
+    publish('sessionStarted', { session: session.id, domain: session.domain, peer: this.peer, client: this.client, policy: m.policy, base: base.name, segments: overlay.body.segments.length, overlayBytes: overlay.segmentsBytes });
     this.io.send({ type: 'accepted', session: session.id, base: base.name, segments: overlay.body.segments.length, policy: m.policy });
     session.run();
   }
@@ -149,7 +161,8 @@ export class Connection {
       if (error) this.io.stopReading();
       await this.opening; // a session being set up is closed by openSession itself
       const stats = this.session ? await this.session.close() : null;
-      if (this.session || was === 'session') publish('sessionEnded', { session: this.session?.id, peer: this.peer, stats, ...(error ? { error } : {}) });
+      if (this.session || was === 'session') publish('sessionEnded', { session: this.session?.id, peer: this.peer, client: this.client, stats, ...(error ? { error } : {}) });
+      else if (error && error.code !== 'VMS_PEER_GONE') publish('connectionRefused', { peer: this.peer, client: this.client, code: error.code, message: error.message });
       if (tell && this.io.open) {
         if (error) this.io.send({ type: 'error', code: error.code, message: error.message.slice(0, 4000), fatal: true });
         else this.io.send({ type: 'finished', stats: stats ?? {} });

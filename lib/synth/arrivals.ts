@@ -43,6 +43,8 @@ export class ChunkArrivals {
     readonly maps: readonly ChunkMap[],
     /** Called once per held read for each segment it needs that is not present. */
     private readonly demand: (segment: number) => void,
+    /** Called when a held read goes on, with how long it waited. */
+    private readonly unblocked: (ms: number) => void = () => undefined,
   ) {
     this.segmentOf = maps.map((m) => new Int32Array(m.chunkCount).fill(-1));
     this.missing = maps.map(() => 0);
@@ -82,6 +84,7 @@ export class ChunkArrivals {
     for (const w of list) {
       if (--w.remaining === 0) {
         this.waits.push(now - w.since);
+        this.unblocked(now - w.since);
         w.resolve();
       }
     }

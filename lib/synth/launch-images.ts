@@ -23,6 +23,8 @@ export interface LaunchImageOptions {
   dir: string;
   /** A guest read needs this segment. */
   demand: (segment: number) => void;
+  /** A held guest read went on after waiting this long. */
+  unblocked?: (ms: number) => void;
   /** Worker threads for verify + decompress + apply. */
   threads: number;
 }
@@ -39,7 +41,7 @@ export class LaunchImages {
   static async create(opts: LaunchImageOptions, scope: Scope): Promise<LaunchImages> {
     const { body } = opts;
     const maps = [new ChunkMap(body.base.memory.bytes), new ChunkMap(body.base.disk.bytes)];
-    const arrivals = new ChunkArrivals(maps, opts.demand);
+    const arrivals = new ChunkArrivals(maps, opts.demand, opts.unblocked);
     body.segments.forEach((s, si) => {
       for (let i = 0; i < s.count; i++) {
         const r = readRecord(s.chunks, i);

@@ -146,6 +146,7 @@ export class SynthSession {
       base: [base.file('memory'), base.file('disk')],
       dir: this.session.dir,
       demand: (segment) => this.onDemand(segment),
+      unblocked: (ms) => publish('readUnblocked', { session: this.id, ms }),
       threads: this.opts.threads ?? 2,
     }, this.scope);
   }
@@ -165,10 +166,13 @@ export class SynthSession {
   }
 
   private onDemand(segment: number): void {
+    const before = this.scheduler.outOfOrder;
     if (this.scheduler.demand(segment)) {
       this.s.demandFetches++;
+      publish('demandFetch', { session: this.id, segment, outOfOrder: false });
       this.pump();
     } else {
+      if (this.scheduler.outOfOrder > before) publish('demandFetch', { session: this.id, segment, outOfOrder: true });
       this.launch.applier.promote(segment);
     }
   }
@@ -183,9 +187,10 @@ export class SynthSession {
     }
     this.s.segmentsReceived++;
     this.s.bytesReceived += data.length;
-    const priority = this.scheduler.isDemanded(index) ? Priority.DEMAND : Priority.BACKGROUND;
-    this.launch.applier.apply(index, data, priority).then(
+    const demanded = this.scheduler.isDemanded(index);
+    this.launch.applier.apply(index, data, demanded ? Priority.DEMAND : Priority.BACKGROUND).then(
       () => {
+        publish('segmentApplied', { session: this.id, index, bytes: data.length, lane: demanded ? 'demand' : 'background' });
         this.scheduler.received(index);
         if (this.scheduler.done) this.onComplete();
         else this.pump();
@@ -207,6 +212,7 @@ export class SynthSession {
 
   private onComplete(): void {
     this.s.completeMs = this.ms();
+    publish('overlayComplete', { session: this.id, ms: this.s.completeMs });
     this.opts.events.complete(this.s.completeMs);
     if (this.opts.policy === 'baseline') this.resumeInBackground();
   }
@@ -221,6 +227,7 @@ export class SynthSession {
     this.resuming = this.resume().then(
       (ms) => {
         this.s.resumedMs = ms;
+        publish('sessionResumed', { session: this.id, domain: this.domain, ms, policy: this.opts.policy });
         if (!this.closing) this.opts.events.ready(ms);
       },
       (err: unknown) => this.fail(asVmsynthError(err)),
@@ -249,6 +256,16 @@ export class SynthSession {
     const signal = this.abort.signal;
     const vm = await startVm(this.opts.lv, spec, this.scope, { signal });
     this.vm = vm;
+    // The watchdog: a VM that dies mid-session ends the session now, not at the next offload request.
+    const unwatch = vm.qmp.onQemuGone((err) => {
+      if (this.closing || this.failedWith) return;
+      void explainFailure(err, vm).then((e) => {
+        const why = asVmsynthError(e);
+        publish('vmDied', { session: this.id, domain: this.domain, error: why });
+        this.fail(why);
+      });
+    });
+    this.scope.defer('stop watching the VM', () => unwatch());
     try {
       await loadState(vm.qmp, stateFile, this.session.file('incoming.sock'), { ignoreShared: true, signal });
     } catch (err) {
@@ -277,6 +294,7 @@ export class SynthSession {
           this.s.firstResponseMs = this.ms();
           this.s.bytesBefore = this.s.bytesReceived;
           this.s.segmentsBefore = this.s.segmentsReceived;
+          publish('firstResponse', { session: this.id, ms: this.s.firstResponseMs, policy: this.opts.policy });
         }
         return reply;
       } catch (err) {

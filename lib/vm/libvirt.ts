@@ -58,6 +58,17 @@ export class Libvirt {
     return true;
   }
 
+  /** libvirt answers a cheap call within `timeoutMs` (for readiness checks). */
+  async alive(timeoutMs = 2000): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), timeoutMs); });
+    try {
+      return await Promise.race([this.hv.connectListAllDomains().then(() => true, () => false), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** True while a domain of that name exists and is not shut off. */
   async isActive(name: string): Promise<boolean> {
     try {

@@ -27,6 +27,7 @@ export class QmpClient {
   private readonly pending = new Map<string, Pending>();
   private closedError: VmsynthError | null = null;
   private readonly eventListeners = new Set<(e: QmpEvent) => void>();
+  private readonly closeListeners = new Set<(err: VmsynthError) => void>();
   private greeted!: Promise<void>;
 
   private constructor(private readonly socket: net.Socket, readonly path: string) {
@@ -39,6 +40,7 @@ export class QmpClient {
         reject(this.closedError);
         for (const p of this.pending.values()) p.reject(this.closedError);
         this.pending.clear();
+        if (this.closedError.code === 'VMS_QEMU_DIED') for (const l of this.closeListeners) l(this.closedError);
       });
       socket.on('error', () => { /* 'close' follows and reports */ });
     });
@@ -89,6 +91,12 @@ export class QmpClient {
   onEvent(listener: (e: QmpEvent) => void): () => void {
     this.eventListeners.add(listener);
     return () => this.eventListeners.delete(listener);
+  }
+
+  /** Calls `listener` once if QEMU closes the monitor (it died or was killed), not when we close it. */
+  onQemuGone(listener: (err: VmsynthError) => void): () => void {
+    this.closeListeners.add(listener);
+    return () => this.closeListeners.delete(listener);
   }
 
   close(): void {

@@ -1,0 +1,76 @@
+/**
+ * Prometheus metrics of the synthesis server, fed only by the core's
+ * diagnostics channels (the core never calls a metric). Owns one prom-client
+ * registry: first-response and resume time, blocked-read waits, segment
+ * bytes by lane, demand and out-of-order fetches, sessions (active, ended by
+ * outcome), refused connections by code, and Node's default process metrics,
+ * event-loop lag among them.
+ */
+import client from 'prom-client';
+import { channels, type ChannelName } from '../core/diagnostics.js';
+
+/** Seconds: from a local resume (~0.1 s on KVM) to a slow link's baseline (minutes). */
+const TIME_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300];
+/** Seconds a held guest read waited: one segment on a fast link is milliseconds. */
+const WAIT_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10];
+
+export class ServerMetrics {
+  readonly registry = new client.Registry();
+  private readonly unsubscribers: (() => void)[] = [];
+
+  constructor() {
+    const r = [this.registry];
+    client.collectDefaultMetrics({ register: this.registry, prefix: 'vmsynth_', eventLoopMonitoringPrecision: 20 });
+    const firstResponse = new client.Histogram({ name: 'vmsynth_first_response_seconds', help: 'From session start (manifest accepted) to the app\'s first answer', labelNames: ['policy'], buckets: TIME_BUCKETS, registers: r });
+    const resumed = new client.Histogram({ name: 'vmsynth_resume_seconds', help: 'From session start to the VM running', labelNames: ['policy'], buckets: TIME_BUCKETS, registers: r });
+    const blocked = new client.Histogram({ name: 'vmsynth_blocked_read_seconds', help: 'How long guest reads of chunks not yet arrived were held', buckets: WAIT_BUCKETS, registers: r });
+    const segmentBytes = new client.Counter({ name: 'vmsynth_segment_bytes_total', help: 'Overlay segment bytes received and applied, by lane', labelNames: ['lane'], registers: r });
+    const segments = new client.Counter({ name: 'vmsynth_segments_total', help: 'Overlay segments received and applied, by lane', labelNames: ['lane'], registers: r });
+    const demand = new client.Counter({ name: 'vmsynth_demand_fetches_total', help: 'Segments a guest read put on the demand lane', registers: r });
+    const outOfOrder = new client.Counter({ name: 'vmsynth_out_of_order_fetches_total', help: 'Guest reads of a segment already on its way in the background (the access order was wrong for it)', registers: r });
+    const active = new client.Gauge({ name: 'vmsynth_active_sessions', help: 'Sessions running now', registers: r });
+    const ended = new client.Counter({ name: 'vmsynth_sessions_total', help: 'Sessions ended, by outcome (ok or an error code)', labelNames: ['outcome'], registers: r });
+    const refused = new client.Counter({ name: 'vmsynth_connections_refused_total', help: 'Connections refused or failed before a session started, by error code', labelNames: ['code'], registers: r });
+    const vmDied = new client.Counter({ name: 'vmsynth_vm_deaths_total', help: 'Session VMs that died while their session ran', registers: r });
+    const badBases = new client.Gauge({ name: 'vmsynth_bases_failed_verification', help: 'Local bases whose files did not match their manifest at start', registers: r });
+    active.set(0);
+    badBases.set(0);
+
+    const on = (name: ChannelName, f: (m: Record<string, unknown>) => void) => {
+      const handler = (message: unknown) => f((message ?? {}) as Record<string, unknown>);
+      channels[name].subscribe(handler);
+      this.unsubscribers.push(() => channels[name].unsubscribe(handler));
+    };
+    const code = (e: unknown) => (e && typeof e === 'object' && 'code' in e ? String(e.code) : 'VMS_INTERNAL');
+    on('firstResponse', (m) => firstResponse.observe({ policy: String(m.policy) }, Number(m.ms) / 1000));
+    on('sessionResumed', (m) => resumed.observe({ policy: String(m.policy) }, Number(m.ms) / 1000));
+    on('readUnblocked', (m) => blocked.observe(Number(m.ms) / 1000));
+    on('segmentApplied', (m) => {
+      segmentBytes.inc({ lane: String(m.lane) }, Number(m.bytes));
+      segments.inc({ lane: String(m.lane) });
+    });
+    on('demandFetch', (m) => (m.outOfOrder ? outOfOrder.inc() : demand.inc()));
+    on('sessionStarted', () => active.inc());
+    on('sessionEnded', (m) => {
+      active.dec();
+      ended.inc({ outcome: m.error ? code(m.error) : 'ok' });
+    });
+    on('connectionRefused', (m) => refused.inc({ code: String(m.code) }));
+    on('vmDied', () => vmDied.inc());
+    on('baseChecked', (m) => { if (m.ok === false) badBases.inc(); });
+  }
+
+  /** The exposition text for /metrics. */
+  text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  close(): void {
+    this.unsubscribers.forEach((u) => u());
+    this.registry.clear();
+  }
+}
