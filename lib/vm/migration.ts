@@ -90,6 +90,12 @@ export async function loadState(qmp: QmpClient, file: string, socketPath: string
     if (Date.now() > deadline) throw new VmsynthError('VMS_MIGRATION', `loading the VM state timed out (status ${status})`);
     await sleep(5, opts.signal);
   }
-  await fed;
+  // The VM runs, so QEMU has read the whole state. It may close its end before our
+  // side of the pipeline has seen 'finish' (seen under load): that premature close is
+  // not a failure; any other error of the feed still is.
+  await fed.catch((err: unknown) => {
+    if ((err as VmsynthError).cause && ((err as VmsynthError).cause as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE') return;
+    throw err;
+  });
   await fsp.rm(socketPath, { force: true });
 }
