@@ -21,6 +21,7 @@ import { Overlay, type SegmentFile } from '../../lib/overlay/reader.js';
 import { LaunchImages } from '../../lib/synth/launch-images.js';
 import { Priority } from '../../lib/synth/stream-apply.js';
 import { loadBase } from '../../lib/vm/base.js';
+import { readChunk, until } from '../helpers/fuse-reads.js';
 import { generatePair, type GeneratedPair } from '../helpers/images.js';
 
 const run = promisify(execFile);
@@ -61,20 +62,6 @@ async function rig(t: { teardown: (f: () => unknown) => void }, name: string): P
   scope.defer('fail held reads', () => launch.arrivals.failAll());
   const apply = (index: number, data?: Buffer) => launch.applier.apply(index, data ?? segFile.read(overlay.body.segments[index]!), Priority.BACKGROUND);
   return { launch, mount, demands, apply };
-}
-
-/** Reads one chunk through the kernel from a child process (never from the process serving the mount). */
-function readChunk(file: string, index: number): { done: Promise<Buffer>; finished: () => boolean } {
-  let over = false;
-  const done = run('dd', [`if=${file}`, 'bs=4096', `skip=${index}`, 'count=1', 'status=none'], { encoding: 'buffer', maxBuffer: 1 << 20 })
-    .then((r) => r.stdout as Buffer)
-    .finally(() => { over = true; });
-  return { done, finished: () => over };
-}
-
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  if (!cond()) throw new Error(`timed out waiting for ${what}`);
 }
 
 function records(): { r: ChunkRecord; segment: number }[] {

@@ -37,6 +37,7 @@ import { Overlay, type SegmentFile } from '../../lib/overlay/reader.js';
 import { LaunchImages } from '../../lib/synth/launch-images.js';
 import { Priority } from '../../lib/synth/stream-apply.js';
 import { loadBase } from '../../lib/vm/base.js';
+import { readChunk, until } from '../helpers/fuse-reads.js';
 import { generatePair, type GeneratedPair } from '../helpers/images.js';
 import { mountsUnder } from '../helpers/leaks.js';
 
@@ -76,20 +77,6 @@ function plan(sizes: readonly number[]): { segment: number; bit: number }[] {
     trials.push({ segment, bit: m === 1 ? bits >> 1 : Math.round((k * (bits - 1)) / (m - 1)) });
   }
   return trials;
-}
-
-/** Reads one chunk through the kernel from a child process, O_DIRECT so the request is exactly that chunk (no readahead into others). */
-function readChunk(file: string, index: number): { done: Promise<Buffer>; finished: () => boolean } {
-  let over = false;
-  const done = run('dd', [`if=${file}`, 'bs=4096', `skip=${index}`, 'count=1', 'iflag=direct', 'status=none'], { encoding: 'buffer', maxBuffer: 1 << 20 })
-    .then((r) => r.stdout as Buffer)
-    .finally(() => { over = true; });
-  return { done, finished: () => over };
-}
-
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  if (!cond()) throw new Error(`timed out waiting for ${what}`);
 }
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
