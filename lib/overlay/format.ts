@@ -190,7 +190,7 @@ function isCount(x: unknown): x is number {
 export function decodeEnvelope(bytes: Uint8Array): OverlayEnvelope {
   let env: unknown;
   try {
-    env = packr.unpack(bytes);
+    env = unpackOne(bytes);
   } catch (err) {
     throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the overlay manifest is not valid MessagePack (${(err as Error).message})`, { cause: err });
   }
@@ -213,20 +213,77 @@ export function encodeBody(body: unknown): Buffer {
   return compress(packr.pack(body), { compressionLevel: 6 });
 }
 
+/**
+ * The one MessagePack value `bytes` holds, which must end exactly where `bytes` ends. Read as a
+ * sequence stopped after its first value: msgpackr's own check for bytes left over renders the
+ * whole decoded value as JSON into its error message (fuzzing found an 8 MiB envelope followed by
+ * one stray byte taking 2.4 s; 100 MiB took a minute and 5 GB).
+ */
+export function unpackOne(bytes: Uint8Array): unknown {
+  let value: unknown;
+  let end = 0;
+  packr.unpackMultiple(bytes, (v: unknown, _start?: number, stop?: number) => {
+    value = v;
+    end = stop ?? 0;
+    return false;
+  });
+  if (end !== bytes.length) throw new Error(`${bytes.length - end} bytes follow the value`);
+  return value;
+}
+
+/** The most a zstd frame of n bytes can decompress to is n × this: an RLE block (4 bytes) regenerates at most 128 KiB. */
+const ZSTD_MAX_RATIO = (128 << 10) / 4;
+
+/**
+ * Decompresses `bytes`, which must be exactly one zstd frame declaring a content size of at most
+ * `limit`. zstd-napi allocates the size frame headers declare (summed over every frame) before
+ * decompressing, so a declaration more than the frame's bytes could hold is refused first
+ * (fuzzing found a 13-byte body declaring 512 MiB that was allocated in full). Throws plain
+ * Errors: callers say what did not decompress.
+ */
+export function decompressFrame(bytes: Uint8Array, limit: number): Buffer {
+  if (zstdBinding.findFrameCompressedSize(bytes) !== bytes.length) throw new Error('not exactly one zstd frame');
+  const size = zstdBinding.getFrameContentSize(bytes);
+  if (size === null) throw new Error('the frame does not declare its size');
+  if (size > limit || size > bytes.length * ZSTD_MAX_RATIO) throw new Error(`declared size ${size} is over the limit of ${Math.min(limit, bytes.length * ZSTD_MAX_RATIO)} bytes`);
+  return decompress(bytes);
+}
+
 /** The body's MessagePack object, unvalidated (a size-capped decompress, then unpack). */
 export function unpackBody(bytes: Uint8Array): unknown {
   let raw: Buffer;
   try {
-    const size = zstdBinding.getFrameContentSize(bytes);
-    if (size === null || size > MAX_MANIFEST_BYTES) throw new Error(`declared size ${size} is missing or over ${MAX_MANIFEST_BYTES >> 20} MiB`);
-    raw = decompress(bytes);
+    raw = decompressFrame(bytes, MAX_MANIFEST_BYTES);
   } catch (err) {
     throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the overlay body does not decompress (${(err as Error).message})`, { cause: err });
   }
   try {
-    return packr.unpack(raw);
+    return unpackOne(raw);
   } catch (err) {
     throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the overlay body is not valid MessagePack (${(err as Error).message})`, { cause: err });
+  }
+}
+
+/** Largest image a chunk table can address: a record's index is a u32. */
+const MAX_IMAGE_CHUNKS = 2 ** 32;
+
+/**
+ * Chunks of the two images, as bitmaps allocated in 512-byte pages on first use: memory follows
+ * the chunks a table lists, not the image sizes a body claims. (One bitmap per image sized by
+ * the claim let a 2 KB manifest claiming a 16 TiB image allocate 512 MiB, and one claiming 2^52
+ * bytes throw a RangeError; both found by fuzzing.)
+ */
+class ChunkSet {
+  private readonly pages: (Uint8Array | undefined)[][] = [[], []];
+
+  has(image: number, i: number): boolean {
+    const page = this.pages[image]![i >>> 12];
+    return page !== undefined && ((page[(i & 0xfff) >>> 3]! >>> (i & 7)) & 1) === 1;
+  }
+
+  add(image: number, i: number): void {
+    const page = (this.pages[image]![i >>> 12] ??= new Uint8Array(512));
+    page[(i & 0xfff) >>> 3]! |= 1 << (i & 7);
   }
 }
 
@@ -244,23 +301,32 @@ export function decodeBody(bytes: Uint8Array): OverlayBody {
   const base = b.base;
   for (const name of IMAGE_NAMES) {
     const id = base?.[name];
-    if (!id || !isCount(id.bytes) || id.bytes % chunkSize !== 0 || typeof id.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(id.sha256)) {
+    // (An image beyond MAX_IMAGE_CHUNKS cannot be addressed by a u32 record index.)
+    if (!id || !isCount(id.bytes) || id.bytes % chunkSize !== 0 || id.bytes / chunkSize > MAX_IMAGE_CHUNKS || typeof id.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(id.sha256)) {
       throw corrupt(`the overlay's base ${name} identity is malformed`);
     }
   }
   if (typeof base.name !== 'string') throw corrupt('the overlay names no base');
   if (!isCount(b.segmentBytes) || b.segmentBytes === 0) throw corrupt('segmentBytes is malformed');
-  if (!b.vm || !isCount(b.vm.appPort)) throw corrupt('vm.appPort is malformed');
+  if (!b.vm || !isCount(b.vm.appPort) || b.vm.appPort > 65535) throw corrupt('vm.appPort is malformed');
   const ds = b.deviceState;
   if (!ds || !isCount(ds.bytes) || typeof ds.sha256 !== 'string' || !isBytes(ds.zstd)) throw corrupt('the device state is malformed');
   if (!Array.isArray(b.segments)) throw corrupt('the segment table is missing');
-  if (!b.stats || !Array.isArray(b.stats.chunks)) throw corrupt('the stats are missing');
   if (!b.order || (b.order.kind !== 'default' && b.order.kind !== 'profile')) throw corrupt('the order is malformed');
+  // The descriptive fields too: `overlay inspect` (which opens any self-signed overlay) and the
+  // profiler read them as typed; fuzzing found a missing stats.modified, delta or compression
+  // making inspectOverlay throw a TypeError.
+  const st = b.stats;
+  if (!st || !Array.isArray(st.chunks) || !st.chunks.every(isCount) || !isCount(st.trimmedChunks) || !st.modified || !isCount(st.modified.memory) || !isCount(st.modified.disk)) {
+    throw corrupt('the stats are malformed');
+  }
+  if (!isCount(b.order.runs) || (b.order.rank !== undefined && typeof b.order.rank !== 'string')) throw corrupt('the order is malformed');
+  if (typeof b.createdAt !== 'string' || typeof b.tool !== 'string') throw corrupt('createdAt or tool is malformed');
+  if (!b.delta || b.delta.encoding !== 'xor' || typeof b.delta.rule !== 'string') throw corrupt('the delta encoding is malformed');
+  if (!b.compression || b.compression.codec !== 'zstd' || !Number.isSafeInteger(b.compression.level)) throw corrupt('the compression is malformed');
 
   const chunkCount = [base.memory.bytes / chunkSize, base.disk.bytes / chunkSize];
-  const seen = [new Uint8Array(Math.ceil(chunkCount[0]! / 8)), new Uint8Array(Math.ceil(chunkCount[1]! / 8))];
-  const test = (img: number, i: number) => (seen[img]![i >> 3]! >> (i & 7)) & 1;
-  const mark = (img: number, i: number) => { seen[img]![i >> 3]! |= 1 << (i & 7); };
+  const seen = new ChunkSet();
   let offset = 0;
   b.segments.forEach((s: Record<string, unknown>, si: number) => {
     if (!s || !isCount(s.offset) || !isCount(s.bytes) || !isCount(s.rawBytes) || !isCount(s.count) || !isBytes(s.sha256, HASH_BYTES)) {
@@ -276,17 +342,17 @@ export function decodeBody(bytes: Uint8Array): OverlayBody {
       const where = `segment ${si}, chunk ${i}`;
       if (r.image > 1 || r.index >= chunkCount[r.image]!) throw corrupt(`${where}: chunk ${r.image}/${r.index} is outside the images`);
       if (r.kind > ChunkKind.RAW) throw corrupt(`${where}: unknown kind ${r.kind}`);
-      if (test(r.image, r.index)) throw corrupt(`${where}: ${IMAGE_NAMES[r.image]} chunk ${r.index} is listed twice`);
+      if (seen.has(r.image, r.index)) throw corrupt(`${where}: ${IMAGE_NAMES[r.image]} chunk ${r.index} is listed twice`);
       if (r.kind === ChunkKind.BASE || r.kind === ChunkKind.SELF) {
         if (r.refImage > 1 || r.refIndex >= chunkCount[r.refImage]!) throw corrupt(`${where}: reference ${r.refImage}/${r.refIndex} is outside the images`);
-        if (r.kind === ChunkKind.SELF && !test(r.refImage, r.refIndex)) throw corrupt(`${where}: self reference to ${IMAGE_NAMES[r.refImage]} chunk ${r.refIndex}, which does not come earlier`);
+        if (r.kind === ChunkKind.SELF && !seen.has(r.refImage, r.refIndex)) throw corrupt(`${where}: self reference to ${IMAGE_NAMES[r.refImage]} chunk ${r.refIndex}, which does not come earlier`);
       }
       if (hasPayload(r.kind)) {
         const p = r.payloadOffset;
         if (p % chunkSize !== 0 || p + chunkSize > s.rawBytes || payloadSeen[p / chunkSize]) throw corrupt(`${where}: payload offset ${p} is out of place`);
         payloadSeen[p / chunkSize] = 1;
       }
-      mark(r.image, r.index);
+      seen.add(r.image, r.index);
     }
   });
   return b as OverlayBody;

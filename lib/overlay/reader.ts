@@ -6,13 +6,12 @@
  */
 import { promises as fsp, openSync, readSync, closeSync } from 'node:fs';
 import path from 'node:path';
-import { decompress } from 'zstd-napi';
 import zstdBinding from 'zstd-napi/binding.js';
 import { VmsynthError } from '../core/errors.js';
 import type { Base } from '../vm/base.js';
 import { sha256 } from './chunk-io.js';
 import {
-  decodeBody, decodeEnvelope, IMAGE_NAMES, MANIFEST_FILE, MAX_MANIFEST_BYTES, SEGMENTS_FILE, segmentsFileBytes,
+  decodeBody, decodeEnvelope, decompressFrame, IMAGE_NAMES, MANIFEST_FILE, MAX_MANIFEST_BYTES, SEGMENTS_FILE, segmentsFileBytes,
   type OverlayBody, type OverlayEnvelope, type SegmentInfo,
 } from './format.js';
 import { verifySignature } from './keys.js';
@@ -89,7 +88,9 @@ export class Overlay {
     const ds = this.body.deviceState;
     let raw: Buffer;
     try {
-      raw = decompress(ds.zstd);
+      // One frame declaring at most the recorded size: a plain decompress allocated whatever the frame
+      // header declared (fuzzing: a 13-byte frame declaring 2 GiB got 2 GiB before failing).
+      raw = decompressFrame(ds.zstd, ds.bytes);
     } catch (err) {
       throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the device state does not decompress (${(err as Error).message})`, { cause: err });
     }
@@ -148,7 +149,7 @@ export function openSegment(index: number, s: Pick<SegmentInfo, 'sha256' | 'rawB
       const dst = into.subarray(0, s.rawBytes);
       raw = dst.subarray(0, dctx.decompress(dst, compressed));
     } else {
-      raw = decompress(compressed);
+      raw = decompressFrame(compressed, s.rawBytes);
     }
   } catch (err) {
     throw new VmsynthError('VMS_OVERLAY_CORRUPT', `segment ${index} does not decompress to its ${s.rawBytes} bytes (${(err as Error).message})`, { cause: err });

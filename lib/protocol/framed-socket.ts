@@ -62,6 +62,11 @@ export class FramedSocket {
       if (this.broken || this.ended) return;
       this.handlers.frame(f);
     }
+    // Whole frames before bad bytes in the same read are handed over first; the error follows at once.
+    if (this.decoder.error && !this.broken) {
+      this.broken = true;
+      this.handlers.invalid(asVmsynthError(this.decoder.error, 'VMS_PROTOCOL'));
+    }
   }
 
   /** Stops handing over frames (after a fatal error, while the goodbye is sent); later bytes are read and dropped, so the peer's close is still seen. */

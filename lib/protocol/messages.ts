@@ -122,7 +122,8 @@ export function parseServerMessage(f: Frame): ServerMessage {
       return { type: 'complete', appliedMs: h.appliedMs as number };
     }
     case 'finished': {
-      const h = fields(f, { stats: (v) => typeof v === 'object' && v !== null && !Array.isArray(v) });
+      // A map: bytes (a Buffer is an object too) were let through (found by fuzzing against docs/protocol.md).
+      const h = fields(f, { stats: (v) => typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array) });
       return { type: 'finished', stats: h.stats as Record<string, unknown> };
     }
     case 'error': {
