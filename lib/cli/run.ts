@@ -1,6 +1,6 @@
 /**
  * How every vmsynth command runs: logging attached, Ctrl-C and SIGTERM turned
- * into a clean cancellation (a second signal forces the exit), errors printed
+ * into a clean cancellation (a second signal ends the process by that signal), errors printed
  * with their code and hint, `--json` results as the last stdout line, and the
  * exit status taken from the error catalogue.
  */
@@ -32,7 +32,7 @@ export async function runCommand(json: boolean, action: (ctx: CommandContext) =>
       process.stderr.write(`vmsynth: ${sig}: cleaning up (send it again to exit at once)\n`);
       controller.abort(new VmsynthError('VMS_INTERRUPTED', `interrupted by ${sig}`));
     } else {
-      process.exit(130);
+      dieBy(sig);
     }
   };
   process.on('SIGINT', onSignal);
@@ -52,6 +52,25 @@ export async function runCommand(json: boolean, action: (ctx: CommandContext) =>
     process.off('SIGTERM', onSignal);
     detach();
   }
+}
+
+/**
+ * Ends the process at once, by `sig` with its default action. Not
+ * process.exit(): that joins libuv's thread pool, and a pool thread may be
+ * inside a libvirt call (a domain destroy) waiting for QEMU, which waits for
+ * a FUSE answer from this very process's main thread: a deadlock that made a
+ * second SIGTERM hang. Dying by the signal lets the kernel abort the FUSE
+ * connections; what is left (domain, mount, files) is the next start's
+ * janitor's to clean.
+ */
+export function dieBy(sig: NodeJS.Signals): never {
+  process.removeAllListeners(sig);
+  process.kill(process.pid, sig);
+  // The default action ends the process before the wait is over; if a handler
+  // somewhere kept the signal, SIGKILL.
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1000);
+  process.kill(process.pid, 'SIGKILL');
+  throw new Error('unreachable');
 }
 
 /** Parses a positive integer option, as a usage error when it is not one. */

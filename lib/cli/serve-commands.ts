@@ -13,7 +13,7 @@ import { trustedKeys } from '../overlay/keys.js';
 import { startDaemon } from '../server/daemon.js';
 import { newToken } from '../server/admission.js';
 import { table } from './format.js';
-import { runCommand } from './run.js';
+import { dieBy, runCommand } from './run.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -99,11 +99,9 @@ export function registerServeCommands(program: Command): void {
         signal.addEventListener('abort', () => resolve(), { once: true });
       });
       const { forced } = await d.stop();
-      if (forced) {
-        process.exitCode = 1;
-        // Sessions still tearing down hold handles; the next start's janitor removes what is left.
-        setImmediate(() => process.exit(1));
-      }
+      // Sessions still tearing down may hold a libvirt call that waits on this
+      // process (see dieBy); the next start's janitor removes what is left.
+      if (forced) dieBy('SIGKILL');
       return undefined;
     }, {
       log: () => {

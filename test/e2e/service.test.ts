@@ -128,3 +128,58 @@ t.test('serve under a systemd-like supervisor', async (t) => {
   t.equal(await exited, 0, `the server exits 0 (stderr: ${err.slice(-300)})`);
   t.same(await leaks([], runDir()), NO_LEAKS, 'nothing left under the run directory');
 });
+
+t.test('a second signal forces the stop; the next start cleans what was left', async (t) => {
+  const { LOG_FORMAT: _f, LOG_LEVEL: _l, ...env } = process.env;
+  const start = () => {
+    const child = spawn(process.execPath, [cli, 'serve', '--listen', '127.0.0.1:0', '--json'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.resume();
+    const exited = new Promise<number | string | null>((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal)));
+    const lines = () => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const listening = (async () => {
+      for (let i = 0; i < 2400; i++) {
+        const l = lines().find((x) => 'listening' in x) as { listening: { port: number } } | undefined;
+        if (l) return l.listening.port;
+        if (child.exitCode !== null) throw new Error(`serve exited early: ${out}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      throw new Error('serve did not listen within 120 s');
+    })();
+    t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+    return { child, exited, lines, listening };
+  };
+
+  const first = start();
+  const port = await first.listening;
+  let session = '';
+  const outcome = synthesize({
+    server: `127.0.0.1:${port}`, overlay: ov, request, maxBytesPerSecond: 125_000,
+    onEvent: (e) => {
+      if (e.type === 'accepted') session = e.session;
+      // Pause the guest first: QEMU must survive its FUSE server's death, as a VM of a crashed vmsynth would.
+      if (e.type === 'timeline' && e.step === 'resumed') {
+        void run('virsh', ['-c', process.env.LIBVIRT_URI ?? 'qemu:///system', 'suspend', `${DOMAIN_PREFIX}${session}`]).finally(() => {
+          first.child.kill('SIGTERM');
+          setTimeout(() => first.child.kill('SIGTERM'), 20);
+        });
+      }
+    },
+  });
+  await t.rejects(outcome, 'the client loses its session');
+  t.equal(await first.exited, 'SIGTERM', 'the second SIGTERM ends the process at once, by that signal');
+  const domain = `${DOMAIN_PREFIX}${session}`;
+  const left = await leaks([domain], runDir());
+  t.comment(`left by the forced stop: ${JSON.stringify(left)}`);
+
+  const second = start();
+  await second.listening;
+  t.same(await leaks([domain], runDir()), NO_LEAKS, 'the next start removed the domain, the mount and the session directory before it listened');
+  const cleaned = second.lines().filter((l) => l.event === 'staleCleaned').map((l) => l.kind);
+  // The domain may be gone already: libvirtd finishes a destroy its dead client had asked for.
+  if (left.mounts.length) t.ok(cleaned.includes('mount'), 'the stale mount was logged (staleCleaned)');
+  if (left.files.length) t.ok(cleaned.includes('session'), 'the stale session directory was logged (staleCleaned)');
+  second.child.kill('SIGTERM');
+  t.equal(await second.exited, 0);
+});
