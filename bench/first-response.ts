@@ -94,7 +94,7 @@ const CLIENT_TIMEOUT_S = 300;
 const NS_PREFIX = 'vmsfr-';
 const TMP_PREFIX = 'vmsynth-bench-first-response-';
 const DEV_PREFIX = 'vfr';
-const CLI = fileURLToPath(new URL('../lib/cli/main.js', import.meta.url));
+const CLI = fileURLToPath(new URL('../lib/cli/entry.cjs', import.meta.url));
 
 interface Link {
   name: string;

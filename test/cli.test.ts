@@ -8,7 +8,7 @@ import { packageRoot } from '../lib/core/paths.js';
 import { ERRORS } from '../lib/core/errors.js';
 
 t.teardown(removeTestRoot);
-const main = path.join(packageRoot(), 'dist/lib/cli/main.js');
+const main = path.join(packageRoot(), 'dist/lib/cli/entry.cjs');
 
 function vmsynth(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {

@@ -342,6 +342,10 @@ export class SynthSession {
       this.abort.abort(new VmsynthError('VMS_INTERRUPTED', 'the session ended'));
       // Let a resume in progress reach a step boundary, so whatever it acquired is in the scope.
       await this.resuming.catch(() => undefined);
+      // Held guest reads fail first, before the domain is destroyed: a vCPU blocked in one
+      // would keep QEMU from exiting on libvirt's SIGTERM (libvirt then waits 10 s for
+      // SIGKILL), and that destroy call holds a thread of libuv's pool all along.
+      this.launch?.arrivals.failAll();
       await this.scope.close();
       return stats;
     })();

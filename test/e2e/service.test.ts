@@ -31,7 +31,7 @@ await guestBase('svcbase');
 await generateKey();
 const ov = path.join(testRoot, 'overlay');
 await createOverlay({ base: 'svcbase', out: ov, script: await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8') });
-const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'main.js');
+const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
 const request = { method: 'GET' as const, path: '/run?mem_mb=8&disk_mb=4&disk_off_mb=40' };
 
 const [cert, key] = [path.join(testRoot, 'cert.pem'), path.join(testRoot, 'key.pem')];
