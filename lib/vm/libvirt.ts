@@ -58,12 +58,16 @@ export class Libvirt {
     return true;
   }
 
-  /** libvirt answers a cheap call within `timeoutMs` (for readiness checks). */
-  async alive(timeoutMs = 2000): Promise<boolean> {
+  /**
+   * libvirtd answers a cheap round trip within `timeoutMs` (for readiness
+   * checks). The host name, not a domain list: it takes no domain lock, so a
+   * domain being destroyed does not make a healthy daemon look dead.
+   */
+  async alive(timeoutMs = 5000): Promise<boolean> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), timeoutMs); });
     try {
-      return await Promise.race([this.hv.connectListAllDomains().then(() => true, () => false), timeout]);
+      return await Promise.race([this.hv.connectGetHostname().then(() => true, () => false), timeout]);
     } finally {
       clearTimeout(timer);
     }
