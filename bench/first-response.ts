@@ -623,7 +623,7 @@ export async function benchFirstResponse(): Promise<void> {
 
     const n = netnsFor(process.pid);
     await createLinkPair(scope, n);
-    const server = await SynthServer.listen({ host: n.hostAddr, port: 0, trust: [prepared.key.pubFile] });
+    const server = await SynthServer.listen({ host: n.hostAddr, port: 0, trust: [prepared.key.pubFile], verifyBases: true });
     scope.defer('close the synthesis server', () => server.close());
     const port = server.address().port;
     const variants = variantsOf(prepared);

@@ -132,7 +132,8 @@ export async function runDemo(opts: { signal?: AbortSignal; linkMbit?: number } 
   const ov = await Overlay.open(overlay.dir, { trusted: null });
 
   publish('progress', { step: `step 4/4: synthesis server on loopback; the client paces itself to ${linkMbit ? `${linkMbit} Mbit/s` : 'no limit'}` });
-  const server = await SynthServer.listen({ host: '127.0.0.1', port: 0 });
+  // Bases are hashed before listening, as `vmsynth serve` does, not in the first (timed) session.
+  const server = await SynthServer.listen({ host: '127.0.0.1', port: 0, verifyBases: true });
   try {
     const { host, port } = server.address();
     const run = async (policy: 'early-start' | 'baseline') => {

@@ -29,8 +29,11 @@
  * - baseline (7 of 50): the small overlay, unpaced: the VM is never started
  *   (asserted: no domain was created), the server only receives.
  *
- * Plus server-side resets: the proxy resets the server's socket first and
- * then the client's, when the server sends `ready` or its first `reply`.
+ * Plus 3 resets while the resume itself waits for the link (demand-only: the
+ * VM's state load reads guest memory, the server asks for that segment, and
+ * the link dies one byte into it), and 6 server-side resets: the proxy resets
+ * the server's socket first and then the client's, when the server sends
+ * `ready` or its first `reply`.
  *
  * Trials run 3 (or 4, see CONCURRENCY) at a time against one server; the
  * server's teardown of a session overlaps the next trial.
@@ -129,8 +132,10 @@ interface Trial {
   n: number;
   policy: Policy;
   overlay: keyof typeof overlays;
-  /** Fraction of the segment bytes at which the link dies, or null for a server-side reset. */
+  /** Fraction of the segment bytes at which the link dies, or null for the trials below. */
   point: number | null;
+  /** Reset at the first byte of the first segment (the one the VM's resume waits for). */
+  firstSegmentByte?: boolean;
   serverFrame: 'ready' | 'reply' | null;
   mode: ResetMode;
   rate?: number;
@@ -171,6 +176,15 @@ for (let i = 0; i < PER_POINT; i++) {
     });
   }
 }
+// The resume itself waits for the link: demand-only sends nothing until a
+// read needs it, and the first read that does comes from the VM's state
+// load. The link dies one byte into that segment, once the domain exists.
+for (let i = 0; i < 3; i++) {
+  trials.push({
+    n: trials.length, policy: 'demand-only', overlay: 'small', point: null, firstSegmentByte: true, serverFrame: null, mode: 'both',
+    vm: 'resuming', label: 'demand-only, reset 1 byte into the segment the VM\'s resume waits for',
+  });
+}
 for (const frame of ['ready', 'reply'] as const) {
   for (let i = 0; i < 3; i++) {
     trials.push({
@@ -195,6 +209,7 @@ async function resetPhase(tr: Trial): Promise<{ proxy: ResetProxy; session: stri
   const plan: ResetPlan = { mode: tr.mode };
   const point = tr.point;
   if (point !== null) plan.c2sAt = (handshake) => handshake + Math.floor(point * segmentBytes[tr.overlay]);
+  if (tr.firstSegmentByte) plan.c2sAt = (handshake) => handshake + 1;
   if (tr.serverFrame) plan.resetOnServerFrame = tr.serverFrame;
   let session = '';
   if (tr.vm === 'resuming') plan.gate = () => watch.waitCreated(SessionWatch.domain(session));
@@ -281,6 +296,9 @@ for (const [i, tr] of trials.entries()) {
         t.equal(r.trigger, 'c2s-threshold', 'reset by the byte count');
         t.equal(r.c2sForwarded, r.handshakeBytes! + Math.floor(tr.point * S),
           `reset at client→server byte ${fmt(r.c2sForwarded)} = handshake ${fmt(r.handshakeBytes!)} + ${pct(tr.point)} of ${fmt(S)} segment bytes`);
+      } else if (tr.firstSegmentByte) {
+        t.equal(r.c2sForwarded, r.handshakeBytes! + 1, `reset at client→server byte ${fmt(r.c2sForwarded)} = handshake ${fmt(r.handshakeBytes!)} + 1`);
+        t.same(r.s2cTypes, ['welcome', 'accepted', 'want'], 'the server had asked for one segment, on demand');
       } else {
         t.equal(r.trigger, 'server-frame', `reset when the server sent '${tr.serverFrame}', its socket first`);
       }
@@ -290,7 +308,8 @@ for (const [i, tr] of trials.entries()) {
       const stall = r.thresholdAt === null ? '' : `; the link stalled ${Math.round(r.at - r.thresholdAt)} ms at the point`;
       if (tr.vm === 'running') t.ok(r.gateOpened && r.s2cTypes.includes('ready'), `with the VM running: ready had reached the client (${vmState}${stall})`);
       if (tr.vm === 'resuming') t.ok(r.gateOpened && o.created !== undefined && o.created <= r.at, `with the VM started: its domain existed (${vmState}${stall})`);
-      if (tr.policy === 'demand-only') t.comment(vmState);
+      if (tr.firstSegmentByte) t.ok(o.running === undefined, 'and never running: its resume waited for that segment');
+      if (tr.policy === 'demand-only' && !tr.vm) t.comment(vmState);
       if (tr.serverFrame) t.ok(o.running !== undefined && o.running <= r.at, 'with the VM running');
       if (tr.policy === 'baseline') {
         t.equal(o.created, undefined, 'the VM was never started (baseline waits for the whole overlay)');
@@ -342,7 +361,7 @@ t.test('summary', async (t) => {
   for (const point of POINTS) {
     t.comment(`${pct(point)}: ${count((tr) => tr.point === point)} trials: early-start ${count((tr) => tr.point === point && tr.policy === 'early-start')}, demand-only ${count((tr) => tr.point === point && tr.policy === 'demand-only')}, baseline ${count((tr) => tr.point === point && tr.policy === 'baseline')}`);
   }
-  t.comment(`server-side resets: ${count((tr) => tr.serverFrame !== null)}`);
+  t.comment(`resets 1 byte into the segment a resume waits for: ${count((tr) => tr.firstSegmentByte === true)}; server-side resets: ${count((tr) => tr.serverFrame !== null)}`);
   const margin = (vm: 'running' | 'resuming') => trials.flatMap((tr, i) => {
     const o = outcomes[i]!;
     const at = vm === 'running' ? o.running : o.created;
