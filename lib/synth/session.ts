@@ -340,12 +340,14 @@ export class SynthSession {
     this.closing ??= (async () => {
       const stats = this.stats();
       this.abort.abort(new VmsynthError('VMS_INTERRUPTED', 'the session ended'));
+      // Held guest reads fail first. A resume in progress may itself be waiting on one
+      // (QEMU and libvirtd read the images while the domain starts and loads its state),
+      // so it could never reach the step boundary awaited below; and a vCPU blocked in one
+      // would keep QEMU from exiting on libvirt's SIGTERM (libvirt then waits 10 s for
+      // SIGKILL) while that destroy call holds a thread of libuv's pool.
+      this.launch?.arrivals.failAll();
       // Let a resume in progress reach a step boundary, so whatever it acquired is in the scope.
       await this.resuming.catch(() => undefined);
-      // Held guest reads fail first, before the domain is destroyed: a vCPU blocked in one
-      // would keep QEMU from exiting on libvirt's SIGTERM (libvirt then waits 10 s for
-      // SIGKILL), and that destroy call holds a thread of libuv's pool all along.
-      this.launch?.arrivals.failAll();
       await this.scope.close();
       return stats;
     })();

@@ -67,6 +67,9 @@ export async function loadState(qmp: QmpClient, file: string, socketPath: string
   const sock = await new Promise<net.Socket>((resolve, reject) => {
     const s = net.connect(socketPath, () => { s.off('error', reject); resolve(s); });
     s.once('error', reject);
+    // After the pipeline settles, a QEMU that dies with state unread resets the socket:
+    // that must not become an uncaught error that takes the whole server down.
+    s.on('error', () => undefined);
   }).catch((cause: unknown) => {
     throw new VmsynthError('VMS_MIGRATION', `cannot connect to QEMU's incoming socket: ${(cause as Error).message}`, { cause });
   });
@@ -93,9 +96,13 @@ export async function loadState(qmp: QmpClient, file: string, socketPath: string
   // The VM runs, so QEMU has read the whole state. It may close its end before our
   // side of the pipeline has seen 'finish' (seen under load): that premature close is
   // not a failure; any other error of the feed still is.
-  await fed.catch((err: unknown) => {
-    if ((err as VmsynthError).cause && ((err as VmsynthError).cause as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE') return;
-    throw err;
-  });
+  try {
+    await fed.catch((err: unknown) => {
+      if ((err as VmsynthError).cause && ((err as VmsynthError).cause as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE') return;
+      throw err;
+    });
+  } finally {
+    sock.destroy();
+  }
   await fsp.rm(socketPath, { force: true });
 }
