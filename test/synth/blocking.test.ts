@@ -14,15 +14,14 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { Scope } from '../../lib/core/scope.js';
 import { ImageMount } from '../../lib/fs/fuse-images.js';
-import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
 import { ChunkKind, readRecord, type ChunkRecord } from '../../lib/overlay/format.js';
-import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
 import { Overlay, type SegmentFile } from '../../lib/overlay/reader.js';
 import { LaunchImages } from '../../lib/synth/launch-images.js';
 import { Priority } from '../../lib/synth/stream-apply.js';
 import { loadBase } from '../../lib/vm/base.js';
 import { readChunk, until } from '../helpers/fuse-reads.js';
-import { generatePair, type GeneratedPair } from '../helpers/images.js';
+import { generatedOverlay, mountLaunchImages } from '../helpers/launch-rig.js';
+import type { GeneratedPair } from '../helpers/images.js';
 
 const run = promisify(execFile);
 const CHUNK = 4096;
@@ -33,12 +32,7 @@ let overlay: Overlay;
 let segFile: SegmentFile;
 
 t.before(async () => {
-  pair = await generatePair(process.env.VMSYNTH_BASE_DIR!, 'gen', path.join(testRoot, 'custom'), { memChunks: 1024, diskChunks: 512, each: 24 });
-  await generateKey();
-  const out = path.join(testRoot, 'ov');
-  await buildOverlay({ base: baseInput(await loadBase('gen')), custom: pair.custom, appPort: 8000, key: await loadSigningKey(), out, segmentBytes: 16 << 10 });
-  overlay = await Overlay.open(out, { trusted: null });
-  segFile = overlay.segmentFile();
+  ({ pair, overlay, segFile } = await generatedOverlay(testRoot));
 });
 t.teardown(() => segFile?.close());
 
@@ -52,14 +46,8 @@ interface Rig {
 async function rig(t: { teardown: (f: () => unknown) => void }, name: string): Promise<Rig> {
   const scope = new Scope();
   t.teardown(() => scope.close());
-  const dir = path.join(testRoot, name);
-  await fsp.mkdir(dir, { recursive: true });
-  const base = await loadBase('gen');
   const demands: number[] = [];
-  const launch = await LaunchImages.create({ body: overlay.body, base: [base.file('memory'), base.file('disk')], dir, demand: (s) => demands.push(s), threads: 2 }, scope);
-  const mount = await ImageMount.mount(path.join(dir, 'mnt'), [launch.memory, launch.disk]);
-  scope.defer('unmount', () => mount.unmount());
-  scope.defer('fail held reads', () => launch.arrivals.failAll());
+  const { launch, mount } = await mountLaunchImages(scope, path.join(testRoot, name), overlay, (s) => demands.push(s));
   const apply = (index: number, data?: Buffer) => launch.applier.apply(index, data ?? segFile.read(overlay.body.segments[index]!), Priority.BACKGROUND);
   return { launch, mount, demands, apply };
 }

@@ -29,16 +29,13 @@ import { decompress } from 'zstd-napi';
 import zstdBinding from 'zstd-napi/binding.js';
 import { Scope } from '../../lib/core/scope.js';
 import { VmsynthError } from '../../lib/core/errors.js';
-import { ImageMount } from '../../lib/fs/fuse-images.js';
-import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
 import { ChunkKind, KIND_NAMES, readRecord, type ChunkRecord } from '../../lib/overlay/format.js';
-import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
 import { Overlay, type SegmentFile } from '../../lib/overlay/reader.js';
 import { LaunchImages } from '../../lib/synth/launch-images.js';
 import { Priority } from '../../lib/synth/stream-apply.js';
-import { loadBase } from '../../lib/vm/base.js';
 import { readChunk, until } from '../helpers/fuse-reads.js';
-import { generatePair, type GeneratedPair } from '../helpers/images.js';
+import { generatedOverlay, mountLaunchImages } from '../helpers/launch-rig.js';
+import type { GeneratedPair } from '../helpers/images.js';
 import { mountsUnder } from '../helpers/leaks.js';
 
 const run = promisify(execFile);
@@ -55,12 +52,7 @@ let segFile: SegmentFile;
 let custom: [Buffer, Buffer];
 
 t.before(async () => {
-  pair = await generatePair(process.env.VMSYNTH_BASE_DIR!, 'gen', path.join(testRoot, 'custom'), { memChunks: 1024, diskChunks: 512, each: 24 });
-  await generateKey();
-  const out = path.join(testRoot, 'ov');
-  await buildOverlay({ base: baseInput(await loadBase('gen')), custom: pair.custom, appPort: 8000, key: await loadSigningKey(), out, segmentBytes: 16 << 10 });
-  overlay = await Overlay.open(out, { trusted: null });
-  segFile = overlay.segmentFile();
+  ({ pair, overlay, segFile } = await generatedOverlay(testRoot));
   custom = [await fsp.readFile(pair.custom.memory), await fsp.readFile(pair.custom.disk)];
 });
 t.teardown(() => segFile?.close());
@@ -110,14 +102,8 @@ t.test(`${TRIALS} single-bit flips over every segment are all refused, and no ba
   const scope = new Scope();
   let closed = false;
   t.teardown(() => (closed ? undefined : scope.close()));
-  const dir = path.join(testRoot, 'rig');
-  await fsp.mkdir(dir, { recursive: true });
-  const base = await loadBase('gen');
   const demands = new Set<number>();
-  const launch = await LaunchImages.create({ body: overlay.body, base: [base.file('memory'), base.file('disk')], dir, demand: (s) => demands.add(s), threads: 2 }, scope);
-  const mount = await ImageMount.mount(path.join(dir, 'mnt'), [launch.memory, launch.disk]);
-  scope.defer('unmount', () => mount.unmount());
-  scope.defer('fail held reads', () => launch.arrivals.failAll());
+  const { launch, mount } = await mountLaunchImages(scope, path.join(testRoot, 'rig'), overlay, (s) => demands.add(s));
   const { arrivals, applier } = launch;
   const maps = arrivals.maps;
   const missingTotal = () => {
