@@ -21,11 +21,9 @@ function configOption(cmd: Command): Command {
   return cmd.option('--config <file>', 'config file (default: $VMSYNTH_CONFIG, else /etc/vmsynth/vmsynth.json if it exists)');
 }
 
-const DEFAULTS = Object.fromEntries(KEYS.map((k) => [k.key, k.default]));
-const def = (key: keyof Config) => {
-  const v = DEFAULTS[key];
-  return v && typeof v === 'object' && 'host' in v ? `${String(v.host)}:${String(v.port)}` : JSON.stringify(v);
-};
+const DEFAULTS = Object.fromEntries(KEYS.map((k) => [k.key, k.default])) as Record<keyof Config, unknown>;
+/** A key's default as --help shows it. */
+const def = (key: keyof Config) => show(DEFAULTS[key]);
 
 /** Resolves the config from the flags, exports the paths, and remembers it for the logger. */
 function resolveFor(o: Record<string, unknown>): Resolved {
@@ -57,6 +55,7 @@ async function deepCheck(c: Config): Promise<string[]> {
   return problems;
 }
 
+/** A config value as people read it (addresses as host:port, null as off). */
 function show(v: unknown): string {
   if (v === null) return 'off';
   if (typeof v === 'object' && v && 'host' in v && 'port' in v) return `${String(v.host)}:${String(v.port)}`;

@@ -97,7 +97,7 @@ const absPath = (key: string) => (v: Raw, from: Source): string => path.resolve(
 const optPath = (key: string) => (v: Raw, from: Source): string | null => (v === null || v === '' ? null : absPath(key)(v, from));
 
 /** "[host:]port", "host" or "[v6]:port". */
-export function parseAddress(v: string, defaultPort = DEFAULT_PORT): Address | null {
+function parseAddress(v: string, defaultPort = DEFAULT_PORT): Address | null {
   const m = /^(?:(\[[^\]]+\]|[^:]*):)?(\d+)$/.exec(v) ?? /^(\[[^\]]+\]|[^:]+)$/.exec(v);
   if (!m) return null;
   const port = m[2] !== undefined ? Number(m[2]) : defaultPort;
