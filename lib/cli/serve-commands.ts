@@ -113,7 +113,7 @@ export function registerServeCommands(program: Command): void {
   const config = program.command('config').description('The server\'s configuration.');
   configOption(config
     .command('check')
-    .description('Validate the config (file, VMSYNTH_* environment, flags) and print the effective value of every key with where it came from. Exits 78 (VMS_CONFIG) when something is wrong.')
+    .description('Validate the config (file and VMSYNTH_* environment, as serve would read them) and print the effective value of every key with where it came from. Exits 78 (VMS_CONFIG) when something is wrong.')
     .option('--json', 'print the effective config as JSON'))
     .action(async (o: { config?: string; json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
       const r = resolveConfig(o.config ? { configFile: o.config } : {});
