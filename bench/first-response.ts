@@ -57,23 +57,18 @@
  * Ctrl-C too; the namespace, veth and temporary directory of a killed run
  * are removed by the next (its VM and FUSE mount by the server's janitor).
  */
-import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { SynthesizeResult } from '../lib/client/client.js';
 import { ensureGuestBase } from '../lib/cli/demo.js';
-import { ERRORS, VmsynthError, type ErrorCode } from '../lib/core/errors.js';
-import { exec } from '../lib/core/exec.js';
-import { processAlive } from '../lib/core/stale.js';
+import { VmsynthError } from '../lib/core/errors.js';
 import { attachLogger } from '../lib/core/log.js';
 import { cacheDir, packageRoot } from '../lib/core/paths.js';
 import { abortReason, Scope, throwIfAborted } from '../lib/core/scope.js';
 import { buildGuest } from '../lib/guest/build.js';
 import { createOverlay } from '../lib/overlay/create.js';
-import { generateKey, loadSigningKey, type SigningKey } from '../lib/overlay/keys.js';
 import { applyOverlay } from '../lib/overlay/offline.js';
 import { profileOverlay } from '../lib/overlay/profile.js';
 import { Overlay } from '../lib/overlay/reader.js';
@@ -84,6 +79,12 @@ import { detectAccel } from '../lib/vm/accel.js';
 import type { Base } from '../lib/vm/base.js';
 import { workPath, type AppWork } from '../lib/vm/guest-app.js';
 import { resumeBase } from '../lib/vm/resume.js';
+import { benchKey, openIfValid, trustedBy, type BenchKey } from './lib/bench-key.js';
+import { runClient } from './lib/client-run.js';
+import { checkLinkTools, createLinkPair, LINKS, netnsFor, removeStale, shape, tmpDirFor, type Link, type LinkNames, type Netns } from './lib/link.js';
+import { onSignals } from './lib/signals.js';
+import { p50, percentile, round } from './lib/stats.js';
+import { niceStep, px } from './lib/svg.js';
 
 const MIB = 1 << 20;
 const BASE_NAME = 'bench-first-response';
@@ -91,22 +92,7 @@ const WORK: AppWork = { memMb: 8, diskMb: 4, diskOffMb: 40 };
 const RANDOM = { atMiB: 48, mib: 16 };
 const PROFILE_RUNS = 3;
 const CLIENT_TIMEOUT_S = 300;
-const NS_PREFIX = 'vmsfr-';
-const TMP_PREFIX = 'vmsynth-bench-first-response-';
-const DEV_PREFIX = 'vfr';
-const CLI = fileURLToPath(new URL('../lib/cli/entry.cjs', import.meta.url));
-
-interface Link {
-  name: string;
-  rateMbit: number;
-  burst: string;
-  latency: string;
-}
-
-const LINKS: Record<string, Link> = {
-  wifi: { name: 'wifi', rateMbit: 38, burst: '32kbit', latency: '50ms' },
-  lan: { name: 'lan', rateMbit: 1000, burst: '256kb', latency: '10ms' },
-};
+const NAMES: LinkNames = { ns: 'vmsfr-', dev: 'vfr', tmp: 'vmsynth-bench-first-response-', bench: 'first-response', octet: 201 };
 
 interface Variant {
   name: string;
@@ -154,111 +140,7 @@ function chosenLinks(): Link[] {
   });
 }
 
-// ---------------------------------------------------------------- statistics
-
-/** Linear interpolation between order statistics; null for no data. */
-function percentile(xs: readonly number[], p: number): number | null {
-  if (xs.length === 0) return null;
-  const s = [...xs].sort((a, b) => a - b);
-  const at = (s.length - 1) * p;
-  const lo = Math.floor(at);
-  const hi = Math.ceil(at);
-  return s[lo]! + (s[hi]! - s[lo]!) * (at - lo);
-}
-
-const p50 = (xs: readonly number[]) => percentile(xs, 0.5);
-const round = (v: number | null, digits = 0) => (v === null ? null : +v.toFixed(digits));
-
-// ---------------------------------------------------------------- emulated link
-
-interface Netns {
-  ns: string;
-  hostDev: string;
-  nsDev: string;
-  hostAddr: string;
-  nsAddr: string;
-}
-
-/** Names and a /30 in 10.201.0.0/16, both from the PID, so concurrent runs do not collide. */
-function netnsFor(pid: number): Netns {
-  const block = pid % 16384;
-  const net = `10.201.${block >> 6}.`;
-  const host = (block & 63) * 4;
-  return { ns: `${NS_PREFIX}${pid}`, hostDev: `${DEV_PREFIX}${pid}h`, nsDev: `${DEV_PREFIX}${pid}n`, hostAddr: `${net}${host + 1}`, nsAddr: `${net}${host + 2}` };
-}
-
-function linkError(what: string, err: unknown): VmsynthError {
-  const detail = err instanceof Error ? err.message : String(err);
-  return new VmsynthError('VMS_USAGE', `the first-response bench emulates its link with a network namespace, a veth pair and tc tbf, as root; ${what}: ${detail}`, { cause: err });
-}
-
-const ip = (args: string[]) => exec('ip', args);
-const inNs = (n: Netns, cmd: string, args: string[]) => exec('ip', ['netns', 'exec', n.ns, cmd, ...args]);
-
-/** Fails with what is missing when `ip netns` or `tc` cannot be used here. */
-async function checkLinkTools(): Promise<void> {
-  if (process.getuid?.() !== 0) throw linkError('not running as root', `uid ${process.getuid?.()}`);
-  await ip(['netns', 'list']).catch((err: unknown) => { throw linkError('`ip netns list` failed (iproute2 missing, or no network namespace support)', err); });
-  await exec('tc', ['-V']).catch((err: unknown) => { throw linkError('`tc` is missing (install iproute2)', err); });
-}
-
-/** Removes the namespaces, veths and temporary directories of runs killed before they could clean up (their PID is gone). */
-async function removeStale(): Promise<void> {
-  const ns = (await ip(['netns', 'list'])).stdout.split('\n').map((l) => l.split(' ')[0] ?? '');
-  for (const name of ns) {
-    const pid = Number(new RegExp(`^${NS_PREFIX}(\\d+)$`).exec(name)?.[1]);
-    if (pid && pid !== process.pid && !processAlive(pid)) await ip(['netns', 'del', name]).catch(() => undefined);
-  }
-  for (const line of (await ip(['-o', 'link', 'show'])).stdout.split('\n')) {
-    const m = new RegExp(`^\\d+:\\s+(${DEV_PREFIX}(\\d+)h)[@:]`).exec(line);
-    const pid = Number(m?.[2]);
-    if (m && pid !== process.pid && !processAlive(pid)) await ip(['link', 'del', m[1]!]).catch(() => undefined);
-  }
-  for (const name of await fsp.readdir(os.tmpdir())) {
-    const pid = Number(name.startsWith(TMP_PREFIX) ? name.slice(TMP_PREFIX.length) : NaN);
-    if (pid && pid !== process.pid && !processAlive(pid)) await fsp.rm(path.join(os.tmpdir(), name), { recursive: true, force: true });
-  }
-}
-
-/** Namespace + veth pair, addressed and up; their removal is deferred on `scope` (a veth's qdiscs go with it). */
-async function createLinkPair(scope: Scope, n: Netns): Promise<void> {
-  try {
-    await ip(['netns', 'add', n.ns]);
-    scope.defer(`delete network namespace ${n.ns}`, () => ip(['netns', 'del', n.ns]));
-    await ip(['link', 'add', n.hostDev, 'type', 'veth', 'peer', 'name', n.nsDev]);
-    scope.defer(`delete veth pair ${n.hostDev}`, () => ip(['link', 'del', n.hostDev]));
-    await ip(['link', 'set', n.nsDev, 'netns', n.ns]);
-    await ip(['addr', 'add', `${n.hostAddr}/30`, 'dev', n.hostDev]);
-    await ip(['link', 'set', n.hostDev, 'up']);
-    await inNs(n, 'ip', ['addr', 'add', `${n.nsAddr}/30`, 'dev', n.nsDev]);
-    await inNs(n, 'ip', ['link', 'set', n.nsDev, 'up']);
-    await inNs(n, 'ip', ['link', 'set', 'lo', 'up']);
-  } catch (err) {
-    throw linkError('creating the namespace and veth pair failed', err);
-  }
-}
-
-/** Shapes both directions: a tbf root qdisc on each end (replacing the previous link's). */
-async function shape(n: Netns, link: Link): Promise<void> {
-  const tbf = (dev: string) => ['qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', `${link.rateMbit}mbit`, 'burst', link.burst, 'latency', link.latency];
-  try {
-    await exec('tc', tbf(n.hostDev));
-    await inNs(n, 'tc', tbf(n.nsDev));
-  } catch (err) {
-    throw linkError(`shaping the veth pair to ${link.rateMbit} Mbit/s failed (is the tbf qdisc, CONFIG_NET_SCH_TBF, in this kernel?)`, err);
-  }
-}
-
 // ---------------------------------------------------------------- base, key, overlays
-
-/** The bench's signing key, kept with the cached overlays (created on first use). */
-async function benchKey(root: string): Promise<SigningKey & { pubFile: string }> {
-  const dir = path.join(root, 'keys');
-  const keys = (await fsp.readdir(dir).catch(() => [] as string[])).filter((f) => f.endsWith('.key'));
-  if (keys.length === 0) await generateKey(dir);
-  const key = await loadSigningKey(undefined, dir);
-  return { ...key, pubFile: path.join(dir, `${key.keyId}.pub`) };
-}
 
 async function customizationScript(): Promise<string> {
   const demo = await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8');
@@ -282,15 +164,9 @@ async function pruneCache(root: string, keep: string): Promise<void> {
   }
 }
 
-const trustedBy = (key: SigningKey) => new Map([[key.keyId, key.publicKeyRaw]]);
-
-async function openIfValid(dir: string, key: SigningKey): Promise<Overlay | null> {
-  return Overlay.open(dir, { trusted: trustedBy(key) }).catch(() => null);
-}
-
 interface Prepared {
   base: Base;
-  key: SigningKey & { pubFile: string };
+  key: BenchKey;
   overlay: Overlay;
   cached: boolean;
   createMs: number | null;
@@ -322,7 +198,7 @@ async function prepare(signal: AbortSignal): Promise<Prepared> {
 }
 
 /** The access-ordered overlay, or why there is none (profiling must not stop the rest). */
-async function ensureProfiled(overlay: Overlay, key: SigningKey & { pubFile: string }, out: string, signal: AbortSignal): Promise<Prepared['profiled']> {
+async function ensureProfiled(overlay: Overlay, key: BenchKey, out: string, signal: AbortSignal): Promise<Prepared['profiled']> {
   const hit = await openIfValid(out, key);
   if (hit) return { overlay: hit, cached: true, ms: null };
   try {
@@ -358,30 +234,6 @@ async function measureLocal(p: Prepared, tmp: string, runs: number, signal: Abor
     process.stderr.write(`local resume ${i + 1}/${runs}: first response ${r.firstResponseMs} ms\n`);
   }
   return { runs: out, reply };
-}
-
-function knownCode(code: unknown): ErrorCode {
-  return typeof code === 'string' && Object.hasOwn(ERRORS, code) ? (code as ErrorCode) : 'VMS_INTERNAL';
-}
-
-/** One `vmsynth synth --json` in the namespace; its last stdout line is the result (or the error). */
-function runClient(n: Netns, port: number, v: Variant, signal: AbortSignal): Promise<SynthesizeResult> {
-  const args = ['netns', 'exec', n.ns, process.execPath, CLI, 'synth', '--server', `${n.hostAddr}:${port}`, '--overlay', v.overlay,
-    '--policy', v.policy, '--path', workPath(WORK), '--timeout', String(CLIENT_TIMEOUT_S), '--json'];
-  return new Promise((resolve, reject) => {
-    execFile('ip', args, { signal, maxBuffer: 16 * MIB, env: { ...process.env, LOG_LEVEL: 'warn' } }, (err, stdout, stderr) => {
-      if (signal.aborted) return reject(abortReason(signal));
-      let last: { error?: { code?: string; message?: string } } & Partial<SynthesizeResult> = {};
-      try {
-        last = JSON.parse(stdout.trim().split('\n').at(-1) ?? '') as typeof last;
-      } catch {
-        // no JSON: the client died before printing; stderr says why
-      }
-      if (!err && !last.error && last.timeline) return resolve(last as SynthesizeResult);
-      const why = last.error?.message ?? (stderr.trim().split('\n').slice(-5).join('\n') || err?.message || 'no result');
-      reject(new VmsynthError(knownCode(last.error?.code), `client (${v.name}): ${why}`));
-    });
-  });
 }
 
 function sampleOf(r: SynthesizeResult, local: Local): Sample {
@@ -423,7 +275,7 @@ async function runLink(n: Netns, port: number, link: Link, variants: Variant[], 
       throwIfAborted(signal);
       const cell = cells[v.name]!;
       try {
-        const s = sampleOf(await runClient(n, port, v, signal), local);
+        const s = sampleOf(await runClient(n.ns, `${n.hostAddr}:${port}`, v.overlay, v.policy, { path: workPath(WORK) }, CLIENT_TIMEOUT_S, signal, v.name), local);
         cell.samples.push(s);
         process.stderr.write(`${link.name} ${i + 1}/${runs} ${v.name}: first response ${s.firstResponseMs} ms, ${(s.bytesSentBeforeFirstResponse / MIB).toFixed(1)} MiB before${s.replyMatchesLocal ? '' : ', REPLY DIFFERS from the local VM'}\n`);
       } catch (err) {
@@ -514,14 +366,6 @@ function printLink(link: Link, s: Record<string, Summary>, floor: Floor, speedup
 
 const COLORS: Record<string, string> = { 'early-start': '#2b7bb9', baseline: '#c0504d', 'demand-only': '#6a9a3a', 'early-start+profile': '#8064a2' };
 
-function niceStep(max: number): number {
-  const raw = max / 5;
-  const mag = 10 ** Math.floor(Math.log10(raw));
-  return ([1, 2, 5, 10].find((m) => m * mag >= raw) ?? 10) * mag;
-}
-
-const px = (v: number) => +v.toFixed(1);
-
 /** A variant's name under its bars, broken before "+" so long names stay inside their group. */
 function barLabel(x: number, y: number, name: string): string {
   const lines = name.split(/(?=\+)/);
@@ -579,22 +423,6 @@ ${panels.join('\n')}
 
 // ---------------------------------------------------------------- the bench
 
-/** First SIGINT/SIGTERM aborts (cleanup runs); a second exits at once (the next run removes the leftovers). */
-function onSignals(controller: AbortController): () => void {
-  let count = 0;
-  const handler = (sig: NodeJS.Signals) => {
-    if (++count > 1) process.exit(130);
-    process.stderr.write(`first-response bench: ${sig}: cleaning up (send it again to exit at once)\n`);
-    controller.abort(new VmsynthError('VMS_INTERRUPTED', `interrupted by ${sig}`));
-  };
-  process.on('SIGINT', handler);
-  process.on('SIGTERM', handler);
-  return () => {
-    process.off('SIGINT', handler);
-    process.off('SIGTERM', handler);
-  };
-}
-
 function variantsOf(p: Prepared): Variant[] {
   const v: Variant[] = (['early-start', 'baseline', 'demand-only'] as const).map((policy) => ({ name: policy, policy, overlay: p.overlay.dir }));
   if (p.profiled && 'overlay' in p.profiled) v.push({ name: 'early-start+profile', policy: 'early-start', overlay: p.profiled.overlay.dir });
@@ -605,23 +433,23 @@ export async function benchFirstResponse(): Promise<void> {
   const detach = attachLogger({ level: process.env.LOG_LEVEL ?? 'warn' });
   const controller = new AbortController();
   const signal = controller.signal;
-  const offSignals = onSignals(controller);
+  const offSignals = onSignals(controller, NAMES.bench);
   const scope = new Scope();
   try {
     const loadAtStart = os.loadavg().map((x) => +x.toFixed(2));
     const runs = positiveEnv('BENCH_RUNS', 10);
     const links = chosenLinks();
-    await checkLinkTools();
-    await removeStale();
+    await checkLinkTools(NAMES);
+    await removeStale(NAMES);
     const { accel } = await detectAccel();
     const prepared = await prepare(signal);
-    const tmp = path.join(os.tmpdir(), `${TMP_PREFIX}${process.pid}`);
+    const tmp = tmpDirFor(process.pid, NAMES);
     await fsp.mkdir(tmp);
     scope.defer(`remove ${tmp}`, () => fsp.rm(tmp, { recursive: true, force: true }));
     const local = await measureLocal(prepared, tmp, runs, signal);
     const localP50 = p50(local.runs.map((r) => r.firstResponseMs))!;
 
-    const n = netnsFor(process.pid);
+    const n = netnsFor(process.pid, NAMES);
     await createLinkPair(scope, n);
     const server = await SynthServer.listen({ host: n.hostAddr, port: 0, trust: [prepared.key.pubFile], verifyBases: true });
     scope.defer('close the synthesis server', () => server.close());
