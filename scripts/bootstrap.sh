@@ -28,6 +28,7 @@ packages=(
   gcc g++ make libc6-dev python3 pkg-config
   ca-certificates procps iproute2
   openssl systemd
+  debootstrap e2fsprogs apt-utils dpkg-dev
 )
 missing=()
 for p in "${packages[@]}"; do

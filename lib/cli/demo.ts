@@ -20,7 +20,7 @@ import { generateKey } from '../overlay/keys.js';
 import { Overlay } from '../overlay/reader.js';
 import { SynthServer } from '../server/server.js';
 import { detectAccel, type Accel } from '../vm/accel.js';
-import { createBase, loadBase, type Base } from '../vm/base.js';
+import { ensureBase, type Base } from '../vm/base.js';
 
 export const DEMO_BASE = 'demo';
 /** The link the demo emulates by pacing the client: 802.11n as Elijah measured it. */
@@ -53,25 +53,11 @@ export interface DemoResult {
 
 /** Loads the demo base if it was captured from this guest build; otherwise (re)captures it. */
 export async function ensureGuestBase(guest: Guest, name: string, signal?: AbortSignal): Promise<{ base: Base; created: boolean; ms: number | null }> {
-  try {
-    const base = await loadBase(name);
-    if (base.manifest.created.source.guestKey === guest.key) return { base, created: false, ms: null };
-    publish('progress', { step: `base "${name}" is from another guest build; capturing it again` });
-  } catch (err) {
-    if (!isErrorCode(err, 'VMS_BASE_NOT_FOUND')) publish('progress', { step: `base "${name}" is unusable (${(err as Error).message}); capturing it again` });
-  }
-  const t0 = Date.now();
-  const base = await createBase({
-    name,
-    force: true,
-    signal,
-    source: {
-      kernel: guest.kernel, initrd: guest.initrd, disk: guest.disk, cmdline: guest.cmdline,
-      memoryMiB: guest.memoryMiB, appPort: guest.appPort,
-      info: { kind: 'vmsynth-test-guest', guestKey: guest.key, kernelPackage: guest.kernelPackage },
-    },
-  });
-  return { base, created: true, ms: Date.now() - t0 };
+  return ensureBase(name, {
+    kernel: guest.kernel, initrd: guest.initrd, disk: guest.disk, cmdline: guest.cmdline,
+    memoryMiB: guest.memoryMiB, appPort: guest.appPort,
+    info: { kind: 'vmsynth-test-guest', guestKey: guest.key, kernelPackage: guest.kernelPackage },
+  }, signal);
 }
 
 /** The demo customization: the example script (a second app, software on the disk, trimmed scratch) plus a 16 MiB model file. */

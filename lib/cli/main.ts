@@ -9,6 +9,7 @@ import { VMSYNTH_VERSION } from '../core/version.js';
 import { baseDir, cacheDir, keyDir, runDir } from '../core/paths.js';
 import { VmsynthError } from '../core/errors.js';
 import { buildGuest } from '../guest/build.js';
+import { buildDebianGuest, debianBaseSource } from '../guest/debian.js';
 import { createBase, listBases, loadBase, verifyBase, type BaseSource } from '../vm/base.js';
 import { resumeBase, type ResumeResult } from '../vm/resume.js';
 import { cleanStale } from '../vm/janitor.js';
@@ -88,15 +89,21 @@ program
     return r;
   }));
 
-const guest = program.command('guest').description('The small built-in test guest.');
+const guest = program.command('guest').description('The built-in guests: the small test guest, and the Debian base guest.');
 guest
   .command('build')
-  .description('Build (or find in the cache) the test guest: Debian kernel, busybox initramfs with the offload app, data disk.')
+  .description('Build (or find in the cache) a guest. Default: the test guest (Debian kernel, busybox initramfs with the offload app, data disk). With --debian: a debootstrapped Debian bookworm minbase (+ python3, iproute2) on an ext4 disk, with the Debian kernel.')
   .option('--json', 'print the result as JSON')
-  .option('--disk-mib <n>', 'data disk size in MiB', positiveInt('--disk-mib'), 64)
-  .option('--working-set-mib <n>', 'memory the app fills at start, in MiB', positiveInt('--working-set-mib'), 32)
-  .action(async (o: { json?: boolean; diskMib: number; workingSetMib: number }) => runCommand(!!o.json, async ({ json }) => {
-    const g = await buildGuest({ diskMiB: o.diskMib, workingSetMiB: o.workingSetMib });
+  .option('--debian', 'build the Debian base guest instead (needs root and a Debian mirror)')
+  .option('--disk-mib <n>', 'disk size in MiB (default 64; 4096 with --debian)', positiveInt('--disk-mib'))
+  .option('--working-set-mib <n>', 'test guest only: memory the app fills at start, in MiB', positiveInt('--working-set-mib'), 32)
+  .action(async (o: { json?: boolean; debian?: boolean; diskMib?: number; workingSetMib: number }) => runCommand(!!o.json, async ({ json }) => {
+    if (o.debian) {
+      const d = await buildDebianGuest({ diskMiB: o.diskMib });
+      if (!json) console.log(`Debian ${d.suite} guest ${d.key} in ${d.dir}\n${table([['kernel', d.kernel], ['initrd', d.initrd], ['disk', d.disk], ['root', d.root], ['cmdline', d.cmdline]])}`);
+      return d;
+    }
+    const g = await buildGuest({ diskMiB: o.diskMib ?? 64, workingSetMiB: o.workingSetMib });
     if (!json) console.log(`test guest ${g.key} in ${g.dir}\n${table([['kernel', g.kernel], ['initrd', g.initrd], ['disk', g.disk], ['cmdline', g.cmdline]])}`);
     return g;
   }));
@@ -106,24 +113,29 @@ base
   .command('create')
   .description('Boot a guest, wait until its app answers, and capture it as a base VM (disk, raw memory, device state, manifest).')
   .argument('[name]', 'base name', 'default')
+  .option('--debian', 'capture the built-in Debian base guest (vmsynth guest build --debian), with 1024 MiB of RAM unless --memory says otherwise')
   .option('--kernel <file>', 'guest kernel (default: the built-in test guest)')
   .option('--initrd <file>', 'guest initrd')
   .option('--disk <file>', 'raw guest disk image')
   .option('--cmdline <text>', 'kernel command line', 'console=ttyS0')
-  .option('--memory <mib>', 'guest RAM in MiB', positiveInt('--memory'), 256)
+  .option('--memory <mib>', 'guest RAM in MiB (default 256; 1024 with --debian)', positiveInt('--memory'))
   .option('--app-port <port>', 'TCP port of the app in the guest', positiveInt('--app-port'), 8000)
   .option('--timeout <seconds>', 'how long the guest may take to boot and answer', positiveInt('--timeout'), 180)
   .option('--force', 'replace an existing base of that name')
   .option('--json', 'print the manifest as JSON')
-  .action(async (name: string, o: { kernel?: string; initrd?: string; disk?: string; cmdline: string; memory: number; appPort: number; timeout: number; force?: boolean; json?: boolean }) =>
+  .action(async (name: string, o: { debian?: boolean; kernel?: string; initrd?: string; disk?: string; cmdline: string; memory?: number; appPort: number; timeout: number; force?: boolean; json?: boolean }) =>
     runCommand(!!o.json, async ({ signal, json }) => {
       const given = [o.kernel, o.initrd, o.disk].filter(Boolean).length;
       let source: BaseSource;
-      if (given === 0) {
-        const g = await buildGuest({ memoryMiB: o.memory });
-        source = { kernel: g.kernel, initrd: g.initrd, disk: g.disk, cmdline: g.cmdline, memoryMiB: o.memory, appPort: g.appPort, info: { kind: 'vmsynth-test-guest', guestKey: g.key, kernelPackage: g.kernelPackage } };
+      if (o.debian && given > 0) throw new VmsynthError('VMS_USAGE', '--debian captures the built-in Debian guest: leave out --kernel, --initrd and --disk');
+      if (o.debian) {
+        source = debianBaseSource(await buildDebianGuest({ memoryMiB: o.memory }));
+      } else if (given === 0) {
+        const memoryMiB = o.memory ?? 256;
+        const g = await buildGuest({ memoryMiB });
+        source = { kernel: g.kernel, initrd: g.initrd, disk: g.disk, cmdline: g.cmdline, memoryMiB, appPort: g.appPort, info: { kind: 'vmsynth-test-guest', guestKey: g.key, kernelPackage: g.kernelPackage } };
       } else if (given === 3) {
-        source = { kernel: o.kernel!, initrd: o.initrd!, disk: o.disk!, cmdline: o.cmdline, memoryMiB: o.memory, appPort: o.appPort, info: { kind: 'user' } };
+        source = { kernel: o.kernel!, initrd: o.initrd!, disk: o.disk!, cmdline: o.cmdline, memoryMiB: o.memory ?? 256, appPort: o.appPort, info: { kind: 'user' } };
       } else {
         throw new VmsynthError('VMS_USAGE', '--kernel, --initrd and --disk go together: give all three, or none for the built-in test guest');
       }

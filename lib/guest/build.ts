@@ -59,7 +59,7 @@ async function sh(cmd: string, args: string[], cwd?: string): Promise<string> {
 }
 
 /** The concrete kernel package behind the metapackage, and its version. */
-async function resolveKernel(): Promise<{ name: string; version: string }> {
+export async function resolveKernel(): Promise<{ name: string; version: string }> {
   const tryResolve = async () => {
     const deps = await sh('apt-cache', ['depends', KERNEL_META]);
     const name = /Depends:\s*(linux-image-\S+)/.exec(deps)?.[1];
@@ -78,7 +78,7 @@ async function resolveKernel(): Promise<{ name: string; version: string }> {
   return found;
 }
 
-async function fileSha(p: string): Promise<string> {
+export async function fileSha(p: string): Promise<string> {
   return createHash('sha256').update(await fsp.readFile(p)).digest('hex');
 }
 
@@ -115,32 +115,15 @@ export async function buildGuest(options: GuestOptions = {}): Promise<Guest> {
   await fsp.rm(tmp, { recursive: true, force: true });
   await fsp.mkdir(tmp, { recursive: true });
   try {
-    const deb = await downloadKernel(kernel);
-    const root = path.join(tmp, 'kernel-root');
-    await sh('dpkg-deb', ['-x', deb, root]);
-    const release = kernel.name.replace(/^linux-image-/, '');
-    await fsp.copyFile(path.join(root, 'boot', `vmlinuz-${release}`), path.join(tmp, 'vmlinuz'));
-
-    const index = await indexModules(path.join(root, 'lib', 'modules', release));
-    const order = await loadOrder(index, MODULES);
+    const { order, entries: moduleEntries } = await unpackKernel(kernel, tmp);
     publish('progress', { step: `compiling the offload app; modules: ${order.join(' ')}` });
-    const app = path.join(tmp, 'offload-app');
-    await sh('gcc', ['-static', '-O2', '-s', '-o', app, path.join(src, 'offload-app.c')]);
-
+    const app = await compileOffloadApp(tmp);
     const entries: CpioEntry[] = [
-      { kind: 'dir', path: 'bin' }, { kind: 'dir', path: 'dev' }, { kind: 'dir', path: 'lib' },
-      { kind: 'dir', path: 'lib/modules' }, { kind: 'dir', path: 'proc' }, { kind: 'dir', path: 'sys' },
-      { kind: 'dir', path: 'tmp', mode: 0o1777 },
-      { kind: 'char', path: 'dev/console', major: 5, minor: 1 },
-      { kind: 'file', path: 'init', data: await fsp.readFile(path.join(src, 'init')), mode: 0o755 },
-      { kind: 'file', path: 'bin/busybox', data: await fsp.readFile('/bin/busybox'), mode: 0o755 },
-      { kind: 'symlink', path: 'bin/sh', target: 'busybox' },
+      ...await busyboxInitramfs(await fsp.readFile(path.join(src, 'init'))),
       { kind: 'file', path: 'bin/offload-app', data: await fsp.readFile(app), mode: 0o755 },
-      { kind: 'file', path: 'lib/modules/load-order', data: Buffer.from(order.map((m) => `${m}.ko`).join('\n') + '\n') },
+      ...moduleEntries,
     ];
-    for (const m of order) entries.push({ kind: 'file', path: `lib/modules/${m}.ko`, data: await fsp.readFile(index.get(m)!) });
     await fsp.writeFile(path.join(tmp, 'initrd.img'), cpioNewc(entries));
-    await fsp.rm(root, { recursive: true, force: true });
     await fsp.rm(app);
 
     publish('progress', { step: `writing the ${diskMiB} MiB data disk` });
@@ -160,7 +143,52 @@ export async function buildGuest(options: GuestOptions = {}): Promise<Guest> {
   return guest;
 }
 
-async function downloadKernel(kernel: { name: string; version: string }): Promise<string> {
+/**
+ * Unpacks the kernel package into <into>/vmlinuz and returns the virtio
+ * modules the guest loads, in load order, as initramfs entries
+ * (lib/modules/<m>.ko and lib/modules/load-order).
+ */
+export async function unpackKernel(kernel: { name: string; version: string }, into: string): Promise<{ order: string[]; entries: CpioEntry[] }> {
+  const deb = await downloadKernel(kernel);
+  const root = path.join(into, 'kernel-root');
+  try {
+    await sh('dpkg-deb', ['-x', deb, root]);
+    const release = kernel.name.replace(/^linux-image-/, '');
+    await fsp.copyFile(path.join(root, 'boot', `vmlinuz-${release}`), path.join(into, 'vmlinuz'));
+    const index = await indexModules(path.join(root, 'lib', 'modules', release));
+    const order = await loadOrder(index, MODULES);
+    const entries: CpioEntry[] = [
+      { kind: 'file', path: 'lib/modules/load-order', data: Buffer.from(order.map((m) => `${m}.ko`).join('\n') + '\n') },
+    ];
+    for (const m of order) entries.push({ kind: 'file', path: `lib/modules/${m}.ko`, data: await fsp.readFile(index.get(m)!) });
+    return { order, entries };
+  } finally {
+    await fsp.rm(root, { recursive: true, force: true });
+  }
+}
+
+/** The skeleton of a busybox initramfs whose PID 1 is `init` (a busybox sh script). */
+export async function busyboxInitramfs(init: Buffer): Promise<CpioEntry[]> {
+  const busybox = await fsp.readFile('/bin/busybox');
+  return [
+    { kind: 'dir', path: 'bin' }, { kind: 'dir', path: 'dev' }, { kind: 'dir', path: 'lib' },
+    { kind: 'dir', path: 'lib/modules' }, { kind: 'dir', path: 'proc' }, { kind: 'dir', path: 'sys' },
+    { kind: 'dir', path: 'tmp', mode: 0o1777 },
+    { kind: 'char', path: 'dev/console', major: 5, minor: 1 },
+    { kind: 'file', path: 'init', data: init, mode: 0o755 },
+    { kind: 'file', path: 'bin/busybox', data: busybox, mode: 0o755 },
+    { kind: 'symlink', path: 'bin/sh', target: 'busybox' },
+  ];
+}
+
+/** guest/offload-app.c built static into <dir>/offload-app; returns its path. */
+export async function compileOffloadApp(dir: string): Promise<string> {
+  const app = path.join(dir, 'offload-app');
+  await sh('gcc', ['-static', '-O2', '-s', '-o', app, path.join(sourceDir(), 'offload-app.c')]);
+  return app;
+}
+
+export async function downloadKernel(kernel: { name: string; version: string }): Promise<string> {
   const debs = path.join(cacheDir(), 'debs');
   await fsp.mkdir(debs, { recursive: true });
   const want = `${kernel.name}_${kernel.version.replace(/:/g, '%3a')}_amd64.deb`;

@@ -12,7 +12,7 @@ import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { publish } from '../core/diagnostics.js';
-import { VmsynthError } from '../core/errors.js';
+import { isErrorCode, VmsynthError } from '../core/errors.js';
 import { exec } from '../core/exec.js';
 import { sha256File } from '../core/hash.js';
 import { freePort } from '../core/net.js';
@@ -174,6 +174,24 @@ export async function createBase(opts: CreateBaseOptions): Promise<Base> {
     await fsp.rename(tmp, final);
     return baseFrom(final, manifest);
   });
+}
+
+/**
+ * The base `name`, captured from `source` unless it already was: a base whose
+ * manifest records the same source.info.guestKey is reused as it is.
+ */
+export async function ensureBase(name: string, source: BaseSource, signal?: AbortSignal): Promise<{ base: Base; created: boolean; ms: number | null }> {
+  const want = source.info?.guestKey;
+  try {
+    const base = await loadBase(name);
+    if (want !== undefined && base.manifest.created.source.guestKey === want) return { base, created: false, ms: null };
+    publish('progress', { step: `base "${name}" is from another guest build; capturing it again` });
+  } catch (err) {
+    if (!isErrorCode(err, 'VMS_BASE_NOT_FOUND')) publish('progress', { step: `base "${name}" is unusable (${(err as Error).message}); capturing it again` });
+  }
+  const t0 = Date.now();
+  const base = await createBase({ name, source, force: true, signal });
+  return { base, created: true, ms: Date.now() - t0 };
 }
 
 function baseFrom(dir: string, manifest: BaseManifest): Base {
