@@ -19,7 +19,7 @@ import path from 'node:path';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import type { Touch } from '../fs/touch-log.js';
-import type { AppWork } from '../vm/guest-app.js';
+import type { AppRequest, AppWork } from '../vm/guest-app.js';
 import { resumeBase } from '../vm/resume.js';
 import { baseInput, buildOverlay, type BuildOrder, type BuildResult, type ChunkRef } from './builder.js';
 import { chunkKey, readRecord, type Image } from './format.js';
@@ -100,8 +100,10 @@ export interface ProfileOptions extends TrustOptions {
   base?: string;
   /** Runs to merge (default 3). */
   runs?: number;
-  /** The app's first request. */
+  /** The test guest app's first request. */
   work?: AppWork;
+  /** The first request of another app (overrides `work`). */
+  request?: AppRequest;
   /** Signing key for the re-packed overlay (default: the only key in the key directory). */
   key?: string;
   /** Default: the overlay's own. */
@@ -156,7 +158,7 @@ export async function profileOverlay(opts: ProfileOptions): Promise<ProfileResul
     const results: Array<{ domain: string; firstResponseMs: number; touches: Touch[] }> = [];
     for (let i = 0; i < runs; i++) {
       publish('progress', { step: `overlay profile: run ${i + 1} of ${runs}: resume through tracing FUSE images, first request` });
-      const r = await resumeBase({ base: launch, verify: false, trace: true, work: opts.work, timeoutMs: opts.timeoutMs, signal: opts.signal });
+      const r = await resumeBase({ base: launch, verify: false, trace: true, work: opts.work, request: opts.request, timeoutMs: opts.timeoutMs, signal: opts.signal });
       results.push({ domain: r.domain, firstResponseMs: r.firstResponseMs, touches: r.touchesBeforeFirstResponse ?? [] });
     }
     const tBuild = performance.now();

@@ -45,9 +45,16 @@ export function guestRequest(port: number, method: string, path: string, timeout
   });
 }
 
-/** One HTTP GET to the app, whose replies are JSON. */
-export async function appGet(port: number, path: string, timeoutMs: number): Promise<AppReply> {
-  const r = await guestRequest(port, 'GET', path, timeoutMs);
+/** An app request: the test guest's is GET workPath(...); a real app's may POST an input. */
+export interface AppRequest {
+  method: 'GET' | 'POST' | 'PUT';
+  path: string;
+  body?: Buffer;
+}
+
+/** One HTTP request to the app, whose replies are JSON (GET unless `request` says otherwise). */
+export async function appGet(port: number, path: string, timeoutMs: number, request?: Omit<AppRequest, 'path'>): Promise<AppReply> {
+  const r = await guestRequest(port, request?.method ?? 'GET', path, timeoutMs, request?.body);
   const text = r.body.toString('utf8');
   try {
     return { status: r.status, body: JSON.parse(text) as Record<string, unknown> };
@@ -64,6 +71,8 @@ export interface WaitOptions {
   /** Console log whose tail goes into the timeout error. */
   consoleLog?: string;
   path?: string;
+  /** Method and body of the request (default GET, no body). */
+  request?: Omit<AppRequest, 'path'>;
 }
 
 /** Retries a request until the app answers 200; returns the reply and the attempt count. */
@@ -79,7 +88,9 @@ export async function waitForApp(port: number, opts: WaitOptions): Promise<{ rep
     const remaining = deadline - Date.now();
     if (remaining <= 0) break;
     try {
-      const reply = await appGet(port, path, Math.min(attemptTimeout, remaining));
+      // A real app's request may compute for seconds: give it the time left, not a probe's timeout
+      // (a timed-out attempt would only queue a second computation behind the first).
+      const reply = await appGet(port, path, opts.request ? remaining : Math.min(attemptTimeout, remaining), opts.request);
       if (reply.status === 200) return { reply, attempts };
       lastError = `HTTP ${reply.status}: ${JSON.stringify(reply.body)}`;
     } catch (err) {

@@ -21,7 +21,8 @@ import { TouchLog, type Touch } from '../fs/touch-log.js';
 import { requireAccel, type Accel } from './accel.js';
 import { loadBase, verifyBase, type Base } from './base.js';
 import type { VmSpec } from './domain-xml.js';
-import { waitForApp, workPath, type AppReply, type AppWork } from './guest-app.js';
+import { AGENT_GUEST_PORT } from './agent.js';
+import { waitForApp, workPath, type AppReply, type AppRequest, type AppWork } from './guest-app.js';
 import { cleanStale } from './janitor.js';
 import { Libvirt } from './libvirt.js';
 import { explainFailure, startVm, type RunningVm } from './machine.js';
@@ -33,8 +34,12 @@ export interface ResumeOptions {
   base: string;
   /** Re-hash the base files first (default true). */
   verify?: boolean;
-  /** Work the first request asks of the app. */
+  /** Work the first request asks of the test guest's app. */
   work?: AppWork;
+  /** The first request, for an app other than the test guest's (overrides `work`). */
+  request?: AppRequest;
+  /** Forward a host port to the guest's customization agent too (ResumedVm.agentPort). */
+  agent?: boolean;
   /** How long the app may take to answer after the resume starts. */
   timeoutMs?: number;
   signal?: AbortSignal;
@@ -50,6 +55,8 @@ export interface ResumedVm {
   vm: RunningVm;
   session: Session;
   hostPort: number;
+  /** With `agent`: the host port of the guest's customization agent. */
+  agentPort: number | null;
   images: { memory: ImageFile; disk: ImageFile };
 }
 
@@ -132,7 +139,11 @@ export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
     await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', mount.path('disk.img'), '-F', 'raw', qcow, String(m.disk.bytes)]);
 
     const hostPort = await freePort();
-    const spec = restoreSpec(base, session, { disk: { path: qcow, format: 'qcow2' }, memory: { path: mount.path('memory.img'), share: false }, hostPort });
+    const agentPort = opts.agent ? await freePort() : null;
+    const spec = restoreSpec(base, session, {
+      disk: { path: qcow, format: 'qcow2' }, memory: { path: mount.path('memory.img'), share: false }, hostPort,
+      ...(agentPort ? { agent: { hostPort: agentPort, guestPort: AGENT_GUEST_PORT } } : {}),
+    });
     const vm = await startVm(lv, spec, scope, { signal: opts.signal });
     let resumeMs = 0;
     let reply: AppReply;
@@ -141,7 +152,7 @@ export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
       resumeMs = performance.now() - t0;
       publish('domainRunning', { name: spec.name, ms: resumeMs });
       const remaining = Math.max(1000, (opts.timeoutMs ?? 60_000) - resumeMs);
-      ({ reply } = await waitForApp(hostPort, { timeoutMs: remaining, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog, path: workPath(opts.work) }));
+      ({ reply } = await waitForApp(hostPort, { timeoutMs: remaining, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog, path: opts.request?.path ?? workPath(opts.work), request: opts.request }));
     } catch (err) {
       throw await explainFailure(err, vm);
     }
@@ -149,7 +160,7 @@ export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
     const before = { memory: { ...memory.stats }, disk: { ...disk.stats } };
     const touchesBefore = log?.length ?? 0;
 
-    if (opts.whileRunning) await opts.whileRunning({ vm, session, hostPort, images: { memory, disk } });
+    if (opts.whileRunning) await opts.whileRunning({ vm, session, hostPort, agentPort, images: { memory, disk } });
 
     return {
       base: base.name,
