@@ -76,6 +76,13 @@ export type ClientEvent =
   | { type: 'accepted'; session: string; base: string }
   | { type: 'segment'; index: number; lane: 'demand' | 'background'; sent: number; total: number; bytesSent: number; overlayBytes: number };
 
+export interface SegmentSend {
+  ms: number;
+  index: number;
+  lane: 'demand' | 'background';
+  bytes: number;
+}
+
 /** Milliseconds since synthesize() was called, on the client's clock. */
 export interface Timeline {
   connected: number | null;
@@ -105,6 +112,8 @@ export interface SynthesizeResult {
   bytesSentBeforeFirstResponse: number;
   segmentsSentBeforeFirstResponse: number;
   demandRequests: number;
+  /** Every segment sent, in order: when it was handed to the socket (client clock), and on which lane. */
+  sends: SegmentSend[];
   /** The server's own account of the session (its clock starts at the manifest). */
   serverStats: Record<string, unknown>;
 }
@@ -153,6 +162,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
     let segmentsSent = 0;
     let before = { bytes: 0, segments: 0 };
     let demandRequests = 0;
+    const sends: SegmentSend[] = [];
     const demand: number[] = [];
     const background: number[] = [];
     const attempts = new Map<number, number>();
@@ -240,6 +250,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
           if (opts.tamper) data = opts.tamper(index, data, attempt);
           if (done) break;
           io.send({ type: 'segment', index }, data);
+          sends.push({ ms: at(), index, lane, bytes: s.bytes });
           bytesSent += s.bytes;
           segmentsSent++;
           if (opts.maxBytesPerSecond) paceUntil = Math.max(paceUntil, performance.now()) + (s.bytes / opts.maxBytesPerSecond) * 1000;
@@ -310,7 +321,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
             firstResponse: firstResponse!,
             overlayBytes: overlay.segmentsBytes, segments: segs.length, segmentsSent, bytesSent,
             bytesSentBeforeFirstResponse: before.bytes, segmentsSentBeforeFirstResponse: before.segments,
-            demandRequests, serverStats: m.stats,
+            demandRequests, sends, serverStats: m.stats,
           });
         case 'error':
           if (m.fatal || !firstResponse) return finish(serverError(m.code, m.message));
