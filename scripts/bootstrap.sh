@@ -29,6 +29,7 @@ packages=(
   ca-certificates procps iproute2
   openssl systemd
   debootstrap e2fsprogs apt-utils dpkg-dev
+  espeak-ng sox imagemagick fonts-dejavu-core
 )
 missing=()
 for p in "${packages[@]}"; do
