@@ -1,20 +1,39 @@
 /**
- * `npm run bench -- [name...]`: runs the named benchmarks (resume, overlay, memory,
- * first-response),
- * all of them without a name. Each prints a table with a ratio against a
- * baseline measured in the same run, and writes JSON to bench/results/.
+ * `npm run bench -- [name...] [options]`: runs the named benchmarks (resume,
+ * overlay, memory, first-response, suite), all but the suite without a name.
+ * Options after the names go to the benchmark (only the suite takes any:
+ * `npm run bench -- suite --quick`). Each prints a table with a ratio against
+ * a baseline measured in the same run, and writes JSON to bench/results/.
  */
 import { benchFirstResponse } from './first-response.js';
 import { benchMemory } from './memory.js';
 import { benchOverlay } from './overlay.js';
 import { benchResume } from './resume.js';
+import { benchSuite } from './suite.js';
 
-const BENCHES: Record<string, () => Promise<void>> = { resume: benchResume, overlay: benchOverlay, memory: benchMemory, 'first-response': benchFirstResponse };
-const names = process.argv.slice(2);
+const BENCHES: Record<string, (argv: string[]) => Promise<void>> = {
+  resume: benchResume, overlay: benchOverlay, memory: benchMemory, 'first-response': benchFirstResponse, suite: benchSuite,
+};
+/** What runs when no name is given: the suite takes hours, so it runs only by name. */
+const DEFAULT = ['resume', 'overlay', 'memory', 'first-response'];
+const args = process.argv.slice(2);
+const firstOption = args.findIndex((a) => a.startsWith('-'));
+const names = firstOption < 0 ? args : args.slice(0, firstOption);
+const options = firstOption < 0 ? [] : args.slice(firstOption);
 for (const n of names) {
   if (!BENCHES[n]) {
     process.stderr.write(`unknown benchmark "${n}"; choose from: ${Object.keys(BENCHES).join(', ')}\n`);
     process.exit(64);
   }
 }
-for (const n of names.length ? names : Object.keys(BENCHES)) await BENCHES[n]!();
+if (options.length && (names.length !== 1 || names[0] !== 'suite')) {
+  process.stderr.write(`options (${options.join(' ')}) are for the suite alone: npm run bench -- suite ${options.join(' ')}\n`);
+  process.exit(64);
+}
+try {
+  for (const n of names.length ? names : DEFAULT) await BENCHES[n]!(options);
+} catch (err) {
+  const e = err as { code?: string; message?: string };
+  process.stderr.write(`bench: ${e.code ? `${e.code}: ` : ''}${e.message ?? String(err)}\n`);
+  process.exitCode = 1;
+}

@@ -1,0 +1,507 @@
+/**
+ * `npm run bench -- suite [--quick]`: real offload apps in the Debian base,
+ * measured the way Elijah's "VM Synthesis Baseline Performance" table was,
+ * and beyond it.
+ *
+ * Per app (lib/guest/apps.ts: speech, ocr, face, compute):
+ *   - the app's overlay over the Debian base (customized from a local apt
+ *     repository of its .debs, access-order profiled), cached;
+ *   - its size, disk and memory, against the naive diff (every modified
+ *     chunk raw) and Elijah's scheme (bench/elijah.ts: xdelta3 + xz);
+ * and per app, link (38 Mbit/s, 1 Gbit/s: tc tbf on a veth pair into a
+ * network namespace the bench makes and removes) and policy, n runs each,
+ * round-robin:
+ *   - baseline: the whole overlay, applied, then resumed;
+ *   - early-start: resumed at once, the rest streamed behind demand fetches;
+ *   - demand-only: resumed at once, only what the guest reads;
+ *   - remote-install: the base resumed, the same .debs installed with apt
+ *     from a repository served inside the namespace, over the same link;
+ * each timed to the app's first response to its real request (a WAV, a
+ * PNG...), whose reply must equal the fully local VM's. The floor is the
+ * bytes the first response needs at the link rate plus a local resume.
+ *
+ * Writes bench/results/suite-<time>.json (or --out DIR), two SVG plots
+ * (first response per app and policy; one run's segment timeline, background
+ * vs demand), and, for a full run, docs/benchmarks.md with the table beside
+ * Elijah's. --quick: the compute app on the 1 Gbit/s link, one run per cell,
+ * no docs; it checks that the output is complete and well formed.
+ *
+ * Options: --quick, --runs N (default 5; BENCH_RUNS), --apps a,b
+ * (BENCH_APPS), --links wifi,lan (BENCH_LINKS), --out DIR, --no-docs,
+ * --prepare-only (build and cache the overlays, print their sizes).
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { SegmentSend, SynthesizeResult } from '../lib/client/client.js';
+import { VmsynthError } from '../lib/core/errors.js';
+import { attachLogger } from '../lib/core/log.js';
+import { cacheDir, packageRoot } from '../lib/core/paths.js';
+import { abortReason, Scope, throwIfAborted } from '../lib/core/scope.js';
+import { makeAppInput, type AppName } from '../lib/guest/app-inputs.js';
+import { APP_NAMES, APPS, appRequestPath, GUEST_INPUT, GUEST_SERVER, installScript, serverSource, type AppSpec } from '../lib/guest/apps.js';
+import { buildAptRepo, serveDirectory, type AptRepo } from '../lib/guest/apt-repo.js';
+import { buildDebianGuest, debianBaseSource, type DebianGuest } from '../lib/guest/debian.js';
+import { ChunkKind, readRecord } from '../lib/overlay/format.js';
+import { createOverlay } from '../lib/overlay/create.js';
+import { applyOverlay } from '../lib/overlay/offline.js';
+import { profileOverlay } from '../lib/overlay/profile.js';
+import { Overlay } from '../lib/overlay/reader.js';
+import type { Policy } from '../lib/protocol/messages.js';
+import { SynthServer } from '../lib/server/server.js';
+import { detectAccel } from '../lib/vm/accel.js';
+import { agentExec, agentPut } from '../lib/vm/agent.js';
+import { ensureBase, type Base } from '../lib/vm/base.js';
+import { guestRequest, type AppRequest } from '../lib/vm/guest-app.js';
+import { resumeBase } from '../lib/vm/resume.js';
+import { elijahSize } from './elijah.js';
+import { benchKey, openIfValid, trustedBy, type BenchKey } from './lib/bench-key.js';
+import { runClient } from './lib/client-run.js';
+import { checkLinkTools, createLinkPair, LINKS, netnsFor, removeStale, shape, tmpDirFor, type Link, type LinkNames, type Netns } from './lib/link.js';
+import { onSignals } from './lib/signals.js';
+import { percentile, round } from './lib/stats.js';
+import { checkSuiteResult, renderMarkdown, summaryText, svgFirstResponse, svgTimeline, type AppResult, type CellSummary, type Sample, type SuiteResult } from './lib/suite-report.js';
+
+const MIB = 1 << 20;
+const BASE_NAME = 'debian';
+const NAMES: LinkNames = { ns: 'vmsst-', dev: 'vst', tmp: 'vmsynth-bench-suite-', bench: 'suite', octet: 202 };
+const SYNTH_POLICIES: Policy[] = ['baseline', 'early-start', 'demand-only'];
+export const SUITE_POLICIES = [...SYNTH_POLICIES, 'remote-install'] as const;
+export type SuitePolicy = (typeof SUITE_POLICIES)[number];
+const CLIENT_TIMEOUT_S = 1800;
+const INSTALL_TIMEOUT_MS = 3 * 3600_000;
+const SERVE_REPO = fileURLToPath(new URL('./lib/serve-repo.js', import.meta.url));
+
+export interface SuiteArgs {
+  quick: boolean;
+  runs: number;
+  apps: AppName[];
+  links: Link[];
+  out: string;
+  docs: boolean;
+  /** Build and cache the overlays (and their sizes), print the sizes, measure nothing. */
+  prepareOnly: boolean;
+}
+
+function parseArgs(argv: string[]): SuiteArgs {
+  const quick = argv.includes('--quick');
+  const value = (flag: string, env: string): string | undefined => {
+    const i = argv.indexOf(flag);
+    if (i >= 0) {
+      const v = argv[i + 1];
+      if (v === undefined || v.startsWith('--')) throw new VmsynthError('VMS_USAGE', `${flag} needs a value`);
+      return v;
+    }
+    return process.env[env];
+  };
+  const known = new Set(['--quick', '--runs', '--apps', '--links', '--out', '--no-docs', '--prepare-only']);
+  argv.forEach((a, i) => {
+    if (a.startsWith('--') && !known.has(a)) throw new VmsynthError('VMS_USAGE', `suite: unknown option ${a}; options: ${[...known].join(' ')}`);
+    if (!a.startsWith('--') && !['--runs', '--apps', '--links', '--out'].includes(argv[i - 1] ?? '')) throw new VmsynthError('VMS_USAGE', `suite: unexpected argument "${a}"`);
+  });
+  const runsText = value('--runs', 'BENCH_RUNS') ?? (quick ? '1' : '5');
+  const runs = Number(runsText);
+  if (!Number.isSafeInteger(runs) || runs < 1) throw new VmsynthError('VMS_USAGE', `--runs must be a positive integer, got "${runsText}"`);
+  const apps = (value('--apps', 'BENCH_APPS') ?? (quick ? 'compute' : APP_NAMES.join(','))).split(',').map((s) => s.trim()).filter(Boolean);
+  for (const a of apps) if (!(a in APPS)) throw new VmsynthError('VMS_USAGE', `unknown app "${a}"; choose from ${APP_NAMES.join(', ')}`);
+  const links = (value('--links', 'BENCH_LINKS') ?? (quick ? 'lan' : 'wifi,lan')).split(',').map((s) => s.trim()).filter(Boolean).map((n) => {
+    const l = LINKS[n];
+    if (!l) throw new VmsynthError('VMS_USAGE', `unknown link "${n}"; choose from ${Object.keys(LINKS).join(', ')}`);
+    return l;
+  });
+  const out = path.resolve(value('--out', 'BENCH_OUT') ?? path.join(packageRoot(), 'bench', 'results'));
+  return { quick, runs, apps: apps as AppName[], links, out, docs: !quick && !argv.includes('--no-docs'), prepareOnly: argv.includes('--prepare-only') };
+}
+
+// ---------------------------------------------------------------- preparation
+
+interface PreparedApp {
+  spec: AppSpec;
+  repo: AptRepo;
+  input: { file: string; description: string; bytes: number };
+  request: AppRequest;
+  plain: Overlay;
+  profiled: Overlay;
+  sizes: AppResult['sizes'];
+  prep: AppResult['prep'];
+}
+
+const progress = (msg: string) => process.stderr.write(`suite: ${msg}\n`);
+
+async function fileSha(file: string): Promise<string> {
+  return createHash('sha256').update(await fsp.readFile(file)).digest('hex');
+}
+
+/** Overlay bytes split by image: a segment's compressed bytes shared out by its records' payload (XOR/RAW) per image. */
+function splitByImage(ov: Overlay): { memory: number; disk: number } {
+  const out = { memory: 0, disk: 0 };
+  for (const s of ov.body.segments) {
+    const payload = [0, 0];
+    for (let i = 0; i < s.count; i++) {
+      const r = readRecord(s.chunks, i);
+      if (r.kind === ChunkKind.XOR || r.kind === ChunkKind.RAW) payload[r.image]! += 1;
+    }
+    const total = payload[0]! + payload[1]!;
+    const memShare = total === 0 ? 0.5 : payload[0]! / total;
+    out.memory += s.bytes * memShare;
+    out.disk += s.bytes * (1 - memShare);
+  }
+  return { memory: Math.round(out.memory), disk: Math.round(out.disk) };
+}
+
+async function prepareApp(name: AppName, guest: DebianGuest, base: Base, key: BenchKey, quick: boolean, signal: AbortSignal): Promise<PreparedApp> {
+  const spec = APPS[name];
+  const root = path.join(cacheDir(), 'bench', 'suite');
+  const repo = await buildAptRepo(guest, spec.packages);
+  const inputDir = path.join(root, 'inputs', name);
+  await fsp.mkdir(inputDir, { recursive: true });
+  const input = await makeAppInput(name, inputDir);
+  const body = await fsp.readFile(input.file);
+  const request: AppRequest = { method: 'POST', path: appRequestPath(), body };
+  const scriptTemplate = installScript(spec, spec.packages.length ? 'http://REPO' : null);
+  const m = base.manifest;
+  const id = createHash('sha256').update(JSON.stringify({
+    base: [m.memory.sha256, m.disk.sha256, m.deviceState.sha256], scriptTemplate, server: await fileSha(serverSource()),
+    input: createHash('sha256').update(body).digest('hex'), key: key.keyId, debs: repo.debs,
+  })).digest('hex').slice(0, 16);
+  const dir = path.join(root, `${name}-${id}`);
+  for (const other of await fsp.readdir(root).catch(() => [] as string[])) {
+    if (other.startsWith(`${name}-`) && other !== `${name}-${id}`) await fsp.rm(path.join(root, other), { recursive: true, force: true });
+  }
+  const plainDir = path.join(dir, 'overlay');
+  const profileRuns = quick ? 1 : 3;
+  const profiledDir = path.join(dir, `profiled-${profileRuns}`);
+  const sizesFile = path.join(dir, 'sizes.json');
+  let plain = await openIfValid(plainDir, key);
+  let sizes = JSON.parse(await fsp.readFile(sizesFile, 'utf8').catch(() => 'null')) as AppResult['sizes'] | null;
+  const prep: AppResult['prep'] = { cached: plain !== null && sizes !== null, createMs: null, customizeMs: null, profileMs: null, elijahMs: null };
+  if (!plain || !sizes) {
+    await fsp.mkdir(dir, { recursive: true });
+    const custom = path.join(dir, 'custom');
+    await fsp.rm(custom, { recursive: true, force: true });
+    const repoServer = await serveDirectory(repo.dir, '127.0.0.1');
+    try {
+      progress(`${name}: customizing base "${base.name}" (installing ${spec.packages.length ? spec.packages.join(' ') : 'nothing'}; under TCG this can take many minutes)`);
+      const t0 = performance.now();
+      // QEMU's user network shows the host's loopback to the guest as 10.0.2.2.
+      const r = await createOverlay({
+        base: base.name, out: plainDir, force: true, key: key.file, keepCustom: custom, timeoutMs: INSTALL_TIMEOUT_MS, signal,
+        script: installScript(spec, spec.packages.length ? `http://10.0.2.2:${repoServer.port}` : null),
+        copies: [{ src: serverSource(), dest: GUEST_SERVER, mode: 0o755 }, { src: input.file, dest: GUEST_INPUT, mode: 0o644 }],
+      });
+      prep.createMs = Math.round(performance.now() - t0);
+      prep.customizeMs = r.custom.ms.total;
+    } finally {
+      await repoServer.close();
+    }
+    plain = await Overlay.open(plainDir, { trusted: trustedBy(key) });
+    progress(`${name}: Elijah's scheme (xdelta3 + xz) on the same chunks`);
+    const e = elijahSize(plain, { memory: base.file('memory'), disk: base.file('disk') }, { memory: path.join(custom, 'memory.raw'), disk: path.join(custom, 'disk.raw') });
+    prep.elijahMs = Math.round(e.ms);
+    await fsp.rm(custom, { recursive: true, force: true });
+    const st = plain.body.stats;
+    sizes = {
+      overlay: { total: plain.segmentsBytes + plain.manifestBytes, segments: plain.segmentsBytes, manifest: plain.manifestBytes, ...splitByImage(plain) },
+      naive: { total: (st.modified.memory + st.modified.disk) * plain.body.chunkSize, memory: st.modified.memory * plain.body.chunkSize, disk: st.modified.disk * plain.body.chunkSize },
+      elijah: { total: e.bytes, xdeltaItems: e.xdeltaItems, rawItems: e.rawItems },
+      repo: { debs: repo.debs.length, bytes: repo.bytes, installedBytes: repo.installedBytes },
+      ratioVsNaive: 0,
+      ratioVsElijah: 0,
+    };
+    sizes.ratioVsNaive = +(sizes.overlay.total / sizes.naive.total).toFixed(4);
+    sizes.ratioVsElijah = +(sizes.overlay.total / sizes.elijah.total).toFixed(4);
+    await fsp.writeFile(sizesFile, JSON.stringify(sizes, null, 2) + '\n');
+    for (const d of await fsp.readdir(dir)) if (d.startsWith('profiled')) await fsp.rm(path.join(dir, d), { recursive: true, force: true });
+  }
+  let profiled = await openIfValid(profiledDir, key);
+  if (!profiled) {
+    progress(`${name}: profiling the first request's access order (${profileRuns} runs)`);
+    const t0 = performance.now();
+    await profileOverlay({ overlay: plainDir, out: profiledDir, runs: profileRuns, request, key: key.file, trust: [key.pubFile], force: true, timeoutMs: 600_000, signal });
+    prep.profileMs = Math.round(performance.now() - t0);
+    profiled = await Overlay.open(profiledDir, { trusted: trustedBy(key) });
+  }
+  return { spec, repo, input: { file: input.file, description: input.description, bytes: body.length }, request, plain, profiled, sizes, prep };
+}
+
+// ---------------------------------------------------------------- measurements
+
+interface Cell {
+  samples: Sample[];
+  failures: string[];
+}
+
+/** A reply body equals the local VM's when both parse to the same JSON. */
+function sameReply(a: string, expected: string): boolean {
+  try {
+    return JSON.stringify(JSON.parse(a)) === JSON.stringify(JSON.parse(expected));
+  } catch {
+    return false;
+  }
+}
+
+interface Local {
+  firstResponseMs: number[];
+  reply: string;
+}
+
+/** The launch VM fully local (applied, then resumed): the floor's VM part, and the reply every run must match. */
+async function measureLocal(app: PreparedApp, tmp: string, runs: number, key: BenchKey, signal: AbortSignal): Promise<Local> {
+  const launch = path.join(tmp, `launch-${app.spec.name}`);
+  await applyOverlay({ overlay: app.profiled.dir, out: launch, trust: [key.pubFile], verifyBase: false, signal });
+  const out: number[] = [];
+  let reply = '';
+  try {
+    for (let i = 0; i < runs; i++) {
+      const r = await resumeBase({ base: launch, verify: false, request: app.request, timeoutMs: 600_000, signal });
+      out.push(r.firstResponseMs);
+      reply = JSON.stringify(r.reply);
+      progress(`${app.spec.name}: local resume ${i + 1}/${runs}: first response ${r.firstResponseMs} ms`);
+    }
+  } finally {
+    await fsp.rm(launch, { recursive: true, force: true });
+  }
+  return { firstResponseMs: out, reply };
+}
+
+function sampleOf(r: SynthesizeResult, local: Local): Sample {
+  return {
+    firstResponseMs: r.timeline.firstResponse!,
+    resumedMs: r.timeline.resumed,
+    finishedMs: r.timeline.finished,
+    bytesBeforeFirstResponse: r.bytesSentBeforeFirstResponse,
+    demandRequests: r.demandRequests,
+    replyMatchesLocal: r.firstResponse.status === 200 && sameReply(r.firstResponse.body, local.reply),
+  };
+}
+
+/** The base resumed, the app's packages installed over the link, the server started and its first answer in. */
+async function remoteInstall(app: PreparedApp, repoUrl: string | null, local: Local, signal: AbortSignal): Promise<Sample> {
+  const t0 = performance.now();
+  let installMs = 0;
+  let resumedMs = 0;
+  let firstResponseMs = 0;
+  let body = '';
+  await resumeBase({
+    base: BASE_NAME, verify: false, agent: true, timeoutMs: 120_000, signal,
+    whileRunning: async ({ agentPort, hostPort }) => {
+      resumedMs = performance.now() - t0;
+      await agentPut(agentPort!, GUEST_SERVER, await fsp.readFile(serverSource()), 0o755);
+      await agentPut(agentPort!, GUEST_INPUT, app.request.body!, 0o644);
+      const r = await agentExec(agentPort!, installScript(app.spec, repoUrl, { trim: false }), INSTALL_TIMEOUT_MS);
+      if (r.status !== 0) throw new VmsynthError('VMS_CUSTOMIZE_FAILED', `remote install of ${app.spec.name} failed (${r.status}): ${r.output.slice(-1500)}`);
+      // The script's warm-up request is the app's first answer.
+      firstResponseMs = performance.now() - t0;
+      installMs = firstResponseMs - resumedMs;
+      const reply = await guestRequest(hostPort, 'POST', app.request.path, 600_000, app.request.body);
+      body = reply.status === 200 ? reply.body.toString('utf8') : '';
+    },
+  });
+  return {
+    firstResponseMs: Math.round(firstResponseMs), resumedMs: Math.round(resumedMs), finishedMs: null,
+    bytesBeforeFirstResponse: app.repo.bytes, demandRequests: null, replyMatchesLocal: sameReply(body, local.reply), installMs: Math.round(installMs),
+  };
+}
+
+/** The app's repository served inside the namespace by a child process; resolves to its port. */
+async function serveRepoInNs(scope: Scope, n: Netns, repo: AptRepo): Promise<number> {
+  const child: ChildProcess = spawn('ip', ['netns', 'exec', n.ns, process.execPath, SERVE_REPO, repo.dir, n.nsAddr], { stdio: ['ignore', 'pipe', 'inherit'] });
+  scope.defer(`stop the repository server (pid ${child.pid})`, async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      await new Promise((r) => child.once('exit', r));
+    }
+  });
+  return new Promise((resolve, reject) => {
+    let text = '';
+    child.stdout!.on('data', (c: Buffer) => {
+      text += c.toString('utf8');
+      const m = /"port":(\d+)/.exec(text);
+      if (m) resolve(Number(m[1]));
+    });
+    child.once('exit', (code) => reject(new VmsynthError('VMS_INTERNAL', `the repository server in ${n.ns} exited (${code}) before listening`)));
+  });
+}
+
+function summarize(c: Cell): CellSummary {
+  const xs = c.samples.map((s) => s.firstResponseMs);
+  const mean = xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null;
+  return {
+    n: xs.length,
+    failures: c.failures.length,
+    firstResponseMs: { p50: round(percentile(xs, 0.5)), p90: round(percentile(xs, 0.9)), min: xs.length ? Math.min(...xs) : null, max: xs.length ? Math.max(...xs) : null, mean: round(mean) },
+    bytesBeforeFirstResponse: round(percentile(c.samples.flatMap((s) => (s.bytesBeforeFirstResponse === null ? [] : [s.bytesBeforeFirstResponse])), 0.5)),
+    resumedMs: round(percentile(c.samples.flatMap((s) => (s.resumedMs === null ? [] : [s.resumedMs])), 0.5)),
+    repliesMatchingLocal: c.samples.filter((s) => s.replyMatchesLocal).length,
+  };
+}
+
+// ---------------------------------------------------------------- the bench
+
+export async function benchSuite(argv: string[] = []): Promise<void> {
+  const args = parseArgs(argv);
+  const detach = attachLogger({ level: process.env.LOG_LEVEL ?? 'warn' });
+  const controller = new AbortController();
+  const signal = controller.signal;
+  const offSignals = onSignals(controller, 'suite');
+  const scope = new Scope();
+  try {
+    const startedAt = new Date();
+    const loadAtStart = os.loadavg().map((x) => +x.toFixed(2));
+    await checkLinkTools(NAMES);
+    await removeStale(NAMES);
+    const { accel, reason } = await detectAccel();
+    progress(`accelerator ${accel.toUpperCase()} (${reason}); apps ${args.apps.join(', ')}; links ${args.links.map((l) => l.name).join(', ')}; ${args.runs} run(s) per cell`);
+    const guest = await buildDebianGuest();
+    const { base } = await ensureBase(BASE_NAME, debianBaseSource(guest), signal);
+    const key = await benchKey(path.join(cacheDir(), 'bench', 'suite'));
+    const apps: PreparedApp[] = [];
+    for (const name of args.apps) {
+      const a = await prepareApp(name, guest, base, key, args.quick, signal);
+      apps.push(a);
+      const z = a.sizes;
+      progress(`${name}: overlay ${(z.overlay.total / 1e6).toFixed(2)} MB (disk ${(z.overlay.disk / 1e6).toFixed(2)} + memory ${(z.overlay.memory / 1e6).toFixed(2)}), naive ${(z.naive.total / 1e6).toFixed(2)} MB, Elijah's scheme ${(z.elijah.total / 1e6).toFixed(2)} MB; ${z.repo.debs} .debs, ${(z.repo.bytes / 1e6).toFixed(1)} MB (${(z.repo.installedBytes / 1e6).toFixed(1)} MB installed)${a.prep.cached ? ' (cached)' : `; made in ${((a.prep.createMs ?? 0) / 1000).toFixed(0)} s`}`);
+    }
+    if (args.prepareOnly) return;
+
+    const tmp = tmpDirFor(process.pid, NAMES);
+    await fsp.mkdir(tmp, { recursive: true });
+    scope.defer(`remove ${tmp}`, () => fsp.rm(tmp, { recursive: true, force: true }));
+    const locals = new Map<AppName, Local>();
+    for (const a of apps) locals.set(a.spec.name, await measureLocal(a, tmp, args.runs, key, signal));
+
+    const n = netnsFor(process.pid, NAMES);
+    await createLinkPair(scope, n);
+    const server = await SynthServer.listen({ host: n.hostAddr, port: 0, trust: [key.pubFile], verifyBases: true, maxSessions: 4 });
+    scope.defer('close the synthesis server', () => server.close());
+    const port = server.address().port;
+    const repoPorts = new Map<AppName, number>();
+    for (const a of apps) if (a.spec.packages.length) repoPorts.set(a.spec.name, await serveRepoInNs(scope, n, a.repo));
+
+    const cells = new Map<string, Cell>();
+    const cellOf = (app: string, link: string, policy: string) => {
+      const k = `${app}/${link}/${policy}`;
+      if (!cells.has(k)) cells.set(k, { samples: [], failures: [] });
+      return cells.get(k)!;
+    };
+    const timelineOf = new Map<string, { sends: SegmentSend[]; resumedMs: number | null; firstResponseMs: number | null; finishedMs: number | null }>();
+    for (const link of args.links) {
+      await shape(n, link);
+      for (let i = 0; i < args.runs; i++) {
+        for (const a of apps) {
+          const local = locals.get(a.spec.name)!;
+          for (let k = 0; k < SUITE_POLICIES.length; k++) {
+            const policy = SUITE_POLICIES[(i + k) % SUITE_POLICIES.length]!;
+            throwIfAborted(signal);
+            const cell = cellOf(a.spec.name, link.name, policy);
+            const label = `${link.name} ${a.spec.name} ${policy} ${i + 1}/${args.runs}`;
+            try {
+              let s: Sample;
+              if (policy === 'remote-install') {
+                const p = repoPorts.get(a.spec.name);
+                s = await remoteInstall(a, p ? `http://${n.nsAddr}:${p}` : null, local, signal);
+              } else {
+                const r = await runClient(n.ns, `${n.hostAddr}:${port}`, a.profiled.dir, policy, { path: a.request.path, method: 'POST', bodyFile: a.input.file }, CLIENT_TIMEOUT_S, signal, label);
+                s = sampleOf(r, local);
+                const tk = `${a.spec.name}/${link.name}`;
+                if (policy === 'early-start' && !timelineOf.has(tk)) timelineOf.set(tk, { sends: r.sends, resumedMs: r.timeline.resumed, firstResponseMs: r.timeline.firstResponse, finishedMs: r.timeline.finished });
+              }
+              cell.samples.push(s);
+              progress(`${label}: first response ${s.firstResponseMs} ms${s.replyMatchesLocal ? '' : ' (REPLY DIFFERS from the local VM)'}`);
+            } catch (err) {
+              if (signal.aborted) throw abortReason(signal);
+              const message = err instanceof Error ? err.message : String(err);
+              cell.failures.push(message);
+              progress(`${label}: FAILED: ${message}`);
+            }
+          }
+        }
+      }
+    }
+
+    const appResults: AppResult[] = apps.map((a) => {
+      const local = locals.get(a.spec.name)!;
+      const localP50 = percentile(local.firstResponseMs, 0.5)!;
+      return {
+        app: a.spec.name, title: a.spec.title, elijah: a.spec.elijah, note: a.spec.note, packages: a.spec.packages,
+        input: { description: a.input.description, bytes: a.input.bytes },
+        sizes: a.sizes, prep: a.prep,
+        overlay: { segments: a.profiled.body.segments.length, segmentBytes: a.profiled.body.segmentBytes, bytes: a.profiled.segmentsBytes + a.profiled.manifestBytes, manifestBytes: a.profiled.manifestBytes },
+        local: { firstResponseMs: local.firstResponseMs, p50: Math.round(localP50), reply: local.reply },
+        links: Object.fromEntries(args.links.map((link) => {
+          const summary = Object.fromEntries(SUITE_POLICIES.map((p) => [p, summarize(cellOf(a.spec.name, link.name, p))])) as Record<SuitePolicy, CellSummary>;
+          const needed = summary['demand-only'].bytesBeforeFirstResponse ?? summary['early-start'].bytesBeforeFirstResponse ?? 0;
+          const transferMs = ((needed + a.profiled.manifestBytes) * 8) / (link.rateMbit * 1e3);
+          const floorMs = Math.round(transferMs + localP50);
+          const es = summary['early-start'].firstResponseMs.p50;
+          const ratio = (x: number | null, y: number | null) => (x === null || y === null || y === 0 ? null : +(x / y).toFixed(2));
+          return [link.name, {
+            link: { ...link, delay: 'none (no netem in this kernel)' },
+            summary,
+            floor: { neededBytes: needed, manifestBytes: a.profiled.manifestBytes, transferMs: Math.round(transferMs), localFirstResponseMs: Math.round(localP50), floorMs },
+            ratios: {
+              baselineOverEarlyStart: ratio(summary.baseline.firstResponseMs.p50, es),
+              earlyStartOverFloor: ratio(es, floorMs),
+              remoteInstallOverEarlyStart: ratio(summary['remote-install'].firstResponseMs.p50, es),
+              demandOnlyOverEarlyStart: ratio(summary['demand-only'].firstResponseMs.p50, es),
+            },
+            samples: Object.fromEntries(SUITE_POLICIES.map((p) => [p, cellOf(a.spec.name, link.name, p).samples])),
+            failures: Object.fromEntries(SUITE_POLICIES.filter((p) => cellOf(a.spec.name, link.name, p).failures.length).map((p) => [p, cellOf(a.spec.name, link.name, p).failures])),
+            timeline: timelineOf.get(`${a.spec.name}/${link.name}`) ?? null,
+          }];
+        })),
+      };
+    });
+
+    const result: SuiteResult = {
+      bench: 'suite',
+      version: 1,
+      at: startedAt.toISOString(),
+      finishedAt: new Date().toISOString(),
+      command: `npm run bench -- suite ${argv.join(' ')}`.trim(),
+      quick: args.quick,
+      accel,
+      accelReason: reason,
+      cpus: os.cpus().length,
+      host: { loadavgAtStart: loadAtStart, loadavgAtEnd: os.loadavg().map((x) => +x.toFixed(2)), memGiB: +(os.totalmem() / 2 ** 30).toFixed(1) },
+      runs: args.runs,
+      base: { name: base.name, suite: guest.suite, memoryMiB: base.manifest.vm.memoryMiB, diskBytes: base.manifest.disk.bytes, kernel: guest.kernelPackage, bootMs: base.manifest.created.bootMs },
+      policies: [...SUITE_POLICIES],
+      links: args.links.map((l) => l.name),
+      apps: appResults,
+    };
+    const problems = checkSuiteResult(result);
+    await writeOutputs(result, args);
+    if (problems.length) throw new VmsynthError('VMS_INTERNAL', `the suite's output is incomplete:\n  ${problems.join('\n  ')}`);
+  } finally {
+    await scope.close();
+    offSignals();
+    detach();
+  }
+}
+
+async function writeOutputs(result: SuiteResult, args: SuiteArgs): Promise<void> {
+  await fsp.mkdir(args.out, { recursive: true });
+  const stamp = result.at.replace(/[:.]/g, '-');
+  const name = `suite${result.quick ? '-quick' : ''}-${stamp}`;
+  const json = path.join(args.out, `${name}.json`);
+  const plot = path.join(args.out, `${name}-first-response.svg`);
+  const timeline = path.join(args.out, `${name}-timeline.svg`);
+  await fsp.writeFile(json, JSON.stringify(result, null, 2) + '\n');
+  await fsp.writeFile(plot, svgFirstResponse(result));
+  await fsp.writeFile(timeline, svgTimeline(result));
+  console.log(summaryText(result));
+  console.log(`results: ${json}\nplots: ${plot}\n       ${timeline}`);
+  if (args.docs) {
+    const docs = path.join(packageRoot(), 'docs');
+    await fsp.copyFile(plot, path.join(docs, 'benchmarks-first-response.svg'));
+    await fsp.copyFile(timeline, path.join(docs, 'benchmarks-timeline.svg'));
+    await fsp.writeFile(path.join(docs, 'benchmarks.md'), renderMarkdown(result, {
+      json: path.relative(packageRoot(), json), plots: ['benchmarks-first-response.svg', 'benchmarks-timeline.svg'],
+    }));
+    console.log(`docs: ${path.join(docs, 'benchmarks.md')}`);
+  }
+}
