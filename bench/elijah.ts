@@ -4,7 +4,8 @@
  * every other chunk as the smaller of an xdelta3 delta against the base
  * chunk at the same offset or the raw chunk, as items with a small header,
  * the whole compressed with xz (Debian's xdelta3 and xz-utils, as
- * processes; -B/-W only shrink buffers, not output). One xz stream over everything favours Elijah slightly (it cut
+ * processes; -B/-W only shrink buffers, not output; -D -R: a chunk that happens to
+ * start with gzip's magic must not be handed to gzip). One xz stream over everything favours Elijah slightly (it cut
  * blobs); its msgpack metadata is not counted.
  */
 import { execFileSync } from 'node:child_process';
@@ -43,7 +44,7 @@ export function elijahSize(overlay: Overlay, base: { memory: string; disk: strin
       writeFileSync(path.join(tmp, 'c', `${n}.t`), files[2 + r.image]!.chunk(r.index));
       n++;
     }
-    execFileSync('sh', ['-c', `cd "$1" && i=0; while [ $i -lt ${n} ]; do xdelta3 -e -9 -A -f -B 524288 -W 16384 -s $i.s $i.t $i.d || exit 1; i=$((i+1)); done`, 'sh', path.join(tmp, 'c')]);
+    execFileSync('sh', ['-c', `cd "$1" && i=0; while [ $i -lt ${n} ]; do xdelta3 -e -9 -A -D -R -f -B 524288 -W 16384 -s $i.s $i.t $i.d || exit 1; i=$((i+1)); done`, 'sh', path.join(tmp, 'c')]);
     // Pass 2: the items, in overlay order.
     n = 0;
     for (const r of records) {

@@ -181,23 +181,27 @@ async function prepareApp(name: AppName, guest: DebianGuest, base: Base, key: Be
   if (!plain || !sizes) {
     await fsp.mkdir(dir, { recursive: true });
     const custom = path.join(dir, 'custom');
-    await fsp.rm(custom, { recursive: true, force: true });
-    const repoServer = await serveDirectory(repo.dir, '127.0.0.1');
-    try {
-      progress(`${name}: customizing base "${base.name}" (installing ${spec.packages.length ? spec.packages.join(' ') : 'nothing'}; under TCG this can take many minutes)`);
-      const t0 = performance.now();
-      // QEMU's user network shows the host's loopback to the guest as 10.0.2.2.
-      const r = await createOverlay({
-        base: base.name, out: plainDir, force: true, key: key.file, keepCustom: custom, timeoutMs: INSTALL_TIMEOUT_MS, signal,
-        script: installScript(spec, spec.packages.length ? `http://10.0.2.2:${repoServer.port}` : null),
-        copies: [{ src: serverSource(), dest: GUEST_SERVER, mode: 0o755 }, { src: input.file, dest: GUEST_INPUT, mode: 0o644 }],
-      });
-      prep.createMs = Math.round(performance.now() - t0);
-      prep.customizeMs = r.custom.ms.total;
-    } finally {
-      await repoServer.close();
+    // A run stopped after the customization kept the custom VM: measure that one rather than install again.
+    const kept = plain !== null && (await Promise.all(['memory.raw', 'disk.raw'].map((f) => fsp.stat(path.join(custom, f)).then(() => true, () => false)))).every(Boolean);
+    if (!kept) {
+      await fsp.rm(custom, { recursive: true, force: true });
+      const repoServer = await serveDirectory(repo.dir, '127.0.0.1');
+      try {
+        progress(`${name}: customizing base "${base.name}" (installing ${spec.packages.length ? spec.packages.join(' ') : 'nothing'}; under TCG this can take many minutes)`);
+        const t0 = performance.now();
+        // QEMU's user network shows the host's loopback to the guest as 10.0.2.2.
+        const r = await createOverlay({
+          base: base.name, out: plainDir, force: true, key: key.file, keepCustom: custom, timeoutMs: INSTALL_TIMEOUT_MS, signal,
+          script: installScript(spec, spec.packages.length ? `http://10.0.2.2:${repoServer.port}` : null),
+          copies: [{ src: serverSource(), dest: GUEST_SERVER, mode: 0o755 }, { src: input.file, dest: GUEST_INPUT, mode: 0o644 }],
+        });
+        prep.createMs = Math.round(performance.now() - t0);
+        prep.customizeMs = r.custom.ms.total;
+      } finally {
+        await repoServer.close();
+      }
     }
-    plain = await Overlay.open(plainDir, { trusted: trustedBy(key) });
+    plain ??= await Overlay.open(plainDir, { trusted: trustedBy(key) });
     progress(`${name}: Elijah's scheme (xdelta3 + xz) on the same chunks`);
     const e = elijahSize(plain, { memory: base.file('memory'), disk: base.file('disk') }, { memory: path.join(custom, 'memory.raw'), disk: path.join(custom, 'disk.raw') });
     prep.elijahMs = Math.round(e.ms);
