@@ -367,7 +367,7 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
       const a = await prepareApp(name, guest, base, key, args.quick, signal);
       apps.push(a);
       const z = a.sizes;
-      progress(`${name}: overlay ${(z.overlay.total / 1e6).toFixed(2)} MB (disk ${(z.overlay.disk / 1e6).toFixed(2)} + memory ${(z.overlay.memory / 1e6).toFixed(2)}), naive ${(z.naive.total / 1e6).toFixed(2)} MB, Elijah's scheme ${(z.elijah.total / 1e6).toFixed(2)} MB; ${z.repo.debs} .debs, ${(z.repo.bytes / 1e6).toFixed(1)} MB (${(z.repo.installedBytes / 1e6).toFixed(1)} MB installed)${a.prep.cached ? ' (cached)' : `; made in ${((a.prep.createMs ?? 0) / 1000).toFixed(0)} s`}`);
+      progress(`${name}: overlay ${(z.overlay.total / 1e6).toFixed(2)} MB (disk ${(z.overlay.disk / 1e6).toFixed(2)} + memory ${(z.overlay.memory / 1e6).toFixed(2)}), naive ${(z.naive.total / 1e6).toFixed(2)} MB, Elijah's scheme ${(z.elijah.total / 1e6).toFixed(2)} MB; ${z.repo.debs} .debs, ${(z.repo.bytes / 1e6).toFixed(1)} MB (${(z.repo.installedBytes / 1e6).toFixed(1)} MB installed)${a.prep.cached ? ' (cached)' : a.prep.createMs === null ? ' (from a kept custom VM)' : `; made in ${(a.prep.createMs / 1000).toFixed(0)} s`}`);
     }
     if (args.prepareOnly) return;
 

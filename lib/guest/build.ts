@@ -52,10 +52,22 @@ export interface Guest {
   kernelPackage: string;
 }
 
-const sourceDir = () => path.join(packageRoot(), 'guest');
+/** guest/ in the package: what runs inside the guests. */
+export const sourceDir = (): string => path.join(packageRoot(), 'guest');
 
-async function sh(cmd: string, args: string[], cwd?: string): Promise<string> {
+/** Runs a build tool; its failure is VMS_GUEST_BUILD. Returns its stdout, trimmed. */
+export async function sh(cmd: string, args: string[], cwd?: string): Promise<string> {
   return (await exec(cmd, args, { cwd, code: 'VMS_GUEST_BUILD' })).stdout.trim();
+}
+
+/** Moves a finished build from tmp into dir, unless another process completed the same build first (its guest.json is there). */
+export async function commitBuild(tmp: string, dir: string): Promise<void> {
+  if (await fsp.stat(path.join(dir, 'guest.json')).catch(() => null)) {
+    await fsp.rm(tmp, { recursive: true, force: true });
+    return;
+  }
+  await fsp.rm(dir, { recursive: true, force: true });
+  await fsp.rename(tmp, dir);
 }
 
 /** The concrete kernel package behind the metapackage, and its version. */
@@ -129,13 +141,7 @@ export async function buildGuest(options: GuestOptions = {}): Promise<Guest> {
     publish('progress', { step: `writing the ${diskMiB} MiB data disk` });
     await writeDiskPattern(path.join(tmp, 'data.raw'), diskMiB * 1024 * 1024);
     await fsp.writeFile(path.join(tmp, 'guest.json'), JSON.stringify({ key, inputs, order }, null, 2) + '\n');
-    // Another process may have finished the same build meanwhile: keep the first complete one.
-    if (await fsp.stat(path.join(dir, 'guest.json')).catch(() => null)) {
-      await fsp.rm(tmp, { recursive: true, force: true });
-      return guest;
-    }
-    await fsp.rm(dir, { recursive: true, force: true });
-    await fsp.rename(tmp, dir);
+    await commitBuild(tmp, dir);
   } catch (err) {
     await fsp.rm(tmp, { recursive: true, force: true });
     throw err;

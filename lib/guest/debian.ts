@@ -18,10 +18,10 @@ import path from 'node:path';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import { exec } from '../core/exec.js';
-import { cacheDir, packageRoot } from '../core/paths.js';
+import { cacheDir } from '../core/paths.js';
 import type { BaseSource } from '../vm/base.js';
 import { cpioNewc } from './cpio.js';
-import { busyboxInitramfs, compileOffloadApp, fileSha, GUEST_APP_PORT, resolveKernel, unpackKernel } from './build.js';
+import { busyboxInitramfs, commitBuild, compileOffloadApp, fileSha, GUEST_APP_PORT, resolveKernel, sh, sourceDir, unpackKernel } from './build.js';
 
 const BUILDER_VERSION = 1;
 export const DEBIAN_SUITE = 'bookworm';
@@ -53,11 +53,6 @@ export interface DebianGuest {
   suite: string;
 }
 
-const guestDir = () => path.join(packageRoot(), 'guest');
-
-async function run(cmd: string, args: string[], cwd?: string): Promise<string> {
-  return (await exec(cmd, args, { cwd, code: 'VMS_GUEST_BUILD' })).stdout.trim();
-}
 
 export function debianMirror(opts: DebianGuestOptions = {}): string {
   return opts.mirror ?? process.env.VMSYNTH_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian';
@@ -73,11 +68,11 @@ export async function buildDebianGuest(opts: DebianGuestOptions = {}): Promise<D
     suite: DEBIAN_SUITE,
     packages: DEBIAN_BASE_PACKAGES,
     kernel,
-    busybox: await run('dpkg-query', ['-W', '-f=${Version}', 'busybox-static']).catch(() => 'missing'),
-    gcc: await run('gcc', ['-dumpfullversion']).catch(() => 'missing'),
-    init: await fileSha(path.join(guestDir(), 'debian', 'vmsynth-init')),
-    initramfs: await fileSha(path.join(guestDir(), 'debian', 'initramfs-init')),
-    app: await fileSha(path.join(guestDir(), 'offload-app.c')),
+    busybox: await sh('dpkg-query', ['-W', '-f=${Version}', 'busybox-static']).catch(() => 'missing'),
+    gcc: await sh('gcc', ['-dumpfullversion']).catch(() => 'missing'),
+    init: await fileSha(path.join(sourceDir(), 'debian', 'vmsynth-init')),
+    initramfs: await fileSha(path.join(sourceDir(), 'debian', 'initramfs-init')),
+    app: await fileSha(path.join(sourceDir(), 'offload-app.c')),
     cmdline: KERNEL_FLAGS,
     diskMiB,
   };
@@ -100,29 +95,24 @@ export async function buildDebianGuest(opts: DebianGuestOptions = {}): Promise<D
     const debs = path.join(cacheDir(), 'debs', 'debootstrap');
     await fsp.mkdir(debs, { recursive: true });
     publish('progress', { step: `debootstrap --variant=minbase ${DEBIAN_SUITE} (+ ${DEBIAN_BASE_PACKAGES.join(', ')}) from ${debianMirror(opts)}` });
-    await run('debootstrap', ['--variant=minbase', `--include=${DEBIAN_BASE_PACKAGES.join(',')}`, `--cache-dir=${debs}`, DEBIAN_SUITE, root, debianMirror(opts)]);
+    await sh('debootstrap', ['--variant=minbase', `--include=${DEBIAN_BASE_PACKAGES.join(',')}`, `--cache-dir=${debs}`, DEBIAN_SUITE, root, debianMirror(opts)]);
     await installVmsynthFiles(root, tmp);
-    const versions = await run('chroot', [root, 'dpkg-query', '-W', '-f=${Package}=${Version}\\n']);
+    const versions = await sh('chroot', [root, 'dpkg-query', '-W', '-f=${Package}=${Version}\\n']);
 
     publish('progress', { step: `making the ${diskMiB} MiB ext4 root disk (mkfs.ext4 -d)` });
     const disk = path.join(tmp, 'disk.raw');
     await fsp.writeFile(disk, '');
     await fsp.truncate(disk, diskMiB * 1024 * 1024);
     // Initialize inode tables and journal now: lazy init would write them from the guest, into every overlay.
-    await run('mkfs.ext4', ['-q', '-F', '-L', 'vmsynth-root', '-E', 'lazy_itable_init=0,lazy_journal_init=0', '-d', root, disk]);
+    await sh('mkfs.ext4', ['-q', '-F', '-L', 'vmsynth-root', '-E', 'lazy_itable_init=0,lazy_journal_init=0', '-d', root, disk]);
 
     publish('progress', { step: 'making the initramfs (virtio modules, switch_root)' });
     const { entries } = await unpackKernel(kernel, tmp);
-    const init = await fsp.readFile(path.join(guestDir(), 'debian', 'initramfs-init'));
+    const init = await fsp.readFile(path.join(sourceDir(), 'debian', 'initramfs-init'));
     await fsp.writeFile(path.join(tmp, 'initrd.img'), cpioNewc([...await busyboxInitramfs(init), { kind: 'dir', path: 'newroot' }, ...entries]));
     await fsp.writeFile(path.join(tmp, 'packages.txt'), versions + '\n');
     await fsp.writeFile(path.join(tmp, 'guest.json'), JSON.stringify({ key, inputs, mirror: debianMirror(opts) }, null, 2) + '\n');
-    if (await fsp.stat(path.join(dir, 'guest.json')).catch(() => null)) {
-      await fsp.rm(tmp, { recursive: true, force: true });
-      return guest;
-    }
-    await fsp.rm(dir, { recursive: true, force: true });
-    await fsp.rename(tmp, dir);
+    await commitBuild(tmp, dir);
   } catch (err) {
     // debootstrap mounts /proc and /sys in its target: never recurse into a mounted filesystem.
     await unmountUnder(tmp);
@@ -152,7 +142,7 @@ async function requireTools(): Promise<void> {
 
 /** PID 1, the offload app, and a root with no network apt sources (customizations bring their own). */
 async function installVmsynthFiles(root: string, tmp: string): Promise<void> {
-  await fsp.copyFile(path.join(guestDir(), 'debian', 'vmsynth-init'), path.join(root, 'sbin', 'vmsynth-init'));
+  await fsp.copyFile(path.join(sourceDir(), 'debian', 'vmsynth-init'), path.join(root, 'sbin', 'vmsynth-init'));
   await fsp.chmod(path.join(root, 'sbin', 'vmsynth-init'), 0o755);
   const app = await compileOffloadApp(tmp);
   await fsp.copyFile(app, path.join(root, 'usr', 'local', 'sbin', 'offload-app'));
@@ -163,7 +153,7 @@ async function installVmsynthFiles(root: string, tmp: string): Promise<void> {
   await fsp.writeFile(path.join(root, 'etc', 'apt', 'sources.list'), '# vmsynth Debian base: no network sources; a customization adds its own repository.\n');
   await fsp.rm(path.join(root, 'var', 'lib', 'apt', 'lists'), { recursive: true, force: true });
   await fsp.mkdir(path.join(root, 'var', 'lib', 'apt', 'lists', 'partial'), { recursive: true });
-  await run('chroot', [root, 'apt-get', 'clean']);
+  await sh('chroot', [root, 'apt-get', 'clean']);
 }
 
 /** The base source `vmsynth base create --debian` captures. */
