@@ -293,14 +293,14 @@ async function remoteInstall(app: PreparedApp, repoUrl: string | null, local: Lo
     base: BASE_NAME, verify: false, agent: true, timeoutMs: 120_000, signal,
     whileRunning: async ({ agentPort, hostPort }) => {
       resumedMs = performance.now() - t0;
-      await agentPut(agentPort!, GUEST_SERVER, await fsp.readFile(serverSource()), 0o755);
-      await agentPut(agentPort!, GUEST_INPUT, app.request.body!, 0o644);
-      const r = await agentExec(agentPort!, installScript(app.spec, repoUrl, { trim: false }), INSTALL_TIMEOUT_MS);
+      await agentPut(agentPort!, GUEST_SERVER, await fsp.readFile(serverSource()), 0o755, 60_000, signal);
+      await agentPut(agentPort!, GUEST_INPUT, app.request.body!, 0o644, 60_000, signal);
+      const r = await agentExec(agentPort!, installScript(app.spec, repoUrl, { trim: false }), INSTALL_TIMEOUT_MS, signal);
       if (r.status !== 0) throw new VmsynthError('VMS_CUSTOMIZE_FAILED', `remote install of ${app.spec.name} failed (${r.status}): ${r.output.slice(-1500)}`);
       // The script's warm-up request is the app's first answer.
       firstResponseMs = performance.now() - t0;
       installMs = firstResponseMs - resumedMs;
-      const reply = await guestRequest(hostPort, 'POST', app.request.path, 600_000, app.request.body);
+      const reply = await guestRequest(hostPort, 'POST', app.request.path, 600_000, app.request.body, signal);
       body = reply.status === 200 ? reply.body.toString('utf8') : '';
     },
   });

@@ -146,11 +146,11 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
       tResumed = performance.now();
       for (const c of opts.copies ?? []) {
         publish('progress', { step: `customize: copying ${c.src} to ${c.dest}` });
-        await agentPut(agentPort, c.dest, await fsp.readFile(c.src), c.mode ?? 0o755, timeoutMs);
+        await agentPut(agentPort, c.dest, await fsp.readFile(c.src), c.mode ?? 0o755, timeoutMs, opts.signal);
       }
       if (script) {
         publish('progress', { step: 'customize: running the script in the guest' });
-        const r = await agentExec(agentPort, script, timeoutMs);
+        const r = await agentExec(agentPort, script, timeoutMs, opts.signal);
         output = r.output;
         if (r.status !== 0) {
           throw new VmsynthError('VMS_CUSTOMIZE_FAILED', `the customization script exited with status ${r.status}; its output ends:\n${r.output.slice(-2000)}`, { details: { status: r.status } });
@@ -158,7 +158,7 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
       }
       await waitForApp(hostPort, { timeoutMs, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog });
       publish('progress', { step: 'customize: returning free guest memory' });
-      await agentExec(agentPort, freeMemoryCommand(opts.dropCaches ?? true, opts.reportFreePages ?? true), 60_000);
+      await agentExec(agentPort, freeMemoryCommand(opts.dropCaches ?? true, opts.reportFreePages ?? true), 60_000, opts.signal);
       freePages = await settleFreePages(out.memory, { signal: opts.signal });
       tScript = performance.now();
       publish('progress', { step: 'customize: saving the custom VM' });

@@ -30,10 +30,10 @@ export interface HttpReply {
 }
 
 /** One HTTP request to a guest service on 127.0.0.1:<port>; rejects on connection errors and on timeout. */
-export function guestRequest(port: number, method: string, path: string, timeoutMs: number, body?: Buffer): Promise<HttpReply> {
+export function guestRequest(port: number, method: string, path: string, timeoutMs: number, body?: Buffer, signal?: AbortSignal): Promise<HttpReply> {
   return new Promise((resolve, reject) => {
     const headers = body ? { 'Content-Length': body.length } : undefined;
-    const req = http.request({ host: '127.0.0.1', port, method, path, timeout: timeoutMs, agent: false, headers }, (res) => {
+    const req = http.request({ host: '127.0.0.1', port, method, path, timeout: timeoutMs, agent: false, headers, signal }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
