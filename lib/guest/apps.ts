@@ -9,6 +9,8 @@ import path from 'node:path';
 import { packageRoot } from '../core/paths.js';
 import type { AppName } from './app-inputs.js';
 
+export { APP_NAMES } from './app-inputs.js';
+
 export interface AppSpec {
   name: AppName;
   /** What it does, for tables. */
@@ -43,8 +45,6 @@ export const APPS: Record<AppName, AppSpec> = {
     note: 'FLUID-sized: nothing to install beyond the base; the server and its state are the overlay',
   },
 };
-
-export const APP_NAMES = Object.keys(APPS) as AppName[];
 
 /** Where the server and the warm-up input go in the guest. */
 export const GUEST_SERVER = '/usr/local/sbin/offload-server.py';

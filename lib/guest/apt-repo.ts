@@ -90,8 +90,13 @@ export interface DirServer {
 export async function serveDirectory(dir: string, host: string, port = 0): Promise<DirServer> {
   let sent = 0;
   const server = http.createServer((req, res) => {
-    const name = decodeURIComponent((req.url ?? '/').split('?')[0]!.replace(/^\/+/, '').replace(/^\.\//, ''));
-    if ((req.method !== 'GET' && req.method !== 'HEAD') || !name || name.includes('/') || name.startsWith('.')) {
+    let name = '';
+    try {
+      name = decodeURIComponent((req.url ?? '/').split('?')[0]!.replace(/^\/+/, '').replace(/^\.\//, ''));
+    } catch {
+      // malformed percent-encoding: no such file
+    }
+    if ((req.method !== 'GET' && req.method !== 'HEAD') || !name || name.includes('/') || name.includes('\0') || name.startsWith('.')) {
       res.writeHead(404).end();
       return;
     }
