@@ -57,9 +57,16 @@ export class ChunkArrivals {
     this.segmentOf[image]![index] = segment;
   }
 
-  /** A MISSING chunk will now come with another segment (a SELF reference waiting for its target's). */
+  /**
+   * A MISSING chunk will now come with another segment (a SELF reference
+   * waiting for its target's). Reads already held on it asked for the old
+   * segment, which has landed: ask for the new one on their behalf, or in
+   * demand-only nothing would ever bring it.
+   */
   redirect(image: number, index: number, segment: number): void {
-    if (this.maps[image]!.get(index) === ChunkSource.MISSING) this.segmentOf[image]![index] = segment;
+    if (this.maps[image]!.get(index) !== ChunkSource.MISSING) return;
+    this.segmentOf[image]![index] = segment;
+    if (segment >= 0 && this.waiters.has(chunkKey(image, index))) this.demand(segment);
   }
 
   /** The segment a MISSING chunk waits for (-1 when present). */

@@ -109,6 +109,25 @@ t.test('a SELF reference that lands before its target waits for the target\'s se
   t.ok((await read.done).equals(await customChunk(r.image, r.index)), 'the SELF chunk reads as its target\'s content');
 });
 
+t.test('a read held on a SELF chunk before its segment lands asks for the target\'s segment once redirected', async (t) => {
+  // Found by the benchmark suite: in demand-only, the read waited for the SELF chunk's own segment;
+  // that segment landed and redirected the chunk to its target's segment, which nobody asked for.
+  const all = records();
+  const where = new Map(all.map((x) => [`${x.r.image}:${x.r.index}`, x.segment]));
+  const self = all.find((x) => x.r.kind === ChunkKind.SELF && where.get(`${x.r.refImage}:${x.r.refIndex}`)! < x.segment);
+  const { r, segment } = self!;
+  const targetSeg = where.get(`${r.refImage}:${r.refIndex}`)!;
+  const g = await rig(t, 'self-held');
+  const read = readChunk(g.mount.path(r.image === 0 ? 'memory.img' : 'disk.img'), r.index);
+  await until(() => g.demands.includes(segment), `a demand for the SELF chunk's segment ${segment}`);
+  t.notOk(g.demands.includes(targetSeg), 'at first only its own segment is asked for');
+  await g.apply(segment);
+  await until(() => g.demands.includes(targetSeg), `a demand for the target's segment ${targetSeg} after the redirect`);
+  t.notOk(read.finished(), 'the read still waits');
+  await g.apply(targetSeg);
+  t.ok((await read.done).equals(await customChunk(r.image, r.index)), 'then reads its target\'s content');
+});
+
 t.test('a corrupt segment is refused and marks nothing present', async (t) => {
   const g = await rig(t, 'corrupt');
   const s = overlay.body.segments[0]!;
