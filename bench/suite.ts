@@ -28,7 +28,8 @@
  *
  * Options: --quick, --runs N (default 5; BENCH_RUNS), --apps a,b
  * (BENCH_APPS), --links wifi,lan (BENCH_LINKS), --out DIR, --no-docs,
- * --prepare-only (build and cache the overlays, print their sizes).
+ * --prepare-only (build and cache the overlays, print their sizes), --render
+ * FILE (write docs/ again from a result, after editing docs/benchmarks-notes.md).
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -84,6 +85,8 @@ export interface SuiteArgs {
   docs: boolean;
   /** Build and cache the overlays (and their sizes), print the sizes, measure nothing. */
   prepareOnly: boolean;
+  /** Measure nothing: write docs/ again from this result file (after editing docs/benchmarks-notes.md). */
+  render: string | null;
 }
 
 function parseArgs(argv: string[]): SuiteArgs {
@@ -97,10 +100,10 @@ function parseArgs(argv: string[]): SuiteArgs {
     }
     return process.env[env];
   };
-  const known = new Set(['--quick', '--runs', '--apps', '--links', '--out', '--no-docs', '--prepare-only']);
+  const known = new Set(['--quick', '--runs', '--apps', '--links', '--out', '--no-docs', '--prepare-only', '--render']);
   argv.forEach((a, i) => {
     if (a.startsWith('--') && !known.has(a)) throw new VmsynthError('VMS_USAGE', `suite: unknown option ${a}; options: ${[...known].join(' ')}`);
-    if (!a.startsWith('--') && !['--runs', '--apps', '--links', '--out'].includes(argv[i - 1] ?? '')) throw new VmsynthError('VMS_USAGE', `suite: unexpected argument "${a}"`);
+    if (!a.startsWith('--') && !['--runs', '--apps', '--links', '--out', '--render'].includes(argv[i - 1] ?? '')) throw new VmsynthError('VMS_USAGE', `suite: unexpected argument "${a}"`);
   });
   const runsText = value('--runs', 'BENCH_RUNS') ?? (quick ? '1' : '5');
   const runs = Number(runsText);
@@ -113,7 +116,7 @@ function parseArgs(argv: string[]): SuiteArgs {
     return l;
   });
   const out = path.resolve(value('--out', 'BENCH_OUT') ?? path.join(packageRoot(), 'bench', 'results'));
-  return { quick, runs, apps: apps as AppName[], links, out, docs: !quick && !argv.includes('--no-docs'), prepareOnly: argv.includes('--prepare-only') };
+  return { quick, runs, apps: apps as AppName[], links, out, docs: !quick && !argv.includes('--no-docs'), prepareOnly: argv.includes('--prepare-only'), render: value('--render', 'BENCH_RENDER') ?? null };
 }
 
 // ---------------------------------------------------------------- preparation
@@ -347,6 +350,7 @@ function summarize(c: Cell): CellSummary {
 
 export async function benchSuite(argv: string[] = []): Promise<void> {
   const args = parseArgs(argv);
+  if (args.render) return renderDocs(args.render);
   const detach = attachLogger({ level: process.env.LOG_LEVEL ?? 'warn' });
   const controller = new AbortController();
   const signal = controller.signal;
@@ -499,13 +503,24 @@ async function writeOutputs(result: SuiteResult, args: SuiteArgs): Promise<void>
   await fsp.writeFile(timeline, svgTimeline(result));
   console.log(summaryText(result));
   console.log(`results: ${json}\nplots: ${plot}\n       ${timeline}`);
-  if (args.docs) {
-    const docs = path.join(packageRoot(), 'docs');
-    await fsp.copyFile(plot, path.join(docs, 'benchmarks-first-response.svg'));
-    await fsp.copyFile(timeline, path.join(docs, 'benchmarks-timeline.svg'));
-    await fsp.writeFile(path.join(docs, 'benchmarks.md'), renderMarkdown(result, {
-      json: path.relative(packageRoot(), json), plots: ['benchmarks-first-response.svg', 'benchmarks-timeline.svg'],
-    }));
-    console.log(`docs: ${path.join(docs, 'benchmarks.md')}`);
-  }
+  if (args.docs) await writeDocs(result);
+}
+
+/** docs/benchmarks.md, its plots and the result it was made from (docs/benchmarks.json, kept in the repository). */
+async function writeDocs(result: SuiteResult): Promise<void> {
+  const docs = path.join(packageRoot(), 'docs');
+  await fsp.writeFile(path.join(docs, 'benchmarks.json'), JSON.stringify(result, null, 2) + '\n');
+  await fsp.writeFile(path.join(docs, 'benchmarks-first-response.svg'), svgFirstResponse(result));
+  await fsp.writeFile(path.join(docs, 'benchmarks-timeline.svg'), svgTimeline(result));
+  await fsp.writeFile(path.join(docs, 'benchmarks.md'), renderMarkdown(result, {
+    json: 'docs/benchmarks.json', plots: ['benchmarks-first-response.svg', 'benchmarks-timeline.svg'],
+  }));
+  console.log(`docs: ${path.join(docs, 'benchmarks.md')}`);
+}
+
+async function renderDocs(file: string): Promise<void> {
+  const result = JSON.parse(await fsp.readFile(file, 'utf8')) as SuiteResult;
+  if (result.bench !== 'suite' || result.version !== 1) throw new VmsynthError('VMS_USAGE', `${file} is not a suite result (version 1)`);
+  if (result.quick) throw new VmsynthError('VMS_USAGE', `${file} is a --quick result: docs/benchmarks.md comes from full runs`);
+  await writeDocs(result);
 }

@@ -35,6 +35,9 @@ t.test('usage errors exit 64', async (t) => {
   const r = await vmsynth(['base', 'create', 'x', '--kernel', '/k']);
   t.equal(r.code, ERRORS.VMS_USAGE.exit);
   t.match(r.stderr, /VMS_USAGE.*go together/);
+  const d = await vmsynth(['base', 'create', 'x', '--debian', '--disk', '/d']);
+  t.equal(d.code, ERRORS.VMS_USAGE.exit, '--debian with a disk of your own is a usage error');
+  t.match(d.stderr, /--debian captures the built-in Debian guest/);
   const p = await vmsynth(['synth', '--server', '127.0.0.1:1', '--overlay', '/nonexistent', '--policy', 'eager']);
   t.equal(p.code, 64, 'an unknown policy is a usage error');
   t.match(p.stderr, /--policy must be one of early-start, baseline, demand-only/);
