@@ -484,6 +484,9 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
     const problems = checkSuiteResult(result);
     await writeOutputs(result, args);
     if (problems.length) throw new VmsynthError('VMS_INTERNAL', `the suite's output is incomplete:\n  ${problems.join('\n  ')}`);
+  } catch (err) {
+    // An interrupted run says so, whichever await the abort reached first.
+    throw signal.aborted ? abortReason(signal) : err;
   } finally {
     await scope.close();
     offSignals();

@@ -104,7 +104,7 @@ t.test('bad bases: each damage has its own code, and nothing starts', async (t) 
 });
 
 t.test('a guest whose app never answers: VMS_GUEST_TIMEOUT with the console tail, no partial base', async (t) => {
-  const { error, domains } = await tracking(() => createBase({ name: 'silent', source: { ...guestSource(guest), appPort: 9 }, timeoutMs: 10_000 }));
+  const { error, domains } = await tracking(() => createBase({ name: 'silent', source: { ...guestSource(guest), appPort: 9 }, timeoutMs: 25_000 }));
   t.match(error, { code: 'VMS_GUEST_TIMEOUT', message: /guest console/ });
   t.same(await fsp.readdir(baseDir()).then((d) => d.filter((n) => n.includes('silent'))), [], 'no base and no temp dir');
   t.same(await leaks(domains, runDir()), NO_LEAKS);
