@@ -9,6 +9,7 @@ import path from 'node:path';
 import type { SegmentSend } from '../../lib/client/client.js';
 import { packageRoot } from '../../lib/core/paths.js';
 import type { Link } from './link.js';
+import { p50 } from './stats.js';
 import { esc, niceStep, px } from './svg.js';
 
 export const POLICIES = ['baseline', 'early-start', 'demand-only', 'remote-install'] as const;
@@ -211,7 +212,7 @@ export function renderMarkdown(r: SuiteResult, where: { json: string; plots: str
     for (const l of r.links) {
       const lr = a.links[l]!;
       const ri = lr.samples['remote-install'] ?? [];
-      const inst = ri.length ? [...ri.map((s) => s.installMs ?? 0)].sort((p, q) => p - q)[Math.floor((ri.length - 1) / 2)]! : null;
+      const inst = p50(ri.map((s) => s.installMs ?? 0));
       out.push(`| ${a.app} | ${l} | ${mb(a.overlay.bytes)} MB, ${a.overlay.segments} segments | ${s1(lr.summary['early-start'].resumedMs)} s | ${mb(lr.summary['early-start'].bytesBeforeFirstResponse)} | ${mb(lr.summary['demand-only'].bytesBeforeFirstResponse)} | ${s1(lr.floor.transferMs)} + ${s1(lr.floor.localFirstResponseMs)} s | ${s1(lr.summary['remote-install'].resumedMs)} + ${s1(inst)} s |`);
     }
   }

@@ -13,8 +13,8 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
-import { exec } from '../core/exec.js';
 import { cacheDir } from '../core/paths.js';
+import { sh } from './build.js';
 import { debianMirror, type DebianGuest } from './debian.js';
 
 export interface AptRepo {
@@ -28,7 +28,6 @@ export interface AptRepo {
   installedBytes: number;
 }
 
-const run = async (cmd: string, args: string[], cwd?: string) => (await exec(cmd, args, { cwd, code: 'VMS_GUEST_BUILD' })).stdout;
 
 /** The repository of `packages` for the Debian guest, downloading it on first use. */
 export async function buildAptRepo(guest: DebianGuest, packages: string[]): Promise<AptRepo> {
@@ -53,8 +52,8 @@ export async function buildAptRepo(guest: DebianGuest, packages: string[]): Prom
     ];
     if (wanted.length > 0) {
       publish('progress', { step: `resolving and downloading ${wanted.join(' ')} for the Debian base` });
-      await run('chroot', [guest.root, 'apt-get', ...opts, 'update']);
-      await run('chroot', [guest.root, 'apt-get', ...opts, 'install', '--download-only', '-y', '--no-install-recommends', ...wanted]);
+      await sh('chroot', [guest.root, 'apt-get', ...opts, 'update']);
+      await sh('chroot', [guest.root, 'apt-get', ...opts, 'install', '--download-only', '-y', '--no-install-recommends', ...wanted]);
     }
     const debs = (await fsp.readdir(path.join(state, 'archives'))).filter((f) => f.endsWith('.deb')).sort();
     let bytes = 0;
@@ -62,10 +61,10 @@ export async function buildAptRepo(guest: DebianGuest, packages: string[]): Prom
       await fsp.rename(path.join(state, 'archives', f), path.join(tmp, f));
       bytes += (await fsp.stat(path.join(tmp, f))).size;
     }
-    const index = await run('dpkg-scanpackages', ['--multiversion', '.', '/dev/null'], tmp);
+    const index = `${await sh('dpkg-scanpackages', ['--multiversion', '.', '/dev/null'], tmp)}\n`;
     const installedBytes = [...index.matchAll(/^Installed-Size:\s*(\d+)/gm)].reduce((sum, m) => sum + Number(m[1]) * 1024, 0);
     await fsp.writeFile(path.join(tmp, 'Packages'), index);
-    await fsp.writeFile(path.join(tmp, 'Release'), await run('apt-ftparchive', ['release', '.'], tmp));
+    await fsp.writeFile(path.join(tmp, 'Release'), `${await sh('apt-ftparchive', ['release', '.'], tmp)}\n`);
     const repo: AptRepo = { dir, packages: wanted, debs, bytes, installedBytes };
     await fsp.writeFile(path.join(tmp, 'repo.json'), JSON.stringify(repo, null, 2) + '\n');
     await fsp.rm(dir, { recursive: true, force: true });
