@@ -29,7 +29,9 @@
  * Options: --quick, --runs N (default 5; BENCH_RUNS), --apps a,b
  * (BENCH_APPS), --links wifi,lan (BENCH_LINKS), --out DIR, --no-docs,
  * --prepare-only (build and cache the overlays, print their sizes), --render
- * FILE (write docs/ again from a result, after editing docs/benchmarks-notes.md).
+ * A.json[,B.json] (write docs/ again from a result, after editing
+ * docs/benchmarks-notes.md, or from runs of disjoint apps merged). Only a run
+ * of every app writes docs/ by itself.
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -64,7 +66,7 @@ import { runClient } from './lib/client-run.js';
 import { checkLinkTools, createLinkPair, LINKS, netnsFor, removeStale, shape, tmpDirFor, type Link, type LinkNames, type Netns } from './lib/link.js';
 import { onSignals } from './lib/signals.js';
 import { percentile, round } from './lib/stats.js';
-import { checkSuiteResult, renderMarkdown, summaryText, svgFirstResponse, svgTimeline, type AppResult, type CellSummary, type Sample, type SuiteResult } from './lib/suite-report.js';
+import { checkSuiteResult, mergeSuiteResults, renderMarkdown, summaryText, svgFirstResponse, svgTimeline, type AppResult, type CellSummary, type Sample, type SuiteResult } from './lib/suite-report.js';
 
 const MIB = 1 << 20;
 const BASE_NAME = 'debian';
@@ -85,7 +87,7 @@ export interface SuiteArgs {
   docs: boolean;
   /** Build and cache the overlays (and their sizes), print the sizes, measure nothing. */
   prepareOnly: boolean;
-  /** Measure nothing: write docs/ again from this result file (after editing docs/benchmarks-notes.md). */
+  /** Measure nothing: write docs/ again from these result files, comma-separated (merged when several). */
   render: string | null;
 }
 
@@ -116,7 +118,7 @@ function parseArgs(argv: string[]): SuiteArgs {
     return l;
   });
   const out = path.resolve(value('--out', 'BENCH_OUT') ?? path.join(packageRoot(), 'bench', 'results'));
-  return { quick, runs, apps: apps as AppName[], links, out, docs: !quick && !argv.includes('--no-docs'), prepareOnly: argv.includes('--prepare-only'), render: value('--render', 'BENCH_RENDER') ?? null };
+  return { quick, runs, apps: apps as AppName[], links, out, docs: !quick && !argv.includes('--no-docs') && APP_NAMES.every((a) => apps.includes(a)), prepareOnly: argv.includes('--prepare-only'), render: value('--render', 'BENCH_RENDER') ?? null };
 }
 
 // ---------------------------------------------------------------- preparation
@@ -507,6 +509,7 @@ async function writeOutputs(result: SuiteResult, args: SuiteArgs): Promise<void>
   console.log(summaryText(result));
   console.log(`results: ${json}\nplots: ${plot}\n       ${timeline}`);
   if (args.docs) await writeDocs(result);
+  else if (!result.quick) console.log(`docs/benchmarks.md not written: this run has ${result.apps.map((a) => a.app).join(', ')} of ${APP_NAMES.join(', ')}. Merge runs of disjoint apps into the docs with --render A.json,B.json`);
 }
 
 /** docs/benchmarks.md, its plots and the result it was made from (docs/benchmarks.json, kept in the repository). */
@@ -521,9 +524,21 @@ async function writeDocs(result: SuiteResult): Promise<void> {
   console.log(`docs: ${path.join(docs, 'benchmarks.md')}`);
 }
 
-async function renderDocs(file: string): Promise<void> {
-  const result = JSON.parse(await fsp.readFile(file, 'utf8')) as SuiteResult;
-  if (result.bench !== 'suite' || result.version !== 1) throw new VmsynthError('VMS_USAGE', `${file} is not a suite result (version 1)`);
-  if (result.quick) throw new VmsynthError('VMS_USAGE', `${file} is a --quick result: docs/benchmarks.md comes from full runs`);
-  await writeDocs(result);
+/** --render A.json[,B.json...]: docs from one full run, or from runs of disjoint apps merged into one table. */
+async function renderDocs(files: string): Promise<void> {
+  const results: SuiteResult[] = [];
+  for (const file of files.split(',').filter(Boolean)) {
+    let result: SuiteResult;
+    try {
+      result = JSON.parse(await fsp.readFile(file, 'utf8')) as SuiteResult;
+    } catch (err) {
+      throw new VmsynthError('VMS_USAGE', `--render: cannot read ${file} as JSON: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    if (result.bench !== 'suite' || result.version !== 1) throw new VmsynthError('VMS_USAGE', `${file} is not a suite result (version 1)`);
+    if (result.quick) throw new VmsynthError('VMS_USAGE', `${file} is a --quick result: docs/benchmarks.md comes from full runs`);
+    const problems = checkSuiteResult(result);
+    if (problems.length) throw new VmsynthError('VMS_USAGE', `${file} is incomplete:\n  ${problems.join('\n  ')}`);
+    results.push(result);
+  }
+  await writeDocs(mergeSuiteResults(results));
 }

@@ -4,7 +4,7 @@
  * draw one bar per app, link and policy and one mark per segment.
  */
 import t from 'tap';
-import { checkSuiteResult, ELIJAH, POLICIES, renderMarkdown, summaryText, svgFirstResponse, svgTimeline, type AppResult, type CellSummary, type SuiteResult } from '../../bench/lib/suite-report.js';
+import { checkSuiteResult, ELIJAH, mergeSuiteResults, POLICIES, renderMarkdown, summaryText, svgFirstResponse, svgTimeline, type AppResult, type CellSummary, type SuiteResult } from '../../bench/lib/suite-report.js';
 
 function cell(ms: number, n = 2): CellSummary {
   return { n, failures: 0, firstResponseMs: { p50: ms, p90: ms + 100, min: ms, max: ms + 100, mean: ms + 50 }, bytesBeforeFirstResponse: 2e6, resumedMs: 700, repliesMatchingLocal: n };
@@ -92,4 +92,42 @@ t.test('plots', async (t) => {
   t.match(tl, /VM resumed 0\.70 s/);
   t.match(tl, /first response 4\.00 s/);
   for (const svg of [svgFirstResponse(r), tl]) t.notMatch(svg, /NaN|undefined|Infinity/);
+});
+
+t.test('merging runs of disjoint apps', async (t) => {
+  const a = result();
+  a.apps = [a.apps[0]!];
+  const b = result();
+  b.apps = [b.apps[1]!];
+  b.at = '2026-11-23T10:00:00.000Z';
+  b.finishedAt = '2026-11-23T11:30:00.000Z';
+  b.command = 'npm run bench -- suite --apps face --no-docs';
+  b.host = { loadavgAtStart: [2, 2, 2], loadavgAtEnd: [3, 3, 3], memGiB: 24 };
+  const m = mergeSuiteResults([b, a]);
+  t.same(m.apps.map((x) => x.app), ['face', 'speech'], 'every app, once');
+  t.same(m.parts!.map((p) => p.apps), [['speech'], ['face']], 'each run named, oldest first');
+  t.equal(m.at, a.at);
+  t.equal(m.finishedAt, b.finishedAt);
+  t.same(checkSuiteResult(m), [], 'the merged result is complete');
+  const md = renderMarkdown(m, { json: 'docs/benchmarks.json', plots: [] });
+  t.match(md, /from 2 runs, merged/);
+  t.match(md, /- face: `npm run bench -- suite --apps face --no-docs`, 2026-11-23 10:00 UTC to 2026-11-23 11:30 UTC; load average 2 \/ 2 \/ 2/, "each run's command, time and load");
+  t.ok(md.split('\n').some((l) => l.startsWith('| speech (SPEECH)')) && md.split('\n').some((l) => l.startsWith('| face (FACE)')), 'both apps in the table');
+  const again = mergeSuiteResults([m]);
+  t.equal(renderMarkdown(again, { json: 'x', plots: [] }), renderMarkdown(m, { json: 'x', plots: [] }), 'a merged result renders again unchanged');
+  const c = result();
+  c.apps = [c.apps[0]!];
+  c.apps[0] = { ...c.apps[0]!, app: 'ocr' };
+  t.same(mergeSuiteResults([m, c]).parts!.length, 3, 'a merged result merges further, its runs kept');
+
+  t.throws(() => mergeSuiteResults([a, a]), { code: 'VMS_USAGE' });
+  const fewer = result();
+  fewer.apps = [fewer.apps[1]!];
+  fewer.runs = 3;
+  t.throws(() => mergeSuiteResults([a, fewer]), { code: 'VMS_USAGE' });
+  const otherBase = result();
+  otherBase.apps = [otherBase.apps[1]!];
+  otherBase.base = { ...otherBase.base, kernel: 'linux-image-y' };
+  t.throws(() => mergeSuiteResults([a, otherBase]), { code: 'VMS_USAGE' });
+  t.throws(() => mergeSuiteResults([]), { code: 'VMS_USAGE' });
 });
