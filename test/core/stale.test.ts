@@ -1,4 +1,4 @@
-import { testRoot, removeTestRoot } from '../helpers/env.js';
+import { testRoot, removeTestRoot, sweepStaleTestRoots } from '../helpers/env.js';
 import t from 'tap';
 import { promises as fsp } from 'node:fs';
 import { spawn } from 'node:child_process';
@@ -20,3 +20,26 @@ t.test('work and temp directories of dead runs go; those of live runs, and other
   t.same((await fsp.readdir(testRoot)).sort(), [`ov.work-${process.pid}`, `ov.tmp-${process.ppid}`, `ov2.work-${dead}`, 'ov.work-x', 'ov'].sort());
   t.same(await removeStaleSiblings(path.join(testRoot, 'missing-dir', 'ov')), [], 'a missing parent is not an error');
 });
+
+t.test('test roots of dead test processes go, unless something is mounted in them', async (t) => {
+  const dir = path.join(testRoot, 'tmp');
+  await fsp.mkdir(dir, { recursive: true });
+  const child = spawn('true');
+  const dead = child.pid!;
+  await new Promise((r) => child.on('exit', r));
+  const names = [`vmsynth-test-${dead}-aaaaaa`, `vmsynth-test-${dead}-mounted`, `vmsynth-test-${process.pid}-bbbbbb`, 'vmsynth-test-cccccc', 'other'];
+  for (const n of names) await fsp.mkdir(path.join(dir, n, 'inner'), { recursive: true });
+  const mountpoint = path.join(dir, `vmsynth-test-${dead}-mounted`, 'inner');
+  await run('mount', ['-t', 'tmpfs', 'none', mountpoint]);
+  t.teardown(() => run('umount', [mountpoint]));
+  t.same(sweepStaleTestRoots(dir), [path.join(dir, `vmsynth-test-${dead}-aaaaaa`)]);
+  t.same((await fsp.readdir(dir)).sort(), names.slice(1).sort(), "a live process's root, a root with a mount in it and other names stay");
+});
+
+function run(cmd: string, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: 'inherit' });
+    p.on('error', reject);
+    p.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')}: exit ${code}`))));
+  });
+}

@@ -2,12 +2,40 @@
  * Test isolation: each test file gets its own run, base and key directories, so
  * parallel test files never see each other's sessions or bases. Import this
  * first in any test that touches lib/ paths.
+ *
+ * A root is named after its test process (vmsynth-test-<pid>-XXXXXX). A test
+ * process killed before its teardown leaves its root behind; the next test
+ * process to start removes the roots of processes that are gone, unless
+ * something is still mounted in them.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { processAlive } from '../../lib/core/stale.js';
 
-export const testRoot = mkdtempSync(path.join(os.tmpdir(), 'vmsynth-test-'));
+const PREFIX = 'vmsynth-test-';
+
+/** Roots under `dir` left by test processes that are gone and hold no mount; returns what it removed. */
+export function sweepStaleTestRoots(dir = os.tmpdir()): string[] {
+  const mounts = readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => (l.split(' ')[1] ?? '').replace(/\\040/g, ' '));
+  const removed: string[] = [];
+  for (const name of readdirSync(dir)) {
+    const m = new RegExp(`^${PREFIX}(\\d+)-`).exec(name);
+    if (!m || processAlive(Number(m[1]))) continue;
+    const root = path.join(dir, name);
+    if (mounts.some((p) => p === root || p.startsWith(`${root}/`))) continue;
+    try {
+      rmSync(root, { recursive: true, force: true });
+      removed.push(root);
+    } catch {
+      // another test process is sweeping the same root
+    }
+  }
+  return removed;
+}
+
+sweepStaleTestRoots();
+export const testRoot = mkdtempSync(path.join(os.tmpdir(), `${PREFIX}${process.pid}-`));
 process.env.VMSYNTH_RUN_DIR = path.join(testRoot, 'run');
 process.env.VMSYNTH_BASE_DIR = path.join(testRoot, 'bases');
 process.env.VMSYNTH_KEY_DIR = path.join(testRoot, 'keys');
