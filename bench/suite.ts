@@ -30,8 +30,8 @@
  * (BENCH_APPS), --links wifi,lan (BENCH_LINKS), --out DIR, --no-docs,
  * --prepare-only (build and cache the overlays, print their sizes), --render
  * A.json[,B.json] (write docs/ again from a result, after editing
- * docs/benchmarks-notes.md, or from runs of disjoint apps merged). Only a run
- * of every app writes docs/ by itself.
+ * docs/benchmarks-notes.md, or from runs of different cells merged). Only a
+ * run of every app on every link writes docs/ by itself.
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -118,7 +118,7 @@ function parseArgs(argv: string[]): SuiteArgs {
     return l;
   });
   const out = path.resolve(value('--out', 'BENCH_OUT') ?? path.join(packageRoot(), 'bench', 'results'));
-  return { quick, runs, apps: apps as AppName[], links, out, docs: !quick && !argv.includes('--no-docs') && APP_NAMES.every((a) => apps.includes(a)), prepareOnly: argv.includes('--prepare-only'), render: value('--render', 'BENCH_RENDER') ?? null };
+  return { quick, runs, apps: apps as AppName[], links, out, docs: !quick && !argv.includes('--no-docs') && APP_NAMES.every((a) => apps.includes(a)) && Object.keys(LINKS).every((l) => links.some((x) => x.name === l)), prepareOnly: argv.includes('--prepare-only'), render: value('--render', 'BENCH_RENDER') ?? null };
 }
 
 // ---------------------------------------------------------------- preparation
@@ -509,7 +509,7 @@ async function writeOutputs(result: SuiteResult, args: SuiteArgs): Promise<void>
   console.log(summaryText(result));
   console.log(`results: ${json}\nplots: ${plot}\n       ${timeline}`);
   if (args.docs) await writeDocs(result);
-  else if (!result.quick) console.log(`docs/benchmarks.md not written: this run has ${result.apps.map((a) => a.app).join(', ')} of ${APP_NAMES.join(', ')}. Merge runs of disjoint apps into the docs with --render A.json,B.json`);
+  else if (!result.quick) console.log(`docs/benchmarks.md not written: this run has ${result.apps.map((a) => a.app).join(', ')} at ${result.links.join(', ')}, not every app (${APP_NAMES.join(', ')}) on every link (${Object.keys(LINKS).join(', ')}). Merge runs of different cells into the docs with --render A.json,B.json`);
 }
 
 /** docs/benchmarks.md, its plots and the result it was made from (docs/benchmarks.json, kept in the repository). */
@@ -524,7 +524,7 @@ async function writeDocs(result: SuiteResult): Promise<void> {
   console.log(`docs: ${path.join(docs, 'benchmarks.md')}`);
 }
 
-/** --render A.json[,B.json...]: docs from one full run, or from runs of disjoint apps merged into one table. */
+/** --render A.json[,B.json...]: docs from one full run, or from runs of different cells (apps, or an app's links) merged into one table. */
 async function renderDocs(files: string): Promise<void> {
   const results: SuiteResult[] = [];
   for (const file of files.split(',').filter(Boolean)) {
@@ -540,5 +540,8 @@ async function renderDocs(files: string): Promise<void> {
     if (problems.length) throw new VmsynthError('VMS_USAGE', `${file} is incomplete:\n  ${problems.join('\n  ')}`);
     results.push(result);
   }
-  await writeDocs(mergeSuiteResults(results));
+  const merged = mergeSuiteResults(results);
+  const problems = checkSuiteResult(merged);
+  if (problems.length) throw new VmsynthError('VMS_USAGE', `the merged result is incomplete:\n  ${problems.join('\n  ')}`);
+  await writeDocs(merged);
 }

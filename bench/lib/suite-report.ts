@@ -98,6 +98,7 @@ export interface SuiteResult {
 /** One suite run inside a merged result. */
 export interface RunPart {
   apps: string[];
+  links: string[];
   at: string;
   finishedAt: string;
   command: string;
@@ -153,46 +154,58 @@ export function checkSuiteResult(r: SuiteResult): string[] {
 
 /** The runs a result is made of: its parts when merged, else itself. */
 export function partsOf(r: SuiteResult): RunPart[] {
-  return r.parts ?? [{ apps: r.apps.map((a) => a.app), at: r.at, finishedAt: r.finishedAt, command: r.command, host: r.host }];
+  return r.parts ?? [{ apps: r.apps.map((a) => a.app), links: [...r.links], at: r.at, finishedAt: r.finishedAt, command: r.command, host: r.host }];
 }
 
 /**
- * Several full runs of disjoint apps as one result, for when the apps were
- * measured in separate runs: the runs must share the host, base, link set,
- * policies and runs per cell, or their numbers do not belong in one table.
- * Each run stays named in `parts`, with its command and time.
+ * Several full runs as one result, for when the cells were measured in
+ * separate runs: other apps, or the same app (the same overlay) on other
+ * links. The runs must share the host, base, policies and runs per cell, or
+ * their numbers do not belong in one table; no cell may be measured twice.
+ * Each run stays named in `parts`, with its command, time and cells. An app
+ * measured in several runs keeps the local resumes of its earliest run;
+ * each link's floor keeps its own run's.
  */
 export function mergeSuiteResults(rs: SuiteResult[]): SuiteResult {
   if (rs.length === 0) throw new VmsynthError('VMS_USAGE', 'nothing to merge');
   if (rs.length === 1) return rs[0]!;
-  const first = rs[0]!;
-  const same = (what: string, f: (r: SuiteResult) => unknown) => {
-    const want = JSON.stringify(f(first));
-    for (const r of rs) {
-      const got = JSON.stringify(f(r));
-      if (got !== want) throw new VmsynthError('VMS_USAGE', `the results differ in ${what} (${want} vs ${got}): merge only runs made on the same host and base with the same options`);
-    }
+  const sorted = [...rs].sort((a, b) => a.at.localeCompare(b.at));
+  const first = sorted[0]!;
+  const same = (what: string, want: unknown, got: unknown) => {
+    if (JSON.stringify(got) !== JSON.stringify(want)) throw new VmsynthError('VMS_USAGE', `the results differ in ${what} (${JSON.stringify(want)} vs ${JSON.stringify(got)}): merge only runs made on the same host and base with the same options`);
   };
-  same('quick mode', (r) => r.quick);
-  same('accelerator', (r) => r.accel);
-  same('CPUs', (r) => r.cpus);
-  same('runs per cell', (r) => r.runs);
-  same('base VM', (r) => r.base);
-  same('policies', (r) => r.policies);
-  same('links', (r) => r.links);
-  const seen = new Set<string>();
-  for (const a of rs.flatMap((r) => r.apps)) {
-    if (seen.has(a.app)) throw new VmsynthError('VMS_USAGE', `app "${a.app}" is in more than one result: merge runs of disjoint apps`);
-    seen.add(a.app);
+  for (const r of sorted) {
+    same('quick mode', first.quick, r.quick);
+    same('accelerator', first.accel, r.accel);
+    same('CPUs', first.cpus, r.cpus);
+    same('runs per cell', first.runs, r.runs);
+    same('base VM', first.base, r.base);
+    same('policies', first.policies, r.policies);
   }
-  const parts = rs.flatMap(partsOf).sort((a, b) => a.at.localeCompare(b.at));
+  const apps = new Map<string, AppResult>();
+  for (const r of sorted) {
+    for (const a of r.apps) {
+      const had = apps.get(a.app);
+      if (!had) {
+        apps.set(a.app, { ...a, links: { ...a.links } });
+        continue;
+      }
+      same(`${a.app}'s overlay`, { sizes: had.sizes, overlay: had.overlay }, { sizes: a.sizes, overlay: a.overlay });
+      for (const [l, lr] of Object.entries(a.links)) {
+        if (had.links[l]) throw new VmsynthError('VMS_USAGE', `${a.app} at ${l} is in more than one result: merge runs of different cells`);
+        had.links[l] = lr;
+      }
+    }
+  }
+  const parts = sorted.flatMap(partsOf).sort((a, b) => a.at.localeCompare(b.at));
   return {
     ...first,
     at: parts[0]!.at,
     finishedAt: parts.map((p) => p.finishedAt).sort().at(-1)!,
     command: parts.map((p) => p.command).join(' && '),
     host: { loadavgAtStart: parts[0]!.host.loadavgAtStart, loadavgAtEnd: parts.at(-1)!.host.loadavgAtEnd, memGiB: first.host.memGiB },
-    apps: rs.flatMap((r) => r.apps),
+    links: [...new Set(sorted.flatMap((r) => r.links))],
+    apps: [...apps.values()],
     parts,
   };
 }
@@ -224,8 +237,8 @@ export function renderMarkdown(r: SuiteResult, where: { json: string; plots: str
   const when = (p: RunPart) => `${p.at.slice(0, 16).replace('T', ' ')} UTC to ${p.finishedAt.slice(0, 16).replace('T', ' ')} UTC`;
   const load = (p: RunPart) => `load average ${p.host.loadavgAtStart.join(' / ')} at the start, ${p.host.loadavgAtEnd.join(' / ')} at the end`;
   if (r.parts && r.parts.length > 1) {
-    out.push(`Generated by bench/suite.ts from ${r.parts.length} runs, merged with \`npm run bench -- suite --render A.json,B.json\`; raw results: \`${where.json}\`. Do not edit by hand: re-run the suite. The analysis below the tables comes from docs/benchmarks-notes.md.`, '');
-    for (const p of r.parts) out.push(`- ${p.apps.join(', ')}: \`${p.command}\`, ${when(p)}; ${load(p)}.`);
+    out.push(`Generated by bench/suite.ts from ${r.parts.length} runs, merged by \`npm run bench -- suite --render A.json,B.json\`; raw results: \`${where.json}\`. Do not edit by hand: re-run the suite. The analysis below the tables comes from docs/benchmarks-notes.md.`, '');
+    for (const p of r.parts) out.push(`- ${p.apps.join(', ')} at ${p.links.join(', ')}: \`${p.command}\`, ${when(p)}; ${load(p)}.`);
     out.push('');
   } else {
     out.push(`Generated by \`${r.command}\` (bench/suite.ts) from the run of ${when(partsOf(r)[0]!)}; raw results: \`${where.json}\`. Do not edit by hand: re-run the suite. The analysis below the tables comes from docs/benchmarks-notes.md.`, '');

@@ -94,7 +94,7 @@ t.test('plots', async (t) => {
   for (const svg of [svgFirstResponse(r), tl]) t.notMatch(svg, /NaN|undefined|Infinity/);
 });
 
-t.test('merging runs of disjoint apps', async (t) => {
+t.test('merging runs of different cells', async (t) => {
   const a = result();
   a.apps = [a.apps[0]!];
   const b = result();
@@ -104,30 +104,52 @@ t.test('merging runs of disjoint apps', async (t) => {
   b.command = 'npm run bench -- suite --apps face --no-docs';
   b.host = { loadavgAtStart: [2, 2, 2], loadavgAtEnd: [3, 3, 3], memGiB: 24 };
   const m = mergeSuiteResults([b, a]);
-  t.same(m.apps.map((x) => x.app), ['face', 'speech'], 'every app, once');
+  t.same(m.apps.map((x) => x.app), ['speech', 'face'], 'every app, once, in run order');
   t.same(m.parts!.map((p) => p.apps), [['speech'], ['face']], 'each run named, oldest first');
   t.equal(m.at, a.at);
   t.equal(m.finishedAt, b.finishedAt);
   t.same(checkSuiteResult(m), [], 'the merged result is complete');
   const md = renderMarkdown(m, { json: 'docs/benchmarks.json', plots: [] });
   t.match(md, /from 2 runs, merged/);
-  t.match(md, /- face: `npm run bench -- suite --apps face --no-docs`, 2026-11-23 10:00 UTC to 2026-11-23 11:30 UTC; load average 2 \/ 2 \/ 2/, "each run's command, time and load");
+  t.match(md, /- face at wifi, lan: `npm run bench -- suite --apps face --no-docs`, 2026-11-23 10:00 UTC to 2026-11-23 11:30 UTC; load average 2 \/ 2 \/ 2/, "each run's cells, command, time and load");
   t.ok(md.split('\n').some((l) => l.startsWith('| speech (SPEECH)')) && md.split('\n').some((l) => l.startsWith('| face (FACE)')), 'both apps in the table');
-  const again = mergeSuiteResults([m]);
-  t.equal(renderMarkdown(again, { json: 'x', plots: [] }), renderMarkdown(m, { json: 'x', plots: [] }), 'a merged result renders again unchanged');
-  const c = result();
-  c.apps = [c.apps[0]!];
-  c.apps[0] = { ...c.apps[0]!, app: 'ocr' };
-  t.same(mergeSuiteResults([m, c]).parts!.length, 3, 'a merged result merges further, its runs kept');
+  t.equal(renderMarkdown(mergeSuiteResults([m]), { json: 'x', plots: [] }), renderMarkdown(m, { json: 'x', plots: [] }), 'a merged result renders again unchanged');
 
-  t.throws(() => mergeSuiteResults([a, a]), { code: 'VMS_USAGE' });
+  // One app's links measured in two runs.
+  const wifi = result();
+  wifi.apps = [wifi.apps[1]!];
+  wifi.links = ['wifi'];
+  delete wifi.apps[0]!.links.lan;
+  const lan = result();
+  lan.at = '2026-11-24T10:00:00.000Z';
+  lan.apps = [lan.apps[1]!];
+  lan.links = ['lan'];
+  delete lan.apps[0]!.links.wifi;
+  lan.apps[0]!.links.lan!.floor.localFirstResponseMs = 1777;
+  lan.apps[0]!.local.p50 = 1777;
+  const byLink = mergeSuiteResults([a, lan, wifi]);
+  t.same(byLink.links, ['wifi', 'lan']);
+  t.same(byLink.apps.map((x) => [x.app, Object.keys(x.links).sort()]), [['speech', ['lan', 'wifi']], ['face', ['lan', 'wifi']]]);
+  t.equal(byLink.apps[1]!.local.p50, 1550, "the app keeps its earliest run's local resumes");
+  t.equal(byLink.apps[1]!.links.lan!.floor.localFirstResponseMs, 1777, "each link keeps its own run's floor");
+  t.same(checkSuiteResult(byLink), []);
+  t.same(byLink.parts!.map((p) => `${p.apps}@${p.links}`), ['speech@wifi,lan', 'face@wifi', 'face@lan']);
+  t.same(checkSuiteResult(mergeSuiteResults([a, wifi])).length > 0, true, 'a cell left out shows as missing');
+
+  t.throws(() => mergeSuiteResults([a, a]), { code: 'VMS_USAGE' }, 'a cell measured twice');
+  const otherOverlay = result();
+  otherOverlay.apps = [otherOverlay.apps[1]!];
+  otherOverlay.links = ['lan'];
+  delete otherOverlay.apps[0]!.links.wifi;
+  otherOverlay.apps[0]!.sizes.overlay.total += 1;
+  t.throws(() => mergeSuiteResults([wifi, otherOverlay]), { code: 'VMS_USAGE' }, 'one app with two different overlays');
   const fewer = result();
   fewer.apps = [fewer.apps[1]!];
   fewer.runs = 3;
-  t.throws(() => mergeSuiteResults([a, fewer]), { code: 'VMS_USAGE' });
+  t.throws(() => mergeSuiteResults([a, fewer]), { code: 'VMS_USAGE' }, 'other runs per cell');
   const otherBase = result();
   otherBase.apps = [otherBase.apps[1]!];
   otherBase.base = { ...otherBase.base, kernel: 'linux-image-y' };
-  t.throws(() => mergeSuiteResults([a, otherBase]), { code: 'VMS_USAGE' });
+  t.throws(() => mergeSuiteResults([a, otherBase]), { code: 'VMS_USAGE' }, 'another base');
   t.throws(() => mergeSuiteResults([]), { code: 'VMS_USAGE' });
 });
