@@ -41,6 +41,8 @@ const EVENT_LEVEL: Record<ChannelName, Level> = {
 function levelOf(name: ChannelName, m: Record<string, unknown>): Level {
   if (name === 'baseChecked' && m.ok === false) return 'error';
   if (name === 'sessionEnded' && m.error) return 'warn';
+  // A read still held when its session ends is answered with an error because the VM is being torn down: expected, not a fault.
+  if (name === 'fuseReadFailed' && (m.error as { code?: unknown } | undefined)?.code === 'VMS_INTERRUPTED') return 'debug';
   return EVENT_LEVEL[name];
 }
 
