@@ -64,6 +64,7 @@ import { elijahSize } from './elijah.js';
 import { benchKey, openIfValid, trustedBy, type BenchKey } from './lib/bench-key.js';
 import { runClient } from './lib/client-run.js';
 import { checkLinkTools, createLinkPair, LINKS, netnsFor, removeStale, shape, tmpDirFor, type Link, type LinkNames, type Netns } from './lib/link.js';
+import { markEntry, pruneAppEntries } from './lib/app-cache.js';
 import { onSignals } from './lib/signals.js';
 import { percentile, round } from './lib/stats.js';
 import { checkSuiteResult, mergeSuiteResults, renderMarkdown, summaryText, svgFirstResponse, svgTimeline, type AppResult, type CellSummary, type Sample, type SuiteResult } from './lib/suite-report.js';
@@ -173,9 +174,9 @@ async function prepareApp(name: AppName, guest: DebianGuest, base: Base, key: Be
     input: createHash('sha256').update(body).digest('hex'), key: key.keyId, debs: repo.debs,
   })).digest('hex').slice(0, 16);
   const dir = path.join(root, `${name}-${id}`);
-  for (const other of await fsp.readdir(root).catch(() => [] as string[])) {
-    if (other.startsWith(`${name}-`) && other !== `${name}-${id}`) await fsp.rm(path.join(root, other), { recursive: true, force: true });
-  }
+  const made = { baseDir: base.dir, memorySha256: m.memory.sha256 };
+  await markEntry(dir, made);
+  await pruneAppEntries(root, name, `${name}-${id}`, made);
   const plainDir = path.join(dir, 'overlay');
   const profileRuns = quick ? 1 : 3;
   const profiledDir = path.join(dir, `profiled-${profileRuns}`);
