@@ -8,6 +8,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
+import { loadBase } from '../../lib/vm/base.js';
 
 export const MADE_OVER = 'made-over.json';
 
@@ -22,26 +23,20 @@ export async function markEntry(dir: string, made: MadeOver): Promise<void> {
   await fsp.writeFile(path.join(dir, MADE_OVER), JSON.stringify(made) + '\n');
 }
 
-async function readJson<T>(file: string): Promise<T | null> {
-  try {
-    return JSON.parse(await fsp.readFile(file, 'utf8')) as T;
-  } catch {
-    return null;
-  }
+/** The memory image hash of the base in `dir`, or null when no loadable base is there. */
+function liveBaseSha(dir: string): Promise<string | null> {
+  return loadBase(dir).then((b) => b.manifest.memory.sha256, () => null);
 }
 
 /** Removes `<app>-*` entries under `root` other than `keep` that are stale for `made`; returns them. */
-export async function pruneAppEntries(root: string, app: string, keep: string, made: MadeOver): Promise<string[]> {
+export async function pruneAppEntries(root: string, app: string, keep: string, made: MadeOver, baseSha = liveBaseSha): Promise<string[]> {
   const removed: string[] = [];
   for (const name of await fsp.readdir(root).catch(() => [] as string[])) {
     if (!name.startsWith(`${app}-`) || name === keep) continue;
     const dir = path.join(root, name);
-    const other = await readJson<MadeOver>(path.join(dir, MADE_OVER));
+    const other = JSON.parse(await fsp.readFile(path.join(dir, MADE_OVER), 'utf8').catch(() => 'null')) as MadeOver | null;
     if (!other) continue;
-    if (other.baseDir !== made.baseDir) {
-      const manifest = await readJson<{ memory?: { sha256?: string } }>(path.join(other.baseDir, 'manifest.json'));
-      if (manifest?.memory?.sha256 === other.memorySha256) continue;
-    }
+    if (other.baseDir !== made.baseDir && (await baseSha(other.baseDir)) === other.memorySha256) continue;
     await fsp.rm(dir, { recursive: true, force: true });
     removed.push(dir);
   }

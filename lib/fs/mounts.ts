@@ -1,7 +1,8 @@
 /**
- * FUSE mount bookkeeping on the host: which FUSE mounts exist, and how to
- * take one down even when its daemon hangs or died (lazy unmount, then abort
- * the connection through fusectl).
+ * Mount bookkeeping on the host: which FUSE mounts exist, how to take one
+ * down even when its daemon hangs or died (lazy unmount, then abort the
+ * connection through fusectl), and which mounts of any kind lie under a
+ * directory.
  */
 import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
@@ -35,6 +36,15 @@ export async function listFuseMounts(): Promise<FuseMount[]> {
     out.push({ mountpoint: unescapeMountField(left[4] ?? ''), connection: minor, fstype });
   }
   return out;
+}
+
+/** Mount points of any type at or under `dir`, deepest first. */
+export async function mountsUnder(dir: string): Promise<string[]> {
+  const text = await fsp.readFile('/proc/self/mountinfo', 'utf8');
+  return text.split('\n')
+    .map((line) => unescapeMountField(line.split(' ')[4] ?? ''))
+    .filter((m) => m === dir || m.startsWith(`${dir}/`))
+    .sort((a, b) => b.length - a.length);
 }
 
 /** Aborts a FUSE connection: every pending and future request fails with ENOTCONN. */

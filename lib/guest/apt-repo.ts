@@ -28,7 +28,6 @@ export interface AptRepo {
   installedBytes: number;
 }
 
-
 /** The repository of `packages` for the Debian guest, downloading it on first use. */
 export async function buildAptRepo(guest: DebianGuest, packages: string[]): Promise<AptRepo> {
   const wanted = [...new Set(packages)].sort();

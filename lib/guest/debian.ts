@@ -18,6 +18,7 @@ import path from 'node:path';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import { exec } from '../core/exec.js';
+import { mountsUnder } from '../fs/mounts.js';
 import { cacheDir } from '../core/paths.js';
 import type { BaseSource } from '../vm/base.js';
 import { cpioNewc } from './cpio.js';
@@ -124,11 +125,7 @@ export async function buildDebianGuest(opts: DebianGuestOptions = {}): Promise<D
 
 /** Lazily unmounts every mount point under dir, deepest first. */
 async function unmountUnder(dir: string): Promise<void> {
-  const mounts = (await fsp.readFile('/proc/self/mounts', 'utf8')).split('\n')
-    .map((l) => (l.split(' ')[1] ?? '').replace(/\\040/g, ' '))
-    .filter((m) => m === dir || m.startsWith(`${dir}/`))
-    .sort((a, b) => b.length - a.length);
-  for (const m of mounts) await exec('umount', ['-l', m]).catch(() => undefined);
+  for (const m of await mountsUnder(dir)) await exec('umount', ['-l', m]).catch(() => undefined);
 }
 
 async function requireTools(): Promise<void> {

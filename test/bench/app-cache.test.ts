@@ -14,12 +14,14 @@ t.teardown(removeTestRoot);
 
 t.test('stale entries go, entries over live bases stay', async (t) => {
   const root = path.join(testRoot, 'suite');
+  // The bases that exist: directory -> memory image hash.
+  const live = new Map<string, string>();
   const base = async (name: string, sha: string) => {
     const dir = path.join(testRoot, 'bases', name);
-    await fsp.mkdir(dir, { recursive: true });
-    await fsp.writeFile(path.join(dir, 'manifest.json'), JSON.stringify({ memory: { sha256: sha } }));
+    live.set(dir, sha);
     return { baseDir: dir, memorySha256: sha };
   };
+  const baseSha = async (dir: string) => live.get(dir) ?? null;
   const dev = await base('debian', 'aaa');
   const quick = await base('quick-debian', 'bbb');
   const recaptured = await base('recaptured', 'ccc');
@@ -31,9 +33,9 @@ t.test('stale entries go, entries over live bases stay', async (t) => {
   await fsp.mkdir(path.join(root, 'compute-legacy'), { recursive: true });
   await markEntry(path.join(root, 'compute-new'), dev);
 
-  const removed = await pruneAppEntries(root, 'compute', 'compute-new', dev);
+  const removed = await pruneAppEntries(root, 'compute', 'compute-new', dev, baseSha);
   t.same(removed.map((d) => path.basename(d)).sort(), ['compute-gone', 'compute-old', 'compute-recaptured']);
   t.same((await fsp.readdir(root)).sort(), ['compute-legacy', 'compute-new', 'compute-quick', 'speech-x']);
   t.same(JSON.parse(await fsp.readFile(path.join(root, 'compute-new', 'made-over.json'), 'utf8')), dev, 'the entry records its base');
-  t.same(await pruneAppEntries(path.join(testRoot, 'missing'), 'compute', 'x', dev), [], 'a missing cache is not an error');
+  t.same(await pruneAppEntries(path.join(testRoot, 'missing'), 'compute', 'x', dev, baseSha), [], 'a missing cache is not an error');
 });

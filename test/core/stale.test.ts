@@ -3,6 +3,7 @@ import t from 'tap';
 import { promises as fsp } from 'node:fs';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
+import { exec } from '../../lib/core/exec.js';
 import { removeStaleSiblings } from '../../lib/core/stale.js';
 
 t.teardown(removeTestRoot);
@@ -30,16 +31,9 @@ t.test('test roots of dead test processes go, unless something is mounted in the
   const names = [`vmsynth-test-${dead}-aaaaaa`, `vmsynth-test-${dead}-mounted`, `vmsynth-test-${process.pid}-bbbbbb`, 'vmsynth-test-cccccc', 'other'];
   for (const n of names) await fsp.mkdir(path.join(dir, n, 'inner'), { recursive: true });
   const mountpoint = path.join(dir, `vmsynth-test-${dead}-mounted`, 'inner');
-  await run('mount', ['-t', 'tmpfs', 'none', mountpoint]);
-  t.teardown(() => run('umount', [mountpoint]));
-  t.same(sweepStaleTestRoots(dir), [path.join(dir, `vmsynth-test-${dead}-aaaaaa`)]);
+  await exec('mount', ['-t', 'tmpfs', 'none', mountpoint]);
+  t.teardown(() => exec('umount', [mountpoint]));
+  t.same(await sweepStaleTestRoots(dir), [path.join(dir, `vmsynth-test-${dead}-aaaaaa`)]);
   t.same((await fsp.readdir(dir)).sort(), names.slice(1).sort(), "a live process's root, a root with a mount in it and other names stay");
 });
 
-function run(cmd: string, args: string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { stdio: 'inherit' });
-    p.on('error', reject);
-    p.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')}: exit ${code}`))));
-  });
-}

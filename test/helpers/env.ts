@@ -8,24 +8,24 @@
  * process to start removes the roots of processes that are gone, unless
  * something is still mounted in them.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, promises as fsp, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { processAlive } from '../../lib/core/stale.js';
+import { mountsUnder } from '../../lib/fs/mounts.js';
 
 const PREFIX = 'vmsynth-test-';
 
 /** Roots under `dir` left by test processes that are gone and hold no mount; returns what it removed. */
-export function sweepStaleTestRoots(dir = os.tmpdir()): string[] {
-  const mounts = readFileSync('/proc/self/mounts', 'utf8').split('\n').map((l) => (l.split(' ')[1] ?? '').replace(/\\040/g, ' '));
+export async function sweepStaleTestRoots(dir = os.tmpdir()): Promise<string[]> {
   const removed: string[] = [];
-  for (const name of readdirSync(dir)) {
+  for (const name of await fsp.readdir(dir)) {
     const m = new RegExp(`^${PREFIX}(\\d+)-`).exec(name);
     if (!m || processAlive(Number(m[1]))) continue;
     const root = path.join(dir, name);
-    if (mounts.some((p) => p === root || p.startsWith(`${root}/`))) continue;
+    if ((await mountsUnder(root)).length > 0) continue;
     try {
-      rmSync(root, { recursive: true, force: true });
+      await fsp.rm(root, { recursive: true, force: true });
       removed.push(root);
     } catch {
       // another test process is sweeping the same root
@@ -34,11 +34,12 @@ export function sweepStaleTestRoots(dir = os.tmpdir()): string[] {
   return removed;
 }
 
-sweepStaleTestRoots();
 export const testRoot = mkdtempSync(path.join(os.tmpdir(), `${PREFIX}${process.pid}-`));
 process.env.VMSYNTH_RUN_DIR = path.join(testRoot, 'run');
 process.env.VMSYNTH_BASE_DIR = path.join(testRoot, 'bases');
 process.env.VMSYNTH_KEY_DIR = path.join(testRoot, 'keys');
+// In the background: it only touches the roots of dead processes.
+void sweepStaleTestRoots().catch(() => undefined);
 
 /** Removes the test's directories (call from t.teardown of the top-level test). */
 export function removeTestRoot(): void {
