@@ -67,7 +67,7 @@ import { checkLinkTools, createLinkPair, LINKS, netnsFor, removeStale, shape, tm
 import { markEntry, pruneAppEntries } from './lib/app-cache.js';
 import { onSignals } from './lib/signals.js';
 import { percentile, round } from './lib/stats.js';
-import { checkSuiteResult, mergeSuiteResults, renderMarkdown, summaryText, svgFirstResponse, svgTimeline, type AppResult, type CellSummary, type Sample, type SuiteResult } from './lib/suite-report.js';
+import { checkSuiteResult, failedRuns, mergeSuiteResults, renderMarkdown, summaryText, svgFirstResponse, svgTimeline, type AppResult, type CellSummary, type Sample, type SuiteResult } from './lib/suite-report.js';
 
 const MIB = 1 << 20;
 const BASE_NAME = 'debian';
@@ -485,8 +485,11 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
       apps: appResults,
     };
     const problems = checkSuiteResult(result);
+    const failed = failedRuns(result);
     await writeOutputs(result, args);
     if (problems.length) throw new VmsynthError('VMS_INTERNAL', `the suite's output is incomplete:\n  ${problems.join('\n  ')}`);
+    // Written and renderable (the docs list failed runs), but a run that failed fails the bench.
+    if (failed.length) throw new VmsynthError('VMS_INTERNAL', `${failed.length} run(s) failed (the results above count only the others):\n  ${failed.join('\n  ')}`);
   } catch (err) {
     // An interrupted run says so, whichever await the abort reached first.
     throw signal.aborted ? abortReason(signal) : err;
@@ -544,5 +547,7 @@ async function renderDocs(files: string): Promise<void> {
   const merged = mergeSuiteResults(results);
   const problems = checkSuiteResult(merged);
   if (problems.length) throw new VmsynthError('VMS_USAGE', `the merged result is incomplete:\n  ${problems.join('\n  ')}`);
+  const failed = failedRuns(merged);
+  if (failed.length) progress(`${failed.length} failed run(s), listed under "Failed runs" in docs/benchmarks.md:\n  ${failed.join('\n  ')}`);
   await writeDocs(merged);
 }

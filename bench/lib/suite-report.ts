@@ -116,7 +116,12 @@ export const ELIJAH: Record<string, { diskMB: number; memoryMB: number; installM
 
 // ---------------------------------------------------------------- completeness
 
-/** Everything a run must hold to be reported; [] when complete. */
+/**
+ * Everything a run must hold to be reported; [] when complete. A run that
+ * failed is not a gap: it is reported (failedRuns, the docs' "Failed runs"),
+ * as long as every cell has at least one success and each of its runs is
+ * accounted for, as a sample or as a failure with its error.
+ */
 export function checkSuiteResult(r: SuiteResult): string[] {
   const problems: string[] = [];
   const need = (ok: boolean, what: string) => { if (!ok) problems.push(what); };
@@ -138,7 +143,7 @@ export function checkSuiteResult(r: SuiteResult): string[] {
       for (const p of POLICIES) {
         const c = lr.summary[p];
         if (!c) { problems.push(`${at}${l}/${p}: no summary`); continue; }
-        need(c.n === r.runs, `${at}${l}/${p}: ${c.n} of ${r.runs} runs succeeded${lr.failures[p]?.length ? ` (${lr.failures[p]![0]!.slice(0, 200)})` : ''}`);
+        need(c.n >= 1 && c.n + c.failures === r.runs && (lr.failures[p]?.length ?? 0) === c.failures, `${at}${l}/${p}: ${c.n} of ${r.runs} runs succeeded${lr.failures[p]?.length ? ` (${lr.failures[p]![0]!.slice(0, 200)})` : ''}, ${c.failures} failed`);
         need(pos(c.firstResponseMs.p50), `${at}${l}/${p}: no first-response time`);
         need(c.repliesMatchingLocal === c.n, `${at}${l}/${p}: ${c.n - c.repliesMatchingLocal} replies differ from the local VM's`);
         need((lr.samples[p]?.length ?? 0) === c.n, `${at}${l}/${p}: samples missing`);
@@ -148,6 +153,17 @@ export function checkSuiteResult(r: SuiteResult): string[] {
     }
   }
   return problems;
+}
+
+/** Each run that failed, as "app:link/policy: error", in table order. */
+export function failedRuns(r: SuiteResult): string[] {
+  const out: string[] = [];
+  for (const a of r.apps) {
+    for (const l of r.links) {
+      for (const p of POLICIES) for (const e of a.links[l]?.failures[p] ?? []) out.push(`${a.app}:${l}/${p}: ${e}`);
+    }
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------- merging
@@ -299,6 +315,13 @@ export function renderMarkdown(r: SuiteResult, where: { json: string; plots: str
     }
   }
   out.push('');
+  const failed = failedRuns(r);
+  if (failed.length) {
+    out.push('## Failed runs', '');
+    out.push(`${failed.length} of ${r.apps.length * r.links.length * POLICIES.length * r.runs} runs failed; their cells above are summarized over the runs that succeeded.`, '');
+    for (const f of failed) out.push(`- ${f}`);
+    out.push('');
+  }
   if (where.plots.length) {
     out.push('## Plots', '');
     for (const p of where.plots) out.push(`![${p}](${p})`, '');

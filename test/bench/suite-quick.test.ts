@@ -19,7 +19,7 @@ import { filesUnder, mountsUnder } from '../helpers/leaks.js';
 const run = promisify(execFile);
 t.teardown(removeTestRoot);
 
-const MAIN = fileURLToPath(new URL('../../dist/bench/main.js', import.meta.url));
+const MAIN = fileURLToPath(new URL('../../dist/bench/entry.cjs', import.meta.url));
 const out = path.join(testRoot, 'results');
 
 t.test('suite --quick: complete, well-formed results from one small app at one bandwidth', async (t) => {

@@ -4,7 +4,7 @@
  * draw one bar per app, link and policy and one mark per segment.
  */
 import t from 'tap';
-import { checkSuiteResult, ELIJAH, mergeSuiteResults, POLICIES, renderMarkdown, summaryText, svgFirstResponse, svgTimeline, type AppResult, type CellSummary, type SuiteResult } from '../../bench/lib/suite-report.js';
+import { checkSuiteResult, ELIJAH, failedRuns, mergeSuiteResults, POLICIES, renderMarkdown, summaryText, svgFirstResponse, svgTimeline, type AppResult, type CellSummary, type SuiteResult } from '../../bench/lib/suite-report.js';
 
 function cell(ms: number, n = 2): CellSummary {
   return { n, failures: 0, firstResponseMs: { p50: ms, p90: ms + 100, min: ms, max: ms + 100, mean: ms + 50 }, bytesBeforeFirstResponse: 2e6, resumedMs: 700, repliesMatchingLocal: n };
@@ -54,8 +54,21 @@ t.test('the completeness check', async (t) => {
   const failed = result();
   failed.apps[0]!.links.wifi!.summary['early-start'] = { ...cell(4000, 1), failures: 1 };
   failed.apps[0]!.links.wifi!.failures['early-start'] = ['VMS_GUEST_TIMEOUT: the app did not answer'];
-  const problems = checkSuiteResult(failed);
-  t.match(problems.join('\n'), /speech:wifi\/early-start: 1 of 2 runs succeeded \(VMS_GUEST_TIMEOUT/, 'a failed run is named, with its error');
+  failed.apps[0]!.links.wifi!.samples['early-start']!.pop();
+  t.same(checkSuiteResult(failed), [], 'a run that failed, with its error, is reported, not a gap');
+  t.same(failedRuns(failed), ['speech:wifi/early-start: VMS_GUEST_TIMEOUT: the app did not answer']);
+  t.same(failedRuns(result()), [], 'no failed runs');
+  const md = renderMarkdown(failed, { json: 'r.json', plots: [] });
+  t.match(md, /4\.00 \[4\.10\] \(1 failed\)/, 'the cell says how many of its runs failed');
+  t.match(md, /## Failed runs\n\n1 of 32 runs failed[^\n]*\n\n- speech:wifi\/early-start: VMS_GUEST_TIMEOUT: the app did not answer\n/, 'and the docs list each failure with its error');
+  t.notMatch(renderMarkdown(result(), { json: 'r.json', plots: [] }), /Failed runs/);
+  const unaccounted = result();
+  unaccounted.apps[0]!.links.wifi!.summary['early-start'] = cell(4000, 1);
+  t.match(checkSuiteResult(unaccounted).join('\n'), /speech:wifi\/early-start: 1 of 2 runs succeeded, 0 failed/, 'a run neither measured nor failed is a gap');
+  const allFailed = result();
+  allFailed.apps[1]!.links.lan!.summary.baseline = { ...cell(4000, 0), failures: 2 };
+  allFailed.apps[1]!.links.lan!.failures.baseline = ['e1', 'e2'];
+  t.match(checkSuiteResult(allFailed).join('\n'), /face:lan\/baseline: 0 of 2 runs succeeded \(e1\), 2 failed/, 'a cell with no success is a gap');
   const differs = result();
   differs.apps[0]!.links.lan!.summary.baseline.repliesMatchingLocal = 1;
   t.match(checkSuiteResult(differs).join('\n'), /1 replies differ from the local VM's/);
