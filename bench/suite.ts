@@ -31,7 +31,8 @@
  * --prepare-only (build and cache the overlays, print their sizes), --render
  * A.json[,B.json] (write docs/ again from a result, after editing
  * docs/benchmarks-notes.md, or from runs of different cells merged). Only a
- * run of every app on every link writes docs/ by itself.
+ * run of every app on every link writes docs/ by itself. A run that fails is
+ * kept and listed (its cell counts the others); the bench then exits non-zero.
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
