@@ -82,6 +82,12 @@ export class SegmentScheduler {
     return this.state[index] === REQUESTED;
   }
 
+  /** Where segment `index` is: not asked for yet, asked for (on the wire or being applied), or applied. */
+  stateOf(index: number): 'queued' | 'requested' | 'received' {
+    this.check(index);
+    return this.state[index] === RECEIVED ? 'received' : this.state[index] === REQUESTED ? 'requested' : 'queued';
+  }
+
   /** A guest read has needed this segment. */
   isDemanded(index: number): boolean {
     this.check(index);

@@ -30,6 +30,15 @@ export interface BlockedReadStats {
   p90Ms: number;
 }
 
+/** The guest reads held at one moment: what a session that hangs is waiting for. */
+export interface HeldReads {
+  reads: number;
+  /** How long the oldest held read has waited. */
+  oldestMs: number;
+  /** The segments they wait for, ascending (at most 20); -1 would be a chunk no longer missing whose read was not woken. */
+  segments: number[];
+}
+
 export class ChunkArrivals {
   /** Per image, per chunk: the segment that carries it while it is MISSING (-1 otherwise). */
   private readonly segmentOf: Int32Array[];
@@ -132,6 +141,20 @@ export class ChunkArrivals {
   /** Reads waiting now. */
   get waiting(): number {
     return this.heldReads().size;
+  }
+
+  /** The reads held now, how long the oldest has waited and the segments they wait for. */
+  held(): HeldReads {
+    const reads = this.heldReads();
+    const now = performance.now();
+    let oldest = 0;
+    for (const w of reads) oldest = Math.max(oldest, now - w.since);
+    const segments = new Set<number>();
+    for (const k of this.waiters.keys()) {
+      const image = Math.floor(k / 2 ** 32);
+      segments.add(this.segmentOf[image]![k - image * 2 ** 32]!);
+    }
+    return { reads: reads.size, oldestMs: Math.round(oldest), segments: [...segments].sort((a, b) => a - b).slice(0, 20) };
   }
 
   /** Each held read once (a read waiting for several chunks is listed under each). */

@@ -73,6 +73,8 @@ export interface SynthStats {
   /** Segments that failed their hash and were asked for again. */
   retries: number;
   blockedReads: BlockedReadStats;
+  /** Guest reads still waiting for the overlay when the stats were taken (at the end: reads the session failed). */
+  heldReads: { reads: number; oldestMs: number; segments: { index: number; state: string }[] };
   /** From session start (manifest accepted). */
   resumedMs: number | null;
   firstResponseMs: number | null;
@@ -90,6 +92,8 @@ export class SynthSession {
   private vm: RunningVm | null = null;
   private hostPort = 0;
   private readonly retried = new Set<number>();
+  /** Segments received and not yet applied. */
+  private readonly applying = new Set<number>();
   private closing: Promise<SynthStats> | null = null;
   /** Aborted by close(): a resume in progress stops at its next step. */
   private readonly abort = new AbortController();
@@ -188,7 +192,8 @@ export class SynthSession {
     this.s.segmentsReceived++;
     this.s.bytesReceived += data.length;
     const demanded = this.scheduler.isDemanded(index);
-    this.launch.applier.apply(index, data, demanded ? Priority.DEMAND : Priority.BACKGROUND).then(
+    this.applying.add(index);
+    this.launch.applier.apply(index, data, demanded ? Priority.DEMAND : Priority.BACKGROUND).finally(() => this.applying.delete(index)).then(
       () => {
         publish('segmentApplied', { session: this.id, index, bytes: data.length, lane: demanded ? 'demand' : 'background' });
         this.scheduler.received(index);
@@ -303,7 +308,16 @@ export class SynthSession {
         await new Promise((r) => setTimeout(r, 50));
       }
     }
-    throw new VmsynthError('VMS_GUEST_TIMEOUT', `the app in the VM did not answer ${method} ${path} within ${timeoutMs} ms (last attempt: ${last})`);
+    const h = this.heldReads();
+    const held = h.reads ? `; ${h.reads} guest read(s) were still waiting for the overlay, the oldest for ${h.oldestMs} ms, on segment(s) ${h.segments.map((x) => `${x.index} (${x.state})`).join(', ')}` : '';
+    throw new VmsynthError('VMS_GUEST_TIMEOUT', `the app in the VM did not answer ${method} ${path} within ${timeoutMs} ms (last attempt: ${last})${held}`, { details: { heldReads: h } });
+  }
+
+  /** The held guest reads, each segment they wait for with where it is: queued, requested, applying (received, not yet applied) or received. */
+  private heldReads(): SynthStats['heldReads'] {
+    const h = this.launch.arrivals.held();
+    const state = (i: number) => (i < 0 || i >= this.scheduler.total ? 'none' : this.applying.has(i) ? 'applying' : this.scheduler.stateOf(i));
+    return { reads: h.reads, oldestMs: h.oldestMs, segments: h.segments.map((index) => ({ index, state: state(index) })) };
   }
 
   stats(): SynthStats {
@@ -318,6 +332,7 @@ export class SynthSession {
       outOfOrder: this.scheduler.outOfOrder,
       retries: this.s.retries,
       blockedReads: this.launch.arrivals.stats(),
+      heldReads: this.heldReads(),
       resumedMs: this.s.resumedMs,
       firstResponseMs: this.s.firstResponseMs,
       completeMs: this.s.completeMs,

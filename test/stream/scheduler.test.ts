@@ -15,6 +15,8 @@ t.test('background goes in manifest order, bounded by in-flight bytes', async (t
   t.ok(s.received(0));
   t.same(s.drain(), [{ index: 2, lane: 'background' }]);
   t.notOk(s.received(0), 'a duplicate is refused');
+  t.same([0, 1, 2, 3].map((i) => s.stateOf(i)), ['received', 'requested', 'requested', 'queued'], 'each segment says where it is');
+  t.throws(() => s.stateOf(5), { code: 'VMS_PROTOCOL' });
   const big = new SegmentScheduler({ sizes: [1000, 10], maxInFlightBytes: 100 });
   t.same(big.drain(), [{ index: 0, lane: 'background' }], 'one segment larger than the bound still goes, alone');
 });

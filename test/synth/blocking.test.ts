@@ -79,8 +79,12 @@ t.test('a read of a missing chunk waits for its segment, and only its segment', 
   for (let i = 0; i < k; i++) await g.apply(i);
   t.notOk(read.finished(), 'every other segment applied: the read still waits');
   t.equal(g.launch.arrivals.waiting, 1, 'one read is held');
+  const held = g.launch.arrivals.held();
+  t.same({ reads: held.reads, segments: held.segments }, { reads: 1, segments: [k] }, 'held() names the read and the segment it waits for');
+  t.ok(held.oldestMs >= 0, `and how long it has waited (${held.oldestMs} ms)`);
   await g.apply(k);
   const got = await read.done;
+  t.same(g.launch.arrivals.held(), { reads: 0, oldestMs: 0, segments: [] }, 'nothing held once its segment landed');
   t.ok(got.equals(await customChunk(1, r.index)), 'after its segment landed the read returns the custom bytes');
   t.equal(g.launch.arrivals.stats().count, 1, 'one blocked read in the stats');
 
