@@ -37,7 +37,7 @@ export const APPS: Record<AppName, AppSpec> = {
   face: {
     name: 'face', title: 'face detection (OpenCV Haar cascade)', elijah: 'FACE',
     packages: ['python3-opencv', 'opencv-data'],
-    note: "Debian's python3-opencv brings 313 packages (835 MB installed) with --no-install-recommends",
+    note: "Debian's python3-opencv pulls in about 300 packages with --no-install-recommends (VTK, GDAL, Qt, ffmpeg...)",
   },
   compute: {
     name: 'compute', title: 'fluid simulation (pure python, stable fluids)', elijah: 'FLUID',
