@@ -48,6 +48,12 @@ export const IMAGE_NAMES = ['memory', 'disk'] as const;
 export function chunkKey(image: number, index: number): number {
   return image * 2 ** 32 + index;
 }
+
+/** The image and index a chunkKey names. */
+export function chunkOfKey(key: number): { image: number; index: number } {
+  const image = Math.floor(key / 2 ** 32);
+  return { image, index: key - image * 2 ** 32 };
+}
 export type ImageName = (typeof IMAGE_NAMES)[number];
 
 export const ChunkKind = {

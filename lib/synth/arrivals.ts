@@ -12,7 +12,7 @@
 import { VmsynthError } from '../core/errors.js';
 import { ChunkSource, type ChunkMap } from '../fs/chunk-map.js';
 import type { ReadGate } from '../fs/image.js';
-import { chunkKey } from '../overlay/format.js';
+import { chunkKey, chunkOfKey } from '../overlay/format.js';
 
 interface Waiter {
   remaining: number;
@@ -151,8 +151,8 @@ export class ChunkArrivals {
     for (const w of reads) oldest = Math.max(oldest, now - w.since);
     const segments = new Set<number>();
     for (const k of this.waiters.keys()) {
-      const image = Math.floor(k / 2 ** 32);
-      segments.add(this.segmentOf[image]![k - image * 2 ** 32]!);
+      const { image, index } = chunkOfKey(k);
+      segments.add(this.segmentOf[image]![index]!);
     }
     return { reads: reads.size, oldestMs: Math.round(oldest), segments: [...segments].sort((a, b) => a - b).slice(0, 20) };
   }
