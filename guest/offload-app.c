@@ -11,6 +11,13 @@
  *       and returns a digest of each, so the host can check that the bytes
  *       the guest saw after a resume are the bytes it had before.
  *
+ *   GET /info also carries the guest's wall clock (unixMs), so the host can
+ *   check that a resumed VM's clock is right.
+ *
+ * With --clock it keeps the guest's system clock on the RTC instead (see
+ * clock_mode below): a VM resumed from a snapshot starts with the clock it
+ * had when the snapshot was taken.
+ *
  * With --agent it is instead the customization agent (no working set), for
  * `vmsynth overlay create`; the host forwards its port only while it
  * customizes a VM:
@@ -69,6 +76,80 @@ static double now_us(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+static long long realtime_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) { }
+}
+
+/* The RTC's time in whole seconds since the epoch (QEMU's RTC follows the host's clock). */
+static int rtc_seconds(long long *out) {
+  char b[32];
+  int fd = open("/sys/class/rtc/rtc0/since_epoch", O_RDONLY);
+  if (fd < 0) return -1;
+  ssize_t n = read(fd, b, sizeof b - 1);
+  close(fd);
+  if (n <= 0) return -1;
+  b[n] = 0;
+  *out = strtoll(b, NULL, 10);
+  return 0;
+}
+
+/* Sets the system clock to `ms` since the epoch. */
+static void set_realtime_ms(long long ms) {
+  struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+  clock_settime(CLOCK_REALTIME, &ts);
+}
+
+/*
+ * --clock: a resumed VM's system clock is the one it had when its snapshot
+ * was taken (the kernel set it from the RTC at boot, and time stood still
+ * while the VM was saved), but QEMU's RTC reads the host's time. Every 250 ms
+ * this compares the two; when they differ by more than 1.5 s (the RTC counts
+ * whole seconds) it sets the clock to the middle of the RTC's current second
+ * at once, then to the RTC's next tick, caught between two reads at most
+ * 10 ms apart. Each setting adds the guest's monotonic time since its RTC
+ * read: that time runs on while the vCPU waits (say, for a page of an
+ * early-started VM's memory), so a stall between the read and the setting
+ * does not put the clock behind.
+ */
+static int clock_mode(void) {
+  long long r;
+  if (rtc_seconds(&r) < 0) { perror("offload-app --clock: /sys/class/rtc/rtc0/since_epoch"); return 1; }
+  printf("offload-app: keeping the clock on the RTC\n");
+  fflush(stdout);
+  for (;; sleep_ms(250)) {
+    if (rtc_seconds(&r) < 0) continue;
+    double read_at = now_us();
+    long long drift = (r * 1000 + 500) - realtime_ms();
+    if (drift > -1500 && drift < 1500) continue;
+    set_realtime_ms(r * 1000 + 500 + (long long)((now_us() - read_at) / 1000));
+    int exact = 0;
+    double prev = now_us();
+    for (int i = 0; i < 1000 && !exact; i++) {
+      long long next;
+      sleep_ms(2);
+      int ok = rtc_seconds(&next) == 0;
+      double at = now_us();
+      if (ok && next != r) {
+        if (at - prev <= 10000) {
+          set_realtime_ms(next * 1000 + (long long)((now_us() - (prev + at) / 2) / 1000));
+          exact = 1;
+        }
+        r = next; /* read too far apart to place the tick: wait for the next one */
+      }
+      prev = at;
+    }
+    printf("offload-app: the clock was %lld ms off the RTC; set from it%s\n", drift, exact ? "" : " (to within 0.5 s)");
+    fflush(stdout);
+  }
 }
 
 static long query_num(const char *query, const char *key, long dflt) {
@@ -241,7 +322,7 @@ static void handle(int c, double started) {
   } else if (strcmp(target, "/health") == 0) {
     reply(c, 200, "{\"ok\":true}");
   } else if (strcmp(target, "/info") == 0) {
-    snprintf(body, sizeof body, "{\"wsMb\":%zu,\"uptimeMs\":%.0f}", ws_bytes / MIB, (now_us() - started) / 1e3);
+    snprintf(body, sizeof body, "{\"wsMb\":%zu,\"uptimeMs\":%.0f,\"unixMs\":%lld}", ws_bytes / MIB, (now_us() - started) / 1e3, realtime_ms());
     reply(c, 200, body);
   } else if (strcmp(target, "/run") == 0) {
     long mem_mb = query_num(query, "mem_mb", 0), disk_mb = query_num(query, "disk_mb", 0);
@@ -273,6 +354,7 @@ int main(int argc, char **argv) {
   long ws_mb = 16;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--agent")) { agent_mode = 1; ws_mb = 0; continue; }
+    if (!strcmp(argv[i], "--clock")) return clock_mode();
     if (i + 1 >= argc) break;
     if (!strcmp(argv[i], "--port")) port = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--ws-mb")) ws_mb = atol(argv[++i]);

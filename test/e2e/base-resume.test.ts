@@ -11,7 +11,9 @@ import { runDir } from '../../lib/core/paths.js';
 import { appDigest, diskPattern, hex64, workingSetPattern } from '../../lib/guest/patterns.js';
 import { verifyBase } from '../../lib/vm/base.js';
 import { resumeBase } from '../../lib/vm/resume.js';
+import { guestRequest } from '../../lib/vm/guest-app.js';
 import { guestBase } from '../helpers/guest-base.js';
+import { ageSnapshot, guestClockOffset } from '../helpers/guest-clock.js';
 import { leaks, mountsUnder, NO_LEAKS, virshDomains } from '../helpers/leaks.js';
 
 t.teardown(removeTestRoot);
@@ -32,12 +34,15 @@ t.test('the captured base verifies and records what QEMU needs to resume it', as
 t.test('resume over FUSE: the app answers with the captured bytes, in virsh list while running, nothing leaked after', async (t) => {
   let seenInVirsh = false;
   let mountsWhileRunning: string[] = [];
+  let clockOffset = NaN;
+  await ageSnapshot(Date.parse(base.manifest.created.at), 5000);
   const r = await resumeBase({
     base: 'e2e',
     work: { memMb: 8, diskMb: 4, diskOffMb: 2 },
-    whileRunning: async ({ vm }) => {
+    whileRunning: async ({ vm, hostPort }) => {
       seenInVirsh = (await virshDomains()).includes(vm.spec.name);
       mountsWhileRunning = await mountsUnder(runDir());
+      clockOffset = await guestClockOffset(async () => (await guestRequest(hostPort, 'GET', '/info', 10_000)).body);
     },
   });
   t.ok(seenInVirsh, `${r.domain} is listed by virsh while it runs`);
@@ -48,6 +53,7 @@ t.test('resume over FUSE: the app answers with the captured bytes, in virsh list
   t.ok(r.fuseBeforeFirstResponse.memory.bytesRead < r.memoryBytes, 'and not all of them: demand paging');
   t.ok(r.fuseBeforeFirstResponse.disk.bytesRead >= 4 << 20, 'the disk reads came through FUSE');
   t.ok(r.resumeMs <= r.firstResponseMs);
+  t.ok(Math.abs(clockOffset) <= 250, `the guest's clock is the host's, not its snapshot's 5 s or more ago (off by ${Math.round(clockOffset)} ms)`);
   t.same(await leaks([r.domain], runDir()), NO_LEAKS);
   await verifyBase(base); // guest writes never reach the base files
 });

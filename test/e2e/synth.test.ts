@@ -21,6 +21,7 @@ import { generateKey } from '../../lib/overlay/keys.js';
 import { SynthServer } from '../../lib/server/server.js';
 import { DOMAIN_PREFIX } from '../../lib/vm/libvirt.js';
 import { guestBase } from '../helpers/guest-base.js';
+import { ageSnapshot, guestClockOffset } from '../helpers/guest-clock.js';
 import { leaks, NO_LEAKS } from '../helpers/leaks.js';
 
 const run = promisify(execFile);
@@ -36,6 +37,7 @@ const custom = path.join(testRoot, 'custom');
 const demo = await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8');
 const script = `${demo}\ndd if=/dev/urandom of=/dev/vda bs=1M seek=8 count=12 conv=fsync 2>/dev/null\necho data written\n`;
 await createOverlay({ base: 'synthbase', out: ov, script, keepCustom: custom });
+const overlayMade = Date.now(); // the custom VM was saved before this
 const customDisk = await fsp.readFile(path.join(custom, 'disk.raw'));
 const installedDigest = hex64(appDigest(customDisk.subarray(40 << 20, 44 << 20)));
 
@@ -53,12 +55,15 @@ const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 t.test('early start answers the first request before the overlay has arrived, with the synthesized VM\'s bytes', async (t) => {
   let images: { memory: string; disk: string } | null = null;
+  let clockOffset = NaN;
+  await ageSnapshot(overlayMade, 5000);
   const r = await synth({
     policy: 'early-start',
     maxBytesPerSecond: 2_000_000, // 16 Mbit/s
-    whileRunning: async ({ session }) => {
+    whileRunning: async ({ session, offload }) => {
       const mnt = path.join(runDir(), session, 'mnt');
       images = { memory: await sha256sum(path.join(mnt, 'memory.img')), disk: await sha256sum(path.join(mnt, 'disk.img')) };
+      clockOffset = await guestClockOffset(async () => (await offload({ method: 'GET', path: '/info' })).body);
     },
   });
   const tl = r.timeline;
@@ -75,6 +80,7 @@ t.test('early start answers the first request before the overlay has arrived, wi
     memory: sha(await fsp.readFile(path.join(custom, 'memory.raw'))),
     disk: sha(customDisk),
   }, 'the launch images equal base + overlay');
+  t.ok(Math.abs(clockOffset) <= 250, `the synthesized VM's clock is the host's, not its snapshot's 5 s or more ago (off by ${Math.round(clockOffset)} ms)`);
   t.same(await leaks([`${DOMAIN_PREFIX}${r.session}`], runDir()), NO_LEAKS, 'the session is gone after finish');
 });
 
