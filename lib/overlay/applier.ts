@@ -6,7 +6,7 @@
  * and verified and decompressed on worker threads, a bounded window ahead.
  * `verify` rebuilds each chunk's content from its record (zeros, a base
  * chunk, an earlier overlay chunk, base XOR payload, or the payload) and
- * hashes it against the manifest. `apply` writes the content into copies of
+ * hashes it against the digest its segment carries. `apply` writes the content into copies of
  * the base images, coalescing neighbouring chunks into one write: the
  * workers write payload chunks themselves, this thread the references.
  */
@@ -15,7 +15,7 @@ import { throwIfAborted } from '../core/scope.js';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import { ChunkFile, sha256, xorInto, ZERO_CHUNK, ZERO_DIGEST } from './chunk-io.js';
-import { chunkKey, ChunkKind, HASH_BYTES, readRecord, type ChunkRecord, type SegmentInfo } from './format.js';
+import { chunkKey, ChunkKind, HASH_BYTES, readRecord, segmentDigests, type ChunkRecord, type SegmentInfo } from './format.js';
 import type { Overlay } from './reader.js';
 import { INLINE_BUFFERS, SegmentWorkers } from './segment-workers.js';
 
@@ -23,8 +23,8 @@ import { INLINE_BUFFERS, SegmentWorkers } from './segment-workers.js';
 interface ChunkSink {
   /** Content of an earlier overlay chunk (for SELF references). */
   prior(image: number, index: number, scratch: Buffer): Buffer;
-  /** `hashes` holds the segment's digests; this chunk's is at i * 32. */
-  put(r: ChunkRecord, content: Buffer, hashes: Uint8Array, i: number, segment: number): void;
+  /** `digests` holds the segment's digests; this chunk's is at i * 32. */
+  put(r: ChunkRecord, content: Buffer, digests: Uint8Array, i: number, segment: number): void;
 }
 
 export interface LoopStats {
@@ -93,6 +93,7 @@ function forEachChunk(overlay: Overlay, base: ChunkFile[], sink: ChunkSink, opts
   const scratch = Buffer.allocUnsafeSlow(CHUNK_SIZE);
   const content = Buffer.allocUnsafeSlow(CHUNK_SIZE);
   return eachSegment(overlay, workers, opts, (i, s, read) => workers.open(i, s, read()), (si, s, raw) => {
+    const digests = segmentDigests(raw, s);
     for (let i = 0; i < s.count; i++) {
       const r = readRecord(s.chunks, i);
       let c: Buffer;
@@ -106,7 +107,7 @@ function forEachChunk(overlay: Overlay, base: ChunkFile[], sink: ChunkSink, opts
           break;
         default: c = raw.subarray(r.payloadOffset, r.payloadOffset + CHUNK_SIZE);
       }
-      sink.put(r, c, s.hashes, i, si);
+      sink.put(r, c, digests, i, si);
     }
   });
 }
@@ -169,24 +170,24 @@ export async function applyToImages(overlay: Overlay, base: ChunkFile[], out: Ch
   });
 }
 
-/** Checks every chunk's rebuilt content against its SHA-256 in the manifest; writes nothing. */
+/** Checks every chunk's rebuilt content against the SHA-256 its segment carries; writes nothing. */
 export async function verifyChunks(overlay: Overlay, base: ChunkFile[], opts: LoopOptions = {}): Promise<LoopStats> {
-  const digests = new Map<number, Buffer>();
+  const seen = new Map<number, Buffer>();
   const bad = (r: ChunkRecord, seg: number, why: string) =>
     new VmsynthError('VMS_OVERLAY_CORRUPT', `segment ${seg}: ${r.image === 0 ? 'memory' : 'disk'} chunk ${r.index} ${why}`, { details: { segment: seg, image: r.image, index: r.index } });
   const sink: ChunkSink = {
     prior: () => ZERO_CHUNK, // a SELF chunk is checked by its target's digest, below
-    put(r, content, hashes, i, seg) {
-      const digest = hashes.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES);
+    put(r, content, digests, i, seg) {
+      const digest = digests.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES);
       if (r.kind === ChunkKind.SELF) {
-        const t = digests.get(chunkKey(r.refImage, r.refIndex));
+        const t = seen.get(chunkKey(r.refImage, r.refIndex));
         if (!t || !t.equals(digest)) throw bad(r, seg, 'refers to a chunk with other content');
       } else if (r.kind === ChunkKind.ZERO) {
         if (!ZERO_DIGEST.equals(digest)) throw bad(r, seg, 'is a zero chunk whose digest is not that of zeros');
       } else if (!sha256(content).equals(digest)) {
         throw bad(r, seg, 'does not match its SHA-256');
       }
-      digests.set(chunkKey(r.image, r.index), Buffer.from(digest));
+      seen.set(chunkKey(r.image, r.index), Buffer.from(digest));
     },
   };
   return forEachChunk(overlay, base, sink, opts);

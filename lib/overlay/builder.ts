@@ -31,7 +31,7 @@ import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import { ChunkIndex } from './chunk-index.js';
 import { BLOCK_BYTES, ChunkFile, isZero, sha256, xorInto, ZERO_DIGEST, zeroWords } from './chunk-io.js';
 import {
-  chunkKey, ChunkKind, DEFAULT_SEGMENT_BYTES, encodeBody, encodeRecords, HASH_BYTES, Image, IMAGE_NAMES, MANIFEST_FILE, MAX_SEGMENT_RAW_BYTES, OVERLAY_FORMAT,
+  chunkKey, ChunkKind, DEFAULT_SEGMENT_BYTES, encodeBody, encodeRecords, HASH_BYTES, Image, IMAGE_NAMES, MANIFEST_FILE, MAX_SEGMENT_PAYLOAD_BYTES, OVERLAY_FORMAT,
   packr, SEGMENTS_FILE, type ChunkRecord, type ImageIdentity, type OverlayBody, type OverlayEnvelope, type SegmentInfo,
 } from './format.js';
 import type { Base } from '../vm/base.js';
@@ -285,15 +285,17 @@ class SegmentPacker {
   /** Bytes written to the segments file so far. */
   offset = 0;
   private records: ChunkRecord[] = [];
-  private hashes: Buffer[] = [];
-  private payload: Buffer;
+  private readonly digests: Buffer;
+  /** The raw segment: payloads from 0; the digests are copied in behind them at flush. */
+  private readonly raw: Buffer;
   private used = 0;
   private readonly maxRecords: number;
 
   constructor(private readonly fd: number, private readonly segmentBytes: number, private readonly level: number) {
-    this.payload = Buffer.allocUnsafeSlow(segmentBytes);
     // A segment of references only (no payload) still ends after this many records.
     this.maxRecords = Math.max(1024, (segmentBytes / CHUNK_SIZE) * 16);
+    this.digests = Buffer.allocUnsafeSlow(this.maxRecords * HASH_BYTES);
+    this.raw = Buffer.allocUnsafeSlow(segmentBytes + this.digests.length);
   }
 
   /** Where the next payload goes, starting a new segment when this one is full. */
@@ -301,32 +303,32 @@ class SegmentPacker {
     if (this.used + CHUNK_SIZE > this.segmentBytes) this.flush();
     const offset = this.used;
     this.used += CHUNK_SIZE;
-    return { buf: this.payload.subarray(offset, offset + CHUNK_SIZE), offset };
+    return { buf: this.raw.subarray(offset, offset + CHUNK_SIZE), offset };
   }
 
   add(r: ChunkRecord, digest: Uint8Array): void {
+    this.digests.set(digest, this.records.length * HASH_BYTES);
     this.records.push(r);
-    this.hashes.push(Buffer.from(digest));
     if (this.records.length >= this.maxRecords) this.flush();
   }
 
   flush(): void {
     if (this.records.length === 0) return;
-    const z = compress(this.payload.subarray(0, this.used), { compressionLevel: this.level });
+    const rawBytes = this.used + this.records.length * HASH_BYTES;
+    this.digests.copy(this.raw, this.used, 0, this.records.length * HASH_BYTES);
+    const z = compress(this.raw.subarray(0, rawBytes), { compressionLevel: this.level });
     let done = 0;
     while (done < z.length) done += writeSync(this.fd, z, done, z.length - done, this.offset + done);
     this.table.push({
       offset: this.offset,
       bytes: z.length,
-      rawBytes: this.used,
+      rawBytes,
       sha256: sha256(z),
       count: this.records.length,
       chunks: encodeRecords(this.records),
-      hashes: Buffer.concat(this.hashes),
     });
     this.offset += z.length;
     this.records = [];
-    this.hashes = [];
     this.used = 0;
   }
 }
@@ -376,8 +378,8 @@ async function pack(
 export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
   const t0 = performance.now();
   const segmentBytes = opts.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
-  if (segmentBytes < CHUNK_SIZE || segmentBytes % CHUNK_SIZE !== 0 || segmentBytes > MAX_SEGMENT_RAW_BYTES) {
-    throw new VmsynthError('VMS_USAGE', `segment size ${segmentBytes} must be a multiple of 4096 between 4 KiB and ${MAX_SEGMENT_RAW_BYTES >> 20} MiB`);
+  if (segmentBytes < CHUNK_SIZE || segmentBytes % CHUNK_SIZE !== 0 || segmentBytes > MAX_SEGMENT_PAYLOAD_BYTES) {
+    throw new VmsynthError('VMS_USAGE', `segment size ${segmentBytes} must be a multiple of 4096 between 4 KiB and ${MAX_SEGMENT_PAYLOAD_BYTES >> 20} MiB`);
   }
   const level = opts.zstdLevel ?? 3;
   const out = path.resolve(opts.out);

@@ -30,7 +30,7 @@ export function fuzzParams(numRuns: number, ms: number): fc.Parameters<unknown> 
 export const edgeValue = fc.constantFrom<unknown>(
   0, -0, 1, -1, 1.5, NaN, Infinity, -Infinity, 255, 256, 4095, 4096, 4097, 65535, 65536,
   2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 44, 2 ** 52, 2 ** 53 - 1, 2 ** 53, 2 ** 53 + 2, 4096 * 2 ** 32, Number.MAX_VALUE, -(2 ** 53),
-  '', 'x', '/', 'vmsynth-overlay/1', 'vmsynth/1', 'ed25519', '\u0000', 'é'.repeat(3000), true, false, null,
+  '', 'x', '/', 'vmsynth-overlay/1', 'vmsynth-overlay/2', 'vmsynth/1', 'ed25519', '\u0000', 'é'.repeat(3000), true, false, null,
 );
 
 const leaf: fc.Arbitrary<unknown> = fc.oneof(

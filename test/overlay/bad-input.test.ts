@@ -6,7 +6,9 @@ import { generatePair } from '../helpers/images.js';
 import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
 import { generateKey, loadSigningKey, signBytes } from '../../lib/overlay/keys.js';
 import { applyOverlay, verifyOverlay } from '../../lib/overlay/offline.js';
-import { encodeBody, MANIFEST_FILE, packr, SEGMENTS_FILE, unpackBody } from '../../lib/overlay/format.js';
+import { createHash } from 'node:crypto';
+import { compress, decompress } from 'zstd-napi';
+import { encodeBody, HASH_BYTES, MANIFEST_FILE, packr, SEGMENTS_FILE, unpackBody } from '../../lib/overlay/format.js';
 import { loadBase } from '../../lib/vm/base.js';
 
 t.teardown(removeTestRoot);
@@ -109,11 +111,44 @@ t.test('an unknown format version', async (t) => {
   const key = await loadSigningKey();
   const dir = await damaged((d) => rewriteEnvelope(d, (env) => {
     const body = unpackBody(env.body) as Record<string, any>;
-    body.format = 'vmsynth-overlay/2';
+    body.format = 'vmsynth-overlay/99';
     env.body = encodeBody(body);
     env.signature.sig = signBytes(key, env.body);
   }));
   await refused(t, dir, 'VMS_OVERLAY_FORMAT');
+  // An overlay of the previous version says what to do about it.
+  const v1 = await damaged((d) => rewriteEnvelope(d, (env) => { env.format = 'vmsynth-overlay/1'; }));
+  await t.rejects(verifyOverlay({ overlay: v1, base: 'gen' }), { code: 'VMS_OVERLAY_FORMAT', message: /build it again with `vmsynth overlay create`/ }, 'a vmsynth-overlay/1 overlay: rebuild it');
+});
+
+t.test('a chunk whose digest in its (validly signed) segment is not its content: verify names it, apply does not look', async (t) => {
+  const key = await loadSigningKey();
+  let target = { image: -1, index: -1 };
+  const dir = await damaged(async (d) => {
+    const segFile = path.join(d, SEGMENTS_FILE);
+    const segs = await fsp.readFile(segFile);
+    let rewritten = segs;
+    await rewriteEnvelope(d, (env) => {
+      const body = unpackBody(env.body) as Record<string, any>;
+      const s = body.segments[0];
+      const raw = Buffer.from(decompress(segs.subarray(s.offset, s.offset + s.bytes)));
+      const digests = raw.length - s.count * HASH_BYTES;
+      raw[digests + HASH_BYTES * (s.count - 1)]! ^= 1; // the last chunk's digest
+      target = { image: s.chunks[(s.count - 1) * 16], index: Buffer.from(s.chunks).readUInt32LE((s.count - 1) * 16 + 4) };
+      const z = compress(raw);
+      const rest = segs.subarray(s.offset + s.bytes);
+      for (const later of body.segments.slice(1)) later.offset += z.length - s.bytes;
+      Object.assign(s, { bytes: z.length, sha256: createHash('sha256').update(z).digest() });
+      rewritten = Buffer.concat([segs.subarray(0, s.offset), z, rest]);
+      env.body = encodeBody(body);
+      env.signature.sig = signBytes(key, env.body);
+    });
+    await fsp.writeFile(segFile, rewritten);
+  });
+  await t.rejects(verifyOverlay({ overlay: dir, base: 'gen' }), { code: 'VMS_OVERLAY_CORRUPT', details: { segment: 0, ...target } }, 'verify: the chunk is named');
+  const out = path.join(testRoot, 'applied-despite-digest');
+  await applyOverlay({ overlay: dir, base: 'gen', out, verifyBase: false });
+  t.ok((await fsp.stat(path.join(out, 'memory.raw'))).isFile(), 'apply trusts the segment hash and rebuilds the images');
 });
 
 t.test('a signed but inconsistent manifest (self reference to a later chunk)', async (t) => {

@@ -31,7 +31,7 @@ import { compress } from 'zstd-napi';
 import { VmsynthError } from '../../lib/core/errors.js';
 import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
 import {
-  ChunkKind, chunkKey, encodeBody, MANIFEST_FILE, MAX_SEGMENT_RAW_BYTES, OVERLAY_FORMAT, packr, readRecord, RECORD_BYTES, HASH_BYTES, SEGMENTS_FILE, unpackBody, writeRecord,
+  ChunkKind, chunkKey, encodeBody, MANIFEST_FILE, MAX_SEGMENT_PAYLOAD_BYTES, MAX_SEGMENT_RAW_BYTES, OVERLAY_FORMAT, packr, readRecord, RECORD_BYTES, HASH_BYTES, SEGMENTS_FILE, unpackBody, writeRecord,
 } from '../../lib/overlay/format.js';
 import { inspectOverlay, type OverlayReport } from '../../lib/overlay/inspect.js';
 import { generateKey, loadSigningKey, signBytes, trustedKeys, type SigningKey } from '../../lib/overlay/keys.js';
@@ -129,10 +129,11 @@ function checkOverlay(o: Overlay, trust: Map<string, Buffer> | null): void {
     const where = `segment ${si}`;
     if (!s || typeof s !== 'object') fail(where);
     if (![s.offset, s.bytes, s.rawBytes, s.count].every(count) || !bytes(s.sha256, HASH_BYTES)) fail(`${where}: fields`);
-    if (!bytes(s.chunks, s.count * RECORD_BYTES) || !bytes(s.hashes, s.count * HASH_BYTES)) fail(`${where}: table sizes`);
+    if (!bytes(s.chunks, s.count * RECORD_BYTES)) fail(`${where}: table size`);
     if (s.offset !== offset) fail(`${where}: not contiguous`);
     offset += s.bytes;
-    if (s.rawBytes % CHUNK !== 0 || s.rawBytes > MAX_SEGMENT_RAW_BYTES) fail(`${where}: rawBytes`);
+    const payload = s.rawBytes - s.count * HASH_BYTES; // the chunks' digests follow their payloads
+    if (payload < 0 || payload % CHUNK !== 0 || payload > MAX_SEGMENT_PAYLOAD_BYTES || s.rawBytes > MAX_SEGMENT_RAW_BYTES) fail(`${where}: rawBytes`);
     const payloads = new Set<number>();
     for (let i = 0; i < s.count; i++) {
       const r = readRecord(s.chunks, i);
@@ -144,7 +145,7 @@ function checkOverlay(o: Overlay, trust: Map<string, Buffer> | null): void {
         if (r.kind === ChunkKind.SELF && !listed.has(chunkKey(r.refImage, r.refIndex))) fail(`${where} chunk ${i}: self reference forward`);
       }
       if (r.kind === ChunkKind.XOR || r.kind === ChunkKind.RAW) {
-        if (r.payloadOffset % CHUNK !== 0 || r.payloadOffset + CHUNK > s.rawBytes || payloads.has(r.payloadOffset)) fail(`${where} chunk ${i}: payload offset`);
+        if (r.payloadOffset % CHUNK !== 0 || r.payloadOffset + CHUNK > payload || payloads.has(r.payloadOffset)) fail(`${where} chunk ${i}: payload offset`);
         payloads.add(r.payloadOffset);
       }
       listed.add(chunkKey(r.image, r.index));
@@ -291,7 +292,7 @@ function applyOps(body: Record<string, any>, ops: readonly BodyOp[]): Record<str
         if (!s || typeof s !== 'object') break;
         const chunks = Buffer.alloc(op.records.length * RECORD_BYTES);
         op.records.forEach((r, i) => writeRecord(chunks, i, r as Parameters<typeof writeRecord>[2]));
-        Object.assign(s, { count: op.records.length, chunks, hashes: Buffer.alloc(op.records.length * HASH_BYTES), rawBytes: op.rawChunks * CHUNK });
+        Object.assign(s, { count: op.records.length, chunks, rawBytes: op.rawChunks * CHUNK + op.records.length * HASH_BYTES });
         break;
       }
       case 'segments': {
@@ -348,7 +349,7 @@ function bodyBytes(r: BodyRecipe): Buffer {
 const sigField = (name: 'alg' | 'keyId' | 'publicKey' | 'sig', bad: fc.Arbitrary<unknown>) => fc.oneof({ weight: 3, arbitrary: fc.constant(name) }, bad);
 /** Envelopes that are valid MessagePack maps with fields of any kind. */
 const envelope: fc.Arbitrary<Buffer> = fc.record({
-  format: fc.oneof({ weight: 4, arbitrary: fc.constant(OVERLAY_FORMAT) }, fc.constantFrom('vmsynth-overlay/2', 'vmsynth-overlay/1 '), wild),
+  format: fc.oneof({ weight: 4, arbitrary: fc.constant(OVERLAY_FORMAT) }, fc.constantFrom('vmsynth-overlay/1', 'vmsynth-overlay/3', 'vmsynth-overlay/2 '), wild),
   body: fc.oneof({ weight: 3, arbitrary: fc.constant('good' as const) }, fc.uint8Array({ maxLength: 200 }), wild),
   signature: fc.oneof(
     { weight: 3, arbitrary: fc.record({
