@@ -18,7 +18,9 @@
  *     from a repository served inside the namespace, over the same link;
  * each timed to the app's first response to its real request (a WAV, a
  * PNG...), whose reply must equal the fully local VM's. The floor is the
- * bytes the first response needs at the link rate plus a local resume.
+ * bytes the first response needs at the link rate plus a local resume of the
+ * fully synthesized VM, made once per app in every round beside the policies'
+ * runs (so it sees the same host), p50 per link.
  *
  * Writes bench/results/suite-<time>.json (or --out DIR), two SVG plots
  * (first response per app and policy; one run's segment timeline, background
@@ -27,11 +29,13 @@
  * no docs; it checks that the output is complete and well formed.
  *
  * Options: --quick, --runs N (default 5; BENCH_RUNS), --apps a,b
- * (BENCH_APPS), --links wifi,lan (BENCH_LINKS), --out DIR, --no-docs,
+ * (BENCH_APPS), --links wifi,lan (BENCH_LINKS), --policies a,b (default all
+ * four; BENCH_POLICIES: an experiment on some policies skips, say, face's
+ * 11-18 min remote installs), --out DIR, --no-docs,
  * --prepare-only (build and cache the overlays, print their sizes), --render
  * A.json[,B.json] (write docs/ again from a result, after editing
  * docs/benchmarks-notes.md, or from runs of different cells merged). Only a
- * run of every app on every link writes docs/ by itself. A run that fails is
+ * run of every app on every link with every policy writes docs/ by itself. A run that fails is
  * kept and listed (its cell counts the others); the bench then exits non-zero.
  */
 import { ChildProcess, spawn } from 'node:child_process';
@@ -85,6 +89,8 @@ export interface SuiteArgs {
   runs: number;
   apps: AppName[];
   links: Link[];
+  /** The policies measured, in SUITE_POLICIES order. */
+  policies: SuitePolicy[];
   out: string;
   docs: boolean;
   /** Build and cache the overlays (and their sizes), print the sizes, measure nothing. */
@@ -104,10 +110,10 @@ function parseArgs(argv: string[]): SuiteArgs {
     }
     return process.env[env];
   };
-  const known = new Set(['--quick', '--runs', '--apps', '--links', '--out', '--no-docs', '--prepare-only', '--render']);
+  const known = new Set(['--quick', '--runs', '--apps', '--links', '--policies', '--out', '--no-docs', '--prepare-only', '--render']);
   argv.forEach((a, i) => {
     if (a.startsWith('--') && !known.has(a)) throw new VmsynthError('VMS_USAGE', `suite: unknown option ${a}; options: ${[...known].join(' ')}`);
-    if (!a.startsWith('--') && !['--runs', '--apps', '--links', '--out', '--render'].includes(argv[i - 1] ?? '')) throw new VmsynthError('VMS_USAGE', `suite: unexpected argument "${a}"`);
+    if (!a.startsWith('--') && !['--runs', '--apps', '--links', '--policies', '--out', '--render'].includes(argv[i - 1] ?? '')) throw new VmsynthError('VMS_USAGE', `suite: unexpected argument "${a}"`);
   });
   const runsText = value('--runs', 'BENCH_RUNS') ?? (quick ? '1' : '5');
   const runs = Number(runsText);
@@ -119,8 +125,14 @@ function parseArgs(argv: string[]): SuiteArgs {
     if (!l) throw new VmsynthError('VMS_USAGE', `unknown link "${n}"; choose from ${Object.keys(LINKS).join(', ')}`);
     return l;
   });
+  const policies = (value('--policies', 'BENCH_POLICIES') ?? SUITE_POLICIES.join(',')).split(',').map((s) => s.trim()).filter(Boolean);
+  for (const p of policies) if (!(SUITE_POLICIES as readonly string[]).includes(p)) throw new VmsynthError('VMS_USAGE', `unknown policy "${p}"; choose from ${SUITE_POLICIES.join(', ')}`);
   const out = path.resolve(value('--out', 'BENCH_OUT') ?? path.join(packageRoot(), 'bench', 'results'));
-  return { quick, runs, apps: apps as AppName[], links, out, docs: !quick && !argv.includes('--no-docs') && APP_NAMES.every((a) => apps.includes(a)) && Object.keys(LINKS).every((l) => links.some((x) => x.name === l)), prepareOnly: argv.includes('--prepare-only'), render: value('--render', 'BENCH_RENDER') ?? null };
+  const everything = APP_NAMES.every((a) => apps.includes(a)) && Object.keys(LINKS).every((l) => links.some((x) => x.name === l)) && SUITE_POLICIES.every((p) => policies.includes(p));
+  return {
+    quick, runs, apps: apps as AppName[], links, policies: SUITE_POLICIES.filter((p) => policies.includes(p)), out,
+    docs: !quick && !argv.includes('--no-docs') && everything, prepareOnly: argv.includes('--prepare-only'), render: value('--render', 'BENCH_RENDER') ?? null,
+  };
 }
 
 // ---------------------------------------------------------------- preparation
@@ -255,27 +267,41 @@ function sameReply(a: string, expected: string): boolean {
 }
 
 interface Local {
-  firstResponseMs: number[];
+  /** The fully synthesized launch VM's images (removed with the run's temporary directory). */
+  launch: string;
+  /** The reply every run must match: the local VM's answer to the app's request. */
   reply: string;
+  /** First responses of the local resumes made in the rounds, per link name. */
+  byLink: Map<string, number[]>;
+  /** The reference resume's first response (the floor's fallback when a link has no round of its own). */
+  referenceMs: number;
 }
 
-/** The launch VM fully local (applied, then resumed): the floor's VM part, and the reply every run must match. */
-async function measureLocal(app: PreparedApp, tmp: string, runs: number, key: BenchKey, signal: AbortSignal): Promise<Local> {
+/** The launch VM fully local (applied, then resumed once): the reply every run must match, and the images the rounds resume. */
+async function prepareLocal(app: PreparedApp, tmp: string, key: BenchKey, signal: AbortSignal): Promise<Local> {
   const launch = path.join(tmp, `launch-${app.spec.name}`);
   await applyOverlay({ overlay: app.profiled.dir, out: launch, trust: [key.pubFile], verifyBase: false, signal });
-  const out: number[] = [];
-  let reply = '';
+  const r = await resumeBase({ base: launch, verify: false, request: app.request, timeoutMs: 600_000, signal });
+  progress(`${app.spec.name}: local resume (reference): first response ${r.firstResponseMs} ms`);
+  return { launch, reply: JSON.stringify(r.reply), byLink: new Map(), referenceMs: r.firstResponseMs };
+}
+
+/**
+ * One local resume, the floor's VM part, made inside a round like the policies' runs, so it
+ * sees the same host (measured before the rounds, it made early start look faster than the
+ * floor when the host slowed down later). Returns its first response, or null if it failed.
+ */
+async function localRound(app: PreparedApp, local: Local, link: string, label: string, signal: AbortSignal): Promise<void> {
   try {
-    for (let i = 0; i < runs; i++) {
-      const r = await resumeBase({ base: launch, verify: false, request: app.request, timeoutMs: 600_000, signal });
-      out.push(r.firstResponseMs);
-      reply = JSON.stringify(r.reply);
-      progress(`${app.spec.name}: local resume ${i + 1}/${runs}: first response ${r.firstResponseMs} ms`);
-    }
-  } finally {
-    await fsp.rm(launch, { recursive: true, force: true });
+    const r = await resumeBase({ base: local.launch, verify: false, request: app.request, timeoutMs: 600_000, signal });
+    const runs = local.byLink.get(link) ?? [];
+    runs.push(r.firstResponseMs);
+    local.byLink.set(link, runs);
+    progress(`${label}: local resume: first response ${r.firstResponseMs} ms`);
+  } catch (err) {
+    if (signal.aborted) throw abortReason(signal);
+    progress(`${label}: local resume FAILED (the floor uses the others): ${err instanceof Error ? err.message : String(err)}`);
   }
-  return { firstResponseMs: out, reply };
 }
 
 function sampleOf(r: SynthesizeResult, local: Local): Sample {
@@ -383,7 +409,7 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
     await fsp.mkdir(tmp, { recursive: true });
     scope.defer(`remove ${tmp}`, () => fsp.rm(tmp, { recursive: true, force: true }));
     const locals = new Map<AppName, Local>();
-    for (const a of apps) locals.set(a.spec.name, await measureLocal(a, tmp, args.runs, key, signal));
+    for (const a of apps) locals.set(a.spec.name, await prepareLocal(a, tmp, key, signal));
 
     const n = netnsFor(process.pid, NAMES);
     await createLinkPair(scope, n);
@@ -405,8 +431,8 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
       for (let i = 0; i < args.runs; i++) {
         for (const a of apps) {
           const local = locals.get(a.spec.name)!;
-          for (let k = 0; k < SUITE_POLICIES.length; k++) {
-            const policy = SUITE_POLICIES[(i + k) % SUITE_POLICIES.length]!;
+          for (let k = 0; k < args.policies.length; k++) {
+            const policy = args.policies[(i + k) % args.policies.length]!;
             throwIfAborted(signal);
             const cell = cellOf(a.spec.name, link.name, policy);
             const label = `${link.name} ${a.spec.name} ${policy} ${i + 1}/${args.runs}`;
@@ -430,20 +456,22 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
               progress(`${label}: FAILED: ${message}`);
             }
           }
+          await localRound(a, local, link.name, `${link.name} ${a.spec.name} ${i + 1}/${args.runs}`, signal);
         }
       }
     }
 
     const appResults: AppResult[] = apps.map((a) => {
       const local = locals.get(a.spec.name)!;
-      const localP50 = percentile(local.firstResponseMs, 0.5)!;
+      const localRuns = args.links.flatMap((l) => local.byLink.get(l.name) ?? []);
       return {
         app: a.spec.name, title: a.spec.title, elijah: a.spec.elijah, note: a.spec.note, packages: a.spec.packages,
         input: { description: a.input.description, bytes: a.input.bytes },
         sizes: a.sizes, prep: a.prep,
         overlay: { segments: a.profiled.body.segments.length, segmentBytes: a.profiled.body.segmentBytes, bytes: a.profiled.segmentsBytes + a.profiled.manifestBytes, manifestBytes: a.profiled.manifestBytes },
-        local: { firstResponseMs: local.firstResponseMs, p50: Math.round(localP50), reply: local.reply },
+        local: { firstResponseMs: localRuns, p50: Math.round(percentile(localRuns, 0.5) ?? local.referenceMs), reply: local.reply },
         links: Object.fromEntries(args.links.map((link) => {
+          const localP50 = percentile(local.byLink.get(link.name) ?? [], 0.5) ?? local.referenceMs;
           const summary = Object.fromEntries(SUITE_POLICIES.map((p) => [p, summarize(cellOf(a.spec.name, link.name, p))])) as Record<SuitePolicy, CellSummary>;
           const needed = summary['demand-only'].bytesBeforeFirstResponse ?? summary['early-start'].bytesBeforeFirstResponse ?? 0;
           const transferMs = ((needed + a.profiled.manifestBytes) * 8) / (link.rateMbit * 1e3);
@@ -481,7 +509,7 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
       host: { loadavgAtStart: loadAtStart, loadavgAtEnd: os.loadavg().map((x) => +x.toFixed(2)), memGiB: +(os.totalmem() / 2 ** 30).toFixed(1) },
       runs: args.runs,
       base: { name: base.name, suite: guest.suite, memoryMiB: base.manifest.vm.memoryMiB, diskBytes: base.manifest.disk.bytes, kernel: guest.kernelPackage, bootMs: base.manifest.created.bootMs },
-      policies: [...SUITE_POLICIES],
+      policies: [...args.policies],
       links: args.links.map((l) => l.name),
       apps: appResults,
     };
@@ -514,7 +542,7 @@ async function writeOutputs(result: SuiteResult, args: SuiteArgs): Promise<void>
   console.log(summaryText(result));
   console.log(`results: ${json}\nplots: ${plot}\n       ${timeline}`);
   if (args.docs) await writeDocs(result);
-  else if (!result.quick) console.log(`docs/benchmarks.md not written: this run has ${result.apps.map((a) => a.app).join(', ')} at ${result.links.join(', ')}, not every app (${APP_NAMES.join(', ')}) on every link (${Object.keys(LINKS).join(', ')}). Merge runs of different cells into the docs with --render A.json,B.json`);
+  else if (!result.quick) console.log(`docs/benchmarks.md not written: this run has ${result.apps.map((a) => a.app).join(', ')} at ${result.links.join(', ')} with ${result.policies.join(', ')}, not every app (${APP_NAMES.join(', ')}) on every link (${Object.keys(LINKS).join(', ')}) with every policy. Merge runs of different cells into the docs with --render A.json,B.json`);
 }
 
 /** docs/benchmarks.md, its plots and the result it was made from (docs/benchmarks.json, kept in the repository). */

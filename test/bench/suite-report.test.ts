@@ -75,6 +75,23 @@ t.test('the completeness check', async (t) => {
   const noTimeline = result();
   noTimeline.apps[1]!.links.wifi!.timeline = null;
   t.match(checkSuiteResult(noTimeline).join('\n'), /face:wifi: no early-start segment timeline/);
+  const some = result();
+  some.policies = ['early-start', 'demand-only'];
+  for (const a of some.apps) {
+    for (const l of Object.values(a.links)) {
+      for (const p of ['baseline', 'remote-install'] as const) {
+        l.summary[p] = { ...cell(0, 0), firstResponseMs: { p50: null, p90: null, min: null, max: null, mean: null } };
+        l.samples[p] = [];
+      }
+    }
+  }
+  t.same(checkSuiteResult(some), [], 'a run of some policies (--policies) is complete without the others');
+  t.match(summaryText(some), /baseline — s, early-start 4\.00 s, demand-only 3\.50 s, remote-install — s/, 'and shows them as not measured');
+  some.apps[0]!.links.wifi!.summary['early-start'] = cell(4000, 1);
+  t.match(checkSuiteResult(some).join('\n'), /speech:wifi\/early-start: 1 of 2 runs succeeded/, 'its own policies are still checked');
+  const noLocal = result();
+  noLocal.apps[0]!.local.firstResponseMs = [];
+  t.match(checkSuiteResult(noLocal).join('\n'), /speech: local resume runs/, 'an app with no local resume has no floor');
   const noElijah = result();
   noElijah.apps[0]!.sizes.elijah.total = 0;
   t.match(checkSuiteResult(noElijah).join('\n'), /speech: Elijah-scheme size/);
