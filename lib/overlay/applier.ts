@@ -14,8 +14,8 @@ import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import { throwIfAborted } from '../core/scope.js';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
-import { ChunkFile, sha256, xorInto, ZERO_CHUNK, ZERO_DIGEST } from './chunk-io.js';
-import { chunkKey, ChunkKind, HASH_BYTES, readRecord, segmentDigests, type ChunkRecord, type SegmentInfo } from './format.js';
+import { ChunkFile, sha256, xorInto, ZERO_CHUNK } from './chunk-io.js';
+import { ChunkKind, HASH_BYTES, hasDigest, readRecord, segmentDigests, type ChunkRecord, type SegmentInfo } from './format.js';
 import type { Overlay } from './reader.js';
 import { INLINE_BUFFERS, SegmentWorkers } from './segment-workers.js';
 
@@ -23,8 +23,8 @@ import { INLINE_BUFFERS, SegmentWorkers } from './segment-workers.js';
 interface ChunkSink {
   /** Content of an earlier overlay chunk (for SELF references). */
   prior(image: number, index: number, scratch: Buffer): Buffer;
-  /** `digests` holds the segment's digests; this chunk's is at i * 32. */
-  put(r: ChunkRecord, content: Buffer, digests: Uint8Array, i: number, segment: number): void;
+  /** `digest`: the SHA-256 its segment carries for this chunk's content (null for ZERO and SELF chunks, which have none). */
+  put(r: ChunkRecord, content: Buffer, digest: Uint8Array | null, segment: number): void;
 }
 
 export interface LoopStats {
@@ -94,6 +94,7 @@ function forEachChunk(overlay: Overlay, base: ChunkFile[], sink: ChunkSink, opts
   const content = Buffer.allocUnsafeSlow(CHUNK_SIZE);
   return eachSegment(overlay, workers, opts, (i, s, read) => workers.open(i, s, read()), (si, s, raw) => {
     const digests = segmentDigests(raw, s);
+    let d = 0;
     for (let i = 0; i < s.count; i++) {
       const r = readRecord(s.chunks, i);
       let c: Buffer;
@@ -107,7 +108,7 @@ function forEachChunk(overlay: Overlay, base: ChunkFile[], sink: ChunkSink, opts
           break;
         default: c = raw.subarray(r.payloadOffset, r.payloadOffset + CHUNK_SIZE);
       }
-      sink.put(r, c, digests, i, si);
+      sink.put(r, c, hasDigest(r.kind) ? digests.subarray(d * HASH_BYTES, ++d * HASH_BYTES) : null, si);
     }
   });
 }
@@ -170,24 +171,14 @@ export async function applyToImages(overlay: Overlay, base: ChunkFile[], out: Ch
   });
 }
 
-/** Checks every chunk's rebuilt content against the SHA-256 its segment carries; writes nothing. */
+/** Checks every BASE, XOR and RAW chunk's rebuilt content against the SHA-256 its segment carries (a ZERO chunk's content is known, a SELF chunk's is its target's); writes nothing. */
 export async function verifyChunks(overlay: Overlay, base: ChunkFile[], opts: LoopOptions = {}): Promise<LoopStats> {
-  const seen = new Map<number, Buffer>();
-  const bad = (r: ChunkRecord, seg: number, why: string) =>
-    new VmsynthError('VMS_OVERLAY_CORRUPT', `segment ${seg}: ${r.image === 0 ? 'memory' : 'disk'} chunk ${r.index} ${why}`, { details: { segment: seg, image: r.image, index: r.index } });
   const sink: ChunkSink = {
-    prior: () => ZERO_CHUNK, // a SELF chunk is checked by its target's digest, below
-    put(r, content, digests, i, seg) {
-      const digest = digests.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES);
-      if (r.kind === ChunkKind.SELF) {
-        const t = seen.get(chunkKey(r.refImage, r.refIndex));
-        if (!t || !t.equals(digest)) throw bad(r, seg, 'refers to a chunk with other content');
-      } else if (r.kind === ChunkKind.ZERO) {
-        if (!ZERO_DIGEST.equals(digest)) throw bad(r, seg, 'is a zero chunk whose digest is not that of zeros');
-      } else if (!sha256(content).equals(digest)) {
-        throw bad(r, seg, 'does not match its SHA-256');
+    prior: () => ZERO_CHUNK, // a SELF chunk's content is its target's, checked there
+    put(r, content, digest, seg) {
+      if (digest && !sha256(content).equals(digest)) {
+        throw new VmsynthError('VMS_OVERLAY_CORRUPT', `segment ${seg}: ${r.image === 0 ? 'memory' : 'disk'} chunk ${r.index} does not match its SHA-256`, { details: { segment: seg, image: r.image, index: r.index } });
       }
-      seen.set(chunkKey(r.image, r.index), Buffer.from(digest));
     },
   };
   return forEachChunk(overlay, base, sink, opts);

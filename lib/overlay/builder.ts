@@ -31,7 +31,7 @@ import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import { ChunkIndex } from './chunk-index.js';
 import { BLOCK_BYTES, ChunkFile, isZero, sha256, xorInto, ZERO_DIGEST, zeroWords } from './chunk-io.js';
 import {
-  chunkKey, ChunkKind, DEFAULT_SEGMENT_BYTES, encodeBody, encodeRecords, HASH_BYTES, Image, IMAGE_NAMES, MANIFEST_FILE, MAX_SEGMENT_PAYLOAD_BYTES, OVERLAY_FORMAT,
+  chunkKey, ChunkKind, DEFAULT_SEGMENT_BYTES, encodeBody, encodeRecords, HASH_BYTES, hasDigest, Image, IMAGE_NAMES, MANIFEST_FILE, MAX_SEGMENT_PAYLOAD_BYTES, OVERLAY_FORMAT,
   packr, SEGMENTS_FILE, type ChunkRecord, type ImageIdentity, type OverlayBody, type OverlayEnvelope, type SegmentInfo,
 } from './format.js';
 import type { Base } from '../vm/base.js';
@@ -286,6 +286,7 @@ class SegmentPacker {
   offset = 0;
   private records: ChunkRecord[] = [];
   private readonly digests: Buffer;
+  private digestCount = 0;
   /** The raw segment: payloads from 0; the digests are copied in behind them at flush. */
   private readonly raw: Buffer;
   private used = 0;
@@ -307,15 +308,15 @@ class SegmentPacker {
   }
 
   add(r: ChunkRecord, digest: Uint8Array): void {
-    this.digests.set(digest, this.records.length * HASH_BYTES);
+    if (hasDigest(r.kind)) this.digests.set(digest, this.digestCount++ * HASH_BYTES);
     this.records.push(r);
     if (this.records.length >= this.maxRecords) this.flush();
   }
 
   flush(): void {
     if (this.records.length === 0) return;
-    const rawBytes = this.used + this.records.length * HASH_BYTES;
-    this.digests.copy(this.raw, this.used, 0, this.records.length * HASH_BYTES);
+    const rawBytes = this.used + this.digestCount * HASH_BYTES;
+    this.digests.copy(this.raw, this.used, 0, this.digestCount * HASH_BYTES);
     const z = compress(this.raw.subarray(0, rawBytes), { compressionLevel: this.level });
     let done = 0;
     while (done < z.length) done += writeSync(this.fd, z, done, z.length - done, this.offset + done);
@@ -326,9 +327,11 @@ class SegmentPacker {
       sha256: sha256(z),
       count: this.records.length,
       chunks: encodeRecords(this.records),
+      digests: this.digestCount,
     });
     this.offset += z.length;
     this.records = [];
+    this.digestCount = 0;
     this.used = 0;
   }
 }

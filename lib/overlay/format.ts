@@ -12,9 +12,11 @@
  *   overlay.segments  the segments, back to back: each one zstd frame.
  *
  * A segment's raw (decompressed) bytes are the payloads of its XOR and RAW
- * chunks (whole chunks from offset 0), then `count` SHA-256 digests, one per
- * record, of each chunk's final content. Its chunk table (in the manifest) is
- * `count` 16-byte little-endian records, in apply order. A record is:
+ * chunks (whole chunks from offset 0), then `digests` SHA-256 digests of the
+ * final content of its BASE, XOR and RAW chunks, in record order (a ZERO
+ * chunk's content is known, a SELF chunk's is its target's). Its chunk table
+ * (in the manifest) is `count` 16-byte little-endian records, in apply
+ * order. A record is:
  *   u8 image   0 memory, 1 disk
  *   u8 kind    ChunkKind
  *   u8 refImage  for BASE and SELF: which image the reference points into
@@ -97,22 +99,29 @@ export interface SegmentInfo {
   offset: number;
   /** Compressed bytes. */
   bytes: number;
-  /** Decompressed bytes: the payloads of this segment's XOR and RAW chunks, then count × 32-byte digests. */
+  /** Decompressed bytes: the payloads of this segment's XOR and RAW chunks, then its digests. */
   rawBytes: number;
   /** SHA-256 of the compressed bytes. */
   sha256: Uint8Array;
   count: number;
   /** count × 16-byte records. */
   chunks: Uint8Array;
+  /** How many 32-byte digests follow the payloads: one per BASE, XOR and RAW record. */
+  digests: number;
+}
+
+/** Whether a chunk of this kind has a digest in its segment (a ZERO chunk's content is known, a SELF chunk's is its target's). */
+export function hasDigest(kind: ChunkKind): boolean {
+  return kind === ChunkKind.BASE || kind === ChunkKind.XOR || kind === ChunkKind.RAW;
 }
 
 /** Bytes of a segment's raw form that hold payloads (the digests follow). */
-export function payloadBytes(s: Pick<SegmentInfo, 'rawBytes' | 'count'>): number {
-  return s.rawBytes - s.count * HASH_BYTES;
+export function payloadBytes(s: Pick<SegmentInfo, 'rawBytes' | 'digests'>): number {
+  return s.rawBytes - s.digests * HASH_BYTES;
 }
 
-/** The count × 32-byte SHA-256 digests of a segment's chunks' final content, from its raw bytes. */
-export function segmentDigests(raw: Uint8Array, s: Pick<SegmentInfo, 'rawBytes' | 'count'>): Uint8Array {
+/** The SHA-256 digests of a segment's BASE, XOR and RAW chunks' final content, in record order, from its raw bytes. */
+export function segmentDigests(raw: Uint8Array, s: Pick<SegmentInfo, 'rawBytes' | 'digests'>): Uint8Array {
   return raw.subarray(payloadBytes(s), s.rawBytes);
 }
 
@@ -356,13 +365,14 @@ export function decodeBody(bytes: Uint8Array): OverlayBody {
   const seen = new ChunkSet();
   let offset = 0;
   b.segments.forEach((s: Record<string, unknown>, si: number) => {
-    if (!s || !isCount(s.offset) || !isCount(s.bytes) || !isCount(s.rawBytes) || !isCount(s.count) || !isBytes(s.sha256, HASH_BYTES)) {
+    if (!s || !isCount(s.offset) || !isCount(s.bytes) || !isCount(s.rawBytes) || !isCount(s.count) || !isCount(s.digests) || !isBytes(s.sha256, HASH_BYTES)) {
       throw corrupt(`segment ${si}: malformed entry`);
     }
     if (s.offset !== offset) throw corrupt(`segment ${si}: offset ${s.offset}, expected ${offset}`);
-    const payload = s.rawBytes - s.count * HASH_BYTES;
-    if (s.rawBytes > MAX_SEGMENT_RAW_BYTES || payload < 0 || payload > MAX_SEGMENT_PAYLOAD_BYTES || payload % chunkSize !== 0) throw corrupt(`segment ${si}: raw size ${s.rawBytes} is not allowed for ${s.count} chunks`);
+    const payload = s.rawBytes - s.digests * HASH_BYTES;
+    if (s.rawBytes > MAX_SEGMENT_RAW_BYTES || s.digests > s.count || payload < 0 || payload > MAX_SEGMENT_PAYLOAD_BYTES || payload % chunkSize !== 0) throw corrupt(`segment ${si}: raw size ${s.rawBytes} is not allowed for ${s.count} chunks with ${s.digests} digests`);
     if (!isBytes(s.chunks, s.count * RECORD_BYTES)) throw corrupt(`segment ${si}: chunk table size does not match its count`);
+    let digests = 0;
     offset += s.bytes;
     const payloadSeen = new Uint8Array(payload / chunkSize);
     for (let i = 0; i < s.count; i++) {
@@ -380,8 +390,10 @@ export function decodeBody(bytes: Uint8Array): OverlayBody {
         if (p % chunkSize !== 0 || p + chunkSize > payload || payloadSeen[p / chunkSize]) throw corrupt(`${where}: payload offset ${p} is out of place`);
         payloadSeen[p / chunkSize] = 1;
       }
+      if (hasDigest(r.kind)) digests++;
       seen.add(r.image, r.index);
     }
+    if (digests !== s.digests) throw corrupt(`segment ${si}: ${s.digests} digests for ${digests} chunks that have one`);
   });
   return b as OverlayBody;
 }

@@ -132,9 +132,11 @@ t.test('a chunk whose digest in its (validly signed) segment is not its content:
       const body = unpackBody(env.body) as Record<string, any>;
       const s = body.segments[0];
       const raw = Buffer.from(decompress(segs.subarray(s.offset, s.offset + s.bytes)));
-      const digests = raw.length - s.count * HASH_BYTES;
-      raw[digests + HASH_BYTES * (s.count - 1)]! ^= 1; // the last chunk's digest
-      target = { image: s.chunks[(s.count - 1) * 16], index: Buffer.from(s.chunks).readUInt32LE((s.count - 1) * 16 + 4) };
+      const digests = raw.length - s.digests * HASH_BYTES;
+      raw[digests + HASH_BYTES * (s.digests - 1)]! ^= 1; // the last digest: the last BASE, XOR or RAW chunk's
+      let last = s.count - 1;
+      while (![1, 3, 4].includes(s.chunks[last * 16 + 1])) last--;
+      target = { image: s.chunks[last * 16], index: Buffer.from(s.chunks).readUInt32LE(last * 16 + 4) };
       const z = compress(raw);
       const rest = segs.subarray(s.offset + s.bytes);
       for (const later of body.segments.slice(1)) later.offset += z.length - s.bytes;

@@ -128,12 +128,13 @@ function checkOverlay(o: Overlay, trust: Map<string, Buffer> | null): void {
   (b.segments as Record<string, any>[]).forEach((s, si) => {
     const where = `segment ${si}`;
     if (!s || typeof s !== 'object') fail(where);
-    if (![s.offset, s.bytes, s.rawBytes, s.count].every(count) || !bytes(s.sha256, HASH_BYTES)) fail(`${where}: fields`);
+    if (![s.offset, s.bytes, s.rawBytes, s.count, s.digests].every(count) || !bytes(s.sha256, HASH_BYTES)) fail(`${where}: fields`);
     if (!bytes(s.chunks, s.count * RECORD_BYTES)) fail(`${where}: table size`);
     if (s.offset !== offset) fail(`${where}: not contiguous`);
     offset += s.bytes;
-    const payload = s.rawBytes - s.count * HASH_BYTES; // the chunks' digests follow their payloads
+    const payload = s.rawBytes - s.digests * HASH_BYTES; // the BASE, XOR and RAW chunks' digests follow the payloads
     if (payload < 0 || payload % CHUNK !== 0 || payload > MAX_SEGMENT_PAYLOAD_BYTES || s.rawBytes > MAX_SEGMENT_RAW_BYTES) fail(`${where}: rawBytes`);
+    let digests = 0;
     const payloads = new Set<number>();
     for (let i = 0; i < s.count; i++) {
       const r = readRecord(s.chunks, i);
@@ -148,8 +149,10 @@ function checkOverlay(o: Overlay, trust: Map<string, Buffer> | null): void {
         if (r.payloadOffset % CHUNK !== 0 || r.payloadOffset + CHUNK > payload || payloads.has(r.payloadOffset)) fail(`${where} chunk ${i}: payload offset`);
         payloads.add(r.payloadOffset);
       }
+      if (r.kind === ChunkKind.BASE || r.kind === ChunkKind.XOR || r.kind === ChunkKind.RAW) digests++;
       listed.add(chunkKey(r.image, r.index));
     }
+    if (digests !== s.digests) fail(`${where}: ${s.digests} digests for ${digests} chunks that have one`);
   });
   if (o.segmentsBytes !== offset) fail('segmentsBytes');
   const sig = o.envelope.signature;
@@ -292,7 +295,8 @@ function applyOps(body: Record<string, any>, ops: readonly BodyOp[]): Record<str
         if (!s || typeof s !== 'object') break;
         const chunks = Buffer.alloc(op.records.length * RECORD_BYTES);
         op.records.forEach((r, i) => writeRecord(chunks, i, r as Parameters<typeof writeRecord>[2]));
-        Object.assign(s, { count: op.records.length, chunks, rawBytes: op.rawChunks * CHUNK + op.records.length * HASH_BYTES });
+        const digests = op.records.filter((r) => r.kind === ChunkKind.BASE || r.kind === ChunkKind.XOR || r.kind === ChunkKind.RAW).length;
+        Object.assign(s, { count: op.records.length, chunks, digests, rawBytes: op.rawChunks * CHUNK + digests * HASH_BYTES });
         break;
       }
       case 'segments': {
