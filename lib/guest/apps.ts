@@ -72,7 +72,7 @@ export function installScript(app: AppSpec, repoUrl: string | null, opts: { trim
     lines.push(
       `echo 'deb [trusted=yes] ${repoUrl} ./' > /etc/apt/sources.list.d/vmsynth-app.list`,
       // A resumed VM's clock is its snapshot's until the base's clock keeper (offload-app --clock) sets it from
-      // the RTC, within about a second: apt does not judge the Release date, so an install never races that.
+      // the RTC, within a second of the resume: apt does not judge the Release date, so an install never races that.
       'apt-get -q -o Acquire::Languages=none -o Acquire::Check-Date=false -o Acquire::Check-Valid-Until=false update',
       `apt-get -q -y --no-install-recommends install ${app.packages.join(' ')}`,
       'rm -f /etc/apt/sources.list.d/vmsynth-app.list',

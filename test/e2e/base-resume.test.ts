@@ -13,7 +13,7 @@ import { verifyBase } from '../../lib/vm/base.js';
 import { resumeBase } from '../../lib/vm/resume.js';
 import { guestRequest } from '../../lib/vm/guest-app.js';
 import { guestBase } from '../helpers/guest-base.js';
-import { ageSnapshot, guestClockOffset } from '../helpers/guest-clock.js';
+import { ageSnapshot, CLOCK_TOLERANCE_MS, guestClockOffset } from '../helpers/guest-clock.js';
 import { leaks, mountsUnder, NO_LEAKS, virshDomains } from '../helpers/leaks.js';
 
 t.teardown(removeTestRoot);
@@ -53,7 +53,7 @@ t.test('resume over FUSE: the app answers with the captured bytes, in virsh list
   t.ok(r.fuseBeforeFirstResponse.memory.bytesRead < r.memoryBytes, 'and not all of them: demand paging');
   t.ok(r.fuseBeforeFirstResponse.disk.bytesRead >= 4 << 20, 'the disk reads came through FUSE');
   t.ok(r.resumeMs <= r.firstResponseMs);
-  t.ok(Math.abs(clockOffset) <= 250, `the guest's clock is the host's, not its snapshot's 5 s or more ago (off by ${Math.round(clockOffset)} ms)`);
+  t.ok(Math.abs(clockOffset) <= CLOCK_TOLERANCE_MS, `the guest's clock is the host's to within the RTC's half second, not its snapshot's 5 s or more ago (off by ${Math.round(clockOffset)} ms)`);
   t.same(await leaks([r.domain], runDir()), NO_LEAKS);
   await verifyBase(base); // guest writes never reach the base files
 });

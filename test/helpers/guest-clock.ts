@@ -9,11 +9,17 @@ export async function ageSnapshot(taken: number, ms: number): Promise<void> {
 }
 
 /**
+ * How far a resumed guest's clock may be from the host's: the guest sets it from QEMU's RTC,
+ * which is good to half a second (guest/offload-app.c, clock_mode), plus the request's own time.
+ */
+export const CLOCK_TOLERANCE_MS = 750;
+
+/**
  * Asks the guest app's GET /info (through `info`) until its clock is within
  * `toleranceMs` of the host's, for at most `withinMs`; returns the last
  * offset seen (guest minus host, at the midpoint of the request).
  */
-export async function guestClockOffset(info: () => Promise<Buffer>, toleranceMs = 250, withinMs = 5000): Promise<number> {
+export async function guestClockOffset(info: () => Promise<Buffer>, toleranceMs = CLOCK_TOLERANCE_MS, withinMs = 5000): Promise<number> {
   const deadline = Date.now() + withinMs;
   for (;;) {
     const sent = Date.now();
