@@ -146,7 +146,7 @@ static int set_on_tick(long long r) {
  * its ticks are not on the host's second boundaries (QEMU starts it at the
  * host's whole second when the base VM is created, so it lags the host by
  * that instant's fraction of a second, a different one per base: measured
- * 137, 709 and 739 ms). Not knowing that lag, the clock is set to the middle
+ * 17 to 922 ms on six). Not knowing that lag, the clock is set to the middle
  * of the RTC's second: within 0.5 s of the host's.
  */
 static int clock_mode(void) {
