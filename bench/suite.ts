@@ -35,8 +35,9 @@
  * --prepare-only (build and cache the overlays, print their sizes), --render
  * A.json[,B.json] (write docs/ again from a result, after editing
  * docs/benchmarks-notes.md, or from runs of different cells merged). Only a
- * run of every app on every link with every policy writes docs/ by itself. A run that fails is
- * kept and listed (its cell counts the others); the bench then exits non-zero.
+ * run of every app on every link with every policy writes docs/ by itself. A
+ * run that fails is kept and listed (its cell counts the others); the bench
+ * then exits non-zero.
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -289,7 +290,8 @@ async function prepareLocal(app: PreparedApp, tmp: string, key: BenchKey, signal
 /**
  * One local resume, the floor's VM part, made inside a round like the policies' runs, so it
  * sees the same host (measured before the rounds, it made early start look faster than the
- * floor when the host slowed down later). Returns its first response, or null if it failed.
+ * floor when the host slowed down later). Its first response goes to `local.byLink`; a
+ * failure is reported and left out.
  */
 async function localRound(app: PreparedApp, local: Local, link: string, label: string, signal: AbortSignal): Promise<void> {
   try {
