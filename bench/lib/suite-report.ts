@@ -294,7 +294,7 @@ export function renderMarkdown(r: SuiteResult, where: { json: string; plots: str
   out.push('| app | naive (modified chunks raw) | Elijah\'s scheme (xdelta3 + xz) | vmsynth (zstd, signed, per-chunk SHA-256) | vs naive | vs Elijah |');
   out.push('|---|---|---|---|---|---|');
   for (const a of r.apps) out.push(`| ${a.app} | ${mb(a.sizes.naive.total)} | ${mb(a.sizes.elijah.total)} | ${mb(a.sizes.overlay.total)} | ${a.sizes.ratioVsNaive} | ${a.sizes.ratioVsElijah} |`);
-  out.push('', 'Elijah\'s scheme is re-run on our chunks (bench/elijah.ts); its metadata is not counted, ours (manifest with per-chunk hashes and the signature) is.', '');
+  out.push('', 'Elijah\'s scheme is re-run on our chunks (bench/elijah.ts); its metadata is not counted, ours (manifest, per-chunk hashes and the signature) is.', '');
 
   out.push('## First response (s, p50 [p90])', '');
   out.push('| app | link | baseline | early-start | demand-only | remote-install | floor | baseline / early | early / floor | install / early | replies = local |');

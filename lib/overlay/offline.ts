@@ -159,7 +159,7 @@ export interface VerifyOverlayResult {
   ms: number;
 }
 
-/** Signature by a trusted key, base match (re-hashed), every segment's and every chunk's SHA-256. */
+/** Signature by a trusted key, base match (re-hashed), every segment's SHA-256 and every digest its segments carry (BASE, XOR and RAW chunks). */
 export async function verifyOverlay(opts: VerifyOverlayOptions): Promise<VerifyOverlayResult> {
   const t0 = performance.now();
   const overlay = await openTrusted(opts.overlay, opts);
