@@ -6,9 +6,10 @@
  * and verified and decompressed on worker threads, a bounded window ahead.
  * `verify` rebuilds each chunk's content from its record (zeros, a base
  * chunk, an earlier overlay chunk, base XOR payload, or the payload) and
- * hashes it against the digest its segment carries. `apply` writes the content into copies of
- * the base images, coalescing neighbouring chunks into one write: the
- * workers write payload chunks themselves, this thread the references.
+ * hashes it against the digest its segment carries. `apply` writes the
+ * content into copies of the base images, coalescing neighbouring chunks
+ * into one write: the workers write payload chunks themselves, this thread
+ * the references.
  */
 import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import { throwIfAborted } from '../core/scope.js';
