@@ -2,6 +2,7 @@
  * The test guest's wall clock against the host's: a VM resumed from a
  * snapshot must not keep the snapshot's time (guest/offload-app.c --clock).
  */
+
 /** Waits until a snapshot taken at `taken` (ms since the epoch) is at least `ms` old, so a guest clock left at the snapshot's time would be off by more than that. */
 export async function ageSnapshot(taken: number, ms: number): Promise<void> {
   const age = Date.now() - taken;

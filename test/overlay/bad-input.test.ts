@@ -8,7 +8,7 @@ import { generateKey, loadSigningKey, signBytes } from '../../lib/overlay/keys.j
 import { applyOverlay, verifyOverlay } from '../../lib/overlay/offline.js';
 import { createHash } from 'node:crypto';
 import { compress, decompress } from 'zstd-napi';
-import { encodeBody, HASH_BYTES, MANIFEST_FILE, packr, SEGMENTS_FILE, unpackBody } from '../../lib/overlay/format.js';
+import { encodeBody, HASH_BYTES, hasDigest, MANIFEST_FILE, packr, readRecord, SEGMENTS_FILE, unpackBody } from '../../lib/overlay/format.js';
 import { loadBase } from '../../lib/vm/base.js';
 
 t.teardown(removeTestRoot);
@@ -135,8 +135,9 @@ t.test('a chunk whose digest in its (validly signed) segment is not its content:
       const digests = raw.length - s.digests * HASH_BYTES;
       raw[digests + HASH_BYTES * (s.digests - 1)]! ^= 1; // the last digest: the last BASE, XOR or RAW chunk's
       let last = s.count - 1;
-      while (![1, 3, 4].includes(s.chunks[last * 16 + 1])) last--;
-      target = { image: s.chunks[last * 16], index: Buffer.from(s.chunks).readUInt32LE(last * 16 + 4) };
+      while (!hasDigest(readRecord(s.chunks, last).kind)) last--;
+      const r = readRecord(s.chunks, last);
+      target = { image: r.image, index: r.index };
       const z = compress(raw);
       const rest = segs.subarray(s.offset + s.bytes);
       for (const later of body.segments.slice(1)) later.offset += z.length - s.bytes;
