@@ -14,6 +14,18 @@ exec 3>&1 1>&2
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 say() { printf 'bootstrap: %s\n' "$*"; }
+# A daemon must hold none of our file descriptors: one holding the pipe our
+# caller reads (npm run bootstrap | tail) would keep that caller waiting.
+# Daemons log to syslog.
+start_daemon() {
+  (
+    for fd in /proc/self/fd/*; do
+      n=${fd##*/}
+      [ "$n" -gt 2 ] && eval "exec $n>&-"
+    done
+    exec "$@"
+  ) </dev/null >/dev/null 2>&1
+}
 
 if [ "$(id -u)" -ne 0 ]; then
   say "vmsynth manages VMs through qemu:///system and mounts FUSE filesystems: run as root."
@@ -59,8 +71,8 @@ if [ -d /run/systemd/system ]; then
   systemctl is-active --quiet virtlogd || systemctl start virtlogd
   systemctl is-active --quiet libvirtd || systemctl start libvirtd
 else
-  pgrep -x virtlogd >/dev/null || { say "starting virtlogd"; virtlogd -d; }
-  pgrep -x libvirtd >/dev/null || { say "starting libvirtd"; libvirtd -d; }
+  pgrep -x virtlogd >/dev/null || { say "starting virtlogd"; start_daemon virtlogd -d; }
+  pgrep -x libvirtd >/dev/null || { say "starting libvirtd"; start_daemon libvirtd -d; }
 fi
 for _ in $(seq 1 100); do
   [ -S /var/run/libvirt/libvirt-sock ] && break
