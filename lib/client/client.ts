@@ -1,5 +1,5 @@
 /**
- * The mobile side of vmsynth/1: hand a synthesis server an overlay, answer
+ * The mobile side of the vmsynth protocol: hand a synthesis server an overlay, answer
  * its segment requests from the local overlay files, send the first offload
  * request as soon as the VM is ready, and keep a timeline of it all.
  *
@@ -63,6 +63,14 @@ export interface SynthesizeOptions {
   whileRunning?: (ctx: RunningSession) => Promise<void>;
   /** Fault injection for tests: may replace a segment's bytes before they are sent (attempt counts from 1). */
   tamper?: (index: number, data: Buffer, attempt: number) => Buffer;
+  /**
+   * Fault injection for tests: a background stream that stalls. Once this many
+   * bytes were sent, background segments wait for the first response; demand
+   * requests are still served. With it, "answered before the overlay arrived"
+   * holds however slow the host is, and the guest's reads past this point can
+   * only be served on demand.
+   */
+  holdBackgroundAfterBytes?: number;
 }
 
 export interface RunningSession {
@@ -112,6 +120,8 @@ export interface SynthesizeResult {
   bytesSentBeforeFirstResponse: number;
   segmentsSentBeforeFirstResponse: number;
   demandRequests: number;
+  /** Segments asked for in the background that a blocked guest read needed before they were sent: they went next (`hurry`). */
+  hurried: number;
   /** Every segment sent, in order: when it was handed to the socket (client clock), and on which lane. */
   sends: SegmentSend[];
   /** The server's own account of the session (its clock starts at the manifest). */
@@ -162,6 +172,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
     let segmentsSent = 0;
     let before = { bytes: 0, segments: 0 };
     let demandRequests = 0;
+    let hurried = 0;
     const sends: SegmentSend[] = [];
     const demand: number[] = [];
     const background: number[] = [];
@@ -239,6 +250,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
             if (done) break;
           }
           const lane = demand.length ? 'demand' : 'background';
+          if (lane === 'background' && !firstResponse && opts.holdBackgroundAfterBytes !== undefined && bytesSent >= opts.holdBackgroundAfterBytes) break;
           const index = demand.length ? demand.shift() : background.shift();
           if (index === undefined) break;
           const s = segs[index]!;
@@ -294,6 +306,18 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
           void pump();
           return;
         }
+        case 'hurry':
+          // Segments asked for in the background that a blocked guest read needs: those not yet sent go next.
+          // One already sent (or being sent) is not sent again.
+          for (const i of m.segments) {
+            const k = background.indexOf(i);
+            if (k < 0) continue;
+            background.splice(k, 1);
+            demand.push(i);
+            hurried++;
+          }
+          void pump();
+          return;
         case 'ready':
           mark('resumed');
           io.send({ type: 'offload', id: 1, method: request.method, path: request.path }, request.body);
@@ -308,6 +332,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
           mark('firstResponse');
           before = { bytes: bytesSent, segments: segmentsSent };
           firstResponse = { status: m.status, body: m.body.toString('utf8') };
+          if (opts.holdBackgroundAfterBytes !== undefined) void pump();
           maybeFinish();
           return;
         case 'complete':
@@ -321,7 +346,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
             firstResponse: firstResponse!,
             overlayBytes: overlay.segmentsBytes, segments: segs.length, segmentsSent, bytesSent,
             bytesSentBeforeFirstResponse: before.bytes, segmentsSentBeforeFirstResponse: before.segments,
-            demandRequests, sends, serverStats: m.stats,
+            demandRequests, hurried, sends, serverStats: m.stats,
           });
         case 'error':
           if (m.fatal || !firstResponse) return finish(serverError(m.code, m.message));

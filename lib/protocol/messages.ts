@@ -1,5 +1,5 @@
 /**
- * Messages of the vmsynth wire protocol, version vmsynth/1
+ * Messages of the vmsynth wire protocol, version vmsynth/2
  * (docs/protocol.md is the specification; this module checks it).
  *
  * parseMessage turns a frame into a typed message or a VMS_PROTOCOL error:
@@ -11,7 +11,7 @@ import { VmsynthError } from '../core/errors.js';
 import { MAX_SEGMENT_RAW_BYTES, MAX_MANIFEST_BYTES } from '../overlay/format.js';
 import type { Frame } from './frames.js';
 
-export const PROTOCOL = 'vmsynth/1';
+export const PROTOCOL = 'vmsynth/2';
 export const DEFAULT_PORT = 8021;
 
 export const POLICIES = ['early-start', 'baseline', 'demand-only'] as const;
@@ -39,6 +39,7 @@ export type ServerMessage =
   | { type: 'welcome'; protocol: string; server: string }
   | { type: 'accepted'; session: string; base: string; segments: number; policy: Policy }
   | { type: 'want'; lane: 'demand' | 'background'; segments: number[] }
+  | { type: 'hurry'; segments: number[] }
   | { type: 'ready'; resumedMs: number }
   | { type: 'reply'; id: number; status: number; body: Buffer }
   | { type: 'complete'; appliedMs: number }
@@ -53,6 +54,7 @@ type Check = (v: unknown) => boolean;
 const str: Check = (v) => typeof v === 'string' && v.length <= 4096;
 const uint: Check = (v) => Number.isSafeInteger(v) && (v as number) >= 0;
 const bool: Check = (v) => typeof v === 'boolean';
+const indices: Check = (v) => Array.isArray(v) && v.length > 0 && v.length <= 65536 && v.every(uint);
 
 function fields(f: Frame, spec: Record<string, Check>, optional: Record<string, Check> = {}, payload: 'none' | 'allowed' | 'required' = 'none'): Record<string, unknown> {
   const h = f.header as Record<string, unknown>;
@@ -106,8 +108,12 @@ export function parseServerMessage(f: Frame): ServerMessage {
       return { type: 'accepted', session: h.session as string, base: h.base as string, segments: h.segments as number, policy: h.policy as Policy };
     }
     case 'want': {
-      const h = fields(f, { lane: (v) => v === 'demand' || v === 'background', segments: (v) => Array.isArray(v) && v.length > 0 && v.length <= 65536 && v.every(uint) });
+      const h = fields(f, { lane: (v) => v === 'demand' || v === 'background', segments: indices });
       return { type: 'want', lane: h.lane as 'demand' | 'background', segments: h.segments as number[] };
+    }
+    case 'hurry': {
+      const h = fields(f, { segments: indices });
+      return { type: 'hurry', segments: h.segments as number[] };
     }
     case 'ready': {
       const h = fields(f, { resumedMs: uint });

@@ -1,5 +1,5 @@
 /**
- * One client connection on the synthesis server: the vmsynth/1 conversation
+ * One client connection on the synthesis server: the vmsynth protocol's conversation
  * (hello, session, segments, offload requests, finish) and the session it
  * opens. Every way a connection ends — finish, a fatal error, the client
  * vanishing, server shutdown — goes through end(), which closes the session
@@ -69,7 +69,7 @@ export class Connection {
     switch (m.type) {
       case 'hello': {
         this.expect('greeting', m);
-        if (m.protocol !== PROTOCOL) throw new VmsynthError('VMS_PROTOCOL', `this server speaks ${PROTOCOL}, the client ${m.protocol.slice(0, 40)}`);
+        if (m.protocol !== PROTOCOL) throw new VmsynthError('VMS_PROTOCOL', `this server speaks ${PROTOCOL}, the client ${m.protocol.slice(0, 40)}: use a client and server of the same vmsynth release`);
         this.client = this.ctx.auth.authenticate(m.token);
         this.stage = 'open';
         this.io.setMaxFrameBytes(FRAME_CAPS.session);
@@ -129,6 +129,7 @@ export class Connection {
       threads: this.ctx.opts.threads, maxInFlightBytes: this.ctx.opts.maxInFlightBytes, fuseDevice: this.ctx.opts.fuseDevice,
       events: {
         want: (lane, segments) => this.io.send({ type: 'want', lane, segments }),
+        hurry: (segments) => this.io.send({ type: 'hurry', segments }),
         ready: (resumedMs) => this.io.send({ type: 'ready', resumedMs }),
         complete: (appliedMs) => this.io.send({ type: 'complete', appliedMs }),
         failed: (err) => void this.end(err),

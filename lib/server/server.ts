@@ -1,5 +1,5 @@
 /**
- * The synthesis server (`vmsynth serve`): a TCP listener speaking vmsynth/1,
+ * The synthesis server (`vmsynth serve`): a TCP listener speaking the vmsynth protocol,
  * one synthesis session per connection, many connections at once.
  *
  * It owns the libvirt connection and the trusted keys that every session

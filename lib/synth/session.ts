@@ -39,6 +39,8 @@ import { Priority } from './stream-apply.js';
 export interface SynthEvents {
   /** Ask the client for these segments. */
   want(lane: 'demand' | 'background', segments: number[]): void;
+  /** A blocked guest read needs these segments, already asked for in the background: the client should send them next. */
+  hurry(segments: number[]): void;
   /** The VM is running. */
   ready(resumedMs: number): void;
   /** Every segment has been applied. */
@@ -176,7 +178,11 @@ export class SynthSession {
       publish('demandFetch', { session: this.id, segment, outOfOrder: false });
       this.pump();
     } else {
-      if (this.scheduler.outOfOrder > before) publish('demandFetch', { session: this.id, segment, outOfOrder: true });
+      if (this.scheduler.outOfOrder > before) {
+        publish('demandFetch', { session: this.id, segment, outOfOrder: true });
+        // Asked for in the background: it may still wait in the client's queue behind other background segments.
+        if (!this.applying.has(segment)) this.opts.events.hurry([segment]);
+      }
       this.launch.applier.promote(segment);
     }
   }

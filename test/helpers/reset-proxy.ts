@@ -1,5 +1,5 @@
 /**
- * A TCP proxy for one vmsynth/1 connection that cuts it with real resets
+ * A TCP proxy for one vmsynth connection that cuts it with real resets
  * (socket.resetAndDestroy(): an RST, not a FIN) at a chosen point, for the
  * connection-reset tests. No lib code is involved: client and server see an
  * ordinary TCP peer that dies.

@@ -142,6 +142,7 @@ const SERVER: Record<string, Spec> = {
   welcome: { fields: { protocol: s, server: s }, payload: 'none' },
   accepted: { fields: { session: s, base: s, segments: u, policy }, payload: 'none' },
   want: { fields: { lane: (v) => v === 'demand' || v === 'background', segments: (v) => Array.isArray(v) && v.length >= 1 && v.length <= 65536 && v.every(u) }, payload: 'none' },
+  hurry: { fields: { segments: (v) => Array.isArray(v) && v.length >= 1 && v.length <= 65536 && v.every(u) }, payload: 'none' },
   ready: { fields: { resumedMs: u }, payload: 'none' },
   reply: { fields: { id: u, status: u }, payload: 'allowed', as: 'body' },
   complete: { fields: { appliedMs: u }, payload: 'none' },

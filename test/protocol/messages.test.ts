@@ -33,5 +33,9 @@ t.test('server messages', async (t) => {
   t.same(parseServerMessage(frame({ type: 'error', code: 'VMS_BAD_SIGNATURE', message: 'no', fatal: true })), { type: 'error', code: 'VMS_BAD_SIGNATURE', message: 'no', fatal: true });
   t.throws(() => parseServerMessage(frame({ type: 'want', lane: 'demand', segments: [] })), { code: 'VMS_PROTOCOL' });
   t.throws(() => parseServerMessage(frame({ type: 'want', lane: 'sideways', segments: [1] })), { code: 'VMS_PROTOCOL' });
+  t.same(parseServerMessage(frame({ type: 'hurry', segments: [7] })), { type: 'hurry', segments: [7] });
+  t.throws(() => parseServerMessage(frame({ type: 'hurry', segments: [] })), { code: 'VMS_PROTOCOL' });
+  t.throws(() => parseServerMessage(frame({ type: 'hurry', segments: [-1] })), { code: 'VMS_PROTOCOL' });
+  t.throws(() => parseClientMessage(frame({ type: 'hurry', segments: [7] })), { code: 'VMS_PROTOCOL' }, 'a server\'s message');
   t.throws(() => parseServerMessage(frame({ type: 'hello', protocol: 'vmsynth/1', client: 'x' })), { code: 'VMS_PROTOCOL' });
 });

@@ -86,7 +86,7 @@ t.test('framing: an oversized length and a malformed header', async (t) => {
 t.test('conversation: out of order, unknown type, foreign protocol, wrong token', async (t) => {
   t.match(lastError(await converse([session(good)])), { code: 'VMS_PROTOCOL', message: /not allowed now/ });
   t.match(lastError(await converse([hello(), frame({ type: 'teleport' })])), { code: 'VMS_PROTOCOL', message: /unknown message type/ });
-  t.match(lastError(await converse([frame({ type: 'hello', protocol: 'vmsynth/99', client: 'x' })])), { code: 'VMS_PROTOCOL', message: /speaks vmsynth\/1/ });
+  t.match(lastError(await converse([frame({ type: 'hello', protocol: 'vmsynth/1', client: 'x' })])), { code: 'VMS_PROTOCOL', message: /speaks vmsynth\/2, the client vmsynth\/1/ }, 'a client of the previous version is told both versions');
   t.match(lastError(await converse([hello(), frame({ type: 'segment', index: 0 }, Buffer.from('x'))])), { code: 'VMS_PROTOCOL' });
 
   const guarded = await SynthServer.listen({ port: 0, token: 'sesame' });
