@@ -28,6 +28,7 @@ export function synthLines(r: SynthesizeResult): string {
     ['torn down', at(t.finished)],
     ['sent before first response', `${bytes(r.bytesSentBeforeFirstResponse)} of ${bytes(r.overlayBytes)} (${r.segmentsSentBeforeFirstResponse} of ${r.segments} segments)`],
     ['demand requests', String(r.demandRequests)],
+    ['background segments hurried', String(r.hurried)],
   ]);
 }
 
