@@ -16,7 +16,24 @@ const BENCHES: Record<string, (argv: string[]) => Promise<void>> = {
 };
 /** What runs when no name is given: the suite takes hours, so it runs only by name. */
 const DEFAULT = ['resume', 'overlay', 'memory', 'first-response'];
+const USAGE = `npm run bench -- [name...] [options]
+
+Benchmarks (each prints a ratio against a baseline measured in the same run
+and writes JSON to bench/results/):
+  resume          resume over FUSE (demand-paged) vs a full-memory restore
+  overlay         overlay size against naive diffs and Elijah's scheme;
+                  build and apply speed
+  memory          a ~1 GB overlay built and applied in a 2 GB memory cgroup
+  first-response  first-response time per policy over emulated links
+  suite           real apps in a Debian guest against Elijah's numbers (hours;
+                  runs only by name; options: npm run bench -- suite --help)
+With no name: ${DEFAULT.join(', ')}.
+`;
 const args = process.argv.slice(2);
+if (args.length > 0 && args.every((a) => a === '--help' || a === '-h')) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
 const firstOption = args.findIndex((a) => a.startsWith('-'));
 const names = firstOption < 0 ? args : args.slice(0, firstOption);
 const options = firstOption < 0 ? [] : args.slice(firstOption);

@@ -100,7 +100,24 @@ export interface SuiteArgs {
   render: string | null;
 }
 
-function parseArgs(argv: string[]): SuiteArgs {
+export const SUITE_USAGE = `npm run bench -- suite [options]
+
+Real offload apps (${APP_NAMES.join(', ')}) in a Debian guest, per link and
+policy, timed to each app's first response; the table beside Elijah's.
+  --quick              the compute app on the lan link, one run per cell, no docs
+  --runs N             runs per cell (default 5; BENCH_RUNS)
+  --apps a,b           apps (default all; BENCH_APPS)
+  --links a,b          links: ${Object.keys(LINKS).join(', ')} (default all; BENCH_LINKS)
+  --policies a,b       ${SUITE_POLICIES.join(', ')} (default all; BENCH_POLICIES)
+  --out DIR            where results go (default bench/results; BENCH_OUT)
+  --no-docs            do not write docs/ even after a full run
+  --prepare-only       build and cache the overlays, print their sizes
+  --render A.json,...  write docs/ again from results (runs of different cells merge)
+Only a run of every app on every link with every policy writes docs/ by itself.
+`;
+
+function parseArgs(argv: string[]): SuiteArgs | 'help' {
+  if (argv.includes('--help') || argv.includes('-h')) return 'help';
   const quick = argv.includes('--quick');
   const value = (flag: string, env: string): string | undefined => {
     const i = argv.indexOf(flag);
@@ -113,7 +130,7 @@ function parseArgs(argv: string[]): SuiteArgs {
   };
   const known = new Set(['--quick', '--runs', '--apps', '--links', '--policies', '--out', '--no-docs', '--prepare-only', '--render']);
   argv.forEach((a, i) => {
-    if (a.startsWith('--') && !known.has(a)) throw new VmsynthError('VMS_USAGE', `suite: unknown option ${a}; options: ${[...known].join(' ')}`);
+    if (a.startsWith('--') && !known.has(a)) throw new VmsynthError('VMS_USAGE', `suite: unknown option ${a}; options: ${[...known].join(' ')} (npm run bench -- suite --help)`);
     if (!a.startsWith('--') && !['--runs', '--apps', '--links', '--policies', '--out', '--render'].includes(argv[i - 1] ?? '')) throw new VmsynthError('VMS_USAGE', `suite: unexpected argument "${a}"`);
   });
   const runsText = value('--runs', 'BENCH_RUNS') ?? (quick ? '1' : '5');
@@ -382,6 +399,10 @@ function summarize(c: Cell): CellSummary {
 
 export async function benchSuite(argv: string[] = []): Promise<void> {
   const args = parseArgs(argv);
+  if (args === 'help') {
+    process.stdout.write(SUITE_USAGE);
+    return;
+  }
   if (args.render) return renderDocs(args.render);
   const detach = attachLogger({ level: process.env.LOG_LEVEL ?? 'warn' });
   const controller = new AbortController();
