@@ -330,6 +330,8 @@ function sampleOf(r: SynthesizeResult, local: Local): Sample {
     finishedMs: r.timeline.finished,
     bytesBeforeFirstResponse: r.bytesSentBeforeFirstResponse,
     demandRequests: r.demandRequests,
+    outOfOrder: typeof r.serverStats.outOfOrder === 'number' ? r.serverStats.outOfOrder : null,
+    hurried: r.hurried,
     replyMatchesLocal: r.firstResponse.status === 200 && sameReply(r.firstResponse.body, local.reply),
   };
 }

@@ -23,6 +23,9 @@ export interface Sample {
   /** Synthesis: segment bytes sent before the first response; remote install: the .debs' bytes. */
   bytesBeforeFirstResponse: number | null;
   demandRequests: number | null;
+  /** Synthesis runs since 2026-12-02 (absent before): guest reads of a segment already asked for in the background (server), and how many of those the client still had queued and sent next (`hurry`). */
+  outOfOrder?: number | null;
+  hurried?: number;
   replyMatchesLocal: boolean;
   /** remote-install only: from the VM running to the app's first answer (download, install, start). */
   installMs?: number;

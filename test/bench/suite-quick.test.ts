@@ -43,6 +43,10 @@ t.test('suite --quick: complete, well-formed results from one small app at one b
     t.equal(lan.summary[p].n, 1, `${p}: one run`);
     t.equal(lan.samples[p]![0]!.replyMatchesLocal, true, `${p}: the reply equals the local VM's`);
   }
+  for (const p of ['baseline', 'early-start', 'demand-only'] as const) {
+    const x = lan.samples[p]![0]!;
+    t.ok(typeof x.outOfOrder === 'number' && typeof x.hurried === 'number' && x.hurried <= x.outOfOrder, `${p}: out-of-order reads (${x.outOfOrder}) and hurried segments (${x.hurried}) are recorded`);
+  }
   t.ok(lan.timeline!.sends.every((s) => s.bytes > 0 && (s.lane === 'background' || s.lane === 'demand')), 'the timeline lists segments with their lanes');
   t.ok(r.apps[0]!.sizes.overlay.total < r.apps[0]!.sizes.naive.total, 'the overlay is smaller than the naive diff');
   for (const f of files.filter((f) => f.endsWith('.svg'))) {
