@@ -276,6 +276,14 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
       }
     };
 
+    /** Removes segment `i` from the background lane; false when it was not waiting there. */
+    const takeFromBackground = (i: number): boolean => {
+      const k = background.indexOf(i);
+      if (k < 0) return false;
+      background.splice(k, 1);
+      return true;
+    };
+
     const onMessage = (m: ServerMessage) => {
       switch (m.type) {
         case 'welcome':
@@ -296,10 +304,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
             demandRequests += m.segments.length;
             demand.push(...m.segments);
             // A demand request jumps the queue: drop it from the background lane if it is there.
-            for (const i of m.segments) {
-              const k = background.indexOf(i);
-              if (k >= 0) background.splice(k, 1);
-            }
+            for (const i of m.segments) takeFromBackground(i);
           } else {
             background.push(...m.segments);
           }
@@ -310,9 +315,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
           // Segments asked for in the background that a blocked guest read needs: those not yet sent go next.
           // One already sent (or being sent) is not sent again.
           for (const i of m.segments) {
-            const k = background.indexOf(i);
-            if (k < 0) continue;
-            background.splice(k, 1);
+            if (!takeFromBackground(i)) continue;
             demand.push(i);
             hurried++;
           }
