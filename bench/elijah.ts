@@ -13,7 +13,8 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import os from 'node:os';
 import path from 'node:path';
 import { ChunkFile } from '../lib/overlay/chunk-io.js';
-import { ChunkKind, readRecord } from '../lib/overlay/format.js';
+import { ChunkKind } from '../lib/overlay/format.js';
+import { readRecord } from '../lib/overlay/records.js';
 import type { Overlay } from '../lib/overlay/reader.js';
 
 export interface ElijahSize {

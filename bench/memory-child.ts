@@ -5,7 +5,7 @@
  */
 import { baseInput, buildOverlay } from '../lib/overlay/builder.js';
 import { loadSigningKey } from '../lib/overlay/keys.js';
-import { applyOverlay } from '../lib/overlay/offline.js';
+import { applyOverlay } from '../lib/offline/apply.js';
 import { loadBase } from '../lib/vm/base.js';
 
 const [op, arg] = process.argv.slice(2);

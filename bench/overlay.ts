@@ -11,8 +11,11 @@
  *    of disk rewritten with half-compressible data, plus small edits):
  *    creation seconds per GiB of images, peak RSS, and apply MB/s (verify +
  *    decompress + write; MB of chunk content) inline on one thread and with
- *    1 and 2 worker threads.
+ *    1 and 2 worker threads, best of BENCH_OVERLAY_ROUNDS (default 3) runs.
  * BENCH_OVERLAY_REAL=0 skips part 1 (no VM needed).
+ * BENCH_OVERLAY_BASELINE=<git rev> also builds that revision's apply path
+ * (bench/lib/revision.ts) and measures it interleaved with this one: apply
+ * MB/s before and after a change, in one run, with their ratio.
  * Writes bench/results/overlay-<time>.json.
  */
 import { randomFillSync } from 'node:crypto';
@@ -25,19 +28,22 @@ import { attachLogger } from '../lib/core/log.js';
 import { packageRoot } from '../lib/core/paths.js';
 import { fillChunky } from './fill.js';
 import { buildGuest } from '../lib/guest/build.js';
-import { applyToImages } from '../lib/overlay/applier.js';
+import { applyToImages } from '../lib/overlay/image-rebuild.js';
 import { baseInput, buildOverlay } from '../lib/overlay/builder.js';
-import { ChunkFile, sha256 } from '../lib/overlay/chunk-io.js';
-import { createOverlay } from '../lib/overlay/create.js';
+import { sha256 } from '../lib/overlay/chunk-io.js';
+import { createOverlay } from '../lib/offline/create.js';
 import { inspectOverlay, type OverlayReport } from '../lib/overlay/inspect.js';
 import { generateKey, loadSigningKey, type SigningKey } from '../lib/overlay/keys.js';
 import { Overlay } from '../lib/overlay/reader.js';
 import { detectAccel } from '../lib/vm/accel.js';
 import { elijahSize } from './elijah.js';
+import { loadRevision, type ApplyFn, type Revision } from './lib/revision.js';
 
 const MIB = 1 << 20;
 const MEM_MIB = Number(process.env.BENCH_OVERLAY_MEM_MIB ?? 1024);
 const DISK_MIB = Number(process.env.BENCH_OVERLAY_DISK_MIB ?? 4096);
+/** Apply runs per thread count; the best is kept. */
+const ROUNDS = Number(process.env.BENCH_OVERLAY_ROUNDS ?? 3);
 
 function peakRssMiB(): number {
   return Math.round(process.resourceUsage().maxRSS / 1024);
@@ -117,7 +123,7 @@ function customize(file: string, mib: number, every: number, fromMib: number, re
   }
 }
 
-async function generated(tmp: string, key: SigningKey) {
+async function generated(tmp: string, key: SigningKey, baseline: Revision | null) {
   process.stderr.write(`overlay bench: generating ${MEM_MIB} MiB memory + ${DISK_MIB} MiB disk (base and custom)\n`);
   const dir = path.join(tmp, 'gen');
   await fsp.mkdir(dir);
@@ -145,17 +151,18 @@ async function generated(tmp: string, key: SigningKey) {
 
   const out = { memory: path.join(dir, 'out-memory'), disk: path.join(dir, 'out-disk') };
   for (const k of ['memory', 'disk'] as const) await exec('cp', ['--sparse=always', '--reflink=auto', base[k], out[k]]);
-  const apply: Record<string, { ms: number; mbps: number; compressedMBps: number }> = {};
-  for (const threads of [0, 1, 2, 0, 1, 2]) {
-    const files = [base.memory, base.disk, out.memory, out.disk].map((f, i) => new ChunkFile(f, i < 2 ? 'r' : 'r+'));
-    try {
-      const s = await applyToImages(overlay, files.slice(0, 2), files.slice(2), { threads });
+  type Run = { ms: number; mbps: number; compressedMBps: number };
+  const apply: Record<string, Run> = {};
+  const baselineApply: Record<string, Run> = {};
+  const ours: ApplyFn = async (d, b, o, threads) => applyToImages(await Overlay.open(d, { trusted: null }), b, o, { threads });
+  // Interleaved, baseline first in each round, so the images compared at the end are ours.
+  for (let round = 0; round < ROUNDS; round++) for (const threads of [0, 1, 2]) {
+    for (const [impl, into] of [...(baseline ? [[baseline.apply, baselineApply] as const] : []), [ours, apply] as const]) {
+      const s = await impl(built.dir, [base.memory, base.disk], [out.memory, out.disk], threads);
       const label = threads === 0 ? '1 thread (inline)' : `${threads} worker${threads > 1 ? 's' : ''} + main`;
       const run = { ms: Math.round(s.ms), mbps: Math.round(s.imageBytes / 1e6 / (s.ms / 1000)), compressedMBps: Math.round(s.compressedBytes / 1e6 / (s.ms / 1000)) };
-      // Keep the better of two runs (the first pays for a cold page cache).
-      if (!apply[label] || run.ms < apply[label]!.ms) apply[label] = run;
-    } finally {
-      files.forEach((f) => f.close());
+      // Keep the best of the rounds (the first pays for a cold page cache).
+      if (!into[label] || run.ms < into[label]!.ms) into[label] = run;
     }
   }
   const cmp = await exec('cmp', [out.memory, custom.memory]).then(() => true, () => false) && await exec('cmp', [out.disk, custom.disk]).then(() => true, () => false);
@@ -168,6 +175,7 @@ async function generated(tmp: string, key: SigningKey) {
     createSecondsPerGiB: +(built.ms.total / 1000 / gib).toFixed(2),
     peakRssMiB: Math.max(rssBefore, peakRssMiB()),
     apply,
+    baseline: baseline ? { commit: baseline.commit, apply: baselineApply } : null,
     applyRoundTripIdentical: cmp,
   };
 }
@@ -182,7 +190,10 @@ export async function benchOverlay(): Promise<void> {
     await generateKey();
     const key = await loadSigningKey();
     const real = process.env.BENCH_OVERLAY_REAL === '0' ? null : await realCustomization(tmp, key);
-    const gen = await generated(tmp, key);
+    const baselineRev = process.env.BENCH_OVERLAY_BASELINE;
+    if (baselineRev) process.stderr.write(`overlay bench: building the baseline apply path at ${baselineRev}\n`);
+    const baseline = baselineRev ? await loadRevision(baselineRev, tmp) : null;
+    const gen = await generated(tmp, key, baseline);
     const result = {
       bench: 'overlay',
       at: new Date().toISOString(),
@@ -215,7 +226,11 @@ export async function benchOverlay(): Promise<void> {
     }
     console.log(`generated ${MEM_MIB} MiB memory + ${DISK_MIB} MiB disk: overlay ${mb(gen.overlay.overlayBytes)} of naive ${mb(gen.overlay.naiveBytes)}, ${gen.segments} segments`);
     console.log(`  create ${(gen.createMs.total / 1000).toFixed(1)} s (${gen.createSecondsPerGiB} s/GiB; scan ${gen.createMs.scan} ms, lookaside ${gen.createMs.lookaside} ms, pack ${gen.createMs.pack} ms), peak RSS ${gen.peakRssMiB} MiB`);
-    for (const [k, v] of Object.entries(gen.apply)) console.log(`  apply ${k.padEnd(20)} ${String(v.mbps).padStart(6)} MB/s (${v.ms} ms, ${v.compressedMBps} MB/s compressed in)`);
+    for (const [k, v] of Object.entries(gen.apply)) {
+      const b = gen.baseline?.apply[k];
+      const vs = b ? `; baseline ${gen.baseline!.commit.slice(0, 10)} ${b.mbps} MB/s, ratio ${(v.mbps / b.mbps).toFixed(2)}x` : '';
+      console.log(`  apply ${k.padEnd(20)} ${String(v.mbps).padStart(6)} MB/s (${v.ms} ms, ${v.compressedMBps} MB/s compressed in${vs})`);
+    }
     console.log(`  applied images identical to the custom images: ${gen.applyRoundTripIdentical}`);
     console.log(`results: ${file}`);
   } finally {

@@ -12,9 +12,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { exec } from '../lib/core/exec.js';
 import { attachLogger } from '../lib/core/log.js';
-import { freePort } from '../lib/core/net.js';
 import { packageRoot } from '../lib/core/paths.js';
 import { withScope } from '../lib/core/scope.js';
 import { buildGuest } from '../lib/guest/build.js';
@@ -23,10 +21,10 @@ import { detectAccel } from '../lib/vm/accel.js';
 import type { Base } from '../lib/vm/base.js';
 import { waitForApp, workPath, type AppWork } from '../lib/vm/guest-app.js';
 import { Libvirt } from '../lib/vm/libvirt.js';
-import { startVm } from '../lib/vm/machine.js';
-import { loadState, saveState } from '../lib/vm/migration.js';
-import { restoreSpec, resumeBase } from '../lib/vm/resume.js';
-import { Session } from '../lib/vm/session.js';
+import { saveState } from '../lib/vm/migration.js';
+import { resumeBase } from '../lib/vm/base-resume.js';
+import { restoreVm } from '../lib/vm/restore.js';
+import { RunDir } from '../lib/vm/run-dir.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
 const WORK: AppWork = { memMb: Number(process.env.BENCH_MEM_MB ?? 8), diskMb: Number(process.env.BENCH_DISK_MB ?? 4) };
@@ -43,8 +41,8 @@ async function captureFullStream(base: Base, file: string): Promise<number> {
   await resumeBase({
     base: base.name,
     verify: false,
-    whileRunning: async ({ vm, session }) => {
-      bytes = await saveState(vm.qmp, file, session.file('full.sock'), { ignoreShared: false });
+    whileRunning: async ({ vm, run }) => {
+      bytes = await saveState(vm.qmp, file, run.file('full.sock'), { ignoreShared: false });
     },
   });
   return bytes;
@@ -55,15 +53,11 @@ async function classicRestore(base: Base, stream: string, streamBytes: number): 
   return withScope(async (scope) => {
     const lv = await Libvirt.connect();
     scope.defer('close libvirt', () => lv.close());
-    const session = await Session.create(scope);
+    const run = await RunDir.create(scope);
     const t0 = performance.now();
-    const disk = session.file('disk.qcow2');
-    await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base.file('disk'), '-F', 'raw', disk]);
-    const hostPort = await freePort();
-    const vm = await startVm(lv, restoreSpec(base, session, { disk: { path: disk, format: 'qcow2' }, memory: { path: null, share: false }, hostPort }), scope);
-    await loadState(vm.qmp, stream, session.file('in.sock'), { ignoreShared: false });
+    const vm = await restoreVm(lv, { base, run, memory: { path: null, share: false }, disk: { path: base.file('disk') }, deviceState: stream }, scope);
     const resumeMs = performance.now() - t0;
-    await waitForApp(hostPort, { timeoutMs: 60_000, alive: vm.alive, path: workPath(WORK) });
+    await waitForApp(vm.hostPort, { timeoutMs: 60_000, alive: vm.alive, path: workPath(WORK) });
     return { resumeMs, firstResponseMs: performance.now() - t0, bytesBeforeFirstResponse: streamBytes };
   });
 }

@@ -15,7 +15,7 @@ import { publish } from '../core/diagnostics.js';
 import { isErrorCode } from '../core/errors.js';
 import { cacheDir, keyDir, packageRoot } from '../core/paths.js';
 import { buildGuest, type Guest } from '../guest/build.js';
-import { createOverlay } from '../overlay/create.js';
+import { createOverlay } from '../offline/create.js';
 import { generateKey } from '../overlay/keys.js';
 import { Overlay } from '../overlay/reader.js';
 import { SynthServer } from '../server/server.js';

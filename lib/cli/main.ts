@@ -11,7 +11,7 @@ import { VmsynthError } from '../core/errors.js';
 import { buildGuest } from '../guest/build.js';
 import { buildDebianGuest, debianBaseSource } from '../guest/debian.js';
 import { createBase, listBases, loadBase, verifyBase, type BaseSource } from '../vm/base.js';
-import { resumeBase, type ResumeResult } from '../vm/resume.js';
+import { resumeBase, type ResumeResult } from '../vm/base-resume.js';
 import { cleanStale } from '../vm/janitor.js';
 import { Libvirt } from '../vm/libvirt.js';
 import { DEMO_LINK_MBIT, runDemo, type DemoResult } from './demo.js';

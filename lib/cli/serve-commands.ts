@@ -11,7 +11,7 @@ import { checkExposure, exportPaths, KEYS, redacted, resolveConfig, tokenSha256,
 import { asVmsynthError, VmsynthError } from '../core/errors.js';
 import { trustedKeys } from '../overlay/keys.js';
 import { startDaemon } from '../server/daemon.js';
-import { newToken } from '../server/admission.js';
+import { newToken } from '../server/auth.js';
 import { table } from './format.js';
 import { dieBy, runCommand } from './run.js';
 

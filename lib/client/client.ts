@@ -13,12 +13,13 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
+import { DEFAULTS } from '../core/defaults.js';
 import { ERRORS, VmsynthError, type ErrorCode } from '../core/errors.js';
 import { VMSYNTH_VERSION } from '../core/version.js';
 import { MANIFEST_FILE, SEGMENTS_FILE } from '../overlay/format.js';
 import { Overlay } from '../overlay/reader.js';
 import { FramedSocket } from '../protocol/framed-socket.js';
-import { DEFAULT_PORT, FRAME_CAPS, parseServerMessage, PROTOCOL, type Policy, type ServerMessage } from '../protocol/messages.js';
+import { FRAME_CAPS, parseServerMessage, PROTOCOL, type Policy, type ServerMessage } from '../protocol/messages.js';
 
 export interface OffloadRequest {
   method: 'GET' | 'POST' | 'PUT';
@@ -131,7 +132,7 @@ export interface SynthesizeResult {
 export function parseServer(spec: SynthesizeOptions['server']): { host: string; port: number } {
   if (typeof spec !== 'string') return spec;
   const m = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(spec.trim());
-  const port = m?.[2] ? Number(m[2]) : DEFAULT_PORT;
+  const port = m?.[2] ? Number(m[2]) : DEFAULTS.port;
   if (!m || !Number.isInteger(port) || port < 1 || port > 65535) throw new VmsynthError('VMS_USAGE', `--server must be HOST:PORT, got "${spec}"`);
   return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
 }

@@ -14,10 +14,10 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { DEFAULT_PORT } from '../protocol/messages.js';
+import { DEFAULTS } from './defaults.js';
 import { VmsynthError } from './errors.js';
 
-export const DEFAULT_CONFIG_FILE = '/etc/vmsynth/vmsynth.json';
+export const DEFAULT_CONFIG_FILE = DEFAULTS.configFile;
 
 export interface Address {
   host: string;
@@ -97,12 +97,12 @@ const absPath = (key: string) => (v: Raw, from: Source): string => path.resolve(
 const optPath = (key: string) => (v: Raw, from: Source): string | null => (v === null || v === '' ? null : absPath(key)(v, from));
 
 /** "[host:]port", "host" or "[v6]:port". */
-function parseAddress(v: string, defaultPort = DEFAULT_PORT): Address | null {
+function parseAddress(v: string, defaultPort: number = DEFAULTS.port): Address | null {
   const m = /^(?:(\[[^\]]+\]|[^:]*):)?(\d+)$/.exec(v) ?? /^(\[[^\]]+\]|[^:]+)$/.exec(v);
   if (!m) return null;
   const port = m[2] !== undefined ? Number(m[2]) : defaultPort;
   if (port > 65535) return null;
-  return { host: (m[1] || '127.0.0.1').replace(/^\[|\]$/g, ''), port };
+  return { host: (m[1] || DEFAULTS.listenHost).replace(/^\[|\]$/g, ''), port };
 }
 
 const address = (key: string, defaultPort: number) => (v: Raw, from: Source): Address => {
@@ -147,27 +147,27 @@ const spec = <K extends keyof Config>(s: Omit<KeySpec<K>, 'parse'> & { parse: (k
   ({ ...s, parse: s.parse(s.key) }) as KeySpec<K>;
 
 export const KEYS = [
-  spec({ key: 'listen', env: ['VMSYNTH_LISTEN'], flag: 'listen', doc: 'synthesis protocol address, [HOST:]PORT', default: { host: '127.0.0.1', port: DEFAULT_PORT }, parse: (k) => address(k, DEFAULT_PORT) }),
-  spec({ key: 'metricsListen', env: ['VMSYNTH_METRICS_LISTEN'], flag: 'metricsListen', doc: 'HTTP /healthz, /readyz, /metrics address, [HOST:]PORT, or "off"', default: null, parse: (k) => (v, from) => (v === 'off' || v === null ? null : address(k, 9121)(v, from)) }),
-  spec({ key: 'baseDir', env: ['VMSYNTH_BASE_DIR'], doc: 'base VM directories', default: '/var/lib/vmsynth/bases', parse: absPath }),
-  spec({ key: 'runDir', env: ['VMSYNTH_RUN_DIR'], doc: 'session directories and FUSE mounts', default: '/run/vmsynth', parse: absPath }),
-  spec({ key: 'keyDir', env: ['VMSYNTH_KEY_DIR'], doc: 'signing keys, and trusted public keys in trusted/', default: '/var/lib/vmsynth/keys', parse: absPath }),
-  spec({ key: 'cacheDir', env: ['VMSYNTH_CACHE_DIR'], doc: 'test guest build cache', default: '/var/cache/vmsynth', parse: absPath }),
-  spec({ key: 'libvirtUri', env: ['VMSYNTH_LIBVIRT_URI', 'LIBVIRT_URI'], doc: 'libvirt connection', default: 'qemu:///system', parse: str }),
+  spec({ key: 'listen', env: ['VMSYNTH_LISTEN'], flag: 'listen', doc: 'synthesis protocol address, [HOST:]PORT', default: { host: DEFAULTS.listenHost, port: DEFAULTS.port }, parse: (k) => address(k, DEFAULTS.port) }),
+  spec({ key: 'metricsListen', env: ['VMSYNTH_METRICS_LISTEN'], flag: 'metricsListen', doc: 'HTTP /healthz, /readyz, /metrics address, [HOST:]PORT, or "off"', default: null, parse: (k) => (v, from) => (v === 'off' || v === null ? null : address(k, DEFAULTS.metricsPort)(v, from)) }),
+  spec({ key: 'baseDir', env: ['VMSYNTH_BASE_DIR'], doc: 'base VM directories', default: DEFAULTS.baseDir, parse: absPath }),
+  spec({ key: 'runDir', env: ['VMSYNTH_RUN_DIR'], doc: 'session directories and FUSE mounts', default: DEFAULTS.runDir, parse: absPath }),
+  spec({ key: 'keyDir', env: ['VMSYNTH_KEY_DIR'], doc: 'signing keys, and trusted public keys in trusted/', default: DEFAULTS.keyDir, parse: absPath }),
+  spec({ key: 'cacheDir', env: ['VMSYNTH_CACHE_DIR'], doc: 'test guest build cache', default: DEFAULTS.cacheDir, parse: absPath }),
+  spec({ key: 'libvirtUri', env: ['VMSYNTH_LIBVIRT_URI', 'LIBVIRT_URI'], doc: 'libvirt connection', default: DEFAULTS.libvirtUri, parse: str }),
   spec({ key: 'trust', env: ['VMSYNTH_TRUST'], flag: 'trust', doc: 'more trusted overlay public key files (env: separated by "," or ":")', default: [], parse: list }),
   spec({ key: 'clients', env: ['VMSYNTH_TOKEN'], flag: 'token', doc: 'clients allowed in: file, [{name, tokenSha256}]; env/flag, one token', default: [], parse: clients, secret: true }),
   spec({ key: 'tlsCert', env: ['VMSYNTH_TLS_CERT'], flag: 'tlsCert', doc: 'TLS certificate (PEM); with tlsKey the server speaks TLS', default: null, parse: optPath }),
   spec({ key: 'tlsKey', env: ['VMSYNTH_TLS_KEY'], flag: 'tlsKey', doc: 'TLS private key (PEM)', default: null, parse: optPath }),
-  spec({ key: 'maxSessions', env: ['VMSYNTH_MAX_SESSIONS'], flag: 'maxSessions', doc: 'sessions at once (more: VMS_BUSY)', default: 8, parse: (k) => int(1, 1024)(k) }),
-  spec({ key: 'maxSessionsPerClient', env: ['VMSYNTH_MAX_SESSIONS_PER_CLIENT'], flag: 'maxSessionsPerClient', doc: 'sessions at once per client name (more: VMS_LIMIT)', default: 4, parse: (k) => int(1, 1024)(k) }),
-  spec({ key: 'sessionMemoryMib', env: ['VMSYNTH_SESSION_MEMORY_MIB'], flag: 'sessionMemoryMib', doc: 'guest RAM + in-flight segments one session may use, MiB (more: VMS_LIMIT)', default: 4096, parse: (k) => int(64)(k) }),
-  spec({ key: 'maxInFlightKib', env: ['VMSYNTH_MAX_IN_FLIGHT_KIB'], flag: 'maxInFlightKib', doc: 'background segment bytes asked for and not yet applied, per session, KiB', default: 2048, parse: (k) => int(64, 1 << 20)(k) }),
-  spec({ key: 'threads', env: ['VMSYNTH_THREADS'], flag: 'threads', doc: 'worker threads per session for verify + decompress + apply', default: 2, parse: (k) => int(1, 64)(k) }),
-  spec({ key: 'connectionsPerMinute', env: ['VMSYNTH_CONNECTIONS_PER_MINUTE'], flag: 'connectionsPerMinute', doc: 'new connections per minute from one address (more: VMS_RATE_LIMITED)', default: 120, parse: (k) => int(1)(k) }),
-  spec({ key: 'handshakeTimeoutS', env: ['VMSYNTH_HANDSHAKE_TIMEOUT_S'], flag: 'handshakeTimeout', doc: 'seconds a connection has to authenticate and open its session', default: 30, parse: (k) => int(1, 3600)(k) }),
-  spec({ key: 'gracefulStopS', env: ['VMSYNTH_GRACEFUL_STOP_S'], doc: 'seconds SIGTERM waits for sessions to tear down before forcing (keep under the unit\'s TimeoutStopSec)', default: 30, parse: (k) => int(1, 3600)(k) }),
-  spec({ key: 'logLevel', env: ['LOG_LEVEL'], flag: 'logLevel', doc: 'debug | info | warn | error | silent', default: 'info', parse: (k) => oneOf(k, ['debug', 'info', 'warn', 'error', 'silent'] as const) }),
-  spec({ key: 'logFormat', env: ['LOG_FORMAT'], flag: 'logFormat', doc: 'json (pino, to stdout) | text (to stderr)', default: 'json', parse: (k) => oneOf(k, ['json', 'text'] as const) }),
+  spec({ key: 'maxSessions', env: ['VMSYNTH_MAX_SESSIONS'], flag: 'maxSessions', doc: 'sessions at once (more: VMS_BUSY)', default: DEFAULTS.maxSessions, parse: (k) => int(1, 1024)(k) }),
+  spec({ key: 'maxSessionsPerClient', env: ['VMSYNTH_MAX_SESSIONS_PER_CLIENT'], flag: 'maxSessionsPerClient', doc: 'sessions at once per client name (more: VMS_LIMIT)', default: DEFAULTS.maxSessionsPerClient, parse: (k) => int(1, 1024)(k) }),
+  spec({ key: 'sessionMemoryMib', env: ['VMSYNTH_SESSION_MEMORY_MIB'], flag: 'sessionMemoryMib', doc: 'guest RAM + in-flight segments one session may use, MiB (more: VMS_LIMIT)', default: DEFAULTS.sessionMemoryMib, parse: (k) => int(64)(k) }),
+  spec({ key: 'maxInFlightKib', env: ['VMSYNTH_MAX_IN_FLIGHT_KIB'], flag: 'maxInFlightKib', doc: 'background segment bytes asked for and not yet applied, per session, KiB', default: DEFAULTS.maxInFlightKib, parse: (k) => int(64, 1 << 20)(k) }),
+  spec({ key: 'threads', env: ['VMSYNTH_THREADS'], flag: 'threads', doc: 'worker threads per session for verify + decompress + apply', default: DEFAULTS.threads, parse: (k) => int(1, 64)(k) }),
+  spec({ key: 'connectionsPerMinute', env: ['VMSYNTH_CONNECTIONS_PER_MINUTE'], flag: 'connectionsPerMinute', doc: 'new connections per minute from one address (more: VMS_RATE_LIMITED)', default: DEFAULTS.connectionsPerMinute, parse: (k) => int(1)(k) }),
+  spec({ key: 'handshakeTimeoutS', env: ['VMSYNTH_HANDSHAKE_TIMEOUT_S'], flag: 'handshakeTimeout', doc: 'seconds a connection has to authenticate and open its session', default: DEFAULTS.handshakeTimeoutS, parse: (k) => int(1, 3600)(k) }),
+  spec({ key: 'gracefulStopS', env: ['VMSYNTH_GRACEFUL_STOP_S'], doc: 'seconds SIGTERM waits for sessions to tear down before forcing (keep under the unit\'s TimeoutStopSec)', default: DEFAULTS.gracefulStopS, parse: (k) => int(1, 3600)(k) }),
+  spec({ key: 'logLevel', env: ['LOG_LEVEL'], flag: 'logLevel', doc: 'debug | info | warn | error | silent', default: DEFAULTS.logLevel, parse: (k) => oneOf(k, ['debug', 'info', 'warn', 'error', 'silent'] as const) }),
+  spec({ key: 'logFormat', env: ['LOG_FORMAT'], flag: 'logFormat', doc: 'json (pino, to stdout) | text (to stderr)', default: DEFAULTS.logFormat, parse: (k) => oneOf(k, ['json', 'text'] as const) }),
 ] as const;
 
 export interface Resolved {

@@ -5,29 +5,30 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { DEFAULTS } from './defaults.js';
 
 /** Session directories (FUSE mount points, QMP sockets, local disk overlays). */
 export function runDir(): string {
-  return path.resolve(process.env.VMSYNTH_RUN_DIR ?? '/run/vmsynth');
+  return path.resolve(process.env.VMSYNTH_RUN_DIR ?? DEFAULTS.runDir);
 }
 
 /** Base VM directories, one per base. */
 export function baseDir(): string {
-  return path.resolve(process.env.VMSYNTH_BASE_DIR ?? '/var/lib/vmsynth/bases');
+  return path.resolve(process.env.VMSYNTH_BASE_DIR ?? DEFAULTS.baseDir);
 }
 
 /** Build cache (test guest builds, downloaded Debian packages). */
 export function cacheDir(): string {
-  return path.resolve(process.env.VMSYNTH_CACHE_DIR ?? '/var/cache/vmsynth');
+  return path.resolve(process.env.VMSYNTH_CACHE_DIR ?? DEFAULTS.cacheDir);
 }
 
 /** Signing keys (private, 0600) and the public keys this host trusts (trusted/). */
 export function keyDir(): string {
-  return path.resolve(process.env.VMSYNTH_KEY_DIR ?? '/var/lib/vmsynth/keys');
+  return path.resolve(process.env.VMSYNTH_KEY_DIR ?? DEFAULTS.keyDir);
 }
 
 export function libvirtUri(): string {
-  return process.env.LIBVIRT_URI ?? 'qemu:///system';
+  return process.env.LIBVIRT_URI ?? DEFAULTS.libvirtUri;
 }
 
 /** The installed vmsynth package's root (holds package.json and guest/), from source or from dist/. */

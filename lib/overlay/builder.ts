@@ -25,15 +25,15 @@ import path from 'node:path';
 import { compress } from 'zstd-napi';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
+import { packr } from '../core/msgpack.js';
 import { throwIfAborted } from '../core/scope.js';
 import { VMSYNTH_VERSION } from '../core/version.js';
 import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import { ChunkIndex } from './chunk-index.js';
 import { BLOCK_BYTES, ChunkFile, isZero, sha256, xorInto, ZERO_DIGEST, zeroWords } from './chunk-io.js';
-import {
-  chunkKey, ChunkKind, DEFAULT_SEGMENT_BYTES, encodeBody, encodeRecords, HASH_BYTES, hasDigest, Image, IMAGE_NAMES, MANIFEST_FILE, MAX_SEGMENT_PAYLOAD_BYTES, OVERLAY_FORMAT,
-  packr, SEGMENTS_FILE, type ChunkRecord, type ImageIdentity, type OverlayBody, type OverlayEnvelope, type SegmentInfo,
-} from './format.js';
+import { chunkKey, ChunkKind, DEFAULT_SEGMENT_BYTES, HASH_BYTES, hasDigest, Image, IMAGE_NAMES, MANIFEST_FILE, MAX_SEGMENT_PAYLOAD_BYTES, OVERLAY_FORMAT, SEGMENTS_FILE, type ImageIdentity, type OverlayBody, type OverlayEnvelope, type SegmentInfo } from './format.js';
+import { encodeBody } from './manifest.js';
+import { encodeRecords, type ChunkRecord } from './records.js';
 import type { Base } from '../vm/base.js';
 import { signBytes, type SigningKey } from './keys.js';
 import { removeStaleSiblings } from '../core/stale.js';

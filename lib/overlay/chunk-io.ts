@@ -4,7 +4,7 @@
  * batch jobs with their own process), zero tests, XOR, and digests.
  */
 import { hash } from 'node:crypto';
-import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync, writeSync, writevSync } from 'node:fs';
 import { VmsynthError } from '../core/errors.js';
 import { CHUNK_SIZE } from '../fs/chunk-map.js';
 
@@ -20,15 +20,24 @@ export function isZero(buf: Buffer, offset = 0): boolean {
   return buf.compare(ZERO_CHUNK, 0, CHUNK_SIZE, offset, offset + CHUNK_SIZE) === 0;
 }
 
-/** out = a XOR b, chunk by chunk, 32 bits at a time. */
+/** out = a XOR b, one chunk, 32 bits at a time. */
 export function xorInto(out: Uint8Array, a: Uint8Array, b: Uint8Array): void {
-  if ((out.byteOffset | a.byteOffset | b.byteOffset) % 4 === 0) {
+  xorAt(out, 0, a, 0, b, 0);
+}
+
+/**
+ * out[o..] = a[ao..] XOR b[bo..], one chunk: the offsets spare the hot paths
+ * a subarray (a Buffer object) per operand.
+ */
+export function xorAt(out: Uint8Array, o: number, a: Uint8Array, ao: number, b: Uint8Array, bo: number): void {
+  const po = out.byteOffset + o, pa = a.byteOffset + ao, pb = b.byteOffset + bo;
+  if ((po | pa | pb) % 4 === 0) {
     // Whole-buffer views indexed by offset: a new view per chunk costs 3-5x the XOR itself.
     const O = words(out.buffer), X = words(a.buffer), Y = words(b.buffer);
-    for (let o = out.byteOffset >> 2, x = a.byteOffset >> 2, y = b.byteOffset >> 2, e = o + CHUNK_SIZE / 4; o < e; o++, x++, y++) O[o] = X[x]! ^ Y[y]!;
+    for (let i = po >> 2, x = pa >> 2, y = pb >> 2, e = i + CHUNK_SIZE / 4; i < e; i++, x++, y++) O[i] = X[x]! ^ Y[y]!;
     return;
   }
-  for (let i = 0; i < CHUNK_SIZE; i++) out[i] = a[i]! ^ b[i]!;
+  for (let i = 0; i < CHUNK_SIZE; i++) out[o + i] = a[ao + i]! ^ b[bo + i]!;
 }
 
 const views = new WeakMap<ArrayBufferLike, Int32Array>();
@@ -57,13 +66,13 @@ export function zeroWords(c: Uint8Array): number {
 
 /**
  * A file opened for positional chunk I/O, with a one-block read cache for
- * sequential access through chunk(). writeAt() bypasses the cache: a file
+ * sequential access through chunk(). Writes bypass the cache: a file
  * that is written is read with readAt().
  */
 export class ChunkFile {
   readonly fd: number;
   readonly bytes: number;
-  private block: Buffer = Buffer.allocUnsafeSlow(BLOCK_BYTES);
+  private readonly block: Buffer = Buffer.allocUnsafeSlow(BLOCK_BYTES);
   private blockStart = -1;
   private blockLen = 0;
 
@@ -91,19 +100,36 @@ export class ChunkFile {
 
   /** A view of chunk `index`, valid until the next call (served from a cached 1 MiB block). */
   chunk(index: number): Buffer {
+    const at = this.cached(index);
+    return this.block.subarray(at, at + CHUNK_SIZE);
+  }
+
+  /** The cached block chunk() serves from (valid until the next call). */
+  get cache(): Buffer {
+    return this.block;
+  }
+
+  /** Makes chunk `index` resident in `cache`; returns where it starts there. */
+  cached(index: number): number {
     const off = index * CHUNK_SIZE;
     if (off < this.blockStart || off + CHUNK_SIZE > this.blockStart + this.blockLen) {
       this.blockStart = off - (off % BLOCK_BYTES);
       this.blockLen = Math.min(BLOCK_BYTES, Math.max(CHUNK_SIZE, this.bytes - this.blockStart));
       this.readAt(this.block.subarray(0, this.blockLen), this.blockStart);
     }
-    const rel = off - this.blockStart;
-    return this.block.subarray(rel, rel + CHUNK_SIZE);
+    return off - this.blockStart;
   }
 
   writeAt(buf: Uint8Array, offset: number): void {
     let done = 0;
     while (done < buf.length) done += writeSync(this.fd, buf, done, buf.length - done, offset + done);
+  }
+
+  /** Writes `bufs` back to back at `offset`: one pwritev, unless the kernel takes less (then the rest in plain writes). */
+  writevAt(bufs: Uint8Array[], offset: number): void {
+    const len = bufs.reduce((n, b) => n + b.length, 0);
+    const done = writevSync(this.fd, bufs, offset);
+    if (done < len) this.writeAt(Buffer.concat(bufs).subarray(done), offset + done);
   }
 
   close(): void {

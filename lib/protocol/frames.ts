@@ -14,7 +14,7 @@
  * arrives, before buffering it.
  */
 import { VmsynthError } from '../core/errors.js';
-import { packr } from '../overlay/format.js';
+import { packr, unpackFirst } from '../core/msgpack.js';
 
 /** Largest header (MessagePack map) a peer may send. */
 export const MAX_HEADER_BYTES = 64 << 10;
@@ -60,15 +60,7 @@ export function decodeFrameBody(body: Buffer, limits: FrameLimits = {}): Frame {
   let header: unknown;
   let headerBytes: number;
   try {
-    const values: unknown[] = [];
-    let end = 0;
-    packr.unpackMultiple(body.subarray(0, Math.min(body.length, limits.maxHeaderBytes ?? MAX_HEADER_BYTES)), (value: unknown, _start?: number, stop?: number) => {
-      values.push(value);
-      end = stop ?? end;
-      return false; // only the first value: the header
-    });
-    header = values[0];
-    headerBytes = end;
+    ({ value: header, end: headerBytes } = unpackFirst(body.subarray(0, Math.min(body.length, limits.maxHeaderBytes ?? MAX_HEADER_BYTES))));
   } catch (err) {
     throw protocolError(`a frame header is not valid MessagePack (${(err as Error).message})`);
   }

@@ -12,7 +12,6 @@ import { MAX_SEGMENT_RAW_BYTES, MAX_MANIFEST_BYTES } from '../overlay/format.js'
 import type { Frame } from './frames.js';
 
 export const PROTOCOL = 'vmsynth/2';
-export const DEFAULT_PORT = 8021;
 
 export const POLICIES = ['early-start', 'baseline', 'demand-only'] as const;
 export type Policy = (typeof POLICIES)[number];
@@ -46,8 +45,8 @@ export type ServerMessage =
   | { type: 'finished'; stats: Record<string, unknown> }
   | { type: 'error'; code: string; message: string; fatal: boolean };
 
-function bad(message: string): VmsynthError {
-  return new VmsynthError('VMS_PROTOCOL', message);
+function bad(message: string, details: Record<string, unknown> = {}): VmsynthError {
+  return new VmsynthError('VMS_PROTOCOL', message, { details });
 }
 
 type Check = (v: unknown) => boolean;
@@ -92,7 +91,7 @@ export function parseClientMessage(f: Frame): ClientMessage {
       return { type: 'error', code: h.code as string, message: h.message as string };
     }
     default:
-      throw bad(`unknown message type "${f.header.type}" from a client`);
+      throw bad(`unknown message type "${f.header.type}" from a client`, { reason: 'unknown-type', type: f.header.type.slice(0, 40) });
   }
 }
 
@@ -137,6 +136,6 @@ export function parseServerMessage(f: Frame): ServerMessage {
       return { type: 'error', code: h.code as string, message: h.message as string, fatal: h.fatal as boolean };
     }
     default:
-      throw bad(`unknown message type "${f.header.type}" from a server`);
+      throw bad(`unknown message type "${f.header.type}" from a server`, { reason: 'unknown-type', type: f.header.type.slice(0, 40) });
   }
 }

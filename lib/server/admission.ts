@@ -1,80 +1,84 @@
 /**
- * Who may come in, and how often: client authentication by token and the
- * per-address connection rate.
- *
- * Tokens: each client has a name and a random token; the server keeps only
- * the token's SHA-256, compares digests in constant time, and names the
- * client in logs, metrics and per-client limits. Chosen over mutual TLS
- * because the clients are mobile apps: a bearer token is one string an app
- * can be provisioned with and a cloudlet can revoke by deleting a line,
- * where client certificates need a CA and on-device key storage. Transport
- * confidentiality, where the network is not trusted, comes from TLS on the
- * server side (tlsCert/tlsKey); overlay integrity never depends on either,
- * because every manifest is signed and every segment hashed.
+ * Admission: whether an authenticated client may open a session, and over
+ * what. In order: the server's session limit (VMS_BUSY), the client's
+ * (VMS_LIMIT), the manifest (signed by a trusted key, well formed), the base
+ * it was made against (present here), the memory the session would pin
+ * (VMS_LIMIT), the base's files (hashed once per server) and the host's
+ * accelerator (the base's). Every check that needs the host goes through
+ * AdmissionHost, so the rules are testable without libvirt or bases.
  */
-import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { tokenSha256, type ClientCredential } from '../core/config.js';
+import { DEFAULTS } from '../core/defaults.js';
 import { VmsynthError } from '../core/errors.js';
+import { Overlay } from '../overlay/reader.js';
+import type { Base, BaseImages } from '../vm/base.js';
 
-/** A new random client token (256 bits, base64url). */
-export function newToken(): string {
-  return randomBytes(32).toString('base64url');
+/** What admission lets a session run on. */
+export interface Admitted {
+  overlay: Overlay;
+  base: Base;
 }
 
-export class Authenticator {
-  private readonly digests: { name: string; digest: Buffer }[];
-
-  constructor(clients: ClientCredential[]) {
-    this.digests = clients.map((c) => ({ name: c.name, digest: Buffer.from(c.tokenSha256, 'hex') }));
-  }
-
-  get required(): boolean {
-    return this.digests.length > 0;
-  }
-
-  /** The client's name, or VMS_AUTH. Every entry is compared, so timing does not tell which matched. */
-  authenticate(token: string | undefined): string {
-    if (!this.required) return 'anonymous';
-    if (token === undefined) throw new VmsynthError('VMS_AUTH', 'this server requires a client token');
-    const got = Buffer.from(tokenSha256(token), 'hex');
-    let name: string | null = null;
-    for (const c of this.digests) if (timingSafeEqual(got, c.digest) && name === null) name = c.name;
-    if (name === null) throw new VmsynthError('VMS_AUTH', 'the client token is not valid');
-    return name;
-  }
+export interface AdmissionLimits {
+  /** Sessions at once (the one being admitted included). */
+  maxSessions: number;
+  /** Sessions at once per client name; checked only when clients authenticate. */
+  maxSessionsPerClient: number | null;
+  /** Guest RAM plus in-flight segment bytes one session may pin; null: no limit. */
+  sessionMemoryBytes: number | null;
+  /** Background segment bytes a session asks for and has not applied, at most. */
+  maxInFlightBytes: number;
 }
 
-/**
- * Sliding one-minute window of connection starts per remote address. The
- * table is bounded: addresses idle for a minute are dropped on the next sweep.
- */
-export class RateLimiter {
-  private readonly starts = new Map<string, number[]>();
-  private lastSweep = 0;
+/** The host as admission sees it. */
+export interface AdmissionHost {
+  /** Trusted overlay signing keys by id. */
+  trusted: Map<string, Buffer>;
+  /** Whether clients authenticate (per-client limits apply only then). */
+  authRequired: boolean;
+  /** Sessions running or starting now, all or one client's (the one being admitted included). */
+  sessions(client?: string): number;
+  /** The local base with these images (VMS_BASE_NOT_FOUND otherwise). */
+  findBase(images: BaseImages): Promise<Base>;
+  /** Resolves when the base's files hash as its manifest says. */
+  checkBase(base: Base): Promise<void>;
+  /** Resolves when this host runs the accelerator the base was captured under (VMS_ACCEL_MISMATCH otherwise). */
+  checkAccel(base: Base): Promise<void>;
+}
 
-  constructor(private readonly perMinute: number, private readonly now: () => number = Date.now) {}
+/** The limits a server applies when its options leave them out. */
+export function defaultLimits(): AdmissionLimits {
+  return {
+    maxSessions: DEFAULTS.maxSessions,
+    maxSessionsPerClient: DEFAULTS.maxSessionsPerClient,
+    sessionMemoryBytes: DEFAULTS.sessionMemoryMib * 2 ** 20,
+    maxInFlightBytes: DEFAULTS.maxInFlightKib * 1024,
+  };
+}
 
-  /** Records a connection from `address`; false when it is over the limit (the refused one is not counted). */
-  admit(address: string): boolean {
-    const t = this.now();
-    if (t - this.lastSweep > 60_000) this.sweep(t);
-    const list = (this.starts.get(address) ?? []).filter((s) => t - s < 60_000);
-    if (list.length >= this.perMinute) {
-      this.starts.set(address, list);
-      return false;
+export class Admission {
+  constructor(private readonly limits: AdmissionLimits, private readonly host: AdmissionHost) {}
+
+  /** The overlay and base `client`'s session over `manifest` runs on, or the typed reason it may not start. */
+  async admit(client: string, manifest: Buffer): Promise<Admitted> {
+    const { limits, host } = this;
+    if (host.sessions() > limits.maxSessions) {
+      throw new VmsynthError('VMS_BUSY', `this server runs its limit of ${limits.maxSessions} sessions`, { details: { limit: 'maxSessions', max: limits.maxSessions } });
     }
-    list.push(t);
-    this.starts.set(address, list);
-    return true;
-  }
-
-  private sweep(t: number): void {
-    this.lastSweep = t;
-    for (const [a, list] of this.starts) if (list.every((s) => t - s >= 60_000)) this.starts.delete(a);
-  }
-
-  /** Addresses tracked now (tests: the table stays bounded). */
-  get size(): number {
-    return this.starts.size;
+    const perClient = limits.maxSessionsPerClient;
+    if (perClient !== null && host.authRequired && host.sessions(client) > perClient) {
+      throw new VmsynthError('VMS_LIMIT', `client "${client}" already runs its limit of ${perClient} sessions`, { details: { limit: 'maxSessionsPerClient', client, max: perClient } });
+    }
+    const overlay = Overlay.fromManifest(manifest, { trusted: host.trusted });
+    const base = await host.findBase(overlay.body.base);
+    const memory = base.manifest.memory.bytes + limits.maxInFlightBytes;
+    if (limits.sessionMemoryBytes !== null && memory > limits.sessionMemoryBytes) {
+      const mib = (n: number) => Math.ceil(n / 2 ** 20);
+      throw new VmsynthError('VMS_LIMIT', `the session would use ${mib(memory)} MiB (guest RAM + in-flight segments), over this server's limit of ${Math.floor(limits.sessionMemoryBytes / 2 ** 20)} MiB per session`, {
+        details: { limit: 'sessionMemory', bytes: memory, max: limits.sessionMemoryBytes },
+      });
+    }
+    await host.checkBase(base);
+    await host.checkAccel(base);
+    return { overlay, base };
   }
 }

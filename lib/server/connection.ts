@@ -9,26 +9,24 @@ import type net from 'node:net';
 import { publish } from '../core/diagnostics.js';
 import { asVmsynthError, VmsynthError } from '../core/errors.js';
 import { VMSYNTH_VERSION } from '../core/version.js';
-import { baseFor } from '../overlay/offline.js';
-import { Overlay } from '../overlay/reader.js';
 import { FramedSocket } from '../protocol/framed-socket.js';
 import type { Frame } from '../protocol/frames.js';
 import { FRAME_CAPS, parseClientMessage, PROTOCOL, type ClientMessage } from '../protocol/messages.js';
-import { SynthSession } from '../synth/session.js';
-import { requireAccel } from '../vm/accel.js';
-import type { ServerContext } from './server.js';
+import type { ServerContext, SessionHandle } from './context.js';
 
 type Stage = 'greeting' | 'open' | 'starting' | 'session' | 'ending';
 
 export class Connection {
   private readonly io: FramedSocket;
   private stage: Stage = 'greeting';
-  private session: SynthSession | null = null;
+  private session: SessionHandle | null = null;
   private ending: Promise<void> | null = null;
   private opening: Promise<void> = Promise.resolve();
   private readonly peer: string;
   /** The authenticated client's name (set by hello). */
   client: string | null = null;
+  /** The error the connection ended with (null while open, or after a clean finish). */
+  endedWith: VmsynthError | null = null;
   private handshakeTimer: NodeJS.Timeout | null;
 
   constructor(socket: net.Socket, private readonly ctx: ServerContext, private readonly onGone: () => void) {
@@ -39,7 +37,8 @@ export class Connection {
       invalid: (err) => void this.end(err),
       closed: (err) => void this.end(new VmsynthError('VMS_PEER_GONE', `the client ${this.peer} disconnected${err ? ` (${err.message})` : ''}`), false),
     });
-    this.handshakeTimer = setTimeout(() => void this.end(new VmsynthError('VMS_PROTOCOL', `no session was opened within ${ctx.opts.handshakeTimeoutMs ?? 30_000} ms`)), ctx.opts.handshakeTimeoutMs ?? 30_000);
+    const ms = ctx.handshakeTimeoutMs;
+    this.handshakeTimer = setTimeout(() => void this.end(new VmsynthError('VMS_PROTOCOL', `no session was opened within ${ms} ms`, { details: { reason: 'handshake-timeout', ms } })), ms);
   }
 
   get hasSession(): boolean {
@@ -62,14 +61,19 @@ export class Connection {
   }
 
   private expect(stage: Stage, m: ClientMessage): void {
-    if (this.stage !== stage) throw new VmsynthError('VMS_PROTOCOL', `a ${m.type} message is not allowed now (the conversation is at "${this.stage}")`);
+    if (this.stage !== stage) {
+      throw new VmsynthError('VMS_PROTOCOL', `a ${m.type} message is not allowed now (the conversation is at "${this.stage}")`, { details: { reason: 'stage', type: m.type, stage: this.stage } });
+    }
   }
 
   private handle(m: ClientMessage): void {
     switch (m.type) {
       case 'hello': {
         this.expect('greeting', m);
-        if (m.protocol !== PROTOCOL) throw new VmsynthError('VMS_PROTOCOL', `this server speaks ${PROTOCOL}, the client ${m.protocol.slice(0, 40)}: use a client and server of the same vmsynth release`);
+        if (m.protocol !== PROTOCOL) {
+          const client = m.protocol.slice(0, 40);
+          throw new VmsynthError('VMS_PROTOCOL', `this server speaks ${PROTOCOL}, the client ${client}: use a client and server of the same vmsynth release`, { details: { reason: 'version', server: PROTOCOL, client } });
+        }
         this.client = this.ctx.auth.authenticate(m.token);
         this.stage = 'open';
         this.io.setMaxFrameBytes(FRAME_CAPS.session);
@@ -109,24 +113,9 @@ export class Connection {
   }
 
   private async openSession(m: Extract<ClientMessage, { type: 'session' }>): Promise<void> {
-    const { opts } = this.ctx;
-    const limit = opts.maxSessions ?? 8;
-    if (this.ctx.sessions() > limit) throw new VmsynthError('VMS_BUSY', `this server runs its limit of ${limit} sessions`);
-    const perClient = opts.maxSessionsPerClient;
-    if (perClient !== undefined && this.ctx.auth.required && this.ctx.sessions(this.client!) > perClient) {
-      throw new VmsynthError('VMS_LIMIT', `client "${this.client}" already runs its limit of ${perClient} sessions`);
-    }
-    const overlay = Overlay.fromManifest(m.manifest, { trusted: this.ctx.trusted });
-    const base = await baseFor(overlay);
-    const memory = base.manifest.memory.bytes + (opts.maxInFlightBytes ?? 2 << 20);
-    if (opts.sessionMemoryBytes !== undefined && memory > opts.sessionMemoryBytes) {
-      throw new VmsynthError('VMS_LIMIT', `the session would use ${Math.ceil(memory / 2 ** 20)} MiB (guest RAM + in-flight segments), over this server's limit of ${Math.floor(opts.sessionMemoryBytes / 2 ** 20)} MiB per session`);
-    }
-    await this.ctx.checkBase(base);
-    await requireAccel(base);
-    const session = await SynthSession.start({
-      overlay, base, policy: m.policy, lv: this.ctx.lv,
-      threads: this.ctx.opts.threads, maxInFlightBytes: this.ctx.opts.maxInFlightBytes, fuseDevice: this.ctx.opts.fuseDevice,
+    const { overlay, base } = await this.ctx.admit(this.client!, m.manifest);
+    const session = await this.ctx.startSession({
+      overlay, base, policy: m.policy,
       events: {
         want: (lane, segments) => this.io.send({ type: 'want', lane, segments }),
         hurry: (segments) => this.io.send({ type: 'hurry', segments }),
@@ -158,6 +147,7 @@ export class Connection {
     this.ending ??= (async () => {
       const was = this.stage;
       this.stage = 'ending';
+      this.endedWith = error;
       if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
       if (error) this.io.stopReading();
       await this.opening; // a session being set up is closed by openSession itself

@@ -11,22 +11,26 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { tokenSha256, type ClientCredential } from '../core/config.js';
+import { DEFAULTS } from '../core/defaults.js';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import { VMSYNTH_VERSION } from '../core/version.js';
 import { checkFuseDevice } from '../fs/fuse-images.js';
 import { trustedKeys } from '../overlay/keys.js';
-import { DEFAULT_PORT } from '../protocol/messages.js';
-import { listBases, loadBase, verifyBase, type Base } from '../vm/base.js';
+import { SynthSession } from '../synth/session.js';
+import { requireAccel } from '../vm/accel.js';
+import { findBaseWithImages, listBases, loadBase, verifyBase, type Base } from '../vm/base.js';
 import { cleanStale } from '../vm/janitor.js';
 import { Libvirt } from '../vm/libvirt.js';
-import { Authenticator, RateLimiter } from './admission.js';
+import { Admission, defaultLimits } from './admission.js';
+import { Authenticator, RateLimiter } from './auth.js';
 import { Connection } from './connection.js';
+import type { ServerContext } from './context.js';
 
 export interface ServeOptions {
-  /** Listen address (default 127.0.0.1). */
+  /** Listen address (default: DEFAULTS.listenHost). */
   host?: string;
-  /** Port (default 8021; 0 picks a free one). */
+  /** Port (default: DEFAULTS.port; 0 picks a free one). */
   port?: number;
   /** Extra trusted public key files (besides the key directory's trusted/). */
   trust?: string[];
@@ -36,41 +40,86 @@ export interface ServeOptions {
   token?: string;
   /** PEM certificate and key: the server speaks TLS. */
   tls?: { cert: Buffer | string; key: Buffer | string };
-  /** Sessions at once per authenticated client name (default: maxSessions). */
-  maxSessionsPerClient?: number;
-  /** Guest RAM + in-flight segment bytes one session may use (default: no limit). */
-  sessionMemoryBytes?: number;
-  /** New connections per minute from one address (default 120). */
+  /** Sessions at once per authenticated client name (default: DEFAULTS.maxSessionsPerClient; null: no per-client limit). */
+  maxSessionsPerClient?: number | null;
+  /** Guest RAM + in-flight segment bytes one session may use (default: DEFAULTS.sessionMemoryMib; null: no limit). */
+  sessionMemoryBytes?: number | null;
+  /** New connections per minute from one address (default: DEFAULTS.connectionsPerMinute). */
   connectionsPerMinute?: number;
   /** Re-hash every local base before listening (default false; `vmsynth serve` does). Bases added later are hashed at first use. */
   verifyBases?: boolean;
-  /** Worker threads per session for verify + decompress + apply (default 2). */
+  /** Worker threads per session for verify + decompress + apply (default: DEFAULTS.threads). */
   threads?: number;
-  /** Background bytes requested and not yet applied, per session (default 2 MiB). */
+  /** Background bytes requested and not yet applied, per session (default: DEFAULTS.maxInFlightKib). */
   maxInFlightBytes?: number;
-  /** Sessions at once; more are refused with VMS_BUSY (default 8). */
+  /** Sessions at once; more are refused with VMS_BUSY (default: DEFAULTS.maxSessions). */
   maxSessions?: number;
-  /** Time a new connection has to open its session (default 30 s). */
+  /** Time a new connection has to open its session (default: DEFAULTS.handshakeTimeoutS). */
   handshakeTimeoutMs?: number;
   fuseDevice?: string;
 }
 
-export interface ServerContext {
-  lv: Libvirt;
-  trusted: Map<string, Buffer>;
-  opts: ServeOptions;
-  auth: Authenticator;
-  /** Sessions now running (for the limit), or those of one client. */
-  sessions(client?: string): number;
-  /** Resolves when the base's files hash as its manifest says (hashed once per server). */
-  checkBase(base: Base): Promise<void>;
+/** Hashes each base once per server (keyed by directory and capture time): later checks share the first. */
+function baseChecker(): (base: Base) => Promise<void> {
+  const verified = new Map<string, Promise<void>>();
+  return (base) => {
+    const key = `${base.dir}\0${base.manifest.created.at}`;
+    let p = verified.get(key);
+    if (!p) {
+      p = verifyBase(base).then(() => undefined);
+      p.catch(() => undefined);
+      verified.set(key, p);
+    }
+    return p;
+  };
+}
+
+/** Hashes every local base now, publishing each result (`vmsynth serve` does this before it listens). */
+async function checkAllBases(checkBase: (base: Base) => Promise<void>): Promise<void> {
+  for (const entry of await listBases()) {
+    if (!entry.ok) {
+      publish('baseChecked', { base: entry.name, ok: false, error: entry.error });
+      continue;
+    }
+    const t0 = performance.now();
+    const base = await loadBase(entry.dir);
+    const error = await checkBase(base).then(() => undefined, (e: unknown) => e);
+    publish('baseChecked', { base: entry.name, ok: !error, ms: Math.round(performance.now() - t0), ...(error ? { error } : {}) });
+  }
 }
 
 export class SynthServer {
   private readonly connections = new Set<Connection>();
   private closing: Promise<void> | null = null;
 
-  private constructor(private readonly server: net.Server, private readonly ctx: ServerContext, private readonly rate: RateLimiter) {}
+  private readonly rate: RateLimiter;
+  private readonly ctx: ServerContext;
+  private readonly checkBase: (base: Base) => Promise<void>;
+
+  private constructor(private readonly server: net.Server, private readonly lv: Libvirt, private readonly opts: ServeOptions, trusted: Map<string, Buffer>) {
+    this.rate = new RateLimiter(opts.connectionsPerMinute ?? DEFAULTS.connectionsPerMinute);
+    const clients = [...(opts.clients ?? []), ...(opts.token !== undefined ? [{ name: 'token', tokenSha256: tokenSha256(opts.token) }] : [])];
+    const auth = new Authenticator(clients);
+    const checkBase = baseChecker();
+    const d = defaultLimits();
+    const admission = new Admission({
+      maxSessions: opts.maxSessions ?? d.maxSessions,
+      maxSessionsPerClient: opts.maxSessionsPerClient === undefined ? d.maxSessionsPerClient : opts.maxSessionsPerClient,
+      sessionMemoryBytes: opts.sessionMemoryBytes === undefined ? d.sessionMemoryBytes : opts.sessionMemoryBytes,
+      maxInFlightBytes: opts.maxInFlightBytes ?? d.maxInFlightBytes,
+    }, {
+      trusted, authRequired: auth.required, checkBase, findBase: findBaseWithImages,
+      sessions: (client) => this.liveSessions(client),
+      checkAccel: async (base) => void (await requireAccel(base)),
+    });
+    this.ctx = {
+      auth,
+      admit: (client, manifest) => admission.admit(client, manifest),
+      startSession: (req) => SynthSession.start({ ...req, lv, threads: opts.threads, maxInFlightBytes: opts.maxInFlightBytes, fuseDevice: opts.fuseDevice }),
+      handshakeTimeoutMs: opts.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutS * 1000,
+    };
+    this.checkBase = checkBase;
+  }
 
   /**
    * Checks FUSE, connects to libvirt, cleans what a crashed run left, loads
@@ -81,50 +130,22 @@ export class SynthServer {
     const lv = await Libvirt.connect();
     try {
       await cleanStale(lv);
-      const trusted = await trustedKeys(opts.trust ?? []);
-      const verified = new Map<string, Promise<void>>();
-      const checkBase = (base: Base): Promise<void> => {
-        const key = `${base.dir}\0${base.manifest.created.at}`;
-        let p = verified.get(key);
-        if (!p) {
-          p = verifyBase(base).then(() => undefined);
-          p.catch(() => undefined);
-          verified.set(key, p);
-        }
-        return p;
-      };
-      if (opts.verifyBases) {
-        for (const entry of await listBases()) {
-          if (!entry.ok) {
-            publish('baseChecked', { base: entry.name, ok: false, error: entry.error });
-            continue;
-          }
-          const t0 = performance.now();
-          const base = await loadBase(entry.dir);
-          const error = await checkBase(base).then(() => undefined, (e: unknown) => e);
-          publish('baseChecked', { base: entry.name, ok: !error, ms: Math.round(performance.now() - t0), ...(error ? { error } : {}) });
-        }
-      }
-      const clients = [...(opts.clients ?? []), ...(opts.token !== undefined ? [{ name: 'token', tokenSha256: tokenSha256(opts.token) }] : [])];
       const server = opts.tls ? tls.createServer({ cert: opts.tls.cert, key: opts.tls.key, minVersion: 'TLSv1.2' }) : net.createServer();
-      let self: SynthServer | null = null;
-      const ctx: ServerContext = {
-        lv, trusted, opts, auth: new Authenticator(clients), checkBase,
-        sessions: (client) => self?.liveSessions(client) ?? 0,
-      };
-      self = new SynthServer(server, ctx, new RateLimiter(opts.connectionsPerMinute ?? 120));
-      const s = self;
+      const s = new SynthServer(server, lv, opts, await trustedKeys(opts.trust ?? []));
+      if (opts.verifyBases) await checkAllBases(s.checkBase);
       server.on(opts.tls ? 'secureConnection' : 'connection', (socket: net.Socket) => s.accept(socket));
       if (opts.tls) server.on('tlsClientError', (err: Error, socket: net.Socket) => {
         publish('connectionRefused', { peer: `${socket.remoteAddress}:${socket.remotePort}`, code: 'VMS_PROTOCOL', message: `TLS handshake failed: ${err.message}` });
         socket.destroy();
       });
+      const host = opts.host ?? DEFAULTS.listenHost;
+      const port = opts.port ?? DEFAULTS.port;
       await new Promise<void>((resolve, reject) => {
-        server.once('error', (err: NodeJS.ErrnoException) => reject(new VmsynthError('VMS_USAGE', `cannot listen on ${opts.host ?? '127.0.0.1'}:${opts.port ?? DEFAULT_PORT}: ${err.message}`, { cause: err })));
-        server.listen(opts.port ?? DEFAULT_PORT, opts.host ?? '127.0.0.1', () => resolve());
+        server.once('error', (err: NodeJS.ErrnoException) => reject(new VmsynthError('VMS_USAGE', `cannot listen on ${host}:${port}: ${err.message}`, { cause: err })));
+        server.listen(port, host, () => resolve());
       });
       const a = s.address();
-      publish('serverListening', { host: a.host, port: a.port, version: VMSYNTH_VERSION, tls: !!opts.tls, auth: ctx.auth.required });
+      publish('serverListening', { host: a.host, port: a.port, version: VMSYNTH_VERSION, tls: !!opts.tls, auth: s.ctx.auth.required });
       return s;
     } catch (err) {
       await lv.close();
@@ -155,7 +176,7 @@ export class SynthServer {
 
   /** libvirt still answers (for /readyz). */
   libvirtAlive(): Promise<boolean> {
-    return this.ctx.lv.alive();
+    return this.lv.alive();
   }
 
   /** Connections now open. */
@@ -170,8 +191,10 @@ export class SynthServer {
     }
     const c = new Connection(socket, this.ctx, () => this.connections.delete(c));
     this.connections.add(c);
-    const limit = this.ctx.opts.connectionsPerMinute ?? 120;
-    if (!this.rate.admit(socket.remoteAddress ?? '?')) void c.end(new VmsynthError('VMS_RATE_LIMITED', `more than ${limit} connections in the last minute from ${socket.remoteAddress}`));
+    if (!this.rate.admit(socket.remoteAddress ?? '?')) {
+      const limit = this.opts.connectionsPerMinute ?? DEFAULTS.connectionsPerMinute;
+      void c.end(new VmsynthError('VMS_RATE_LIMITED', `more than ${limit} connections in the last minute from ${socket.remoteAddress}`, { details: { limit } }));
+    }
   }
 
   /** Stops listening, ends every session (telling its client why), and closes libvirt. Idempotent. */
@@ -180,7 +203,7 @@ export class SynthServer {
       const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
       await Promise.all([...this.connections].map((c) => c.shutdown(reason)));
       await stopped;
-      await this.ctx.lv.close();
+      await this.lv.close();
     })();
     return this.closing;
   }

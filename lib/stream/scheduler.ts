@@ -16,6 +16,7 @@
  * The segments it skipped are not lost: the cursor wraps around to them at
  * the end.
  */
+import { DEFAULTS } from '../core/defaults.js';
 import { VmsynthError } from '../core/errors.js';
 
 const QUEUED = 0;
@@ -25,7 +26,7 @@ const RECEIVED = 2;
 export interface SchedulerOptions {
   /** Compressed bytes of each segment. */
   sizes: readonly number[];
-  /** Background bytes requested but not received, at most (default 2 MiB: measured in the demo at 38 Mbit/s, 4 MiB put 0.9 s of background ahead of a demand fetch); at least one segment is always allowed. */
+  /** Background bytes requested but not received, at most (default DEFAULTS.maxInFlightKib, 2 MiB: measured in the demo at 38 Mbit/s, 4 MiB put 0.9 s of background ahead of a demand fetch); at least one segment is always allowed. */
   maxInFlightBytes?: number;
   /** False: demand lane only, no background stream (ISR's pure demand fetch). Default true. */
   background?: boolean;
@@ -55,7 +56,7 @@ export class SegmentScheduler {
     this.state = new Uint8Array(n);
     this.demanded = new Uint8Array(n);
     this.lane = new Uint8Array(n);
-    this.maxInFlight = opts.maxInFlightBytes ?? 2 << 20;
+    this.maxInFlight = opts.maxInFlightBytes ?? DEFAULTS.maxInFlightKib * 1024;
   }
 
   get total(): number {

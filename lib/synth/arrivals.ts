@@ -83,6 +83,11 @@ export class ChunkArrivals {
     return this.segmentOf[image]![index]!;
   }
 
+  /** Overlay chunks not arrived yet, both images. */
+  get missingChunks(): number {
+    return this.missing.reduce((a, b) => a + b, 0);
+  }
+
   isMissing(image: number, index: number): boolean {
     return this.maps[image]!.get(index) === ChunkSource.MISSING;
   }

@@ -1,25 +1,27 @@
 /**
  * The launch VM's disk and memory images while its overlay streams in:
- * chunk maps over base | store | zeros, the store files segments are applied
- * into (sparse, one per image, at the image's own offsets), the arrivals
- * that hold guest reads of missing chunks, and the apply pipeline. No VM and
- * no network: a session mounts `images` and feeds `apply`; tests do the same
- * without a guest.
+ * chunk maps over base | received overlay chunks | zeros, the files received
+ * chunks are applied into (sparse, one per image, at the image's own
+ * offsets), the arrivals that hold guest reads of missing chunks, and the
+ * segment pipeline. No VM and no network: a session mounts the images and
+ * feeds `apply`; tests do the same without a guest.
  */
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { Scope } from '../core/scope.js';
 import { ChunkMap, ChunkSource } from '../fs/chunk-map.js';
+import { ImageMount, type MountOptions } from '../fs/fuse-images.js';
 import { fileReader, ImageFile, zeroReader } from '../fs/image.js';
-import { readRecord, type OverlayBody } from '../overlay/format.js';
-import { ChunkArrivals } from './arrivals.js';
-import { StreamApplier } from './stream-apply.js';
+import type { OverlayBody } from '../overlay/format.js';
+import { readRecord } from '../overlay/records.js';
+import { ChunkArrivals, type BlockedReadStats, type HeldReads } from './arrivals.js';
+import { SegmentPipeline } from './segment-pipeline.js';
 
 export interface LaunchImageOptions {
   body: OverlayBody;
   /** Base image files, memory then disk. */
   base: [string, string];
-  /** Where the store files go. */
+  /** Where the files of received chunks go. */
   dir: string;
   /** A guest read needs this segment. */
   demand: (segment: number) => void;
@@ -29,15 +31,22 @@ export interface LaunchImageOptions {
   threads: number;
 }
 
+/** Where a launch VM's images are mounted. */
+export interface MountedImages {
+  mountpoint: string;
+  memory: string;
+  disk: string;
+}
+
 export class LaunchImages {
   private constructor(
-    readonly arrivals: ChunkArrivals,
+    private readonly arrivals: ChunkArrivals,
     readonly memory: ImageFile,
     readonly disk: ImageFile,
-    readonly applier: StreamApplier,
+    private readonly pipeline: SegmentPipeline,
   ) {}
 
-  /** Creates the store files and the pipeline; everything is released by `scope`. */
+  /** Creates the files and the pipeline; everything is released by `scope`. */
   static async create(opts: LaunchImageOptions, scope: Scope): Promise<LaunchImages> {
     const { body } = opts;
     const maps = [new ChunkMap(body.base.memory.bytes), new ChunkMap(body.base.disk.bytes)];
@@ -49,24 +58,85 @@ export class LaunchImages {
       }
     });
     const handles: FileHandle[] = [];
-    scope.defer('close store and base files', () => Promise.all(handles.map((h) => h.close())));
+    scope.defer('close the image files', () => Promise.all(handles.map((h) => h.close())));
     const open = async (file: string, flags: string) => {
       const h = await fsp.open(file, flags);
       handles.push(h);
       return h;
     };
-    const store = [`${opts.dir}/memory.store`, `${opts.dir}/disk.store`];
-    const storeHandles = [await open(store[0]!, 'w+'), await open(store[1]!, 'w+')];
-    await storeHandles[0]!.truncate(body.base.memory.bytes);
-    await storeHandles[1]!.truncate(body.base.disk.bytes);
+    const received = [`${opts.dir}/memory.received`, `${opts.dir}/disk.received`];
+    const receivedHandles = [await open(received[0]!, 'w+'), await open(received[1]!, 'w+')];
+    await receivedHandles[0]!.truncate(body.base.memory.bytes);
+    await receivedHandles[1]!.truncate(body.base.disk.bytes);
     const baseHandles = [await open(opts.base[0], 'r'), await open(opts.base[1], 'r')];
     const image = (i: number, name: string) => new ImageFile(name, maps[i]!, {
       [ChunkSource.BASE]: fileReader(baseHandles[i]!, opts.base[i]!),
       [ChunkSource.ZERO]: zeroReader,
-      [ChunkSource.OVERLAY]: fileReader(storeHandles[i]!, store[i]!),
+      [ChunkSource.OVERLAY]: fileReader(receivedHandles[i]!, received[i]!),
     }, undefined, arrivals.gate(i));
-    const applier = new StreamApplier({ segments: body.segments, base: [...opts.base], store, storeHandles, arrivals, threads: opts.threads });
-    scope.defer('stop the apply workers', () => applier.close());
-    return new LaunchImages(arrivals, image(0, 'memory.img'), image(1, 'disk.img'), applier);
+    const pipeline = new SegmentPipeline({ segments: body.segments, base: [...opts.base], received, receivedHandles, arrivals, threads: opts.threads });
+    scope.defer('stop the apply workers', () => pipeline.close());
+    return new LaunchImages(arrivals, image(0, 'memory.img'), image(1, 'disk.img'), pipeline);
+  }
+
+  /**
+   * Mounts both images (memory.img, disk.img) at `mountpoint`. When `scope`
+   * closes, held guest reads fail first (QEMU gets EIO instead of hanging
+   * the unmount), then the mount goes.
+   */
+  async mount(mountpoint: string, opts: MountOptions, scope: Scope): Promise<MountedImages> {
+    const mount = await ImageMount.mount(mountpoint, [this.memory, this.disk], opts);
+    scope.defer(`unmount ${mount.mountpoint}`, () => mount.unmount());
+    scope.defer('fail held guest reads', () => this.failHeldReads());
+    return { mountpoint: mount.mountpoint, memory: mount.path('memory.img'), disk: mount.path('disk.img') };
+  }
+
+  /**
+   * Verifies, decompresses and applies segment `index` as received; resolves
+   * when its chunks are servable, rejects with VMS_OVERLAY_CORRUPT when it
+   * does not check out (nothing of it is marked present then).
+   */
+  apply(index: number, compressed: Buffer, priority: number): Promise<void> {
+    return this.pipeline.apply(index, compressed, priority);
+  }
+
+  /** A guest read now waits for segment `index`, received and still queued: move it ahead. */
+  promote(index: number): boolean {
+    return this.pipeline.promote(index);
+  }
+
+  /** Segments applied so far. */
+  get appliedSegments(): number {
+    return this.pipeline.appliedSegments;
+  }
+
+  /** Fails every held guest read and every later one (teardown). */
+  failHeldReads(err?: Error): void {
+    this.arrivals.failAll(err);
+  }
+
+  /** The guest reads held now. */
+  heldReads(): HeldReads {
+    return this.arrivals.held();
+  }
+
+  /** Guest reads held now (each counted once). */
+  get waitingReads(): number {
+    return this.arrivals.waiting;
+  }
+
+  /** How long guest reads that had to wait waited. */
+  blockedReads(): BlockedReadStats {
+    return this.arrivals.stats();
+  }
+
+  /** Whether chunk `index` of image `image` (0 memory, 1 disk) has not arrived yet. */
+  isMissing(image: number, index: number): boolean {
+    return this.arrivals.isMissing(image, index);
+  }
+
+  /** Overlay chunks not arrived yet, both images. */
+  get missingChunks(): number {
+    return this.arrivals.missingChunks;
   }
 }

@@ -28,7 +28,7 @@ import { startVm } from './machine.js';
 import { settleFreePages } from './free-pages.js';
 import { saveState } from './migration.js';
 import { BASE_FORMAT, parseBaseManifest, type BaseFile, type BaseManifest } from './base-manifest.js';
-import { Session } from './session.js';
+import { RunDir } from './run-dir.js';
 import { VMSYNTH_VERSION } from '../core/version.js';
 
 export const BASE_MAC = '52:54:00:76:6d:01';
@@ -115,9 +115,9 @@ export async function createBase(opts: CreateBaseOptions): Promise<Base> {
     const lv = await Libvirt.connect();
     scope.defer('close libvirt connection', () => lv.close());
     await cleanStale(lv);
-    const session = await Session.create(scope);
+    const run = await RunDir.create(scope);
     const spec: VmSpec = {
-      name: session.domainName,
+      name: run.domainName,
       accel,
       machine: 'q35',
       vcpus: opts.vcpus ?? 1,
@@ -127,11 +127,11 @@ export async function createBase(opts: CreateBaseOptions): Promise<Base> {
       cmdline: source.cmdline,
       disk: { path: path.join(tmp, 'disk.raw'), format: 'raw' },
       memory: { path: memFile, share: true },
-      qmpSocket: session.file('qmp.sock'),
-      consoleLog: session.file('console.log'),
+      qmpSocket: run.file('qmp.sock'),
+      consoleLog: run.file('console.log'),
       net: { mac: BASE_MAC, hostPort: await freePort(), guestPort: source.appPort },
       incoming: false,
-      owner: { ...session.owner, sessionDir: session.dir },
+      owner: { ...run.owner, sessionDir: run.dir },
     };
     publish('progress', { step: `booting ${spec.name} under ${accel.toUpperCase()} (${reason})` });
     const booted = Date.now();
@@ -142,7 +142,7 @@ export async function createBase(opts: CreateBaseOptions): Promise<Base> {
     await settleFreePages(memFile, { signal: opts.signal });
     const machine = machineFromXml(await lv.xmlDesc(spec.name)) ?? spec.machine;
     publish('progress', { step: `guest app answered after ${bootMs} ms; saving device state` });
-    await saveState(vm.qmp, path.join(tmp, 'device.state'), session.file('migrate.sock'), { ignoreShared: true, signal: opts.signal });
+    await saveState(vm.qmp, path.join(tmp, 'device.state'), run.file('migrate.sock'), { ignoreShared: true, signal: opts.signal });
     await vm.destroy();
 
     publish('progress', { step: 'hashing disk and memory' });
@@ -271,4 +271,23 @@ export async function listBases(): Promise<BaseListEntry[]> {
     }
   }
   return out;
+}
+
+/** A base image's identity, as an overlay names the base it was made against. */
+export interface BaseImages {
+  name: string;
+  memory: { bytes: number; sha256: string };
+  disk: { bytes: number; sha256: string };
+}
+
+/** The local base whose memory and disk images are `want`'s (VMS_BASE_NOT_FOUND when none is). */
+export async function findBaseWithImages(want: BaseImages): Promise<Base> {
+  const same = (a: { bytes: number; sha256: string }, b: { bytes: number; sha256: string }) => a.sha256 === b.sha256 && a.bytes === b.bytes;
+  const hit = (await listBases()).find((b) => b.ok && same(b.manifest!.disk, want.disk) && same(b.manifest!.memory, want.memory));
+  if (!hit) {
+    throw new VmsynthError('VMS_BASE_NOT_FOUND', `no local base has the disk and memory the overlay was made against (base "${want.name}", disk ${want.disk.sha256.slice(0, 12)}…, memory ${want.memory.sha256.slice(0, 12)}…)`, {
+      details: { want },
+    });
+  }
+  return loadBase(hit.dir);
 }

@@ -16,7 +16,6 @@ import path from 'node:path';
 import { publish } from '../core/diagnostics.js';
 import { isErrorCode, VmsynthError } from '../core/errors.js';
 import { exec } from '../core/exec.js';
-import { freePort } from '../core/net.js';
 import { withScope } from '../core/scope.js';
 import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import { requireAccel } from './accel.js';
@@ -26,10 +25,10 @@ import { waitForApp } from './guest-app.js';
 import { cleanStale } from './janitor.js';
 import { Libvirt } from './libvirt.js';
 import { settleFreePages, type SettleResult } from './free-pages.js';
-import { explainFailure, startVm } from './machine.js';
-import { loadState, saveState } from './migration.js';
-import { restoreSpec } from './resume.js';
-import { Session } from './session.js';
+import { explainFailure } from './machine.js';
+import { saveState } from './migration.js';
+import { restoreVm } from './restore.js';
+import { RunDir } from './run-dir.js';
 
 export interface Copy {
   /** Host file. */
@@ -120,26 +119,22 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
     const lv = await Libvirt.connect();
     scope.defer('close libvirt connection', () => lv.close());
     await cleanStale(lv);
-    const session = await Session.create(scope);
+    const run = await RunDir.create(scope);
     publish('progress', { step: `customize: copying base "${base.name}" memory into ${work}` });
     await exec('cp', ['--sparse=always', '--reflink=auto', base.file('memory'), out.memory]);
-    const qcow = path.join(work, 'disk.qcow2');
-    scope.defer(`remove ${qcow}`, () => fsp.rm(qcow, { force: true }));
-    await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', base.file('disk'), '-F', 'raw', qcow, String(base.manifest.disk.bytes)]);
-
-    const hostPort = await freePort();
-    const agentPort = await freePort();
-    const spec = restoreSpec(base, session, {
-      disk: { path: qcow, format: 'qcow2', discard: true }, memory: { path: out.memory, share: true }, hostPort, agent: { hostPort: agentPort, guestPort: AGENT_GUEST_PORT },
-    });
-    const vm = await startVm(lv, spec, scope, { signal: opts.signal });
+    const vm = await restoreVm(lv, {
+      base, run, memory: { path: out.memory, share: true }, disk: { path: base.file('disk'), layer: path.join(work, 'disk.qcow2'), discard: true },
+      deviceState: base.file('deviceState'), agent: true, signal: opts.signal,
+    }, scope);
+    const { hostPort, diskLayer: qcow } = vm;
+    const agentPort = vm.agentPort!; // asked for with `agent`
+    const consoleLog = vm.spec.consoleLog;
     let output = '';
     let tResumed = 0;
     let tScript = 0;
     let freePages: SettleResult = { ms: 0, freedBytes: 0, allocatedBytes: 0 };
     try {
-      await loadState(vm.qmp, base.file('deviceState'), session.file('incoming.sock'), { ignoreShared: true, signal: opts.signal });
-      await waitForApp(agentPort, { timeoutMs: 60_000, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog, path: '/health' }).catch((err: unknown) => {
+      await waitForApp(agentPort, { timeoutMs: 60_000, signal: opts.signal, alive: vm.alive, consoleLog, path: '/health' }).catch((err: unknown) => {
         if (!isErrorCode(err, 'VMS_GUEST_TIMEOUT')) throw err;
         throw new VmsynthError('VMS_CUSTOMIZE_FAILED', `the guest agent (guest port ${AGENT_GUEST_PORT}) of base "${base.name}" never answered: customizing needs a base whose guest runs the vmsynth agent; a base captured from an older test guest does not (capture it again with \`vmsynth base create ${base.name} --force\`). ${(err as Error).message}`, { cause: err });
       });
@@ -156,13 +151,13 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
           throw new VmsynthError('VMS_CUSTOMIZE_FAILED', `the customization script exited with status ${r.status}; its output ends:\n${r.output.slice(-2000)}`, { details: { status: r.status } });
         }
       }
-      await waitForApp(hostPort, { timeoutMs, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog });
+      await waitForApp(hostPort, { timeoutMs, signal: opts.signal, alive: vm.alive, consoleLog });
       publish('progress', { step: 'customize: returning free guest memory' });
       await agentExec(agentPort, freeMemoryCommand(opts.dropCaches ?? true, opts.reportFreePages ?? true), 60_000, opts.signal);
       freePages = await settleFreePages(out.memory, { signal: opts.signal });
       tScript = performance.now();
       publish('progress', { step: 'customize: saving the custom VM' });
-      await saveState(vm.qmp, out.deviceState, session.file('migrate.sock'), { ignoreShared: true, signal: opts.signal });
+      await saveState(vm.qmp, out.deviceState, run.file('migrate.sock'), { ignoreShared: true, signal: opts.signal });
     } catch (err) {
       throw await explainFailure(err, vm);
     }
@@ -172,7 +167,7 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
     const tEnd = performance.now();
     return {
       base,
-      domain: spec.name,
+      domain: vm.spec.name,
       ...out,
       trimmed: trimmedRanges(map),
       scriptOutput: output,

@@ -1,10 +1,10 @@
 /**
  * The janitor: finds what a crashed vmsynth left behind and removes it —
- * `vmsynth-*` domains, FUSE mounts and session directories whose owning
+ * `vmsynth-*` domains, FUSE mounts and run directories whose owning
  * process is gone. State owned by a live vmsynth process is never touched,
  * so concurrent runs (and parallel tests) are safe. Stale state of another
  * vmsynth instance (another run directory) is left to that instance while its
- * session directory still exists; orphans whose session directory is gone
+ * run directory still exists; orphans whose run directory is gone
  * are anyone's to clean.
  */
 import { promises as fsp } from 'node:fs';
@@ -14,7 +14,7 @@ import { runDir } from '../core/paths.js';
 import { forceUnmount, listFuseMounts } from '../fs/mounts.js';
 import { ownerFromXml } from './domain-xml.js';
 import type { Libvirt } from './libvirt.js';
-import { OWNER_FILE, ownerAlive, readOwner, type Owner } from './session.js';
+import { OWNER_FILE, ownerAlive, readOwner, type Owner } from './run-dir.js';
 
 export interface CleanReport {
   domains: string[];
@@ -23,9 +23,9 @@ export interface CleanReport {
 }
 
 /**
- * Whether state recorded with this owner and session directory may be removed:
+ * Whether state recorded with this owner and run directory may be removed:
  * its owner is gone, and it is this instance's (or anyone's, with `all`, or
- * an orphan whose session directory no longer exists).
+ * an orphan whose run directory no longer exists).
  */
 async function mayClean(owner: Owner | null, sessionDir: string, root: string, all: boolean): Promise<boolean> {
   if (!owner) return true;
@@ -75,7 +75,7 @@ export async function cleanStale(lv: Libvirt | null, opts: { allInstances?: bool
     if (mounted) continue;
     await fsp.rm(dir, { recursive: true, force: true });
     report.sessions.push(dir);
-    publish('staleCleaned', { kind: 'session', what: dir });
+    publish('staleCleaned', { kind: 'run-dir', what: dir });
   }
   return report;
 }

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { runDir } from '../../lib/core/paths.js';
 import { appDigest, diskPattern, hex64, workingSetPattern } from '../../lib/guest/patterns.js';
 import { verifyBase } from '../../lib/vm/base.js';
-import { resumeBase } from '../../lib/vm/resume.js';
+import { resumeBase } from '../../lib/vm/base-resume.js';
 import { guestRequest } from '../../lib/vm/guest-app.js';
 import { guestBase } from '../helpers/guest-base.js';
 import { ageSnapshot, CLOCK_TOLERANCE_MS, guestClockOffset } from '../helpers/guest-clock.js';

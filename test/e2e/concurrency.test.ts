@@ -13,6 +13,7 @@
  */
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
+import { drained } from '../helpers/wait.js';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
@@ -23,7 +24,7 @@ import type { SynthesizeResult } from '../../lib/client/client.js';
 import { channels } from '../../lib/core/diagnostics.js';
 import { packageRoot, runDir } from '../../lib/core/paths.js';
 import { appDigest, hex64 } from '../../lib/guest/patterns.js';
-import { createOverlay } from '../../lib/overlay/create.js';
+import { createOverlay } from '../../lib/offline/create.js';
 import { generateKey } from '../../lib/overlay/keys.js';
 import { SynthServer } from '../../lib/server/server.js';
 import { guestBase } from '../helpers/guest-base.js';
@@ -183,7 +184,7 @@ t.test(`${CLIENTS} early-start syntheses at once all succeed`, async (t) => {
     t.ok(e && e.error === null, `session ${s} ended cleanly`);
   }
   t.equal(maxLive, CLIENTS, `at most ${maxLive} sessions were open at once`);
-  for (let i = 0; i < 100 && server.connectionCount > 0; i++) await new Promise((r) => setTimeout(r, 50));
+  await drained(server);
   t.equal(server.connectionCount, 0, 'the server holds no connection');
   t.same(await leaks(domains, runDir()), NO_LEAKS, 'no domain, QEMU process, mount or file is left');
   const exits = await Promise.all(children.map((c) => (c.proc.exitCode !== null ? c.proc.exitCode : new Promise((r) => c.proc.once('exit', r)))));

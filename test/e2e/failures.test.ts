@@ -13,7 +13,7 @@ import { baseDir, packageRoot, runDir } from '../../lib/core/paths.js';
 import { createBase } from '../../lib/vm/base.js';
 import { cleanStale } from '../../lib/vm/janitor.js';
 import { Libvirt } from '../../lib/vm/libvirt.js';
-import { resumeBase } from '../../lib/vm/resume.js';
+import { resumeBase } from '../../lib/vm/base-resume.js';
 import { guestBase, guestSource } from '../helpers/guest-base.js';
 import { leaks, mountsUnder, NO_LEAKS, virshDomains } from '../helpers/leaks.js';
 

@@ -48,7 +48,7 @@ import { synthesize } from '../../lib/client/client.js';
 import { VmsynthError } from '../../lib/core/errors.js';
 import { packageRoot, runDir } from '../../lib/core/paths.js';
 import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
-import { createOverlay } from '../../lib/overlay/create.js';
+import { createOverlay } from '../../lib/offline/create.js';
 import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
 import { Overlay } from '../../lib/overlay/reader.js';
 import type { Policy } from '../../lib/protocol/messages.js';

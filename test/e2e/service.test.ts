@@ -18,7 +18,7 @@ import { promisify } from 'node:util';
 import { synthesize } from '../../lib/client/client.js';
 import { tokenSha256 } from '../../lib/core/config.js';
 import { packageRoot, runDir } from '../../lib/core/paths.js';
-import { createOverlay } from '../../lib/overlay/create.js';
+import { createOverlay } from '../../lib/offline/create.js';
 import { generateKey } from '../../lib/overlay/keys.js';
 import { DOMAIN_PREFIX } from '../../lib/vm/libvirt.js';
 import { guestBase } from '../helpers/guest-base.js';

@@ -6,13 +6,14 @@
  */
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
+import { until } from '../helpers/wait.js';
 import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { synthesize } from '../../lib/client/client.js';
 import { channels } from '../../lib/core/diagnostics.js';
 import { packageRoot, runDir } from '../../lib/core/paths.js';
-import { createOverlay } from '../../lib/overlay/create.js';
+import { createOverlay } from '../../lib/offline/create.js';
 import { generateKey } from '../../lib/overlay/keys.js';
 import { SynthServer } from '../../lib/server/server.js';
 import { DOMAIN_PREFIX } from '../../lib/vm/libvirt.js';
@@ -26,14 +27,6 @@ const ov = path.join(testRoot, 'overlay');
 await createOverlay({ base: 'tdbase', out: ov, script: await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8') });
 const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
 const request = { method: 'GET' as const, path: '/run?mem_mb=8&disk_mb=4&disk_off_mb=40' };
-
-async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 t.test('a client killed mid-stream: its session is torn down, and the server serves the next', async (t) => {
   const server = await SynthServer.listen({ port: 0 });

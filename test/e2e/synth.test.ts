@@ -12,6 +12,7 @@
  */
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
+import { drained } from '../helpers/wait.js';
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
@@ -20,7 +21,7 @@ import { promisify } from 'node:util';
 import { synthesize, type SynthesizeOptions } from '../../lib/client/client.js';
 import { packageRoot, runDir } from '../../lib/core/paths.js';
 import { appDigest, hex64 } from '../../lib/guest/patterns.js';
-import { createOverlay } from '../../lib/overlay/create.js';
+import { createOverlay } from '../../lib/offline/create.js';
 import { generateKey } from '../../lib/overlay/keys.js';
 import { SynthServer } from '../../lib/server/server.js';
 import { DOMAIN_PREFIX } from '../../lib/vm/libvirt.js';
@@ -120,6 +121,6 @@ t.test('a segment that fails its hash is asked for again once; twice fails the s
   t.equal(JSON.parse(once.firstResponse.body).diskDigest, installedDigest);
   let session = '';
   await t.rejects(synth({ tamper: (i, d) => (i === 2 ? flip(d) : d), onEvent: (e) => { if (e.type === 'accepted') session = e.session; } }), { code: 'VMS_OVERLAY_CORRUPT' });
-  for (let i = 0; i < 100 && server.connectionCount > 0; i++) await new Promise((r) => setTimeout(r, 50));
+  await drained(server);
   t.same(await leaks([`${DOMAIN_PREFIX}${session}`], runDir()), NO_LEAKS, 'the failed session left nothing');
 });

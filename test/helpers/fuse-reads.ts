@@ -20,8 +20,4 @@ export function readChunk(file: string, index: number): { done: Promise<Buffer>;
   return { done, finished: () => over };
 }
 
-/** Polls `cond` every 10 ms for up to 5 s. */
-export async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  if (!cond()) throw new Error(`timed out waiting for ${what}`);
-}
+export { until } from './wait.js';

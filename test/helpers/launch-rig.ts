@@ -37,6 +37,6 @@ export async function mountLaunchImages(scope: Scope, dir: string, overlay: Over
   const launch = await LaunchImages.create({ body: overlay.body, base: [base.file('memory'), base.file('disk')], dir, demand, threads: 2 }, scope);
   const mount = await ImageMount.mount(path.join(dir, 'mnt'), [launch.memory, launch.disk]);
   scope.defer('unmount', () => mount.unmount());
-  scope.defer('fail held reads', () => launch.arrivals.failAll());
+  scope.defer('fail held reads', () => launch.failHeldReads());
   return { launch, mount };
 }

@@ -5,10 +5,13 @@ import path from 'node:path';
 import { generatePair } from '../helpers/images.js';
 import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
 import { generateKey, loadSigningKey, signBytes } from '../../lib/overlay/keys.js';
-import { applyOverlay, verifyOverlay } from '../../lib/overlay/offline.js';
+import { applyOverlay, verifyOverlay } from '../../lib/offline/apply.js';
 import { createHash } from 'node:crypto';
 import { compress, decompress } from 'zstd-napi';
-import { encodeBody, HASH_BYTES, hasDigest, MANIFEST_FILE, packr, readRecord, SEGMENTS_FILE, unpackBody } from '../../lib/overlay/format.js';
+import { packr } from '../../lib/core/msgpack.js';
+import { HASH_BYTES, hasDigest, MANIFEST_FILE, SEGMENTS_FILE } from '../../lib/overlay/format.js';
+import { encodeBody, unpackBody } from '../../lib/overlay/manifest.js';
+import { readRecord } from '../../lib/overlay/records.js';
 import { loadBase } from '../../lib/vm/base.js';
 
 t.teardown(removeTestRoot);

@@ -30,9 +30,10 @@ import path from 'node:path';
 import { compress } from 'zstd-napi';
 import { VmsynthError } from '../../lib/core/errors.js';
 import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
-import {
-  ChunkKind, chunkKey, encodeBody, MANIFEST_FILE, MAX_SEGMENT_PAYLOAD_BYTES, MAX_SEGMENT_RAW_BYTES, OVERLAY_FORMAT, packr, readRecord, RECORD_BYTES, HASH_BYTES, SEGMENTS_FILE, unpackBody, writeRecord,
-} from '../../lib/overlay/format.js';
+import { packr } from '../../lib/core/msgpack.js';
+import { ChunkKind, chunkKey, MANIFEST_FILE, MAX_SEGMENT_PAYLOAD_BYTES, MAX_SEGMENT_RAW_BYTES, OVERLAY_FORMAT, HASH_BYTES, SEGMENTS_FILE } from '../../lib/overlay/format.js';
+import { encodeBody, unpackBody } from '../../lib/overlay/manifest.js';
+import { readRecord, RECORD_BYTES, writeRecord } from '../../lib/overlay/records.js';
 import { inspectOverlay, type OverlayReport } from '../../lib/overlay/inspect.js';
 import { generateKey, loadSigningKey, signBytes, trustedKeys, type SigningKey } from '../../lib/overlay/keys.js';
 import { Overlay } from '../../lib/overlay/reader.js';

@@ -15,10 +15,10 @@ import { createHash } from 'node:crypto';
 import { prng } from '../helpers/images.js';
 import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
 import { generateKey, loadSigningKey, type SigningKey } from '../../lib/overlay/keys.js';
-import { ChunkKind, Image, readRecord } from '../../lib/overlay/format.js';
+import { ChunkKind, Image } from '../../lib/overlay/format.js';
+import { readRecord } from '../../lib/overlay/records.js';
 import { Overlay } from '../../lib/overlay/reader.js';
-import { applyToImages } from '../../lib/overlay/applier.js';
-import { ChunkFile } from '../../lib/overlay/chunk-io.js';
+import { applyToImages } from '../../lib/overlay/image-rebuild.js';
 
 t.teardown(removeTestRoot);
 const CHUNK = 4096;
@@ -101,12 +101,7 @@ t.test('every chunk in exactly one segment; every reference resolves backwards; 
       });
       await fsp.copyFile(baseFiles.memory, path.join(dir, 'om'));
       await fsp.copyFile(baseFiles.disk, path.join(dir, 'od'));
-      const files = [baseFiles.memory, baseFiles.disk, path.join(dir, 'om'), path.join(dir, 'od')].map((f, i) => new ChunkFile(f, i < 2 ? 'r' : 'r+'));
-      try {
-        await applyToImages(ov, files.slice(0, 2), files.slice(2), { threads: 0 });
-      } finally {
-        files.forEach((f) => f.close());
-      }
+      await applyToImages(ov, [baseFiles.memory, baseFiles.disk], [path.join(dir, 'om'), path.join(dir, 'od')], { threads: 0 });
       if (!(await fsp.readFile(path.join(dir, 'om'))).equals(cm)) throw new Error('memory differs after apply');
       if (!(await fsp.readFile(path.join(dir, 'od'))).equals(cd)) throw new Error('disk differs after apply');
       await fsp.rm(dir, { recursive: true });

@@ -11,9 +11,9 @@ import path from 'node:path';
 import { generatePair } from '../helpers/images.js';
 import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
 import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
-import { prefixNeeded, rankTouches } from '../../lib/overlay/profile.js';
+import { prefixNeeded, rankTouches } from '../../lib/offline/profile.js';
 import { Overlay } from '../../lib/overlay/reader.js';
-import { readRecord } from '../../lib/overlay/format.js';
+import { readRecord } from '../../lib/overlay/records.js';
 import { loadBase } from '../../lib/vm/base.js';
 
 t.teardown(removeTestRoot);

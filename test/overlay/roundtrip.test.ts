@@ -5,10 +5,11 @@ import path from 'node:path';
 import { generatePair, type GeneratedPair } from '../helpers/images.js';
 import { baseInput, buildOverlay, type BuildOptions } from '../../lib/overlay/builder.js';
 import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
-import { applyOverlay, verifyOverlay } from '../../lib/overlay/offline.js';
+import { applyOverlay, verifyOverlay } from '../../lib/offline/apply.js';
 import { Overlay } from '../../lib/overlay/reader.js';
 import { inspectOverlay } from '../../lib/overlay/inspect.js';
-import { ChunkKind, Image, readRecord } from '../../lib/overlay/format.js';
+import { ChunkKind, Image } from '../../lib/overlay/format.js';
+import { readRecord } from '../../lib/overlay/records.js';
 import { loadBase } from '../../lib/vm/base.js';
 
 t.teardown(removeTestRoot);

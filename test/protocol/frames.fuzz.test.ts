@@ -28,7 +28,7 @@ import { deepStrictEqual } from 'node:assert';
 import net from 'node:net';
 import { once } from 'node:events';
 import { VmsynthError } from '../../lib/core/errors.js';
-import { packr } from '../../lib/overlay/format.js';
+import { packr } from '../../lib/core/msgpack.js';
 import { decodeFrameBody, encodeFrame, FrameDecoder, MAX_HEADER_BYTES, type Frame, type FrameHeader, type FrameLimits } from '../../lib/protocol/frames.js';
 import { FramedSocket } from '../../lib/protocol/framed-socket.js';
 import { FRAME_CAPS, parseClientMessage, parseServerMessage, POLICIES } from '../../lib/protocol/messages.js';

@@ -1,41 +1,98 @@
 /**
- * Admission rules without a network: token authentication by SHA-256 and
- * the per-address connection rate over a sliding minute (fake clock).
+ * Admission against a fake host (no libvirt, no base hashing): the order of
+ * its checks, each refusal's code and details, and what it admits. The
+ * manifest is a real signed one over a generated base.
  */
+import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
-import { tokenSha256 } from '../../lib/core/config.js';
-import { Authenticator, newToken, RateLimiter } from '../../lib/server/admission.js';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { VmsynthError } from '../../lib/core/errors.js';
+import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
+import { MANIFEST_FILE } from '../../lib/overlay/format.js';
+import { generateKey, loadSigningKey, trustedKeys } from '../../lib/overlay/keys.js';
+import { Admission, defaultLimits, type AdmissionHost, type AdmissionLimits } from '../../lib/server/admission.js';
+import { loadBase, type Base } from '../../lib/vm/base.js';
+import { generatePair } from '../helpers/images.js';
 
-t.test('tokens name their client; a missing or wrong token is VMS_AUTH', async (t) => {
-  const a = newToken();
-  const b = newToken();
-  t.not(a, b);
-  t.ok(a.length >= 43, '256 random bits');
-  const auth = new Authenticator([{ name: 'phone-a', tokenSha256: tokenSha256(a) }, { name: 'phone-b', tokenSha256: tokenSha256(b) }]);
-  t.ok(auth.required);
-  t.equal(auth.authenticate(a), 'phone-a');
-  t.equal(auth.authenticate(b), 'phone-b');
-  t.throws(() => auth.authenticate(undefined), { code: 'VMS_AUTH', message: /requires a client token/ });
-  t.throws(() => auth.authenticate(`${a}x`), { code: 'VMS_AUTH', message: /not valid/ });
-  t.throws(() => auth.authenticate(tokenSha256(a)), { code: 'VMS_AUTH' }, 'the stored digest is not itself a token');
-  const open = new Authenticator([]);
-  t.notOk(open.required);
-  t.equal(open.authenticate(undefined), 'anonymous', 'no clients configured: no authentication');
+t.teardown(removeTestRoot);
+await generatePair(process.env.VMSYNTH_BASE_DIR!, 'gen', path.join(testRoot, 'c'), { memChunks: 256, diskChunks: 128, each: 4 });
+await generateKey();
+const base = await loadBase('gen');
+const c = (f: string) => path.join(testRoot, 'c', f);
+await buildOverlay({ base: baseInput(base), custom: { memory: c('memory.raw'), disk: c('disk.raw'), deviceState: c('device.state') }, appPort: 8000, key: await loadSigningKey(), out: path.join(testRoot, 'ov') });
+const manifest = await fsp.readFile(path.join(testRoot, 'ov', MANIFEST_FILE));
+const trusted = await trustedKeys([]);
+const guestRam = base.manifest.memory.bytes;
+
+interface Calls {
+  findBase: number;
+  checkBase: number;
+  checkAccel: number;
+}
+
+function admission(limits: Partial<AdmissionLimits>, host: Partial<AdmissionHost> = {}): { a: Admission; calls: Calls } {
+  const calls: Calls = { findBase: 0, checkBase: 0, checkAccel: 0 };
+  const a = new Admission({ ...defaultLimits(), ...limits }, {
+    trusted,
+    authRequired: true,
+    sessions: () => 1,
+    findBase: async () => { calls.findBase++; return base; },
+    checkBase: async () => { calls.checkBase++; },
+    checkAccel: async () => { calls.checkAccel++; },
+    ...host,
+  });
+  return { a, calls };
+}
+
+t.test('a session within every limit is admitted over its base, after every check', async (t) => {
+  const { a, calls } = admission({});
+  const got = await a.admit('phone', manifest);
+  t.equal(got.base, base, 'the base the host found');
+  t.equal(got.overlay.body.base.name, 'gen', 'the overlay the manifest describes');
+  t.same(calls, { findBase: 1, checkBase: 1, checkAccel: 1 }, 'base found, hashed, and its accelerator checked');
 });
 
-t.test('the rate limit counts connection starts per address over a sliding minute', async (t) => {
-  let now = 1_000_000;
-  const r = new RateLimiter(3, () => now);
-  t.same([r.admit('a'), r.admit('a'), r.admit('a')], [true, true, true]);
-  t.equal(r.admit('a'), false, 'the fourth within a minute is refused');
-  t.equal(r.admit('b'), true, 'another address has its own budget');
-  now += 30_000;
-  t.equal(r.admit('a'), false, 'refused attempts do not extend the window, but it has not passed yet');
-  now += 30_001;
-  t.equal(r.admit('a'), true, 'a minute after the first starts, room again');
-  t.ok(r.size <= 2);
-  for (let i = 0; i < 1000; i++) r.admit(`10.0.${i >> 8}.${i & 255}`);
-  now += 120_000;
-  r.admit('c');
-  t.equal(r.size, 1, 'addresses idle for a minute are dropped: the table stays bounded');
+t.test('the server-wide limit counts the session being admitted', async (t) => {
+  const { a, calls } = admission({ maxSessions: 2 }, { sessions: () => 3 });
+  await t.rejects(a.admit('phone', manifest), { code: 'VMS_BUSY', details: { limit: 'maxSessions', max: 2 } });
+  t.same(calls, { findBase: 0, checkBase: 0, checkAccel: 0 }, 'refused before reading the manifest');
+  const { a: ok } = admission({ maxSessions: 2 }, { sessions: () => 2 });
+  t.ok(await ok.admit('phone', manifest), 'two with this one: admitted');
+});
+
+t.test('the per-client limit applies only when clients authenticate', async (t) => {
+  const sessions = (client?: string) => (client === 'phone' ? 2 : 2);
+  const { a } = admission({ maxSessionsPerClient: 1 }, { sessions });
+  await t.rejects(a.admit('phone', manifest), { code: 'VMS_LIMIT', details: { limit: 'maxSessionsPerClient', client: 'phone', max: 1 } });
+  const { a: open } = admission({ maxSessionsPerClient: 1 }, { sessions, authRequired: false });
+  t.ok(await open.admit('anonymous', manifest), 'no authentication: no per-client limit');
+  const { a: none } = admission({ maxSessionsPerClient: null }, { sessions });
+  t.ok(await none.admit('phone', manifest), 'null: no per-client limit');
+});
+
+t.test('the memory cap counts guest RAM and the in-flight window', async (t) => {
+  const inFlight = 1 << 20;
+  const { a, calls } = admission({ sessionMemoryBytes: guestRam + inFlight - 1, maxInFlightBytes: inFlight });
+  await t.rejects(a.admit('phone', manifest), { code: 'VMS_LIMIT', details: { limit: 'sessionMemory', bytes: guestRam + inFlight, max: guestRam + inFlight - 1 } });
+  t.same(calls, { findBase: 1, checkBase: 0, checkAccel: 0 }, 'refused before hashing the base');
+  const { a: exact } = admission({ sessionMemoryBytes: guestRam + inFlight, maxInFlightBytes: inFlight });
+  t.ok(await exact.admit('phone', manifest), 'exactly at the cap: admitted');
+  const { a: none } = admission({ sessionMemoryBytes: null });
+  t.ok(await none.admit('phone', manifest), 'null: no cap');
+});
+
+t.test('the manifest and the host\'s refusals pass through with their codes', async (t) => {
+  const { a } = admission({});
+  await t.rejects(a.admit('phone', Buffer.from('not a manifest')), { code: 'VMS_OVERLAY_CORRUPT' });
+  const { a: untrusting } = admission({}, { trusted: new Map() });
+  await t.rejects(untrusting.admit('phone', manifest), { code: 'VMS_UNTRUSTED_KEY' });
+  const fail = (code: 'VMS_BASE_NOT_FOUND' | 'VMS_HASH_MISMATCH' | 'VMS_ACCEL_MISMATCH') => async (): Promise<never> => { throw new VmsynthError(code, 'no'); };
+  const { a: noBase } = admission({}, { findBase: fail('VMS_BASE_NOT_FOUND') as () => Promise<Base> });
+  await t.rejects(noBase.admit('phone', manifest), { code: 'VMS_BASE_NOT_FOUND' });
+  const { a: badBase, calls } = admission({}, { checkBase: fail('VMS_HASH_MISMATCH') });
+  await t.rejects(badBase.admit('phone', manifest), { code: 'VMS_HASH_MISMATCH' });
+  t.equal(calls.checkAccel, 0, 'a damaged base is refused before the accelerator is asked');
+  const { a: otherAccel } = admission({}, { checkAccel: fail('VMS_ACCEL_MISMATCH') });
+  await t.rejects(otherAccel.admit('phone', manifest), { code: 'VMS_ACCEL_MISMATCH' });
 });

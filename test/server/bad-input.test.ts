@@ -7,12 +7,14 @@
  */
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
+import { drained } from '../helpers/wait.js';
 import net from 'node:net';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { runDir } from '../../lib/core/paths.js';
 import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
-import { MANIFEST_FILE, packr } from '../../lib/overlay/format.js';
+import { packr } from '../../lib/core/msgpack.js';
+import { MANIFEST_FILE } from '../../lib/overlay/format.js';
 import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
 import { encodeFrame, FrameDecoder } from '../../lib/protocol/frames.js';
 import { PROTOCOL } from '../../lib/protocol/messages.js';
@@ -108,7 +110,7 @@ t.test('manifests: tampered, untrusted, unknown base', async (t) => {
 t.test('the server still serves, and nothing was left behind', async (t) => {
   const msgs = await converse([hello(), frame({ type: 'finish' })]);
   t.match(msgs, [{ type: 'welcome' }, { type: 'finished' }]);
-  for (let i = 0; i < 100 && server.connectionCount > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  await drained(server);
   t.equal(server.connectionCount, 0, 'every connection closed');
   t.same(await fsp.readdir(runDir()).catch(() => []), [], 'no session directories');
 });

@@ -8,6 +8,7 @@
  */
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
+import { drained } from '../helpers/wait.js';
 import { execFile } from 'node:child_process';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -87,9 +88,6 @@ function peer(port: number, bytes: Buffer[], secure?: tls.ConnectionOptions): Pe
   return { socket, msgs, next, closed };
 }
 
-async function drained(server: SynthServer): Promise<void> {
-  for (let i = 0; i < 200 && server.connectionCount > 0; i++) await new Promise((r) => setTimeout(r, 25));
-}
 
 t.test('named clients, sessions per client, and the memory cap per session', async (t) => {
   const server = await SynthServer.listen({

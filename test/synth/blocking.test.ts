@@ -14,10 +14,11 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { Scope } from '../../lib/core/scope.js';
 import { ImageMount } from '../../lib/fs/fuse-images.js';
-import { ChunkKind, readRecord, type ChunkRecord } from '../../lib/overlay/format.js';
+import { ChunkKind } from '../../lib/overlay/format.js';
+import { readRecord, type ChunkRecord } from '../../lib/overlay/records.js';
 import { Overlay, type SegmentFile } from '../../lib/overlay/reader.js';
 import { LaunchImages } from '../../lib/synth/launch-images.js';
-import { Priority } from '../../lib/synth/stream-apply.js';
+import { Priority } from '../../lib/synth/segment-pipeline.js';
 import { loadBase } from '../../lib/vm/base.js';
 import { readChunk, until } from '../helpers/fuse-reads.js';
 import { generatedOverlay, mountLaunchImages } from '../helpers/launch-rig.js';
@@ -48,7 +49,7 @@ async function rig(t: { teardown: (f: () => unknown) => void }, name: string): P
   t.teardown(() => scope.close());
   const demands: number[] = [];
   const { launch, mount } = await mountLaunchImages(scope, path.join(testRoot, name), overlay, (s) => demands.push(s));
-  const apply = (index: number, data?: Buffer) => launch.applier.apply(index, data ?? segFile.read(overlay.body.segments[index]!), Priority.BACKGROUND);
+  const apply = (index: number, data?: Buffer) => launch.apply(index, data ?? segFile.read(overlay.body.segments[index]!), Priority.BACKGROUND);
   return { launch, mount, demands, apply };
 }
 
@@ -78,15 +79,15 @@ t.test('a read of a missing chunk waits for its segment, and only its segment', 
   t.ok(g.demands.includes(k), `the read asked for segment ${k} (demands: ${g.demands.join(',')})`);
   for (let i = 0; i < k; i++) await g.apply(i);
   t.notOk(read.finished(), 'every other segment applied: the read still waits');
-  t.equal(g.launch.arrivals.waiting, 1, 'one read is held');
-  const held = g.launch.arrivals.held();
+  t.equal(g.launch.waitingReads, 1, 'one read is held');
+  const held = g.launch.heldReads();
   t.same({ reads: held.reads, segments: held.segments }, { reads: 1, segments: [k] }, 'held() names the read and the segment it waits for');
   t.ok(held.oldestMs >= 0, `and how long it has waited (${held.oldestMs} ms)`);
   await g.apply(k);
   const got = await read.done;
-  t.same(g.launch.arrivals.held(), { reads: 0, oldestMs: 0, segments: [] }, 'nothing held once its segment landed');
+  t.same(g.launch.heldReads(), { reads: 0, oldestMs: 0, segments: [] }, 'nothing held once its segment landed');
   t.ok(got.equals(await customChunk(1, r.index)), 'after its segment landed the read returns the custom bytes');
-  t.equal(g.launch.arrivals.stats().count, 1, 'one blocked read in the stats');
+  t.equal(g.launch.blockedReads().count, 1, 'one blocked read in the stats');
 
   // Everything applied: both images read back as base + overlay.
   for (const [img, file] of [['memory.img', pair.custom.memory], ['disk.img', pair.custom.disk]] as const) {
@@ -104,7 +105,7 @@ t.test('a SELF reference that lands before its target waits for the target\'s se
   const targetSeg = where.get(`${r.refImage}:${r.refIndex}`)!;
   const g = await rig(t, 'self');
   await g.apply(segment);
-  t.ok(g.launch.arrivals.isMissing(r.image, r.index), 'its segment applied, the SELF chunk is still missing');
+  t.ok(g.launch.isMissing(r.image, r.index), 'its segment applied, the SELF chunk is still missing');
   const read = readChunk(g.mount.path(r.image === 0 ? 'memory.img' : 'disk.img'), r.index);
   await until(() => g.demands.includes(targetSeg), `a demand for the target's segment ${targetSeg}`);
   t.notOk(g.demands.includes(segment), 'the segment already applied is not asked for again');
@@ -139,9 +140,9 @@ t.test('a corrupt segment is refused and marks nothing present', async (t) => {
   bad[bad.length >> 1]! ^= 0x20;
   await t.rejects(g.apply(0, bad), { code: 'VMS_OVERLAY_CORRUPT' });
   const first = readRecord(s.chunks, 0);
-  t.ok(g.launch.arrivals.isMissing(first.image, first.index), 'its chunks are still missing');
+  t.ok(g.launch.isMissing(first.image, first.index), 'its chunks are still missing');
   await g.apply(0);
-  t.notOk(g.launch.arrivals.isMissing(first.image, first.index), 'the good copy is applied');
+  t.notOk(g.launch.isMissing(first.image, first.index), 'the good copy is applied');
 });
 
 t.test('teardown fails held reads with EIO instead of hanging the unmount', async (t) => {
@@ -152,11 +153,11 @@ t.test('teardown fails held reads with EIO instead of hanging the unmount', asyn
   const launch = await LaunchImages.create({ body: overlay.body, base: [base.file('memory'), base.file('disk')], dir, demand: () => undefined, threads: 1 }, scope);
   const mount = await ImageMount.mount(path.join(dir, 'mnt'), [launch.memory, launch.disk]);
   scope.defer('unmount', () => mount.unmount());
-  scope.defer('fail held reads', () => launch.arrivals.failAll());
+  scope.defer('fail held reads', () => launch.failHeldReads());
   const r = records().find((x) => x.r.image === 0)!.r;
   const read = readChunk(mount.path('memory.img'), r.index);
   const outcome = read.done.then(() => null, (err: { stderr?: Buffer }) => String(err.stderr ?? err));
-  await until(() => launch.arrivals.waiting === 1, 'the read to be held');
+  await until(() => launch.waitingReads === 1, 'the read to be held');
   await scope.close();
   t.match(await outcome, /Input\/output error/, 'the held read fails with EIO');
   t.same(await fsp.readdir(dir).then((d) => d.filter((n) => n === 'mnt')), [], 'unmounted and the mount point removed');

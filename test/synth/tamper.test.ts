@@ -1,7 +1,7 @@
 /**
  * Tampering in transit, on a real FUSE mount without a VM: 1,000 copies of
  * segments, each with exactly one bit flipped, are fed to the server's apply
- * path (LaunchImages' StreamApplier.apply, what SynthSession.receive calls
+ * path (LaunchImages.apply, what SynthSession.receive calls
  * for a segment from the network). Every one must be refused with
  * VMS_OVERLAY_CORRUPT and mark no chunk present; reads held through the mount
  * on the tampered segment's chunks must stay held while the bad copies are
@@ -29,10 +29,11 @@ import { decompress } from 'zstd-napi';
 import zstdBinding from 'zstd-napi/binding.js';
 import { Scope } from '../../lib/core/scope.js';
 import { VmsynthError } from '../../lib/core/errors.js';
-import { ChunkKind, KIND_NAMES, readRecord, type ChunkRecord } from '../../lib/overlay/format.js';
+import { ChunkKind, KIND_NAMES } from '../../lib/overlay/format.js';
+import { readRecord, type ChunkRecord } from '../../lib/overlay/records.js';
 import { Overlay, type SegmentFile } from '../../lib/overlay/reader.js';
-import { LaunchImages } from '../../lib/synth/launch-images.js';
-import { Priority } from '../../lib/synth/stream-apply.js';
+import { ChunkSource } from '../../lib/fs/chunk-map.js';
+import { Priority } from '../../lib/synth/segment-pipeline.js';
 import { readChunk, until } from '../helpers/fuse-reads.js';
 import { generatedOverlay, mountLaunchImages } from '../helpers/launch-rig.js';
 import type { GeneratedPair } from '../helpers/images.js';
@@ -104,13 +105,7 @@ t.test(`${TRIALS} single-bit flips over every segment are all refused, and no ba
   t.teardown(() => (closed ? undefined : scope.close()));
   const demands = new Set<number>();
   const { launch, mount } = await mountLaunchImages(scope, path.join(testRoot, 'rig'), overlay, (s) => demands.add(s));
-  const { arrivals, applier } = launch;
-  const maps = arrivals.maps;
-  const missingTotal = () => {
-    let c = 0;
-    for (let img = 0; img < maps.length; img++) for (let i = 0; i < maps[img]!.chunkCount; i++) if (arrivals.isMissing(img, i)) c++;
-    return c;
-  };
+  const missingTotal = () => launch.memory.map.count(ChunkSource.MISSING) + launch.disk.map.count(ChunkSource.MISSING);
 
   let detected = 0;
   let byHash = 0;
@@ -132,12 +127,12 @@ t.test(`${TRIALS} single-bit flips over every segment are all refused, and no ba
     }
     const reads = pick.map((r) => ({ r, read: readChunk(mount.path(IMAGE_FILES[r.image]!), r.index) }));
     heldReads += reads.length;
-    await until(() => arrivals.waiting === reads.length, `${reads.length} held reads on segment ${s}`);
+    await until(() => launch.waitingReads === reads.length, `${reads.length} held reads on segment ${s}`);
     if (reads.length && !demands.has(s)) fail(`segment ${s}: the held reads did not ask for it`);
 
     const missingBefore = missingTotal();
-    const appliedBefore = applier.appliedSegments;
-    const stillMissing = () => recs[s]!.every((r) => arrivals.isMissing(r.image, r.index));
+    const appliedBefore = launch.appliedSegments;
+    const stillMissing = () => recs[s]!.every((r) => launch.isMissing(r.image, r.index));
     await Promise.all(perSegment[s]!.map((i) => {
       const { bit } = trials[i]!;
       const bad = Buffer.from(genuine[s]!); // a fresh copy each time: apply hands its buffer to a worker
@@ -146,13 +141,13 @@ t.test(`${TRIALS} single-bit flips over every segment are all refused, and no ba
         // Only when the frame still declares the right size: a flip there could ask for gigabytes.
         if (zstdBinding.getFrameContentSize(bad) === s0.rawBytes && decompress(bad).length === s0.rawBytes) silent++;
       } catch { /* zstd noticed too */ }
-      return applier.apply(s, bad, Priority.DEMAND).then(
+      return launch.apply(s, bad, Priority.DEMAND).then(
         () => fail(`trial ${i} (segment ${s}, bit ${bit}): accepted`),
         (err: unknown) => {
           if (err instanceof VmsynthError && err.code === 'VMS_OVERLAY_CORRUPT') detected++;
           else fail(`trial ${i} (segment ${s}, bit ${bit}): refused with ${String(err)}`);
           if (err instanceof Error && /SHA-256/.test(err.message)) byHash++;
-          if (stillMissing() && missingTotal() === missingBefore && applier.appliedSegments === appliedBefore) markedNothing++;
+          if (stillMissing() && missingTotal() === missingBefore && launch.appliedSegments === appliedBefore) markedNothing++;
           else fail(`trial ${i} (segment ${s}, bit ${bit}): marked chunks present`);
         },
       );
@@ -161,10 +156,10 @@ t.test(`${TRIALS} single-bit flips over every segment are all refused, and no ba
     await new Promise((r) => setTimeout(r, 5));
     const stayed = reads.filter((x) => !x.read.finished()).length;
     heldStayedHeld += stayed;
-    if (stayed !== reads.length || arrivals.waiting !== reads.length) fail(`segment ${s}: a held read finished on tampered copies only`);
+    if (stayed !== reads.length || launch.waitingReads !== reads.length) fail(`segment ${s}: a held read finished on tampered copies only`);
 
-    await applier.apply(s, Buffer.from(genuine[s]!), Priority.DEMAND);
-    if (recs[s]!.some((r) => arrivals.isMissing(r.image, r.index))) fail(`segment ${s}: the genuine copy left chunks missing`);
+    await launch.apply(s, Buffer.from(genuine[s]!), Priority.DEMAND);
+    if (recs[s]!.some((r) => launch.isMissing(r.image, r.index))) fail(`segment ${s}: the genuine copy left chunks missing`);
     for (const { r, read } of reads) {
       const got = await read.done;
       if (got.equals(custom[r.image]!.subarray(r.index * CHUNK, (r.index + 1) * CHUNK))) heldOk++;
@@ -178,7 +173,7 @@ t.test(`${TRIALS} single-bit flips over every segment are all refused, and no ba
   t.ok(heldReads >= n, `reads held through FUSE: ${heldReads} (on every segment)`);
   t.equal(heldStayedHeld, heldReads, 'every held read stayed held while its segment\'s tampered copies were refused');
   t.equal(heldOk, heldReads, 'every held read returned the custom bytes once the genuine segment landed');
-  t.equal(applier.appliedSegments, n, 'every genuine segment applied, once');
+  t.equal(launch.appliedSegments, n, 'every genuine segment applied, once');
   t.equal(missingTotal(), 0, 'no chunk missing');
   // Not asserted (tests assert codes, not messages): which check caught them, and how many zstd alone would have let through.
   t.comment(`${byHash}/${TRIALS} refused by the segment SHA-256 check; ${silent}/${TRIALS} flipped copies decompress without error to the right size`);

@@ -4,11 +4,11 @@ import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { cleanStale } from '../../lib/vm/janitor.js';
-import { currentOwner, OWNER_FILE } from '../../lib/vm/session.js';
+import { currentOwner, OWNER_FILE } from '../../lib/vm/run-dir.js';
 
 t.teardown(removeTestRoot);
 
-t.test('session directories of dead owners are removed, live ones kept', async (t) => {
+t.test('run directories of dead owners are removed, live ones kept', async (t) => {
   const run = path.join(testRoot, 'run');
   const dead = path.join(run, 'deadbeef0001');
   const live = path.join(run, 'a11ve0000001');
@@ -21,6 +21,6 @@ t.test('session directories of dead owners are removed, live ones kept', async (
   await fsp.writeFile(path.join(live, OWNER_FILE), JSON.stringify(await currentOwner()));
   const report = await cleanStale(null);
   t.same(report.sessions.sort(), [dead, orphan].sort());
-  t.ok(await fsp.stat(live), 'the live session stays');
+  t.ok(await fsp.stat(live), 'the live run stays');
   await t.rejects(fsp.stat(dead));
 });

@@ -1,49 +1,50 @@
 /**
- * Applying segments as they arrive, in whatever order they come: the
- * verify ‖ decompress ‖ apply stages of the early-start pipeline.
+ * The synthesis server's segment pipeline: segments applied as they arrive,
+ * in whatever order they come, through the verify ‖ decompress ‖ apply
+ * stages of the one apply path (overlay/apply-segment.ts, on workers).
  *
  * Received segments wait in a p-queue whose priority puts segments a guest
  * read is blocked on ahead of background ones; as many run at once as there
  * are worker threads. A worker checks the segment's SHA-256, decompresses it
  * and writes its payload chunks and base references into the session's
- * store files (sparse, one per image, at the image's own offsets). This
- * thread — the one that answers FUSE — then only marks chunks present:
- * zero chunks need no bytes (the store reads as zeros and the map says
- * ZERO), and a SELF reference is copied from its target, or, when the
+ * files of received chunks (sparse, one per image, at the image's own
+ * offsets). This thread — the one that answers FUSE — then only marks
+ * chunks present: zero chunks need no bytes (the map says ZERO), and a SELF reference is copied from its target, or, when the
  * target's segment has not arrived yet (a demand fetch ran ahead of it),
  * waits for it and is redirected to that segment.
  */
 import type { FileHandle } from 'node:fs/promises';
 import PQueue from 'p-queue';
 import { CHUNK_SIZE, ChunkSource } from '../fs/chunk-map.js';
-import { chunkKey, ChunkKind, readRecord, type SegmentInfo } from '../overlay/format.js';
+import { chunkKey, ChunkKind, type SegmentInfo } from '../overlay/format.js';
+import { readRecord } from '../overlay/records.js';
 import { SegmentWorkers } from '../overlay/segment-workers.js';
 import type { ChunkArrivals } from './arrivals.js';
 
 export const Priority = { BACKGROUND: 0, DEMAND: 10 } as const;
 
-export interface StreamApplyOptions {
+export interface SegmentPipelineOptions {
   segments: readonly SegmentInfo[];
   /** Base image files, memory then disk. */
   base: string[];
-  /** Store files (sparse, image-sized), memory then disk. */
-  store: string[];
-  /** Open handles on the store files, for SELF copies on this thread. */
-  storeHandles: FileHandle[];
+  /** The files received chunks are applied into (sparse, image-sized), memory then disk. */
+  received: string[];
+  /** Open handles on them, for SELF copies on this thread. */
+  receivedHandles: FileHandle[];
   arrivals: ChunkArrivals;
   threads: number;
 }
 
-export class StreamApplier {
+export class SegmentPipeline {
   private readonly workers: SegmentWorkers;
   private readonly queue: PQueue;
   /** SELF chunks waiting for their target: target key → dependents. */
   private readonly dependents = new Map<number, { image: number; index: number }[]>();
   appliedSegments = 0;
 
-  constructor(private readonly opts: StreamApplyOptions) {
+  constructor(private readonly opts: SegmentPipelineOptions) {
     const threads = Math.max(1, opts.threads);
-    this.workers = new SegmentWorkers(threads, { base: opts.base, out: opts.store });
+    this.workers = new SegmentWorkers(threads, { base: opts.base, out: opts.received });
     this.queue = new PQueue({ concurrency: threads });
   }
 
@@ -60,7 +61,7 @@ export class StreamApplier {
   apply(index: number, compressed: Buffer, priority: number): Promise<void> {
     return this.queue.add(async () => {
       const s = this.opts.segments[index]!;
-      await this.workers.applyReceived(index, s, compressed);
+      await this.workers.apply(index, s, compressed);
       await this.markPresent(s);
       this.appliedSegments++;
     }, { priority, id: String(index), throwOnTimeout: true });
@@ -107,7 +108,7 @@ export class StreamApplier {
   }
 
   private async copy(fromImage: number, fromIndex: number, image: number, index: number): Promise<void> {
-    const h = this.opts.storeHandles;
+    const h = this.opts.receivedHandles;
     const buf = Buffer.allocUnsafe(CHUNK_SIZE); // one per copy: segments are marked concurrently
     await readFull(h[fromImage]!, buf, fromIndex * CHUNK_SIZE);
     await h[image]!.write(buf, 0, CHUNK_SIZE, index * CHUNK_SIZE);

@@ -20,12 +20,13 @@ import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import type { Touch } from '../fs/touch-log.js';
 import type { AppRequest, AppWork } from '../vm/guest-app.js';
-import { resumeBase } from '../vm/resume.js';
-import { baseInput, buildOverlay, type BuildOrder, type BuildResult, type ChunkRef } from './builder.js';
-import { chunkKey, readRecord, type Image } from './format.js';
-import { loadSigningKey } from './keys.js';
-import { applyOverlay, baseFor, openTrusted, type TrustOptions } from './offline.js';
-import { Overlay } from './reader.js';
+import { resumeBase } from '../vm/base-resume.js';
+import { baseInput, buildOverlay, type BuildOrder, type BuildResult, type ChunkRef } from '../overlay/builder.js';
+import { chunkKey, type Image } from '../overlay/format.js';
+import { readRecord } from '../overlay/records.js';
+import { loadSigningKey } from '../overlay/keys.js';
+import { applyOverlay, baseFor, openTrusted, type TrustOptions } from './apply.js';
+import { Overlay } from '../overlay/reader.js';
 import { removeStaleSiblings } from '../core/stale.js';
 
 export const RANK_RULE =

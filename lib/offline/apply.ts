@@ -1,6 +1,6 @@
 /**
  * Offline synthesis and verification of overlays (the `overlay apply` and
- * `overlay verify` commands).
+ * `overlay verify` commands), over a local base.
  *
  * `applyOverlay` writes a directory in the base format (disk.raw,
  * memory.raw, device.state, kernel, initrd, manifest.json): the launch VM,
@@ -14,12 +14,11 @@ import { VmsynthError } from '../core/errors.js';
 import { exec } from '../core/exec.js';
 import { sha256File } from '../core/hash.js';
 import { VMSYNTH_VERSION } from '../core/version.js';
-import { listBases, loadBase, verifyBase, type Base } from '../vm/base.js';
+import { findBaseWithImages, loadBase, verifyBase, type Base } from '../vm/base.js';
 import type { BaseManifest } from '../vm/base-manifest.js';
-import { applyToImages, verifyChunks, type LoopStats } from './applier.js';
-import { ChunkFile } from './chunk-io.js';
-import { trustedKeys } from './keys.js';
-import { Overlay } from './reader.js';
+import { applyToImages, verifyChunks, type LoopStats } from '../overlay/image-rebuild.js';
+import { trustedKeys } from '../overlay/keys.js';
+import { Overlay } from '../overlay/reader.js';
 import { removeStaleSiblings } from '../core/stale.js';
 
 export interface TrustOptions {
@@ -27,19 +26,12 @@ export interface TrustOptions {
   trust?: string[];
 }
 
-/** The base named, or else the local base whose disk and memory hashes the overlay names. */
+/** The base named (it must be the one the overlay was made against), or else the local base with the overlay's disk and memory. */
 export async function baseFor(overlay: Overlay, name?: string): Promise<Base> {
-  if (name) {
-    const base = await loadBase(name);
-    overlay.checkBase(base);
-    return base;
-  }
-  const want = overlay.body.base;
-  const hit = (await listBases()).find((b) => b.ok && b.manifest!.disk.sha256 === want.disk.sha256 && b.manifest!.memory.sha256 === want.memory.sha256);
-  if (!hit) {
-    throw new VmsynthError('VMS_BASE_NOT_FOUND', `no local base has the disk and memory the overlay was made against (base "${want.name}", disk ${want.disk.sha256.slice(0, 12)}…, memory ${want.memory.sha256.slice(0, 12)}…)`);
-  }
-  return loadBase(hit.dir);
+  if (!name) return findBaseWithImages(overlay.body.base);
+  const base = await loadBase(name);
+  overlay.checkBase(base);
+  return base;
 }
 
 export async function openTrusted(dir: string, opts: TrustOptions): Promise<Overlay> {
@@ -77,7 +69,6 @@ export async function applyOverlay(opts: ApplyOptions): Promise<ApplyResult> {
   if (!opts.force && (await fsp.stat(out).catch(() => null))) throw new VmsynthError('VMS_OVERLAY_EXISTS', `${out} already exists`);
   await removeStaleSiblings(out);
   const tmp = `${out}.tmp-${process.pid}`;
-  const files: ChunkFile[] = [];
   try {
     await fsp.rm(tmp, { recursive: true, force: true });
     await fsp.mkdir(tmp, { recursive: true });
@@ -92,16 +83,8 @@ export async function applyOverlay(opts: ApplyOptions): Promise<ApplyResult> {
     await fsp.writeFile(path.join(tmp, 'device.state'), deviceState);
     const tApply = performance.now();
 
-    const open = (f: string, mode: 'r' | 'r+') => {
-      const cf = new ChunkFile(f, mode);
-      files.push(cf);
-      return cf;
-    };
-    const baseFiles = [open(base.file('memory'), 'r'), open(base.file('disk'), 'r')];
-    const outFiles = [open(path.join(tmp, 'memory.raw'), 'r+'), open(path.join(tmp, 'disk.raw'), 'r+')];
     publish('progress', { step: `overlay apply: ${overlay.body.segments.length} segments` });
-    const stats = await applyToImages(overlay, baseFiles, outFiles, { threads: opts.threads, signal: opts.signal });
-    for (const f of files.splice(0)) f.close();
+    const stats = await applyToImages(overlay, [base.file('memory'), base.file('disk')], [path.join(tmp, 'memory.raw'), path.join(tmp, 'disk.raw')], { threads: opts.threads, signal: opts.signal });
     const tHash = performance.now();
 
     publish('progress', { step: 'overlay apply: hashing the synthesized images' });
@@ -136,7 +119,6 @@ export async function applyOverlay(opts: ApplyOptions): Promise<ApplyResult> {
       ms: { verifyBase: verifyMs, copy: Math.round(tApply - tCopy), apply: Math.round(tHash - tApply), hash: Math.round(tEnd - tHash), total: Math.round(tEnd - t0) },
     };
   } catch (err) {
-    for (const f of files) f.close();
     await fsp.rm(tmp, { recursive: true, force: true });
     throw err;
   }
@@ -166,11 +148,6 @@ export async function verifyOverlay(opts: VerifyOverlayOptions): Promise<VerifyO
   const base = await baseFor(overlay, opts.base);
   await verifyBase(base, opts.signal);
   overlay.deviceState();
-  const files = [new ChunkFile(base.file('memory')), new ChunkFile(base.file('disk'))];
-  try {
-    const stats = await verifyChunks(overlay, files, { threads: opts.threads, signal: opts.signal });
-    return { ok: true, overlay: overlay.dir, keyId: overlay.keyId, base: base.name, segments: stats.segments, chunks: stats.chunks, ms: Math.round(performance.now() - t0) };
-  } finally {
-    for (const f of files) f.close();
-  }
+  const stats = await verifyChunks(overlay, [base.file('memory'), base.file('disk')], { threads: opts.threads, signal: opts.signal });
+  return { ok: true, overlay: overlay.dir, keyId: overlay.keyId, base: base.name, segments: stats.segments, chunks: stats.chunks, ms: Math.round(performance.now() - t0) };
 }

@@ -8,8 +8,8 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { VmsynthError } from '../core/errors.js';
 import { customizeBase, type Copy, type CustomVm } from '../vm/customize.js';
-import { baseInput, buildOverlay, type BuildOrder, type BuildResult } from './builder.js';
-import { loadSigningKey } from './keys.js';
+import { baseInput, buildOverlay, type BuildOrder, type BuildResult } from '../overlay/builder.js';
+import { loadSigningKey } from '../overlay/keys.js';
 import { removeStaleSiblings } from '../core/stale.js';
 
 export interface CreateOverlayOptions {

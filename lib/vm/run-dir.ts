@@ -1,8 +1,9 @@
 /**
- * A session: one VM's private working directory under the run directory
- * (FUSE mount point, QMP and migration sockets, local disk layer, console
- * log), and the owner record that lets a later start tell a live session
- * from one a crash left behind.
+ * A run directory: one VM's private working directory under the host's run
+ * directory (FUSE mount point, QMP and migration sockets, local disk layer,
+ * console log), named after the libvirt domain it holds, and the owner
+ * record that lets a later start tell a live one from one a crash left
+ * behind (vm/janitor.ts).
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
@@ -40,7 +41,7 @@ export async function ownerAlive(owner: Owner): Promise<boolean> {
   return start !== null && (owner.start === '' || start === owner.start);
 }
 
-export class Session {
+export class RunDir {
   private constructor(readonly id: string, readonly dir: string, readonly owner: Owner) {}
 
   get domainName(): string {
@@ -51,15 +52,15 @@ export class Session {
     return path.join(this.dir, name);
   }
 
-  /** Creates the session directory; the scope removes it at the end. */
-  static async create(scope: Scope): Promise<Session> {
+  /** Creates the directory; the scope removes it at the end. */
+  static async create(scope: Scope): Promise<RunDir> {
     const id = randomBytes(6).toString('hex');
     const dir = path.join(runDir(), id);
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
-    scope.defer(`remove session directory ${dir}`, () => fsp.rm(dir, { recursive: true, force: true }));
+    scope.defer(`remove run directory ${dir}`, () => fsp.rm(dir, { recursive: true, force: true }));
     const owner = await currentOwner();
     await fsp.writeFile(path.join(dir, OWNER_FILE), JSON.stringify(owner));
-    return new Session(id, dir, owner);
+    return new RunDir(id, dir, owner);
   }
 }
 

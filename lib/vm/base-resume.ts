@@ -1,6 +1,8 @@
 /**
- * Resuming a base VM with its memory and disk served over FUSE — the path
- * early-start synthesis is built on.
+ * `vmsynth base resume`: a base VM resumed with its memory and disk served
+ * over FUSE (every chunk from the base), the app's first request answered —
+ * the path early-start synthesis is built on, and the floor it is measured
+ * against. With `trace`, the order of first touches (access-order profiles).
  *
  * The memory image is mapped MAP_PRIVATE (memory-backend-file share=off), so
  * every guest page fault on a page not yet touched becomes a FUSE read, and
@@ -11,8 +13,6 @@
 import type { FileHandle } from 'node:fs/promises';
 import { promises as fsp } from 'node:fs';
 import { publish } from '../core/diagnostics.js';
-import { exec } from '../core/exec.js';
-import { freePort } from '../core/net.js';
 import { withScope, type Scope } from '../core/scope.js';
 import { ChunkMap, ChunkSource } from '../fs/chunk-map.js';
 import { ImageMount, checkFuseDevice } from '../fs/fuse-images.js';
@@ -20,14 +20,12 @@ import { fileReader, ImageFile, type ImageStats, type TouchTrace } from '../fs/i
 import { TouchLog, type Touch } from '../fs/touch-log.js';
 import { requireAccel, type Accel } from './accel.js';
 import { loadBase, verifyBase, type Base } from './base.js';
-import type { VmSpec } from './domain-xml.js';
-import { AGENT_GUEST_PORT } from './agent.js';
 import { waitForApp, workPath, type AppReply, type AppRequest, type AppWork } from './guest-app.js';
 import { cleanStale } from './janitor.js';
 import { Libvirt } from './libvirt.js';
-import { explainFailure, startVm, type RunningVm } from './machine.js';
-import { loadState } from './migration.js';
-import { Session } from './session.js';
+import { explainFailure, type RunningVm } from './machine.js';
+import { restoreVm } from './restore.js';
+import { RunDir } from './run-dir.js';
 
 export interface ResumeOptions {
   /** Base name or directory. */
@@ -53,7 +51,7 @@ export interface ResumeOptions {
 
 export interface ResumedVm {
   vm: RunningVm;
-  session: Session;
+  run: RunDir;
   hostPort: number;
   /** With `agent`: the host port of the guest's customization agent. */
   agentPort: number | null;
@@ -88,31 +86,6 @@ async function baseImage(name: string, file: string, bytes: number, scope: Scope
   return new ImageFile(name, new ChunkMap(bytes, undefined, ChunkSource.BASE), { [ChunkSource.BASE]: fileReader(handle, file) }, trace);
 }
 
-/**
- * The VmSpec that restores a base's saved state: the base's machine, kernel and
- * NIC, waiting for incoming state, with the given disk, RAM and host port.
- */
-export function restoreSpec(base: Base, session: Session, at: { disk: VmSpec['disk']; memory: VmSpec['memory']; hostPort: number; agent?: VmSpec['net']['agent'] }): VmSpec {
-  const m = base.manifest;
-  return {
-    name: session.domainName,
-    accel: m.vm.accel,
-    machine: m.vm.machine,
-    vcpus: m.vm.vcpus,
-    memoryMiB: m.vm.memoryMiB,
-    kernel: base.file('kernel'),
-    initrd: base.file('initrd'),
-    cmdline: m.vm.cmdline,
-    disk: at.disk,
-    memory: at.memory,
-    qmpSocket: session.file('qmp.sock'),
-    consoleLog: session.file('console.log'),
-    net: { mac: m.vm.mac, hostPort: at.hostPort, guestPort: m.vm.appPort, ...(at.agent ? { agent: at.agent } : {}) },
-    incoming: true,
-    owner: { ...session.owner, sessionDir: session.dir },
-  };
-}
-
 export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
   const base: Base = await loadBase(opts.base);
   const m = base.manifest;
@@ -125,46 +98,37 @@ export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
     const lv = await Libvirt.connect();
     scope.defer('close libvirt connection', () => lv.close());
     await cleanStale(lv);
-    const session = await Session.create(scope);
+    const run = await RunDir.create(scope);
     const t0 = performance.now();
 
     const log = opts.trace ? new TouchLog() : undefined;
     const memory = await baseImage('memory.img', base.file('memory'), m.memory.bytes, scope, log && { log, image: 0 });
     const disk = await baseImage('disk.img', base.file('disk'), m.disk.bytes, scope, log && { log, image: 1 });
-    const mount = await ImageMount.mount(session.file('mnt'), [memory, disk], { fuseDevice: opts.fuseDevice });
+    const mount = await ImageMount.mount(run.file('mnt'), [memory, disk], { fuseDevice: opts.fuseDevice });
     scope.defer(`unmount ${mount.mountpoint}`, () => mount.unmount());
 
-    const qcow = session.file('disk.qcow2');
-    // -u: do not open the backing file now (that would read our own FUSE mount).
-    await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', mount.path('disk.img'), '-F', 'raw', qcow, String(m.disk.bytes)]);
-
-    const hostPort = await freePort();
-    const agentPort = opts.agent ? await freePort() : null;
-    const spec = restoreSpec(base, session, {
-      disk: { path: qcow, format: 'qcow2' }, memory: { path: mount.path('memory.img'), share: false }, hostPort,
-      ...(agentPort ? { agent: { hostPort: agentPort, guestPort: AGENT_GUEST_PORT } } : {}),
-    });
-    const vm = await startVm(lv, spec, scope, { signal: opts.signal });
-    let resumeMs = 0;
-    let reply: AppReply;
-    try {
-      await loadState(vm.qmp, base.file('deviceState'), session.file('incoming.sock'), { ignoreShared: true, signal: opts.signal });
-      resumeMs = performance.now() - t0;
-      publish('domainRunning', { name: spec.name, ms: resumeMs });
-      const remaining = Math.max(1000, (opts.timeoutMs ?? 60_000) - resumeMs);
-      ({ reply } = await waitForApp(hostPort, { timeoutMs: remaining, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog, path: opts.request?.path ?? workPath(opts.work), request: opts.request }));
-    } catch (err) {
+    const vm = await restoreVm(lv, {
+      base, run, memory: { path: mount.path('memory.img'), share: false }, disk: { path: mount.path('disk.img') },
+      deviceState: base.file('deviceState'), agent: opts.agent, signal: opts.signal,
+    }, scope);
+    const resumeMs = performance.now() - t0;
+    publish('domainRunning', { name: vm.spec.name, ms: resumeMs });
+    const remaining = Math.max(1000, (opts.timeoutMs ?? 60_000) - resumeMs);
+    const { hostPort, agentPort } = vm;
+    const { reply } = await waitForApp(hostPort, {
+      timeoutMs: remaining, signal: opts.signal, alive: vm.alive, consoleLog: vm.spec.consoleLog, path: opts.request?.path ?? workPath(opts.work), request: opts.request,
+    }).catch(async (err: unknown) => {
       throw await explainFailure(err, vm);
-    }
+    });
     const firstResponseMs = performance.now() - t0;
     const before = { memory: { ...memory.stats }, disk: { ...disk.stats } };
     const touchesBefore = log?.length ?? 0;
 
-    if (opts.whileRunning) await opts.whileRunning({ vm, session, hostPort, agentPort, images: { memory, disk } });
+    if (opts.whileRunning) await opts.whileRunning({ vm, run, hostPort, agentPort, images: { memory, disk } });
 
     return {
       base: base.name,
-      domain: spec.name,
+      domain: vm.spec.name,
       accel,
       verifyMs,
       resumeMs: Math.round(resumeMs),

@@ -1,0 +1,134 @@
+/**
+ * A synthesis session's bookkeeping: what it received, what it fetched on
+ * demand and asked for again, when it reached each milestone, and where the
+ * segments that held guest reads wait for are. Pure (no I/O, an injected
+ * clock), so the numbers a benchmark reads can be tested exactly.
+ */
+import type { Policy } from '../protocol/messages.js';
+import type { BlockedReadStats, HeldReads } from './arrivals.js';
+
+/** Where a segment is, as a held guest read sees it. */
+export type SegmentState = 'none' | 'queued' | 'requested' | 'applying' | 'received';
+
+export interface SynthStats {
+  policy: Policy;
+  segments: number;
+  segmentsReceived: number;
+  bytesReceived: number;
+  overlayBytes: number;
+  /** Segments asked for on the demand lane. */
+  demandFetches: number;
+  /** Guest reads that needed a segment already on its way in the background. */
+  outOfOrder: number;
+  /** Segments that failed their hash and were asked for again. */
+  retries: number;
+  blockedReads: BlockedReadStats;
+  /** Guest reads still waiting for the overlay when the stats were taken (at the end: reads the session failed). */
+  heldReads: { reads: number; oldestMs: number; segments: { index: number; state: SegmentState }[] };
+  /** From session start (manifest accepted). */
+  resumedMs: number | null;
+  firstResponseMs: number | null;
+  completeMs: number | null;
+  bytesReceivedBeforeFirstResponse: number | null;
+  segmentsReceivedBeforeFirstResponse: number | null;
+}
+
+export class SessionLedger {
+  private readonly t0: number;
+  segmentsReceived = 0;
+  bytesReceived = 0;
+  demandFetches = 0;
+  retries = 0;
+  resumedMs: number | null = null;
+  firstResponseMs: number | null = null;
+  completeMs: number | null = null;
+  private bytesBefore: number | null = null;
+  private segmentsBefore: number | null = null;
+  /** Segments received and not yet applied. */
+  private readonly applying = new Set<number>();
+  /** Segments asked for again after failing their check (once each). */
+  private readonly retried = new Set<number>();
+
+  constructor(
+    readonly policy: Policy,
+    readonly segments: number,
+    readonly overlayBytes: number,
+    private readonly now: () => number = () => performance.now(),
+  ) {
+    this.t0 = now();
+  }
+
+  /** Milliseconds since the session started. */
+  ms(): number {
+    return Math.round(this.now() - this.t0);
+  }
+
+  /** Segment `index` arrived with `bytes` bytes and waits to be applied. */
+  received(index: number, bytes: number): void {
+    this.segmentsReceived++;
+    this.bytesReceived += bytes;
+    this.applying.add(index);
+  }
+
+  /** Segment `index` is applied, or failed: it no longer waits. */
+  settled(index: number): void {
+    this.applying.delete(index);
+  }
+
+  isApplying(index: number): boolean {
+    return this.applying.has(index);
+  }
+
+  /** A segment that failed its check may be asked for again once; true (and counted) when this is that once. */
+  mayRetry(index: number): boolean {
+    if (this.retried.has(index)) return false;
+    this.retried.add(index);
+    this.retries++;
+    return true;
+  }
+
+  resumed(): number {
+    this.resumedMs = this.ms();
+    return this.resumedMs;
+  }
+
+  complete(): number {
+    this.completeMs = this.ms();
+    return this.completeMs;
+  }
+
+  /** An offload reply came back; the first one is the first response (returns its ms, null for later ones). */
+  replied(): number | null {
+    if (this.firstResponseMs !== null) return null;
+    this.firstResponseMs = this.ms();
+    this.bytesBefore = this.bytesReceived;
+    this.segmentsBefore = this.segmentsReceived;
+    return this.firstResponseMs;
+  }
+
+  /** Held reads with where each segment they wait for is; `schedulerState` tells segments not received yet. */
+  held(h: HeldReads, schedulerState: (index: number) => 'queued' | 'requested' | 'received'): SynthStats['heldReads'] {
+    const state = (i: number): SegmentState => (i < 0 || i >= this.segments ? 'none' : this.applying.has(i) ? 'applying' : schedulerState(i));
+    return { reads: h.reads, oldestMs: h.oldestMs, segments: h.segments.map((index) => ({ index, state: state(index) })) };
+  }
+
+  stats(live: { outOfOrder: number; blockedReads: BlockedReadStats; heldReads: SynthStats['heldReads'] }): SynthStats {
+    return {
+      policy: this.policy,
+      segments: this.segments,
+      segmentsReceived: this.segmentsReceived,
+      bytesReceived: this.bytesReceived,
+      overlayBytes: this.overlayBytes,
+      demandFetches: this.demandFetches,
+      outOfOrder: live.outOfOrder,
+      retries: this.retries,
+      blockedReads: live.blockedReads,
+      heldReads: live.heldReads,
+      resumedMs: this.resumedMs,
+      firstResponseMs: this.firstResponseMs,
+      completeMs: this.completeMs,
+      bytesReceivedBeforeFirstResponse: this.bytesBefore,
+      segmentsReceivedBeforeFirstResponse: this.segmentsBefore,
+    };
+  }
+}

@@ -1,0 +1,19 @@
+/**
+ * Waiting in tests for something that happens on its own time (a teardown,
+ * a held read): poll a condition until it holds or a generous deadline
+ * passes. The deadline only bounds a failure; a pass returns at once.
+ */
+
+/** Polls `cond` every `every` ms until it holds; throws naming `what` after `ms`. */
+export async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 30_000, every = 10): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, every));
+  }
+}
+
+/** Until a server has no connection left (each connection ends after its session is torn down). */
+export function drained(server: { connectionCount: number }, ms = 30_000): Promise<void> {
+  return until(() => server.connectionCount === 0, 'the server to close every connection', ms, 25);
+}
