@@ -2,7 +2,8 @@
  * Named diagnostics_channel events of the vmsynth core.
  *
  * The core publishes facts here and never imports a logger; the CLI's logger,
- * tests and (later) metrics subscribe. Channel names are stable.
+ * tests and the server's Prometheus metrics (server/metrics.ts) subscribe.
+ * Channel names are stable.
  */
 import diagnostics from 'node:diagnostics_channel';
 

@@ -1,10 +1,12 @@
 /**
  * The one error type of vmsynth, and the catalogue of its stable codes.
  *
- * Every failure that reaches a user (CLI, logs, and later the wire protocol)
- * is a VmsynthError whose `code` never changes meaning. Each catalogue entry
- * says what went wrong in general and what to do about it; the thrower adds
- * the specifics. Tests assert `err.code`, never message text.
+ * Every failure that reaches a user (CLI, logs, and the wire protocol's error
+ * messages) is a VmsynthError whose `code` never changes meaning. Each
+ * catalogue entry says what went wrong in general and what to do about it;
+ * the thrower adds the specifics, and machine-readable `details` where one
+ * code covers cases a caller tells apart. Tests assert `err.code` and
+ * `err.details`, never message text.
  */
 
 export interface ErrorSpec {

@@ -79,3 +79,9 @@ export function untilAborted<T>(promise: Promise<T>, signal?: AbortSignal): Prom
     );
   });
 }
+
+/** Lets the event loop turn (timers, I/O, a FUSE read waiting), then throws if `signal` was aborted: long CPU-bound loops call it now and then. */
+export async function yieldNow(signal?: AbortSignal): Promise<void> {
+  await new Promise((r) => setImmediate(r));
+  throwIfAborted(signal);
+}

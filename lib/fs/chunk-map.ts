@@ -3,9 +3,10 @@
  *
  * A chunk map is pure state (no I/O): one byte per chunk naming its source.
  * The FUSE layer asks it to split a read into runs of chunks with the same
- * source, then serves each run from that source. Today every chunk is BASE
- * or ZERO; overlay synthesis adds OVERLAY (present) and MISSING (not yet
- * arrived: a read blocks and becomes a demand fetch).
+ * source, then serves each run from that source. A base resumed as it is
+ * (`vmsynth base resume`) is all BASE; a launch VM being synthesized starts
+ * with its overlay chunks MISSING (a read blocks and becomes a demand fetch,
+ * synth/arrivals.ts) and turns them OVERLAY, or ZERO, as segments land.
  */
 import { VmsynthError } from '../core/errors.js';
 
