@@ -9,12 +9,42 @@
  * copied). A job that fails rejects with the worker's VmsynthError code and
  * details; a worker that dies fails every job waiting and every later one.
  */
+import { existsSync, readdirSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { VmsynthError } from '../core/errors.js';
 import { runJob, SegmentApplier, type JobError, type SegmentEntry, type SegmentFiles, type SegmentJob } from './apply-segment.js';
 
-/** The worker's module beside this one: compiled JavaScript from dist/, or TypeScript under the test loader. */
-const WORKER_URL = new URL(`./segment-worker${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url);
+let workerUrl: URL | null = null;
+
+/**
+ * The worker's module. Run compiled (dist/), the one beside this one. Run
+ * from the TypeScript sources (tests), the compiled one in dist/ when the
+ * build is newer than every source under lib/ (the stamp bootstrap leaves),
+ * because a worker under the TypeScript loader takes about a second to
+ * start; else the source itself, under that loader.
+ */
+function workerModule(): URL {
+  if (workerUrl) return workerUrl;
+  const here = fileURLToPath(import.meta.url);
+  if (!here.endsWith('.ts')) return (workerUrl = new URL('./segment-worker.js', import.meta.url));
+  const lib = path.resolve(path.dirname(here), '..');
+  const compiled = path.join(lib, '..', 'dist', 'lib', 'overlay', 'segment-worker.js');
+  const stamp = statSync(path.join(lib, '..', 'dist', '.build-stamp'), { throwIfNoEntry: false })?.mtimeMs ?? 0;
+  const fresh = stamp > 0 && existsSync(compiled) && newestUnder(lib) < stamp;
+  return (workerUrl = fresh ? pathToFileURL(compiled) : new URL('./segment-worker.ts', import.meta.url));
+}
+
+/** The newest modification time of any file under `dir`. */
+function newestUnder(dir: string): number {
+  let newest = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    newest = Math.max(newest, e.isDirectory() ? newestUnder(p) : statSync(p).mtimeMs);
+  }
+  return newest;
+}
 
 interface Pending {
   worker: number;
@@ -56,7 +86,7 @@ export class SegmentWorkers {
   constructor(readonly threads: number, files: SegmentFiles) {
     this.inline = threads === 0 ? new SegmentApplier(files) : null;
     for (let i = 0; i < threads; i++) {
-      const w = new Worker(WORKER_URL, { workerData: files });
+      const w = new Worker(workerModule(), { workerData: files });
       w.on('message', (m: { id: number; error: JobError | null }) => this.settle(m.id, m.error));
       w.on('error', (err) => {
         this.failed = new VmsynthError('VMS_INTERNAL', `a segment worker failed: ${err.message}`, { cause: err });
