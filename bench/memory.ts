@@ -73,8 +73,8 @@ function confined(cg: Cgroup, args: string[], env: NodeJS.ProcessEnv): Promise<{
     const p = spawn('sh', ['-c', `echo $$ > "${cg.dir}/cgroup.procs" && exec "$0" "$@"`, process.execPath, child, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d));
-    p.stderr.on('data', (d: Buffer) => (stderr += d));
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     p.on('error', reject);
     p.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
   });

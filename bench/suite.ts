@@ -76,7 +76,6 @@ import { onSignals } from './lib/signals.js';
 import { percentile, round } from './lib/stats.js';
 import { checkSuiteResult, failedRuns, mergeSuiteResults, renderMarkdown, summaryText, svgFirstResponse, svgTimeline, type AppResult, type CellSummary, type Sample, type SuiteResult } from './lib/suite-report.js';
 
-const MIB = 1 << 20;
 const BASE_NAME = 'debian';
 const NAMES: LinkNames = { ns: 'vmsst-', dev: 'vst', tmp: 'vmsynth-bench-suite-', bench: 'suite', octet: 202 };
 const SYNTH_POLICIES: Policy[] = ['baseline', 'early-start', 'demand-only'];

@@ -38,16 +38,22 @@ export async function loadRevision(rev: string, tmp: string): Promise<Revision> 
   await exec('bash', ['-c', 'git -C "$1" archive "$2" lib tsconfig.json package.json | tar -x -C "$3"', 'archive', root, commit, dir]);
   await fsp.symlink(path.join(root, 'node_modules'), path.join(dir, 'node_modules'));
   await exec(path.join(root, 'node_modules', '.bin', 'tsc'), ['-p', dir]);
-  const mod = (rel: string) => import(pathToFileURL(path.join(dir, 'dist', 'lib', 'overlay', rel)).href);
-  const { Overlay } = await mod('reader.js');
+  // The revision's modules, typed as the parts this uses (older revisions take open files, newer ones paths).
+  const mod = <T>(rel: string): Promise<T> => import(pathToFileURL(path.join(dir, 'dist', 'lib', 'overlay', rel)).href) as Promise<T>;
+  type Opened = object;
+  type Apply<F> = (overlay: Opened, base: F, out: F, opts: { threads: number }) => Promise<ApplyStats>;
+  interface OpenFile {
+    close(): void;
+  }
+  const { Overlay } = await mod<{ Overlay: { open(dir: string, opts: { trusted: null }): Promise<Opened> } }>('reader.js');
   const open = (d: string) => Overlay.open(d, { trusted: null });
   const hasRebuild = await fsp.stat(path.join(dir, 'dist', 'lib', 'overlay', 'image-rebuild.js')).then(() => true, () => false);
   if (hasRebuild) {
-    const { applyToImages } = await mod('image-rebuild.js');
+    const { applyToImages } = await mod<{ applyToImages: Apply<[string, string]> }>('image-rebuild.js');
     return { commit, apply: async (d, base, out, threads) => applyToImages(await open(d), base, out, { threads }) };
   }
-  const { applyToImages } = await mod('applier.js');
-  const { ChunkFile } = await mod('chunk-io.js');
+  const { applyToImages } = await mod<{ applyToImages: Apply<OpenFile[]> }>('applier.js');
+  const { ChunkFile } = await mod<{ ChunkFile: new (file: string, flags: 'r' | 'r+') => OpenFile }>('chunk-io.js');
   return {
     commit,
     apply: async (d, base, out, threads) => {

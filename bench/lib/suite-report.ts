@@ -147,7 +147,7 @@ export function checkSuiteResult(r: SuiteResult): string[] {
       for (const p of measured(r)) {
         const c = lr.summary[p];
         if (!c) { problems.push(`${at}${l}/${p}: no summary`); continue; }
-        need(c.n >= 1 && c.n + c.failures === r.runs && (lr.failures[p]?.length ?? 0) === c.failures, `${at}${l}/${p}: ${c.n} of ${r.runs} runs succeeded${lr.failures[p]?.length ? ` (${lr.failures[p]![0]!.slice(0, 200)})` : ''}, ${c.failures} failed`);
+        need(c.n >= 1 && c.n + c.failures === r.runs && (lr.failures[p]?.length ?? 0) === c.failures, `${at}${l}/${p}: ${c.n} of ${r.runs} runs succeeded${lr.failures[p]?.length ? ` (${lr.failures[p][0]!.slice(0, 200)})` : ''}, ${c.failures} failed`);
         need(pos(c.firstResponseMs.p50), `${at}${l}/${p}: no first-response time`);
         need(c.repliesMatchingLocal === c.n, `${at}${l}/${p}: ${c.n - c.repliesMatchingLocal} replies differ from the local VM's`);
         need((lr.samples[p]?.length ?? 0) === c.n, `${at}${l}/${p}: samples missing`);

@@ -12,7 +12,6 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { synthesize, type SynthesizeResult } from '../client/client.js';
 import { publish } from '../core/diagnostics.js';
-import { isErrorCode } from '../core/errors.js';
 import { cacheDir, keyDir, packageRoot } from '../core/paths.js';
 import { buildGuest, type Guest } from '../guest/build.js';
 import { createOverlay } from '../offline/create.js';

@@ -59,8 +59,8 @@ async function deepCheck(c: Config): Promise<string[]> {
 function show(v: unknown): string {
   if (v === null) return 'off';
   if (typeof v === 'object' && v && 'host' in v && 'port' in v) return `${String(v.host)}:${String(v.port)}`;
-  if (Array.isArray(v)) return v.length ? v.map((x) => (typeof x === 'object' ? String((x as { name: string }).name) : String(x))).join(', ') : '(none)';
-  return String(v);
+  if (Array.isArray(v)) return v.length ? v.map((x: unknown) => (typeof x === 'object' && x !== null ? String((x as { name: string }).name) : String(x as string))).join(', ') : '(none)';
+  return typeof v === 'string' ? v : JSON.stringify(v);
 }
 
 export function registerServeCommands(program: Command): void {

@@ -159,7 +159,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
   const timeline: Timeline = { connected: null, accepted: null, resumed: null, firstResponse: null, overlayComplete: null, finished: null };
   const mark = (step: keyof Timeline) => {
     timeline[step] ??= at();
-    opts.onEvent?.({ type: 'timeline', step, ms: timeline[step]! });
+    opts.onEvent?.({ type: 'timeline', step, ms: timeline[step] });
   };
 
   const socket = await connect(host, port, opts.signal, opts.tls);
@@ -378,7 +378,7 @@ function connect(host: string, port: number, signal?: AbortSignal, secure?: Synt
       resolve(socket);
     });
     socket.once('timeout', () => fail('no answer within 10 s'));
-    socket.once('error', (err) => fail(err.message));
+    socket.once('error', (err: Error) => fail(err.message));
     signal?.addEventListener('abort', () => fail('cancelled'), { once: true });
   });
 }

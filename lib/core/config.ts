@@ -144,7 +144,7 @@ const clients = (key: string) => (v: Raw, from: Source): ClientCredential[] => {
 };
 
 const spec = <K extends keyof Config>(s: Omit<KeySpec<K>, 'parse'> & { parse: (key: string) => (v: Raw, from: Source) => Config[K] }): KeySpec<K> =>
-  ({ ...s, parse: s.parse(s.key) }) as KeySpec<K>;
+  ({ ...s, parse: s.parse(s.key) });
 
 export const KEYS = [
   spec({ key: 'listen', env: ['VMSYNTH_LISTEN'], flag: 'listen', doc: 'synthesis protocol address, [HOST:]PORT', default: { host: DEFAULTS.listenHost, port: DEFAULTS.port }, parse: (k) => address(k, DEFAULTS.port) }),
@@ -240,7 +240,7 @@ export function resolveConfig(opts: { flags?: Record<string, unknown>; configFil
   }
   const c = config as unknown as Config;
   if ((c.tlsCert === null) !== (c.tlsKey === null)) throw new VmsynthError('VMS_CONFIG', 'tlsCert and tlsKey go together: set both for TLS, or neither');
-  return { config: c, sources: sources as Record<keyof Config, Source>, file: fileValues ? where.file : null };
+  return { config: c, sources: sources, file: fileValues ? where.file : null };
 }
 
 /** An open server (no clients listed) is only allowed on loopback: anyone who reaches it may start VMs. */

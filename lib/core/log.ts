@@ -68,7 +68,7 @@ function text(name: ChannelName, m: Record<string, unknown>): string {
 
 function errText(e: unknown): string {
   if (e instanceof Error) return 'code' in e ? `${String(e.code)}: ${e.message}` : e.message;
-  if (e && typeof e === 'object' && 'message' in e) return String((e as { message: unknown }).message);
+  if (e && typeof e === 'object' && 'message' in e) return String((e).message);
   return String(e);
 }
 

@@ -10,7 +10,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { publish } from './diagnostics.js';
 import { VmsynthError } from './errors.js';
 
-type Release = () => Promise<unknown> | unknown;
+type Release = () => unknown;
 
 export class Scope {
   private readonly steps: { what: string; release: Release }[] = [];
@@ -75,7 +75,7 @@ export function untilAborted<T>(promise: Promise<T>, signal?: AbortSignal): Prom
     signal.addEventListener('abort', onAbort, { once: true });
     promise.then(
       (v) => { signal.removeEventListener('abort', onAbort); resolve(v); },
-      (e) => { signal.removeEventListener('abort', onAbort); reject(e); },
+      (e: unknown) => { signal.removeEventListener('abort', onAbort); reject(e); },
     );
   });
 }

@@ -105,6 +105,7 @@ export function fileReader(handle: FileHandle, what: string): RangeReader {
   };
 }
 
-export const zeroReader: RangeReader = async (buf, bufOffset, length) => {
+export const zeroReader: RangeReader = (buf, bufOffset, length) => {
   buf.fill(0, bufOffset, bufOffset + length);
+  return Promise.resolve();
 };

@@ -13,7 +13,7 @@ export const ZERO_DIGEST: Buffer = sha256(ZERO_CHUNK);
 export const BLOCK_BYTES = 1 << 20;
 
 export function sha256(data: Uint8Array): Buffer {
-  return hash('sha256', data, 'buffer') as unknown as Buffer;
+  return hash('sha256', data, 'buffer');
 }
 
 export function isZero(buf: Buffer, offset = 0): boolean {

@@ -139,7 +139,7 @@ export function verifySignature(bytes: Uint8Array, sig: { keyId: string; publicK
     if (!known) throw new VmsynthError('VMS_UNTRUSTED_KEY', `the overlay is signed by key ${sig.keyId}, which this host does not trust`, { details: { keyId: sig.keyId } });
     if (!known.equals(Buffer.from(sig.publicKey))) throw new VmsynthError('VMS_BAD_SIGNATURE', `the public key in the manifest is not the trusted key ${sig.keyId}`);
   }
-  let ok = false;
+  let ok: boolean;
   try {
     ok = verify(null, bytes, publicKeyFromRaw(sig.publicKey), sig.sig);
   } catch {

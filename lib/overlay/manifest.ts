@@ -19,6 +19,11 @@ function isBytes(x: unknown, len?: number): x is Uint8Array {
   return x instanceof Uint8Array && (len === undefined || x.length === len);
 }
 
+/** `x` as a map of fields to check, or null when it is not one (bytes, arrays and scalars are not). */
+function asMap(x: unknown): Record<string, unknown> | null {
+  return typeof x === 'object' && x !== null && !Array.isArray(x) && !(x instanceof Uint8Array) ? (x as Record<string, unknown>) : null;
+}
+
 function isCount(x: unknown): x is number {
   return typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
 }
@@ -95,42 +100,49 @@ class ChunkSet {
  * reference pointing backwards. Never trusts a count before checking it.
  */
 export function decodeBody(bytes: Uint8Array): OverlayBody {
-  const b = unpackBody(bytes) as Record<string, any>;
-  if (!b || typeof b !== 'object') throw corrupt('the overlay body is not a map');
+  const b = asMap(unpackBody(bytes));
+  if (!b) throw corrupt('the overlay body is not a map');
   if (b.format !== OVERLAY_FORMAT) throw new VmsynthError('VMS_OVERLAY_FORMAT', `overlay body format "${String(b.format).slice(0, 80)}" is not ${OVERLAY_FORMAT}`);
   const chunkSize = b.chunkSize;
-  if (chunkSize !== 4096) throw corrupt(`unsupported chunk size ${chunkSize}`);
-  const base = b.base;
+  if (chunkSize !== 4096) throw corrupt(`unsupported chunk size ${String(chunkSize)}`);
+  const base = asMap(b.base);
+  const chunkCount: number[] = [];
   for (const name of IMAGE_NAMES) {
-    const id = base?.[name];
+    const id = asMap(base?.[name]);
     // (An image beyond MAX_IMAGE_CHUNKS cannot be addressed by a u32 record index.)
     if (!id || !isCount(id.bytes) || id.bytes % chunkSize !== 0 || id.bytes / chunkSize > MAX_IMAGE_CHUNKS || typeof id.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(id.sha256)) {
       throw corrupt(`the overlay's base ${name} identity is malformed`);
     }
+    chunkCount.push(id.bytes / chunkSize);
   }
-  if (typeof base.name !== 'string') throw corrupt('the overlay names no base');
+  if (typeof base!.name !== 'string') throw corrupt('the overlay names no base');
   if (!isCount(b.segmentBytes) || b.segmentBytes === 0) throw corrupt('segmentBytes is malformed');
-  if (!b.vm || !isCount(b.vm.appPort) || b.vm.appPort > 65535) throw corrupt('vm.appPort is malformed');
-  const ds = b.deviceState;
+  const vm = asMap(b.vm);
+  if (!vm || !isCount(vm.appPort) || vm.appPort > 65535) throw corrupt('vm.appPort is malformed');
+  const ds = asMap(b.deviceState);
   if (!ds || !isCount(ds.bytes) || typeof ds.sha256 !== 'string' || !isBytes(ds.zstd)) throw corrupt('the device state is malformed');
   if (!Array.isArray(b.segments)) throw corrupt('the segment table is missing');
-  if (!b.order || (b.order.kind !== 'default' && b.order.kind !== 'profile')) throw corrupt('the order is malformed');
+  const order = asMap(b.order);
+  if (!order || (order.kind !== 'default' && order.kind !== 'profile')) throw corrupt('the order is malformed');
   // The descriptive fields too: `overlay inspect` (which opens any self-signed overlay) and the
   // profiler read them as typed; fuzzing found a missing stats.modified, delta or compression
   // making inspectOverlay throw a TypeError.
-  const st = b.stats;
-  if (!st || !Array.isArray(st.chunks) || !st.chunks.every(isCount) || !isCount(st.trimmedChunks) || !st.modified || !isCount(st.modified.memory) || !isCount(st.modified.disk)) {
+  const st = asMap(b.stats);
+  const modified = asMap(st?.modified);
+  if (!st || !Array.isArray(st.chunks) || !st.chunks.every(isCount) || !isCount(st.trimmedChunks) || !modified || !isCount(modified.memory) || !isCount(modified.disk)) {
     throw corrupt('the stats are malformed');
   }
-  if (!isCount(b.order.runs) || (b.order.rank !== undefined && typeof b.order.rank !== 'string')) throw corrupt('the order is malformed');
+  if (!isCount(order.runs) || (order.rank !== undefined && typeof order.rank !== 'string')) throw corrupt('the order is malformed');
   if (typeof b.createdAt !== 'string' || typeof b.tool !== 'string') throw corrupt('createdAt or tool is malformed');
-  if (!b.delta || b.delta.encoding !== 'xor' || typeof b.delta.rule !== 'string') throw corrupt('the delta encoding is malformed');
-  if (!b.compression || b.compression.codec !== 'zstd' || !Number.isSafeInteger(b.compression.level)) throw corrupt('the compression is malformed');
+  const delta = asMap(b.delta);
+  if (!delta || delta.encoding !== 'xor' || typeof delta.rule !== 'string') throw corrupt('the delta encoding is malformed');
+  const compression = asMap(b.compression);
+  if (!compression || compression.codec !== 'zstd' || !Number.isSafeInteger(compression.level)) throw corrupt('the compression is malformed');
 
-  const chunkCount = [base.memory.bytes / chunkSize, base.disk.bytes / chunkSize];
   const seen = new ChunkSet();
   let offset = 0;
-  b.segments.forEach((s: Record<string, unknown>, si: number) => {
+  (b.segments as unknown[]).forEach((entry, si) => {
+    const s = asMap(entry);
     if (!s || !isCount(s.offset) || !isCount(s.bytes) || !isCount(s.rawBytes) || !isCount(s.count) || !isCount(s.digests) || !isBytes(s.sha256, HASH_BYTES)) {
       throw corrupt(`segment ${si}: malformed entry`);
     }
@@ -161,6 +173,7 @@ export function decodeBody(bytes: Uint8Array): OverlayBody {
     }
     if (digests !== s.digests) throw corrupt(`segment ${si}: ${s.digests} digests for ${digests} chunks that have one`);
   });
-  return b as OverlayBody;
+  // Every field OverlayBody names was checked above.
+  return b as unknown as OverlayBody;
 }
 

@@ -7,7 +7,7 @@
  */
 import type net from 'node:net';
 import { asVmsynthError, type VmsynthError } from '../core/errors.js';
-import { encodeFrame, FrameDecoder, type Frame, type FrameHeader } from './frames.js';
+import { encodeFrame, FrameDecoder, type Frame, type OutgoingHeader } from './frames.js';
 
 export interface FramedHandlers {
   frame(f: Frame): void;
@@ -75,7 +75,7 @@ export class FramedSocket {
   }
 
   /** Queues one frame; returns false when the socket's buffer is over its high-water mark. */
-  send(header: Omit<FrameHeader, 'payloadBytes'>, payload?: Uint8Array): boolean {
+  send(header: OutgoingHeader, payload?: Uint8Array): boolean {
     if (!this.open) return false;
     let ok = true;
     for (const part of encodeFrame(header, payload)) {

@@ -28,6 +28,9 @@ export interface FrameHeader {
   [field: string]: unknown;
 }
 
+/** A header to send: its type and fields (encodeFrame adds payloadBytes). */
+export type OutgoingHeader = { type: string } & Record<string, unknown>;
+
 export interface Frame {
   header: FrameHeader;
   payload: Buffer;
@@ -43,7 +46,7 @@ function protocolError(message: string, details: Record<string, unknown> = {}): 
 }
 
 /** Encodes one frame as buffers to write in order (prefix + header, then the payload untouched). */
-export function encodeFrame(header: Omit<FrameHeader, 'payloadBytes'>, payload?: Uint8Array): Buffer[] {
+export function encodeFrame(header: OutgoingHeader, payload?: Uint8Array): Buffer[] {
   const p = payload?.length ?? 0;
   const h = packr.pack(p > 0 ? { ...header, payloadBytes: p } : header);
   if (h.length > MAX_HEADER_BYTES) throw new VmsynthError('VMS_FRAME_TOO_LARGE', `a ${header.type} header of ${h.length} bytes exceeds ${MAX_HEADER_BYTES}`);

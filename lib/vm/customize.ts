@@ -130,9 +130,9 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
     const agentPort = vm.agentPort!; // asked for with `agent`
     const consoleLog = vm.spec.consoleLog;
     let output = '';
-    let tResumed = 0;
-    let tScript = 0;
-    let freePages: SettleResult = { ms: 0, freedBytes: 0, allocatedBytes: 0 };
+    let tResumed: number;
+    let tScript: number;
+    let freePages: SettleResult;
     try {
       await waitForApp(agentPort, { timeoutMs: 60_000, signal: opts.signal, alive: vm.alive, consoleLog, path: '/health' }).catch((err: unknown) => {
         if (!isErrorCode(err, 'VMS_GUEST_TIMEOUT')) throw err;

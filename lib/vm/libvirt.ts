@@ -4,7 +4,7 @@
  * libvirt calls run off the event loop inside @unraid/libvirt.
  */
 import { promises as fsp } from 'node:fs';
-import { Hypervisor, type Domain } from '@unraid/libvirt';
+import { DomainState, Hypervisor, type Domain } from '@unraid/libvirt';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import { libvirtUri } from '../core/paths.js';
@@ -78,7 +78,7 @@ export class Libvirt {
     try {
       const dom = await this.hv.domainLookupByName(name);
       const info = await dom.getInfo();
-      return info.state !== 5; // SHUTOFF
+      return info.state !== DomainState.SHUTOFF;
     } catch {
       return false;
     }

@@ -14,9 +14,9 @@ export interface RunningVm {
   spec: VmSpec;
   qmp: QmpClient;
   /** True while the domain exists and is not shut off. */
-  alive(): Promise<boolean>;
+  alive: () => Promise<boolean>;
   /** Destroys the domain now (the scope would do it at the end anyway). */
-  destroy(): Promise<void>;
+  destroy: () => Promise<void>;
 }
 
 export async function startVm(lv: Libvirt, spec: VmSpec, scope: Scope, opts: { signal?: AbortSignal } = {}): Promise<RunningVm> {
