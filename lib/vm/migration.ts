@@ -73,36 +73,35 @@ export async function loadState(qmp: QmpClient, file: string, socketPath: string
   }).catch((cause: unknown) => {
     throw new VmsynthError('VMS_MIGRATION', `cannot connect to QEMU's incoming socket: ${(cause as Error).message}`, { cause });
   });
-  const fed = pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), sock).catch((cause: unknown) => {
-    throw new VmsynthError('VMS_MIGRATION', `feeding the saved state to QEMU failed: ${(cause as Error).message}`, { cause });
-  });
-  fed.catch(() => undefined);
-  const deadline = Date.now() + (opts.timeoutMs ?? 120_000);
-  for (;;) {
-    throwIfAborted(opts.signal);
-    const { status } = await qmp.execute<{ status: string }>('query-status');
-    if (status === 'running') break;
-    if (status !== 'inmigrate') {
-      const info = await qmp.execute<MigrateInfo>('query-migrate');
-      if (info.status === 'failed') throw new VmsynthError('VMS_MIGRATION', `loading the VM state failed: ${info['error-desc'] ?? 'unknown'}`);
-      if (status === 'paused' || status === 'prelaunch') {
-        await qmp.execute('cont');
-        continue;
-      }
-    }
-    if (Date.now() > deadline) throw new VmsynthError('VMS_MIGRATION', `loading the VM state timed out (status ${status})`);
-    await sleep(5, opts.signal);
-  }
-  // The VM runs, so QEMU has read the whole state. It may close its end before our
-  // side of the pipeline has seen 'finish' (seen under load): that premature close is
-  // not a failure; any other error of the feed still is.
   try {
+    const fed = pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), sock).catch((cause: unknown) => {
+      throw new VmsynthError('VMS_MIGRATION', `feeding the saved state to QEMU failed: ${(cause as Error).message}`, { cause });
+    });
+    fed.catch(() => undefined);
+    const deadline = Date.now() + (opts.timeoutMs ?? 120_000);
+    for (;;) {
+      throwIfAborted(opts.signal);
+      const { status } = await qmp.execute<{ status: string }>('query-status');
+      if (status === 'running') break;
+      if (status !== 'inmigrate') {
+        const info = await qmp.execute<MigrateInfo>('query-migrate');
+        if (info.status === 'failed') throw new VmsynthError('VMS_MIGRATION', `loading the VM state failed: ${info['error-desc'] ?? 'unknown'}`);
+        // Loaded and paused: continue it (again on the next round if it stays paused, within the deadline).
+        if (status === 'paused' || status === 'prelaunch') await qmp.execute('cont');
+      }
+      if (Date.now() > deadline) throw new VmsynthError('VMS_MIGRATION', `loading the VM state timed out (status ${status})`);
+      await sleep(5, opts.signal);
+    }
+    // The VM runs, so QEMU has read the whole state. It may close its end before our
+    // side of the pipeline has seen 'finish' (seen under load): that premature close is
+    // not a failure; any other error of the feed still is.
     await fed.catch((err: unknown) => {
       if ((err as VmsynthError).cause && ((err as VmsynthError).cause as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE') return;
       throw err;
     });
   } finally {
+    // Failed or not: the feed's socket closed and the incoming socket's path gone.
     sock.destroy();
+    await fsp.rm(socketPath, { force: true });
   }
-  await fsp.rm(socketPath, { force: true });
 }

@@ -31,6 +31,8 @@ interface FakeOptions {
   stream?: Buffer;
   /** How long the incoming VM stays inmigrate after the stream ended. */
   settleMs?: number;
+  /** `cont` is accepted but the VM stays paused. */
+  stuck?: boolean;
 }
 
 /** A fake QEMU; `received` is what its incoming socket read, `runningAt` when it started running. */
@@ -105,7 +107,7 @@ async function fakeQemu(t: { teardown(fn: () => unknown): void }, dir: string, o
       case 'stop': setStatus('paused'); return {};
       case 'cont':
         if (state.status !== 'paused' && state.status !== 'prelaunch') return new Error(`cannot continue in state ${state.status}`);
-        setStatus('running');
+        if (!opts.stuck) setStatus('running');
         return {};
       case 'migrate': migrate(unixPath(args)); return {};
       case 'migrate-incoming': await incoming(unixPath(args)); return {};
@@ -255,6 +257,18 @@ t.test('a failed load is VMS_MIGRATION and the VM is not continued', async (t) =
   await t.rejects(loadState(q.qmp, file, sock, { ignoreShared: true }), { code: 'VMS_MIGRATION' });
   t.ok(q.names().includes('query-migrate'), 'the failure was read from query-migrate');
   t.notOk(q.names().includes('cont'));
+  t.notOk(await exists(sock), 'the socket path is gone after a failure too');
+});
+
+t.test('a VM that stays paused after cont is asked again, paced, and times out', async (t) => {
+  const { dir, file, sock } = await tmp(t);
+  await fsp.writeFile(file, randomBytes(4096));
+  const q = await fakeQemu(t, dir, { load: 'paused', stuck: true });
+  await t.rejects(loadState(q.qmp, file, sock, { ignoreShared: true, timeoutMs: 200 }), { code: 'VMS_MIGRATION' });
+  const conts = q.names().filter((n) => n === 'cont').length;
+  // One cont per 5 ms poll at most: it used to send cont in a tight loop, never reaching the deadline.
+  t.ok(conts >= 2 && conts <= 200 / 5 + 1, `cont sent ${conts} times in 200 ms`);
+  t.notOk(await exists(sock), 'the socket path is gone');
 });
 
 t.test('an incoming socket nobody listens on is VMS_MIGRATION', async (t) => {
