@@ -256,6 +256,18 @@ export function summaryText(r: SuiteResult): string {
 }
 
 /** docs/benchmarks.md: the tables, generated; docs/benchmarks-notes.md (hand-written analysis) is appended when present. */
+/** Appends a markdown section holding one table. */
+function table(out: string[], heading: string, header: string[], rows: string[][]): void {
+  out.push(`## ${heading}`, '');
+  out.push(`| ${header.join(' | ')} |`, `|${header.map(() => '---|').join('')}`);
+  for (const row of rows) out.push(`| ${row.join(' | ')} |`);
+}
+
+/** One row per app and link, in the result's order. */
+function cells(r: SuiteResult, row: (a: AppResult, link: string, lr: AppResult['links'][string]) => string[]): string[][] {
+  return r.apps.flatMap((a) => r.links.map((l) => row(a, l, a.links[l]!)));
+}
+
 export function renderMarkdown(r: SuiteResult, where: { json: string; plots: string[] }): string {
   const out: string[] = [];
   out.push('# Benchmarks: real apps against Elijah\'s table', '');
@@ -293,36 +305,26 @@ export function renderMarkdown(r: SuiteResult, where: { json: string; plots: str
   }
   out.push('', `Our baseline and early-start columns are at ${wifi} (${r.apps[0]?.links[wifi]?.link.rateMbit} Mbit/s). Apps: ${r.apps.map((a) => `**${a.app}**: ${a.title}; ${a.note}`).join('. ')}.`, '');
 
-  out.push('## Overlay size', '');
-  out.push('| app | naive (modified chunks raw) | Elijah\'s scheme (xdelta3 + xz) | vmsynth (zstd, signed, per-chunk SHA-256) | vs naive | vs Elijah |');
-  out.push('|---|---|---|---|---|---|');
-  for (const a of r.apps) out.push(`| ${a.app} | ${mb(a.sizes.naive.total)} | ${mb(a.sizes.elijah.total)} | ${mb(a.sizes.overlay.total)} | ${a.sizes.ratioVsNaive} | ${a.sizes.ratioVsElijah} |`);
+  table(out, 'Overlay size', ['app', 'naive (modified chunks raw)', 'Elijah\'s scheme (xdelta3 + xz)', 'vmsynth (zstd, signed, per-chunk SHA-256)', 'vs naive', 'vs Elijah'],
+    r.apps.map((a) => [a.app, mb(a.sizes.naive.total), mb(a.sizes.elijah.total), mb(a.sizes.overlay.total), String(a.sizes.ratioVsNaive), String(a.sizes.ratioVsElijah)]));
   out.push('', 'Elijah\'s scheme is re-run on our chunks (bench/elijah.ts); its metadata is not counted, ours (manifest, per-chunk hashes and the signature) is.', '');
 
-  out.push('## First response (s, p50 [p90])', '');
-  out.push('| app | link | baseline | early-start | demand-only | remote-install | floor | baseline / early | early / floor | install / early | replies = local |');
-  out.push('|---|---|---|---|---|---|---|---|---|---|---|');
-  for (const a of r.apps) {
-    for (const l of r.links) {
-      const lr = a.links[l]!;
+  table(out, 'First response (s, p50 [p90])',
+    ['app', 'link', 'baseline', 'early-start', 'demand-only', 'remote-install', 'floor', 'baseline / early', 'early / floor', 'install / early', 'replies = local'],
+    cells(r, (a, l, lr) => {
       const cell = (p: SuitePolicyName) => `${s1(lr.summary[p].firstResponseMs.p50)} [${s1(lr.summary[p].firstResponseMs.p90)}]${lr.summary[p].failures ? ` (${lr.summary[p].failures} failed)` : ''}`;
       const ok = POLICIES.reduce((sum, p) => sum + lr.summary[p].repliesMatchingLocal, 0);
       const n = POLICIES.reduce((sum, p) => sum + lr.summary[p].n, 0);
-      out.push(`| ${a.app} | ${l} | ${cell('baseline')} | ${cell('early-start')} | ${cell('demand-only')} | ${cell('remote-install')} | ${s1(lr.floor.floorMs)} | ${x(lr.ratios.baselineOverEarlyStart)} | ${x(lr.ratios.earlyStartOverFloor)} | ${x(lr.ratios.remoteInstallOverEarlyStart)} | ${ok}/${n} |`);
-    }
-  }
+      return [a.app, l, cell('baseline'), cell('early-start'), cell('demand-only'), cell('remote-install'), s1(lr.floor.floorMs), x(lr.ratios.baselineOverEarlyStart), x(lr.ratios.earlyStartOverFloor), x(lr.ratios.remoteInstallOverEarlyStart), `${ok}/${n}`];
+    }));
   out.push('');
-  out.push('## Where the time goes (p50)', '');
-  out.push('| app | link | overlay | early-start: VM running | early-start: MB sent before reply | demand-only: MB before reply | floor: transfer + local resume | remote install: VM running + install |');
-  out.push('|---|---|---|---|---|---|---|---|');
-  for (const a of r.apps) {
-    for (const l of r.links) {
-      const lr = a.links[l]!;
-      const ri = lr.samples['remote-install'] ?? [];
-      const inst = p50(ri.map((s) => s.installMs ?? 0));
-      out.push(`| ${a.app} | ${l} | ${mb(a.overlay.bytes)} MB, ${a.overlay.segments} segments | ${s1(lr.summary['early-start'].resumedMs)} s | ${mb(lr.summary['early-start'].bytesBeforeFirstResponse)} | ${mb(lr.summary['demand-only'].bytesBeforeFirstResponse)} | ${s1(lr.floor.transferMs)} + ${s1(lr.floor.localFirstResponseMs)} s | ${s1(lr.summary['remote-install'].resumedMs)} + ${s1(inst)} s |`);
-    }
-  }
+  table(out, 'Where the time goes (p50)',
+    ['app', 'link', 'overlay', 'early-start: VM running', 'early-start: MB sent before reply', 'demand-only: MB before reply', 'floor: transfer + local resume', 'remote install: VM running + install'],
+    cells(r, (a, l, lr) => {
+      const inst = p50((lr.samples['remote-install'] ?? []).map((s) => s.installMs ?? 0));
+      return [a.app, l, `${mb(a.overlay.bytes)} MB, ${a.overlay.segments} segments`, `${s1(lr.summary['early-start'].resumedMs)} s`, mb(lr.summary['early-start'].bytesBeforeFirstResponse),
+        mb(lr.summary['demand-only'].bytesBeforeFirstResponse), `${s1(lr.floor.transferMs)} + ${s1(lr.floor.localFirstResponseMs)} s`, `${s1(lr.summary['remote-install'].resumedMs)} + ${s1(inst)} s`];
+    }));
   out.push('');
   const failed = failedRuns(r);
   if (failed.length) {

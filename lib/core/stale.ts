@@ -1,13 +1,15 @@
 /**
- * Work and temporary directories of killed runs. Commands that write an
- * output directory build it next to the output as `<out>.tmp-<pid>` or
- * `<out>.work-<pid>` and rename or remove it at the end; a run killed with
- * SIGKILL cannot. The next run for the same output removes those whose
- * process is gone (a live process's are left alone).
+ * Output directories built beside their target, and what killed runs left of
+ * them. Commands that write an output directory build it next to the output
+ * as `<out>.tmp-<pid>` or `<out>.work-<pid>` (claimOutput) and rename or
+ * remove it at the end; a run killed with SIGKILL cannot. The next run for
+ * the same output removes those whose process is gone (a live process's are
+ * left alone).
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { publish } from './diagnostics.js';
+import { VmsynthError } from './errors.js';
 
 /** True while a process with this PID exists (EPERM: it exists, owned by another user). */
 export function processAlive(pid: number): boolean {
@@ -36,4 +38,18 @@ export async function removeStaleSiblings(out: string): Promise<string[]> {
     removed.push(p);
   }
   return removed;
+}
+
+/**
+ * Claims `out` for a command that builds it beside itself: refuses an
+ * existing `out` unless `force` (VMS_OVERLAY_EXISTS), removes what dead runs
+ * left beside it, and returns a fresh, empty `<out>.<kind>-<pid>` directory.
+ */
+export async function claimOutput(out: string, kind: 'tmp' | 'work', force = false): Promise<string> {
+  if (!force && (await fsp.stat(out).catch(() => null))) throw new VmsynthError('VMS_OVERLAY_EXISTS', `${out} already exists`, { details: { path: out } });
+  await removeStaleSiblings(out);
+  const dir = `${out}.${kind}-${process.pid}`;
+  await fsp.rm(dir, { recursive: true, force: true });
+  await fsp.mkdir(dir, { recursive: true });
+  return dir;
 }

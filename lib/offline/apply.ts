@@ -10,7 +10,6 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { publish } from '../core/diagnostics.js';
-import { VmsynthError } from '../core/errors.js';
 import { exec } from '../core/exec.js';
 import { sha256File } from '../core/hash.js';
 import { VMSYNTH_VERSION } from '../core/version.js';
@@ -19,7 +18,7 @@ import type { BaseManifest } from '../vm/base-manifest.js';
 import { applyToImages, verifyChunks, type LoopStats } from '../overlay/image-rebuild.js';
 import { trustedKeys } from '../overlay/keys.js';
 import { Overlay } from '../overlay/reader.js';
-import { removeStaleSiblings } from '../core/stale.js';
+import { claimOutput } from '../core/stale.js';
 
 export interface TrustOptions {
   /** Extra trusted public key files (besides the key directory's trusted/). */
@@ -66,12 +65,8 @@ export async function applyOverlay(opts: ApplyOptions): Promise<ApplyResult> {
   let verifyMs: number | null = null;
   if (opts.verifyBase ?? true) verifyMs = (await verifyBase(base, opts.signal)).ms;
   const out = path.resolve(opts.out);
-  if (!opts.force && (await fsp.stat(out).catch(() => null))) throw new VmsynthError('VMS_OVERLAY_EXISTS', `${out} already exists`);
-  await removeStaleSiblings(out);
-  const tmp = `${out}.tmp-${process.pid}`;
+  const tmp = await claimOutput(out, 'tmp', opts.force);
   try {
-    await fsp.rm(tmp, { recursive: true, force: true });
-    await fsp.mkdir(tmp, { recursive: true });
     const tCopy = performance.now();
     publish('progress', { step: `overlay apply: copying base "${base.name}" into ${tmp}` });
     for (const key of ['disk', 'memory'] as const) {

@@ -10,7 +10,7 @@ import { VmsynthError } from '../core/errors.js';
 import { customizeBase, type Copy, type CustomVm } from '../vm/customize.js';
 import { baseInput, buildOverlay, type BuildOrder, type BuildResult } from '../overlay/builder.js';
 import { loadSigningKey } from '../overlay/keys.js';
-import { removeStaleSiblings } from '../core/stale.js';
+import { claimOutput } from '../core/stale.js';
 
 export interface CreateOverlayOptions {
   base: string;
@@ -38,10 +38,8 @@ export interface CreateOverlayResult extends BuildResult {
 export async function createOverlay(opts: CreateOverlayOptions): Promise<CreateOverlayResult> {
   const key = await loadSigningKey(opts.key);
   const out = path.resolve(opts.out);
-  if (!opts.force && (await fsp.stat(out).catch(() => null))) throw new VmsynthError('VMS_OVERLAY_EXISTS', `${out} already exists`);
   if (opts.keepCustom && (await fsp.stat(opts.keepCustom).catch(() => null))) throw new VmsynthError('VMS_OVERLAY_EXISTS', `${opts.keepCustom} already exists`);
-  await removeStaleSiblings(out);
-  const work = `${out}.work-${process.pid}`;
+  const work = await claimOutput(out, 'work', opts.force);
   try {
     const custom = await customizeBase({ base: opts.base, script: opts.script, copies: opts.copies, workDir: work, dropCaches: opts.dropCaches, reportFreePages: opts.reportFreePages, timeoutMs: opts.timeoutMs, signal: opts.signal });
     const built = await buildOverlay({

@@ -27,7 +27,7 @@ import { readRecord } from '../overlay/records.js';
 import { loadSigningKey } from '../overlay/keys.js';
 import { applyOverlay, baseFor, openTrusted, type TrustOptions } from './apply.js';
 import { Overlay } from '../overlay/reader.js';
-import { removeStaleSiblings } from '../core/stale.js';
+import { claimOutput } from '../core/stale.js';
 
 export const RANK_RULE =
   'min over runs of the normalized first-touch position (position / touches in that run); ties: touched in more runs first, then lower mean position; chunks no run touched follow in default order';
@@ -145,12 +145,8 @@ export async function profileOverlay(opts: ProfileOptions): Promise<ProfileResul
   const base = await baseFor(input, opts.base);
   const out = path.resolve(opts.out);
   if (path.resolve(opts.overlay) === out) throw new VmsynthError('VMS_USAGE', 'the profiled overlay must go to a new directory (--out), not over its input');
-  if (!opts.force && (await fsp.stat(out).catch(() => null))) throw new VmsynthError('VMS_OVERLAY_EXISTS', `${out} already exists`);
-  await removeStaleSiblings(out);
-  const work = `${out}.work-${process.pid}`;
+  const work = await claimOutput(out, 'work', opts.force);
   try {
-    await fsp.rm(work, { recursive: true, force: true });
-    await fsp.mkdir(work, { recursive: true });
     const launch = path.join(work, 'launch');
     publish('progress', { step: `overlay profile: synthesizing the launch VM from base "${base.name}"` });
     await applyOverlay({ overlay: opts.overlay, base: base.dir, out: launch, trust: opts.trust, threads: opts.threads, signal: opts.signal });

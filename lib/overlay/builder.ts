@@ -14,7 +14,7 @@ import { compress } from 'zstd-napi';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import { packr } from '../core/msgpack.js';
-import { removeStaleSiblings } from '../core/stale.js';
+import { claimOutput } from '../core/stale.js';
 import { VMSYNTH_VERSION } from '../core/version.js';
 import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import type { Base } from '../vm/base.js';
@@ -85,17 +85,13 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
   }
   const level = opts.zstdLevel ?? 3;
   const out = path.resolve(opts.out);
-  if (!opts.force && (await fsp.stat(out).catch(() => null))) {
-    throw new VmsynthError('VMS_OVERLAY_EXISTS', `${out} already exists`);
-  }
   const files: ChunkFile[] = [];
   const open = (f: string) => {
     const cf = new ChunkFile(f);
     files.push(cf);
     return cf;
   };
-  await removeStaleSiblings(out);
-  const tmp = `${out}.tmp-${process.pid}`;
+  const tmp = await claimOutput(out, 'tmp', opts.force);
   let fd = -1;
   try {
     const base = [open(opts.base.files.memory), open(opts.base.files.disk)];
@@ -117,8 +113,6 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
     await lookaside(base, custom, entries, opts.signal);
     const tLook = performance.now();
 
-    await fsp.rm(tmp, { recursive: true, force: true });
-    await fsp.mkdir(tmp, { recursive: true });
     fd = openSync(path.join(tmp, SEGMENTS_FILE), 'w');
     const packer = new SegmentPacker(fd, segmentBytes, level);
     publish('progress', { step: `overlay: packing ${entries.n} chunks into ${segmentBytes >> 10} KiB segments` });
