@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { synthesize, type SynthesizeResult } from '../client/client.js';
+import { DEFAULTS } from '../core/defaults.js';
 import { publish } from '../core/diagnostics.js';
 import { cacheDir, keyDir, packageRoot } from '../core/paths.js';
 import { buildGuest, type Guest } from '../guest/build.js';
@@ -22,8 +23,6 @@ import { detectAccel, type Accel } from '../vm/accel.js';
 import { ensureBase, type Base } from '../vm/base.js';
 
 export const DEMO_BASE = 'demo';
-/** The link the demo emulates by pacing the client: 802.11n as Elijah measured it. */
-export const DEMO_LINK_MBIT = 38;
 /** The demo's first request: 8 MiB of the app's working set and the 4 MiB the customization installed at 40 MiB. */
 export const DEMO_REQUEST = { method: 'GET' as const, path: '/run?mem_mb=8&disk_mb=4&disk_off_mb=40' };
 
@@ -107,7 +106,7 @@ function policyRun(r: SynthesizeResult): PolicyRun {
 
 export async function runDemo(opts: { signal?: AbortSignal; linkMbit?: number } = {}): Promise<DemoResult> {
   const { signal } = opts;
-  const linkMbit = opts.linkMbit ?? DEMO_LINK_MBIT;
+  const linkMbit = opts.linkMbit ?? DEFAULTS.demoLinkMbit;
   publish('progress', { step: 'step 1/4: test guest (Debian kernel + busybox initramfs + offload app)' });
   const guest = await buildGuest();
   publish('progress', { step: `step 2/4: base VM "${DEMO_BASE}"` });

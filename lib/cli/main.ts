@@ -2,19 +2,18 @@
 /**
  * The `vmsynth` command line. Each command is a thin wrapper over lib/:
  * parse options, call the library, print (human text, or one JSON object
- * as the last stdout line with --json).
+ * as the last stdout line with --json). Command implementations are
+ * imported when their command runs, so `--help` and usage errors load
+ * only commander and core/.
  */
 import { Command, CommanderError } from 'commander';
 import { VMSYNTH_VERSION } from '../core/version.js';
 import { baseDir, cacheDir, keyDir, runDir } from '../core/paths.js';
 import { VmsynthError } from '../core/errors.js';
-import { buildGuest } from '../guest/build.js';
-import { buildDebianGuest, debianBaseSource } from '../guest/debian.js';
-import { createBase, listBases, loadBase, verifyBase, type BaseSource } from '../vm/base.js';
-import { resumeBase, type ResumeResult } from '../vm/base-resume.js';
-import { cleanStale } from '../vm/janitor.js';
-import { Libvirt } from '../vm/libvirt.js';
-import { DEMO_LINK_MBIT, runDemo, type DemoResult } from './demo.js';
+import type { BaseSource } from '../vm/base.js';
+import type { ResumeResult } from '../vm/base-resume.js';
+import type { DemoResult } from './demo.js';
+import { DEFAULTS } from '../core/defaults.js';
 import { registerOverlayCommands } from './overlay-commands.js';
 import { registerServeCommands } from './serve-commands.js';
 import { registerSynthCommands } from './synth-commands.js';
@@ -71,9 +70,10 @@ function resumeLines(r: ResumeResult): string {
 program
   .command('demo')
   .description('The whole story on loopback: build the test guest, capture base "demo", customize it into an overlay, start a synthesis server, synthesize with early start and with the baseline (whole overlay first), print both first-response times.')
-  .option('--link-mbit <n>', 'the link rate the client paces itself to (0: unpaced loopback)', nonNegativeInt('--link-mbit'), DEMO_LINK_MBIT)
+  .option('--link-mbit <n>', 'the link rate the client paces itself to (0: unpaced loopback)', nonNegativeInt('--link-mbit'), DEFAULTS.demoLinkMbit)
   .option('--json', 'print one JSON object as the last stdout line')
   .action(async (o: { linkMbit: number; json?: boolean }) => runCommand(!!o.json, async ({ signal, json }) => {
+    const { runDemo } = await import('./demo.js');
     const r = await runDemo({ signal, linkMbit: o.linkMbit });
     if (!json) {
       const line = (p: DemoResult['earlyStart']) => `${ms(p.firstResponseMs)}  (${bytes(p.bytesBeforeFirstResponse)} of ${bytes(p.overlayBytes)} sent before it)`;
@@ -99,10 +99,12 @@ guest
   .option('--working-set-mib <n>', 'test guest only: memory the app fills at start, in MiB', positiveInt('--working-set-mib'), 32)
   .action(async (o: { json?: boolean; debian?: boolean; diskMib?: number; workingSetMib: number }) => runCommand(!!o.json, async ({ json }) => {
     if (o.debian) {
+      const { buildDebianGuest } = await import('../guest/debian.js');
       const d = await buildDebianGuest({ diskMiB: o.diskMib });
       if (!json) console.log(`Debian ${d.suite} guest ${d.key} in ${d.dir}\n${table([['kernel', d.kernel], ['initrd', d.initrd], ['disk', d.disk], ['root', d.root], ['cmdline', d.cmdline]])}`);
       return d;
     }
+    const { buildGuest } = await import('../guest/build.js');
     const g = await buildGuest({ diskMiB: o.diskMib ?? 64, workingSetMiB: o.workingSetMib });
     if (!json) console.log(`test guest ${g.key} in ${g.dir}\n${table([['kernel', g.kernel], ['initrd', g.initrd], ['disk', g.disk], ['cmdline', g.cmdline]])}`);
     return g;
@@ -129,9 +131,11 @@ base
       let source: BaseSource;
       if (o.debian && given > 0) throw new VmsynthError('VMS_USAGE', '--debian captures the built-in Debian guest: leave out --kernel, --initrd and --disk');
       if (o.debian) {
+        const { buildDebianGuest, debianBaseSource } = await import('../guest/debian.js');
         source = debianBaseSource(await buildDebianGuest({ memoryMiB: o.memory }));
       } else if (given === 0) {
         const memoryMiB = o.memory ?? 256;
+        const { buildGuest } = await import('../guest/build.js');
         const g = await buildGuest({ memoryMiB });
         source = { kernel: g.kernel, initrd: g.initrd, disk: g.disk, cmdline: g.cmdline, memoryMiB, appPort: g.appPort, info: { kind: 'vmsynth-test-guest', guestKey: g.key, kernelPackage: g.kernelPackage } };
       } else if (given === 3) {
@@ -139,6 +143,7 @@ base
       } else {
         throw new VmsynthError('VMS_USAGE', '--kernel, --initrd and --disk go together: give all three, or none for the built-in test guest');
       }
+      const { createBase } = await import('../vm/base.js');
       const b = await createBase({ name, source, force: o.force, timeoutMs: o.timeout * 1000, signal });
       if (!json) {
         const m = b.manifest;
@@ -155,6 +160,7 @@ base
   .description('List the base VMs in the base directory.')
   .option('--json', 'print the list as JSON')
   .action(async (o: { json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
+    const { listBases } = await import('../vm/base.js');
     const all = await listBases();
     if (!json) {
       if (all.length === 0) console.log(`no bases in ${baseDir()} (create one with \`vmsynth base create\`)`);
@@ -173,6 +179,7 @@ base
   .argument('<name>', 'base name or directory')
   .option('--json', 'print the result as JSON')
   .action(async (name: string, o: { json?: boolean }) => runCommand(!!o.json, async ({ signal, json }) => {
+    const { loadBase, verifyBase } = await import('../vm/base.js');
     const r = await verifyBase(await loadBase(name), signal);
     if (!json) console.log(`base "${r.name}" is intact (${Object.keys(r.files).length} files hashed in ${ms(r.ms)})`);
     return r;
@@ -188,6 +195,7 @@ base
   .option('--timeout <seconds>', 'how long the app may take to answer', positiveInt('--timeout'), 60)
   .option('--json', 'print the result as JSON')
   .action(async (name: string, o: { verify: boolean; memMb: number; diskMb: number; timeout: number; json?: boolean }) => runCommand(!!o.json, async ({ signal, json }) => {
+    const { resumeBase } = await import('../vm/base-resume.js');
     const r = await resumeBase({ base: name, verify: o.verify, work: { memMb: o.memMb, diskMb: o.diskMb }, timeoutMs: o.timeout * 1000, signal });
     if (!json) console.log(`resumed base "${r.base}" as ${r.domain}\n${resumeLines(r)}`);
     return r;
@@ -203,6 +211,8 @@ program
   .option('--all', 'also remove stale state of other vmsynth instances (other VMSYNTH_RUN_DIR)')
   .option('--json', 'print what was removed as JSON')
   .action(async (o: { all?: boolean; json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
+    const { Libvirt } = await import('../vm/libvirt.js');
+    const { cleanStale } = await import('../vm/janitor.js');
     const lv = await Libvirt.connect();
     try {
       const r = await cleanStale(lv, { allInstances: o.all });

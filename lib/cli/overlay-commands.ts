@@ -7,13 +7,8 @@ import { promises as fsp } from 'node:fs';
 import type { Command } from 'commander';
 import { VmsynthError } from '../core/errors.js';
 import { keyDir } from '../core/paths.js';
-import { createOverlay } from '../offline/create.js';
 import { KIND_NAMES } from '../overlay/format.js';
-import { inspectOverlay } from '../overlay/inspect.js';
-import { generateKey, trustKey } from '../overlay/keys.js';
-import { applyOverlay, verifyOverlay } from '../offline/apply.js';
-import { profileOverlay } from '../offline/profile.js';
-import { Overlay } from '../overlay/reader.js';
+import type { OverlayReport } from '../overlay/inspect.js';
 import type { Copy } from '../vm/customize.js';
 import { bytes, ms, table } from './format.js';
 import { nonNegativeInt, positiveInt, runCommand } from './run.js';
@@ -33,6 +28,7 @@ export function registerOverlayCommands(program: Command): void {
     .description('Create a signing key pair, and trust its public key on this host.')
     .option('--json', 'print the result as JSON')
     .action(async (o: { json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
+      const { generateKey } = await import('../overlay/keys.js');
       const k = await generateKey();
       if (!json) console.log(`key ${k.keyId}\n${table([['private key', k.privateKeyFile], ['public key', k.publicKeyFile], ['trusted as', k.trustedFile]])}`);
       return k;
@@ -43,6 +39,7 @@ export function registerOverlayCommands(program: Command): void {
     .argument('<file>', 'public key file')
     .option('--json', 'print the result as JSON')
     .action(async (file: string, o: { json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
+      const { trustKey } = await import('../overlay/keys.js');
       const keyId = await trustKey(file);
       if (!json) console.log(`trusting key ${keyId}`);
       return { keyId };
@@ -70,11 +67,12 @@ export function registerOverlayCommands(program: Command): void {
         const copies = o.copy.map(parseCopy);
         const script = o.customize ? await fsp.readFile(o.customize, 'utf8').catch((e: NodeJS.ErrnoException) => { throw new VmsynthError('VMS_USAGE', `cannot read --customize ${o.customize}: ${e.code}`); }) : undefined;
         if (!script && copies.length === 0) throw new VmsynthError('VMS_USAGE', 'nothing to customize: give --customize SCRIPT and/or --copy SRC:DEST');
+        const { createOverlay } = await import('../offline/create.js');
         const r = await createOverlay({
           base: o.base, out: o.out, script, copies, key: o.key, segmentBytes: o.segmentKib * 1024, zstdLevel: o.zstdLevel,
           dropCaches: o.dropCaches, reportFreePages: o.reportFreePages, keepCustom: o.keepCustom, force: o.force, timeoutMs: o.timeout * 1000, signal,
         });
-        const rep = inspectOverlay(await Overlay.open(r.dir, { trusted: null }));
+        const rep = await inspect(r.dir);
         if (!json) {
           console.log(`overlay written to ${r.dir} (signed by ${rep.keyId})\n${table([
             ['customize', `resume ${ms(r.custom.ms.resume)}, script ${ms(r.custom.ms.script)}, save ${ms(r.custom.ms.save)}`],
@@ -104,11 +102,12 @@ export function registerOverlayCommands(program: Command): void {
     .option('--json', 'print the result as JSON')
     .action(async (dir: string, o: { out: string; runs: number; base?: string; key?: string; trust: string[]; memMb: number; diskMb: number; diskOffMb: number; segmentKib?: number; threads: number; timeout: number; force?: boolean; json?: boolean }) =>
       runCommand(!!o.json, async ({ signal, json }) => {
+        const { profileOverlay } = await import('../offline/profile.js');
         const r = await profileOverlay({
           overlay: dir, out: o.out, runs: o.runs, base: o.base, key: o.key, trust: o.trust, threads: o.threads, force: o.force, signal,
           work: { memMb: o.memMb, diskMb: o.diskMb, diskOffMb: o.diskOffMb }, segmentBytes: o.segmentKib && o.segmentKib * 1024, timeoutMs: o.timeout * 1000,
         });
-        const rep = inspectOverlay(await Overlay.open(r.dir, { trusted: null }));
+        const rep = await inspect(r.dir);
         if (!json) {
           console.log(`profiled overlay written to ${r.dir} (${r.runs.length} runs merged, ${r.ranked} chunks ranked)\n${table([
             ...r.runs.map((run, i): [string, string] => [`run ${i + 1}`, `first response ${ms(run.firstResponseMs)}; touched ${run.touches.memory} memory + ${run.touches.disk} disk chunks, ${run.after.chunks} of them in the overlay; in-order stream needed before they were all present: ${bytes(run.before.prefixBytes)} (${run.before.prefixSegments} segments) before, ${bytes(run.after.prefixBytes)} (${run.after.prefixSegments}) after`]),
@@ -125,7 +124,7 @@ export function registerOverlayCommands(program: Command): void {
     .argument('<dir>', 'overlay directory')
     .option('--json', 'print the report as JSON')
     .action(async (dir: string, o: { json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
-      const rep = inspectOverlay(await Overlay.open(dir, { trusted: null }));
+      const rep = await inspect(dir);
       if (!json) console.log(`overlay ${rep.dir}\n${table([['format', rep.format], ['signed by', `${rep.keyId} (signature checked against the key it names; \`overlay verify\` checks trust)`], ['base', `${rep.base.name}  memory ${rep.base.memorySha256.slice(0, 16)}…  disk ${rep.base.diskSha256.slice(0, 16)}…`], ...reportRows(rep)])}`);
       return rep;
     }));
@@ -139,6 +138,7 @@ export function registerOverlayCommands(program: Command): void {
     .option('--threads <n>', 'worker threads that verify and decompress segments (0: all on one thread)', nonNegativeInt('--threads'), 2)
     .option('--json', 'print the result as JSON')
     .action(async (dir: string, o: { base?: string; trust: string[]; threads: number; json?: boolean }) => runCommand(!!o.json, async ({ signal, json }) => {
+      const { verifyOverlay } = await import('../offline/apply.js');
       const r = await verifyOverlay({ overlay: dir, base: o.base, trust: o.trust, threads: o.threads, signal });
       if (!json) console.log(`overlay ${r.overlay} is intact: signed by trusted key ${r.keyId}, made against base "${r.base}", ${r.segments} segments and ${r.chunks} chunks checked in ${ms(r.ms)}`);
       return r;
@@ -157,6 +157,7 @@ export function registerOverlayCommands(program: Command): void {
     .option('--json', 'print the result as JSON')
     .action(async (dir: string, o: { out: string; base?: string; trust: string[]; threads: number; verifyBase: boolean; force?: boolean; json?: boolean }) =>
       runCommand(!!o.json, async ({ signal, json }) => {
+        const { applyOverlay } = await import('../offline/apply.js');
         const r = await applyOverlay({ overlay: dir, out: o.out, base: o.base, trust: o.trust, threads: o.threads, verifyBase: o.verifyBase, force: o.force, signal });
         if (!json) {
           console.log(`synthesized ${r.out} from base "${r.base}" + overlay (key ${r.keyId})\n${table([
@@ -170,7 +171,13 @@ export function registerOverlayCommands(program: Command): void {
       }));
 }
 
-function reportRows(rep: ReturnType<typeof inspectOverlay>): [string, string][] {
+/** What `overlay inspect` reports of the overlay in `dir` (opened without trust: it only reads). */
+async function inspect(dir: string): Promise<OverlayReport> {
+  const [{ Overlay }, { inspectOverlay }] = await Promise.all([import('../overlay/reader.js'), import('../overlay/inspect.js')]);
+  return inspectOverlay(await Overlay.open(dir, { trusted: null }));
+}
+
+function reportRows(rep: OverlayReport): [string, string][] {
   return [
     ['chunks by kind', KIND_NAMES.map((k) => `${k} ${rep.kinds[k].chunks}`).join(', ')],
     ['modified chunks', `memory ${rep.modifiedChunks.memory}, disk ${rep.modifiedChunks.disk} (trimmed ${rep.trimmedChunks})`],

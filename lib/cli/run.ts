@@ -4,7 +4,7 @@
  * with their code and hint, `--json` results as the last stdout line, and the
  * exit status taken from the error catalogue.
  */
-import { attachLogger, type LoggerOptions } from '../core/log.js';
+import type { LoggerOptions } from '../core/log.js';
 import { asVmsynthError, VmsynthError } from '../core/errors.js';
 
 export interface CommandContext {
@@ -38,6 +38,7 @@ export async function runCommand(json: boolean, action: (ctx: CommandContext) =>
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
+    const { attachLogger } = await import('../core/log.js');
     detach = attachLogger(opts.log ? opts.log() : { level: process.env.LOG_LEVEL, format: process.env.LOG_FORMAT });
     const result = await action({ signal: controller.signal, json });
     if (json && result !== undefined) printJson(result);

@@ -9,9 +9,6 @@ import tls from 'node:tls';
 import { Option, type Command } from 'commander';
 import { checkExposure, exportPaths, KEYS, redacted, resolveConfig, tokenSha256, type Config, type Resolved } from '../core/config.js';
 import { asVmsynthError, VmsynthError } from '../core/errors.js';
-import { trustedKeys } from '../overlay/keys.js';
-import { startDaemon } from '../server/daemon.js';
-import { newToken } from '../server/auth.js';
 import { table } from './format.js';
 import { dieBy, runCommand } from './run.js';
 
@@ -39,6 +36,7 @@ async function deepCheck(c: Config): Promise<string[]> {
     const st = await fsp.stat(dir).catch(() => null);
     if (!st?.isDirectory()) problems.push(`${key}: ${dir} is not a directory (create it, or fix the key)`);
   }
+  const { trustedKeys } = await import('../overlay/keys.js');
   await trustedKeys(c.trust, c.keyDir).catch((e: unknown) => problems.push(`trust: ${asVmsynthError(e).message}`));
   if (c.tlsCert && c.tlsKey) {
     try {
@@ -88,6 +86,7 @@ export function registerServeCommands(program: Command): void {
     let resolved: Resolved | null = null;
     await runCommand(!!o.json, async ({ signal, json }) => {
       const cfg = resolved!.config;
+      const { startDaemon } = await import('../server/daemon.js');
       const d = await startDaemon(cfg, { verifyBases: o.verifyBases });
       const a = d.server.address();
       const m = d.health?.address() ?? null;
@@ -136,6 +135,7 @@ export function registerServeCommands(program: Command): void {
     .option('--json', 'print { name, token, tokenSha256 } as JSON')
     .action(async (name: string, o: { json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
       if (!/^[\w.-]{1,64}$/.test(name)) throw new VmsynthError('VMS_USAGE', `a client name is 1-64 letters, digits, ".", "_" or "-", got "${name}"`);
+      const { newToken } = await import('../server/auth.js');
       const token = newToken();
       const entry = { name, tokenSha256: tokenSha256(token) };
       if (!json) console.log(`token for client "${name}" (give it to the client; it is not stored anywhere):\n  ${token}\nentry for the "clients" list of the server config:\n  ${JSON.stringify(entry)}`);

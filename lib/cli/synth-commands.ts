@@ -5,7 +5,7 @@
 import { promises as fsp } from 'node:fs';
 import type { Command } from 'commander';
 import { VmsynthError } from '../core/errors.js';
-import { synthesize, type ClientEvent, type OffloadRequest, type SynthesizeResult } from '../client/client.js';
+import type { ClientEvent, OffloadRequest, SynthesizeResult } from '../client/client.js';
 import { POLICIES, type Policy } from '../protocol/messages.js';
 import { bytes, ms, table } from './format.js';
 import { positiveInt, runCommand } from './run.js';
@@ -84,6 +84,7 @@ export function registerSynthCommands(program: Command): void {
         }
         const bar = json ? { onEvent: () => undefined, done: () => undefined } : progressBar();
         try {
+          const { synthesize } = await import('../client/client.js');
           const r = await synthesize({ server: o.server, overlay: o.overlay, policy: o.policy, request, token: o.token ?? process.env.VMSYNTH_TOKEN, ...(tls ? { tls } : {}), timeoutMs: o.timeout * 1000, signal, onEvent: bar.onEvent,
             ...(o.maxRateMbit ? { maxBytesPerSecond: (o.maxRateMbit * 1e6) / 8 } : {}),
           });

@@ -40,6 +40,8 @@ export const DEFAULTS = {
   gracefulStopS: 30,
   logLevel: 'info',
   logFormat: 'json',
+  /** The link rate `vmsynth demo` paces its client to, Mbit/s (802.11n's effective rate, as Elijah measured). */
+  demoLinkMbit: 38,
   /** Milliseconds an offload request may wait for the app in the VM. */
   offloadTimeoutMs: 120_000,
 } as const;
