@@ -368,17 +368,19 @@ function connect(host: string, port: number, signal?: AbortSignal, secure?: Synt
     const socket = t
       ? tls.connect({ host, port, timeout: 10_000, ...(t.ca ? { ca: t.ca } : {}), servername: t.servername ?? (net.isIP(host) ? undefined : host) })
       : net.connect({ host, port, timeout: 10_000 });
-    const fail = (why: string) => {
+    // details.reason: the Node error code (ECONNREFUSED, DEPTH_ZERO_SELF_SIGNED_CERT, ...), 'timeout' or 'cancelled'.
+    const fail = (why: string, reason?: string) => {
       socket.destroy();
-      reject(new VmsynthError('VMS_CONNECT', `cannot connect to ${host}:${port}${t ? ' over TLS' : ''}: ${why}`, { details: { host, port } }));
+      const details = { host, port, tls: t !== null, ...(reason ? { reason } : {}) };
+      reject(new VmsynthError('VMS_CONNECT', `cannot connect to ${host}:${port}${t ? ' over TLS' : ''}: ${why}`, { details }));
     };
     socket.once(t ? 'secureConnect' : 'connect', () => {
       socket.setTimeout(0);
       socket.removeAllListeners('error');
       resolve(socket);
     });
-    socket.once('timeout', () => fail('no answer within 10 s'));
-    socket.once('error', (err) => fail(err.message));
-    signal?.addEventListener('abort', () => fail('cancelled'), { once: true });
+    socket.once('timeout', () => fail('no answer within 10 s', 'timeout'));
+    socket.once('error', (err: NodeJS.ErrnoException) => fail(err.message, typeof err.code === 'string' ? err.code : undefined));
+    signal?.addEventListener('abort', () => fail('cancelled', 'cancelled'), { once: true });
   });
 }
