@@ -133,7 +133,9 @@ export function parseServer(spec: SynthesizeOptions['server']): { host: string; 
   if (typeof spec !== 'string') return spec;
   const m = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(spec.trim());
   const port = m?.[2] ? Number(m[2]) : DEFAULTS.port;
-  if (!m || !Number.isInteger(port) || port < 1 || port > 65535) throw new VmsynthError('VMS_USAGE', `--server must be HOST:PORT, got "${spec}"`);
+  if (!m || !Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new VmsynthError('VMS_USAGE', `--server must be HOST:PORT, got "${spec}"`, { details: { flag: '--server', value: spec } });
+  }
   return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
 }
 
