@@ -36,7 +36,8 @@ export function decodeEnvelope(bytes: Uint8Array): OverlayEnvelope {
   if (typeof e.format !== 'string') throw corrupt('the overlay manifest has no format');
   if (e.format !== OVERLAY_FORMAT) {
     const previous = e.format === 'vmsynth-overlay/1';
-    const older = previous ? ': it is an older vmsynth\'s; build it again with `vmsynth overlay create` (its per-chunk digests now travel in the segments)' : '';
+    const rebuild = ': it is an older vmsynth\'s; build it again with `vmsynth overlay create` (its per-chunk digests now travel in the segments)';
+    const older = previous ? rebuild : '';
     throw new VmsynthError('VMS_OVERLAY_FORMAT', `overlay format "${e.format.slice(0, 80)}" is not one this vmsynth reads (${OVERLAY_FORMAT})${older}`, {
       details: { format: e.format, ...(previous ? { rebuild: true } : {}) },
     });

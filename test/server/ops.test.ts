@@ -141,7 +141,8 @@ t.test('TLS: the client checks the server certificate; a plain client gets nowhe
   const plain = peer(port, [hello('sesame')]);
   await plain.closed;
   t.same(plain.msgs, [], 'a plain-TCP client hears no protocol message');
-  await t.rejects(synthesize({ server: `127.0.0.1:${port}`, overlay: untrustedDir, token: 'sesame', tls: true }), { code: 'VMS_CONNECT', details: { tls: true, reason: 'DEPTH_ZERO_SELF_SIGNED_CERT' } },
+  await t.rejects(synthesize({ server: `127.0.0.1:${port}`, overlay: untrustedDir, token: 'sesame', tls: true }),
+    { code: 'VMS_CONNECT', details: { tls: true, reason: 'DEPTH_ZERO_SELF_SIGNED_CERT' } },
     'a certificate the client does not trust is refused');
   await t.rejects(synthesize({ server: `127.0.0.1:${port}`, overlay: untrustedDir, token: 'sesame', tls: { ca, servername: 'other.test' } }),
     { code: 'VMS_CONNECT', details: { tls: true, reason: 'ERR_TLS_CERT_ALTNAME_INVALID' } }, 'a certificate for another name is refused');
