@@ -30,21 +30,31 @@ t.test('every command has --help', async (t) => {
   });
 });
 
+/** The error of a command run with --json: its last stdout line. */
+const jsonError = (stdout: string) => (JSON.parse(stdout.trim().split('\n').at(-1)!) as { error: { code: string; details?: object } }).error;
+
 t.test('usage errors exit 64', async (t) => {
   t.equal((await vmsynth(['frobnicate'])).code, 64);
   t.equal((await vmsynth(['base', 'resume', 'x', '--mem-mb', 'lots'])).code, 64);
-  const r = await vmsynth(['base', 'create', 'x', '--kernel', '/k']);
+  const r = await vmsynth(['base', 'create', 'x', '--kernel', '/k', '--json']);
   t.equal(r.code, ERRORS.VMS_USAGE.exit);
-  t.match(r.stderr, /VMS_USAGE.*go together/);
-  const d = await vmsynth(['base', 'create', 'x', '--debian', '--disk', '/d']);
+  t.match(r.stderr, /error VMS_USAGE/);
+  t.match(jsonError(r.stdout), { code: 'VMS_USAGE', details: { together: ['--kernel', '--initrd', '--disk'], given: ['--kernel'] } },
+    '--kernel alone: the three go together');
+  const d = await vmsynth(['base', 'create', 'x', '--debian', '--disk', '/d', '--json']);
   t.equal(d.code, ERRORS.VMS_USAGE.exit, '--debian with a disk of your own is a usage error');
-  t.match(d.stderr, /--debian captures the built-in Debian guest/);
+  t.match(jsonError(d.stdout), { code: 'VMS_USAGE', details: { flag: '--debian', conflicts: ['--disk'] } });
+  // An option parser's error is printed before any command runs, so not as JSON: its details are checked on the parser.
   const p = await vmsynth(['synth', '--server', '127.0.0.1:1', '--overlay', '/nonexistent', '--policy', 'eager']);
   t.equal(p.code, 64, 'an unknown policy is a usage error');
-  t.match(p.stderr, /--policy must be one of early-start, baseline, demand-only/);
-  const s = await vmsynth(['synth', '--server', 'host:99999', '--overlay', '/nonexistent']);
+  t.match(p.stderr, /error VMS_USAGE/);
+  const { parsePolicy } = await import('../lib/cli/synth-commands.js');
+  const allowed = ['early-start', 'baseline', 'demand-only'];
+  t.throws(() => parsePolicy('eager'), { code: 'VMS_USAGE', details: { flag: '--policy', value: 'eager', allowed } },
+    'the parser says which flag and what it allows');
+  const s = await vmsynth(['synth', '--server', 'host:99999', '--overlay', '/nonexistent', '--json']);
   t.equal(s.code, 64);
-  t.match(s.stderr, /--server must be HOST:PORT/);
+  t.match(jsonError(s.stdout), { code: 'VMS_USAGE', details: { flag: '--server', value: 'host:99999' } });
 });
 
 t.test('errors print their code and hint; --json puts them on stdout', async (t) => {

@@ -129,7 +129,12 @@ base
     runCommand(!!o.json, async ({ signal, json }) => {
       const given = [o.kernel, o.initrd, o.disk].filter(Boolean).length;
       let source: BaseSource;
-      if (o.debian && given > 0) throw new VmsynthError('VMS_USAGE', '--debian captures the built-in Debian guest: leave out --kernel, --initrd and --disk');
+      const givenFlags = (['kernel', 'initrd', 'disk'] as const).filter((f) => o[f]).map((f) => `--${f}`);
+      if (o.debian && given > 0) {
+        throw new VmsynthError('VMS_USAGE', '--debian captures the built-in Debian guest: leave out --kernel, --initrd and --disk', {
+          details: { flag: '--debian', conflicts: givenFlags },
+        });
+      }
       if (o.debian) {
         const { buildDebianGuest, debianBaseSource } = await import('../guest/debian.js');
         source = debianBaseSource(await buildDebianGuest({ memoryMiB: o.memory }));
@@ -141,7 +146,9 @@ base
       } else if (given === 3) {
         source = { kernel: o.kernel!, initrd: o.initrd!, disk: o.disk!, cmdline: o.cmdline, memoryMiB: o.memory ?? 256, appPort: o.appPort, info: { kind: 'user' } };
       } else {
-        throw new VmsynthError('VMS_USAGE', '--kernel, --initrd and --disk go together: give all three, or none for the built-in test guest');
+        throw new VmsynthError('VMS_USAGE', '--kernel, --initrd and --disk go together: give all three, or none for the built-in test guest', {
+          details: { together: ['--kernel', '--initrd', '--disk'], given: givenFlags },
+        });
       }
       const { createBase } = await import('../vm/base.js');
       const b = await createBase({ name, source, force: o.force, timeoutMs: o.timeout * 1000, signal });

@@ -10,8 +10,13 @@ import { POLICIES, type Policy } from '../protocol/messages.js';
 import { bytes, ms, table } from './format.js';
 import { positiveInt, runCommand } from './run.js';
 
-function policy(v: string): Policy {
-  if (!(POLICIES as readonly string[]).includes(v)) throw new VmsynthError('VMS_USAGE', `--policy must be one of ${POLICIES.join(', ')}, got "${v}"`);
+/** The --policy option parser (exported for tests: an option parser's error never reaches --json output). */
+export function parsePolicy(v: string): Policy {
+  if (!(POLICIES as readonly string[]).includes(v)) {
+    throw new VmsynthError('VMS_USAGE', `--policy must be one of ${POLICIES.join(', ')}, got "${v}"`, {
+      details: { flag: '--policy', value: v, allowed: POLICIES },
+    });
+  }
   return v as Policy;
 }
 
@@ -52,7 +57,7 @@ export function registerSynthCommands(program: Command): void {
     .description('Synthesize an overlay on a server: stream it in the order the server asks, send the first offload request once the VM is up, print the timeline.')
     .requiredOption('--server <host:port>', 'synthesis server')
     .requiredOption('--overlay <dir>', 'overlay directory')
-    .option('--policy <p>', `${POLICIES.join(' | ')}`, policy, 'early-start' as Policy)
+    .option('--policy <p>', `${POLICIES.join(' | ')}`, parsePolicy, 'early-start' as Policy)
     .option('--path <path>', 'path of the first offload request', '/run')
     .option('--request <file>', 'body of the first offload request (sent as POST unless --method says otherwise)')
     .option('--method <m>', 'GET, POST or PUT (default GET, or POST with --request)')

@@ -133,7 +133,9 @@ export function parseServer(spec: SynthesizeOptions['server']): { host: string; 
   if (typeof spec !== 'string') return spec;
   const m = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(spec.trim());
   const port = m?.[2] ? Number(m[2]) : DEFAULTS.port;
-  if (!m || !Number.isInteger(port) || port < 1 || port > 65535) throw new VmsynthError('VMS_USAGE', `--server must be HOST:PORT, got "${spec}"`);
+  if (!m || !Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new VmsynthError('VMS_USAGE', `--server must be HOST:PORT, got "${spec}"`, { details: { flag: '--server', value: spec } });
+  }
   return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
 }
 
@@ -368,17 +370,19 @@ function connect(host: string, port: number, signal?: AbortSignal, secure?: Synt
     const socket = t
       ? tls.connect({ host, port, timeout: 10_000, ...(t.ca ? { ca: t.ca } : {}), servername: t.servername ?? (net.isIP(host) ? undefined : host) })
       : net.connect({ host, port, timeout: 10_000 });
-    const fail = (why: string) => {
+    // details.reason: the Node error code (ECONNREFUSED, DEPTH_ZERO_SELF_SIGNED_CERT, ...), 'timeout' or 'cancelled'.
+    const fail = (why: string, reason?: string) => {
       socket.destroy();
-      reject(new VmsynthError('VMS_CONNECT', `cannot connect to ${host}:${port}${t ? ' over TLS' : ''}: ${why}`, { details: { host, port } }));
+      const details = { host, port, tls: t !== null, ...(reason ? { reason } : {}) };
+      reject(new VmsynthError('VMS_CONNECT', `cannot connect to ${host}:${port}${t ? ' over TLS' : ''}: ${why}`, { details }));
     };
     socket.once(t ? 'secureConnect' : 'connect', () => {
       socket.setTimeout(0);
       socket.removeAllListeners('error');
       resolve(socket);
     });
-    socket.once('timeout', () => fail('no answer within 10 s'));
-    socket.once('error', (err: Error) => fail(err.message));
-    signal?.addEventListener('abort', () => fail('cancelled'), { once: true });
+    socket.once('timeout', () => fail('no answer within 10 s', 'timeout'));
+    socket.once('error', (err: NodeJS.ErrnoException) => fail(err.message, typeof err.code === 'string' ? err.code : undefined));
+    signal?.addEventListener('abort', () => fail('cancelled', 'cancelled'), { once: true });
   });
 }

@@ -77,18 +77,25 @@ interface KeySpec<K extends keyof Config> {
   secret?: boolean;
 }
 
-function fail(key: string, from: Source, what: string): never {
-  throw new VmsynthError('VMS_CONFIG', `${key} (${from === 'env' ? 'environment' : from === 'flag' ? 'command line' : from === 'file' ? 'config file' : 'default'}): ${what}`);
+/**
+ * A bad value. details: the key and its source, the `reason` ('invalid', with what was `expected`;
+ * 'unknown-field'; 'duplicate') and its specifics.
+ */
+function fail(key: string, from: Source, what: string, details: Record<string, unknown>): never {
+  const source = from === 'env' ? 'environment' : from === 'flag' ? 'command line' : from === 'file' ? 'config file' : 'default';
+  throw new VmsynthError('VMS_CONFIG', `${key} (${source}): ${what}`, { details: { key, source: from, ...details } });
 }
 
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) => (key: string) => (v: Raw, from: Source): number => {
   const n = typeof v === 'string' && v.trim() !== '' ? Number(v) : v;
-  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < min || n > max) fail(key, from, `must be a whole number from ${min} to ${max}, got ${JSON.stringify(v)}`);
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < min || n > max) {
+    fail(key, from, `must be a whole number from ${min} to ${max}, got ${JSON.stringify(v)}`, { reason: 'invalid', expected: 'integer', min, max });
+  }
   return n;
 };
 
 const str = (key: string) => (v: Raw, from: Source): string => {
-  if (typeof v !== 'string' || v === '') fail(key, from, `must be a non-empty string, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'string' || v === '') fail(key, from, `must be a non-empty string, got ${JSON.stringify(v)}`, { reason: 'invalid', expected: 'string' });
   return v;
 };
 
@@ -107,18 +114,22 @@ function parseAddress(v: string, defaultPort: number = DEFAULTS.port): Address |
 
 const address = (key: string, defaultPort: number) => (v: Raw, from: Source): Address => {
   const a = typeof v === 'string' ? parseAddress(v, defaultPort) : typeof v === 'number' ? parseAddress(String(v), defaultPort) : null;
-  if (!a) fail(key, from, `must be "[HOST:]PORT" or "HOST", got ${JSON.stringify(v)}`);
+  if (!a) fail(key, from, `must be "[HOST:]PORT" or "HOST", got ${JSON.stringify(v)}`, { reason: 'invalid', expected: 'address' });
   return a;
 };
 
 const list = (key: string) => (v: Raw, from: Source): string[] => {
   const items = typeof v === 'string' ? v.split(/[,:]/).filter(Boolean) : v;
-  if (!Array.isArray(items) || !items.every((s) => typeof s === 'string' && s !== '')) fail(key, from, `must be a list of file paths, got ${JSON.stringify(v)}`);
+  if (!Array.isArray(items) || !items.every((s) => typeof s === 'string' && s !== '')) {
+    fail(key, from, `must be a list of file paths, got ${JSON.stringify(v)}`, { reason: 'invalid', expected: 'paths' });
+  }
   return (items as string[]).map((s) => path.resolve(s));
 };
 
 const oneOf = <T extends string>(key: string, values: readonly T[]) => (v: Raw, from: Source): T => {
-  if (typeof v !== 'string' || !(values as readonly string[]).includes(v)) fail(key, from, `must be one of ${values.join(', ')}, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'string' || !(values as readonly string[]).includes(v)) {
+    fail(key, from, `must be one of ${values.join(', ')}, got ${JSON.stringify(v)}`, { reason: 'invalid', expected: 'one-of', allowed: values });
+  }
   return v as T;
 };
 
@@ -129,15 +140,22 @@ export function tokenSha256(token: string): string {
 /** File: a list of { name, tokenSha256 }. Environment and flag: one plain token, for a client named after its source. */
 const clients = (key: string) => (v: Raw, from: Source): ClientCredential[] => {
   if (from === 'env' || from === 'flag') return [{ name: from === 'env' ? 'env-token' : 'flag-token', tokenSha256: tokenSha256(str(key)(v, from)) }];
-  if (!Array.isArray(v)) fail(key, from, 'must be a list of { "name": ..., "tokenSha256": ... } (make entries with `vmsynth token generate NAME`)');
+  if (!Array.isArray(v)) {
+    const what = 'must be a list of { "name": ..., "tokenSha256": ... } (make entries with `vmsynth token generate NAME`)';
+    fail(key, from, what, { reason: 'invalid', expected: 'clients' });
+  }
   const names = new Set<string>();
   return v.map((c: unknown, i) => {
     const o = c as Record<string, unknown>;
-    if (typeof o !== 'object' || o === null || typeof o.name !== 'string' || !/^[\w.-]{1,64}$/.test(o.name)) fail(`${key}[${i}].name`, from, 'must be 1-64 letters, digits, ".", "_" or "-"');
-    if (typeof o.tokenSha256 !== 'string' || !/^[0-9a-f]{64}$/.test(o.tokenSha256)) fail(`${key}[${i}].tokenSha256`, from, 'must be 64 lowercase hex digits (the SHA-256 of the token)');
+    if (typeof o !== 'object' || o === null || typeof o.name !== 'string' || !/^[\w.-]{1,64}$/.test(o.name)) {
+      fail(`${key}[${i}].name`, from, 'must be 1-64 letters, digits, ".", "_" or "-"', { reason: 'invalid', expected: 'name' });
+    }
+    if (typeof o.tokenSha256 !== 'string' || !/^[0-9a-f]{64}$/.test(o.tokenSha256)) {
+      fail(`${key}[${i}].tokenSha256`, from, 'must be 64 lowercase hex digits (the SHA-256 of the token)', { reason: 'invalid', expected: 'sha256' });
+    }
     const extra = Object.keys(o).filter((k) => k !== 'name' && k !== 'tokenSha256');
-    if (extra.length) fail(`${key}[${i}]`, from, `unknown field ${extra.join(', ')}`);
-    if (names.has(o.name)) fail(`${key}[${i}].name`, from, `"${o.name}" is listed twice`);
+    if (extra.length) fail(`${key}[${i}]`, from, `unknown field ${extra.join(', ')}`, { reason: 'unknown-field', fields: extra });
+    if (names.has(o.name)) fail(`${key}[${i}].name`, from, `"${o.name}" is listed twice`, { reason: 'duplicate', name: o.name });
     names.add(o.name);
     return { name: o.name, tokenSha256: o.tokenSha256 };
   });
@@ -191,18 +209,29 @@ function readConfigFile(file: string, explicit: boolean): Record<string, unknown
     text = readFileSync(file, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !explicit) return null;
-    throw new VmsynthError('VMS_CONFIG', `cannot read the config file ${file}: ${(err as Error).message}`, { cause: err });
+    const errno = (err as NodeJS.ErrnoException).code;
+    throw new VmsynthError('VMS_CONFIG', `cannot read the config file ${file}: ${(err as Error).message}`, {
+      cause: err, details: { file, reason: 'unreadable', errno },
+    });
   }
   let v: unknown;
   try {
     v = JSON.parse(text);
   } catch (err) {
-    throw new VmsynthError('VMS_CONFIG', `the config file ${file} is not valid JSON: ${(err as Error).message}`, { cause: err });
+    throw new VmsynthError('VMS_CONFIG', `the config file ${file} is not valid JSON: ${(err as Error).message}`, {
+      cause: err, details: { file, reason: 'json' },
+    });
   }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new VmsynthError('VMS_CONFIG', `the config file ${file} must hold one JSON object`);
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+    throw new VmsynthError('VMS_CONFIG', `the config file ${file} must hold one JSON object`, { details: { file, reason: 'not-object' } });
+  }
   const known = new Set<string>(KEYS.map((k) => k.key));
   const unknown = Object.keys(v).filter((k) => !known.has(k) && k !== '$comment');
-  if (unknown.length) throw new VmsynthError('VMS_CONFIG', `the config file ${file} has unknown key(s) ${unknown.join(', ')}; known keys: ${[...known].join(', ')}`);
+  if (unknown.length) {
+    throw new VmsynthError('VMS_CONFIG', `the config file ${file} has unknown key(s) ${unknown.join(', ')}; known keys: ${[...known].join(', ')}`, {
+      details: { file, reason: 'unknown-keys', keys: unknown },
+    });
+  }
   return v as Record<string, unknown>;
 }
 
@@ -239,15 +268,22 @@ export function resolveConfig(opts: { flags?: Record<string, unknown>; configFil
     sources[k.key] = from;
   }
   const c = config as unknown as Config;
-  if ((c.tlsCert === null) !== (c.tlsKey === null)) throw new VmsynthError('VMS_CONFIG', 'tlsCert and tlsKey go together: set both for TLS, or neither');
-  return { config: c, sources: sources, file: fileValues ? where.file : null };
+  if ((c.tlsCert === null) !== (c.tlsKey === null)) {
+    const [key, missing] = c.tlsCert === null ? ['tlsKey', 'tlsCert'] as const : ['tlsCert', 'tlsKey'] as const;
+    throw new VmsynthError('VMS_CONFIG', 'tlsCert and tlsKey go together: set both for TLS, or neither', {
+      details: { key, source: sources[key], reason: 'tls-pair', missing },
+    });
+  }
+  return { config: c, sources, file: fileValues ? where.file : null };
 }
 
 /** An open server (no clients listed) is only allowed on loopback: anyone who reaches it may start VMs. */
 export function checkExposure(c: Config): void {
   const loopback = c.listen.host === 'localhost' || c.listen.host === '::1' || c.listen.host.startsWith('127.');
   if (c.clients.length === 0 && !loopback) {
-    throw new VmsynthError('VMS_CONFIG', `clients: none listed, so anyone who reaches ${c.listen.host}:${c.listen.port} could start VMs; add clients (\`vmsynth token generate NAME\`) or listen on loopback`);
+    const listen = `${c.listen.host}:${c.listen.port}`;
+    const what = `none listed, so anyone who reaches ${listen} could start VMs; add clients (\`vmsynth token generate NAME\`) or listen on loopback`;
+    throw new VmsynthError('VMS_CONFIG', `clients: ${what}`, { details: { key: 'clients', reason: 'open-server', listen } });
   }
 }
 

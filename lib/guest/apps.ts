@@ -6,6 +6,7 @@
  * the overlay's customization and the benchmark's remote install.
  */
 import path from 'node:path';
+import { VmsynthError } from '../core/errors.js';
 import { packageRoot } from '../core/paths.js';
 import type { AppName } from './app-inputs.js';
 
@@ -68,7 +69,8 @@ export function appRequestPath(): string {
 export function installScript(app: AppSpec, repoUrl: string | null, opts: { trim?: boolean } = {}): string {
   const lines = ['set -e', 'export DEBIAN_FRONTEND=noninteractive'];
   if (app.packages.length > 0) {
-    if (!repoUrl) throw new Error(`app ${app.name} needs a repository`);
+    // A caller's bug (every caller passes one for an app with packages): VMS_INTERNAL, as a plain Error would become.
+    if (!repoUrl) throw new VmsynthError('VMS_INTERNAL', `app ${app.name} needs a repository`, { details: { app: app.name, reason: 'no-repository' } });
     lines.push(
       `echo 'deb [trusted=yes] ${repoUrl} ./' > /etc/apt/sources.list.d/vmsynth-app.list`,
       // A resumed VM's clock is its snapshot's until the base's clock keeper (offload-app --clock) sets it from

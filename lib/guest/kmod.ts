@@ -37,9 +37,11 @@ export async function loadOrder(index: Map<string, string>, wanted: string[]): P
   const visit = async (name: string): Promise<void> => {
     const key = name.replace(/-/g, '_');
     if (state.get(key) === 'done') return;
-    if (state.get(key) === 'visiting') throw new VmsynthError('VMS_GUEST_BUILD', `kernel module dependency cycle at ${key}`);
+    if (state.get(key) === 'visiting') {
+      throw new VmsynthError('VMS_GUEST_BUILD', `kernel module dependency cycle at ${key}`, { details: { reason: 'cycle', module: key } });
+    }
     const file = index.get(key);
-    if (!file) throw new VmsynthError('VMS_GUEST_BUILD', `kernel module ${key} is not in the kernel package`);
+    if (!file) throw new VmsynthError('VMS_GUEST_BUILD', `kernel module ${key} is not in the kernel package`, { details: { reason: 'missing', module: key } });
     state.set(key, 'visiting');
     for (const dep of modinfoDepends(await fsp.readFile(file))) await visit(dep);
     state.set(key, 'done');

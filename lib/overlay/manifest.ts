@@ -40,8 +40,12 @@ export function decodeEnvelope(bytes: Uint8Array): OverlayEnvelope {
   const e = env as Record<string, unknown>;
   if (typeof e.format !== 'string') throw corrupt('the overlay manifest has no format');
   if (e.format !== OVERLAY_FORMAT) {
-    const older = e.format === 'vmsynth-overlay/1' ? ': it is an older vmsynth\'s; build it again with `vmsynth overlay create` (its per-chunk digests now travel in the segments)' : '';
-    throw new VmsynthError('VMS_OVERLAY_FORMAT', `overlay format "${e.format.slice(0, 80)}" is not one this vmsynth reads (${OVERLAY_FORMAT})${older}`, { details: { format: e.format } });
+    const previous = e.format === 'vmsynth-overlay/1';
+    const rebuild = ': it is an older vmsynth\'s; build it again with `vmsynth overlay create` (its per-chunk digests now travel in the segments)';
+    const older = previous ? rebuild : '';
+    throw new VmsynthError('VMS_OVERLAY_FORMAT', `overlay format "${e.format.slice(0, 80)}" is not one this vmsynth reads (${OVERLAY_FORMAT})${older}`, {
+      details: { format: e.format, ...(previous ? { rebuild: true } : {}) },
+    });
   }
   const s = e.signature as Record<string, unknown> | undefined;
   if (!isBytes(e.body)) throw corrupt('the overlay manifest has no body');

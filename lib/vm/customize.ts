@@ -148,7 +148,10 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
         const r = await agentExec(agentPort, script, timeoutMs, opts.signal);
         output = r.output;
         if (r.status !== 0) {
-          throw new VmsynthError('VMS_CUSTOMIZE_FAILED', `the customization script exited with status ${r.status}; its output ends:\n${r.output.slice(-2000)}`, { details: { status: r.status } });
+          const tail = r.output.slice(-2000);
+          throw new VmsynthError('VMS_CUSTOMIZE_FAILED', `the customization script exited with status ${r.status}; its output ends:\n${tail}`, {
+            details: { status: r.status, outputTail: tail },
+          });
         }
       }
       await waitForApp(hostPort, { timeoutMs, signal: opts.signal, alive: vm.alive, consoleLog });

@@ -102,8 +102,11 @@ export async function waitForApp(port: number, opts: WaitOptions): Promise<{ rep
     }
     await sleep(100, opts.signal);
   }
-  throw new VmsynthError('VMS_GUEST_TIMEOUT', `the guest app on 127.0.0.1:${port} did not answer within ${opts.timeoutMs} ms (last attempt: ${lastError})${await consoleTail(opts.consoleLog)}`, {
-    details: { port, timeoutMs: opts.timeoutMs, attempts },
+  const tail = await consoleTail(opts.consoleLog);
+  const what = `the guest app on 127.0.0.1:${port} did not answer within ${opts.timeoutMs} ms (last attempt: ${lastError})`;
+  throw new VmsynthError('VMS_GUEST_TIMEOUT', `${what}${tail}`, {
+    // consoleTail: whether the message carries the tail of the console log (it may be gone with the run directory).
+    details: { port, timeoutMs: opts.timeoutMs, attempts, consoleTail: tail !== '', ...(opts.consoleLog ? { consoleLog: opts.consoleLog } : {}) },
   });
 }
 

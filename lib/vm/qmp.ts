@@ -127,7 +127,9 @@ export class QmpClient {
         this.pending.delete(msg.id);
         if ('error' in msg) {
           const e = msg.error as { class?: string; desc?: string };
-          p.reject(new VmsynthError('VMS_QMP', `QMP ${p.command} failed: ${e.desc ?? 'unknown error'} (${e.class ?? '?'})`, { details: { command: p.command, class: e.class } }));
+          p.reject(new VmsynthError('VMS_QMP', `QMP ${p.command} failed: ${e.desc ?? 'unknown error'} (${e.class ?? '?'})`, {
+            details: { command: p.command, class: e.class, desc: e.desc },
+          }));
         } else {
           p.resolve(msg.return);
         }

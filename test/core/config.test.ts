@@ -63,27 +63,33 @@ t.test('clients: a list in the file, one token from the environment or a flag', 
 });
 
 t.test('bad input is a VMS_CONFIG error that names the key and the source', async (t) => {
-  const cases: [unknown, RegExp][] = [
-    [{ maxSessions: 'x' }, /maxSessions \(config file\): must be a whole number/],
-    [{ maxSessions: 0 }, /maxSessions/],
-    [{ listen: 'a:b:c' }, /listen \(config file\)/],
-    [{ listen: '1.2.3.4:70000' }, /listen/],
-    [{ logFormat: 'xml' }, /logFormat .*json, text/],
-    [{ lisen: '1' }, /unknown key\(s\) lisen/],
-    [{ clients: [{ name: 'a b', tokenSha256: 'a'.repeat(64) }] }, /clients\[0\]\.name/],
-    [{ clients: [{ name: 'a', tokenSha256: 'XYZ' }] }, /clients\[0\]\.tokenSha256/],
-    [{ clients: [{ name: 'a', tokenSha256: 'a'.repeat(64) }, { name: 'a', tokenSha256: 'b'.repeat(64) }] }, /listed twice/],
-    [{ clients: [{ name: 'a', tokenSha256: 'a'.repeat(64), token: 'plain' }] }, /unknown field token/],
-    [{ tlsCert: '/x.pem' }, /tlsCert and tlsKey go together/],
-    [[1, 2], /one JSON object/],
-    ['{ not json', /not valid JSON/],
+  const bad = path.join(dir, 'bad.json');
+  const [h1, h2] = ['a'.repeat(64), 'b'.repeat(64)];
+  const cases: [unknown, Record<string, unknown>][] = [
+    [{ maxSessions: 'x' }, { key: 'maxSessions', source: 'file', reason: 'invalid', expected: 'integer' }],
+    [{ maxSessions: 0 }, { key: 'maxSessions', source: 'file', reason: 'invalid', expected: 'integer', min: 1 }],
+    [{ listen: 'a:b:c' }, { key: 'listen', source: 'file', reason: 'invalid', expected: 'address' }],
+    [{ listen: '1.2.3.4:70000' }, { key: 'listen', source: 'file', reason: 'invalid', expected: 'address' }],
+    [{ logFormat: 'xml' }, { key: 'logFormat', source: 'file', reason: 'invalid', expected: 'one-of', allowed: ['json', 'text'] }],
+    [{ lisen: '1' }, { file: bad, reason: 'unknown-keys', keys: ['lisen'] }],
+    [{ clients: [{ name: 'a b', tokenSha256: h1 }] }, { key: 'clients[0].name', source: 'file', reason: 'invalid', expected: 'name' }],
+    [{ clients: [{ name: 'a', tokenSha256: 'XYZ' }] }, { key: 'clients[0].tokenSha256', source: 'file', reason: 'invalid', expected: 'sha256' }],
+    [{ clients: [{ name: 'a', tokenSha256: h1 }, { name: 'a', tokenSha256: h2 }] },
+      { key: 'clients[1].name', source: 'file', reason: 'duplicate', name: 'a' }],
+    [{ clients: [{ name: 'a', tokenSha256: h1, token: 'plain' }] }, { key: 'clients[0]', source: 'file', reason: 'unknown-field', fields: ['token'] }],
+    [{ tlsCert: '/x.pem' }, { key: 'tlsCert', source: 'file', reason: 'tls-pair', missing: 'tlsKey' }],
+    [[1, 2], { file: bad, reason: 'not-object' }],
+    ['{ not json', { file: bad, reason: 'json' }],
   ];
-  for (const [content, message] of cases) {
-    t.throws(() => resolveConfig({ configFile: file('bad.json', content), env: {} }), { code: 'VMS_CONFIG', message }, JSON.stringify(content));
+  for (const [content, details] of cases) {
+    t.throws(() => resolveConfig({ configFile: file('bad.json', content), env: {} }), { code: 'VMS_CONFIG', details }, JSON.stringify(content));
   }
-  t.throws(() => resolveConfig({ env: { CONFIGURATION_DIRECTORY: none, VMSYNTH_THREADS: '-1' } }), { code: 'VMS_CONFIG', message: /threads \(environment\)/ });
-  t.throws(() => resolveConfig({ env: { CONFIGURATION_DIRECTORY: none }, flags: { maxSessions: '1.5' } }), { code: 'VMS_CONFIG', message: /maxSessions \(command line\)/ });
-  t.throws(() => resolveConfig({ configFile: none, env: {} }), { code: 'VMS_CONFIG', message: /cannot read the config file/ }, 'a file named explicitly must exist');
+  t.throws(() => resolveConfig({ env: { CONFIGURATION_DIRECTORY: none, VMSYNTH_THREADS: '-1' } }),
+    { code: 'VMS_CONFIG', details: { key: 'threads', source: 'env' } });
+  t.throws(() => resolveConfig({ env: { CONFIGURATION_DIRECTORY: none }, flags: { maxSessions: '1.5' } }),
+    { code: 'VMS_CONFIG', details: { key: 'maxSessions', source: 'flag' } });
+  t.throws(() => resolveConfig({ configFile: none, env: {} }), { code: 'VMS_CONFIG', details: { file: none, reason: 'unreadable', errno: 'ENOENT' } },
+    'a file named explicitly must exist');
 });
 
 t.test('exportPaths hands the directories to lib/core/paths.ts through the environment', async (t) => {
@@ -99,7 +105,8 @@ t.test('an open server (no clients) is refused anywhere but loopback', async (t)
   const env = (v: NodeJS.ProcessEnv) => ({ CONFIGURATION_DIRECTORY: none, ...v });
   t.doesNotThrow(() => checkExposure(resolveConfig({ env: env({}) }).config));
   t.doesNotThrow(() => checkExposure(resolveConfig({ env: env({ VMSYNTH_LISTEN: '127.0.0.2:1' }) }).config));
-  t.throws(() => checkExposure(resolveConfig({ env: env({ VMSYNTH_LISTEN: '0.0.0.0:8021' }) }).config), { code: 'VMS_CONFIG', message: /could start VMs/ });
+  t.throws(() => checkExposure(resolveConfig({ env: env({ VMSYNTH_LISTEN: '0.0.0.0:8021' }) }).config),
+    { code: 'VMS_CONFIG', details: { key: 'clients', reason: 'open-server', listen: '0.0.0.0:8021' } });
   t.doesNotThrow(() => checkExposure(resolveConfig({ env: env({ VMSYNTH_LISTEN: '0.0.0.0:8021', VMSYNTH_TOKEN: 'x' }) }).config));
 });
 

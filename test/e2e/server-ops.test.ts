@@ -99,7 +99,8 @@ t.test('named clients, sessions per client, and the memory cap per session', asy
   t.match(await peer(port, [hello('tx')]).next('welcome'), { type: 'error', code: 'VMS_AUTH' }, 'an unknown token');
   const a1 = peer(port, [hello('ta'), session()]);
   t.match(await a1.next('accepted'), { type: 'accepted' }, 'phone-a opens a session');
-  t.match(await peer(port, [hello('ta'), session()]).next('accepted'), { type: 'error', code: 'VMS_LIMIT', message: /client "phone-a" already runs its limit of 1/ });
+  t.match(await peer(port, [hello('ta'), session()]).next('accepted'), { type: 'error', code: 'VMS_LIMIT', fatal: true },
+    'phone-a is refused a second session (admission.test.ts asserts the details: limit maxSessionsPerClient)');
   const b1 = peer(port, [hello('tb'), session()]);
   t.match(await b1.next('accepted'), { type: 'accepted' }, 'phone-b still gets its own');
   t.equal(server.sessionCount, 2);
@@ -110,7 +111,8 @@ t.test('named clients, sessions per client, and the memory cap per session', asy
 
   const small = await SynthServer.listen({ port: 0, sessionMemoryBytes: 2 << 20, maxInFlightBytes: 2 << 20 });
   t.teardown(() => small.close());
-  t.match(await peer(small.address().port, [hello(), session()]).next('accepted'), { type: 'error', code: 'VMS_LIMIT', message: /MiB \(guest RAM \+ in-flight segments\), over this server's limit of 2 MiB/ });
+  t.match(await peer(small.address().port, [hello(), session()]).next('accepted'), { type: 'error', code: 'VMS_LIMIT', fatal: true },
+    'a session over the memory cap is refused (admission.test.ts asserts the details: limit sessionMemory)');
   await drained(small);
   t.same(await fsp.readdir(runDir()).catch(() => []), [], 'no session directories left');
 });
@@ -139,8 +141,11 @@ t.test('TLS: the client checks the server certificate; a plain client gets nowhe
   const plain = peer(port, [hello('sesame')]);
   await plain.closed;
   t.same(plain.msgs, [], 'a plain-TCP client hears no protocol message');
-  await t.rejects(synthesize({ server: `127.0.0.1:${port}`, overlay: untrustedDir, token: 'sesame', tls: true }), { code: 'VMS_CONNECT', message: /over TLS: .*self.signed/ }, 'a certificate the client does not trust is refused');
-  await t.rejects(synthesize({ server: `127.0.0.1:${port}`, overlay: untrustedDir, token: 'sesame', tls: { ca, servername: 'other.test' } }), { code: 'VMS_CONNECT' }, 'a certificate for another name is refused');
+  await t.rejects(synthesize({ server: `127.0.0.1:${port}`, overlay: untrustedDir, token: 'sesame', tls: true }),
+    { code: 'VMS_CONNECT', details: { tls: true, reason: 'DEPTH_ZERO_SELF_SIGNED_CERT' } },
+    'a certificate the client does not trust is refused');
+  await t.rejects(synthesize({ server: `127.0.0.1:${port}`, overlay: untrustedDir, token: 'sesame', tls: { ca, servername: 'other.test' } }),
+    { code: 'VMS_CONNECT', details: { tls: true, reason: 'ERR_TLS_CERT_ALTNAME_INVALID' } }, 'a certificate for another name is refused');
   await t.rejects(synthesize({ server: `127.0.0.1:${port}`, overlay: untrustedDir, token: 'sesame', tls: { ca } }), { code: 'VMS_UNTRUSTED_KEY' }, 'with the right CA the conversation goes on to the manifest check');
   await drained(server);
 });

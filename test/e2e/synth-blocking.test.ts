@@ -74,15 +74,21 @@ t.test('a read of a missing chunk waits for its segment, and only its segment', 
   t.ok(target, 'the last segment carries a raw disk chunk');
   const { r } = target!;
   const g = await rig(t, 'one');
+  const beforeRead = performance.now();
   const read = readChunk(g.mount.path('disk.img'), r.index);
   await until(() => g.demands.includes(k), `a demand for segment ${k}`);
+  const heldBy = performance.now(); // the read was held before it asked for its segment
   t.ok(g.demands.includes(k), `the read asked for segment ${k} (demands: ${g.demands.join(',')})`);
   for (let i = 0; i < k; i++) await g.apply(i);
   t.notOk(read.finished(), 'every other segment applied: the read still waits');
   t.equal(g.launch.waitingReads, 1, 'one read is held');
+  await new Promise((res) => setTimeout(res, 50));
+  const atLeast = performance.now() - heldBy; // 50 ms or more
   const held = g.launch.heldReads();
+  const atMost = performance.now() - beforeRead;
   t.same({ reads: held.reads, segments: held.segments }, { reads: 1, segments: [k] }, 'held() names the read and the segment it waits for');
-  t.ok(held.oldestMs >= 0, `and how long it has waited (${held.oldestMs} ms)`);
+  t.ok(held.oldestMs >= 50 && held.oldestMs >= Math.floor(atLeast) && held.oldestMs <= Math.ceil(atMost),
+    `and how long it has waited: ${held.oldestMs} ms, between ${Math.floor(atLeast)} (held since the demand) and ${Math.ceil(atMost)} (since the read began)`);
   await g.apply(k);
   const got = await read.done;
   t.same(g.launch.heldReads(), { reads: 0, oldestMs: 0, segments: [] }, 'nothing held once its segment landed');

@@ -146,7 +146,7 @@ t.test(`${TRIALS} single-bit flips over every segment are all refused, and no ba
         (err: unknown) => {
           if (err instanceof VmsynthError && err.code === 'VMS_OVERLAY_CORRUPT') detected++;
           else fail(`trial ${i} (segment ${s}, bit ${bit}): refused with ${String(err)}`);
-          if (err instanceof Error && /SHA-256/.test(err.message)) byHash++;
+          if (err instanceof VmsynthError && err.details.check === 'sha256') byHash++;
           if (stillMissing() && missingTotal() === missingBefore && launch.appliedSegments === appliedBefore) markedNothing++;
           else fail(`trial ${i} (segment ${s}, bit ${bit}): marked chunks present`);
         },

@@ -121,7 +121,8 @@ t.test('an unknown format version', async (t) => {
   await refused(t, dir, 'VMS_OVERLAY_FORMAT');
   // An overlay of the previous version says what to do about it.
   const v1 = await damaged((d) => rewriteEnvelope(d, (env) => { env.format = 'vmsynth-overlay/1'; }));
-  await t.rejects(verifyOverlay({ overlay: v1, base: 'gen' }), { code: 'VMS_OVERLAY_FORMAT', message: /build it again with `vmsynth overlay create`/ }, 'a vmsynth-overlay/1 overlay: rebuild it');
+  await t.rejects(verifyOverlay({ overlay: v1, base: 'gen' }), { code: 'VMS_OVERLAY_FORMAT', details: { format: 'vmsynth-overlay/1', rebuild: true } },
+    'a vmsynth-overlay/1 overlay: rebuild it');
 });
 
 t.test('a chunk whose digest in its (validly signed) segment is not its content: verify names it, apply does not look', async (t) => {

@@ -206,13 +206,24 @@ t.test('a client of another protocol version is told both versions', async (t) =
   t.match(r.conn.endedWith?.details, { reason: 'version', server: PROTOCOL, client: 'vmsynth/1' });
 });
 
+t.test('an unknown message type is refused, and said to be one', async (t) => {
+  const r = await at(t, 'open');
+  r.send(frame({ type: 'teleport' }));
+  t.match(await r.next('never'), fatal('VMS_PROTOCOL'));
+  await r.gone;
+  t.match(r.conn.endedWith?.details, { reason: 'unknown-type', type: 'teleport' });
+});
+
 t.test('tokens: none given, a wrong one, the right one', async (t) => {
-  for (const [token, code] of [[undefined, 'VMS_AUTH'], ['wrong', 'VMS_AUTH'], ['sesame', null]] as const) {
+  for (const [token, code, reason] of [[undefined, 'VMS_AUTH', 'missing'], ['wrong', 'VMS_AUTH', 'invalid'], ['sesame', null, null]] as const) {
     const r = await rig(t, { tokens: ['sesame'] });
     r.send(hello(token === undefined ? {} : { token }));
     const m = await r.next('welcome');
-    if (code) t.match(m, fatal(code), `token ${token ?? '(none)'}: refused`);
-    else t.match(m, { type: 'welcome' }, 'the right token is welcome');
+    if (code) {
+      t.match(m, fatal(code), `token ${token ?? '(none)'}: refused`);
+      await r.gone;
+      t.match(r.conn.endedWith?.details, { reason }, `token ${token ?? '(none)'}: refused as ${reason}`);
+    } else t.match(m, { type: 'welcome' }, 'the right token is welcome');
   }
 });
 
