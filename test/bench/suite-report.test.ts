@@ -33,7 +33,7 @@ function app(name: string, elijah: string, links: string[]): AppResult {
       failures: {},
       timeline: { sends: [{ ms: 10, index: 0, lane: 'background', bytes: 1e6 }, { ms: 900, index: 7, lane: 'demand', bytes: 1e6 }, { ms: 950, index: 1, lane: 'background', bytes: 1e6 }], resumedMs: 700, firstResponseMs: 4000, finishedMs: 9000 },
     }])),
-  } as AppResult;
+  };
 }
 
 function result(): SuiteResult {

@@ -13,7 +13,7 @@ function capture(level: string, fn: () => void): string {
   process.stderr.write = ((chunk: string | Uint8Array) => {
     lines.push(String(chunk));
     return true;
-  }) as typeof process.stderr.write;
+  });
   const detach = attachLogger({ level });
   try {
     fn();

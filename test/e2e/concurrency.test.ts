@@ -187,7 +187,7 @@ t.test(`${CLIENTS} early-start syntheses at once all succeed`, async (t) => {
   await drained(server);
   t.equal(server.connectionCount, 0, 'the server holds no connection');
   t.same(await leaks(domains, runDir()), NO_LEAKS, 'no domain, QEMU process, mount or file is left');
-  const exits = await Promise.all(children.map((c) => (c.proc.exitCode !== null ? c.proc.exitCode : new Promise((r) => c.proc.once('exit', r)))));
+  const exits = await Promise.all(children.map((c) => (c.proc.exitCode !== null ? Promise.resolve(c.proc.exitCode) : new Promise((r) => c.proc.once('exit', r)))));
   t.same(exits, children.map(() => 0), 'every client process exited cleanly');
   t.comment(`file wall time ${Math.round(performance.now() - T0)} ms`);
 });

@@ -62,7 +62,7 @@ function converse(bytes: Buffer[], port = server.address().port): Promise<Msg[]>
     const s = net.connect({ host: '127.0.0.1', port }, () => {
       for (const b of bytes) s.write(b);
     });
-    s.on('data', (d: Buffer) => { for (const f of dec.push(d)) out.push(f.header as Msg); });
+    s.on('data', (d: Buffer) => { for (const f of dec.push(d)) out.push(f.header); });
     s.on('close', () => resolve(out));
     s.on('error', reject);
     setTimeout(() => { s.destroy(); reject(new Error(`no close; got ${JSON.stringify(out)}`)); }, 20_000).unref();

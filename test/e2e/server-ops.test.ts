@@ -71,7 +71,7 @@ function peer(port: number, bytes: Buffer[], secure?: tls.ConnectionOptions): Pe
     ? tls.connect({ host: '127.0.0.1', port, ...secure }, () => bytes.forEach((b) => socket.write(b)))
     : net.connect({ host: '127.0.0.1', port }, () => bytes.forEach((b) => socket.write(b)));
   socket.on('data', (d: Buffer) => {
-    for (const f of dec.push(d)) msgs.push(f.header as Msg);
+    for (const f of dec.push(d)) msgs.push(f.header);
     waiters.splice(0).forEach((w) => w());
   });
   socket.on('error', () => undefined);

@@ -125,7 +125,7 @@ t.test(`${TRIALS} single-bit flips over every segment are all refused, and no ba
       const r = recs[s]!.find((x) => x.kind === want);
       if (r && pick.length < HELD_PER_SEGMENT) pick.push(r);
     }
-    const reads = pick.map((r) => ({ r, read: readChunk(mount.path(IMAGE_FILES[r.image]!), r.index) }));
+    const reads = pick.map((r) => ({ r, read: readChunk(mount.path(IMAGE_FILES[r.image]), r.index) }));
     heldReads += reads.length;
     await until(() => launch.waitingReads === reads.length, `${reads.length} held reads on segment ${s}`);
     if (reads.length && !demands.has(s)) fail(`segment ${s}: the held reads did not ask for it`);
@@ -162,7 +162,7 @@ t.test(`${TRIALS} single-bit flips over every segment are all refused, and no ba
     if (recs[s]!.some((r) => launch.isMissing(r.image, r.index))) fail(`segment ${s}: the genuine copy left chunks missing`);
     for (const { r, read } of reads) {
       const got = await read.done;
-      if (got.equals(custom[r.image]!.subarray(r.index * CHUNK, (r.index + 1) * CHUNK))) heldOk++;
+      if (got.equals(custom[r.image].subarray(r.index * CHUNK, (r.index + 1) * CHUNK))) heldOk++;
       else fail(`segment ${s}: held read of ${IMAGE_FILES[r.image]} chunk ${r.index} (${KIND_NAMES[r.kind]}) returned other bytes`);
     }
   }

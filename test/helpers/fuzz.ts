@@ -176,8 +176,8 @@ export class AllocProbe {
     const note = (n: unknown) => { if (typeof n === 'number' && n > this.largest) this.largest = n; };
     const { alloc, allocUnsafe, allocUnsafeSlow } = this.saved;
     Buffer.alloc = ((size: number, ...rest: unknown[]) => { note(size); return (alloc as (...a: unknown[]) => Buffer).call(Buffer, size, ...rest); }) as typeof Buffer.alloc;
-    Buffer.allocUnsafe = ((size: number) => { note(size); return allocUnsafe.call(Buffer, size); }) as typeof Buffer.allocUnsafe;
-    Buffer.allocUnsafeSlow = ((size: number) => { note(size); return allocUnsafeSlow.call(Buffer, size); }) as typeof Buffer.allocUnsafeSlow;
+    Buffer.allocUnsafe = ((size: number) => { note(size); return allocUnsafe.call(Buffer, size); });
+    Buffer.allocUnsafeSlow = ((size: number) => { note(size); return allocUnsafeSlow.call(Buffer, size); });
   }
 
   uninstall(): void {
@@ -200,6 +200,6 @@ export class AllocProbe {
     }
     const ms = performance.now() - t0;
     const grown = process.memoryUsage().arrayBuffers - before;
-    return { bytes: Math.max(this.largest, grown), ms, threw, ...(threw ? { error } : { value: value as T }) };
+    return { bytes: Math.max(this.largest, grown), ms, threw, ...(threw ? { error } : { value: value }) };
   }
 }

@@ -13,7 +13,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { prng } from '../helpers/images.js';
-import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
+import { buildOverlay } from '../../lib/overlay/builder.js';
 import { generateKey, loadSigningKey, type SigningKey } from '../../lib/overlay/keys.js';
 import { ChunkKind, Image } from '../../lib/overlay/format.js';
 import { readRecord } from '../../lib/overlay/records.js';

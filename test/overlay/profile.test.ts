@@ -48,7 +48,7 @@ t.test('prefixNeeded: a profile order shortens the prefix a stream must deliver'
 
   // The "run" touches a few overlay chunks from the end of the default order, plus chunks not in the overlay.
   const last = plain.body.segments.at(-1)!;
-  const tail = [readRecord(last.chunks, last.count - 1), readRecord(last.chunks, 0)].map((r) => ({ image: r.image as number, index: r.index }));
+  const tail = [readRecord(last.chunks, last.count - 1), readRecord(last.chunks, 0)].map((r): { image: number; index: number } => ({ image: r.image, index: r.index }));
   const run = [m(4095), ...tail, d(2047)];
   const overlayChunks = run.filter((c) => tail.includes(c)).length;
   const before = prefixNeeded(plain, run);

@@ -176,7 +176,7 @@ function parseBoth(f: Frame, tally?: Tally): void {
       got = parse(f);
     } catch (err) {
       expectTyped(err, MESSAGE_CODES, `parse${side === 'client' ? 'Client' : 'Server'}Message`);
-      if (want) throw new Error(`the ${side} parser refused a valid ${f.header.type} message: ${(err as Error).message}`);
+      if (want) throw new Error(`the ${side} parser refused a valid ${f.header.type} message: ${(err as Error).message}`, { cause: err });
       tally?.add(`${side}: refused`);
       continue;
     }

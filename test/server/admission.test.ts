@@ -12,7 +12,7 @@ import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
 import { MANIFEST_FILE } from '../../lib/overlay/format.js';
 import { generateKey, loadSigningKey, trustedKeys } from '../../lib/overlay/keys.js';
 import { Admission, defaultLimits, type AdmissionHost, type AdmissionLimits } from '../../lib/server/admission.js';
-import { loadBase, type Base } from '../../lib/vm/base.js';
+import { loadBase } from '../../lib/vm/base.js';
 import { generatePair } from '../helpers/images.js';
 
 t.teardown(removeTestRoot);
@@ -88,7 +88,7 @@ t.test('the manifest and the host\'s refusals pass through with their codes', as
   const { a: untrusting } = admission({}, { trusted: new Map() });
   await t.rejects(untrusting.admit('phone', manifest), { code: 'VMS_UNTRUSTED_KEY' });
   const fail = (code: 'VMS_BASE_NOT_FOUND' | 'VMS_HASH_MISMATCH' | 'VMS_ACCEL_MISMATCH') => async (): Promise<never> => { throw new VmsynthError(code, 'no'); };
-  const { a: noBase } = admission({}, { findBase: fail('VMS_BASE_NOT_FOUND') as () => Promise<Base> });
+  const { a: noBase } = admission({}, { findBase: fail('VMS_BASE_NOT_FOUND') });
   await t.rejects(noBase.admit('phone', manifest), { code: 'VMS_BASE_NOT_FOUND' });
   const { a: badBase, calls } = admission({}, { checkBase: fail('VMS_HASH_MISMATCH') });
   await t.rejects(badBase.admit('phone', manifest), { code: 'VMS_HASH_MISMATCH' });

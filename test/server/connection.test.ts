@@ -107,7 +107,7 @@ async function rig(t: Test, o: RigOptions = {}): Promise<Rig> {
   const waiters: (() => void)[] = [];
   const decoder = new FrameDecoder();
   socket.on('data', (d: Buffer) => {
-    for (const f of decoder.push(d)) msgs.push(f.header as Msg);
+    for (const f of decoder.push(d)) msgs.push(f.header);
     for (const w of waiters.splice(0)) w();
   });
   const closed = new Promise<Msg[]>((r) => socket.on('close', () => r(msgs)));
