@@ -9,140 +9,19 @@
  * demand request waits behind at most one segment plus what the kernel
  * buffers. Usable from any Node program: `synthesize()` is the whole API.
  */
-import net from 'node:net';
-import tls from 'node:tls';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { DEFAULTS } from '../core/defaults.js';
-import { ERRORS, VmsynthError, type ErrorCode } from '../core/errors.js';
+import { VmsynthError } from '../core/errors.js';
 import { VMSYNTH_VERSION } from '../core/version.js';
 import { MANIFEST_FILE, SEGMENTS_FILE } from '../overlay/format.js';
 import { Overlay } from '../overlay/reader.js';
 import { FramedSocket } from '../protocol/framed-socket.js';
-import { FRAME_CAPS, parseServerMessage, PROTOCOL, type Policy, type ServerMessage } from '../protocol/messages.js';
+import { FRAME_CAPS, parseServerMessage, PROTOCOL, type ServerMessage } from '../protocol/messages.js';
+import { connect, parseServer, serverError } from './connect.js';
+import type { RunningSession, SegmentSend, SynthesizeOptions, SynthesizeResult, Timeline } from './types.js';
 
-export interface OffloadRequest {
-  method: 'GET' | 'POST' | 'PUT';
-  /** Starts with "/". */
-  path: string;
-  body?: Buffer;
-}
-
-export interface SynthesizeOptions {
-  /** "HOST:PORT", "HOST" (port 8021) or { host, port }. */
-  server: string | { host: string; port: number };
-  /** Overlay directory (overlay.manifest + overlay.segments). */
-  overlay: string;
-  policy?: Policy;
-  /** The first offload request (default GET /run). */
-  request?: OffloadRequest;
-  token?: string;
-  /**
-   * Speak TLS: true checks the server's certificate against the system's CAs,
-   * { ca } against these PEM certificates (a cloudlet's own CA or a
-   * self-signed certificate); servername overrides the name checked.
-   */
-  tls?: boolean | { ca?: Buffer | string; servername?: string };
-  /** Finish only after every segment was sent (default: yes, except demand-only). */
-  waitComplete?: boolean;
-  /** Overall limit (default 10 min). */
-  timeoutMs?: number;
-  signal?: AbortSignal;
-  /** Progress: called on every timeline event and after every segment sent. */
-  onEvent?: (e: ClientEvent) => void;
-  /**
-   * Paces segment sending to this many bytes per second, to emulate a slower
-   * link than the real one (tests on loopback; the benchmark shapes a real
-   * link with tc instead). Default: unpaced.
-   */
-  maxBytesPerSecond?: number;
-  /**
-   * Called once the first response is in (and, with waitComplete, the whole
-   * overlay): the VM stays up until it resolves. More offload requests can
-   * be sent through `ctx.offload`.
-   */
-  whileRunning?: (ctx: RunningSession) => Promise<void>;
-  /** Fault injection for tests: may replace a segment's bytes before they are sent (attempt counts from 1). */
-  tamper?: (index: number, data: Buffer, attempt: number) => Buffer;
-  /**
-   * Fault injection for tests: a background stream that stalls. Once this many
-   * bytes were sent, background segments wait for the first response; demand
-   * requests are still served. With it, "answered before the overlay arrived"
-   * holds however slow the host is, and the guest's reads past this point can
-   * only be served on demand.
-   */
-  holdBackgroundAfterBytes?: number;
-}
-
-export interface RunningSession {
-  /** The server's session id. */
-  session: string;
-  offload(request: OffloadRequest): Promise<{ status: number; body: Buffer }>;
-}
-
-export type ClientEvent =
-  | { type: 'timeline'; step: keyof Timeline; ms: number }
-  | { type: 'accepted'; session: string; base: string }
-  | { type: 'segment'; index: number; lane: 'demand' | 'background'; sent: number; total: number; bytesSent: number; overlayBytes: number };
-
-export interface SegmentSend {
-  ms: number;
-  index: number;
-  lane: 'demand' | 'background';
-  bytes: number;
-}
-
-/** Milliseconds since synthesize() was called, on the client's clock. */
-export interface Timeline {
-  connected: number | null;
-  accepted: number | null;
-  resumed: number | null;
-  firstResponse: number | null;
-  overlayComplete: number | null;
-  finished: number | null;
-}
-
-export interface SynthesizeResult {
-  server: string;
-  session: string;
-  base: string;
-  policy: Policy;
-  timeline: Timeline;
-  firstResponse: { status: number; body: string };
-  overlayBytes: number;
-  segments: number;
-  segmentsSent: number;
-  bytesSent: number;
-  /**
-   * Segment bytes handed to the socket before the first response arrived: on
-   * a slow link up to a segment more than had reached the server (whose own
-   * count is serverStats.bytesReceivedBeforeFirstResponse).
-   */
-  bytesSentBeforeFirstResponse: number;
-  segmentsSentBeforeFirstResponse: number;
-  demandRequests: number;
-  /** Segments asked for in the background that a blocked guest read needed before they were sent: they went next (`hurry`). */
-  hurried: number;
-  /** Every segment sent, in order: when it was handed to the socket (client clock), and on which lane. */
-  sends: SegmentSend[];
-  /** The server's own account of the session (its clock starts at the manifest). */
-  serverStats: Record<string, unknown>;
-}
-
-export function parseServer(spec: SynthesizeOptions['server']): { host: string; port: number } {
-  if (typeof spec !== 'string') return spec;
-  const m = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(spec.trim());
-  const port = m?.[2] ? Number(m[2]) : DEFAULTS.port;
-  if (!m || !Number.isInteger(port) || port < 1 || port > 65535) {
-    throw new VmsynthError('VMS_USAGE', `--server must be HOST:PORT, got "${spec}"`, { details: { flag: '--server', value: spec } });
-  }
-  return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
-}
-
-function serverError(code: string, message: string): VmsynthError {
-  const known = Object.hasOwn(ERRORS, code) ? (code as ErrorCode) : 'VMS_PROTOCOL';
-  return new VmsynthError(known, `the server: ${message}`, { details: { serverCode: code } });
-}
+export { parseServer } from './connect.js';
+export type * from './types.js';
 
 /** Runs one synthesis session against a server; resolves after the server confirmed the teardown. */
 export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeResult> {
@@ -361,28 +240,5 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
     };
 
     io.send({ type: 'hello', protocol: PROTOCOL, client: `vmsynth ${VMSYNTH_VERSION}`, ...(opts.token !== undefined ? { token: opts.token } : {}) });
-  });
-}
-
-function connect(host: string, port: number, signal?: AbortSignal, secure?: SynthesizeOptions['tls']): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const t = secure ? (secure === true ? {} : secure) : null;
-    const socket = t
-      ? tls.connect({ host, port, timeout: 10_000, ...(t.ca ? { ca: t.ca } : {}), servername: t.servername ?? (net.isIP(host) ? undefined : host) })
-      : net.connect({ host, port, timeout: 10_000 });
-    // details.reason: the Node error code (ECONNREFUSED, DEPTH_ZERO_SELF_SIGNED_CERT, ...), 'timeout' or 'cancelled'.
-    const fail = (why: string, reason?: string) => {
-      socket.destroy();
-      const details = { host, port, tls: t !== null, ...(reason ? { reason } : {}) };
-      reject(new VmsynthError('VMS_CONNECT', `cannot connect to ${host}:${port}${t ? ' over TLS' : ''}: ${why}`, { details }));
-    };
-    socket.once(t ? 'secureConnect' : 'connect', () => {
-      socket.setTimeout(0);
-      socket.removeAllListeners('error');
-      resolve(socket);
-    });
-    socket.once('timeout', () => fail('no answer within 10 s', 'timeout'));
-    socket.once('error', (err: NodeJS.ErrnoException) => fail(err.message, typeof err.code === 'string' ? err.code : undefined));
-    signal?.addEventListener('abort', () => fail('cancelled', 'cancelled'), { once: true });
   });
 }
