@@ -12,7 +12,10 @@ export default tseslint.config(
     languageOptions: { parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname } },
     rules: {
       // `_name` marks what is unused on purpose (a parameter an interface dictates, a field dropped by a rest).
-      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none', ignoreRestSiblings: true }],
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        { argsIgnorePattern: '^_', varsIgnorePattern: '^_', caughtErrors: 'none', ignoreRestSiblings: true },
+      ],
       // Async functions without an await implement Promise-returning interfaces (command actions, readers, test bodies).
       '@typescript-eslint/require-await': 'off',
       // Rejections pass on what was thrown, which may be anything: wrapping it would lose it.
@@ -23,7 +26,10 @@ export default tseslint.config(
     files: ['test/**'],
     rules: {
       // tap queues t.test() calls itself: a top-level or subtest call is not a dropped promise.
-      '@typescript-eslint/no-floating-promises': ['error', { allowForKnownSafePromises: [{ from: 'package', package: '@tapjs/core', name: 'PromiseWithSubtest' }] }],
+      '@typescript-eslint/no-floating-promises': [
+        'error',
+        { allowForKnownSafePromises: [{ from: 'package', package: '@tapjs/core', name: 'PromiseWithSubtest' }] },
+      ],
       // Tests poke at decoded JSON, fuzzed MessagePack and mocks: values typed `any` on purpose.
       '@typescript-eslint/no-explicit-any': 'off',
       '@typescript-eslint/no-unsafe-member-access': 'off',

@@ -25,10 +25,20 @@ export interface ElijahSize {
   ms: number;
 }
 
-export function elijahSize(overlay: Overlay, base: { memory: string; disk: string }, custom: { memory: string; disk: string }, xzLevel = 6): ElijahSize {
+export function elijahSize(
+  overlay: Overlay,
+  base: { memory: string; disk: string },
+  custom: { memory: string; disk: string },
+  xzLevel = 6,
+): ElijahSize {
   const t0 = performance.now();
   const tmp = mkdtempSync(path.join(os.tmpdir(), 'vmsynth-elijah-'));
-  const files = [new ChunkFile(base.memory), new ChunkFile(base.disk), new ChunkFile(custom.memory), new ChunkFile(custom.disk)];
+  const files = [
+    new ChunkFile(base.memory),
+    new ChunkFile(base.disk),
+    new ChunkFile(custom.memory),
+    new ChunkFile(custom.disk),
+  ];
   const parts: Buffer[] = [];
   let items = 0;
   let xdeltaItems = 0;
@@ -38,7 +48,9 @@ export function elijahSize(overlay: Overlay, base: { memory: string; disk: strin
     // over its share of them (a process per chunk spawned from Node costs ~50 ms here; from sh,
     // ~1 ms; the face app has 246,488 such chunks).
     mkdirSync(path.join(tmp, 'c'));
-    const records = overlay.body.segments.flatMap((s) => Array.from({ length: s.count }, (_, i) => readRecord(s.chunks, i)));
+    const records = overlay.body.segments.flatMap((s) =>
+      Array.from({ length: s.count }, (_, i) => readRecord(s.chunks, i)),
+    );
     let n = 0;
     for (const r of records) {
       if (r.kind !== ChunkKind.XOR && r.kind !== ChunkKind.RAW) continue;
@@ -47,8 +59,14 @@ export function elijahSize(overlay: Overlay, base: { memory: string; disk: strin
       n++;
     }
     const workers = Math.max(1, Math.min(os.cpus().length, n));
-    const worker = (w: number) => `( i=${w}; while [ $i -lt ${n} ]; do xdelta3 -e -9 -A -D -R -f -B 524288 -W 16384 -s $i.s $i.t $i.d || exit 1; i=$((i+${workers})); done ) & pids="$pids $!"`;
-    execFileSync('sh', ['-c', `cd "$1" || exit 1; pids=; ${Array.from({ length: workers }, (_, w) => worker(w)).join('; ')}; rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc`, 'sh', path.join(tmp, 'c')]);
+    const worker = (w: number) =>
+      `( i=${w}; while [ $i -lt ${n} ]; do xdelta3 -e -9 -A -D -R -f -B 524288 -W 16384 -s $i.s $i.t $i.d || exit 1; i=$((i+${workers})); done ) & pids="$pids $!"`;
+    execFileSync('sh', [
+      '-c',
+      `cd "$1" || exit 1; pids=; ${Array.from({ length: workers }, (_, w) => worker(w)).join('; ')}; rc=0; for p in $pids; do wait $p || rc=1; done; exit $rc`,
+      'sh',
+      path.join(tmp, 'c'),
+    ]);
     // Pass 2: the items, in overlay order.
     n = 0;
     for (const r of records) {

@@ -6,6 +6,7 @@ export function fillChunky(buf: Buffer): void {
   const phrase = Buffer.from('vmsynth overlay bench: compressible filler text, ');
   for (let o = 0; o < buf.length; o += 4096) {
     randomFillSync(buf, o, 1024);
-    for (let p = o + 1024; p < o + 4096; p += phrase.length) phrase.copy(buf, p, 0, Math.min(phrase.length, o + 4096 - p));
+    for (let p = o + 1024; p < o + 4096; p += phrase.length)
+      phrase.copy(buf, p, 0, Math.min(phrase.length, o + 4096 - p));
   }
 }

@@ -81,7 +81,18 @@ import { workPath, type AppWork } from '../lib/vm/guest-app.js';
 import { resumeBase } from '../lib/vm/base-resume.js';
 import { benchKey, openIfValid, trustedBy, type BenchKey } from './lib/bench-key.js';
 import { runClient } from './lib/client-run.js';
-import { checkLinkTools, createLinkPair, LINKS, netnsFor, removeStale, shape, tmpDirFor, type Link, type LinkNames, type Netns } from './lib/link.js';
+import {
+  checkLinkTools,
+  createLinkPair,
+  LINKS,
+  netnsFor,
+  removeStale,
+  shape,
+  tmpDirFor,
+  type Link,
+  type LinkNames,
+  type Netns,
+} from './lib/link.js';
 import { onSignals } from './lib/signals.js';
 import { p50, percentile, round } from './lib/stats.js';
 import { niceStep, px } from './lib/svg.js';
@@ -92,7 +103,13 @@ const WORK: AppWork = { memMb: 8, diskMb: 4, diskOffMb: 40 };
 const RANDOM = { atMiB: 48, mib: 16 };
 const PROFILE_RUNS = 3;
 const CLIENT_TIMEOUT_S = 300;
-const NAMES: LinkNames = { ns: 'vmsfr-', dev: 'vfr', tmp: 'vmsynth-bench-first-response-', bench: 'first-response', octet: 201 };
+const NAMES: LinkNames = {
+  ns: 'vmsfr-',
+  dev: 'vfr',
+  tmp: 'vmsynth-bench-first-response-',
+  bench: 'first-response',
+  octet: 201,
+};
 
 interface Variant {
   name: string;
@@ -127,15 +144,23 @@ interface LocalRun {
 
 function positiveEnv(name: string, fallback: number): number {
   const v = Number(process.env[name] ?? fallback);
-  if (!Number.isSafeInteger(v) || v < 1) throw new VmsynthError('VMS_USAGE', `${name} must be a positive integer, got "${process.env[name]}"`);
+  if (!Number.isSafeInteger(v) || v < 1)
+    throw new VmsynthError('VMS_USAGE', `${name} must be a positive integer, got "${process.env[name]}"`);
   return v;
 }
 
 function chosenLinks(): Link[] {
-  const names = (process.env.BENCH_LINKS ?? 'wifi,lan').split(',').map((s) => s.trim()).filter(Boolean);
+  const names = (process.env.BENCH_LINKS ?? 'wifi,lan')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   return names.map((n) => {
     const link = LINKS[n];
-    if (!link) throw new VmsynthError('VMS_USAGE', `BENCH_LINKS: unknown link "${n}"; choose from ${Object.keys(LINKS).join(', ')}`);
+    if (!link)
+      throw new VmsynthError(
+        'VMS_USAGE',
+        `BENCH_LINKS: unknown link "${n}"; choose from ${Object.keys(LINKS).join(', ')}`,
+      );
     return link;
   });
 }
@@ -153,7 +178,14 @@ dd if=/dev/urandom of=/dev/vda bs=1M seek=${RANDOM.atMiB} count=${RANDOM.mib} co
 
 function cacheKey(base: Base, script: string, keyId: string): string {
   const m = base.manifest;
-  const what = { memory: m.memory.sha256, disk: m.disk.sha256, deviceState: m.deviceState.sha256, script, keyId, work: WORK };
+  const what = {
+    memory: m.memory.sha256,
+    disk: m.disk.sha256,
+    deviceState: m.deviceState.sha256,
+    script,
+    keyId,
+    work: WORK,
+  };
   return createHash('sha256').update(JSON.stringify(what)).digest('hex').slice(0, 16);
 }
 
@@ -193,17 +225,34 @@ async function prepare(signal: AbortSignal): Promise<Prepared> {
     createMs = Math.round(performance.now() - t0);
     overlay = await Overlay.open(out, { trusted: trustedBy(key) });
   }
-  const profiled = process.env.BENCH_PROFILE === '0' ? null : await ensureProfiled(overlay, key, path.join(root, id, 'profiled'), signal);
+  const profiled =
+    process.env.BENCH_PROFILE === '0'
+      ? null
+      : await ensureProfiled(overlay, key, path.join(root, id, 'profiled'), signal);
   return { base, key, overlay, cached, createMs, profiled };
 }
 
 /** The access-ordered overlay, or why there is none (profiling must not stop the rest). */
-async function ensureProfiled(overlay: Overlay, key: BenchKey, out: string, signal: AbortSignal): Promise<Prepared['profiled']> {
+async function ensureProfiled(
+  overlay: Overlay,
+  key: BenchKey,
+  out: string,
+  signal: AbortSignal,
+): Promise<Prepared['profiled']> {
   const hit = await openIfValid(out, key);
   if (hit) return { overlay: hit, cached: true, ms: null };
   try {
     process.stderr.write(`first-response bench: profiling the overlay (${PROFILE_RUNS} runs)\n`);
-    const r = await profileOverlay({ overlay: overlay.dir, out, runs: PROFILE_RUNS, work: WORK, key: key.file, trust: [key.pubFile], force: true, signal });
+    const r = await profileOverlay({
+      overlay: overlay.dir,
+      out,
+      runs: PROFILE_RUNS,
+      work: WORK,
+      key: key.file,
+      trust: [key.pubFile],
+      force: true,
+      signal,
+    });
     return { overlay: await Overlay.open(out, { trusted: trustedBy(key) }), cached: false, ms: r.ms.total };
   } catch (err) {
     if (signal.aborted) throw abortReason(signal);
@@ -237,7 +286,12 @@ async function measureLocal(p: Prepared, tmp: string, runs: number, signal: Abor
 }
 
 function sampleOf(r: SynthesizeResult, local: Local): Sample {
-  const s = r.serverStats as { blockedReads?: BlockedReadStats; outOfOrder?: number; firstResponseMs?: number; bytesReceivedBeforeFirstResponse?: number | null };
+  const s = r.serverStats as {
+    blockedReads?: BlockedReadStats;
+    outOfOrder?: number;
+    firstResponseMs?: number;
+    bytesReceivedBeforeFirstResponse?: number | null;
+  };
   let body: Record<string, unknown> = {};
   try {
     body = JSON.parse(r.firstResponse.body) as Record<string, unknown>;
@@ -256,8 +310,12 @@ function sampleOf(r: SynthesizeResult, local: Local): Sample {
     blockedReads: s.blockedReads ?? null,
     outOfOrder: s.outOfOrder ?? null,
     serverFirstResponseMs: s.firstResponseMs ?? null,
-    replyMatchesLocal: r.firstResponse.status === 200 && typeof local.reply.memDigest === 'string' && typeof local.reply.diskDigest === 'string'
-      && body.memDigest === local.reply.memDigest && body.diskDigest === local.reply.diskDigest,
+    replyMatchesLocal:
+      r.firstResponse.status === 200 &&
+      typeof local.reply.memDigest === 'string' &&
+      typeof local.reply.diskDigest === 'string' &&
+      body.memDigest === local.reply.memDigest &&
+      body.diskDigest === local.reply.diskDigest,
   };
 }
 
@@ -267,7 +325,15 @@ interface Cell {
 }
 
 /** RUNS rounds over one link; each round runs every variant once, in an order rotated per round. */
-async function runLink(n: Netns, port: number, link: Link, variants: Variant[], local: Local, runs: number, signal: AbortSignal): Promise<Record<string, Cell>> {
+async function runLink(
+  n: Netns,
+  port: number,
+  link: Link,
+  variants: Variant[],
+  local: Local,
+  runs: number,
+  signal: AbortSignal,
+): Promise<Record<string, Cell>> {
   const cells: Record<string, Cell> = Object.fromEntries(variants.map((v) => [v.name, { samples: [], failures: [] }]));
   for (let i = 0; i < runs; i++) {
     for (let k = 0; k < variants.length; k++) {
@@ -275,9 +341,23 @@ async function runLink(n: Netns, port: number, link: Link, variants: Variant[], 
       throwIfAborted(signal);
       const cell = cells[v.name]!;
       try {
-        const s = sampleOf(await runClient(n.ns, `${n.hostAddr}:${port}`, v.overlay, v.policy, { path: workPath(WORK) }, CLIENT_TIMEOUT_S, signal, v.name), local);
+        const s = sampleOf(
+          await runClient(
+            n.ns,
+            `${n.hostAddr}:${port}`,
+            v.overlay,
+            v.policy,
+            { path: workPath(WORK) },
+            CLIENT_TIMEOUT_S,
+            signal,
+            v.name,
+          ),
+          local,
+        );
         cell.samples.push(s);
-        process.stderr.write(`${link.name} ${i + 1}/${runs} ${v.name}: first response ${s.firstResponseMs} ms, ${(s.bytesSentBeforeFirstResponse / MIB).toFixed(1)} MiB before${s.replyMatchesLocal ? '' : ', REPLY DIFFERS from the local VM'}\n`);
+        process.stderr.write(
+          `${link.name} ${i + 1}/${runs} ${v.name}: first response ${s.firstResponseMs} ms, ${(s.bytesSentBeforeFirstResponse / MIB).toFixed(1)} MiB before${s.replyMatchesLocal ? '' : ', REPLY DIFFERS from the local VM'}\n`,
+        );
       } catch (err) {
         if (signal.aborted) throw abortReason(signal);
         const message = err instanceof Error ? err.message : String(err);
@@ -297,13 +377,31 @@ function summarize(c: Cell) {
   return {
     n: xs.length,
     failures: c.failures.length,
-    firstResponseMs: { p50: round(p50(xs.map((s) => s.firstResponseMs))), p90: round(percentile(xs.map((s) => s.firstResponseMs), 0.9)) },
+    firstResponseMs: {
+      p50: round(p50(xs.map((s) => s.firstResponseMs))),
+      p90: round(
+        percentile(
+          xs.map((s) => s.firstResponseMs),
+          0.9,
+        ),
+      ),
+    },
     resumedMs: round(p50(xs.flatMap((s) => (s.resumedMs === null ? [] : [s.resumedMs])))),
     bytesSentBeforeFirstResponse: round(p50(xs.map((s) => s.bytesSentBeforeFirstResponse))),
-    serverBytesReceivedBeforeFirstResponse: round(p50(xs.flatMap((s) => (s.serverBytesReceivedBeforeFirstResponse === null ? [] : [s.serverBytesReceivedBeforeFirstResponse])))),
+    serverBytesReceivedBeforeFirstResponse: round(
+      p50(
+        xs.flatMap((s) =>
+          s.serverBytesReceivedBeforeFirstResponse === null ? [] : [s.serverBytesReceivedBeforeFirstResponse],
+        ),
+      ),
+    ),
     overlayBytes: xs[0]?.overlayBytes ?? null,
     demandRequests: round(p50(xs.map((s) => s.demandRequests))),
-    blockedReads: { count: round(p50(br.map((b) => b.count))), totalMs: round(p50(br.map((b) => b.totalMs))), maxMs: br.length ? Math.max(...br.map((b) => b.maxMs)) : null },
+    blockedReads: {
+      count: round(p50(br.map((b) => b.count))),
+      totalMs: round(p50(br.map((b) => b.totalMs))),
+      maxMs: br.length ? Math.max(...br.map((b) => b.maxMs)) : null,
+    },
     outOfOrder: round(p50(xs.flatMap((s) => (s.outOfOrder === null ? [] : [s.outOfOrder])))),
     repliesMatchingLocal: xs.filter((s) => s.replyMatchesLocal).length,
   };
@@ -334,9 +432,13 @@ function floorFor(link: Link, s: Record<string, Summary>, manifestBytes: number,
   const overlappedFloorMs = ms(manifestBytes) + Math.max(ms(neededBytes), localP50);
   const es = s['early-start']?.firstResponseMs.p50 ?? null;
   return {
-    neededBytes, neededFrom: `${from} p50 bytes sent before first response`, manifestBytes,
-    transferMs: Math.round(transferMs), localFirstResponseMs: Math.round(localP50),
-    floorMs: Math.round(floorMs), overlappedFloorMs: Math.round(overlappedFloorMs),
+    neededBytes,
+    neededFrom: `${from} p50 bytes sent before first response`,
+    manifestBytes,
+    transferMs: Math.round(transferMs),
+    localFirstResponseMs: Math.round(localP50),
+    floorMs: Math.round(floorMs),
+    overlappedFloorMs: Math.round(overlappedFloorMs),
     earlyStartOverFloor: es === null ? null : +(es / floorMs).toFixed(2),
     earlyStartOverOverlappedFloor: es === null ? null : +(es / overlappedFloorMs).toFixed(2),
   };
@@ -351,20 +453,40 @@ function speedup(s: Record<string, Summary>, over: string): number | null {
 const mib = (n: number | null) => (n === null ? '—' : (n / MIB).toFixed(2));
 const num = (n: number | null) => (n === null ? '—' : String(n));
 
-function printLink(link: Link, s: Record<string, Summary>, floor: Floor, speedups: Record<string, number | null>): void {
-  console.log(`\nlink ${link.name}: tbf ${link.rateMbit} Mbit/s each way (burst ${link.burst}, queue ${link.latency}), no added delay`);
-  console.log(`${'variant'.padEnd(22)} ${'p50 ms'.padStart(7)} ${'p90 ms'.padStart(7)} ${'resumed'.padStart(8)} ${'MiB before'.padStart(10)} ${'(server)'.padStart(8)} ${'overlay MiB'.padStart(11)} ${'blocked n/ms'.padStart(13)} ${'demand'.padStart(6)} ${'ok/n'.padStart(6)}`);
+function printLink(
+  link: Link,
+  s: Record<string, Summary>,
+  floor: Floor,
+  speedups: Record<string, number | null>,
+): void {
+  console.log(
+    `\nlink ${link.name}: tbf ${link.rateMbit} Mbit/s each way (burst ${link.burst}, queue ${link.latency}), no added delay`,
+  );
+  console.log(
+    `${'variant'.padEnd(22)} ${'p50 ms'.padStart(7)} ${'p90 ms'.padStart(7)} ${'resumed'.padStart(8)} ${'MiB before'.padStart(10)} ${'(server)'.padStart(8)} ${'overlay MiB'.padStart(11)} ${'blocked n/ms'.padStart(13)} ${'demand'.padStart(6)} ${'ok/n'.padStart(6)}`,
+  );
   for (const [name, v] of Object.entries(s)) {
-    console.log(`${name.padEnd(22)} ${num(v.firstResponseMs.p50).padStart(7)} ${num(v.firstResponseMs.p90).padStart(7)} ${num(v.resumedMs).padStart(8)} ${mib(v.bytesSentBeforeFirstResponse).padStart(10)} ${mib(v.serverBytesReceivedBeforeFirstResponse).padStart(8)} ${mib(v.overlayBytes).padStart(11)} ${`${num(v.blockedReads.count)}/${num(v.blockedReads.totalMs)}`.padStart(13)} ${num(v.demandRequests).padStart(6)} ${`${v.repliesMatchingLocal}/${v.n + v.failures}`.padStart(6)}`);
+    console.log(
+      `${name.padEnd(22)} ${num(v.firstResponseMs.p50).padStart(7)} ${num(v.firstResponseMs.p90).padStart(7)} ${num(v.resumedMs).padStart(8)} ${mib(v.bytesSentBeforeFirstResponse).padStart(10)} ${mib(v.serverBytesReceivedBeforeFirstResponse).padStart(8)} ${mib(v.overlayBytes).padStart(11)} ${`${num(v.blockedReads.count)}/${num(v.blockedReads.totalMs)}`.padStart(13)} ${num(v.demandRequests).padStart(6)} ${`${v.repliesMatchingLocal}/${v.n + v.failures}`.padStart(6)}`,
+    );
   }
   for (const [name, x] of Object.entries(speedups)) console.log(`speedup baseline/${name} at p50: ${x ?? '—'}x`);
-  console.log(`floor: (${mib(floor.neededBytes)} MiB needed + ${mib(floor.manifestBytes)} MiB manifest) at ${link.rateMbit} Mbit/s = ${floor.transferMs} ms + local resume p50 ${floor.localFirstResponseMs} ms = ${floor.floorMs} ms; early-start p50 = ${floor.earlyStartOverFloor ?? '—'}x the floor`);
-  console.log(`overlapped bound: manifest + max(segments, local resume) = ${floor.overlappedFloorMs} ms; early-start p50 = ${floor.earlyStartOverOverlappedFloor ?? '—'}x it`);
+  console.log(
+    `floor: (${mib(floor.neededBytes)} MiB needed + ${mib(floor.manifestBytes)} MiB manifest) at ${link.rateMbit} Mbit/s = ${floor.transferMs} ms + local resume p50 ${floor.localFirstResponseMs} ms = ${floor.floorMs} ms; early-start p50 = ${floor.earlyStartOverFloor ?? '—'}x the floor`,
+  );
+  console.log(
+    `overlapped bound: manifest + max(segments, local resume) = ${floor.overlappedFloorMs} ms; early-start p50 = ${floor.earlyStartOverOverlappedFloor ?? '—'}x it`,
+  );
 }
 
 // ---------------------------------------------------------------- plot
 
-const COLORS: Record<string, string> = { 'early-start': '#2b7bb9', baseline: '#c0504d', 'demand-only': '#6a9a3a', 'early-start+profile': '#8064a2' };
+const COLORS: Record<string, string> = {
+  'early-start': '#2b7bb9',
+  baseline: '#c0504d',
+  'demand-only': '#6a9a3a',
+  'early-start+profile': '#8064a2',
+};
 
 /** A variant's name under its bars, broken before "+" so long names stay inside their group. */
 function barLabel(x: number, y: number, name: string): string {
@@ -380,30 +502,43 @@ function panel(x0: number, link: Link, s: Record<string, Summary>, floor: Floor,
   const yMax = Math.ceil(top / step) * step;
   const plot = { x: x0 + 60, y: 62, w: w - 120, h: h - 110 };
   const y = (v: number) => px(plot.y + plot.h - (v / yMax) * plot.h);
-  const out: string[] = [`<text x="${x0 + w / 2}" y="48" text-anchor="middle" font-weight="bold">${link.name}: ${link.rateMbit} Mbit/s</text>`];
+  const out: string[] = [
+    `<text x="${x0 + w / 2}" y="48" text-anchor="middle" font-weight="bold">${link.name}: ${link.rateMbit} Mbit/s</text>`,
+  ];
   for (let v = 0; v <= yMax + 1e-9; v += step) {
-    out.push(`<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/>`, `<text x="${plot.x - 6}" y="${y(v) + 4}" text-anchor="end" font-size="11">${Math.round(v)}</text>`);
+    out.push(
+      `<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/>`,
+      `<text x="${plot.x - 6}" y="${y(v) + 4}" text-anchor="end" font-size="11">${Math.round(v)}</text>`,
+    );
   }
   const group = plot.w / names.length;
   names.forEach((n, i) => {
     const gx = plot.x + i * group + group * 0.15;
     const bw = group * 0.35;
     const color = COLORS[n] ?? '#888';
-    const bars: [number | null, number][] = [[s[n]!.firstResponseMs.p50, 1], [s[n]!.firstResponseMs.p90, 0.45]];
+    const bars: [number | null, number][] = [
+      [s[n]!.firstResponseMs.p50, 1],
+      [s[n]!.firstResponseMs.p90, 0.45],
+    ];
     bars.forEach(([v, opacity], j) => {
       if (v === null) return;
-      out.push(`<rect x="${px(gx + j * bw)}" y="${y(v)}" width="${px(bw - 2)}" height="${px(plot.y + plot.h - y(v))}" fill="${color}" fill-opacity="${opacity}"/>`,
-        `<text x="${px(gx + j * bw + bw / 2)}" y="${y(v) - 4}" text-anchor="middle" font-size="10">${v}</text>`);
+      out.push(
+        `<rect x="${px(gx + j * bw)}" y="${y(v)}" width="${px(bw - 2)}" height="${px(plot.y + plot.h - y(v))}" fill="${color}" fill-opacity="${opacity}"/>`,
+        `<text x="${px(gx + j * bw + bw / 2)}" y="${y(v) - 4}" text-anchor="middle" font-size="10">${v}</text>`,
+      );
     });
     out.push(barLabel(gx + bw, plot.y + plot.h + 16, n));
   });
   const fy = y(floor.floorMs);
   const oy = y(floor.overlappedFloorMs);
-  out.push(`<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${oy}" y2="${oy}" stroke="#000" stroke-dasharray="2 3"/>`,`<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${fy}" y2="${fy}" stroke="#000" stroke-dasharray="6 4"/>`,
+  out.push(
+    `<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${oy}" y2="${oy}" stroke="#000" stroke-dasharray="2 3"/>`,
+    `<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${fy}" y2="${fy}" stroke="#000" stroke-dasharray="6 4"/>`,
     `<text x="${plot.x + plot.w + 4}" y="${fy - 2}" font-size="10">floor</text>`,
     `<text x="${plot.x + plot.w + 4}" y="${fy + 10}" font-size="10">${floor.floorMs} ms</text>`,
     `<line x1="${plot.x}" x2="${plot.x}" y1="${plot.y}" y2="${plot.y + plot.h}" stroke="#000"/>`,
-    `<text x="${x0 + 14}" y="${plot.y + plot.h / 2}" transform="rotate(-90 ${x0 + 14} ${plot.y + plot.h / 2})" text-anchor="middle" font-size="11">first response, ms</text>`);
+    `<text x="${x0 + 14}" y="${plot.y + plot.h / 2}" transform="rotate(-90 ${x0 + 14} ${plot.y + plot.h / 2})" text-anchor="middle" font-size="11">first response, ms</text>`,
+  );
   return out.join('\n');
 }
 
@@ -424,8 +559,13 @@ ${panels.join('\n')}
 // ---------------------------------------------------------------- the bench
 
 function variantsOf(p: Prepared): Variant[] {
-  const v: Variant[] = (['early-start', 'baseline', 'demand-only'] as const).map((policy) => ({ name: policy, policy, overlay: p.overlay.dir }));
-  if (p.profiled && 'overlay' in p.profiled) v.push({ name: 'early-start+profile', policy: 'early-start', overlay: p.profiled.overlay.dir });
+  const v: Variant[] = (['early-start', 'baseline', 'demand-only'] as const).map((policy) => ({
+    name: policy,
+    policy,
+    overlay: p.overlay.dir,
+  }));
+  if (p.profiled && 'overlay' in p.profiled)
+    v.push({ name: 'early-start+profile', policy: 'early-start', overlay: p.profiled.overlay.dir });
   return v;
 }
 
@@ -451,18 +591,31 @@ export async function benchFirstResponse(): Promise<void> {
 
     const n = netnsFor(process.pid, NAMES);
     await createLinkPair(scope, n);
-    const server = await SynthServer.listen({ host: n.hostAddr, port: 0, trust: [prepared.key.pubFile], verifyBases: true });
+    const server = await SynthServer.listen({
+      host: n.hostAddr,
+      port: 0,
+      trust: [prepared.key.pubFile],
+      verifyBases: true,
+    });
     scope.defer('close the synthesis server', () => server.close());
     const port = server.address().port;
     const variants = variantsOf(prepared);
 
-    const perLink: { link: Link; summary: Record<string, Summary>; floor: Floor; speedup: Record<string, number | null>; cells: Record<string, Cell> }[] = [];
+    const perLink: {
+      link: Link;
+      summary: Record<string, Summary>;
+      floor: Floor;
+      speedup: Record<string, number | null>;
+      cells: Record<string, Cell>;
+    }[] = [];
     for (const link of links) {
       await shape(n, link);
       const cells = await runLink(n, port, link, variants, local, runs, signal);
       const summary = Object.fromEntries(Object.entries(cells).map(([k, c]) => [k, summarize(c)]));
       const floor = floorFor(link, summary, prepared.overlay.manifestBytes, localP50);
-      const speedups = Object.fromEntries(variants.filter((v) => v.name !== 'baseline').map((v) => [v.name, speedup(summary, v.name)]));
+      const speedups = Object.fromEntries(
+        variants.filter((v) => v.name !== 'baseline').map((v) => [v.name, speedup(summary, v.name)]),
+      );
       perLink.push({ link, summary, floor, speedup: speedups, cells });
     }
     await report({ loadAtStart, accel, runs, prepared, local, perLink });
@@ -479,7 +632,13 @@ interface ReportInput {
   runs: number;
   prepared: Prepared;
   local: Local;
-  perLink: { link: Link; summary: Record<string, Summary>; floor: Floor; speedup: Record<string, number | null>; cells: Record<string, Cell> }[];
+  perLink: {
+    link: Link;
+    summary: Record<string, Summary>;
+    floor: Floor;
+    speedup: Record<string, number | null>;
+    cells: Record<string, Cell>;
+  }[];
 }
 
 async function report({ loadAtStart, accel, runs, prepared, local, perLink }: ReportInput): Promise<void> {
@@ -494,21 +653,51 @@ async function report({ loadAtStart, accel, runs, prepared, local, perLink }: Re
     runs,
     request: workPath(WORK),
     base: prepared.base.name,
-    overlay: { dir: ov.dir, segmentsBytes: ov.segmentsBytes, manifestBytes: ov.manifestBytes, segments: ov.body.segments.length, cached: prepared.cached, createMs: prepared.createMs, randomDisk: RANDOM },
-    profiled: profiled === null ? null : 'error' in profiled ? profiled : { dir: profiled.overlay.dir, cached: profiled.cached, ms: profiled.ms, runs: PROFILE_RUNS },
+    overlay: {
+      dir: ov.dir,
+      segmentsBytes: ov.segmentsBytes,
+      manifestBytes: ov.manifestBytes,
+      segments: ov.body.segments.length,
+      cached: prepared.cached,
+      createMs: prepared.createMs,
+      randomDisk: RANDOM,
+    },
+    profiled:
+      profiled === null
+        ? null
+        : 'error' in profiled
+          ? profiled
+          : { dir: profiled.overlay.dir, cached: profiled.cached, ms: profiled.ms, runs: PROFILE_RUNS },
     localResume: {
-      firstResponseMs: { p50: round(p50(local.runs.map((r) => r.firstResponseMs))), p90: round(percentile(local.runs.map((r) => r.firstResponseMs), 0.9)) },
+      firstResponseMs: {
+        p50: round(p50(local.runs.map((r) => r.firstResponseMs))),
+        p90: round(
+          percentile(
+            local.runs.map((r) => r.firstResponseMs),
+            0.9,
+          ),
+        ),
+      },
       resumeMs: { p50: round(p50(local.runs.map((r) => r.resumeMs))) },
       samples: local.runs,
     },
-    links: Object.fromEntries(perLink.map((p) => [p.link.name, {
-      link: { ...p.link, delay: 'none (no netem in this kernel)' },
-      summary: p.summary,
-      speedupBaselineOver: p.speedup,
-      floor: p.floor,
-      samples: Object.fromEntries(Object.entries(p.cells).map(([k, c]) => [k, c.samples])),
-      failures: Object.fromEntries(Object.entries(p.cells).filter(([, c]) => c.failures.length).map(([k, c]) => [k, c.failures])),
-    }])),
+    links: Object.fromEntries(
+      perLink.map((p) => [
+        p.link.name,
+        {
+          link: { ...p.link, delay: 'none (no netem in this kernel)' },
+          summary: p.summary,
+          speedupBaselineOver: p.speedup,
+          floor: p.floor,
+          samples: Object.fromEntries(Object.entries(p.cells).map(([k, c]) => [k, c.samples])),
+          failures: Object.fromEntries(
+            Object.entries(p.cells)
+              .filter(([, c]) => c.failures.length)
+              .map(([k, c]) => [k, c.failures]),
+          ),
+        },
+      ]),
+    ),
   };
   const outDir = path.join(packageRoot(), 'bench', 'results');
   await fsp.mkdir(outDir, { recursive: true });
@@ -516,11 +705,20 @@ async function report({ loadAtStart, accel, runs, prepared, local, perLink }: Re
   const file = path.join(outDir, `first-response-${stamp}.json`);
   const svg = path.join(outDir, `first-response-${stamp}.svg`);
   await fsp.writeFile(file, JSON.stringify(result, null, 2) + '\n');
-  await fsp.writeFile(svg, svgPlot(`first response, ${accel.toUpperCase()}, n=${runs} per bar, overlay ${mib(ov.segmentsBytes)} MiB`, perLink));
+  await fsp.writeFile(
+    svg,
+    svgPlot(`first response, ${accel.toUpperCase()}, n=${runs} per bar, overlay ${mib(ov.segmentsBytes)} MiB`, perLink),
+  );
 
-  console.log(`first-response benchmark (${accel.toUpperCase()}, ${os.cpus().length} CPUs, ${runs} sessions per link and variant, request ${result.request})`);
-  console.log(`overlay ${mib(ov.segmentsBytes)} MiB in ${ov.body.segments.length} segments + ${mib(ov.manifestBytes)} MiB manifest${prepared.cached ? ' (cached)' : ''}; profiled variant: ${profiled === null ? 'off' : 'error' in profiled ? `failed (${profiled.error})` : 'yes'}`);
-  console.log(`local resume of the launch VM (the floor's VM part): first response p50 ${result.localResume.firstResponseMs.p50} ms, p90 ${result.localResume.firstResponseMs.p90} ms`);
+  console.log(
+    `first-response benchmark (${accel.toUpperCase()}, ${os.cpus().length} CPUs, ${runs} sessions per link and variant, request ${result.request})`,
+  );
+  console.log(
+    `overlay ${mib(ov.segmentsBytes)} MiB in ${ov.body.segments.length} segments + ${mib(ov.manifestBytes)} MiB manifest${prepared.cached ? ' (cached)' : ''}; profiled variant: ${profiled === null ? 'off' : 'error' in profiled ? `failed (${profiled.error})` : 'yes'}`,
+  );
+  console.log(
+    `local resume of the launch VM (the floor's VM part): first response p50 ${result.localResume.firstResponseMs.p50} ms, p90 ${result.localResume.firstResponseMs.p90} ms`,
+  );
   for (const p of perLink) printLink(p.link, p.summary, p.floor, p.speedup);
   console.log(`\nresults: ${file}\nplot: ${svg}`);
 }

@@ -12,7 +12,11 @@ import { benchResume } from './resume.js';
 import { benchSuite } from './suite.js';
 
 const BENCHES: Record<string, (argv: string[]) => Promise<void>> = {
-  resume: benchResume, overlay: benchOverlay, memory: benchMemory, 'first-response': benchFirstResponse, suite: benchSuite,
+  resume: benchResume,
+  overlay: benchOverlay,
+  memory: benchMemory,
+  'first-response': benchFirstResponse,
+  suite: benchSuite,
 };
 /** What runs when no name is given: the suite takes hours, so it runs only by name. */
 const DEFAULT = ['resume', 'overlay', 'memory', 'first-response'];
@@ -44,7 +48,9 @@ for (const n of names) {
   }
 }
 if (options.length && (names.length !== 1 || names[0] !== 'suite')) {
-  process.stderr.write(`options (${options.join(' ')}) are for the suite alone: npm run bench -- suite ${options.join(' ')}\n`);
+  process.stderr.write(
+    `options (${options.join(' ')}) are for the suite alone: npm run bench -- suite ${options.join(' ')}\n`,
+  );
   process.exit(64);
 }
 try {

@@ -55,22 +55,43 @@ async function makeCgroup(limitBytes: number): Promise<Cgroup> {
     await fsp.mkdir(dir);
     await fsp.writeFile(path.join(dir, 'memory.max'), String(limitBytes));
     await fsp.writeFile(path.join(dir, 'memory.swap.max'), '0').catch(() => undefined);
-    return { dir, version: 2, peakBytes: () => readNumber(path.join(dir, 'memory.peak')), oomKills: () => statField(path.join(dir, 'memory.events'), 'oom_kill'), remove: () => fsp.rmdir(dir) };
+    return {
+      dir,
+      version: 2,
+      peakBytes: () => readNumber(path.join(dir, 'memory.peak')),
+      oomKills: () => statField(path.join(dir, 'memory.events'), 'oom_kill'),
+      remove: () => fsp.rmdir(dir),
+    };
   }
   const v1 = '/sys/fs/cgroup/memory';
-  if (!existsSync(path.join(v1, 'memory.limit_in_bytes'))) throw new Error('no memory cgroup controller on this host (neither cgroup v2 nor v1): cannot confine the bench');
+  if (!existsSync(path.join(v1, 'memory.limit_in_bytes')))
+    throw new Error('no memory cgroup controller on this host (neither cgroup v2 nor v1): cannot confine the bench');
   const dir = path.join(v1, name);
   await fsp.mkdir(dir);
   await fsp.writeFile(path.join(dir, 'memory.limit_in_bytes'), String(limitBytes));
   await fsp.writeFile(path.join(dir, 'memory.memsw.limit_in_bytes'), String(limitBytes)).catch(() => undefined);
-  return { dir, version: 1, peakBytes: () => readNumber(path.join(dir, 'memory.max_usage_in_bytes')), oomKills: () => statField(path.join(dir, 'memory.oom_control'), 'oom_kill'), remove: () => fsp.rmdir(dir) };
+  return {
+    dir,
+    version: 1,
+    peakBytes: () => readNumber(path.join(dir, 'memory.max_usage_in_bytes')),
+    oomKills: () => statField(path.join(dir, 'memory.oom_control'), 'oom_kill'),
+    remove: () => fsp.rmdir(dir),
+  };
 }
 
 /** Runs the child step inside the cgroup: the shell moves itself in, then execs node. */
-function confined(cg: Cgroup, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+function confined(
+  cg: Cgroup,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
   const child = path.join(path.dirname(fileURLToPath(import.meta.url)), 'memory-child.js');
   return new Promise((resolve, reject) => {
-    const p = spawn('sh', ['-c', `echo $$ > "${cg.dir}/cgroup.procs" && exec "$0" "$@"`, process.execPath, child, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(
+      'sh',
+      ['-c', `echo $$ > "${cg.dir}/cgroup.procs" && exec "$0" "$@"`, process.execPath, child, ...args],
+      { env, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -99,7 +120,9 @@ async function generate(tmp: string) {
   const customDir = path.join(tmp, 'custom');
   await fsp.mkdir(baseDir);
   await fsp.mkdir(customDir);
-  process.stderr.write(`memory bench: generating a base (${memMib} MiB memory, ${diskMib} MiB disk) and a custom VM with ${OVERLAY_MIB} MiB of new disk data\n`);
+  process.stderr.write(
+    `memory bench: generating a base (${memMib} MiB memory, ${diskMib} MiB disk) and a custom VM with ${OVERLAY_MIB} MiB of new disk data\n`,
+  );
   let fd = openSync(path.join(baseDir, 'memory.raw'), 'w');
   writeData(fd, 0, memMib, fillChunky);
   closeSync(fd);
@@ -108,20 +131,49 @@ async function generate(tmp: string) {
   closeSync(fd);
   await fsp.truncate(path.join(baseDir, 'disk.raw'), diskMib * MIB);
   await fsp.writeFile(path.join(baseDir, 'device.state'), Buffer.alloc(300 << 10, 7));
-  await fsp.writeFile(path.join(baseDir, 'vmlinuz'), 'not a kernel: this base only feeds the overlay builder and applier');
+  await fsp.writeFile(
+    path.join(baseDir, 'vmlinuz'),
+    'not a kernel: this base only feeds the overlay builder and applier',
+  );
   await fsp.writeFile(path.join(baseDir, 'initrd.img'), 'not an initrd');
   const manifest: BaseManifest = {
-    format: BASE_FORMAT, name: 'membench', chunkSize: 4096,
-    disk: await describe(path.join(baseDir, 'disk.raw'), 'disk.raw'), memory: await describe(path.join(baseDir, 'memory.raw'), 'memory.raw'),
-    deviceState: await describe(path.join(baseDir, 'device.state'), 'device.state'), kernel: await describe(path.join(baseDir, 'vmlinuz'), 'vmlinuz'),
+    format: BASE_FORMAT,
+    name: 'membench',
+    chunkSize: 4096,
+    disk: await describe(path.join(baseDir, 'disk.raw'), 'disk.raw'),
+    memory: await describe(path.join(baseDir, 'memory.raw'), 'memory.raw'),
+    deviceState: await describe(path.join(baseDir, 'device.state'), 'device.state'),
+    kernel: await describe(path.join(baseDir, 'vmlinuz'), 'vmlinuz'),
     initrd: await describe(path.join(baseDir, 'initrd.img'), 'initrd.img'),
-    vm: { accel: 'tcg', cpu: 'maximum', machine: 'pc-q35-7.2', vcpus: 1, memoryMiB: memMib, cmdline: 'x', mac: '52:54:00:00:00:01', appPort: 8000, devices: [] },
-    created: { at: new Date().toISOString(), host: os.hostname(), qemu: 'none', vmsynth: 'bench', source: { kind: 'generated' }, bootMs: 0 },
+    vm: {
+      accel: 'tcg',
+      cpu: 'maximum',
+      machine: 'pc-q35-7.2',
+      vcpus: 1,
+      memoryMiB: memMib,
+      cmdline: 'x',
+      mac: '52:54:00:00:00:01',
+      appPort: 8000,
+      devices: [],
+    },
+    created: {
+      at: new Date().toISOString(),
+      host: os.hostname(),
+      qemu: 'none',
+      vmsynth: 'bench',
+      source: { kind: 'generated' },
+      bootMs: 0,
+    },
   };
   await fsp.writeFile(path.join(baseDir, 'manifest.json'), JSON.stringify(manifest, null, 2));
 
-  const custom = { memory: path.join(customDir, 'memory.raw'), disk: path.join(customDir, 'disk.raw'), deviceState: path.join(customDir, 'device.state') };
-  for (const k of ['memory', 'disk'] as const) await exec('cp', ['--sparse=always', path.join(baseDir, `${k}.raw`), custom[k]]);
+  const custom = {
+    memory: path.join(customDir, 'memory.raw'),
+    disk: path.join(customDir, 'disk.raw'),
+    deviceState: path.join(customDir, 'device.state'),
+  };
+  for (const k of ['memory', 'disk'] as const)
+    await exec('cp', ['--sparse=always', path.join(baseDir, `${k}.raw`), custom[k]]);
   await fsp.writeFile(custom.deviceState, Buffer.alloc(300 << 10, 9));
   fd = openSync(custom.memory, 'r+');
   for (let m = 0; m < memMib; m += 8) writeData(fd, m, 1, fillChunky);
@@ -139,31 +191,69 @@ export async function benchMemory(): Promise<void> {
     const env = { ...process.env, VMSYNTH_KEY_DIR: path.join(tmp, 'keys') };
     const saved = process.env.VMSYNTH_KEY_DIR;
     process.env.VMSYNTH_KEY_DIR = env.VMSYNTH_KEY_DIR;
-    await generateKey().finally(() => { process.env.VMSYNTH_KEY_DIR = saved; });
+    await generateKey().finally(() => {
+      process.env.VMSYNTH_KEY_DIR = saved;
+    });
     const { baseDir, custom } = await generate(tmp);
     const overlay = path.join(tmp, 'overlay');
-    const steps: Record<string, { ok: boolean; ms?: number; maxRssMiB?: number; cgroupPeakMiB: number | null; oomKills: number | null; error?: string; [k: string]: unknown }> = {};
+    const steps: Record<
+      string,
+      {
+        ok: boolean;
+        ms?: number;
+        maxRssMiB?: number;
+        cgroupPeakMiB: number | null;
+        oomKills: number | null;
+        error?: string;
+        [k: string]: unknown;
+      }
+    > = {};
     let overlayBytes = 0;
     for (const op of ['build', 'apply'] as const) {
       cg = await makeCgroup(LIMIT_MIB * MIB);
       process.stderr.write(`memory bench: ${op} inside a ${LIMIT_MIB} MiB memory cgroup (v${cg.version})\n`);
-      const r = await confined(cg, [op, JSON.stringify({ base: baseDir, custom, overlay, out: path.join(tmp, 'synth') })], env);
+      const r = await confined(
+        cg,
+        [op, JSON.stringify({ base: baseDir, custom, overlay, out: path.join(tmp, 'synth') })],
+        env,
+      );
       const peak = await cg.peakBytes();
-      const step = { ok: r.code === 0, cgroupPeakMiB: peak === null ? null : Math.round(peak / MIB), oomKills: await cg.oomKills() };
+      const step = {
+        ok: r.code === 0,
+        cgroupPeakMiB: peak === null ? null : Math.round(peak / MIB),
+        oomKills: await cg.oomKills(),
+      };
       await cg.remove();
       cg = null;
       if (r.code !== 0) {
-        steps[op] = { ...step, error: r.signal ? `killed by ${r.signal}` : `exit ${r.code}: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}` };
+        steps[op] = {
+          ...step,
+          error: r.signal
+            ? `killed by ${r.signal}`
+            : `exit ${r.code}: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`,
+        };
         break;
       }
-      const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { ms: number; maxRssMiB: number; overlayBytes?: number };
+      const out = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as {
+        ms: number;
+        maxRssMiB: number;
+        overlayBytes?: number;
+      };
       if (out.overlayBytes) overlayBytes = out.overlayBytes;
       steps[op] = { ...step, ...out };
     }
     const identical = steps.apply?.ok
-      ? (await exec('cmp', [path.join(tmp, 'synth', 'disk.raw'), custom.disk]).then(() => true, () => false)) && (await exec('cmp', [path.join(tmp, 'synth', 'memory.raw'), custom.memory]).then(() => true, () => false))
+      ? (await exec('cmp', [path.join(tmp, 'synth', 'disk.raw'), custom.disk]).then(
+          () => true,
+          () => false,
+        )) &&
+        (await exec('cmp', [path.join(tmp, 'synth', 'memory.raw'), custom.memory]).then(
+          () => true,
+          () => false,
+        ))
       : false;
-    const ratio = (s?: { maxRssMiB?: number }) => (s?.maxRssMiB && overlayBytes ? +((s.maxRssMiB * MIB) / overlayBytes).toFixed(3) : null);
+    const ratio = (s?: { maxRssMiB?: number }) =>
+      s?.maxRssMiB && overlayBytes ? +((s.maxRssMiB * MIB) / overlayBytes).toFixed(3) : null;
     const result = {
       bench: 'memory',
       at: new Date().toISOString(),
@@ -181,9 +271,11 @@ export async function benchMemory(): Promise<void> {
     await fsp.writeFile(file, JSON.stringify(result, null, 2) + '\n');
     console.log(`memory benchmark: a ${result.overlayMiB} MiB overlay under a ${LIMIT_MIB} MiB memory cgroup`);
     for (const [op, s] of Object.entries(steps)) {
-      console.log(s.ok
-        ? `  ${op.padEnd(5)} ok in ${((s.ms ?? 0) / 1000).toFixed(1)} s, peak RSS ${s.maxRssMiB} MiB (${op === 'build' ? result.peakRssVsOverlay.build : result.peakRssVsOverlay.apply} of the overlay; baseline holding it: >= 1.0), cgroup peak with page cache ${s.cgroupPeakMiB} MiB`
-        : `  ${op.padEnd(5)} FAILED (${s.error}), oom kills ${s.oomKills}`);
+      console.log(
+        s.ok
+          ? `  ${op.padEnd(5)} ok in ${((s.ms ?? 0) / 1000).toFixed(1)} s, peak RSS ${s.maxRssMiB} MiB (${op === 'build' ? result.peakRssVsOverlay.build : result.peakRssVsOverlay.apply} of the overlay; baseline holding it: >= 1.0), cgroup peak with page cache ${s.cgroupPeakMiB} MiB`
+          : `  ${op.padEnd(5)} FAILED (${s.error}), oom kills ${s.oomKills}`,
+      );
     }
     console.log(`  applied images identical to the custom images: ${identical}`);
     console.log(`results: ${file}`);

@@ -50,9 +50,14 @@ function peakRssMiB(): number {
 }
 
 function size(r: OverlayReport) {
-  return { overlayBytes: r.overlayBytes, naiveBytes: r.naiveBytes, ratio: +r.ratio.toFixed(4), kinds: r.kinds, trimmedChunks: r.trimmedChunks };
+  return {
+    overlayBytes: r.overlayBytes,
+    naiveBytes: r.naiveBytes,
+    ratio: +r.ratio.toFixed(4),
+    kinds: r.kinds,
+    trimmedChunks: r.trimmedChunks,
+  };
 }
-
 
 async function realCustomization(tmp: string, key: SigningKey) {
   const guest = await buildGuest();
@@ -62,18 +67,35 @@ async function realCustomization(tmp: string, key: SigningKey) {
   process.stderr.write('overlay bench: customizing the test guest (drop caches)\n');
   const created = await createOverlay({ base: base.name, out: path.join(tmp, 'ov-auto'), script, keepCustom: custom });
   const auto = await Overlay.open(created.dir, { trusted: null });
-  const customFiles = { memory: path.join(custom, 'memory.raw'), disk: path.join(custom, 'disk.raw'), deviceState: path.join(custom, 'device.state') };
+  const customFiles = {
+    memory: path.join(custom, 'memory.raw'),
+    disk: path.join(custom, 'disk.raw'),
+    deviceState: path.join(custom, 'device.state'),
+  };
   const variants: Record<string, ReturnType<typeof size>> = { auto: size(inspectOverlay(auto)) };
   for (const delta of ['xor', 'raw'] as const) {
-    const r = await buildOverlay({ base: baseInput(base), custom: customFiles, appPort: 8000, trimmed: created.custom.trimmed, key, out: path.join(tmp, `ov-${delta}`), delta });
+    const r = await buildOverlay({
+      base: baseInput(base),
+      custom: customFiles,
+      appPort: 8000,
+      trimmed: created.custom.trimmed,
+      key,
+      out: path.join(tmp, `ov-${delta}`),
+      delta,
+    });
     variants[delta] = size(inspectOverlay(await Overlay.open(r.dir, { trusted: null })));
   }
-  process.stderr.write('overlay bench: Elijah\'s scheme (xdelta3 + xz) on the same chunks\n');
+  process.stderr.write("overlay bench: Elijah's scheme (xdelta3 + xz) on the same chunks\n");
   const elijah = elijahSize(auto, { memory: base.file('memory'), disk: base.file('disk') }, customFiles);
   // The semantic gap, measured: the same customization with less of it closed.
   const gap: Record<string, ReturnType<typeof size>> = { reportAndDrop: variants.auto! };
-  for (const [name, o] of [['dropOnly', { dropCaches: true, reportFreePages: false }], ['neither', { dropCaches: false, reportFreePages: false }]] as const) {
-    process.stderr.write(`overlay bench: customizing again (${name}: drop_caches ${o.dropCaches}, small free pages reported ${o.reportFreePages})\n`);
+  for (const [name, o] of [
+    ['dropOnly', { dropCaches: true, reportFreePages: false }],
+    ['neither', { dropCaches: false, reportFreePages: false }],
+  ] as const) {
+    process.stderr.write(
+      `overlay bench: customizing again (${name}: drop_caches ${o.dropCaches}, small free pages reported ${o.reportFreePages})\n`,
+    );
     const r = await createOverlay({ base: base.name, out: path.join(tmp, `ov-${name}`), script, ...o });
     gap[name] = size(inspectOverlay(await Overlay.open(r.dir, { trusted: null })));
   }
@@ -128,22 +150,37 @@ async function generated(tmp: string, key: SigningKey, baseline: Revision | null
   const dir = path.join(tmp, 'gen');
   await fsp.mkdir(dir);
   const base = { memory: path.join(dir, 'base-memory'), disk: path.join(dir, 'base-disk') };
-  const custom = { memory: path.join(dir, 'custom-memory'), disk: path.join(dir, 'custom-disk'), deviceState: path.join(dir, 'device.state') };
+  const custom = {
+    memory: path.join(dir, 'custom-memory'),
+    disk: path.join(dir, 'custom-disk'),
+    deviceState: path.join(dir, 'device.state'),
+  };
   await writeGenerated(base.memory, MEM_MIB, MEM_MIB);
   await writeGenerated(base.disk, DISK_MIB, DISK_MIB >> 1);
-  for (const k of ['memory', 'disk'] as const) await exec('cp', ['--sparse=always', '--reflink=auto', base[k], custom[k]]);
+  for (const k of ['memory', 'disk'] as const)
+    await exec('cp', ['--sparse=always', '--reflink=auto', base[k], custom[k]]);
   customize(custom.memory, MEM_MIB, 4, 0, 0);
   customize(custom.disk, DISK_MIB, 0, DISK_MIB >> 1, Math.min(256, DISK_MIB >> 1));
   await fsp.writeFile(custom.deviceState, Buffer.alloc(400 << 10, 1));
   // A stand-in identity (hash of the path, not the content): this overlay is only ever applied to these
   // files by applyToImages, which does not check identities, and hashing 5 GiB would pollute create timing.
-  const identity = async (f: string) => ({ bytes: (await fsp.stat(f)).size, sha256: sha256(Buffer.from(f)).toString('hex') });
+  const identity = async (f: string) => ({
+    bytes: (await fsp.stat(f)).size,
+    sha256: sha256(Buffer.from(f)).toString('hex'),
+  });
 
   process.stderr.write('overlay bench: creating the overlay\n');
   const rssBefore = peakRssMiB();
   const built = await buildOverlay({
-    base: { name: 'generated', files: base, identity: { memory: await identity(base.memory), disk: await identity(base.disk) } },
-    custom, appPort: 8000, key, out: path.join(dir, 'ov'),
+    base: {
+      name: 'generated',
+      files: base,
+      identity: { memory: await identity(base.memory), disk: await identity(base.disk) },
+    },
+    custom,
+    appPort: 8000,
+    key,
+    out: path.join(dir, 'ov'),
   });
   const gib = (MEM_MIB + DISK_MIB) / 1024;
   const overlay = await Overlay.open(built.dir, { trusted: null });
@@ -154,18 +191,35 @@ async function generated(tmp: string, key: SigningKey, baseline: Revision | null
   type Run = { ms: number; mbps: number; compressedMBps: number };
   const apply: Record<string, Run> = {};
   const baselineApply: Record<string, Run> = {};
-  const ours: ApplyFn = async (d, b, o, threads) => applyToImages(await Overlay.open(d, { trusted: null }), b, o, { threads });
+  const ours: ApplyFn = async (d, b, o, threads) =>
+    applyToImages(await Overlay.open(d, { trusted: null }), b, o, { threads });
   // Interleaved, baseline first in each round, so the images compared at the end are ours.
-  for (let round = 0; round < ROUNDS; round++) for (const threads of [0, 1, 2]) {
-    for (const [impl, into] of [...(baseline ? [[baseline.apply, baselineApply] as const] : []), [ours, apply] as const]) {
-      const s = await impl(built.dir, [base.memory, base.disk], [out.memory, out.disk], threads);
-      const label = threads === 0 ? '1 thread (inline)' : `${threads} worker${threads > 1 ? 's' : ''} + main`;
-      const run = { ms: Math.round(s.ms), mbps: Math.round(s.imageBytes / 1e6 / (s.ms / 1000)), compressedMBps: Math.round(s.compressedBytes / 1e6 / (s.ms / 1000)) };
-      // Keep the best of the rounds (the first pays for a cold page cache).
-      if (!into[label] || run.ms < into[label].ms) into[label] = run;
+  for (let round = 0; round < ROUNDS; round++)
+    for (const threads of [0, 1, 2]) {
+      for (const [impl, into] of [
+        ...(baseline ? [[baseline.apply, baselineApply] as const] : []),
+        [ours, apply] as const,
+      ]) {
+        const s = await impl(built.dir, [base.memory, base.disk], [out.memory, out.disk], threads);
+        const label = threads === 0 ? '1 thread (inline)' : `${threads} worker${threads > 1 ? 's' : ''} + main`;
+        const run = {
+          ms: Math.round(s.ms),
+          mbps: Math.round(s.imageBytes / 1e6 / (s.ms / 1000)),
+          compressedMBps: Math.round(s.compressedBytes / 1e6 / (s.ms / 1000)),
+        };
+        // Keep the best of the rounds (the first pays for a cold page cache).
+        if (!into[label] || run.ms < into[label].ms) into[label] = run;
+      }
     }
-  }
-  const cmp = await exec('cmp', [out.memory, custom.memory]).then(() => true, () => false) && await exec('cmp', [out.disk, custom.disk]).then(() => true, () => false);
+  const cmp =
+    (await exec('cmp', [out.memory, custom.memory]).then(
+      () => true,
+      () => false,
+    )) &&
+    (await exec('cmp', [out.disk, custom.disk]).then(
+      () => true,
+      () => false,
+    ));
   return {
     memoryMiB: MEM_MIB,
     diskMiB: DISK_MIB,
@@ -202,9 +256,17 @@ export async function benchOverlay(): Promise<void> {
       sizeRatioVsNaive: real ? real.overlay.ratio : null,
       sizeRatioVsElijah: real ? +(real.overlay.overlayBytes / real.elijah.bytes).toFixed(3) : null,
       // Freed pages that read as zeros count as modified chunks in `naive`; these two ratios do not lean on that.
-      sizeRatioVsNoGapClosing: real ? +(real.overlay.overlayBytes / real.semanticGap.neither!.overlayBytes).toFixed(3) : null,
-      sizeRatioVsNaiveOfNoGapClosing: real ? +(real.overlay.overlayBytes / real.semanticGap.neither!.naiveBytes).toFixed(3) : null,
-      applyMBps: { '1 core': gen.apply['1 thread (inline)']!.mbps, '2 cores': gen.apply['1 worker + main']!.mbps, '3 threads': gen.apply['2 workers + main']!.mbps },
+      sizeRatioVsNoGapClosing: real
+        ? +(real.overlay.overlayBytes / real.semanticGap.neither!.overlayBytes).toFixed(3)
+        : null,
+      sizeRatioVsNaiveOfNoGapClosing: real
+        ? +(real.overlay.overlayBytes / real.semanticGap.neither!.naiveBytes).toFixed(3)
+        : null,
+      applyMBps: {
+        '1 core': gen.apply['1 thread (inline)']!.mbps,
+        '2 cores': gen.apply['1 worker + main']!.mbps,
+        '3 threads': gen.apply['2 workers + main']!.mbps,
+      },
       createSecondsPerGiB: gen.createSecondsPerGiB,
       real,
       generated: gen,
@@ -217,19 +279,37 @@ export async function benchOverlay(): Promise<void> {
     console.log(`overlay benchmark (${accel.toUpperCase()}, ${os.cpus().length} CPUs)`);
     if (real) {
       console.log(`real customization (${real.script}):`);
-    console.log(`  naive ${mb(real.overlay.naiveBytes)}, vmsynth ${mb(real.overlay.overlayBytes)} -> sizeRatioVsNaive ${result.sizeRatioVsNaive}`);
-    console.log(`  Elijah (xdelta3 + xz) ${mb(real.elijah.bytes)} -> sizeRatioVsElijah ${result.sizeRatioVsElijah} (${Math.round(real.elijah.ms)} ms to compute)`);
-    console.log(`  delta choice: auto ${mb(real.deltaChoice.auto!.overlayBytes)}, xor-only ${mb(real.deltaChoice.xor!.overlayBytes)}, raw-only ${mb(real.deltaChoice.raw!.overlayBytes)}`);
-    const g = real.semanticGap;
-    console.log(`  semantic gap: drop_caches + free pages of every size reported ${mb(g.reportAndDrop!.overlayBytes)} (naive ${mb(g.reportAndDrop!.naiveBytes)}), drop_caches only ${mb(g.dropOnly!.overlayBytes)} (naive ${mb(g.dropOnly!.naiveBytes)}), neither ${mb(g.neither!.overlayBytes)} (naive ${mb(g.neither!.naiveBytes)})`);
-    console.log(`  -> sizeRatioVsNoGapClosing ${result.sizeRatioVsNoGapClosing}; vs the naive diff of that VM: ${result.sizeRatioVsNaiveOfNoGapClosing}`);
+      console.log(
+        `  naive ${mb(real.overlay.naiveBytes)}, vmsynth ${mb(real.overlay.overlayBytes)} -> sizeRatioVsNaive ${result.sizeRatioVsNaive}`,
+      );
+      console.log(
+        `  Elijah (xdelta3 + xz) ${mb(real.elijah.bytes)} -> sizeRatioVsElijah ${result.sizeRatioVsElijah} (${Math.round(real.elijah.ms)} ms to compute)`,
+      );
+      console.log(
+        `  delta choice: auto ${mb(real.deltaChoice.auto!.overlayBytes)}, xor-only ${mb(real.deltaChoice.xor!.overlayBytes)}, raw-only ${mb(real.deltaChoice.raw!.overlayBytes)}`,
+      );
+      const g = real.semanticGap;
+      console.log(
+        `  semantic gap: drop_caches + free pages of every size reported ${mb(g.reportAndDrop!.overlayBytes)} (naive ${mb(g.reportAndDrop!.naiveBytes)}), drop_caches only ${mb(g.dropOnly!.overlayBytes)} (naive ${mb(g.dropOnly!.naiveBytes)}), neither ${mb(g.neither!.overlayBytes)} (naive ${mb(g.neither!.naiveBytes)})`,
+      );
+      console.log(
+        `  -> sizeRatioVsNoGapClosing ${result.sizeRatioVsNoGapClosing}; vs the naive diff of that VM: ${result.sizeRatioVsNaiveOfNoGapClosing}`,
+      );
     }
-    console.log(`generated ${MEM_MIB} MiB memory + ${DISK_MIB} MiB disk: overlay ${mb(gen.overlay.overlayBytes)} of naive ${mb(gen.overlay.naiveBytes)}, ${gen.segments} segments`);
-    console.log(`  create ${(gen.createMs.total / 1000).toFixed(1)} s (${gen.createSecondsPerGiB} s/GiB; scan ${gen.createMs.scan} ms, lookaside ${gen.createMs.lookaside} ms, pack ${gen.createMs.pack} ms), peak RSS ${gen.peakRssMiB} MiB`);
+    console.log(
+      `generated ${MEM_MIB} MiB memory + ${DISK_MIB} MiB disk: overlay ${mb(gen.overlay.overlayBytes)} of naive ${mb(gen.overlay.naiveBytes)}, ${gen.segments} segments`,
+    );
+    console.log(
+      `  create ${(gen.createMs.total / 1000).toFixed(1)} s (${gen.createSecondsPerGiB} s/GiB; scan ${gen.createMs.scan} ms, lookaside ${gen.createMs.lookaside} ms, pack ${gen.createMs.pack} ms), peak RSS ${gen.peakRssMiB} MiB`,
+    );
     for (const [k, v] of Object.entries(gen.apply)) {
       const b = gen.baseline?.apply[k];
-      const vs = b ? `; baseline ${gen.baseline!.commit.slice(0, 10)} ${b.mbps} MB/s, ratio ${(v.mbps / b.mbps).toFixed(2)}x` : '';
-      console.log(`  apply ${k.padEnd(20)} ${String(v.mbps).padStart(6)} MB/s (${v.ms} ms, ${v.compressedMBps} MB/s compressed in${vs})`);
+      const vs = b
+        ? `; baseline ${gen.baseline!.commit.slice(0, 10)} ${b.mbps} MB/s, ratio ${(v.mbps / b.mbps).toFixed(2)}x`
+        : '';
+      console.log(
+        `  apply ${k.padEnd(20)} ${String(v.mbps).padStart(6)} MB/s (${v.ms} ms, ${v.compressedMBps} MB/s compressed in${vs})`,
+      );
     }
     console.log(`  applied images identical to the custom images: ${gen.applyRoundTripIdentical}`);
     console.log(`results: ${file}`);

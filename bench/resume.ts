@@ -55,7 +55,11 @@ async function classicRestore(base: Base, stream: string, streamBytes: number): 
     scope.defer('close libvirt', () => lv.close());
     const run = await RunDir.create(scope);
     const t0 = performance.now();
-    const vm = await restoreVm(lv, { base, run, memory: { path: null, share: false }, disk: { path: base.file('disk') }, deviceState: stream }, scope);
+    const vm = await restoreVm(
+      lv,
+      { base, run, memory: { path: null, share: false }, disk: { path: base.file('disk') }, deviceState: stream },
+      scope,
+    );
     const resumeMs = performance.now() - t0;
     await waitForApp(vm.hostPort, { timeoutMs: 60_000, alive: vm.alive, path: workPath(WORK) });
     return { resumeMs, firstResponseMs: performance.now() - t0, bytesBeforeFirstResponse: streamBytes };
@@ -64,7 +68,11 @@ async function classicRestore(base: Base, stream: string, streamBytes: number): 
 
 async function fuseResume(base: Base): Promise<Sample> {
   const r = await resumeBase({ base: base.name, verify: false, work: WORK });
-  return { resumeMs: r.resumeMs, firstResponseMs: r.firstResponseMs, bytesBeforeFirstResponse: r.fuseBytesReadBeforeFirstResponse + r.deviceStateBytes };
+  return {
+    resumeMs: r.resumeMs,
+    firstResponseMs: r.firstResponseMs,
+    bytesBeforeFirstResponse: r.fuseBytesReadBeforeFirstResponse + r.deviceStateBytes,
+  };
 }
 
 const median = (xs: number[]) => {
@@ -86,9 +94,16 @@ export async function benchResume(): Promise<void> {
     const classic: Sample[] = [];
     for (let i = 0; i < RUNS; i++) {
       // Alternate the order so neither side always runs with a warmer host cache.
-      if (i % 2 === 0) { fuse.push(await fuseResume(base)); classic.push(await classicRestore(base, stream, streamBytes)); }
-      else { classic.push(await classicRestore(base, stream, streamBytes)); fuse.push(await fuseResume(base)); }
-      process.stderr.write(`run ${i + 1}/${RUNS}: FUSE ${Math.round(fuse.at(-1)!.firstResponseMs)} ms, classic ${Math.round(classic.at(-1)!.firstResponseMs)} ms\n`);
+      if (i % 2 === 0) {
+        fuse.push(await fuseResume(base));
+        classic.push(await classicRestore(base, stream, streamBytes));
+      } else {
+        classic.push(await classicRestore(base, stream, streamBytes));
+        fuse.push(await fuseResume(base));
+      }
+      process.stderr.write(
+        `run ${i + 1}/${RUNS}: FUSE ${Math.round(fuse.at(-1)!.firstResponseMs)} ms, classic ${Math.round(classic.at(-1)!.firstResponseMs)} ms\n`,
+      );
     }
     const summary = (xs: Sample[]) => ({
       resumeMs: Math.round(median(xs.map((s) => s.resumeMs))),
@@ -106,7 +121,9 @@ export async function benchResume(): Promise<void> {
       fuse: { ...summary(fuse), samples: fuse },
       classic: { ...summary(classic), samples: classic },
       ratio: {
-        firstResponse: +(median(classic.map((s) => s.firstResponseMs)) / median(fuse.map((s) => s.firstResponseMs))).toFixed(2),
+        firstResponse: +(
+          median(classic.map((s) => s.firstResponseMs)) / median(fuse.map((s) => s.firstResponseMs))
+        ).toFixed(2),
         resume: +(median(classic.map((s) => s.resumeMs)) / median(fuse.map((s) => s.resumeMs))).toFixed(2),
       },
     };
@@ -114,8 +131,12 @@ export async function benchResume(): Promise<void> {
     await fsp.writeFile(file, JSON.stringify(result, null, 2) + '\n');
     const row = (name: string, s: ReturnType<typeof summary>) =>
       `${name.padEnd(24)} ${String(s.resumeMs).padStart(10)} ${String(s.firstResponseMs).padStart(16)} ${(s.bytesBeforeFirstResponse / 2 ** 20).toFixed(1).padStart(14)}`;
-    console.log(`resume benchmark (${accel.toUpperCase()}, ${RUNS} runs, medians, ${base.manifest.memory.bytes / 2 ** 20} MiB guest RAM)`);
-    console.log(`${'method'.padEnd(24)} ${'running ms'.padStart(10)} ${'first reply ms'.padStart(16)} ${'MiB moved'.padStart(14)}`);
+    console.log(
+      `resume benchmark (${accel.toUpperCase()}, ${RUNS} runs, medians, ${base.manifest.memory.bytes / 2 ** 20} MiB guest RAM)`,
+    );
+    console.log(
+      `${'method'.padEnd(24)} ${'running ms'.padStart(10)} ${'first reply ms'.padStart(16)} ${'MiB moved'.padStart(14)}`,
+    );
     console.log(row('classic full restore', result.classic));
     console.log(row('resume over FUSE', result.fuse));
     console.log(`ratio classic/FUSE: first reply ${result.ratio.firstResponse}x, to running ${result.ratio.resume}x`);
@@ -125,4 +146,3 @@ export async function benchResume(): Promise<void> {
     detach();
   }
 }
-

@@ -51,7 +51,16 @@ import { attachLogger } from '../lib/core/log.js';
 import { cacheDir, packageRoot } from '../lib/core/paths.js';
 import { abortReason, Scope, throwIfAborted } from '../lib/core/scope.js';
 import { makeAppInput, type AppName } from '../lib/guest/app-inputs.js';
-import { APP_NAMES, APPS, appRequestPath, GUEST_INPUT, GUEST_SERVER, installScript, serverSource, type AppSpec } from '../lib/guest/apps.js';
+import {
+  APP_NAMES,
+  APPS,
+  appRequestPath,
+  GUEST_INPUT,
+  GUEST_SERVER,
+  installScript,
+  serverSource,
+  type AppSpec,
+} from '../lib/guest/apps.js';
 import { buildAptRepo, serveDirectory, type AptRepo } from '../lib/guest/apt-repo.js';
 import { buildDebianGuest, debianBaseSource, type DebianGuest } from '../lib/guest/debian.js';
 import { ChunkKind } from '../lib/overlay/format.js';
@@ -70,11 +79,34 @@ import { resumeBase } from '../lib/vm/base-resume.js';
 import { elijahSize } from './elijah.js';
 import { benchKey, openIfValid, trustedBy, type BenchKey } from './lib/bench-key.js';
 import { runClient } from './lib/client-run.js';
-import { checkLinkTools, createLinkPair, LINKS, netnsFor, removeStale, shape, tmpDirFor, type Link, type LinkNames, type Netns } from './lib/link.js';
+import {
+  checkLinkTools,
+  createLinkPair,
+  LINKS,
+  netnsFor,
+  removeStale,
+  shape,
+  tmpDirFor,
+  type Link,
+  type LinkNames,
+  type Netns,
+} from './lib/link.js';
 import { markEntry, pruneAppEntries } from './lib/app-cache.js';
 import { onSignals } from './lib/signals.js';
 import { percentile, round } from './lib/stats.js';
-import { checkSuiteResult, failedRuns, mergeSuiteResults, renderMarkdown, summaryText, svgFirstResponse, svgTimeline, type AppResult, type CellSummary, type Sample, type SuiteResult } from './lib/suite-report.js';
+import {
+  checkSuiteResult,
+  failedRuns,
+  mergeSuiteResults,
+  renderMarkdown,
+  summaryText,
+  svgFirstResponse,
+  svgTimeline,
+  type AppResult,
+  type CellSummary,
+  type Sample,
+  type SuiteResult,
+} from './lib/suite-report.js';
 
 const BASE_NAME = 'debian';
 const NAMES: LinkNames = { ns: 'vmsst-', dev: 'vst', tmp: 'vmsynth-bench-suite-', bench: 'suite', octet: 202 };
@@ -128,28 +160,70 @@ function parseArgs(argv: string[]): SuiteArgs | 'help' {
     }
     return process.env[env];
   };
-  const known = new Set(['--quick', '--runs', '--apps', '--links', '--policies', '--out', '--no-docs', '--prepare-only', '--render']);
+  const known = new Set([
+    '--quick',
+    '--runs',
+    '--apps',
+    '--links',
+    '--policies',
+    '--out',
+    '--no-docs',
+    '--prepare-only',
+    '--render',
+  ]);
   argv.forEach((a, i) => {
-    if (a.startsWith('--') && !known.has(a)) throw new VmsynthError('VMS_USAGE', `suite: unknown option ${a}; options: ${[...known].join(' ')} (npm run bench -- suite --help)`);
-    if (!a.startsWith('--') && !['--runs', '--apps', '--links', '--policies', '--out', '--render'].includes(argv[i - 1] ?? '')) throw new VmsynthError('VMS_USAGE', `suite: unexpected argument "${a}"`);
+    if (a.startsWith('--') && !known.has(a))
+      throw new VmsynthError(
+        'VMS_USAGE',
+        `suite: unknown option ${a}; options: ${[...known].join(' ')} (npm run bench -- suite --help)`,
+      );
+    if (
+      !a.startsWith('--') &&
+      !['--runs', '--apps', '--links', '--policies', '--out', '--render'].includes(argv[i - 1] ?? '')
+    )
+      throw new VmsynthError('VMS_USAGE', `suite: unexpected argument "${a}"`);
   });
   const runsText = value('--runs', 'BENCH_RUNS') ?? (quick ? '1' : '5');
   const runs = Number(runsText);
-  if (!Number.isSafeInteger(runs) || runs < 1) throw new VmsynthError('VMS_USAGE', `--runs must be a positive integer, got "${runsText}"`);
-  const apps = (value('--apps', 'BENCH_APPS') ?? (quick ? 'compute' : APP_NAMES.join(','))).split(',').map((s) => s.trim()).filter(Boolean);
-  for (const a of apps) if (!(a in APPS)) throw new VmsynthError('VMS_USAGE', `unknown app "${a}"; choose from ${APP_NAMES.join(', ')}`);
-  const links = (value('--links', 'BENCH_LINKS') ?? (quick ? 'lan' : 'wifi,lan')).split(',').map((s) => s.trim()).filter(Boolean).map((n) => {
-    const l = LINKS[n];
-    if (!l) throw new VmsynthError('VMS_USAGE', `unknown link "${n}"; choose from ${Object.keys(LINKS).join(', ')}`);
-    return l;
-  });
-  const policies = (value('--policies', 'BENCH_POLICIES') ?? SUITE_POLICIES.join(',')).split(',').map((s) => s.trim()).filter(Boolean);
-  for (const p of policies) if (!(SUITE_POLICIES as readonly string[]).includes(p)) throw new VmsynthError('VMS_USAGE', `unknown policy "${p}"; choose from ${SUITE_POLICIES.join(', ')}`);
+  if (!Number.isSafeInteger(runs) || runs < 1)
+    throw new VmsynthError('VMS_USAGE', `--runs must be a positive integer, got "${runsText}"`);
+  const apps = (value('--apps', 'BENCH_APPS') ?? (quick ? 'compute' : APP_NAMES.join(',')))
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const a of apps)
+    if (!(a in APPS)) throw new VmsynthError('VMS_USAGE', `unknown app "${a}"; choose from ${APP_NAMES.join(', ')}`);
+  const links = (value('--links', 'BENCH_LINKS') ?? (quick ? 'lan' : 'wifi,lan'))
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((n) => {
+      const l = LINKS[n];
+      if (!l) throw new VmsynthError('VMS_USAGE', `unknown link "${n}"; choose from ${Object.keys(LINKS).join(', ')}`);
+      return l;
+    });
+  const policies = (value('--policies', 'BENCH_POLICIES') ?? SUITE_POLICIES.join(','))
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const p of policies)
+    if (!(SUITE_POLICIES as readonly string[]).includes(p))
+      throw new VmsynthError('VMS_USAGE', `unknown policy "${p}"; choose from ${SUITE_POLICIES.join(', ')}`);
   const out = path.resolve(value('--out', 'BENCH_OUT') ?? path.join(packageRoot(), 'bench', 'results'));
-  const everything = APP_NAMES.every((a) => apps.includes(a)) && Object.keys(LINKS).every((l) => links.some((x) => x.name === l)) && SUITE_POLICIES.every((p) => policies.includes(p));
+  const everything =
+    APP_NAMES.every((a) => apps.includes(a)) &&
+    Object.keys(LINKS).every((l) => links.some((x) => x.name === l)) &&
+    SUITE_POLICIES.every((p) => policies.includes(p));
   return {
-    quick, runs, apps: apps as AppName[], links, policies: SUITE_POLICIES.filter((p) => policies.includes(p)), out,
-    docs: !quick && !argv.includes('--no-docs') && everything, prepareOnly: argv.includes('--prepare-only'), render: value('--render', 'BENCH_RENDER') ?? null,
+    quick,
+    runs,
+    apps: apps as AppName[],
+    links,
+    policies: SUITE_POLICIES.filter((p) => policies.includes(p)),
+    out,
+    docs: !quick && !argv.includes('--no-docs') && everything,
+    prepareOnly: argv.includes('--prepare-only'),
+    render: value('--render', 'BENCH_RENDER') ?? null,
   };
 }
 
@@ -169,7 +243,9 @@ interface PreparedApp {
 const progress = (msg: string) => process.stderr.write(`suite: ${msg}\n`);
 
 async function fileSha(file: string): Promise<string> {
-  return createHash('sha256').update(await fsp.readFile(file)).digest('hex');
+  return createHash('sha256')
+    .update(await fsp.readFile(file))
+    .digest('hex');
 }
 
 /** Overlay bytes split by image: a segment's compressed bytes shared out by its records' payload (XOR/RAW) per image. */
@@ -189,7 +265,14 @@ function splitByImage(ov: Overlay): { memory: number; disk: number } {
   return { memory: Math.round(out.memory), disk: Math.round(out.disk) };
 }
 
-async function prepareApp(name: AppName, guest: DebianGuest, base: Base, key: BenchKey, quick: boolean, signal: AbortSignal): Promise<PreparedApp> {
+async function prepareApp(
+  name: AppName,
+  guest: DebianGuest,
+  base: Base,
+  key: BenchKey,
+  quick: boolean,
+  signal: AbortSignal,
+): Promise<PreparedApp> {
   const spec = APPS[name];
   const root = path.join(cacheDir(), 'bench', 'suite');
   const repo = await buildAptRepo(guest, spec.packages);
@@ -200,10 +283,19 @@ async function prepareApp(name: AppName, guest: DebianGuest, base: Base, key: Be
   const request: AppRequest = { method: 'POST', path: appRequestPath(), body };
   const scriptTemplate = installScript(spec, spec.packages.length ? 'http://REPO' : null);
   const m = base.manifest;
-  const id = createHash('sha256').update(JSON.stringify({
-    base: [m.memory.sha256, m.disk.sha256, m.deviceState.sha256], scriptTemplate, server: await fileSha(serverSource()),
-    input: createHash('sha256').update(body).digest('hex'), key: key.keyId, debs: repo.debs,
-  })).digest('hex').slice(0, 16);
+  const id = createHash('sha256')
+    .update(
+      JSON.stringify({
+        base: [m.memory.sha256, m.disk.sha256, m.deviceState.sha256],
+        scriptTemplate,
+        server: await fileSha(serverSource()),
+        input: createHash('sha256').update(body).digest('hex'),
+        key: key.keyId,
+        debs: repo.debs,
+      }),
+    )
+    .digest('hex')
+    .slice(0, 16);
   const dir = path.join(root, `${name}-${id}`);
   const made = { baseDir: base.dir, memorySha256: m.memory.sha256 };
   await markEntry(dir, made);
@@ -214,23 +306,51 @@ async function prepareApp(name: AppName, guest: DebianGuest, base: Base, key: Be
   const sizesFile = path.join(dir, 'sizes.json');
   let plain = await openIfValid(plainDir, key);
   let sizes = JSON.parse(await fsp.readFile(sizesFile, 'utf8').catch(() => 'null')) as AppResult['sizes'] | null;
-  const prep: AppResult['prep'] = { cached: plain !== null && sizes !== null, createMs: null, customizeMs: null, profileMs: null, elijahMs: null };
+  const prep: AppResult['prep'] = {
+    cached: plain !== null && sizes !== null,
+    createMs: null,
+    customizeMs: null,
+    profileMs: null,
+    elijahMs: null,
+  };
   if (!plain || !sizes) {
     await fsp.mkdir(dir, { recursive: true });
     const custom = path.join(dir, 'custom');
     // A run stopped after the customization kept the custom VM: measure that one rather than install again.
-    const kept = plain !== null && (await Promise.all(['memory.raw', 'disk.raw'].map((f) => fsp.stat(path.join(custom, f)).then(() => true, () => false)))).every(Boolean);
+    const kept =
+      plain !== null &&
+      (
+        await Promise.all(
+          ['memory.raw', 'disk.raw'].map((f) =>
+            fsp.stat(path.join(custom, f)).then(
+              () => true,
+              () => false,
+            ),
+          ),
+        )
+      ).every(Boolean);
     if (!kept) {
       await fsp.rm(custom, { recursive: true, force: true });
       const repoServer = await serveDirectory(repo.dir, '127.0.0.1');
       try {
-        progress(`${name}: customizing base "${base.name}" (installing ${spec.packages.length ? spec.packages.join(' ') : 'nothing'}; under TCG this can take many minutes)`);
+        progress(
+          `${name}: customizing base "${base.name}" (installing ${spec.packages.length ? spec.packages.join(' ') : 'nothing'}; under TCG this can take many minutes)`,
+        );
         const t0 = performance.now();
         // QEMU's user network shows the host's loopback to the guest as 10.0.2.2.
         const r = await createOverlay({
-          base: base.name, out: plainDir, force: true, key: key.file, keepCustom: custom, timeoutMs: INSTALL_TIMEOUT_MS, signal,
+          base: base.name,
+          out: plainDir,
+          force: true,
+          key: key.file,
+          keepCustom: custom,
+          timeoutMs: INSTALL_TIMEOUT_MS,
+          signal,
           script: installScript(spec, spec.packages.length ? `http://10.0.2.2:${repoServer.port}` : null),
-          copies: [{ src: serverSource(), dest: GUEST_SERVER, mode: 0o755 }, { src: input.file, dest: GUEST_INPUT, mode: 0o644 }],
+          copies: [
+            { src: serverSource(), dest: GUEST_SERVER, mode: 0o755 },
+            { src: input.file, dest: GUEST_INPUT, mode: 0o644 },
+          ],
         });
         prep.createMs = Math.round(performance.now() - t0);
         prep.customizeMs = r.custom.ms.total;
@@ -240,13 +360,26 @@ async function prepareApp(name: AppName, guest: DebianGuest, base: Base, key: Be
     }
     plain ??= await Overlay.open(plainDir, { trusted: trustedBy(key) });
     progress(`${name}: Elijah's scheme (xdelta3 + xz) on the same chunks`);
-    const e = elijahSize(plain, { memory: base.file('memory'), disk: base.file('disk') }, { memory: path.join(custom, 'memory.raw'), disk: path.join(custom, 'disk.raw') });
+    const e = elijahSize(
+      plain,
+      { memory: base.file('memory'), disk: base.file('disk') },
+      { memory: path.join(custom, 'memory.raw'), disk: path.join(custom, 'disk.raw') },
+    );
     prep.elijahMs = Math.round(e.ms);
     await fsp.rm(custom, { recursive: true, force: true });
     const st = plain.body.stats;
     sizes = {
-      overlay: { total: plain.segmentsBytes + plain.manifestBytes, segments: plain.segmentsBytes, manifest: plain.manifestBytes, ...splitByImage(plain) },
-      naive: { total: (st.modified.memory + st.modified.disk) * plain.body.chunkSize, memory: st.modified.memory * plain.body.chunkSize, disk: st.modified.disk * plain.body.chunkSize },
+      overlay: {
+        total: plain.segmentsBytes + plain.manifestBytes,
+        segments: plain.segmentsBytes,
+        manifest: plain.manifestBytes,
+        ...splitByImage(plain),
+      },
+      naive: {
+        total: (st.modified.memory + st.modified.disk) * plain.body.chunkSize,
+        memory: st.modified.memory * plain.body.chunkSize,
+        disk: st.modified.disk * plain.body.chunkSize,
+      },
       elijah: { total: e.bytes, xdeltaItems: e.xdeltaItems, rawItems: e.rawItems },
       repo: { debs: repo.debs.length, bytes: repo.bytes, installedBytes: repo.installedBytes },
       ratioVsNaive: 0,
@@ -255,17 +388,37 @@ async function prepareApp(name: AppName, guest: DebianGuest, base: Base, key: Be
     sizes.ratioVsNaive = +(sizes.overlay.total / sizes.naive.total).toFixed(4);
     sizes.ratioVsElijah = +(sizes.overlay.total / sizes.elijah.total).toFixed(4);
     await fsp.writeFile(sizesFile, JSON.stringify(sizes, null, 2) + '\n');
-    for (const d of await fsp.readdir(dir)) if (d.startsWith('profiled')) await fsp.rm(path.join(dir, d), { recursive: true, force: true });
+    for (const d of await fsp.readdir(dir))
+      if (d.startsWith('profiled')) await fsp.rm(path.join(dir, d), { recursive: true, force: true });
   }
   let profiled = await openIfValid(profiledDir, key);
   if (!profiled) {
     progress(`${name}: profiling the first request's access order (${profileRuns} runs)`);
     const t0 = performance.now();
-    await profileOverlay({ overlay: plainDir, out: profiledDir, runs: profileRuns, request, key: key.file, trust: [key.pubFile], force: true, timeoutMs: 600_000, signal });
+    await profileOverlay({
+      overlay: plainDir,
+      out: profiledDir,
+      runs: profileRuns,
+      request,
+      key: key.file,
+      trust: [key.pubFile],
+      force: true,
+      timeoutMs: 600_000,
+      signal,
+    });
     prep.profileMs = Math.round(performance.now() - t0);
     profiled = await Overlay.open(profiledDir, { trusted: trustedBy(key) });
   }
-  return { spec, repo, input: { file: input.file, description: input.description, bytes: body.length }, request, plain, profiled, sizes, prep };
+  return {
+    spec,
+    repo,
+    input: { file: input.file, description: input.description, bytes: body.length },
+    request,
+    plain,
+    profiled,
+    sizes,
+    prep,
+  };
 }
 
 // ---------------------------------------------------------------- measurements
@@ -310,7 +463,13 @@ async function prepareLocal(app: PreparedApp, tmp: string, key: BenchKey, signal
  * floor when the host slowed down later). Its first response goes to `local.byLink`; a
  * failure is reported and left out.
  */
-async function localRound(app: PreparedApp, local: Local, link: string, label: string, signal: AbortSignal): Promise<void> {
+async function localRound(
+  app: PreparedApp,
+  local: Local,
+  link: string,
+  label: string,
+  signal: AbortSignal,
+): Promise<void> {
   try {
     const r = await resumeBase({ base: local.launch, verify: false, request: app.request, timeoutMs: 600_000, signal });
     const runs = local.byLink.get(link) ?? [];
@@ -319,7 +478,9 @@ async function localRound(app: PreparedApp, local: Local, link: string, label: s
     progress(`${label}: local resume: first response ${r.firstResponseMs} ms`);
   } catch (err) {
     if (signal.aborted) throw abortReason(signal);
-    progress(`${label}: local resume FAILED (the floor uses the others): ${err instanceof Error ? err.message : String(err)}`);
+    progress(
+      `${label}: local resume FAILED (the floor uses the others): ${err instanceof Error ? err.message : String(err)}`,
+    );
   }
 }
 
@@ -337,20 +498,38 @@ function sampleOf(r: SynthesizeResult, local: Local): Sample {
 }
 
 /** The base resumed, the app's packages installed over the link, the server started and its first answer in. */
-async function remoteInstall(app: PreparedApp, repoUrl: string | null, local: Local, signal: AbortSignal): Promise<Sample> {
+async function remoteInstall(
+  app: PreparedApp,
+  repoUrl: string | null,
+  local: Local,
+  signal: AbortSignal,
+): Promise<Sample> {
   const t0 = performance.now();
   let installMs = 0;
   let resumedMs = 0;
   let firstResponseMs = 0;
   let body = '';
   await resumeBase({
-    base: BASE_NAME, verify: false, agent: true, timeoutMs: 120_000, signal,
+    base: BASE_NAME,
+    verify: false,
+    agent: true,
+    timeoutMs: 120_000,
+    signal,
     whileRunning: async ({ agentPort, hostPort }) => {
       resumedMs = performance.now() - t0;
       await agentPut(agentPort!, GUEST_SERVER, await fsp.readFile(serverSource()), 0o755, 60_000, signal);
       await agentPut(agentPort!, GUEST_INPUT, app.request.body!, 0o644, 60_000, signal);
-      const r = await agentExec(agentPort!, installScript(app.spec, repoUrl, { trim: false }), INSTALL_TIMEOUT_MS, signal);
-      if (r.status !== 0) throw new VmsynthError('VMS_CUSTOMIZE_FAILED', `remote install of ${app.spec.name} failed (${r.status}): ${r.output.slice(-1500)}`);
+      const r = await agentExec(
+        agentPort!,
+        installScript(app.spec, repoUrl, { trim: false }),
+        INSTALL_TIMEOUT_MS,
+        signal,
+      );
+      if (r.status !== 0)
+        throw new VmsynthError(
+          'VMS_CUSTOMIZE_FAILED',
+          `remote install of ${app.spec.name} failed (${r.status}): ${r.output.slice(-1500)}`,
+        );
       // The script's warm-up request is the app's first answer.
       firstResponseMs = performance.now() - t0;
       installMs = firstResponseMs - resumedMs;
@@ -359,14 +538,21 @@ async function remoteInstall(app: PreparedApp, repoUrl: string | null, local: Lo
     },
   });
   return {
-    firstResponseMs: Math.round(firstResponseMs), resumedMs: Math.round(resumedMs), finishedMs: null,
-    bytesBeforeFirstResponse: app.repo.bytes, demandRequests: null, replyMatchesLocal: sameReply(body, local.reply), installMs: Math.round(installMs),
+    firstResponseMs: Math.round(firstResponseMs),
+    resumedMs: Math.round(resumedMs),
+    finishedMs: null,
+    bytesBeforeFirstResponse: app.repo.bytes,
+    demandRequests: null,
+    replyMatchesLocal: sameReply(body, local.reply),
+    installMs: Math.round(installMs),
   };
 }
 
 /** The app's repository served inside the namespace by a child process; resolves to its port. */
 async function serveRepoInNs(scope: Scope, n: Netns, repo: AptRepo): Promise<number> {
-  const child: ChildProcess = spawn('ip', ['netns', 'exec', n.ns, process.execPath, SERVE_REPO, repo.dir, n.nsAddr], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child: ChildProcess = spawn('ip', ['netns', 'exec', n.ns, process.execPath, SERVE_REPO, repo.dir, n.nsAddr], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   scope.defer(`stop the repository server (pid ${child.pid})`, async () => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGTERM');
@@ -380,7 +566,9 @@ async function serveRepoInNs(scope: Scope, n: Netns, repo: AptRepo): Promise<num
       const m = /"port":(\d+)/.exec(text);
       if (m) resolve(Number(m[1]));
     });
-    child.once('exit', (code) => reject(new VmsynthError('VMS_INTERNAL', `the repository server in ${n.ns} exited (${code}) before listening`)));
+    child.once('exit', (code) =>
+      reject(new VmsynthError('VMS_INTERNAL', `the repository server in ${n.ns} exited (${code}) before listening`)),
+    );
   });
 }
 
@@ -390,9 +578,25 @@ function summarize(c: Cell): CellSummary {
   return {
     n: xs.length,
     failures: c.failures.length,
-    firstResponseMs: { p50: round(percentile(xs, 0.5)), p90: round(percentile(xs, 0.9)), min: xs.length ? Math.min(...xs) : null, max: xs.length ? Math.max(...xs) : null, mean: round(mean) },
-    bytesBeforeFirstResponse: round(percentile(c.samples.flatMap((s) => (s.bytesBeforeFirstResponse === null ? [] : [s.bytesBeforeFirstResponse])), 0.5)),
-    resumedMs: round(percentile(c.samples.flatMap((s) => (s.resumedMs === null ? [] : [s.resumedMs])), 0.5)),
+    firstResponseMs: {
+      p50: round(percentile(xs, 0.5)),
+      p90: round(percentile(xs, 0.9)),
+      min: xs.length ? Math.min(...xs) : null,
+      max: xs.length ? Math.max(...xs) : null,
+      mean: round(mean),
+    },
+    bytesBeforeFirstResponse: round(
+      percentile(
+        c.samples.flatMap((s) => (s.bytesBeforeFirstResponse === null ? [] : [s.bytesBeforeFirstResponse])),
+        0.5,
+      ),
+    ),
+    resumedMs: round(
+      percentile(
+        c.samples.flatMap((s) => (s.resumedMs === null ? [] : [s.resumedMs])),
+        0.5,
+      ),
+    ),
     repliesMatchingLocal: c.samples.filter((s) => s.replyMatchesLocal).length,
   };
 }
@@ -417,7 +621,9 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
     await checkLinkTools(NAMES);
     await removeStale(NAMES);
     const { accel, reason } = await detectAccel();
-    progress(`accelerator ${accel.toUpperCase()} (${reason}); apps ${args.apps.join(', ')}; links ${args.links.map((l) => l.name).join(', ')}; ${args.runs} run(s) per cell`);
+    progress(
+      `accelerator ${accel.toUpperCase()} (${reason}); apps ${args.apps.join(', ')}; links ${args.links.map((l) => l.name).join(', ')}; ${args.runs} run(s) per cell`,
+    );
     const guest = await buildDebianGuest();
     const { base } = await ensureBase(BASE_NAME, debianBaseSource(guest), signal);
     const key = await benchKey(path.join(cacheDir(), 'bench', 'suite'));
@@ -426,7 +632,9 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
       const a = await prepareApp(name, guest, base, key, args.quick, signal);
       apps.push(a);
       const z = a.sizes;
-      progress(`${name}: overlay ${(z.overlay.total / 1e6).toFixed(2)} MB (disk ${(z.overlay.disk / 1e6).toFixed(2)} + memory ${(z.overlay.memory / 1e6).toFixed(2)}), naive ${(z.naive.total / 1e6).toFixed(2)} MB, Elijah's scheme ${(z.elijah.total / 1e6).toFixed(2)} MB; ${z.repo.debs} .debs, ${(z.repo.bytes / 1e6).toFixed(1)} MB (${(z.repo.installedBytes / 1e6).toFixed(1)} MB installed)${a.prep.cached ? ' (cached)' : a.prep.createMs === null ? ' (from a kept custom VM)' : `; made in ${(a.prep.createMs / 1000).toFixed(0)} s`}`);
+      progress(
+        `${name}: overlay ${(z.overlay.total / 1e6).toFixed(2)} MB (disk ${(z.overlay.disk / 1e6).toFixed(2)} + memory ${(z.overlay.memory / 1e6).toFixed(2)}), naive ${(z.naive.total / 1e6).toFixed(2)} MB, Elijah's scheme ${(z.elijah.total / 1e6).toFixed(2)} MB; ${z.repo.debs} .debs, ${(z.repo.bytes / 1e6).toFixed(1)} MB (${(z.repo.installedBytes / 1e6).toFixed(1)} MB installed)${a.prep.cached ? ' (cached)' : a.prep.createMs === null ? ' (from a kept custom VM)' : `; made in ${(a.prep.createMs / 1000).toFixed(0)} s`}`,
+      );
     }
     if (args.prepareOnly) return;
 
@@ -438,7 +646,13 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
 
     const n = netnsFor(process.pid, NAMES);
     await createLinkPair(scope, n);
-    const server = await SynthServer.listen({ host: n.hostAddr, port: 0, trust: [key.pubFile], verifyBases: true, maxSessions: 4 });
+    const server = await SynthServer.listen({
+      host: n.hostAddr,
+      port: 0,
+      trust: [key.pubFile],
+      verifyBases: true,
+      maxSessions: 4,
+    });
     scope.defer('close the synthesis server', () => server.close());
     const port = server.address().port;
     const repoPorts = new Map<AppName, number>();
@@ -450,7 +664,10 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
       if (!cells.has(k)) cells.set(k, { samples: [], failures: [] });
       return cells.get(k)!;
     };
-    const timelineOf = new Map<string, { sends: SegmentSend[]; resumedMs: number | null; firstResponseMs: number | null; finishedMs: number | null }>();
+    const timelineOf = new Map<
+      string,
+      { sends: SegmentSend[]; resumedMs: number | null; firstResponseMs: number | null; finishedMs: number | null }
+    >();
     for (const link of args.links) {
       await shape(n, link);
       for (let i = 0; i < args.runs; i++) {
@@ -467,13 +684,30 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
                 const p = repoPorts.get(a.spec.name);
                 s = await remoteInstall(a, p ? `http://${n.nsAddr}:${p}` : null, local, signal);
               } else {
-                const r = await runClient(n.ns, `${n.hostAddr}:${port}`, a.profiled.dir, policy, { path: a.request.path, method: 'POST', bodyFile: a.input.file }, CLIENT_TIMEOUT_S, signal, label);
+                const r = await runClient(
+                  n.ns,
+                  `${n.hostAddr}:${port}`,
+                  a.profiled.dir,
+                  policy,
+                  { path: a.request.path, method: 'POST', bodyFile: a.input.file },
+                  CLIENT_TIMEOUT_S,
+                  signal,
+                  label,
+                );
                 s = sampleOf(r, local);
                 const tk = `${a.spec.name}/${link.name}`;
-                if (policy === 'early-start' && !timelineOf.has(tk)) timelineOf.set(tk, { sends: r.sends, resumedMs: r.timeline.resumed, firstResponseMs: r.timeline.firstResponse, finishedMs: r.timeline.finished });
+                if (policy === 'early-start' && !timelineOf.has(tk))
+                  timelineOf.set(tk, {
+                    sends: r.sends,
+                    resumedMs: r.timeline.resumed,
+                    firstResponseMs: r.timeline.firstResponse,
+                    finishedMs: r.timeline.finished,
+                  });
               }
               cell.samples.push(s);
-              progress(`${label}: first response ${s.firstResponseMs} ms${s.replyMatchesLocal ? '' : ' (REPLY DIFFERS from the local VM)'}`);
+              progress(
+                `${label}: first response ${s.firstResponseMs} ms${s.replyMatchesLocal ? '' : ' (REPLY DIFFERS from the local VM)'}`,
+              );
             } catch (err) {
               if (signal.aborted) throw abortReason(signal);
               const message = err instanceof Error ? err.message : String(err);
@@ -490,34 +724,68 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
       const local = locals.get(a.spec.name)!;
       const localRuns = args.links.flatMap((l) => local.byLink.get(l.name) ?? []);
       return {
-        app: a.spec.name, title: a.spec.title, elijah: a.spec.elijah, note: a.spec.note, packages: a.spec.packages,
+        app: a.spec.name,
+        title: a.spec.title,
+        elijah: a.spec.elijah,
+        note: a.spec.note,
+        packages: a.spec.packages,
         input: { description: a.input.description, bytes: a.input.bytes },
-        sizes: a.sizes, prep: a.prep,
-        overlay: { segments: a.profiled.body.segments.length, segmentBytes: a.profiled.body.segmentBytes, bytes: a.profiled.segmentsBytes + a.profiled.manifestBytes, manifestBytes: a.profiled.manifestBytes },
-        local: { firstResponseMs: localRuns, p50: Math.round(percentile(localRuns, 0.5) ?? local.referenceMs), reply: local.reply },
-        links: Object.fromEntries(args.links.map((link) => {
-          const localP50 = percentile(local.byLink.get(link.name) ?? [], 0.5) ?? local.referenceMs;
-          const summary = Object.fromEntries(SUITE_POLICIES.map((p) => [p, summarize(cellOf(a.spec.name, link.name, p))])) as Record<SuitePolicy, CellSummary>;
-          const needed = summary['demand-only'].bytesBeforeFirstResponse ?? summary['early-start'].bytesBeforeFirstResponse ?? 0;
-          const transferMs = ((needed + a.profiled.manifestBytes) * 8) / (link.rateMbit * 1e3);
-          const floorMs = Math.round(transferMs + localP50);
-          const es = summary['early-start'].firstResponseMs.p50;
-          const ratio = (x: number | null, y: number | null) => (x === null || y === null || y === 0 ? null : +(x / y).toFixed(2));
-          return [link.name, {
-            link: { ...link, delay: 'none (no netem in this kernel)' },
-            summary,
-            floor: { neededBytes: needed, manifestBytes: a.profiled.manifestBytes, transferMs: Math.round(transferMs), localFirstResponseMs: Math.round(localP50), floorMs },
-            ratios: {
-              baselineOverEarlyStart: ratio(summary.baseline.firstResponseMs.p50, es),
-              earlyStartOverFloor: ratio(es, floorMs),
-              remoteInstallOverEarlyStart: ratio(summary['remote-install'].firstResponseMs.p50, es),
-              demandOnlyOverEarlyStart: ratio(summary['demand-only'].firstResponseMs.p50, es),
-            },
-            samples: Object.fromEntries(SUITE_POLICIES.map((p) => [p, cellOf(a.spec.name, link.name, p).samples])),
-            failures: Object.fromEntries(SUITE_POLICIES.filter((p) => cellOf(a.spec.name, link.name, p).failures.length).map((p) => [p, cellOf(a.spec.name, link.name, p).failures])),
-            timeline: timelineOf.get(`${a.spec.name}/${link.name}`) ?? null,
-          }];
-        })),
+        sizes: a.sizes,
+        prep: a.prep,
+        overlay: {
+          segments: a.profiled.body.segments.length,
+          segmentBytes: a.profiled.body.segmentBytes,
+          bytes: a.profiled.segmentsBytes + a.profiled.manifestBytes,
+          manifestBytes: a.profiled.manifestBytes,
+        },
+        local: {
+          firstResponseMs: localRuns,
+          p50: Math.round(percentile(localRuns, 0.5) ?? local.referenceMs),
+          reply: local.reply,
+        },
+        links: Object.fromEntries(
+          args.links.map((link) => {
+            const localP50 = percentile(local.byLink.get(link.name) ?? [], 0.5) ?? local.referenceMs;
+            const summary = Object.fromEntries(
+              SUITE_POLICIES.map((p) => [p, summarize(cellOf(a.spec.name, link.name, p))]),
+            ) as Record<SuitePolicy, CellSummary>;
+            const needed =
+              summary['demand-only'].bytesBeforeFirstResponse ?? summary['early-start'].bytesBeforeFirstResponse ?? 0;
+            const transferMs = ((needed + a.profiled.manifestBytes) * 8) / (link.rateMbit * 1e3);
+            const floorMs = Math.round(transferMs + localP50);
+            const es = summary['early-start'].firstResponseMs.p50;
+            const ratio = (x: number | null, y: number | null) =>
+              x === null || y === null || y === 0 ? null : +(x / y).toFixed(2);
+            return [
+              link.name,
+              {
+                link: { ...link, delay: 'none (no netem in this kernel)' },
+                summary,
+                floor: {
+                  neededBytes: needed,
+                  manifestBytes: a.profiled.manifestBytes,
+                  transferMs: Math.round(transferMs),
+                  localFirstResponseMs: Math.round(localP50),
+                  floorMs,
+                },
+                ratios: {
+                  baselineOverEarlyStart: ratio(summary.baseline.firstResponseMs.p50, es),
+                  earlyStartOverFloor: ratio(es, floorMs),
+                  remoteInstallOverEarlyStart: ratio(summary['remote-install'].firstResponseMs.p50, es),
+                  demandOnlyOverEarlyStart: ratio(summary['demand-only'].firstResponseMs.p50, es),
+                },
+                samples: Object.fromEntries(SUITE_POLICIES.map((p) => [p, cellOf(a.spec.name, link.name, p).samples])),
+                failures: Object.fromEntries(
+                  SUITE_POLICIES.filter((p) => cellOf(a.spec.name, link.name, p).failures.length).map((p) => [
+                    p,
+                    cellOf(a.spec.name, link.name, p).failures,
+                  ]),
+                ),
+                timeline: timelineOf.get(`${a.spec.name}/${link.name}`) ?? null,
+              },
+            ];
+          }),
+        ),
       };
     });
 
@@ -531,9 +799,20 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
       accel,
       accelReason: reason,
       cpus: os.cpus().length,
-      host: { loadavgAtStart: loadAtStart, loadavgAtEnd: os.loadavg().map((x) => +x.toFixed(2)), memGiB: +(os.totalmem() / 2 ** 30).toFixed(1) },
+      host: {
+        loadavgAtStart: loadAtStart,
+        loadavgAtEnd: os.loadavg().map((x) => +x.toFixed(2)),
+        memGiB: +(os.totalmem() / 2 ** 30).toFixed(1),
+      },
       runs: args.runs,
-      base: { name: base.name, suite: guest.suite, memoryMiB: base.manifest.vm.memoryMiB, diskBytes: base.manifest.disk.bytes, kernel: guest.kernelPackage, bootMs: base.manifest.created.bootMs },
+      base: {
+        name: base.name,
+        suite: guest.suite,
+        memoryMiB: base.manifest.vm.memoryMiB,
+        diskBytes: base.manifest.disk.bytes,
+        kernel: guest.kernelPackage,
+        bootMs: base.manifest.created.bootMs,
+      },
       policies: [...args.policies],
       links: args.links.map((l) => l.name),
       apps: appResults,
@@ -541,9 +820,14 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
     const problems = checkSuiteResult(result);
     const failed = failedRuns(result);
     await writeOutputs(result, args);
-    if (problems.length) throw new VmsynthError('VMS_INTERNAL', `the suite's output is incomplete:\n  ${problems.join('\n  ')}`);
+    if (problems.length)
+      throw new VmsynthError('VMS_INTERNAL', `the suite's output is incomplete:\n  ${problems.join('\n  ')}`);
     // Written and renderable (the docs list failed runs), but a run that failed fails the bench.
-    if (failed.length) throw new VmsynthError('VMS_INTERNAL', `${failed.length} run(s) failed (the results above count only the others):\n  ${failed.join('\n  ')}`);
+    if (failed.length)
+      throw new VmsynthError(
+        'VMS_INTERNAL',
+        `${failed.length} run(s) failed (the results above count only the others):\n  ${failed.join('\n  ')}`,
+      );
   } catch (err) {
     // An interrupted run says so, whichever await the abort reached first.
     throw signal.aborted ? abortReason(signal) : err;
@@ -567,7 +851,10 @@ async function writeOutputs(result: SuiteResult, args: SuiteArgs): Promise<void>
   console.log(summaryText(result));
   console.log(`results: ${json}\nplots: ${plot}\n       ${timeline}`);
   if (args.docs) await writeDocs(result);
-  else if (!result.quick) console.log(`docs/benchmarks.md not written: this run has ${result.apps.map((a) => a.app).join(', ')} at ${result.links.join(', ')} with ${result.policies.join(', ')}, not every app (${APP_NAMES.join(', ')}) on every link (${Object.keys(LINKS).join(', ')}) with every policy. Merge runs of different cells into the docs with --render A.json,B.json`);
+  else if (!result.quick)
+    console.log(
+      `docs/benchmarks.md not written: this run has ${result.apps.map((a) => a.app).join(', ')} at ${result.links.join(', ')} with ${result.policies.join(', ')}, not every app (${APP_NAMES.join(', ')}) on every link (${Object.keys(LINKS).join(', ')}) with every policy. Merge runs of different cells into the docs with --render A.json,B.json`,
+    );
 }
 
 /** docs/benchmarks.md, its plots and the result it was made from (docs/benchmarks.json, kept in the repository). */
@@ -576,9 +863,13 @@ async function writeDocs(result: SuiteResult): Promise<void> {
   await fsp.writeFile(path.join(docs, 'benchmarks.json'), JSON.stringify(result, null, 2) + '\n');
   await fsp.writeFile(path.join(docs, 'benchmarks-first-response.svg'), svgFirstResponse(result));
   await fsp.writeFile(path.join(docs, 'benchmarks-timeline.svg'), svgTimeline(result));
-  await fsp.writeFile(path.join(docs, 'benchmarks.md'), renderMarkdown(result, {
-    json: 'docs/benchmarks.json', plots: ['benchmarks-first-response.svg', 'benchmarks-timeline.svg'],
-  }));
+  await fsp.writeFile(
+    path.join(docs, 'benchmarks.md'),
+    renderMarkdown(result, {
+      json: 'docs/benchmarks.json',
+      plots: ['benchmarks-first-response.svg', 'benchmarks-timeline.svg'],
+    }),
+  );
   console.log(`docs: ${path.join(docs, 'benchmarks.md')}`);
 }
 
@@ -590,18 +881,27 @@ async function renderDocs(files: string): Promise<void> {
     try {
       result = JSON.parse(await fsp.readFile(file, 'utf8')) as SuiteResult;
     } catch (err) {
-      throw new VmsynthError('VMS_USAGE', `--render: cannot read ${file} as JSON: ${err instanceof Error ? err.message : String(err)}`);
+      throw new VmsynthError(
+        'VMS_USAGE',
+        `--render: cannot read ${file} as JSON: ${err instanceof Error ? err.message : String(err)}`,
+      );
     }
-    if (result.bench !== 'suite' || result.version !== 1) throw new VmsynthError('VMS_USAGE', `${file} is not a suite result (version 1)`);
-    if (result.quick) throw new VmsynthError('VMS_USAGE', `${file} is a --quick result: docs/benchmarks.md comes from full runs`);
+    if (result.bench !== 'suite' || result.version !== 1)
+      throw new VmsynthError('VMS_USAGE', `${file} is not a suite result (version 1)`);
+    if (result.quick)
+      throw new VmsynthError('VMS_USAGE', `${file} is a --quick result: docs/benchmarks.md comes from full runs`);
     const problems = checkSuiteResult(result);
     if (problems.length) throw new VmsynthError('VMS_USAGE', `${file} is incomplete:\n  ${problems.join('\n  ')}`);
     results.push(result);
   }
   const merged = mergeSuiteResults(results);
   const problems = checkSuiteResult(merged);
-  if (problems.length) throw new VmsynthError('VMS_USAGE', `the merged result is incomplete:\n  ${problems.join('\n  ')}`);
+  if (problems.length)
+    throw new VmsynthError('VMS_USAGE', `the merged result is incomplete:\n  ${problems.join('\n  ')}`);
   const failed = failedRuns(merged);
-  if (failed.length) progress(`${failed.length} failed run(s), listed under "Failed runs" in docs/benchmarks.md:\n  ${failed.join('\n  ')}`);
+  if (failed.length)
+    progress(
+      `${failed.length} failed run(s), listed under "Failed runs" in docs/benchmarks.md:\n  ${failed.join('\n  ')}`,
+    );
   await writeDocs(merged);
 }

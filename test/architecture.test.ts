@@ -14,12 +14,17 @@ const lib = path.join(root, 'lib');
 
 /** The layers, lowest first: a folder may import from folders of a lower rank. */
 export const LAYERS: Record<string, number> = {
-  core: 0, types: 0,
-  fs: 1, stream: 1,
+  core: 0,
+  types: 0,
+  fs: 1,
+  stream: 1,
   vm: 2,
-  overlay: 3, guest: 3,
+  overlay: 3,
+  guest: 3,
   protocol: 4,
-  synth: 5, offline: 5, client: 5,
+  synth: 5,
+  offline: 5,
+  client: 5,
   server: 6,
   cli: 7,
 };
@@ -39,10 +44,17 @@ const folder = (f: string) => rel(f).split(path.sep)[0]!;
 /** The lib modules a file imports (static, re-exports and literal dynamic imports), as paths. */
 function importsOf(file: string): string[] {
   const text = readFileSync(file, 'utf8');
-  const specs = [...text.matchAll(/(?:^|\n)\s*(?:import|export)\s[^'"]*?from\s+'([^']+)'|import\(\s*'([^']+)'\s*\)/g)].map((m) => m[1] ?? m[2]!);
+  const specs = [
+    ...text.matchAll(/(?:^|\n)\s*(?:import|export)\s[^'"]*?from\s+'([^']+)'|import\(\s*'([^']+)'\s*\)/g),
+  ].map((m) => m[1] ?? m[2]!);
   return specs
     .filter((s) => s.startsWith('.'))
-    .map((s) => path.resolve(path.dirname(file), s).replace(/\.js$/, '.ts').replace(/\.cjs$/, '.cts'))
+    .map((s) =>
+      path
+        .resolve(path.dirname(file), s)
+        .replace(/\.js$/, '.ts')
+        .replace(/\.cjs$/, '.cts'),
+    )
     .filter((p) => p.startsWith(lib + path.sep));
 }
 
@@ -50,7 +62,11 @@ const graph = new Map(files.map((f) => [f, importsOf(f)]));
 
 t.test('every lib folder has a layer', async (t) => {
   const folders = [...new Set(files.map(folder))].sort();
-  t.same(folders.filter((f) => LAYERS[f] === undefined), [], `layers of ${folders.join(', ')}`);
+  t.same(
+    folders.filter((f) => LAYERS[f] === undefined),
+    [],
+    `layers of ${folders.join(', ')}`,
+  );
 });
 
 t.test('no module imports a layer above its own (or beside it)', async (t) => {
@@ -58,7 +74,8 @@ t.test('no module imports a layer above its own (or beside it)', async (t) => {
   for (const [f, deps] of graph) {
     for (const d of deps) {
       const [from, to] = [folder(f), folder(d)];
-      if (from !== to && !(LAYERS[to]! < LAYERS[from]!)) bad.push(`${rel(f)} (${from}, layer ${LAYERS[from]}) imports ${rel(d)} (${to}, layer ${LAYERS[to]})`);
+      if (from !== to && !(LAYERS[to]! < LAYERS[from]!))
+        bad.push(`${rel(f)} (${from}, layer ${LAYERS[from]}) imports ${rel(d)} (${to}, layer ${LAYERS[to]})`);
     }
   }
   t.same(bad, [], 'every import points down');
@@ -102,11 +119,16 @@ t.test('no import cycle', async (t) => {
 t.test('the import scan sees imports', async (t) => {
   // Guards the two checks above against a scan that finds nothing.
   const server = graph.get(path.join(lib, 'server', 'server.ts'))!.map(rel);
-  t.ok(server.includes(path.join('server', 'connection.ts')) && server.includes(path.join('core', 'errors.ts')), 'server.ts imports connection.ts and core/errors.ts');
+  t.ok(
+    server.includes(path.join('server', 'connection.ts')) && server.includes(path.join('core', 'errors.ts')),
+    'server.ts imports connection.ts and core/errors.ts',
+  );
   t.ok([...graph.values()].flat().length > 300, 'hundreds of imports across lib/');
 });
 
 t.test('no lib file is over 400 lines', async (t) => {
-  const long = files.map((f) => ({ f: rel(f), n: readFileSync(f, 'utf8').split('\n').length })).filter((x) => x.n > 400);
+  const long = files
+    .map((f) => ({ f: rel(f), n: readFileSync(f, 'utf8').split('\n').length }))
+    .filter((x) => x.n > 400);
   t.same(long, [], 'files over 400 lines');
 });

@@ -10,7 +10,10 @@ import { ERRORS } from '../lib/core/errors.js';
 t.teardown(removeTestRoot);
 const main = path.join(packageRoot(), 'dist/lib/cli/entry.cjs');
 
-function vmsynth(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+function vmsynth(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     execFile(process.execPath, [main, ...args], { env: { ...process.env, ...env } }, (err, stdout, stderr) => {
       resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, stdout, stderr });
@@ -18,8 +21,29 @@ function vmsynth(args: string[], env: Record<string, string> = {}): Promise<{ co
   });
 }
 
-const commands = [[], ['demo'], ['guest'], ['guest', 'build'], ['base'], ['base', 'create'], ['base', 'list'], ['base', 'verify'], ['base', 'resume'], ['clean'],
-  ['key'], ['key', 'generate'], ['key', 'trust'], ['overlay'], ['overlay', 'create'], ['overlay', 'inspect'], ['overlay', 'verify'], ['overlay', 'apply'], ['overlay', 'profile'], ['serve'], ['synth']];
+const commands = [
+  [],
+  ['demo'],
+  ['guest'],
+  ['guest', 'build'],
+  ['base'],
+  ['base', 'create'],
+  ['base', 'list'],
+  ['base', 'verify'],
+  ['base', 'resume'],
+  ['clean'],
+  ['key'],
+  ['key', 'generate'],
+  ['key', 'trust'],
+  ['overlay'],
+  ['overlay', 'create'],
+  ['overlay', 'inspect'],
+  ['overlay', 'verify'],
+  ['overlay', 'apply'],
+  ['overlay', 'profile'],
+  ['serve'],
+  ['synth'],
+];
 
 t.test('every command has --help', async (t) => {
   // All at once (each is a process of its own), checked in order.
@@ -31,7 +55,8 @@ t.test('every command has --help', async (t) => {
 });
 
 /** The error of a command run with --json: its last stdout line. */
-const jsonError = (stdout: string) => (JSON.parse(stdout.trim().split('\n').at(-1)!) as { error: { code: string; details?: object } }).error;
+const jsonError = (stdout: string) =>
+  (JSON.parse(stdout.trim().split('\n').at(-1)!) as { error: { code: string; details?: object } }).error;
 
 t.test('usage errors exit 64', async (t) => {
   t.equal((await vmsynth(['frobnicate'])).code, 64);
@@ -39,8 +64,11 @@ t.test('usage errors exit 64', async (t) => {
   const r = await vmsynth(['base', 'create', 'x', '--kernel', '/k', '--json']);
   t.equal(r.code, ERRORS.VMS_USAGE.exit);
   t.match(r.stderr, /error VMS_USAGE/);
-  t.match(jsonError(r.stdout), { code: 'VMS_USAGE', details: { together: ['--kernel', '--initrd', '--disk'], given: ['--kernel'] } },
-    '--kernel alone: the three go together');
+  t.match(
+    jsonError(r.stdout),
+    { code: 'VMS_USAGE', details: { together: ['--kernel', '--initrd', '--disk'], given: ['--kernel'] } },
+    '--kernel alone: the three go together',
+  );
   const d = await vmsynth(['base', 'create', 'x', '--debian', '--disk', '/d', '--json']);
   t.equal(d.code, ERRORS.VMS_USAGE.exit, '--debian with a disk of your own is a usage error');
   t.match(jsonError(d.stdout), { code: 'VMS_USAGE', details: { flag: '--debian', conflicts: ['--disk'] } });
@@ -50,8 +78,11 @@ t.test('usage errors exit 64', async (t) => {
   t.match(p.stderr, /error VMS_USAGE/);
   const { parsePolicy } = await import('../lib/cli/synth-commands.js');
   const allowed = ['early-start', 'baseline', 'demand-only'];
-  t.throws(() => parsePolicy('eager'), { code: 'VMS_USAGE', details: { flag: '--policy', value: 'eager', allowed } },
-    'the parser says which flag and what it allows');
+  t.throws(
+    () => parsePolicy('eager'),
+    { code: 'VMS_USAGE', details: { flag: '--policy', value: 'eager', allowed } },
+    'the parser says which flag and what it allows',
+  );
   const s = await vmsynth(['synth', '--server', 'host:99999', '--overlay', '/nonexistent', '--json']);
   t.equal(s.code, 64);
   t.match(jsonError(s.stdout), { code: 'VMS_USAGE', details: { flag: '--server', value: 'host:99999' } });
@@ -86,12 +117,19 @@ t.test('key generate, then overlay inspect/verify/apply of a generated overlay, 
   t.equal(k.code, 0);
   const key = JSON.parse(k.stdout.trim().split('\n').at(-1)!) as { keyId: string };
   t.match(key.keyId, /^[0-9a-f]{16}$/);
-  const pair = await generatePair(process.env.VMSYNTH_BASE_DIR!, 'cli', path.join(testRoot, 'custom'), { memChunks: 512, diskChunks: 256, each: 8 });
+  const pair = await generatePair(process.env.VMSYNTH_BASE_DIR!, 'cli', path.join(testRoot, 'custom'), {
+    memChunks: 512,
+    diskChunks: 256,
+    each: 8,
+  });
   const base = await loadBase('cli');
   const ov = path.join(testRoot, 'ov');
   await buildOverlay({
     base: baseInput(base),
-    custom: pair.custom, appPort: 8000, key: await loadSigningKey(key.keyId), out: ov,
+    custom: pair.custom,
+    appPort: 8000,
+    key: await loadSigningKey(key.keyId),
+    out: ov,
   });
   const i = await vmsynth(['overlay', 'inspect', ov, '--json']);
   t.equal(i.code, 0);
@@ -102,15 +140,43 @@ t.test('key generate, then overlay inspect/verify/apply of a generated overlay, 
   t.equal((await vmsynth(['overlay', 'verify', ov])).code, 0);
   const a = await vmsynth(['overlay', 'apply', ov, '--out', path.join(testRoot, 'synth'), '--json']);
   t.equal(a.code, 0);
-  t.equal((JSON.parse(a.stdout.trim().split('\n').at(-1)!) as { base: string }).base, 'cli', 'the base was found by its hashes');
+  t.equal(
+    (JSON.parse(a.stdout.trim().split('\n').at(-1)!) as { base: string }).base,
+    'cli',
+    'the base was found by its hashes',
+  );
   const again = await vmsynth(['overlay', 'apply', ov, '--out', path.join(testRoot, 'synth'), '--json']);
   t.equal(again.code, ERRORS.VMS_OVERLAY_EXISTS.exit);
   t.equal((JSON.parse(again.stdout.trim()) as { error: { code: string } }).error.code, 'VMS_OVERLAY_EXISTS');
-  t.equal((await vmsynth(['overlay', 'create', '--base', 'cli', '--out', path.join(testRoot, 'x')])).code, ERRORS.VMS_USAGE.exit, 'nothing to customize is a usage error');
-  t.equal((await vmsynth(['overlay', 'verify', path.join(testRoot, 'nope')])).code, ERRORS.VMS_USAGE.exit, 'not an overlay directory');
-  t.equal((await vmsynth(['overlay', 'profile', ov, '--out', ov])).code, ERRORS.VMS_USAGE.exit, 'profiling over its own input is refused');
-  t.equal((await vmsynth(['overlay', 'profile', ov, '--out', path.join(testRoot, 'p'), '--runs', '0'])).code, ERRORS.VMS_USAGE.exit, '--runs 0 is a usage error');
+  t.equal(
+    (await vmsynth(['overlay', 'create', '--base', 'cli', '--out', path.join(testRoot, 'x')])).code,
+    ERRORS.VMS_USAGE.exit,
+    'nothing to customize is a usage error',
+  );
+  t.equal(
+    (await vmsynth(['overlay', 'verify', path.join(testRoot, 'nope')])).code,
+    ERRORS.VMS_USAGE.exit,
+    'not an overlay directory',
+  );
+  t.equal(
+    (await vmsynth(['overlay', 'profile', ov, '--out', ov])).code,
+    ERRORS.VMS_USAGE.exit,
+    'profiling over its own input is refused',
+  );
+  t.equal(
+    (await vmsynth(['overlay', 'profile', ov, '--out', path.join(testRoot, 'p'), '--runs', '0'])).code,
+    ERRORS.VMS_USAGE.exit,
+    '--runs 0 is a usage error',
+  );
   const exists = await vmsynth(['overlay', 'profile', ov, '--out', path.join(testRoot, 'synth'), '--json']);
-  t.equal((JSON.parse(exists.stdout.trim()) as { error: { code: string } }).error.code, 'VMS_OVERLAY_EXISTS', 'an existing output is refused before any work');
-  t.same((await fsp.readdir(testRoot)).filter((n) => n.includes('.work-')), [], 'and leaves no work directory');
+  t.equal(
+    (JSON.parse(exists.stdout.trim()) as { error: { code: string } }).error.code,
+    'VMS_OVERLAY_EXISTS',
+    'an existing output is refused before any work',
+  );
+  t.same(
+    (await fsp.readdir(testRoot)).filter((n) => n.includes('.work-')),
+    [],
+    'and leaves no work directory',
+  );
 });

@@ -25,16 +25,27 @@ export async function markEntry(dir: string, made: MadeOver): Promise<void> {
 
 /** The memory image hash of the base in `dir`, or null when no loadable base is there. */
 function liveBaseSha(dir: string): Promise<string | null> {
-  return loadBase(dir).then((b) => b.manifest.memory.sha256, () => null);
+  return loadBase(dir).then(
+    (b) => b.manifest.memory.sha256,
+    () => null,
+  );
 }
 
 /** Removes `<app>-*` entries under `root` other than `keep` that are stale for `made`; returns them. */
-export async function pruneAppEntries(root: string, app: string, keep: string, made: MadeOver, baseSha = liveBaseSha): Promise<string[]> {
+export async function pruneAppEntries(
+  root: string,
+  app: string,
+  keep: string,
+  made: MadeOver,
+  baseSha = liveBaseSha,
+): Promise<string[]> {
   const removed: string[] = [];
   for (const name of await fsp.readdir(root).catch(() => [] as string[])) {
     if (!name.startsWith(`${app}-`) || name === keep) continue;
     const dir = path.join(root, name);
-    const other = JSON.parse(await fsp.readFile(path.join(dir, MADE_OVER), 'utf8').catch(() => 'null')) as MadeOver | null;
+    const other = JSON.parse(
+      await fsp.readFile(path.join(dir, MADE_OVER), 'utf8').catch(() => 'null'),
+    ) as MadeOver | null;
     if (!other) continue;
     if (other.baseDir !== made.baseDir && (await baseSha(other.baseDir)) === other.memorySha256) continue;
     await fsp.rm(dir, { recursive: true, force: true });

@@ -32,25 +32,55 @@ export function knownCode(code: unknown): ErrorCode {
  * rejected as a VmsynthError with its code and `client (<label>): ` before
  * the message).
  */
-export function runClient(netns: string, server: string, overlay: string, policy: Policy, request: ClientRequest,
-  timeoutS: number, signal: AbortSignal, label: string): Promise<SynthesizeResult> {
-  const args = ['netns', 'exec', netns, process.execPath, CLI, 'synth', '--server', server, '--overlay', overlay,
-    '--policy', policy, '--path', request.path,
+export function runClient(
+  netns: string,
+  server: string,
+  overlay: string,
+  policy: Policy,
+  request: ClientRequest,
+  timeoutS: number,
+  signal: AbortSignal,
+  label: string,
+): Promise<SynthesizeResult> {
+  const args = [
+    'netns',
+    'exec',
+    netns,
+    process.execPath,
+    CLI,
+    'synth',
+    '--server',
+    server,
+    '--overlay',
+    overlay,
+    '--policy',
+    policy,
+    '--path',
+    request.path,
     ...(request.method ? ['--method', request.method] : []),
     ...(request.bodyFile ? ['--request', request.bodyFile] : []),
-    '--timeout', String(timeoutS), '--json'];
+    '--timeout',
+    String(timeoutS),
+    '--json',
+  ];
   return new Promise((resolve, reject) => {
-    execFile('ip', args, { signal, maxBuffer: 16 * MIB, env: { ...process.env, LOG_LEVEL: 'warn' } }, (err, stdout, stderr) => {
-      if (signal.aborted) return reject(abortReason(signal));
-      let last: { error?: { code?: string; message?: string } } & Partial<SynthesizeResult> = {};
-      try {
-        last = JSON.parse(stdout.trim().split('\n').at(-1) ?? '') as typeof last;
-      } catch {
-        // no JSON: the client died before printing; stderr says why
-      }
-      if (!err && !last.error && last.timeline) return resolve(last as SynthesizeResult);
-      const why = last.error?.message ?? (stderr.trim().split('\n').slice(-5).join('\n') || err?.message || 'no result');
-      reject(new VmsynthError(knownCode(last.error?.code), `client (${label}): ${why}`));
-    });
+    execFile(
+      'ip',
+      args,
+      { signal, maxBuffer: 16 * MIB, env: { ...process.env, LOG_LEVEL: 'warn' } },
+      (err, stdout, stderr) => {
+        if (signal.aborted) return reject(abortReason(signal));
+        let last: { error?: { code?: string; message?: string } } & Partial<SynthesizeResult> = {};
+        try {
+          last = JSON.parse(stdout.trim().split('\n').at(-1) ?? '') as typeof last;
+        } catch {
+          // no JSON: the client died before printing; stderr says why
+        }
+        if (!err && !last.error && last.timeline) return resolve(last as SynthesizeResult);
+        const why =
+          last.error?.message ?? (stderr.trim().split('\n').slice(-5).join('\n') || err?.message || 'no result');
+        reject(new VmsynthError(knownCode(last.error?.code), `client (${label}): ${why}`));
+      },
+    );
   });
 }

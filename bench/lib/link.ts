@@ -63,8 +63,12 @@ export function netnsFor(pid: number, names: LinkNames): Netns {
   const net = `10.${names.octet}.${block >> 6}.`;
   const host = (block & 63) * 4;
   return {
-    ns: `${names.ns}${pid}`, hostDev: `${names.dev}${pid}h`, nsDev: `${names.dev}${pid}n`,
-    hostAddr: `${net}${host + 1}`, nsAddr: `${net}${host + 2}`, bench: names.bench,
+    ns: `${names.ns}${pid}`,
+    hostDev: `${names.dev}${pid}h`,
+    nsDev: `${names.dev}${pid}n`,
+    hostAddr: `${net}${host + 1}`,
+    nsAddr: `${net}${host + 2}`,
+    bench: names.bench,
   };
 }
 
@@ -75,19 +79,28 @@ export function tmpDirFor(pid: number, names: LinkNames): string {
 
 export function linkError(bench: string, what: string, err: unknown): VmsynthError {
   const detail = err instanceof Error ? err.message : String(err);
-  return new VmsynthError('VMS_USAGE', `the ${bench} bench emulates its link with a network namespace, a veth pair and tc tbf, as root; ${what}: ${detail}`, { cause: err });
+  return new VmsynthError(
+    'VMS_USAGE',
+    `the ${bench} bench emulates its link with a network namespace, a veth pair and tc tbf, as root; ${what}: ${detail}`,
+    { cause: err },
+  );
 }
 
 const ip = (args: string[]) => exec('ip', args);
 
 /** `cmd args` run inside the namespace. */
-export const inNs = (n: Netns, cmd: string, args: string[]): Promise<ExecResult> => exec('ip', ['netns', 'exec', n.ns, cmd, ...args]);
+export const inNs = (n: Netns, cmd: string, args: string[]): Promise<ExecResult> =>
+  exec('ip', ['netns', 'exec', n.ns, cmd, ...args]);
 
 /** Fails with what is missing when `ip netns` or `tc` cannot be used here. */
 export async function checkLinkTools(names: LinkNames): Promise<void> {
   if (process.getuid?.() !== 0) throw linkError(names.bench, 'not running as root', `uid ${process.getuid?.()}`);
-  await ip(['netns', 'list']).catch((err: unknown) => { throw linkError(names.bench, '`ip netns list` failed (iproute2 missing, or no network namespace support)', err); });
-  await exec('tc', ['-V']).catch((err: unknown) => { throw linkError(names.bench, '`tc` is missing (install iproute2)', err); });
+  await ip(['netns', 'list']).catch((err: unknown) => {
+    throw linkError(names.bench, '`ip netns list` failed (iproute2 missing, or no network namespace support)', err);
+  });
+  await exec('tc', ['-V']).catch((err: unknown) => {
+    throw linkError(names.bench, '`tc` is missing (install iproute2)', err);
+  });
 }
 
 const reEscape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
@@ -111,7 +124,8 @@ export async function removeStale(names: LinkNames): Promise<void> {
   }
   for (const name of await fsp.readdir(os.tmpdir())) {
     const pid = Number(name.startsWith(names.tmp) ? name.slice(names.tmp.length) : NaN);
-    if (pid && pid !== process.pid && !processAlive(pid)) await fsp.rm(path.join(os.tmpdir(), name), { recursive: true, force: true });
+    if (pid && pid !== process.pid && !processAlive(pid))
+      await fsp.rm(path.join(os.tmpdir(), name), { recursive: true, force: true });
   }
 }
 
@@ -135,11 +149,28 @@ export async function createLinkPair(scope: Scope, n: Netns): Promise<void> {
 
 /** Shapes both directions: a tbf root qdisc on each end (replacing the previous link's). */
 export async function shape(n: Netns, link: Link): Promise<void> {
-  const tbf = (dev: string) => ['qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', `${link.rateMbit}mbit`, 'burst', link.burst, 'latency', link.latency];
+  const tbf = (dev: string) => [
+    'qdisc',
+    'replace',
+    'dev',
+    dev,
+    'root',
+    'tbf',
+    'rate',
+    `${link.rateMbit}mbit`,
+    'burst',
+    link.burst,
+    'latency',
+    link.latency,
+  ];
   try {
     await exec('tc', tbf(n.hostDev));
     await inNs(n, 'tc', tbf(n.nsDev));
   } catch (err) {
-    throw linkError(n.bench, `shaping the veth pair to ${link.rateMbit} Mbit/s failed (is the tbf qdisc, CONFIG_NET_SCH_TBF, in this kernel?)`, err);
+    throw linkError(
+      n.bench,
+      `shaping the veth pair to ${link.rateMbit} Mbit/s failed (is the tbf qdisc, CONFIG_NET_SCH_TBF, in this kernel?)`,
+      err,
+    );
   }
 }

@@ -21,7 +21,12 @@ export interface ApplyStats {
 }
 
 /** Applies the overlay in `dir` onto copies of base (memory, disk) in out, with `threads` workers. */
-export type ApplyFn = (dir: string, base: [string, string], out: [string, string], threads: number) => Promise<ApplyStats>;
+export type ApplyFn = (
+  dir: string,
+  base: [string, string],
+  out: [string, string],
+  threads: number,
+) => Promise<ApplyStats>;
 
 export interface Revision {
   /** The commit it resolved to. */
@@ -35,19 +40,32 @@ export async function loadRevision(rev: string, tmp: string): Promise<Revision> 
   const commit = (await exec('git', ['-C', root, 'rev-parse', '--verify', `${rev}^{commit}`])).stdout.trim();
   const dir = path.join(tmp, `rev-${commit.slice(0, 12)}`);
   await fsp.mkdir(dir, { recursive: true });
-  await exec('bash', ['-c', 'git -C "$1" archive "$2" lib tsconfig.json package.json | tar -x -C "$3"', 'archive', root, commit, dir]);
+  await exec('bash', [
+    '-c',
+    'git -C "$1" archive "$2" lib tsconfig.json package.json | tar -x -C "$3"',
+    'archive',
+    root,
+    commit,
+    dir,
+  ]);
   await fsp.symlink(path.join(root, 'node_modules'), path.join(dir, 'node_modules'));
   await exec(path.join(root, 'node_modules', '.bin', 'tsc'), ['-p', dir]);
   // The revision's modules, typed as the parts this uses (older revisions take open files, newer ones paths).
-  const mod = <T>(rel: string): Promise<T> => import(pathToFileURL(path.join(dir, 'dist', 'lib', 'overlay', rel)).href) as Promise<T>;
+  const mod = <T>(rel: string): Promise<T> =>
+    import(pathToFileURL(path.join(dir, 'dist', 'lib', 'overlay', rel)).href) as Promise<T>;
   type Opened = object;
   type Apply<F> = (overlay: Opened, base: F, out: F, opts: { threads: number }) => Promise<ApplyStats>;
   interface OpenFile {
     close(): void;
   }
-  const { Overlay } = await mod<{ Overlay: { open(dir: string, opts: { trusted: null }): Promise<Opened> } }>('reader.js');
+  const { Overlay } = await mod<{ Overlay: { open(dir: string, opts: { trusted: null }): Promise<Opened> } }>(
+    'reader.js',
+  );
   const open = (d: string) => Overlay.open(d, { trusted: null });
-  const hasRebuild = await fsp.stat(path.join(dir, 'dist', 'lib', 'overlay', 'image-rebuild.js')).then(() => true, () => false);
+  const hasRebuild = await fsp.stat(path.join(dir, 'dist', 'lib', 'overlay', 'image-rebuild.js')).then(
+    () => true,
+    () => false,
+  );
   if (hasRebuild) {
     const { applyToImages } = await mod<{ applyToImages: Apply<[string, string]> }>('image-rebuild.js');
     return { commit, apply: async (d, base, out, threads) => applyToImages(await open(d), base, out, { threads }) };

@@ -34,7 +34,13 @@ export interface Sample {
 export interface CellSummary {
   n: number;
   failures: number;
-  firstResponseMs: { p50: number | null; p90: number | null; min: number | null; max: number | null; mean: number | null };
+  firstResponseMs: {
+    p50: number | null;
+    p90: number | null;
+    min: number | null;
+    max: number | null;
+    mean: number | null;
+  };
   bytesBeforeFirstResponse: number | null;
   resumedMs: number | null;
   repliesMatchingLocal: number;
@@ -50,8 +56,19 @@ export interface Timeline {
 export interface LinkResult {
   link: Link & { delay: string };
   summary: Record<SuitePolicyName, CellSummary>;
-  floor: { neededBytes: number; manifestBytes: number; transferMs: number; localFirstResponseMs: number; floorMs: number };
-  ratios: { baselineOverEarlyStart: number | null; earlyStartOverFloor: number | null; remoteInstallOverEarlyStart: number | null; demandOnlyOverEarlyStart: number | null };
+  floor: {
+    neededBytes: number;
+    manifestBytes: number;
+    transferMs: number;
+    localFirstResponseMs: number;
+    floorMs: number;
+  };
+  ratios: {
+    baselineOverEarlyStart: number | null;
+    earlyStartOverFloor: number | null;
+    remoteInstallOverEarlyStart: number | null;
+    demandOnlyOverEarlyStart: number | null;
+  };
   samples: Record<string, Sample[]>;
   failures: Record<string, string[]>;
   timeline: Timeline | null;
@@ -72,7 +89,13 @@ export interface AppResult {
     ratioVsNaive: number;
     ratioVsElijah: number;
   };
-  prep: { cached: boolean; createMs: number | null; customizeMs: number | null; profileMs: number | null; elijahMs: number | null };
+  prep: {
+    cached: boolean;
+    createMs: number | null;
+    customizeMs: number | null;
+    profileMs: number | null;
+    elijahMs: number | null;
+  };
   overlay: { segments: number; segmentBytes: number; bytes: number; manifestBytes: number };
   local: { firstResponseMs: number[]; p50: number; reply: string };
   links: Record<string, LinkResult>;
@@ -127,14 +150,17 @@ export const ELIJAH: Record<string, { diskMB: number; memoryMB: number; installM
  */
 export function checkSuiteResult(r: SuiteResult): string[] {
   const problems: string[] = [];
-  const need = (ok: boolean, what: string) => { if (!ok) problems.push(what); };
+  const need = (ok: boolean, what: string) => {
+    if (!ok) problems.push(what);
+  };
   const pos = (v: unknown) => typeof v === 'number' && Number.isFinite(v) && v > 0;
   need(r.apps.length > 0, 'no apps');
   need(r.links.length > 0, 'no links');
   need(Number.isInteger(r.runs) && r.runs >= 1, 'runs is not a positive integer');
   for (const a of r.apps) {
     const at = `${a.app}:`;
-    for (const k of ['total', 'segments', 'manifest'] as const) need(pos(a.sizes.overlay[k]), `${at} overlay ${k} size`);
+    for (const k of ['total', 'segments', 'manifest'] as const)
+      need(pos(a.sizes.overlay[k]), `${at} overlay ${k} size`);
     need(pos(a.sizes.naive.total), `${at} naive size`);
     need(pos(a.sizes.elijah.total), `${at} Elijah-scheme size`);
     need(pos(a.sizes.ratioVsNaive) && pos(a.sizes.ratioVsElijah), `${at} size ratios`);
@@ -143,13 +169,25 @@ export function checkSuiteResult(r: SuiteResult): string[] {
     need(a.local.reply.length > 2, `${at} local reply`);
     for (const l of r.links) {
       const lr = a.links[l];
-      if (!lr) { problems.push(`${at} no results for link ${l}`); continue; }
+      if (!lr) {
+        problems.push(`${at} no results for link ${l}`);
+        continue;
+      }
       for (const p of measured(r)) {
         const c = lr.summary[p];
-        if (!c) { problems.push(`${at}${l}/${p}: no summary`); continue; }
-        need(c.n >= 1 && c.n + c.failures === r.runs && (lr.failures[p]?.length ?? 0) === c.failures, `${at}${l}/${p}: ${c.n} of ${r.runs} runs succeeded${lr.failures[p]?.length ? ` (${lr.failures[p][0]!.slice(0, 200)})` : ''}, ${c.failures} failed`);
+        if (!c) {
+          problems.push(`${at}${l}/${p}: no summary`);
+          continue;
+        }
+        need(
+          c.n >= 1 && c.n + c.failures === r.runs && (lr.failures[p]?.length ?? 0) === c.failures,
+          `${at}${l}/${p}: ${c.n} of ${r.runs} runs succeeded${lr.failures[p]?.length ? ` (${lr.failures[p][0]!.slice(0, 200)})` : ''}, ${c.failures} failed`,
+        );
         need(pos(c.firstResponseMs.p50), `${at}${l}/${p}: no first-response time`);
-        need(c.repliesMatchingLocal === c.n, `${at}${l}/${p}: ${c.n - c.repliesMatchingLocal} replies differ from the local VM's`);
+        need(
+          c.repliesMatchingLocal === c.n,
+          `${at}${l}/${p}: ${c.n - c.repliesMatchingLocal} replies differ from the local VM's`,
+        );
         need((lr.samples[p]?.length ?? 0) === c.n, `${at}${l}/${p}: samples missing`);
       }
       need(pos(lr.floor.floorMs), `${at}${l}: floor`);
@@ -179,7 +217,18 @@ export function failedRuns(r: SuiteResult): string[] {
 
 /** The runs a result is made of: its parts when merged, else itself. */
 export function partsOf(r: SuiteResult): RunPart[] {
-  return r.parts ?? [{ apps: r.apps.map((a) => a.app), links: [...r.links], at: r.at, finishedAt: r.finishedAt, command: r.command, host: r.host }];
+  return (
+    r.parts ?? [
+      {
+        apps: r.apps.map((a) => a.app),
+        links: [...r.links],
+        at: r.at,
+        finishedAt: r.finishedAt,
+        command: r.command,
+        host: r.host,
+      },
+    ]
+  );
 }
 
 /**
@@ -197,7 +246,11 @@ export function mergeSuiteResults(rs: SuiteResult[]): SuiteResult {
   const sorted = [...rs].sort((a, b) => a.at.localeCompare(b.at));
   const first = sorted[0]!;
   const same = (what: string, want: unknown, got: unknown) => {
-    if (JSON.stringify(got) !== JSON.stringify(want)) throw new VmsynthError('VMS_USAGE', `the results differ in ${what} (${JSON.stringify(want)} vs ${JSON.stringify(got)}): merge only runs made on the same host and base with the same options`);
+    if (JSON.stringify(got) !== JSON.stringify(want))
+      throw new VmsynthError(
+        'VMS_USAGE',
+        `the results differ in ${what} (${JSON.stringify(want)} vs ${JSON.stringify(got)}): merge only runs made on the same host and base with the same options`,
+      );
   };
   for (const r of sorted) {
     same('quick mode', first.quick, r.quick);
@@ -217,7 +270,11 @@ export function mergeSuiteResults(rs: SuiteResult[]): SuiteResult {
       }
       same(`${a.app}'s overlay`, { sizes: had.sizes, overlay: had.overlay }, { sizes: a.sizes, overlay: a.overlay });
       for (const [l, lr] of Object.entries(a.links)) {
-        if (had.links[l]) throw new VmsynthError('VMS_USAGE', `${a.app} at ${l} is in more than one result: merge runs of different cells`);
+        if (had.links[l])
+          throw new VmsynthError(
+            'VMS_USAGE',
+            `${a.app} at ${l} is in more than one result: merge runs of different cells`,
+          );
         had.links[l] = lr;
       }
     }
@@ -226,9 +283,16 @@ export function mergeSuiteResults(rs: SuiteResult[]): SuiteResult {
   return {
     ...first,
     at: parts[0]!.at,
-    finishedAt: parts.map((p) => p.finishedAt).sort().at(-1)!,
+    finishedAt: parts
+      .map((p) => p.finishedAt)
+      .sort()
+      .at(-1)!,
     command: parts.map((p) => p.command).join(' && '),
-    host: { loadavgAtStart: parts[0]!.host.loadavgAtStart, loadavgAtEnd: parts.at(-1)!.host.loadavgAtEnd, memGiB: first.host.memGiB },
+    host: {
+      loadavgAtStart: parts[0]!.host.loadavgAtStart,
+      loadavgAtEnd: parts.at(-1)!.host.loadavgAtEnd,
+      memGiB: first.host.memGiB,
+    },
     links: [...new Set(sorted.flatMap((r) => r.links))],
     apps: [...apps.values()],
     parts,
@@ -243,13 +307,19 @@ const s1 = (ms: number | null | undefined) => (ms == null ? '—' : (ms / 1000).
 const x = (v: number | null | undefined) => (v == null ? '—' : `${v}×`);
 
 export function summaryText(r: SuiteResult): string {
-  const lines = [`benchmark suite (${r.accel.toUpperCase()}, ${r.cpus} CPUs, n=${r.runs} per cell${r.quick ? ', quick' : ''})`];
+  const lines = [
+    `benchmark suite (${r.accel.toUpperCase()}, ${r.cpus} CPUs, n=${r.runs} per cell${r.quick ? ', quick' : ''})`,
+  ];
   for (const a of r.apps) {
-    lines.push(`${a.app}: overlay ${mb(a.sizes.overlay.total, 2)} MB (disk ${mb(a.sizes.overlay.disk, 2)} + memory ${mb(a.sizes.overlay.memory, 2)}), naive ${mb(a.sizes.naive.total, 2)} MB (${a.sizes.ratioVsNaive}), Elijah's scheme ${mb(a.sizes.elijah.total, 2)} MB (${a.sizes.ratioVsElijah}); local first response p50 ${s1(a.local.p50)} s`);
+    lines.push(
+      `${a.app}: overlay ${mb(a.sizes.overlay.total, 2)} MB (disk ${mb(a.sizes.overlay.disk, 2)} + memory ${mb(a.sizes.overlay.memory, 2)}), naive ${mb(a.sizes.naive.total, 2)} MB (${a.sizes.ratioVsNaive}), Elijah's scheme ${mb(a.sizes.elijah.total, 2)} MB (${a.sizes.ratioVsElijah}); local first response p50 ${s1(a.local.p50)} s`,
+    );
     for (const l of r.links) {
       const lr = a.links[l]!;
       const cells = POLICIES.map((p) => `${p} ${s1(lr.summary[p].firstResponseMs.p50)} s`).join(', ');
-      lines.push(`  ${l}: ${cells}; floor ${s1(lr.floor.floorMs)} s; baseline/early ${x(lr.ratios.baselineOverEarlyStart)}, early/floor ${x(lr.ratios.earlyStartOverFloor)}, install/early ${x(lr.ratios.remoteInstallOverEarlyStart)}`);
+      lines.push(
+        `  ${l}: ${cells}; floor ${s1(lr.floor.floorMs)} s; baseline/early ${x(lr.ratios.baselineOverEarlyStart)}, early/floor ${x(lr.ratios.earlyStartOverFloor)}, install/early ${x(lr.ratios.remoteInstallOverEarlyStart)}`,
+      );
     }
   }
   return lines.join('\n');
@@ -264,72 +334,187 @@ function table(out: string[], heading: string, header: string[], rows: string[][
 }
 
 /** One row per app and link, in the result's order. */
-function cells(r: SuiteResult, row: (a: AppResult, link: string, lr: AppResult['links'][string]) => string[]): string[][] {
+function cells(
+  r: SuiteResult,
+  row: (a: AppResult, link: string, lr: AppResult['links'][string]) => string[],
+): string[][] {
   return r.apps.flatMap((a) => r.links.map((l) => row(a, l, a.links[l]!)));
 }
 
 export function renderMarkdown(r: SuiteResult, where: { json: string; plots: string[] }): string {
   const out: string[] = [];
-  out.push('# Benchmarks: real apps against Elijah\'s table', '');
-  const when = (p: RunPart) => `${p.at.slice(0, 16).replace('T', ' ')} UTC to ${p.finishedAt.slice(0, 16).replace('T', ' ')} UTC`;
-  const load = (p: RunPart) => `${p.host.loadavgAtStart.join(' / ')} at the start, ${p.host.loadavgAtEnd.join(' / ')} at the end`;
+  out.push("# Benchmarks: real apps against Elijah's table", '');
+  const when = (p: RunPart) =>
+    `${p.at.slice(0, 16).replace('T', ' ')} UTC to ${p.finishedAt.slice(0, 16).replace('T', ' ')} UTC`;
+  const load = (p: RunPart) =>
+    `${p.host.loadavgAtStart.join(' / ')} at the start, ${p.host.loadavgAtEnd.join(' / ')} at the end`;
   const parts = partsOf(r);
   if (parts.length > 1) {
-    out.push(`Generated by bench/suite.ts from ${parts.length} runs, merged by \`npm run bench -- suite --render A.json,B.json\`; raw results: \`${where.json}\`. Do not edit by hand: re-run the suite. The analysis below the tables comes from docs/benchmarks-notes.md.`, '');
-    for (const p of parts) out.push(`- ${p.apps.join(', ')} at ${p.links.join(', ')}: \`${p.command}\`, ${when(p)}; load average ${load(p)}.`);
+    out.push(
+      `Generated by bench/suite.ts from ${parts.length} runs, merged by \`npm run bench -- suite --render A.json,B.json\`; raw results: \`${where.json}\`. Do not edit by hand: re-run the suite. The analysis below the tables comes from docs/benchmarks-notes.md.`,
+      '',
+    );
+    for (const p of parts)
+      out.push(
+        `- ${p.apps.join(', ')} at ${p.links.join(', ')}: \`${p.command}\`, ${when(p)}; load average ${load(p)}.`,
+      );
     out.push('');
   } else {
-    out.push(`Generated by \`${r.command}\` (bench/suite.ts) from the run of ${when(parts[0]!)}; raw results: \`${where.json}\`. Do not edit by hand: re-run the suite. The analysis below the tables comes from docs/benchmarks-notes.md.`, '');
+    out.push(
+      `Generated by \`${r.command}\` (bench/suite.ts) from the run of ${when(parts[0]!)}; raw results: \`${where.json}\`. Do not edit by hand: re-run the suite. The analysis below the tables comes from docs/benchmarks-notes.md.`,
+      '',
+    );
   }
   out.push('## Setup', '');
-  out.push(`- Host: ${r.cpus} CPUs, ${r.host.memGiB} GiB, ${r.accel.toUpperCase()} (${r.accelReason}).${parts.length > 1 ? '' : ` Load average ${load(parts[0]!)}.`}`);
-  out.push(`- Base VM: Debian ${r.base.suite} minbase + python3 + iproute2 (\`vmsynth base create debian --debian\`), ${r.base.memoryMiB} MiB of memory, ${(r.base.diskBytes / 2 ** 30).toFixed(0)} GiB ext4 disk, kernel ${r.base.kernel}; boots to its placeholder app in ${s1(r.base.bootMs)} s. Elijah's bases: Ubuntu 12.04 / Windows 7, 8 GB disk, 1 GB memory.`);
-  out.push('- Each app is installed from Debian packages (`--no-install-recommends`) from a local apt repository of exactly those .debs, started behind guest/apps/offload-server.py and warmed with one request; the custom VM is saved and built into an overlay, then re-packed in the access order of its first request (`vmsynth overlay profile`).');
-  out.push(`- Links: a veth pair into a network namespace, both directions shaped by tc tbf; ${r.links.map((l) => `${l} ${r.apps[0]?.links[l]?.link.rateMbit ?? '?'} Mbit/s`).join(', ')}; no added delay (this kernel has no netem).`);
-  out.push('- Policies, each timed from the client starting to the app\'s reply to its real first request:');
-  out.push('  - **baseline**: the whole overlay is sent, verified, applied, then the VM is resumed (Elijah\'s baseline synthesis, to first response);');
-  out.push('  - **early-start**: vmsynth\'s default: the VM resumes at once over FUSE; segments stream in access order and demand fetches jump the queue;');
+  out.push(
+    `- Host: ${r.cpus} CPUs, ${r.host.memGiB} GiB, ${r.accel.toUpperCase()} (${r.accelReason}).${parts.length > 1 ? '' : ` Load average ${load(parts[0]!)}.`}`,
+  );
+  out.push(
+    `- Base VM: Debian ${r.base.suite} minbase + python3 + iproute2 (\`vmsynth base create debian --debian\`), ${r.base.memoryMiB} MiB of memory, ${(r.base.diskBytes / 2 ** 30).toFixed(0)} GiB ext4 disk, kernel ${r.base.kernel}; boots to its placeholder app in ${s1(r.base.bootMs)} s. Elijah's bases: Ubuntu 12.04 / Windows 7, 8 GB disk, 1 GB memory.`,
+  );
+  out.push(
+    '- Each app is installed from Debian packages (`--no-install-recommends`) from a local apt repository of exactly those .debs, started behind guest/apps/offload-server.py and warmed with one request; the custom VM is saved and built into an overlay, then re-packed in the access order of its first request (`vmsynth overlay profile`).',
+  );
+  out.push(
+    `- Links: a veth pair into a network namespace, both directions shaped by tc tbf; ${r.links.map((l) => `${l} ${r.apps[0]?.links[l]?.link.rateMbit ?? '?'} Mbit/s`).join(', ')}; no added delay (this kernel has no netem).`,
+  );
+  out.push("- Policies, each timed from the client starting to the app's reply to its real first request:");
+  out.push(
+    "  - **baseline**: the whole overlay is sent, verified, applied, then the VM is resumed (Elijah's baseline synthesis, to first response);",
+  );
+  out.push(
+    "  - **early-start**: vmsynth's default: the VM resumes at once over FUSE; segments stream in access order and demand fetches jump the queue;",
+  );
   out.push('  - **demand-only**: the VM resumes at once and only what it reads is sent;');
-  out.push('  - **remote-install**: the base VM is resumed and the same .debs are installed with apt from a repository served inside the namespace, over the same link; then the server starts and answers. The request itself is sent from the host, not over the link.');
-  out.push(`- Floor: the bytes the first response needs (demand-only's segment bytes before it, plus the manifest) at the link rate, plus a local resume of the fully synthesized VM to its first response. n = ${r.runs} per cell, round-robin over policies; p50 shown.`, '');
+  out.push(
+    '  - **remote-install**: the base VM is resumed and the same .debs are installed with apt from a repository served inside the namespace, over the same link; then the server starts and answers. The request itself is sent from the host, not over the link.',
+  );
+  out.push(
+    `- Floor: the bytes the first response needs (demand-only's segment bytes before it, plus the manifest) at the link rate, plus a local resume of the fully synthesized VM to its first response. n = ${r.runs} per cell, round-robin over policies; p50 shown.`,
+    '',
+  );
 
-  out.push('## Elijah\'s table, and ours', '');
-  out.push('Sizes in MB (10^6 bytes); synthesis at about 38 Mbit/s. Ours: overlay disk + memory (the split shares each segment\'s compressed bytes by its chunks\' image), the app\'s install size (Installed-Size of its .debs), baseline synthesis to first response, and early start\'s first response.', '');
-  out.push('| app (Elijah\'s) | Elijah: disk + memory | Elijah: install | Elijah: baseline | ours: disk + memory | ours: install (.debs) | ours: baseline | ours: early start |');
+  out.push("## Elijah's table, and ours", '');
+  out.push(
+    "Sizes in MB (10^6 bytes); synthesis at about 38 Mbit/s. Ours: overlay disk + memory (the split shares each segment's compressed bytes by its chunks' image), the app's install size (Installed-Size of its .debs), baseline synthesis to first response, and early start's first response.",
+    '',
+  );
+  out.push(
+    "| app (Elijah's) | Elijah: disk + memory | Elijah: install | Elijah: baseline | ours: disk + memory | ours: install (.debs) | ours: baseline | ours: early start |",
+  );
   out.push('|---|---|---|---|---|---|---|---|');
   const wifi = r.links.includes('wifi') ? 'wifi' : r.links[0]!;
   for (const a of r.apps) {
     const e = ELIJAH[a.elijah];
     const lr = a.links[wifi]!;
-    out.push(`| ${a.app} (${a.elijah}) | ${e ? `${e.diskMB} + ${e.memoryMB}` : '—'} | ${e?.installMB ?? '—'} | ${e ? `${e.baselineS} s` : '—'} | ${mb(a.sizes.overlay.disk)} + ${mb(a.sizes.overlay.memory)} | ${mb(a.sizes.repo.installedBytes)} (${mb(a.sizes.repo.bytes)}) | ${s1(lr.summary.baseline.firstResponseMs.p50)} s | ${s1(lr.summary['early-start'].firstResponseMs.p50)} s |`);
+    out.push(
+      `| ${a.app} (${a.elijah}) | ${e ? `${e.diskMB} + ${e.memoryMB}` : '—'} | ${e?.installMB ?? '—'} | ${e ? `${e.baselineS} s` : '—'} | ${mb(a.sizes.overlay.disk)} + ${mb(a.sizes.overlay.memory)} | ${mb(a.sizes.repo.installedBytes)} (${mb(a.sizes.repo.bytes)}) | ${s1(lr.summary.baseline.firstResponseMs.p50)} s | ${s1(lr.summary['early-start'].firstResponseMs.p50)} s |`,
+    );
   }
-  out.push('', `Our baseline and early-start columns are at ${wifi} (${r.apps[0]?.links[wifi]?.link.rateMbit} Mbit/s). Apps: ${r.apps.map((a) => `**${a.app}**: ${a.title}; ${a.note}`).join('. ')}.`, '');
+  out.push(
+    '',
+    `Our baseline and early-start columns are at ${wifi} (${r.apps[0]?.links[wifi]?.link.rateMbit} Mbit/s). Apps: ${r.apps.map((a) => `**${a.app}**: ${a.title}; ${a.note}`).join('. ')}.`,
+    '',
+  );
 
-  table(out, 'Overlay size', ['app', 'naive (modified chunks raw)', 'Elijah\'s scheme (xdelta3 + xz)', 'vmsynth (zstd, signed, per-chunk SHA-256)', 'vs naive', 'vs Elijah'],
-    r.apps.map((a) => [a.app, mb(a.sizes.naive.total), mb(a.sizes.elijah.total), mb(a.sizes.overlay.total), String(a.sizes.ratioVsNaive), String(a.sizes.ratioVsElijah)]));
-  out.push('', 'Elijah\'s scheme is re-run on our chunks (bench/elijah.ts); its metadata is not counted, ours (manifest, per-chunk hashes and the signature) is.', '');
+  table(
+    out,
+    'Overlay size',
+    [
+      'app',
+      'naive (modified chunks raw)',
+      "Elijah's scheme (xdelta3 + xz)",
+      'vmsynth (zstd, signed, per-chunk SHA-256)',
+      'vs naive',
+      'vs Elijah',
+    ],
+    r.apps.map((a) => [
+      a.app,
+      mb(a.sizes.naive.total),
+      mb(a.sizes.elijah.total),
+      mb(a.sizes.overlay.total),
+      String(a.sizes.ratioVsNaive),
+      String(a.sizes.ratioVsElijah),
+    ]),
+  );
+  out.push(
+    '',
+    "Elijah's scheme is re-run on our chunks (bench/elijah.ts); its metadata is not counted, ours (manifest, per-chunk hashes and the signature) is.",
+    '',
+  );
 
-  table(out, 'First response (s, p50 [p90])',
-    ['app', 'link', 'baseline', 'early-start', 'demand-only', 'remote-install', 'floor', 'baseline / early', 'early / floor', 'install / early', 'replies = local'],
+  table(
+    out,
+    'First response (s, p50 [p90])',
+    [
+      'app',
+      'link',
+      'baseline',
+      'early-start',
+      'demand-only',
+      'remote-install',
+      'floor',
+      'baseline / early',
+      'early / floor',
+      'install / early',
+      'replies = local',
+    ],
     cells(r, (a, l, lr) => {
-      const cell = (p: SuitePolicyName) => `${s1(lr.summary[p].firstResponseMs.p50)} [${s1(lr.summary[p].firstResponseMs.p90)}]${lr.summary[p].failures ? ` (${lr.summary[p].failures} failed)` : ''}`;
+      const cell = (p: SuitePolicyName) =>
+        `${s1(lr.summary[p].firstResponseMs.p50)} [${s1(lr.summary[p].firstResponseMs.p90)}]${lr.summary[p].failures ? ` (${lr.summary[p].failures} failed)` : ''}`;
       const ok = POLICIES.reduce((sum, p) => sum + lr.summary[p].repliesMatchingLocal, 0);
       const n = POLICIES.reduce((sum, p) => sum + lr.summary[p].n, 0);
-      return [a.app, l, cell('baseline'), cell('early-start'), cell('demand-only'), cell('remote-install'), s1(lr.floor.floorMs), x(lr.ratios.baselineOverEarlyStart), x(lr.ratios.earlyStartOverFloor), x(lr.ratios.remoteInstallOverEarlyStart), `${ok}/${n}`];
-    }));
+      return [
+        a.app,
+        l,
+        cell('baseline'),
+        cell('early-start'),
+        cell('demand-only'),
+        cell('remote-install'),
+        s1(lr.floor.floorMs),
+        x(lr.ratios.baselineOverEarlyStart),
+        x(lr.ratios.earlyStartOverFloor),
+        x(lr.ratios.remoteInstallOverEarlyStart),
+        `${ok}/${n}`,
+      ];
+    }),
+  );
   out.push('');
-  table(out, 'Where the time goes (p50)',
-    ['app', 'link', 'overlay', 'early-start: VM running', 'early-start: MB sent before reply', 'demand-only: MB before reply', 'floor: transfer + local resume', 'remote install: VM running + install'],
+  table(
+    out,
+    'Where the time goes (p50)',
+    [
+      'app',
+      'link',
+      'overlay',
+      'early-start: VM running',
+      'early-start: MB sent before reply',
+      'demand-only: MB before reply',
+      'floor: transfer + local resume',
+      'remote install: VM running + install',
+    ],
     cells(r, (a, l, lr) => {
       const inst = p50((lr.samples['remote-install'] ?? []).map((s) => s.installMs ?? 0));
-      return [a.app, l, `${mb(a.overlay.bytes)} MB, ${a.overlay.segments} segments`, `${s1(lr.summary['early-start'].resumedMs)} s`, mb(lr.summary['early-start'].bytesBeforeFirstResponse),
-        mb(lr.summary['demand-only'].bytesBeforeFirstResponse), `${s1(lr.floor.transferMs)} + ${s1(lr.floor.localFirstResponseMs)} s`, `${s1(lr.summary['remote-install'].resumedMs)} + ${s1(inst)} s`];
-    }));
+      return [
+        a.app,
+        l,
+        `${mb(a.overlay.bytes)} MB, ${a.overlay.segments} segments`,
+        `${s1(lr.summary['early-start'].resumedMs)} s`,
+        mb(lr.summary['early-start'].bytesBeforeFirstResponse),
+        mb(lr.summary['demand-only'].bytesBeforeFirstResponse),
+        `${s1(lr.floor.transferMs)} + ${s1(lr.floor.localFirstResponseMs)} s`,
+        `${s1(lr.summary['remote-install'].resumedMs)} + ${s1(inst)} s`,
+      ];
+    }),
+  );
   out.push('');
   const failed = failedRuns(r);
   if (failed.length) {
     out.push('## Failed runs', '');
-    out.push(`${failed.length} of ${r.apps.length * r.links.length * measured(r).length * r.runs} runs failed; their cells above are summarized over the runs that succeeded.`, '');
+    out.push(
+      `${failed.length} of ${r.apps.length * r.links.length * measured(r).length * r.runs} runs failed; their cells above are summarized over the runs that succeeded.`,
+      '',
+    );
     for (const f of failed) out.push(`- ${f}`);
     out.push('');
   }
@@ -349,22 +534,39 @@ export function renderMarkdown(r: SuiteResult, where: { json: string; plots: str
 
 // ---------------------------------------------------------------- plots
 
-const COLORS: Record<SuitePolicyName, string> = { baseline: '#c0504d', 'early-start': '#2b7bb9', 'demand-only': '#6a9a3a', 'remote-install': '#8a8a8a' };
+const COLORS: Record<SuitePolicyName, string> = {
+  baseline: '#c0504d',
+  'early-start': '#2b7bb9',
+  'demand-only': '#6a9a3a',
+  'remote-install': '#8a8a8a',
+};
 
 /** First response per app and policy (p50 bars, p90 ticks), one panel per link, log scale; the floor as a dash per app. */
 export function svgFirstResponse(r: SuiteResult): string {
   const w = Math.max(420, 130 * r.apps.length + 120);
   const h = 380;
-  const all = r.apps.flatMap((a) => r.links.flatMap((l) => POLICIES.flatMap((p) => [a.links[l]!.summary[p].firstResponseMs.p90 ?? 0, a.links[l]!.floor.floorMs])));
+  const all = r.apps.flatMap((a) =>
+    r.links.flatMap((l) =>
+      POLICIES.flatMap((p) => [a.links[l]!.summary[p].firstResponseMs.p90 ?? 0, a.links[l]!.floor.floorMs]),
+    ),
+  );
   const lo = 10 ** Math.floor(Math.log10(Math.max(1, Math.min(...all.filter((v) => v > 0), 1000))));
   const hi = 10 ** Math.ceil(Math.log10(Math.max(...all, lo * 10)));
   const panels = r.links.map((l, li) => {
     const x0 = li * w;
     const plot = { x: x0 + 64, y: 60, w: w - 90, h: h - 120 };
-    const y = (v: number) => px(plot.y + plot.h - ((Math.log10(Math.max(v, lo)) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))) * plot.h);
-    const out = [`<text x="${x0 + w / 2}" y="46" text-anchor="middle" font-weight="bold">${esc(l)}: ${r.apps[0]?.links[l]?.link.rateMbit} Mbit/s</text>`];
+    const y = (v: number) =>
+      px(
+        plot.y + plot.h - ((Math.log10(Math.max(v, lo)) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))) * plot.h,
+      );
+    const out = [
+      `<text x="${x0 + w / 2}" y="46" text-anchor="middle" font-weight="bold">${esc(l)}: ${r.apps[0]?.links[l]?.link.rateMbit} Mbit/s</text>`,
+    ];
     for (let v = lo; v <= hi; v *= 10) {
-      out.push(`<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/>`, `<text x="${plot.x - 6}" y="${y(v) + 4}" text-anchor="end" font-size="11">${v >= 1000 ? `${v / 1000} s` : `${v} ms`}</text>`);
+      out.push(
+        `<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/>`,
+        `<text x="${plot.x - 6}" y="${y(v) + 4}" text-anchor="end" font-size="11">${v >= 1000 ? `${v / 1000} s` : `${v} ms`}</text>`,
+      );
     }
     const group = plot.w / r.apps.length;
     r.apps.forEach((a, i) => {
@@ -375,18 +577,30 @@ export function svgFirstResponse(r: SuiteResult): string {
         const c = lr.summary[p].firstResponseMs;
         if (c.p50 === null) return;
         const bx = gx + j * bw;
-        out.push(`<rect x="${px(bx)}" y="${y(c.p50)}" width="${px(bw - 2)}" height="${px(plot.y + plot.h - y(c.p50))}" fill="${COLORS[p]}"><title>${esc(`${a.app} ${p}: p50 ${c.p50} ms, p90 ${c.p90} ms`)}</title></rect>`);
-        if (c.p90 !== null) out.push(`<line x1="${px(bx + 1)}" x2="${px(bx + bw - 3)}" y1="${y(c.p90)}" y2="${y(c.p90)}" stroke="#000"/>`);
-        out.push(`<text x="${px(bx + bw / 2)}" y="${y(c.p50) - 3}" text-anchor="middle" font-size="9">${(c.p50 / 1000).toFixed(c.p50 < 10_000 ? 1 : 0)}</text>`);
+        out.push(
+          `<rect x="${px(bx)}" y="${y(c.p50)}" width="${px(bw - 2)}" height="${px(plot.y + plot.h - y(c.p50))}" fill="${COLORS[p]}"><title>${esc(`${a.app} ${p}: p50 ${c.p50} ms, p90 ${c.p90} ms`)}</title></rect>`,
+        );
+        if (c.p90 !== null)
+          out.push(
+            `<line x1="${px(bx + 1)}" x2="${px(bx + bw - 3)}" y1="${y(c.p90)}" y2="${y(c.p90)}" stroke="#000"/>`,
+          );
+        out.push(
+          `<text x="${px(bx + bw / 2)}" y="${y(c.p50) - 3}" text-anchor="middle" font-size="9">${(c.p50 / 1000).toFixed(c.p50 < 10_000 ? 1 : 0)}</text>`,
+        );
       });
       const fy = y(lr.floor.floorMs);
-      out.push(`<line x1="${px(gx - 2)}" x2="${px(gx + group * 0.8)}" y1="${fy}" y2="${fy}" stroke="#000" stroke-dasharray="5 3"/>`,
-        `<text x="${px(gx + group * 0.4)}" y="${plot.y + plot.h + 16}" text-anchor="middle" font-size="12">${esc(a.app)}</text>`);
+      out.push(
+        `<line x1="${px(gx - 2)}" x2="${px(gx + group * 0.8)}" y1="${fy}" y2="${fy}" stroke="#000" stroke-dasharray="5 3"/>`,
+        `<text x="${px(gx + group * 0.4)}" y="${plot.y + plot.h + 16}" text-anchor="middle" font-size="12">${esc(a.app)}</text>`,
+      );
     });
     out.push(`<line x1="${plot.x}" x2="${plot.x}" y1="${plot.y}" y2="${plot.y + plot.h}" stroke="#000"/>`);
     return out.join('\n');
   });
-  const legend = POLICIES.map((p, i) => `<rect x="${20 + i * 130}" y="${h - 30}" width="12" height="12" fill="${COLORS[p]}"/><text x="${36 + i * 130}" y="${h - 20}" font-size="11">${p}</text>`).join('');
+  const legend = POLICIES.map(
+    (p, i) =>
+      `<rect x="${20 + i * 130}" y="${h - 30}" width="12" height="12" fill="${COLORS[p]}"/><text x="${36 + i * 130}" y="${h - 20}" font-size="11">${p}</text>`,
+  ).join('');
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${w * r.links.length}" height="${h}" font-family="sans-serif">
 <rect width="100%" height="100%" fill="#fff"/>
 <text x="${(w * r.links.length) / 2}" y="18" text-anchor="middle" font-size="13">first response per app and policy (${r.accel.toUpperCase()}, n=${r.runs}; bars p50, ticks p90, dashes the floor; log scale)</text>
@@ -398,12 +612,17 @@ ${legend}<text x="${20 + POLICIES.length * 130}" y="${h - 20}" font-size="11">- 
 
 /** One early-start run: cumulative MB handed to the socket over time, background and demand segments marked apart. */
 export function svgTimeline(r: SuiteResult): string {
-  const pick = [...r.apps].sort((a, b) => b.overlay.bytes - a.overlay.bytes).find((a) => r.links.some((l) => a.links[l]?.timeline)) ?? r.apps[0];
-  const link = r.links.includes('wifi') && pick?.links.wifi?.timeline ? 'wifi' : r.links.find((l) => pick?.links[l]?.timeline);
+  const pick =
+    [...r.apps]
+      .sort((a, b) => b.overlay.bytes - a.overlay.bytes)
+      .find((a) => r.links.some((l) => a.links[l]?.timeline)) ?? r.apps[0];
+  const link =
+    r.links.includes('wifi') && pick?.links.wifi?.timeline ? 'wifi' : r.links.find((l) => pick?.links[l]?.timeline);
   const t = pick && link ? pick.links[link]!.timeline : null;
   const w = 760;
   const h = 400;
-  if (!t || !pick || !link) return `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="60"><text x="10" y="30">no early-start timeline</text></svg>\n`;
+  if (!t || !pick || !link)
+    return `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="60"><text x="10" y="30">no early-start timeline</text></svg>\n`;
   const plot = { x: 70, y: 50, w: w - 100, h: h - 110 };
   const end = Math.max(t.finishedMs ?? 0, ...t.sends.map((s) => s.ms), t.firstResponseMs ?? 0, 1);
   const total = t.sends.reduce((sum, s) => sum + s.bytes, 0) || 1;
@@ -414,16 +633,27 @@ export function svgTimeline(r: SuiteResult): string {
   const X = (ms: number) => px(plot.x + (ms / xMax) * plot.w);
   const Y = (bytes: number) => px(plot.y + plot.h - (bytes / MB / yMax) * plot.h);
   const out: string[] = [];
-  for (let v = 0; v <= xMax + 1e-9; v += xStep) out.push(`<line x1="${X(v)}" x2="${X(v)}" y1="${plot.y}" y2="${plot.y + plot.h}" stroke="#eee"/><text x="${X(v)}" y="${plot.y + plot.h + 16}" text-anchor="middle" font-size="11">${(v / 1000).toFixed(xStep < 1000 ? 1 : 0)}</text>`);
-  for (let v = 0; v <= yMax + 1e-9; v += yStep) out.push(`<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${Y(v * MB)}" y2="${Y(v * MB)}" stroke="#eee"/><text x="${plot.x - 6}" y="${Y(v * MB) + 4}" text-anchor="end" font-size="11">${+v.toFixed(1)}</text>`);
+  for (let v = 0; v <= xMax + 1e-9; v += xStep)
+    out.push(
+      `<line x1="${X(v)}" x2="${X(v)}" y1="${plot.y}" y2="${plot.y + plot.h}" stroke="#eee"/><text x="${X(v)}" y="${plot.y + plot.h + 16}" text-anchor="middle" font-size="11">${(v / 1000).toFixed(xStep < 1000 ? 1 : 0)}</text>`,
+    );
+  for (let v = 0; v <= yMax + 1e-9; v += yStep)
+    out.push(
+      `<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${Y(v * MB)}" y2="${Y(v * MB)}" stroke="#eee"/><text x="${plot.x - 6}" y="${Y(v * MB) + 4}" text-anchor="end" font-size="11">${+v.toFixed(1)}</text>`,
+    );
   let sent = 0;
   for (const s of t.sends) {
     const y0 = Y(sent);
     sent += s.bytes;
     const color = s.lane === 'demand' ? '#d62728' : '#2b7bb9';
-    out.push(`<line x1="${X(s.ms)}" x2="${X(s.ms)}" y1="${y0}" y2="${Y(sent)}" stroke="${color}" stroke-width="${s.lane === 'demand' ? 3 : 2}"><title>segment ${s.index} (${s.lane}) at ${s.ms} ms</title></line>`);
+    out.push(
+      `<line x1="${X(s.ms)}" x2="${X(s.ms)}" y1="${y0}" y2="${Y(sent)}" stroke="${color}" stroke-width="${s.lane === 'demand' ? 3 : 2}"><title>segment ${s.index} (${s.lane}) at ${s.ms} ms</title></line>`,
+    );
   }
-  const mark = (ms: number | null, label: string, dy: number) => (ms === null ? '' : `<line x1="${X(ms)}" x2="${X(ms)}" y1="${plot.y}" y2="${plot.y + plot.h}" stroke="#000" stroke-dasharray="4 3"/><text x="${X(ms) + 4}" y="${plot.y + 12 + dy}" font-size="11">${esc(label)} ${(ms / 1000).toFixed(2)} s</text>`);
+  const mark = (ms: number | null, label: string, dy: number) =>
+    ms === null
+      ? ''
+      : `<line x1="${X(ms)}" x2="${X(ms)}" y1="${plot.y}" y2="${plot.y + plot.h}" stroke="#000" stroke-dasharray="4 3"/><text x="${X(ms) + 4}" y="${plot.y + 12 + dy}" font-size="11">${esc(label)} ${(ms / 1000).toFixed(2)} s</text>`;
   const demand = t.sends.filter((s) => s.lane === 'demand').length;
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" font-family="sans-serif">
 <rect width="100%" height="100%" fill="#fff"/>

@@ -50,12 +50,24 @@ export interface DemoResult {
 }
 
 /** Loads the demo base if it was captured from this guest build; otherwise (re)captures it. */
-export async function ensureGuestBase(guest: Guest, name: string, signal?: AbortSignal): Promise<{ base: Base; created: boolean; ms: number | null }> {
-  return ensureBase(name, {
-    kernel: guest.kernel, initrd: guest.initrd, disk: guest.disk, cmdline: guest.cmdline,
-    memoryMiB: guest.memoryMiB, appPort: guest.appPort,
-    info: { kind: 'vmsynth-test-guest', guestKey: guest.key, kernelPackage: guest.kernelPackage },
-  }, signal);
+export async function ensureGuestBase(
+  guest: Guest,
+  name: string,
+  signal?: AbortSignal,
+): Promise<{ base: Base; created: boolean; ms: number | null }> {
+  return ensureBase(
+    name,
+    {
+      kernel: guest.kernel,
+      initrd: guest.initrd,
+      disk: guest.disk,
+      cmdline: guest.cmdline,
+      memoryMiB: guest.memoryMiB,
+      appPort: guest.appPort,
+      info: { kind: 'vmsynth-test-guest', guestKey: guest.key, kernelPackage: guest.kernelPackage },
+    },
+    signal,
+  );
 }
 
 /** The demo customization: the example script (a second app, software on the disk, trimmed scratch) plus a 16 MiB model file. */
@@ -76,7 +88,9 @@ async function demoKey(): Promise<string> {
 async function ensureDemoOverlay(base: Base, signal?: AbortSignal): Promise<{ dir: string; created: boolean }> {
   const script = await demoScript();
   const keyId = await demoKey();
-  const stamp = createHash('sha256').update(JSON.stringify([base.manifest.memory.sha256, base.manifest.disk.sha256, script, keyId])).digest('hex');
+  const stamp = createHash('sha256')
+    .update(JSON.stringify([base.manifest.memory.sha256, base.manifest.disk.sha256, script, keyId]))
+    .digest('hex');
   const dir = path.join(cacheDir(), 'demo-overlay');
   const stampFile = path.join(cacheDir(), 'demo-overlay.stamp');
   if ((await fsp.readFile(stampFile, 'utf8').catch(() => '')) === stamp) {
@@ -87,7 +101,9 @@ async function ensureDemoOverlay(base: Base, signal?: AbortSignal): Promise<{ di
       // damaged: build it again
     }
   }
-  publish('progress', { step: 'customizing the base into an overlay (a second app, software on the disk, a 16 MiB model file)' });
+  publish('progress', {
+    step: 'customizing the base into an overlay (a second app, software on the disk, a 16 MiB model file)',
+  });
   await createOverlay({ base: base.name, out: dir, script, key: keyId, force: true, signal });
   await fsp.writeFile(stampFile, stamp);
   return { dir, created: true };
@@ -115,7 +131,9 @@ export async function runDemo(opts: { signal?: AbortSignal; linkMbit?: number } 
   const overlay = await ensureDemoOverlay(base, signal);
   const ov = await Overlay.open(overlay.dir, { trusted: null });
 
-  publish('progress', { step: `step 4/4: synthesis server on loopback; the client paces itself to ${linkMbit ? `${linkMbit} Mbit/s` : 'no limit'}` });
+  publish('progress', {
+    step: `step 4/4: synthesis server on loopback; the client paces itself to ${linkMbit ? `${linkMbit} Mbit/s` : 'no limit'}`,
+  });
   // Bases are hashed before listening, as `vmsynth serve` does, not in the first (timed) session.
   const server = await SynthServer.listen({ host: '127.0.0.1', port: 0, verifyBases: true });
   try {
@@ -123,7 +141,11 @@ export async function runDemo(opts: { signal?: AbortSignal; linkMbit?: number } 
     const run = async (policy: 'early-start' | 'baseline') => {
       publish('progress', { step: `synthesizing with ${policy}` });
       return synthesize({
-        server: `${host}:${port}`, overlay: overlay.dir, policy, request: DEMO_REQUEST, signal,
+        server: `${host}:${port}`,
+        overlay: overlay.dir,
+        policy,
+        request: DEMO_REQUEST,
+        signal,
         ...(linkMbit ? { maxBytesPerSecond: (linkMbit * 1e6) / 8 } : {}),
       });
     };
@@ -134,7 +156,12 @@ export async function runDemo(opts: { signal?: AbortSignal; linkMbit?: number } 
       guestKey: guest.key,
       base: base.name,
       baseCreated: created,
-      overlay: { dir: overlay.dir, created: overlay.created, bytes: ov.segmentsBytes + ov.manifestBytes, segments: ov.body.segments.length },
+      overlay: {
+        dir: overlay.dir,
+        created: overlay.created,
+        bytes: ov.segmentsBytes + ov.manifestBytes,
+        segments: ov.body.segments.length,
+      },
       link: { mbit: linkMbit || null, how: linkMbit ? 'loopback, client paced' : 'loopback, unpaced' },
       request: DEMO_REQUEST.path,
       earlyStart: policyRun(early),

@@ -22,7 +22,11 @@ export function printJson(value: unknown): void {
  * LOG_FORMAT from the environment); a function is called first thing, and
  * what it throws is reported like any error of the command.
  */
-export async function runCommand(json: boolean, action: (ctx: CommandContext) => Promise<unknown>, opts: { log?: () => LoggerOptions } = {}): Promise<void> {
+export async function runCommand(
+  json: boolean,
+  action: (ctx: CommandContext) => Promise<unknown>,
+  opts: { log?: () => LoggerOptions } = {},
+): Promise<void> {
   let detach = () => undefined as void;
   const controller = new AbortController();
   let signals = 0;
@@ -78,7 +82,8 @@ export function dieBy(sig: NodeJS.Signals): never {
 export function positiveInt(name: string): (value: string) => number {
   return (value: string) => {
     const n = Number(value);
-    if (!Number.isSafeInteger(n) || n <= 0) throw new VmsynthError('VMS_USAGE', `${name} must be a positive integer, got "${value}"`);
+    if (!Number.isSafeInteger(n) || n <= 0)
+      throw new VmsynthError('VMS_USAGE', `${name} must be a positive integer, got "${value}"`);
     return n;
   };
 }
@@ -86,7 +91,8 @@ export function positiveInt(name: string): (value: string) => number {
 export function nonNegativeInt(name: string): (value: string) => number {
   return (value: string) => {
     const n = Number(value);
-    if (!Number.isSafeInteger(n) || n < 0) throw new VmsynthError('VMS_USAGE', `${name} must be a whole number >= 0, got "${value}"`);
+    if (!Number.isSafeInteger(n) || n < 0)
+      throw new VmsynthError('VMS_USAGE', `${name} must be a whole number >= 0, got "${value}"`);
     return n;
   };
 }

@@ -7,7 +7,16 @@
 import { promises as fsp } from 'node:fs';
 import tls from 'node:tls';
 import { Option, type Command } from 'commander';
-import { checkExposure, exportPaths, KEYS, redacted, resolveConfig, tokenSha256, type Config, type Resolved } from '../core/config.js';
+import {
+  checkExposure,
+  exportPaths,
+  KEYS,
+  redacted,
+  resolveConfig,
+  tokenSha256,
+  type Config,
+  type Resolved,
+} from '../core/config.js';
 import { asVmsynthError, VmsynthError } from '../core/errors.js';
 import { table } from './format.js';
 import { dieBy, runCommand } from './run.js';
@@ -15,7 +24,10 @@ import { dieBy, runCommand } from './run.js';
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
 function configOption(cmd: Command): Command {
-  return cmd.option('--config <file>', 'config file (default: $VMSYNTH_CONFIG, else /etc/vmsynth/vmsynth.json if it exists)');
+  return cmd.option(
+    '--config <file>',
+    'config file (default: $VMSYNTH_CONFIG, else /etc/vmsynth/vmsynth.json if it exists)',
+  );
 }
 
 const DEFAULTS = Object.fromEntries(KEYS.map((k) => [k.key, k.default])) as Record<keyof Config, unknown>;
@@ -32,7 +44,10 @@ function resolveFor(o: Record<string, unknown>): Resolved {
 /** Checks beyond types: files that must be readable, keys that must load, a TLS pair that must match. */
 async function deepCheck(c: Config): Promise<string[]> {
   const problems: string[] = [];
-  for (const [key, dir] of [['baseDir', c.baseDir], ['keyDir', c.keyDir]] as const) {
+  for (const [key, dir] of [
+    ['baseDir', c.baseDir],
+    ['keyDir', c.keyDir],
+  ] as const) {
     const st = await fsp.stat(dir).catch(() => null);
     if (!st?.isDirectory()) problems.push(`${key}: ${dir} is not a directory (create it, or fix the key)`);
   }
@@ -57,88 +72,144 @@ async function deepCheck(c: Config): Promise<string[]> {
 function show(v: unknown): string {
   if (v === null) return 'off';
   if (typeof v === 'object' && v && 'host' in v && 'port' in v) return `${String(v.host)}:${String(v.port)}`;
-  if (Array.isArray(v)) return v.length ? v.map((x: unknown) => (typeof x === 'object' && x !== null ? String((x as { name: string }).name) : String(x as string))).join(', ') : '(none)';
+  if (Array.isArray(v))
+    return v.length
+      ? v
+          .map((x: unknown) =>
+            typeof x === 'object' && x !== null ? String((x as { name: string }).name) : String(x as string),
+          )
+          .join(', ')
+      : '(none)';
   return typeof v === 'string' ? v : JSON.stringify(v);
 }
 
 export function registerServeCommands(program: Command): void {
   const serve = program
     .command('serve')
-    .description('Run the synthesis server: accept overlays from clients, resume their VMs early over FUSE, stream the rest, answer offload requests. Settings come from the config file, VMSYNTH_* variables and these flags, in rising precedence (`vmsynth config check` shows the result).')
+    .description(
+      'Run the synthesis server: accept overlays from clients, resume their VMs early over FUSE, stream the rest, answer offload requests. Settings come from the config file, VMSYNTH_* variables and these flags, in rising precedence (`vmsynth config check` shows the result).',
+    )
     .option('--listen <[host:]port>', `synthesis protocol address (default ${def('listen')})`)
-    .option('--metrics-listen <[host:]port>', 'serve /healthz, /readyz and /metrics here ("off": not at all; default off)')
+    .option(
+      '--metrics-listen <[host:]port>',
+      'serve /healthz, /readyz and /metrics here ("off": not at all; default off)',
+    )
     .option('--trust <file>', 'also trust overlays signed by this public key (repeatable)', collect)
     .option('--token <token>', 'require clients to present this token (the config file can list many clients instead)')
     .option('--tls-cert <file>', 'speak TLS with this certificate (PEM); needs --tls-key')
-    .option('--tls-key <file>', 'the certificate\'s private key (PEM)')
+    .option('--tls-key <file>', "the certificate's private key (PEM)")
     .option('--threads <n>', `worker threads per session for verify + decompress + apply (default ${def('threads')})`)
-    .option('--max-in-flight-kib <n>', `background segment bytes asked for and not yet applied, per session (default ${def('maxInFlightKib')})`)
+    .option(
+      '--max-in-flight-kib <n>',
+      `background segment bytes asked for and not yet applied, per session (default ${def('maxInFlightKib')})`,
+    )
     .option('--max-sessions <n>', `sessions at once (default ${def('maxSessions')})`)
-    .option('--max-sessions-per-client <n>', `sessions at once per authenticated client (default ${def('maxSessionsPerClient')})`)
-    .option('--session-memory-mib <n>', `guest RAM + in-flight segments one session may use (default ${def('sessionMemoryMib')})`)
-    .option('--connections-per-minute <n>', `new connections per minute from one address (default ${def('connectionsPerMinute')})`)
-    .option('--handshake-timeout <seconds>', `time a connection has to authenticate and open its session (default ${def('handshakeTimeoutS')})`)
+    .option(
+      '--max-sessions-per-client <n>',
+      `sessions at once per authenticated client (default ${def('maxSessionsPerClient')})`,
+    )
+    .option(
+      '--session-memory-mib <n>',
+      `guest RAM + in-flight segments one session may use (default ${def('sessionMemoryMib')})`,
+    )
+    .option(
+      '--connections-per-minute <n>',
+      `new connections per minute from one address (default ${def('connectionsPerMinute')})`,
+    )
+    .option(
+      '--handshake-timeout <seconds>',
+      `time a connection has to authenticate and open its session (default ${def('handshakeTimeoutS')})`,
+    )
     .addOption(new Option('--log-level <level>', 'debug | info | warn | error | silent (default info)'))
     .addOption(new Option('--log-format <format>', 'json (pino, to stdout; the default) or text (to stderr)'))
     .option('--no-verify-bases', 'skip re-hashing every base before listening (they are hashed at first use instead)')
     .option('--json', 'print the listening addresses as a JSON line once ready');
   configOption(serve).action(async (o: Record<string, unknown> & { verifyBases: boolean; json?: boolean }) => {
     let resolved: Resolved | null = null;
-    await runCommand(!!o.json, async ({ signal, json }) => {
-      const cfg = resolved!.config;
-      const { startDaemon } = await import('../server/daemon.js');
-      const d = await startDaemon(cfg, { verifyBases: o.verifyBases });
-      const a = d.server.address();
-      const m = d.health?.address() ?? null;
-      if (json) process.stdout.write(JSON.stringify({ listening: a, metrics: m }) + '\n');
-      else if (cfg.logFormat === 'text') console.error(`vmsynth serve: listening on ${a.host}:${a.port}${m ? `, metrics on http://${m.host}:${m.port}/metrics` : ''} (SIGTERM or Ctrl-C ends every session and stops; a second one forces)`);
-      await new Promise<void>((resolve) => {
-        if (signal.aborted) resolve();
-        signal.addEventListener('abort', () => resolve(), { once: true });
-      });
-      const { forced } = await d.stop();
-      // Sessions still tearing down may hold a libvirt call that waits on this
-      // process (see dieBy); the next start's janitor removes what is left.
-      if (forced) dieBy('SIGKILL');
-      return undefined;
-    }, {
-      log: () => {
-        resolved = resolveFor(o);
-        return { level: resolved.config.logLevel, format: resolved.config.logFormat, to: resolved.config.logFormat === 'json' ? 'stdout' : 'stderr' };
+    await runCommand(
+      !!o.json,
+      async ({ signal, json }) => {
+        const cfg = resolved!.config;
+        const { startDaemon } = await import('../server/daemon.js');
+        const d = await startDaemon(cfg, { verifyBases: o.verifyBases });
+        const a = d.server.address();
+        const m = d.health?.address() ?? null;
+        if (json) process.stdout.write(JSON.stringify({ listening: a, metrics: m }) + '\n');
+        else if (cfg.logFormat === 'text')
+          console.error(
+            `vmsynth serve: listening on ${a.host}:${a.port}${m ? `, metrics on http://${m.host}:${m.port}/metrics` : ''} (SIGTERM or Ctrl-C ends every session and stops; a second one forces)`,
+          );
+        await new Promise<void>((resolve) => {
+          if (signal.aborted) resolve();
+          signal.addEventListener('abort', () => resolve(), { once: true });
+        });
+        const { forced } = await d.stop();
+        // Sessions still tearing down may hold a libvirt call that waits on this
+        // process (see dieBy); the next start's janitor removes what is left.
+        if (forced) dieBy('SIGKILL');
+        return undefined;
       },
-    });
+      {
+        log: () => {
+          resolved = resolveFor(o);
+          return {
+            level: resolved.config.logLevel,
+            format: resolved.config.logFormat,
+            to: resolved.config.logFormat === 'json' ? 'stdout' : 'stderr',
+          };
+        },
+      },
+    );
   });
 
-  const config = program.command('config').description('The server\'s configuration.');
-  configOption(config
-    .command('check')
-    .description('Validate the config (file and VMSYNTH_* environment, as serve would read them) and print the effective value of every key with where it came from. Exits 78 (VMS_CONFIG) when something is wrong.')
-    .option('--json', 'print the effective config as JSON'))
-    .action(async (o: { config?: string; json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
+  const config = program.command('config').description("The server's configuration.");
+  configOption(
+    config
+      .command('check')
+      .description(
+        'Validate the config (file and VMSYNTH_* environment, as serve would read them) and print the effective value of every key with where it came from. Exits 78 (VMS_CONFIG) when something is wrong.',
+      )
+      .option('--json', 'print the effective config as JSON'),
+  ).action(async (o: { config?: string; json?: boolean }) =>
+    runCommand(!!o.json, async ({ json }) => {
       const r = resolveConfig(o.config ? { configFile: o.config } : {});
       const problems = await deepCheck(r.config);
       if (!json) {
         console.log(`config file: ${r.file ?? '(none; defaults and environment)'}`);
         console.log(table(KEYS.map((k) => [k.key, `${show(r.config[k.key])}  [${r.sources[k.key]}]`])));
       }
-      if (problems.length) throw new VmsynthError('VMS_CONFIG', `the config has ${problems.length} problem(s):\n  - ${problems.join('\n  - ')}`, { details: { problems } });
+      if (problems.length)
+        throw new VmsynthError(
+          'VMS_CONFIG',
+          `the config has ${problems.length} problem(s):\n  - ${problems.join('\n  - ')}`,
+          { details: { problems } },
+        );
       if (!json) console.log('config ok');
       return { file: r.file, config: redacted(r.config), sources: r.sources };
-    }));
+    }),
+  );
 
   program
     .command('token')
     .description('Client credentials.')
     .command('generate')
-    .description('Make a client token: give the token to the client (--token or VMSYNTH_TOKEN), and put the printed entry into the server config\'s "clients" list (only its SHA-256 is kept there).')
+    .description(
+      'Make a client token: give the token to the client (--token or VMSYNTH_TOKEN), and put the printed entry into the server config\'s "clients" list (only its SHA-256 is kept there).',
+    )
     .argument('<name>', 'client name (letters, digits, ".", "_", "-"; shows in logs and metrics)')
     .option('--json', 'print { name, token, tokenSha256 } as JSON')
-    .action(async (name: string, o: { json?: boolean }) => runCommand(!!o.json, async ({ json }) => {
-      if (!/^[\w.-]{1,64}$/.test(name)) throw new VmsynthError('VMS_USAGE', `a client name is 1-64 letters, digits, ".", "_" or "-", got "${name}"`);
-      const { newToken } = await import('../server/auth.js');
-      const token = newToken();
-      const entry = { name, tokenSha256: tokenSha256(token) };
-      if (!json) console.log(`token for client "${name}" (give it to the client; it is not stored anywhere):\n  ${token}\nentry for the "clients" list of the server config:\n  ${JSON.stringify(entry)}`);
-      return { ...entry, token };
-    }));
+    .action(async (name: string, o: { json?: boolean }) =>
+      runCommand(!!o.json, async ({ json }) => {
+        if (!/^[\w.-]{1,64}$/.test(name))
+          throw new VmsynthError('VMS_USAGE', `a client name is 1-64 letters, digits, ".", "_" or "-", got "${name}"`);
+        const { newToken } = await import('../server/auth.js');
+        const token = newToken();
+        const entry = { name, tokenSha256: tokenSha256(token) };
+        if (!json)
+          console.log(
+            `token for client "${name}" (give it to the client; it is not stored anywhere):\n  ${token}\nentry for the "clients" list of the server config:\n  ${JSON.stringify(entry)}`,
+          );
+        return { ...entry, token };
+      }),
+    );
 }

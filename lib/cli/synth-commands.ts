@@ -31,7 +31,10 @@ export function synthLines(r: SynthesizeResult): string {
     ['first response', `${at(t.firstResponse)}  (HTTP ${r.firstResponse.status})`],
     ['overlay complete', at(t.overlayComplete)],
     ['torn down', at(t.finished)],
-    ['sent before first response', `${bytes(r.bytesSentBeforeFirstResponse)} of ${bytes(r.overlayBytes)} (${r.segmentsSentBeforeFirstResponse} of ${r.segments} segments)`],
+    [
+      'sent before first response',
+      `${bytes(r.bytesSentBeforeFirstResponse)} of ${bytes(r.overlayBytes)} (${r.segmentsSentBeforeFirstResponse} of ${r.segments} segments)`,
+    ],
     ['demand requests', String(r.demandRequests)],
     ['background segments hurried', String(r.hurried)],
   ]);
@@ -48,13 +51,20 @@ function progressBar(): { onEvent: (e: ClientEvent) => void; done: () => void } 
     if (line !== last) process.stderr.write(`\r${line}`);
     last = line;
   };
-  return { onEvent, done: () => { if (last) process.stderr.write('\n'); } };
+  return {
+    onEvent,
+    done: () => {
+      if (last) process.stderr.write('\n');
+    },
+  };
 }
 
 export function registerSynthCommands(program: Command): void {
   program
     .command('synth')
-    .description('Synthesize an overlay on a server: stream it in the order the server asks, send the first offload request once the VM is up, print the timeline.')
+    .description(
+      'Synthesize an overlay on a server: stream it in the order the server asks, send the first offload request once the VM is up, print the timeline.',
+    )
     .requiredOption('--server <host:port>', 'synthesis server')
     .requiredOption('--overlay <dir>', 'overlay directory')
     .option('--policy <p>', `${POLICIES.join(' | ')}`, parsePolicy, 'early-start' as Policy)
@@ -63,42 +73,85 @@ export function registerSynthCommands(program: Command): void {
     .option('--method <m>', 'GET, POST or PUT (default GET, or POST with --request)')
     .option('--token <token>', 'client token, if the server requires one (or VMSYNTH_TOKEN)')
     .option('--tls', 'speak TLS, checking the server certificate against the system CAs')
-    .option('--tls-ca <file>', 'speak TLS, checking the server certificate against this PEM (a cloudlet CA or self-signed certificate)')
+    .option(
+      '--tls-ca <file>',
+      'speak TLS, checking the server certificate against this PEM (a cloudlet CA or self-signed certificate)',
+    )
     .option('--tls-servername <name>', 'the name the server certificate must carry (default: the --server host)')
-    .option('--max-rate-mbit <n>', 'pace segments to this many Mbit/s, to emulate a slower link (default: as fast as the link goes)', positiveInt('--max-rate-mbit'))
+    .option(
+      '--max-rate-mbit <n>',
+      'pace segments to this many Mbit/s, to emulate a slower link (default: as fast as the link goes)',
+      positiveInt('--max-rate-mbit'),
+    )
     .option('--timeout <seconds>', 'limit for the whole session', positiveInt('--timeout'), 600)
     .option('--json', 'print the result as JSON')
-    .action(async (o: { server: string; overlay: string; policy: Policy; path: string; request?: string; method?: string; token?: string; tls?: boolean; tlsCa?: string; tlsServername?: string; maxRateMbit?: number; timeout: number; json?: boolean }) =>
-      runCommand(!!o.json, async ({ signal, json }) => {
-        if (!o.path.startsWith('/')) throw new VmsynthError('VMS_USAGE', `--path must start with "/", got "${o.path}"`);
-        const method = (o.method ?? (o.request ? 'POST' : 'GET')).toUpperCase();
-        if (method !== 'GET' && method !== 'POST' && method !== 'PUT') throw new VmsynthError('VMS_USAGE', `--method must be GET, POST or PUT, got "${o.method}"`);
-        let body: Buffer | undefined;
-        if (o.request) {
-          body = await fsp.readFile(o.request).catch((cause: unknown) => {
-            throw new VmsynthError('VMS_USAGE', `cannot read --request ${o.request}: ${(cause as Error).message}`, { cause });
-          });
-        }
-        const request: OffloadRequest = { method, path: o.path, ...(body ? { body } : {}) };
-        let tls: boolean | { ca?: Buffer; servername?: string } | undefined;
-        if (o.tls || o.tlsCa || o.tlsServername) {
-          const ca = o.tlsCa ? await fsp.readFile(o.tlsCa).catch((cause: unknown) => {
-            throw new VmsynthError('VMS_USAGE', `cannot read --tls-ca ${o.tlsCa}: ${(cause as Error).message}`, { cause });
-          }) : undefined;
-          tls = { ...(ca ? { ca } : {}), ...(o.tlsServername ? { servername: o.tlsServername } : {}) };
-        }
-        const bar = json ? { onEvent: () => undefined, done: () => undefined } : progressBar();
-        try {
-          const { synthesize } = await import('../client/client.js');
-          const r = await synthesize({ server: o.server, overlay: o.overlay, policy: o.policy, request, token: o.token ?? process.env.VMSYNTH_TOKEN, ...(tls ? { tls } : {}), timeoutMs: o.timeout * 1000, signal, onEvent: bar.onEvent,
-            ...(o.maxRateMbit ? { maxBytesPerSecond: (o.maxRateMbit * 1e6) / 8 } : {}),
-          });
-          bar.done();
-          if (!json) console.log(`synthesized on ${r.server} (session ${r.session}, base "${r.base}", ${r.policy})\n${synthLines(r)}\n  first response body  ${r.firstResponse.body.slice(0, 300)}`);
-          return r;
-        } catch (err) {
-          bar.done();
-          throw err;
-        }
-      }));
+    .action(
+      async (o: {
+        server: string;
+        overlay: string;
+        policy: Policy;
+        path: string;
+        request?: string;
+        method?: string;
+        token?: string;
+        tls?: boolean;
+        tlsCa?: string;
+        tlsServername?: string;
+        maxRateMbit?: number;
+        timeout: number;
+        json?: boolean;
+      }) =>
+        runCommand(!!o.json, async ({ signal, json }) => {
+          if (!o.path.startsWith('/'))
+            throw new VmsynthError('VMS_USAGE', `--path must start with "/", got "${o.path}"`);
+          const method = (o.method ?? (o.request ? 'POST' : 'GET')).toUpperCase();
+          if (method !== 'GET' && method !== 'POST' && method !== 'PUT')
+            throw new VmsynthError('VMS_USAGE', `--method must be GET, POST or PUT, got "${o.method}"`);
+          let body: Buffer | undefined;
+          if (o.request) {
+            body = await fsp.readFile(o.request).catch((cause: unknown) => {
+              throw new VmsynthError('VMS_USAGE', `cannot read --request ${o.request}: ${(cause as Error).message}`, {
+                cause,
+              });
+            });
+          }
+          const request: OffloadRequest = { method, path: o.path, ...(body ? { body } : {}) };
+          let tls: boolean | { ca?: Buffer; servername?: string } | undefined;
+          if (o.tls || o.tlsCa || o.tlsServername) {
+            const ca = o.tlsCa
+              ? await fsp.readFile(o.tlsCa).catch((cause: unknown) => {
+                  throw new VmsynthError('VMS_USAGE', `cannot read --tls-ca ${o.tlsCa}: ${(cause as Error).message}`, {
+                    cause,
+                  });
+                })
+              : undefined;
+            tls = { ...(ca ? { ca } : {}), ...(o.tlsServername ? { servername: o.tlsServername } : {}) };
+          }
+          const bar = json ? { onEvent: () => undefined, done: () => undefined } : progressBar();
+          try {
+            const { synthesize } = await import('../client/client.js');
+            const r = await synthesize({
+              server: o.server,
+              overlay: o.overlay,
+              policy: o.policy,
+              request,
+              token: o.token ?? process.env.VMSYNTH_TOKEN,
+              ...(tls ? { tls } : {}),
+              timeoutMs: o.timeout * 1000,
+              signal,
+              onEvent: bar.onEvent,
+              ...(o.maxRateMbit ? { maxBytesPerSecond: (o.maxRateMbit * 1e6) / 8 } : {}),
+            });
+            bar.done();
+            if (!json)
+              console.log(
+                `synthesized on ${r.server} (session ${r.session}, base "${r.base}", ${r.policy})\n${synthLines(r)}\n  first response body  ${r.firstResponse.body.slice(0, 300)}`,
+              );
+            return r;
+          } catch (err) {
+            bar.done();
+            throw err;
+          }
+        }),
+    );
 }

@@ -37,7 +37,14 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
   const policy = opts.policy ?? 'early-start';
   const waitComplete = opts.waitComplete ?? policy !== 'demand-only';
   const request = opts.request ?? { method: 'GET', path: '/run' };
-  const timeline: Timeline = { connected: null, accepted: null, resumed: null, firstResponse: null, overlayComplete: null, finished: null };
+  const timeline: Timeline = {
+    connected: null,
+    accepted: null,
+    resumed: null,
+    firstResponse: null,
+    overlayComplete: null,
+    finished: null,
+  };
   const mark = (step: keyof Timeline) => {
     timeline[step] ??= at();
     opts.onEvent?.({ type: 'timeline', step, ms: timeline[step] });
@@ -73,7 +80,12 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
       for (const r of replies.values()) r.reject(err ?? new VmsynthError('VMS_PEER_GONE', 'the session ended'));
       replies.clear();
       if (err) {
-        if (io.open) io.send({ type: 'error', code: err instanceof VmsynthError ? err.code : 'VMS_INTERNAL', message: err.message.slice(0, 4000) });
+        if (io.open)
+          io.send({
+            type: 'error',
+            code: err instanceof VmsynthError ? err.code : 'VMS_INTERNAL',
+            message: err.message.slice(0, 4000),
+          });
         io.end(500);
         reject(err);
       } else {
@@ -84,7 +96,10 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
     const onAbort = () => finish(new VmsynthError('VMS_INTERRUPTED', 'synthesis cancelled'));
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     const timeoutMs = opts.timeoutMs ?? 600_000;
-    const timer = setTimeout(() => finish(new VmsynthError('VMS_GUEST_TIMEOUT', `the session did not finish within ${timeoutMs} ms`)), timeoutMs);
+    const timer = setTimeout(
+      () => finish(new VmsynthError('VMS_GUEST_TIMEOUT', `the session did not finish within ${timeoutMs} ms`)),
+      timeoutMs,
+    );
 
     const io = new FramedSocket(socket, FRAME_CAPS.greeting, {
       frame: (f) => {
@@ -98,27 +113,42 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
         onMessage(m);
       },
       invalid: (err) => finish(err),
-      closed: (err) => finish(new VmsynthError('VMS_PEER_GONE', `the server closed the connection${err ? ` (${err.message})` : ''}${finishing ? ' before confirming the teardown' : ''}`)),
+      closed: (err) =>
+        finish(
+          new VmsynthError(
+            'VMS_PEER_GONE',
+            `the server closed the connection${err ? ` (${err.message})` : ''}${finishing ? ' before confirming the teardown' : ''}`,
+          ),
+        ),
     });
 
-    const replies = new Map<number, { resolve: (r: { status: number; body: Buffer }) => void; reject: (e: Error) => void }>();
+    const replies = new Map<
+      number,
+      { resolve: (r: { status: number; body: Buffer }) => void; reject: (e: Error) => void }
+    >();
     let nextId = 2;
     const running: RunningSession = {
-      get session() { return session; },
-      offload: (req) => new Promise((resolve, reject) => {
-        if (done) return reject(new VmsynthError('VMS_PEER_GONE', 'the session has ended'));
-        const id = nextId++;
-        replies.set(id, { resolve, reject });
-        io.send({ type: 'offload', id, method: req.method, path: req.path }, req.body);
-      }),
+      get session() {
+        return session;
+      },
+      offload: (req) =>
+        new Promise((resolve, reject) => {
+          if (done) return reject(new VmsynthError('VMS_PEER_GONE', 'the session has ended'));
+          const id = nextId++;
+          replies.set(id, { resolve, reject });
+          io.send({ type: 'offload', id, method: req.method, path: req.path }, req.body);
+        }),
     };
     const maybeFinish = () => {
       if (finishing || !firstResponse || (waitComplete && timeline.overlayComplete === null)) return;
       finishing = true;
       const hook = opts.whileRunning ? opts.whileRunning(running) : Promise.resolve();
-      hook.then(() => {
-        if (!done) io.send({ type: 'finish' });
-      }, (err: unknown) => finish(err as Error));
+      hook.then(
+        () => {
+          if (!done) io.send({ type: 'finish' });
+        },
+        (err: unknown) => finish(err as Error),
+      );
     };
 
     const pump = async () => {
@@ -132,13 +162,20 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
             if (done) break;
           }
           const lane = demand.length ? 'demand' : 'background';
-          if (lane === 'background' && !firstResponse && opts.holdBackgroundAfterBytes !== undefined && bytesSent >= opts.holdBackgroundAfterBytes) break;
+          if (
+            lane === 'background' &&
+            !firstResponse &&
+            opts.holdBackgroundAfterBytes !== undefined &&
+            bytesSent >= opts.holdBackgroundAfterBytes
+          )
+            break;
           const index = demand.length ? demand.shift() : background.shift();
           if (index === undefined) break;
           const s = segs[index]!;
           let data: Buffer = Buffer.allocUnsafe(s.bytes);
           const { bytesRead } = await segments.read(data, 0, s.bytes, s.offset);
-          if (bytesRead !== s.bytes) throw new VmsynthError('VMS_OVERLAY_CORRUPT', `${SEGMENTS_FILE} ends inside segment ${index}`);
+          if (bytesRead !== s.bytes)
+            throw new VmsynthError('VMS_OVERLAY_CORRUPT', `${SEGMENTS_FILE} ends inside segment ${index}`);
           const attempt = (attempts.get(index) ?? 0) + 1;
           attempts.set(index, attempt);
           if (opts.tamper) data = opts.tamper(index, data, attempt);
@@ -147,8 +184,17 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
           sends.push({ ms: at(), index, lane, bytes: s.bytes });
           bytesSent += s.bytes;
           segmentsSent++;
-          if (opts.maxBytesPerSecond) paceUntil = Math.max(paceUntil, performance.now()) + (s.bytes / opts.maxBytesPerSecond) * 1000;
-          opts.onEvent?.({ type: 'segment', index, lane, sent: segmentsSent, total: segs.length, bytesSent, overlayBytes: overlay.segmentsBytes });
+          if (opts.maxBytesPerSecond)
+            paceUntil = Math.max(paceUntil, performance.now()) + (s.bytes / opts.maxBytesPerSecond) * 1000;
+          opts.onEvent?.({
+            type: 'segment',
+            index,
+            lane,
+            sent: segmentsSent,
+            total: segs.length,
+            bytesSent,
+            overlayBytes: overlay.segmentsBytes,
+          });
           await io.drained();
         }
       } catch (err) {
@@ -181,7 +227,10 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
           return;
         case 'want': {
           const bad = m.segments.find((i) => i >= segs.length);
-          if (bad !== undefined) return finish(new VmsynthError('VMS_PROTOCOL', `the server asked for segment ${bad}; the overlay has ${segs.length}`));
+          if (bad !== undefined)
+            return finish(
+              new VmsynthError('VMS_PROTOCOL', `the server asked for segment ${bad}; the overlay has ${segs.length}`),
+            );
           if (m.lane === 'demand') {
             demandRequests += m.segments.length;
             demand.push(...m.segments);
@@ -227,11 +276,22 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
         case 'finished':
           mark('finished');
           return finish(null, {
-            server: `${host}:${port}`, session, base: baseName, policy, timeline,
+            server: `${host}:${port}`,
+            session,
+            base: baseName,
+            policy,
+            timeline,
             firstResponse: firstResponse!,
-            overlayBytes: overlay.segmentsBytes, segments: segs.length, segmentsSent, bytesSent,
-            bytesSentBeforeFirstResponse: before.bytes, segmentsSentBeforeFirstResponse: before.segments,
-            demandRequests, hurried, sends, serverStats: m.stats,
+            overlayBytes: overlay.segmentsBytes,
+            segments: segs.length,
+            segmentsSent,
+            bytesSent,
+            bytesSentBeforeFirstResponse: before.bytes,
+            segmentsSentBeforeFirstResponse: before.segments,
+            demandRequests,
+            hurried,
+            sends,
+            serverStats: m.stats,
           });
         case 'error':
           if (m.fatal || !firstResponse) return finish(serverError(m.code, m.message));
@@ -239,6 +299,11 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
       }
     };
 
-    io.send({ type: 'hello', protocol: PROTOCOL, client: `vmsynth ${VMSYNTH_VERSION}`, ...(opts.token !== undefined ? { token: opts.token } : {}) });
+    io.send({
+      type: 'hello',
+      protocol: PROTOCOL,
+      client: `vmsynth ${VMSYNTH_VERSION}`,
+      ...(opts.token !== undefined ? { token: opts.token } : {}),
+    });
   });
 }

@@ -14,7 +14,9 @@ export function parseServer(spec: SynthesizeOptions['server']): { host: string; 
   const m = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(spec.trim());
   const port = m?.[2] ? Number(m[2]) : DEFAULTS.port;
   if (!m || !Number.isInteger(port) || port < 1 || port > 65535) {
-    throw new VmsynthError('VMS_USAGE', `--server must be HOST:PORT, got "${spec}"`, { details: { flag: '--server', value: spec } });
+    throw new VmsynthError('VMS_USAGE', `--server must be HOST:PORT, got "${spec}"`, {
+      details: { flag: '--server', value: spec },
+    });
   }
   return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
 }
@@ -24,17 +26,32 @@ export function serverError(code: string, message: string): VmsynthError {
   return new VmsynthError(known, `the server: ${message}`, { details: { serverCode: code } });
 }
 
-export function connect(host: string, port: number, signal?: AbortSignal, secure?: SynthesizeOptions['tls']): Promise<net.Socket> {
+export function connect(
+  host: string,
+  port: number,
+  signal?: AbortSignal,
+  secure?: SynthesizeOptions['tls'],
+): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const t = secure ? (secure === true ? {} : secure) : null;
     const socket = t
-      ? tls.connect({ host, port, timeout: 10_000, ...(t.ca ? { ca: t.ca } : {}), servername: t.servername ?? (net.isIP(host) ? undefined : host) })
+      ? tls.connect({
+          host,
+          port,
+          timeout: 10_000,
+          ...(t.ca ? { ca: t.ca } : {}),
+          servername: t.servername ?? (net.isIP(host) ? undefined : host),
+        })
       : net.connect({ host, port, timeout: 10_000 });
     // details.reason: the Node error code (ECONNREFUSED, DEPTH_ZERO_SELF_SIGNED_CERT, ...), 'timeout' or 'cancelled'.
     const fail = (why: string, reason?: string) => {
       socket.destroy();
       const details = { host, port, tls: t !== null, ...(reason ? { reason } : {}) };
-      reject(new VmsynthError('VMS_CONNECT', `cannot connect to ${host}:${port}${t ? ' over TLS' : ''}: ${why}`, { details }));
+      reject(
+        new VmsynthError('VMS_CONNECT', `cannot connect to ${host}:${port}${t ? ' over TLS' : ''}: ${why}`, {
+          details,
+        }),
+      );
     };
     socket.once(t ? 'secureConnect' : 'connect', () => {
       socket.setTimeout(0);
@@ -42,7 +59,9 @@ export function connect(host: string, port: number, signal?: AbortSignal, secure
       resolve(socket);
     });
     socket.once('timeout', () => fail('no answer within 10 s', 'timeout'));
-    socket.once('error', (err: NodeJS.ErrnoException) => fail(err.message, typeof err.code === 'string' ? err.code : undefined));
+    socket.once('error', (err: NodeJS.ErrnoException) =>
+      fail(err.message, typeof err.code === 'string' ? err.code : undefined),
+    );
     signal?.addEventListener('abort', () => fail('cancelled', 'cancelled'), { once: true });
   });
 }

@@ -67,7 +67,15 @@ export interface RunningSession {
 export type ClientEvent =
   | { type: 'timeline'; step: keyof Timeline; ms: number }
   | { type: 'accepted'; session: string; base: string }
-  | { type: 'segment'; index: number; lane: 'demand' | 'background'; sent: number; total: number; bytesSent: number; overlayBytes: number };
+  | {
+      type: 'segment';
+      index: number;
+      lane: 'demand' | 'background';
+      sent: number;
+      total: number;
+      bytesSent: number;
+      overlayBytes: number;
+    };
 
 export interface SegmentSend {
   ms: number;

@@ -33,7 +33,8 @@ export interface Resolved {
 export function configFilePath(flag: string | undefined, env: NodeJS.ProcessEnv): { file: string; explicit: boolean } {
   if (flag) return { file: path.resolve(flag), explicit: true };
   if (env.VMSYNTH_CONFIG) return { file: path.resolve(env.VMSYNTH_CONFIG), explicit: true };
-  if (env.CONFIGURATION_DIRECTORY) return { file: path.join(env.CONFIGURATION_DIRECTORY.split(':')[0]!, 'vmsynth.json'), explicit: false };
+  if (env.CONFIGURATION_DIRECTORY)
+    return { file: path.join(env.CONFIGURATION_DIRECTORY.split(':')[0]!, 'vmsynth.json'), explicit: false };
   return { file: DEFAULT_CONFIG_FILE, explicit: false };
 }
 
@@ -45,7 +46,8 @@ function readConfigFile(file: string, explicit: boolean): Record<string, unknown
     if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !explicit) return null;
     const errno = (err as NodeJS.ErrnoException).code;
     throw new VmsynthError('VMS_CONFIG', `cannot read the config file ${file}: ${(err as Error).message}`, {
-      cause: err, details: { file, reason: 'unreadable', errno },
+      cause: err,
+      details: { file, reason: 'unreadable', errno },
     });
   }
   let v: unknown;
@@ -53,18 +55,25 @@ function readConfigFile(file: string, explicit: boolean): Record<string, unknown
     v = JSON.parse(text);
   } catch (err) {
     throw new VmsynthError('VMS_CONFIG', `the config file ${file} is not valid JSON: ${(err as Error).message}`, {
-      cause: err, details: { file, reason: 'json' },
+      cause: err,
+      details: { file, reason: 'json' },
     });
   }
   if (typeof v !== 'object' || v === null || Array.isArray(v)) {
-    throw new VmsynthError('VMS_CONFIG', `the config file ${file} must hold one JSON object`, { details: { file, reason: 'not-object' } });
+    throw new VmsynthError('VMS_CONFIG', `the config file ${file} must hold one JSON object`, {
+      details: { file, reason: 'not-object' },
+    });
   }
   const known = new Set<string>(KEYS.map((k) => k.key));
   const unknown = Object.keys(v).filter((k) => !known.has(k) && k !== '$comment');
   if (unknown.length) {
-    throw new VmsynthError('VMS_CONFIG', `the config file ${file} has unknown key(s) ${unknown.join(', ')}; known keys: ${[...known].join(', ')}`, {
-      details: { file, reason: 'unknown-keys', keys: unknown },
-    });
+    throw new VmsynthError(
+      'VMS_CONFIG',
+      `the config file ${file} has unknown key(s) ${unknown.join(', ')}; known keys: ${[...known].join(', ')}`,
+      {
+        details: { file, reason: 'unknown-keys', keys: unknown },
+      },
+    );
   }
   return v as Record<string, unknown>;
 }
@@ -74,7 +83,9 @@ function readConfigFile(file: string, explicit: boolean): Record<string, unknown
  * a flag counts only when it was given (undefined otherwise; repeatable
  * flags count when non-empty).
  */
-export function resolveConfig(opts: { flags?: Record<string, unknown>; configFile?: string; env?: NodeJS.ProcessEnv } = {}): Resolved {
+export function resolveConfig(
+  opts: { flags?: Record<string, unknown>; configFile?: string; env?: NodeJS.ProcessEnv } = {},
+): Resolved {
   const env = opts.env ?? process.env;
   const flags = opts.flags ?? {};
   const where = configFilePath(opts.configFile, env);
@@ -103,7 +114,7 @@ export function resolveConfig(opts: { flags?: Record<string, unknown>; configFil
   }
   const c = config as unknown as Config;
   if ((c.tlsCert === null) !== (c.tlsKey === null)) {
-    const [key, missing] = c.tlsCert === null ? ['tlsKey', 'tlsCert'] as const : ['tlsCert', 'tlsKey'] as const;
+    const [key, missing] = c.tlsCert === null ? (['tlsKey', 'tlsCert'] as const) : (['tlsCert', 'tlsKey'] as const);
     throw new VmsynthError('VMS_CONFIG', 'tlsCert and tlsKey go together: set both for TLS, or neither', {
       details: { key, source: sources[key], reason: 'tls-pair', missing },
     });
@@ -117,7 +128,9 @@ export function checkExposure(c: Config): void {
   if (c.clients.length === 0 && !loopback) {
     const listen = `${c.listen.host}:${c.listen.port}`;
     const what = `none listed, so anyone who reaches ${listen} could start VMs; add clients (\`vmsynth token generate NAME\`) or listen on loopback`;
-    throw new VmsynthError('VMS_CONFIG', `clients: ${what}`, { details: { key: 'clients', reason: 'open-server', listen } });
+    throw new VmsynthError('VMS_CONFIG', `clients: ${what}`, {
+      details: { key: 'clients', reason: 'open-server', listen },
+    });
   }
 }
 

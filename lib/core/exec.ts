@@ -7,15 +7,26 @@ export interface ExecResult {
   stderr: string;
 }
 
-export function exec(cmd: string, args: string[], opts: { cwd?: string; code?: ErrorCode; timeoutMs?: number } = {}): Promise<ExecResult> {
+export function exec(
+  cmd: string,
+  args: string[],
+  opts: { cwd?: string; code?: ErrorCode; timeoutMs?: number } = {},
+): Promise<ExecResult> {
   return new Promise((resolve, reject) => {
-    execFile(cmd, args, { cwd: opts.cwd, maxBuffer: 64 * 1024 * 1024, timeout: opts.timeoutMs ?? 0 }, (err, stdout, stderr) => {
-      if (err) {
-        const detail = (stderr || err.message).trim().split('\n').slice(-5).join('\n');
-        reject(new VmsynthError(opts.code ?? 'VMS_INTERNAL', `${cmd} ${args.join(' ')} failed: ${detail}`, { cause: err }));
-      } else {
-        resolve({ stdout, stderr });
-      }
-    });
+    execFile(
+      cmd,
+      args,
+      { cwd: opts.cwd, maxBuffer: 64 * 1024 * 1024, timeout: opts.timeoutMs ?? 0 },
+      (err, stdout, stderr) => {
+        if (err) {
+          const detail = (stderr || err.message).trim().split('\n').slice(-5).join('\n');
+          reject(
+            new VmsynthError(opts.code ?? 'VMS_INTERNAL', `${cmd} ${args.join(' ')} failed: ${detail}`, { cause: err }),
+          );
+        } else {
+          resolve({ stdout, stderr });
+        }
+      },
+    );
   });
 }

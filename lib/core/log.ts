@@ -42,33 +42,51 @@ function levelOf(name: ChannelName, m: Record<string, unknown>): Level {
   if (name === 'baseChecked' && m.ok === false) return 'error';
   if (name === 'sessionEnded' && m.error) return 'warn';
   // A read still held when its session ends is answered with an error because the VM is being torn down: expected, not a fault.
-  if (name === 'fuseReadFailed' && (m.error as { code?: unknown } | undefined)?.code === 'VMS_INTERRUPTED') return 'debug';
+  if (name === 'fuseReadFailed' && (m.error as { code?: unknown } | undefined)?.code === 'VMS_INTERRUPTED')
+    return 'debug';
   return EVENT_LEVEL[name];
 }
 
 function text(name: ChannelName, m: Record<string, unknown>): string {
   switch (name) {
-    case 'accel': return `accelerator: ${String(m.accel).toUpperCase()} (${String(m.reason)})`;
-    case 'progress': return String(m.step);
-    case 'staleCleaned': return `removed stale ${String(m.kind)} left by a crashed run: ${String(m.what)}`;
-    case 'cleanupFailed': return `cleanup step failed: ${String(m.what)}: ${errText(m.error)}`;
-    case 'sessionStarted': return `session ${String(m.session)} from ${String(m.peer)} (client ${String(m.client)}): ${String(m.policy)} over base "${String(m.base)}", ${String(m.segments)} segments`;
-    case 'sessionResumed': return `session ${String(m.session)}: VM ${String(m.domain)} running after ${String(m.ms)} ms`;
-    case 'firstResponse': return `session ${String(m.session)}: first response after ${String(m.ms)} ms`;
-    case 'overlayComplete': return `session ${String(m.session)}: overlay complete after ${String(m.ms)} ms`;
-    case 'vmDied': return `session ${String(m.session)}: the VM died: ${errText(m.error)}`;
-    case 'connectionRefused': return `connection from ${String(m.peer)} refused: ${String(m.code)}: ${String(m.message)}`;
-    case 'baseChecked': return m.ok ? `base "${String(m.base)}" verified (${String(m.ms)} ms)` : `base "${String(m.base)}" failed verification: ${errText(m.error)}`;
-    case 'sessionEnded': return `session ${String(m.session)} ended${m.error ? ` (${errText(m.error)})` : ''}: ${JSON.stringify(m.stats)}`;
-    case 'serverListening': return `listening on ${String(m.host)}:${String(m.port)}${m.tls ? ' (TLS)' : ''}${m.auth ? ', clients authenticate' : ''}`;
-    case 'fuseReadFailed': return `FUSE read failed (${String(m.path)} at ${String(m.offset)}): ${errText(m.error)}`;
-    default: return `${name} ${JSON.stringify(m)}`;
+    case 'accel':
+      return `accelerator: ${String(m.accel).toUpperCase()} (${String(m.reason)})`;
+    case 'progress':
+      return String(m.step);
+    case 'staleCleaned':
+      return `removed stale ${String(m.kind)} left by a crashed run: ${String(m.what)}`;
+    case 'cleanupFailed':
+      return `cleanup step failed: ${String(m.what)}: ${errText(m.error)}`;
+    case 'sessionStarted':
+      return `session ${String(m.session)} from ${String(m.peer)} (client ${String(m.client)}): ${String(m.policy)} over base "${String(m.base)}", ${String(m.segments)} segments`;
+    case 'sessionResumed':
+      return `session ${String(m.session)}: VM ${String(m.domain)} running after ${String(m.ms)} ms`;
+    case 'firstResponse':
+      return `session ${String(m.session)}: first response after ${String(m.ms)} ms`;
+    case 'overlayComplete':
+      return `session ${String(m.session)}: overlay complete after ${String(m.ms)} ms`;
+    case 'vmDied':
+      return `session ${String(m.session)}: the VM died: ${errText(m.error)}`;
+    case 'connectionRefused':
+      return `connection from ${String(m.peer)} refused: ${String(m.code)}: ${String(m.message)}`;
+    case 'baseChecked':
+      return m.ok
+        ? `base "${String(m.base)}" verified (${String(m.ms)} ms)`
+        : `base "${String(m.base)}" failed verification: ${errText(m.error)}`;
+    case 'sessionEnded':
+      return `session ${String(m.session)} ended${m.error ? ` (${errText(m.error)})` : ''}: ${JSON.stringify(m.stats)}`;
+    case 'serverListening':
+      return `listening on ${String(m.host)}:${String(m.port)}${m.tls ? ' (TLS)' : ''}${m.auth ? ', clients authenticate' : ''}`;
+    case 'fuseReadFailed':
+      return `FUSE read failed (${String(m.path)} at ${String(m.offset)}): ${errText(m.error)}`;
+    default:
+      return `${name} ${JSON.stringify(m)}`;
   }
 }
 
 function errText(e: unknown): string {
   if (e instanceof Error) return 'code' in e ? `${String(e.code)}: ${e.message}` : e.message;
-  if (e && typeof e === 'object' && 'message' in e) return String((e).message);
+  if (e && typeof e === 'object' && 'message' in e) return String(e.message);
   return String(e);
 }
 
@@ -88,10 +106,15 @@ export interface LoggerOptions {
 
 /** Starts logging core events; returns a function that stops it. */
 export function attachLogger(opts: LoggerOptions = {}): () => void {
-  const level = (LEVELS as readonly string[]).includes(opts.level ?? '') ? (opts.level as (typeof LEVELS)[number]) : 'info';
+  const level = (LEVELS as readonly string[]).includes(opts.level ?? '')
+    ? (opts.level as (typeof LEVELS)[number])
+    : 'info';
   const threshold = LEVELS.indexOf(level);
   const fd = opts.to === 'stdout' ? 1 : 2;
-  const root = opts.format === 'json' ? pino({ level, base: { name: 'vmsynth', pid: process.pid } }, pino.destination({ fd, sync: true })) : null;
+  const root =
+    opts.format === 'json'
+      ? pino({ level, base: { name: 'vmsynth', pid: process.pid } }, pino.destination({ fd, sync: true }))
+      : null;
   const sessions = new Map<string, pino.Logger>();
   const unsubscribers: (() => void)[] = [];
   for (const name of Object.keys(channels) as ChannelName[]) {
@@ -101,7 +124,8 @@ export function attachLogger(opts: LoggerOptions = {}): () => void {
       if (LEVELS.indexOf(lvl) < threshold) return;
       const id = typeof m.session === 'string' ? m.session : null;
       if (root) {
-        if (name === 'sessionStarted' && id) sessions.set(id, root.child({ session: id, domain: m.domain, client: m.client, peer: m.peer }));
+        if (name === 'sessionStarted' && id)
+          sessions.set(id, root.child({ session: id, domain: m.domain, client: m.client, peer: m.peer }));
         const log = (id && sessions.get(id)) || root;
         const { session: _s, domain: _d, client: _c, peer: _p, ...rest } = m;
         const fields = log === root ? m : rest;

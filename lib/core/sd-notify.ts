@@ -41,9 +41,16 @@ export function loadAddon(file = addonPath()): Addon {
   try {
     addon = createRequire(import.meta.url)(file) as Addon;
   } catch (cause) {
-    throw new VmsynthError('VMS_NATIVE', `NOTIFY_SOCKET is set, but the sd_notify addon cannot be loaded from ${file}`, { cause, details: { file } });
+    throw new VmsynthError(
+      'VMS_NATIVE',
+      `NOTIFY_SOCKET is set, but the sd_notify addon cannot be loaded from ${file}`,
+      { cause, details: { file } },
+    );
   }
-  if (typeof addon?.send !== 'function') throw new VmsynthError('VMS_NATIVE', `${file} is not the sd_notify addon (it has no send())`, { details: { file } });
+  if (typeof addon?.send !== 'function')
+    throw new VmsynthError('VMS_NATIVE', `${file} is not the sd_notify addon (it has no send())`, {
+      details: { file },
+    });
   loaded.set(file, addon);
   return addon;
 }
@@ -61,7 +68,8 @@ const KEY = /^[A-Z][A-Z0-9_]*$/;
 export function formatState(state: NotifyState): string {
   let out = '';
   for (const [key, value] of Object.entries(state)) {
-    if (!KEY.test(key)) throw new VmsynthError('VMS_INTERNAL', `sd_notify: ${JSON.stringify(key)} is not a notification variable name`);
+    if (!KEY.test(key))
+      throw new VmsynthError('VMS_INTERNAL', `sd_notify: ${JSON.stringify(key)} is not a notification variable name`);
     out += `${key}=${String(value).replace(/[\r\n]+/g, ' ')}\n`;
   }
   return out;
@@ -106,7 +114,8 @@ export function watchdogPing(): boolean {
 
 /** Asks for more time for the current start or stop (EXTEND_TIMEOUT_USEC: from now, not added). */
 export function extendTimeout(usec: number): boolean {
-  if (!Number.isSafeInteger(usec) || usec <= 0) throw new VmsynthError('VMS_INTERNAL', `sd_notify: EXTEND_TIMEOUT_USEC must be a positive integer, not ${usec}`);
+  if (!Number.isSafeInteger(usec) || usec <= 0)
+    throw new VmsynthError('VMS_INTERNAL', `sd_notify: EXTEND_TIMEOUT_USEC must be a positive integer, not ${usec}`);
   return notify({ EXTEND_TIMEOUT_USEC: usec });
 }
 

@@ -46,7 +46,8 @@ export async function removeStaleSiblings(out: string): Promise<string[]> {
  * left beside it, and returns a fresh, empty `<out>.<kind>-<pid>` directory.
  */
 export async function claimOutput(out: string, kind: 'tmp' | 'work', force = false): Promise<string> {
-  if (!force && (await fsp.stat(out).catch(() => null))) throw new VmsynthError('VMS_OVERLAY_EXISTS', `${out} already exists`, { details: { path: out } });
+  if (!force && (await fsp.stat(out).catch(() => null)))
+    throw new VmsynthError('VMS_OVERLAY_EXISTS', `${out} already exists`, { details: { path: out } });
   await removeStaleSiblings(out);
   const dir = `${out}.${kind}-${process.pid}`;
   await fsp.rm(dir, { recursive: true, force: true });

@@ -31,7 +31,10 @@ export async function checkFuseDevice(device = '/dev/fuse'): Promise<void> {
   try {
     await fsp.access(device, fsc.R_OK | fsc.W_OK);
   } catch (cause) {
-    throw new VmsynthError('VMS_NO_FUSE', `cannot open ${device}: FUSE is not available to this process`, { cause, details: { device } });
+    throw new VmsynthError('VMS_NO_FUSE', `cannot open ${device}: FUSE is not available to this process`, {
+      cause,
+      details: { device },
+    });
   }
 }
 
@@ -51,15 +54,25 @@ export class ImageMount {
     const byName = new Map(images.map((img) => [`/${img.name}`, img]));
     const started = new Date();
     let nextFd = 1;
-    const fuse = new Fuse(mountpoint, fuseHandlers(byName, started, () => nextFd++), {
-      mkdir: true,
-      force: true,
-      timeout: false,
-      fsname: 'vmsynth',
-      subtype: 'vmsynth',
-    });
+    const fuse = new Fuse(
+      mountpoint,
+      fuseHandlers(byName, started, () => nextFd++),
+      {
+        mkdir: true,
+        force: true,
+        timeout: false,
+        fsname: 'vmsynth',
+        subtype: 'vmsynth',
+      },
+    );
     await new Promise<void>((resolve, reject) => {
-      fuse.mount((err) => (err ? reject(new VmsynthError('VMS_FUSE_MOUNT', `cannot mount FUSE at ${mountpoint}: ${err.message}`, { cause: err })) : resolve()));
+      fuse.mount((err) =>
+        err
+          ? reject(
+              new VmsynthError('VMS_FUSE_MOUNT', `cannot mount FUSE at ${mountpoint}: ${err.message}`, { cause: err }),
+            )
+          : resolve(),
+      );
     });
     const mp = path.resolve(mountpoint);
     const entry = (await listFuseMounts()).find((m) => m.mountpoint === mp);
@@ -80,7 +93,9 @@ export class ImageMount {
   private async doUnmount(): Promise<{ forced: boolean }> {
     const clean = new Promise<boolean>((resolve) => this.fuse.unmount((err) => resolve(!err)));
     let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), this.unmountTimeoutMs); });
+    const timedOut = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), this.unmountTimeoutMs);
+    });
     const ok = await Promise.race([clean, timedOut]);
     clearTimeout(timer);
     let forced = false;
@@ -100,7 +115,10 @@ export function fuseHandlers(images: Map<string, ImageFile>, started: Date, newF
   return {
     readdir(p, cb) {
       if (p !== '/') return cb(Fuse.ENOTDIR);
-      cb(0, [...images.keys()].map((k) => k.slice(1)));
+      cb(
+        0,
+        [...images.keys()].map((k) => k.slice(1)),
+      );
     },
     getattr(p, cb) {
       const base = { mtime: started, atime: started, ctime: started, uid: 0, gid: 0 };

@@ -98,7 +98,10 @@ export function fileReader(handle: FileHandle, what: string): RangeReader {
     while (done < length) {
       const { bytesRead } = await handle.read(buf, bufOffset + done, length - done, imageOffset + done);
       if (bytesRead === 0) {
-        throw new VmsynthError('VMS_BASE_CORRUPT', `${what} ended at ${imageOffset + done}, before the size its manifest gives`);
+        throw new VmsynthError(
+          'VMS_BASE_CORRUPT',
+          `${what} ended at ${imageOffset + done}, before the size its manifest gives`,
+        );
       }
       done += bytesRead;
     }

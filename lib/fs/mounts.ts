@@ -41,7 +41,8 @@ export async function listFuseMounts(): Promise<FuseMount[]> {
 /** Mount points of any type at or under `dir`, deepest first. */
 export async function mountsUnder(dir: string): Promise<string[]> {
   const text = await fsp.readFile('/proc/self/mountinfo', 'utf8');
-  return text.split('\n')
+  return text
+    .split('\n')
     .map((line) => unescapeMountField(line.split(' ')[4] ?? ''))
     .filter((m) => m === dir || m.startsWith(`${dir}/`))
     .sort((a, b) => b.length - a.length);

@@ -35,7 +35,8 @@ export class TouchLog {
   /** Touches [from, to) in the order they happened. */
   slice(from = 0, to = this.n): Touch[] {
     const out: Touch[] = [];
-    for (let i = Math.max(0, from); i < Math.min(to, this.n); i++) out.push({ image: this.pairs[2 * i]!, index: this.pairs[2 * i + 1]! });
+    for (let i = Math.max(0, from); i < Math.min(to, this.n); i++)
+      out.push({ image: this.pairs[2 * i]!, index: this.pairs[2 * i + 1]! });
     return out;
   }
 }

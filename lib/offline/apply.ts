@@ -79,11 +79,19 @@ export async function applyOverlay(opts: ApplyOptions): Promise<ApplyResult> {
     const tApply = performance.now();
 
     publish('progress', { step: `overlay apply: ${overlay.body.segments.length} segments` });
-    const stats = await applyToImages(overlay, [base.file('memory'), base.file('disk')], [path.join(tmp, 'memory.raw'), path.join(tmp, 'disk.raw')], { threads: opts.threads, signal: opts.signal });
+    const stats = await applyToImages(
+      overlay,
+      [base.file('memory'), base.file('disk')],
+      [path.join(tmp, 'memory.raw'), path.join(tmp, 'disk.raw')],
+      { threads: opts.threads, signal: opts.signal },
+    );
     const tHash = performance.now();
 
     publish('progress', { step: 'overlay apply: hashing the synthesized images' });
-    const memory = { bytes: base.manifest.memory.bytes, sha256: await sha256File(path.join(tmp, 'memory.raw'), opts.signal) };
+    const memory = {
+      bytes: base.manifest.memory.bytes,
+      sha256: await sha256File(path.join(tmp, 'memory.raw'), opts.signal),
+    };
     const disk = { bytes: base.manifest.disk.bytes, sha256: await sha256File(path.join(tmp, 'disk.raw'), opts.signal) };
     const m = base.manifest;
     const manifest: BaseManifest = {
@@ -97,7 +105,13 @@ export async function applyOverlay(opts: ApplyOptions): Promise<ApplyResult> {
         ...m.created,
         at: new Date().toISOString(),
         vmsynth: VMSYNTH_VERSION,
-        source: { kind: 'synthesized', overlay: overlay.dir, keyId: overlay.keyId, base: base.name, overlayCreatedAt: overlay.body.createdAt },
+        source: {
+          kind: 'synthesized',
+          overlay: overlay.dir,
+          keyId: overlay.keyId,
+          base: base.name,
+          overlayCreatedAt: overlay.body.createdAt,
+        },
       },
     };
     await fsp.writeFile(path.join(tmp, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
@@ -111,7 +125,13 @@ export async function applyOverlay(opts: ApplyOptions): Promise<ApplyResult> {
       apply: { ...stats, mbps: stats.imageBytes / 1e6 / (stats.ms / 1000 || 1e-9) },
       memory,
       disk,
-      ms: { verifyBase: verifyMs, copy: Math.round(tApply - tCopy), apply: Math.round(tHash - tApply), hash: Math.round(tEnd - tHash), total: Math.round(tEnd - t0) },
+      ms: {
+        verifyBase: verifyMs,
+        copy: Math.round(tApply - tCopy),
+        apply: Math.round(tHash - tApply),
+        hash: Math.round(tEnd - tHash),
+        total: Math.round(tEnd - t0),
+      },
     };
   } catch (err) {
     await fsp.rm(tmp, { recursive: true, force: true });
@@ -143,6 +163,17 @@ export async function verifyOverlay(opts: VerifyOverlayOptions): Promise<VerifyO
   const base = await baseFor(overlay, opts.base);
   await verifyBase(base, opts.signal);
   overlay.deviceState();
-  const stats = await verifyChunks(overlay, [base.file('memory'), base.file('disk')], { threads: opts.threads, signal: opts.signal });
-  return { ok: true, overlay: overlay.dir, keyId: overlay.keyId, base: base.name, segments: stats.segments, chunks: stats.chunks, ms: Math.round(performance.now() - t0) };
+  const stats = await verifyChunks(overlay, [base.file('memory'), base.file('disk')], {
+    threads: opts.threads,
+    signal: opts.signal,
+  });
+  return {
+    ok: true,
+    overlay: overlay.dir,
+    keyId: overlay.keyId,
+    base: base.name,
+    segments: stats.segments,
+    chunks: stats.chunks,
+    ms: Math.round(performance.now() - t0),
+  };
 }

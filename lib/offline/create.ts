@@ -38,10 +38,20 @@ export interface CreateOverlayResult extends BuildResult {
 export async function createOverlay(opts: CreateOverlayOptions): Promise<CreateOverlayResult> {
   const key = await loadSigningKey(opts.key);
   const out = path.resolve(opts.out);
-  if (opts.keepCustom && (await fsp.stat(opts.keepCustom).catch(() => null))) throw new VmsynthError('VMS_OVERLAY_EXISTS', `${opts.keepCustom} already exists`);
+  if (opts.keepCustom && (await fsp.stat(opts.keepCustom).catch(() => null)))
+    throw new VmsynthError('VMS_OVERLAY_EXISTS', `${opts.keepCustom} already exists`);
   const work = await claimOutput(out, 'work', opts.force);
   try {
-    const custom = await customizeBase({ base: opts.base, script: opts.script, copies: opts.copies, workDir: work, dropCaches: opts.dropCaches, reportFreePages: opts.reportFreePages, timeoutMs: opts.timeoutMs, signal: opts.signal });
+    const custom = await customizeBase({
+      base: opts.base,
+      script: opts.script,
+      copies: opts.copies,
+      workDir: work,
+      dropCaches: opts.dropCaches,
+      reportFreePages: opts.reportFreePages,
+      timeoutMs: opts.timeoutMs,
+      signal: opts.signal,
+    });
     const built = await buildOverlay({
       base: baseInput(custom.base),
       custom,
@@ -60,7 +70,17 @@ export async function createOverlay(opts: CreateOverlayOptions): Promise<CreateO
       kept = path.resolve(opts.keepCustom);
       await fsp.rename(work, kept);
     }
-    return { ...built, custom: { domain: custom.domain, trimmed: custom.trimmed, ms: custom.ms, scriptOutput: custom.scriptOutput, freePages: custom.freePages, kept } };
+    return {
+      ...built,
+      custom: {
+        domain: custom.domain,
+        trimmed: custom.trimmed,
+        ms: custom.ms,
+        scriptOutput: custom.scriptOutput,
+        freePages: custom.freePages,
+        kept,
+      },
+    };
   } finally {
     await fsp.rm(work, { recursive: true, force: true });
   }

@@ -57,7 +57,10 @@ export function rankTouches(runs: readonly (readonly Touch[])[]): ChunkRef[] {
     });
   }
   return [...acc.values()]
-    .sort((x, y) => x.min - y.min || y.runs - x.runs || x.sum / x.runs - y.sum / y.runs || x.image - y.image || x.index - y.index)
+    .sort(
+      (x, y) =>
+        x.min - y.min || y.runs - x.runs || x.sum / x.runs - y.sum / y.runs || x.image - y.image || x.index - y.index,
+    )
     .map((a) => ({ image: a.image as Image, index: a.index }));
 }
 
@@ -92,7 +95,12 @@ export function prefixNeeded(overlay: Overlay, touches: readonly Touch[]): Prefi
     last = Math.max(last, seg);
   }
   const segs = overlay.body.segments;
-  return { chunks, segments: hit.size, prefixSegments: last + 1, prefixBytes: last < 0 ? 0 : segs[last]!.offset + segs[last]!.bytes };
+  return {
+    chunks,
+    segments: hit.size,
+    prefixSegments: last + 1,
+    prefixBytes: last < 0 ? 0 : segs[last]!.offset + segs[last]!.bytes,
+  };
 }
 
 export interface ProfileOptions extends TrustOptions {
@@ -139,24 +147,47 @@ export interface ProfileResult {
 export async function profileOverlay(opts: ProfileOptions): Promise<ProfileResult> {
   const t0 = performance.now();
   const runs = opts.runs ?? 3;
-  if (!Number.isInteger(runs) || runs < 1) throw new VmsynthError('VMS_USAGE', `runs must be a positive integer, got ${runs}`);
+  if (!Number.isInteger(runs) || runs < 1)
+    throw new VmsynthError('VMS_USAGE', `runs must be a positive integer, got ${runs}`);
   const key = await loadSigningKey(opts.key);
   const input = await openTrusted(opts.overlay, opts);
   const base = await baseFor(input, opts.base);
   const out = path.resolve(opts.out);
-  if (path.resolve(opts.overlay) === out) throw new VmsynthError('VMS_USAGE', 'the profiled overlay must go to a new directory (--out), not over its input');
+  if (path.resolve(opts.overlay) === out)
+    throw new VmsynthError('VMS_USAGE', 'the profiled overlay must go to a new directory (--out), not over its input');
   const work = await claimOutput(out, 'work', opts.force);
   try {
     const launch = path.join(work, 'launch');
     publish('progress', { step: `overlay profile: synthesizing the launch VM from base "${base.name}"` });
-    await applyOverlay({ overlay: opts.overlay, base: base.dir, out: launch, trust: opts.trust, threads: opts.threads, signal: opts.signal });
+    await applyOverlay({
+      overlay: opts.overlay,
+      base: base.dir,
+      out: launch,
+      trust: opts.trust,
+      threads: opts.threads,
+      signal: opts.signal,
+    });
     const tRuns = performance.now();
 
     const results: Array<{ domain: string; firstResponseMs: number; touches: Touch[] }> = [];
     for (let i = 0; i < runs; i++) {
-      publish('progress', { step: `overlay profile: run ${i + 1} of ${runs}: resume through tracing FUSE images, first request` });
-      const r = await resumeBase({ base: launch, verify: false, trace: true, work: opts.work, request: opts.request, timeoutMs: opts.timeoutMs, signal: opts.signal });
-      results.push({ domain: r.domain, firstResponseMs: r.firstResponseMs, touches: r.touchesBeforeFirstResponse ?? [] });
+      publish('progress', {
+        step: `overlay profile: run ${i + 1} of ${runs}: resume through tracing FUSE images, first request`,
+      });
+      const r = await resumeBase({
+        base: launch,
+        verify: false,
+        trace: true,
+        work: opts.work,
+        request: opts.request,
+        timeoutMs: opts.timeoutMs,
+        signal: opts.signal,
+      });
+      results.push({
+        domain: r.domain,
+        firstResponseMs: r.firstResponseMs,
+        touches: r.touchesBeforeFirstResponse ?? [],
+      });
     }
     const tBuild = performance.now();
 
@@ -166,7 +197,11 @@ export async function profileOverlay(opts: ProfileOptions): Promise<ProfileResul
     publish('progress', { step: `overlay profile: re-packing ${chunks.length} ranked chunks in access order` });
     const build = await buildOverlay({
       base: baseInput(base),
-      custom: { memory: path.join(launch, 'memory.raw'), disk: path.join(launch, 'disk.raw'), deviceState: path.join(launch, 'device.state') },
+      custom: {
+        memory: path.join(launch, 'memory.raw'),
+        disk: path.join(launch, 'disk.raw'),
+        deviceState: path.join(launch, 'device.state'),
+      },
       appPort: body.vm.appPort,
       trimmedChunks: body.stats.trimmedChunks,
       order,
@@ -185,14 +220,22 @@ export async function profileOverlay(opts: ProfileOptions): Promise<ProfileResul
       runs: results.map((r) => ({
         domain: r.domain,
         firstResponseMs: r.firstResponseMs,
-        touches: { memory: r.touches.filter((t) => t.image === 0).length, disk: r.touches.filter((t) => t.image === 1).length },
+        touches: {
+          memory: r.touches.filter((t) => t.image === 0).length,
+          disk: r.touches.filter((t) => t.image === 1).length,
+        },
         before: prefixNeeded(input, r.touches),
         after: prefixNeeded(repacked, r.touches),
       })),
       rank: RANK_RULE,
       ranked: chunks.length,
       build,
-      ms: { apply: Math.round(tRuns - t0), runs: Math.round(tBuild - tRuns), build: Math.round(tEnd - tBuild), total: Math.round(tEnd - t0) },
+      ms: {
+        apply: Math.round(tRuns - t0),
+        runs: Math.round(tBuild - tRuns),
+        build: Math.round(tEnd - tBuild),
+        total: Math.round(tEnd - t0),
+      },
     };
   } finally {
     await fsp.rm(work, { recursive: true, force: true });

@@ -32,10 +32,16 @@ import { asBuffer, RECORD } from './records.js';
 import { decompressFrame, decompressInto } from './zstd-frame.js';
 
 /** The part of a segment's manifest entry that applying it needs. */
-export type SegmentEntry = Pick<SegmentInfo, 'offset' | 'bytes' | 'sha256' | 'rawBytes' | 'count' | 'chunks' | 'digests'>;
+export type SegmentEntry = Pick<
+  SegmentInfo,
+  'offset' | 'bytes' | 'sha256' | 'rawBytes' | 'count' | 'chunks' | 'digests'
+>;
 
 function corrupt(index: number, check: string, message: string, cause?: unknown): VmsynthError {
-  return new VmsynthError('VMS_OVERLAY_CORRUPT', `segment ${index} ${message}`, { cause, details: { segment: index, check } });
+  return new VmsynthError('VMS_OVERLAY_CORRUPT', `segment ${index} ${message}`, {
+    cause,
+    details: { segment: index, check },
+  });
 }
 
 /**
@@ -44,22 +50,44 @@ function corrupt(index: number, check: string, message: string, cause?: unknown)
  * "sha256", "decompress" or "size"). With `into` (at least rawBytes long)
  * the bytes land there.
  */
-export function openSegment(index: number, s: Pick<SegmentInfo, 'sha256' | 'rawBytes'>, compressed: Uint8Array, into?: Buffer): Buffer {
+export function openSegment(
+  index: number,
+  s: Pick<SegmentInfo, 'sha256' | 'rawBytes'>,
+  compressed: Uint8Array,
+  into?: Buffer,
+): Buffer {
   if (!sha256(compressed).equals(asBuffer(s.sha256))) throw corrupt(index, 'sha256', 'does not match its SHA-256');
   let raw: Buffer;
   try {
     // Its digest matched the signed manifest's: the frame is the builder's, so no frame checks.
-    raw = into && into.length >= s.rawBytes ? into.subarray(0, decompressInto(compressed, into.subarray(0, s.rawBytes))) : decompressFrame(compressed, s.rawBytes);
+    raw =
+      into && into.length >= s.rawBytes
+        ? into.subarray(0, decompressInto(compressed, into.subarray(0, s.rawBytes)))
+        : decompressFrame(compressed, s.rawBytes);
   } catch (err) {
-    throw corrupt(index, 'decompress', `does not decompress to its ${s.rawBytes} bytes (${(err as Error).message})`, err);
+    throw corrupt(
+      index,
+      'decompress',
+      `does not decompress to its ${s.rawBytes} bytes (${(err as Error).message})`,
+      err,
+    );
   }
-  if (raw.length !== s.rawBytes) throw corrupt(index, 'size', `decompresses to ${raw.length} bytes, expected ${s.rawBytes}`);
+  if (raw.length !== s.rawBytes)
+    throw corrupt(index, 'size', `decompresses to ${raw.length} bytes, expected ${s.rawBytes}`);
   return raw;
 }
 
 const BLOCK = 1 << 20;
 // The record layout and kinds as module constants: the hot loop reads them per record.
-const { BYTES: R_BYTES, IMAGE: R_IMAGE, KIND: R_KIND, REF_IMAGE: R_REF_IMAGE, INDEX: R_INDEX, REF_INDEX: R_REF_INDEX, PAYLOAD_OFFSET: R_PAYLOAD } = RECORD;
+const {
+  BYTES: R_BYTES,
+  IMAGE: R_IMAGE,
+  KIND: R_KIND,
+  REF_IMAGE: R_REF_IMAGE,
+  INDEX: R_INDEX,
+  REF_INDEX: R_REF_INDEX,
+  PAYLOAD_OFFSET: R_PAYLOAD,
+} = RECORD;
 const { BASE, XOR, RAW } = ChunkKind;
 /** pwritev takes at most IOV_MAX (1024) buffers. */
 const MAX_IOV = 1000;
@@ -85,7 +113,13 @@ class RunWriter {
 
   /** Starts a new run unless chunk `index` of `image` extends this one (and there is room for it). */
   next(image: number, index: number): void {
-    if (image === this.image && index === this.start + this.count && this.builtUsed < BLOCK && this.iov.length < MAX_IOV) return;
+    if (
+      image === this.image &&
+      index === this.start + this.count &&
+      this.builtUsed < BLOCK &&
+      this.iov.length < MAX_IOV
+    )
+      return;
     this.flush();
     this.image = image;
     this.start = index;
@@ -223,7 +257,10 @@ export class SegmentApplier {
       runs.flush();
     } catch (err) {
       runs.reset();
-      throw new VmsynthError('VMS_INTERNAL', `segment ${index} could not be written (${(err as Error).message})`, { cause: err, details: { segment: index } });
+      throw new VmsynthError('VMS_INTERNAL', `segment ${index} could not be written (${(err as Error).message})`, {
+        cause: err,
+        details: { segment: index },
+      });
     }
   }
 
@@ -244,16 +281,21 @@ export class SegmentApplier {
       const chunk = rec.readUInt32LE(o + RECORD.INDEX);
       const p = rec.readUInt32LE(o + RECORD.PAYLOAD_OFFSET);
       let content: Buffer;
-      if (kind === ChunkKind.BASE) content = this.base[rec[o + RECORD.REF_IMAGE]!]!.chunk(rec.readUInt32LE(o + RECORD.REF_INDEX));
+      if (kind === ChunkKind.BASE)
+        content = this.base[rec[o + RECORD.REF_IMAGE]!]!.chunk(rec.readUInt32LE(o + RECORD.REF_INDEX));
       else if (kind === ChunkKind.RAW) content = raw.subarray(p, p + CHUNK_SIZE);
       else {
         xorInto(this.content, raw.subarray(p, p + CHUNK_SIZE), this.base[image]!.chunk(chunk));
         content = this.content;
       }
       if (!sha256(content).equals(digests.subarray(d * HASH_BYTES, ++d * HASH_BYTES))) {
-        throw new VmsynthError('VMS_OVERLAY_CORRUPT', `segment ${index}: ${image === 0 ? 'memory' : 'disk'} chunk ${chunk} does not match its SHA-256`, {
-          details: { segment: index, image, index: chunk, check: 'chunk' },
-        });
+        throw new VmsynthError(
+          'VMS_OVERLAY_CORRUPT',
+          `segment ${index}: ${image === 0 ? 'memory' : 'disk'} chunk ${chunk} does not match its SHA-256`,
+          {
+            details: { segment: index, image, index: chunk, check: 'chunk' },
+          },
+        );
       }
     }
   }

@@ -19,7 +19,17 @@ import { VMSYNTH_VERSION } from '../core/version.js';
 import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import type { Base } from '../vm/base.js';
 import { ChunkFile, sha256 } from './chunk-io.js';
-import { DEFAULT_SEGMENT_BYTES, IMAGE_NAMES, MANIFEST_FILE, MAX_SEGMENT_PAYLOAD_BYTES, OVERLAY_FORMAT, SEGMENTS_FILE, type ImageIdentity, type OverlayBody, type OverlayEnvelope } from './format.js';
+import {
+  DEFAULT_SEGMENT_BYTES,
+  IMAGE_NAMES,
+  MANIFEST_FILE,
+  MAX_SEGMENT_PAYLOAD_BYTES,
+  OVERLAY_FORMAT,
+  SEGMENTS_FILE,
+  type ImageIdentity,
+  type OverlayBody,
+  type OverlayEnvelope,
+} from './format.js';
 import { signBytes, type SigningKey } from './keys.js';
 import { encodeBody } from './manifest.js';
 import { orderEntries, pack, SegmentPacker, type BuildOrder } from './pack.js';
@@ -40,7 +50,11 @@ export interface BuildBase {
 
 /** The builder's view of a local base: its name, image files and identity. */
 export function baseInput(base: Base): BuildBase {
-  return { name: base.name, files: { memory: base.file('memory'), disk: base.file('disk') }, identity: { memory: base.manifest.memory, disk: base.manifest.disk } };
+  return {
+    name: base.name,
+    files: { memory: base.file('memory'), disk: base.file('disk') },
+    identity: { memory: base.manifest.memory, disk: base.manifest.disk },
+  };
 }
 
 export interface BuildOptions {
@@ -81,7 +95,10 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
   const t0 = performance.now();
   const segmentBytes = opts.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
   if (segmentBytes < CHUNK_SIZE || segmentBytes % CHUNK_SIZE !== 0 || segmentBytes > MAX_SEGMENT_PAYLOAD_BYTES) {
-    throw new VmsynthError('VMS_USAGE', `segment size ${segmentBytes} must be a multiple of 4096 between 4 KiB and ${MAX_SEGMENT_PAYLOAD_BYTES >> 20} MiB`);
+    throw new VmsynthError(
+      'VMS_USAGE',
+      `segment size ${segmentBytes} must be a multiple of 4096 between 4 KiB and ${MAX_SEGMENT_PAYLOAD_BYTES >> 20} MiB`,
+    );
   }
   const level = opts.zstdLevel ?? 3;
   const out = path.resolve(opts.out);
@@ -101,7 +118,8 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
     for (const name of IMAGE_NAMES) {
       const want = opts.base.identity[name].bytes;
       const have = base[name === 'memory' ? 0 : 1]!.bytes;
-      if (want !== have) throw new VmsynthError('VMS_BASE_CORRUPT', `base ${name} image is ${have} bytes, its manifest says ${want}`);
+      if (want !== have)
+        throw new VmsynthError('VMS_BASE_CORRUPT', `base ${name} image is ${have} bytes, its manifest says ${want}`);
     }
     const deviceState = readFileSync(opts.custom.deviceState);
 
@@ -116,7 +134,15 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
     fd = openSync(path.join(tmp, SEGMENTS_FILE), 'w');
     const packer = new SegmentPacker(fd, segmentBytes, level);
     publish('progress', { step: `overlay: packing ${entries.n} chunks into ${segmentBytes >> 10} KiB segments` });
-    const kinds = await pack(base, custom, entries, orderEntries(entries, opts.order), opts.delta ?? 'auto', packer, opts.signal);
+    const kinds = await pack(
+      base,
+      custom,
+      entries,
+      orderEntries(entries, opts.order),
+      opts.delta ?? 'auto',
+      packer,
+      opts.signal,
+    );
     closeSync(fd);
     fd = -1;
     const tPack = performance.now();
@@ -130,11 +156,21 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
       delta: { encoding: 'xor', rule: DELTA_RULES[opts.delta ?? 'auto'] },
       compression: { codec: 'zstd', level },
       segmentBytes,
-      order: opts.order ? { kind: 'profile', runs: opts.order.runs, rank: opts.order.rank } : { kind: 'default', runs: 0 },
+      order: opts.order
+        ? { kind: 'profile', runs: opts.order.runs, rank: opts.order.rank }
+        : { kind: 'default', runs: 0 },
       vm: { appPort: opts.appPort },
-      deviceState: { bytes: deviceState.length, sha256: sha256(deviceState).toString('hex'), zstd: compress(deviceState, { compressionLevel: 9 }) },
+      deviceState: {
+        bytes: deviceState.length,
+        sha256: sha256(deviceState).toString('hex'),
+        zstd: compress(deviceState, { compressionLevel: 9 }),
+      },
       segments: packer.table,
-      stats: { chunks: kinds, trimmedChunks: opts.trimmedChunks ?? trimmedChunks, modified: { memory: modified[0]!, disk: modified[1]! } },
+      stats: {
+        chunks: kinds,
+        trimmedChunks: opts.trimmedChunks ?? trimmedChunks,
+        modified: { memory: modified[0]!, disk: modified[1]! },
+      },
     };
     const bodyBytes = encodeBody(body);
     const sig = signBytes(opts.key, bodyBytes);
@@ -154,7 +190,12 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
       segmentsBytes: packer.offset,
       segments: packer.table.length,
       body,
-      ms: { scan: Math.round(tScan - t0), lookaside: Math.round(tLook - tScan), pack: Math.round(tPack - tLook), total: Math.round(tEnd - t0) },
+      ms: {
+        scan: Math.round(tScan - t0),
+        lookaside: Math.round(tLook - tScan),
+        pack: Math.round(tPack - tLook),
+        total: Math.round(tEnd - t0),
+      },
     };
   } catch (err) {
     if (fd >= 0) closeSync(fd);
@@ -164,4 +205,3 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
     for (const f of files) f.close();
   }
 }
-

@@ -86,6 +86,7 @@ function readU32(b: Uint8Array, o: number): number {
 }
 
 function pack(loc: Location): number {
-  if (loc.index >= 0x7fffffff || loc.image > 1) throw new RangeError(`location ${loc.image}/${loc.index} does not fit the index`);
+  if (loc.index >= 0x7fffffff || loc.image > 1)
+    throw new RangeError(`location ${loc.image}/${loc.index} does not fit the index`);
   return ((loc.image << 31) | loc.index) >>> 0;
 }

@@ -30,10 +30,14 @@ export function xorInto(out: Uint8Array, a: Uint8Array, b: Uint8Array): void {
  * a subarray (a Buffer object) per operand.
  */
 export function xorAt(out: Uint8Array, o: number, a: Uint8Array, ao: number, b: Uint8Array, bo: number): void {
-  const po = out.byteOffset + o, pa = a.byteOffset + ao, pb = b.byteOffset + bo;
+  const po = out.byteOffset + o,
+    pa = a.byteOffset + ao,
+    pb = b.byteOffset + bo;
   if ((po | pa | pb) % 4 === 0) {
     // Whole-buffer views indexed by offset: a new view per chunk costs 3-5x the XOR itself.
-    const O = words(out.buffer), X = words(a.buffer), Y = words(b.buffer);
+    const O = words(out.buffer),
+      X = words(a.buffer),
+      Y = words(b.buffer);
     for (let i = po >> 2, x = pa >> 2, y = pb >> 2, e = i + CHUNK_SIZE / 4; i < e; i++, x++, y++) O[i] = X[x]! ^ Y[y]!;
     return;
   }
@@ -76,11 +80,18 @@ export class ChunkFile {
   private blockStart = -1;
   private blockLen = 0;
 
-  constructor(readonly file: string, flags: 'r' | 'r+' = 'r') {
+  constructor(
+    readonly file: string,
+    flags: 'r' | 'r+' = 'r',
+  ) {
     try {
       this.fd = openSync(file, flags);
     } catch (err) {
-      throw new VmsynthError('VMS_USAGE', `cannot open ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+      throw new VmsynthError(
+        'VMS_USAGE',
+        `cannot open ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+        { cause: err },
+      );
     }
     this.bytes = fstatSync(this.fd).size;
   }

@@ -46,7 +46,9 @@ export type ImagePair = [memory: string, disk: string];
  * Closes `pool` at the end.
  */
 async function eachSegment(
-  overlay: Overlay, pool: SegmentWorkers, opts: LoopOptions,
+  overlay: Overlay,
+  pool: SegmentWorkers,
+  opts: LoopOptions,
   start: (index: number, s: SegmentInfo) => Promise<void>,
   after: (index: number, s: SegmentInfo) => void,
 ): Promise<LoopStats> {
@@ -95,7 +97,11 @@ class RunSink {
   }
 
   put(r: ChunkRecord, content: Buffer): void {
-    if (r.image !== this.runImage || r.index !== this.runStart + this.runCount || this.runCount * CHUNK_SIZE >= this.run.length) {
+    if (
+      r.image !== this.runImage ||
+      r.index !== this.runStart + this.runCount ||
+      this.runCount * CHUNK_SIZE >= this.run.length
+    ) {
       this.flush();
       this.runImage = r.image;
       this.runStart = r.index;
@@ -112,20 +118,31 @@ class RunSink {
 }
 
 /** Rebuilds the overlay's chunks into `out` (which must start as copies of the `base` images). */
-export async function applyToImages(overlay: Overlay, base: ImagePair, out: ImagePair, opts: LoopOptions = {}): Promise<LoopStats> {
+export async function applyToImages(
+  overlay: Overlay,
+  base: ImagePair,
+  out: ImagePair,
+  opts: LoopOptions = {},
+): Promise<LoopStats> {
   const files = out.map((f) => new ChunkFile(f, 'r+'));
   try {
     const pool = new SegmentWorkers(opts.threads ?? 1, { segments: overlay.segmentsPath, base, out });
     const sink = new RunSink(files);
     const scratch = Buffer.allocUnsafeSlow(CHUNK_SIZE);
-    return await eachSegment(overlay, pool, opts, (i, s) => pool.apply(i, s), (_si, s) => {
-      for (let i = 0; i < s.count; i++) {
-        const r = readRecord(s.chunks, i);
-        if (r.kind === ChunkKind.ZERO) sink.put(r, ZERO_CHUNK);
-        else if (r.kind === ChunkKind.SELF) sink.put(r, sink.prior(r.refImage, r.refIndex, scratch));
-      }
-      sink.flush();
-    });
+    return await eachSegment(
+      overlay,
+      pool,
+      opts,
+      (i, s) => pool.apply(i, s),
+      (_si, s) => {
+        for (let i = 0; i < s.count; i++) {
+          const r = readRecord(s.chunks, i);
+          if (r.kind === ChunkKind.ZERO) sink.put(r, ZERO_CHUNK);
+          else if (r.kind === ChunkKind.SELF) sink.put(r, sink.prior(r.refImage, r.refIndex, scratch));
+        }
+        sink.flush();
+      },
+    );
   } finally {
     for (const f of files) f.close();
   }
@@ -134,5 +151,11 @@ export async function applyToImages(overlay: Overlay, base: ImagePair, out: Imag
 /** Checks every segment's SHA-256 and every BASE, XOR and RAW chunk's rebuilt content against its digest; writes nothing. */
 export async function verifyChunks(overlay: Overlay, base: ImagePair, opts: LoopOptions = {}): Promise<LoopStats> {
   const pool = new SegmentWorkers(opts.threads ?? 1, { segments: overlay.segmentsPath, base });
-  return eachSegment(overlay, pool, opts, (i, s) => pool.verify(i, s), () => undefined);
+  return eachSegment(
+    overlay,
+    pool,
+    opts,
+    (i, s) => pool.verify(i, s),
+    () => undefined,
+  );
 }

@@ -35,7 +35,12 @@ export interface OverlayReport {
 
 export function inspectOverlay(o: Overlay): OverlayReport {
   const b = o.body;
-  const kinds = Object.fromEntries(KIND_NAMES.map((name, k) => [name, { chunks: b.stats.chunks[k] ?? 0, bytes: (b.stats.chunks[k] ?? 0) * CHUNK_SIZE }])) as OverlayReport['kinds'];
+  const kinds = Object.fromEntries(
+    KIND_NAMES.map((name, k) => [
+      name,
+      { chunks: b.stats.chunks[k] ?? 0, bytes: (b.stats.chunks[k] ?? 0) * CHUNK_SIZE },
+    ]),
+  ) as OverlayReport['kinds'];
   const modified = b.stats.modified.memory + b.stats.modified.disk;
   const naiveBytes = modified * CHUNK_SIZE;
   const overlayBytes = o.manifestBytes + o.segmentsBytes;
@@ -44,7 +49,13 @@ export function inspectOverlay(o: Overlay): OverlayReport {
     format: b.format,
     keyId: o.keyId,
     createdAt: b.createdAt,
-    base: { name: b.base.name, memorySha256: b.base.memory.sha256, diskSha256: b.base.disk.sha256, memoryBytes: b.base.memory.bytes, diskBytes: b.base.disk.bytes },
+    base: {
+      name: b.base.name,
+      memorySha256: b.base.memory.sha256,
+      diskSha256: b.base.disk.sha256,
+      memoryBytes: b.base.memory.bytes,
+      diskBytes: b.base.disk.bytes,
+    },
     kinds,
     modifiedChunks: b.stats.modified,
     trimmedChunks: b.stats.trimmedChunks,

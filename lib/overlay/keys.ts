@@ -8,7 +8,15 @@
  *   trusted/<keyId>.pub  public keys whose overlays this host accepts
  * A key id is the first 16 hex digits of SHA-256 over the raw 32-byte public key.
  */
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
+import {
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  sign,
+  verify,
+  type KeyObject,
+} from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { VmsynthError } from '../core/errors.js';
@@ -23,7 +31,8 @@ export interface SigningKey {
 
 export function rawPublicKey(key: KeyObject): Buffer {
   const jwk = (key.type === 'public' ? key : createPublicKey(key)).export({ format: 'jwk' });
-  if (jwk.crv !== 'Ed25519' || typeof jwk.x !== 'string') throw new VmsynthError('VMS_USAGE', 'the key is not an Ed25519 key');
+  if (jwk.crv !== 'Ed25519' || typeof jwk.x !== 'string')
+    throw new VmsynthError('VMS_USAGE', 'the key is not an Ed25519 key');
   return Buffer.from(jwk.x, 'base64url');
 }
 
@@ -32,7 +41,10 @@ export function keyIdOf(publicKeyRaw: Uint8Array): string {
 }
 
 export function publicKeyFromRaw(raw: Uint8Array): KeyObject {
-  return createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(raw).toString('base64url') }, format: 'jwk' });
+  return createPublicKey({
+    key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(raw).toString('base64url') },
+    format: 'jwk',
+  });
 }
 
 export interface GeneratedKey {
@@ -61,7 +73,11 @@ async function readKeyFile(file: string): Promise<string> {
   try {
     return await fsp.readFile(file, 'utf8');
   } catch (err) {
-    throw new VmsynthError('VMS_NO_KEY', `cannot read key ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
+    throw new VmsynthError(
+      'VMS_NO_KEY',
+      `cannot read key ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+      { cause: err },
+    );
   }
 }
 
@@ -78,7 +94,11 @@ export async function loadSigningKey(spec?: string, dir: string = keyDir()): Pro
   } else {
     const keys = (await fsp.readdir(dir).catch(() => [] as string[])).filter((f) => f.endsWith('.key')).sort();
     if (keys.length === 0) throw new VmsynthError('VMS_NO_KEY', `no signing key in ${dir}`);
-    if (keys.length > 1) throw new VmsynthError('VMS_USAGE', `${dir} holds ${keys.length} signing keys (${keys.join(', ')}): pass --key to pick one`);
+    if (keys.length > 1)
+      throw new VmsynthError(
+        'VMS_USAGE',
+        `${dir} holds ${keys.length} signing keys (${keys.join(', ')}): pass --key to pick one`,
+      );
     file = path.join(dir, keys[0]!);
   }
   let privateKey: KeyObject;
@@ -88,7 +108,11 @@ export async function loadSigningKey(spec?: string, dir: string = keyDir()): Pro
     if (err instanceof VmsynthError) throw err;
     throw new VmsynthError('VMS_NO_KEY', `${file} is not a PEM private key`, { cause: err });
   }
-  if (privateKey.asymmetricKeyType !== 'ed25519') throw new VmsynthError('VMS_NO_KEY', `${file} is a ${privateKey.asymmetricKeyType} key; overlays are signed with Ed25519`);
+  if (privateKey.asymmetricKeyType !== 'ed25519')
+    throw new VmsynthError(
+      'VMS_NO_KEY',
+      `${file} is a ${privateKey.asymmetricKeyType} key; overlays are signed with Ed25519`,
+    );
   const publicKeyRaw = rawPublicKey(privateKey);
   return { keyId: keyIdOf(publicKeyRaw), privateKey, publicKeyRaw, file };
 }
@@ -119,7 +143,9 @@ export async function trustKey(file: string, dir: string = keyDir()): Promise<st
 export async function trustedKeys(extra: string[] = [], dir: string = keyDir()): Promise<Map<string, Buffer>> {
   const out = new Map<string, Buffer>();
   const tdir = path.join(dir, 'trusted');
-  const files = (await fsp.readdir(tdir).catch(() => [] as string[])).filter((f) => f.endsWith('.pub')).map((f) => path.join(tdir, f));
+  const files = (await fsp.readdir(tdir).catch(() => [] as string[]))
+    .filter((f) => f.endsWith('.pub'))
+    .map((f) => path.join(tdir, f));
   for (const f of [...files, ...extra]) {
     const { keyId, raw } = await loadPublicKey(f);
     out.set(keyId, raw);
@@ -132,12 +158,26 @@ export async function trustedKeys(extra: string[] = [], dir: string = keyDir()):
  * id must be `keyId` and which must be trusted (unless `trusted` is null:
  * then only the signature's consistency is checked, as `inspect` does).
  */
-export function verifySignature(bytes: Uint8Array, sig: { keyId: string; publicKey: Uint8Array; sig: Uint8Array }, trusted: Map<string, Buffer> | null): void {
-  if (keyIdOf(sig.publicKey) !== sig.keyId) throw new VmsynthError('VMS_BAD_SIGNATURE', `the manifest's key id ${sig.keyId} does not match the public key it carries`);
+export function verifySignature(
+  bytes: Uint8Array,
+  sig: { keyId: string; publicKey: Uint8Array; sig: Uint8Array },
+  trusted: Map<string, Buffer> | null,
+): void {
+  if (keyIdOf(sig.publicKey) !== sig.keyId)
+    throw new VmsynthError(
+      'VMS_BAD_SIGNATURE',
+      `the manifest's key id ${sig.keyId} does not match the public key it carries`,
+    );
   if (trusted) {
     const known = trusted.get(sig.keyId);
-    if (!known) throw new VmsynthError('VMS_UNTRUSTED_KEY', `the overlay is signed by key ${sig.keyId}, which this host does not trust`, { details: { keyId: sig.keyId } });
-    if (!known.equals(Buffer.from(sig.publicKey))) throw new VmsynthError('VMS_BAD_SIGNATURE', `the public key in the manifest is not the trusted key ${sig.keyId}`);
+    if (!known)
+      throw new VmsynthError(
+        'VMS_UNTRUSTED_KEY',
+        `the overlay is signed by key ${sig.keyId}, which this host does not trust`,
+        { details: { keyId: sig.keyId } },
+      );
+    if (!known.equals(Buffer.from(sig.publicKey)))
+      throw new VmsynthError('VMS_BAD_SIGNATURE', `the public key in the manifest is not the trusted key ${sig.keyId}`);
   }
   let ok: boolean;
   try {
@@ -145,5 +185,6 @@ export function verifySignature(bytes: Uint8Array, sig: { keyId: string; publicK
   } catch {
     ok = false;
   }
-  if (!ok) throw new VmsynthError('VMS_BAD_SIGNATURE', `the overlay manifest's signature by key ${sig.keyId} does not verify`);
+  if (!ok)
+    throw new VmsynthError('VMS_BAD_SIGNATURE', `the overlay manifest's signature by key ${sig.keyId} does not verify`);
 }

@@ -7,7 +7,20 @@
 import { compress } from 'zstd-napi';
 import { VmsynthError } from '../core/errors.js';
 import { packr, unpackOne } from '../core/msgpack.js';
-import { ChunkKind, HASH_BYTES, hasDigest, hasPayload, IMAGE_NAMES, MAX_MANIFEST_BYTES, MAX_SEGMENT_PAYLOAD_BYTES, MAX_SEGMENT_RAW_BYTES, OVERLAY_FORMAT, type OverlayBody, type OverlayEnvelope, type OverlaySignature } from './format.js';
+import {
+  ChunkKind,
+  HASH_BYTES,
+  hasDigest,
+  hasPayload,
+  IMAGE_NAMES,
+  MAX_MANIFEST_BYTES,
+  MAX_SEGMENT_PAYLOAD_BYTES,
+  MAX_SEGMENT_RAW_BYTES,
+  OVERLAY_FORMAT,
+  type OverlayBody,
+  type OverlayEnvelope,
+  type OverlaySignature,
+} from './format.js';
 import { readRecord, RECORD_BYTES } from './records.js';
 import { decompressFrame } from './zstd-frame.js';
 
@@ -21,7 +34,9 @@ function isBytes(x: unknown, len?: number): x is Uint8Array {
 
 /** `x` as a map of fields to check, or null when it is not one (bytes, arrays and scalars are not). */
 function asMap(x: unknown): Record<string, unknown> | null {
-  return typeof x === 'object' && x !== null && !Array.isArray(x) && !(x instanceof Uint8Array) ? (x as Record<string, unknown>) : null;
+  return typeof x === 'object' && x !== null && !Array.isArray(x) && !(x instanceof Uint8Array)
+    ? (x as Record<string, unknown>)
+    : null;
 }
 
 function isCount(x: unknown): x is number {
@@ -34,18 +49,27 @@ export function decodeEnvelope(bytes: Uint8Array): OverlayEnvelope {
   try {
     env = unpackOne(bytes);
   } catch (err) {
-    throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the overlay manifest is not valid MessagePack (${(err as Error).message})`, { cause: err });
+    throw new VmsynthError(
+      'VMS_OVERLAY_CORRUPT',
+      `the overlay manifest is not valid MessagePack (${(err as Error).message})`,
+      { cause: err },
+    );
   }
   if (!env || typeof env !== 'object') throw corrupt('the overlay manifest is not a map');
   const e = env as Record<string, unknown>;
   if (typeof e.format !== 'string') throw corrupt('the overlay manifest has no format');
   if (e.format !== OVERLAY_FORMAT) {
     const previous = e.format === 'vmsynth-overlay/1';
-    const rebuild = ': it is an older vmsynth\'s; build it again with `vmsynth overlay create` (its per-chunk digests now travel in the segments)';
+    const rebuild =
+      ": it is an older vmsynth's; build it again with `vmsynth overlay create` (its per-chunk digests now travel in the segments)";
     const older = previous ? rebuild : '';
-    throw new VmsynthError('VMS_OVERLAY_FORMAT', `overlay format "${e.format.slice(0, 80)}" is not one this vmsynth reads (${OVERLAY_FORMAT})${older}`, {
-      details: { format: e.format, ...(previous ? { rebuild: true } : {}) },
-    });
+    throw new VmsynthError(
+      'VMS_OVERLAY_FORMAT',
+      `overlay format "${e.format.slice(0, 80)}" is not one this vmsynth reads (${OVERLAY_FORMAT})${older}`,
+      {
+        details: { format: e.format, ...(previous ? { rebuild: true } : {}) },
+      },
+    );
   }
   const s = e.signature as Record<string, unknown> | undefined;
   if (!isBytes(e.body)) throw corrupt('the overlay manifest has no body');
@@ -66,12 +90,18 @@ export function unpackBody(bytes: Uint8Array): unknown {
   try {
     raw = decompressFrame(bytes, MAX_MANIFEST_BYTES);
   } catch (err) {
-    throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the overlay body does not decompress (${(err as Error).message})`, { cause: err });
+    throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the overlay body does not decompress (${(err as Error).message})`, {
+      cause: err,
+    });
   }
   try {
     return unpackOne(raw);
   } catch (err) {
-    throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the overlay body is not valid MessagePack (${(err as Error).message})`, { cause: err });
+    throw new VmsynthError(
+      'VMS_OVERLAY_CORRUPT',
+      `the overlay body is not valid MessagePack (${(err as Error).message})`,
+      { cause: err },
+    );
   }
 }
 
@@ -106,7 +136,11 @@ class ChunkSet {
 export function decodeBody(bytes: Uint8Array): OverlayBody {
   const b = asMap(unpackBody(bytes));
   if (!b) throw corrupt('the overlay body is not a map');
-  if (b.format !== OVERLAY_FORMAT) throw new VmsynthError('VMS_OVERLAY_FORMAT', `overlay body format "${String(b.format).slice(0, 80)}" is not ${OVERLAY_FORMAT}`);
+  if (b.format !== OVERLAY_FORMAT)
+    throw new VmsynthError(
+      'VMS_OVERLAY_FORMAT',
+      `overlay body format "${String(b.format).slice(0, 80)}" is not ${OVERLAY_FORMAT}`,
+    );
   const chunkSize = b.chunkSize;
   if (chunkSize !== 4096) throw corrupt(`unsupported chunk size ${String(chunkSize)}`);
   const base = asMap(b.base);
@@ -114,7 +148,14 @@ export function decodeBody(bytes: Uint8Array): OverlayBody {
   for (const name of IMAGE_NAMES) {
     const id = asMap(base?.[name]);
     // (An image beyond MAX_IMAGE_CHUNKS cannot be addressed by a u32 record index.)
-    if (!id || !isCount(id.bytes) || id.bytes % chunkSize !== 0 || id.bytes / chunkSize > MAX_IMAGE_CHUNKS || typeof id.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(id.sha256)) {
+    if (
+      !id ||
+      !isCount(id.bytes) ||
+      id.bytes % chunkSize !== 0 ||
+      id.bytes / chunkSize > MAX_IMAGE_CHUNKS ||
+      typeof id.sha256 !== 'string' ||
+      !/^[0-9a-f]{64}$/.test(id.sha256)
+    ) {
       throw corrupt(`the overlay's base ${name} identity is malformed`);
     }
     chunkCount.push(id.bytes / chunkSize);
@@ -124,7 +165,8 @@ export function decodeBody(bytes: Uint8Array): OverlayBody {
   const vm = asMap(b.vm);
   if (!vm || !isCount(vm.appPort) || vm.appPort > 65535) throw corrupt('vm.appPort is malformed');
   const ds = asMap(b.deviceState);
-  if (!ds || !isCount(ds.bytes) || typeof ds.sha256 !== 'string' || !isBytes(ds.zstd)) throw corrupt('the device state is malformed');
+  if (!ds || !isCount(ds.bytes) || typeof ds.sha256 !== 'string' || !isBytes(ds.zstd))
+    throw corrupt('the device state is malformed');
   if (!Array.isArray(b.segments)) throw corrupt('the segment table is missing');
   const order = asMap(b.order);
   if (!order || (order.kind !== 'default' && order.kind !== 'profile')) throw corrupt('the order is malformed');
@@ -133,43 +175,79 @@ export function decodeBody(bytes: Uint8Array): OverlayBody {
   // making inspectOverlay throw a TypeError.
   const st = asMap(b.stats);
   const modified = asMap(st?.modified);
-  if (!st || !Array.isArray(st.chunks) || !st.chunks.every(isCount) || !isCount(st.trimmedChunks) || !modified || !isCount(modified.memory) || !isCount(modified.disk)) {
+  if (
+    !st ||
+    !Array.isArray(st.chunks) ||
+    !st.chunks.every(isCount) ||
+    !isCount(st.trimmedChunks) ||
+    !modified ||
+    !isCount(modified.memory) ||
+    !isCount(modified.disk)
+  ) {
     throw corrupt('the stats are malformed');
   }
-  if (!isCount(order.runs) || (order.rank !== undefined && typeof order.rank !== 'string')) throw corrupt('the order is malformed');
+  if (!isCount(order.runs) || (order.rank !== undefined && typeof order.rank !== 'string'))
+    throw corrupt('the order is malformed');
   if (typeof b.createdAt !== 'string' || typeof b.tool !== 'string') throw corrupt('createdAt or tool is malformed');
   const delta = asMap(b.delta);
-  if (!delta || delta.encoding !== 'xor' || typeof delta.rule !== 'string') throw corrupt('the delta encoding is malformed');
+  if (!delta || delta.encoding !== 'xor' || typeof delta.rule !== 'string')
+    throw corrupt('the delta encoding is malformed');
   const compression = asMap(b.compression);
-  if (!compression || compression.codec !== 'zstd' || !Number.isSafeInteger(compression.level)) throw corrupt('the compression is malformed');
+  if (!compression || compression.codec !== 'zstd' || !Number.isSafeInteger(compression.level))
+    throw corrupt('the compression is malformed');
 
   const seen = new ChunkSet();
   let offset = 0;
   (b.segments as unknown[]).forEach((entry, si) => {
     const s = asMap(entry);
-    if (!s || !isCount(s.offset) || !isCount(s.bytes) || !isCount(s.rawBytes) || !isCount(s.count) || !isCount(s.digests) || !isBytes(s.sha256, HASH_BYTES)) {
+    if (
+      !s ||
+      !isCount(s.offset) ||
+      !isCount(s.bytes) ||
+      !isCount(s.rawBytes) ||
+      !isCount(s.count) ||
+      !isCount(s.digests) ||
+      !isBytes(s.sha256, HASH_BYTES)
+    ) {
       throw corrupt(`segment ${si}: malformed entry`);
     }
     if (s.offset !== offset) throw corrupt(`segment ${si}: offset ${s.offset}, expected ${offset}`);
     const payload = s.rawBytes - s.digests * HASH_BYTES;
-    if (s.rawBytes > MAX_SEGMENT_RAW_BYTES || s.digests > s.count || payload < 0 || payload > MAX_SEGMENT_PAYLOAD_BYTES || payload % chunkSize !== 0) throw corrupt(`segment ${si}: raw size ${s.rawBytes} is not allowed for ${s.count} chunks with ${s.digests} digests`);
-    if (!isBytes(s.chunks, s.count * RECORD_BYTES)) throw corrupt(`segment ${si}: chunk table size does not match its count`);
+    if (
+      s.rawBytes > MAX_SEGMENT_RAW_BYTES ||
+      s.digests > s.count ||
+      payload < 0 ||
+      payload > MAX_SEGMENT_PAYLOAD_BYTES ||
+      payload % chunkSize !== 0
+    )
+      throw corrupt(
+        `segment ${si}: raw size ${s.rawBytes} is not allowed for ${s.count} chunks with ${s.digests} digests`,
+      );
+    if (!isBytes(s.chunks, s.count * RECORD_BYTES))
+      throw corrupt(`segment ${si}: chunk table size does not match its count`);
     let digests = 0;
     offset += s.bytes;
     const payloadSeen = new Uint8Array(payload / chunkSize);
     for (let i = 0; i < s.count; i++) {
       const r = readRecord(s.chunks, i);
       const where = `segment ${si}, chunk ${i}`;
-      if (r.image > 1 || r.index >= chunkCount[r.image]!) throw corrupt(`${where}: chunk ${r.image}/${r.index} is outside the images`);
+      if (r.image > 1 || r.index >= chunkCount[r.image]!)
+        throw corrupt(`${where}: chunk ${r.image}/${r.index} is outside the images`);
       if (r.kind > ChunkKind.RAW) throw corrupt(`${where}: unknown kind ${r.kind}`);
-      if (seen.has(r.image, r.index)) throw corrupt(`${where}: ${IMAGE_NAMES[r.image]} chunk ${r.index} is listed twice`);
+      if (seen.has(r.image, r.index))
+        throw corrupt(`${where}: ${IMAGE_NAMES[r.image]} chunk ${r.index} is listed twice`);
       if (r.kind === ChunkKind.BASE || r.kind === ChunkKind.SELF) {
-        if (r.refImage > 1 || r.refIndex >= chunkCount[r.refImage]!) throw corrupt(`${where}: reference ${r.refImage}/${r.refIndex} is outside the images`);
-        if (r.kind === ChunkKind.SELF && !seen.has(r.refImage, r.refIndex)) throw corrupt(`${where}: self reference to ${IMAGE_NAMES[r.refImage]} chunk ${r.refIndex}, which does not come earlier`);
+        if (r.refImage > 1 || r.refIndex >= chunkCount[r.refImage]!)
+          throw corrupt(`${where}: reference ${r.refImage}/${r.refIndex} is outside the images`);
+        if (r.kind === ChunkKind.SELF && !seen.has(r.refImage, r.refIndex))
+          throw corrupt(
+            `${where}: self reference to ${IMAGE_NAMES[r.refImage]} chunk ${r.refIndex}, which does not come earlier`,
+          );
       }
       if (hasPayload(r.kind)) {
         const p = r.payloadOffset;
-        if (p % chunkSize !== 0 || p + chunkSize > payload || payloadSeen[p / chunkSize]) throw corrupt(`${where}: payload offset ${p} is out of place`);
+        if (p % chunkSize !== 0 || p + chunkSize > payload || payloadSeen[p / chunkSize])
+          throw corrupt(`${where}: payload offset ${p} is out of place`);
         payloadSeen[p / chunkSize] = 1;
       }
       if (hasDigest(r.kind)) digests++;
@@ -180,4 +258,3 @@ export function decodeBody(bytes: Uint8Array): OverlayBody {
   // Every field OverlayBody names was checked above.
   return b as unknown as OverlayBody;
 }
-

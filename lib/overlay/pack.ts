@@ -45,7 +45,7 @@ export function orderEntries(entries: Entries, order?: BuildOrder): Uint32Array 
   });
   const r = new Float64Array(entries.n);
   for (let i = 0; i < entries.n; i++) r[i] = rank.get(chunkKey(entries.image[i]!, entries.index[i]!)) ?? Infinity;
-  return idx.sort((x, y) => (r[x]! - r[y]! || x - y));
+  return idx.sort((x, y) => r[x]! - r[y]! || x - y);
 }
 
 /** Collects records and payloads into a segment; flush() compresses, writes and lists it. */
@@ -61,7 +61,11 @@ export class SegmentPacker {
   private used = 0;
   private readonly maxRecords: number;
 
-  constructor(private readonly fd: number, private readonly segmentBytes: number, private readonly level: number) {
+  constructor(
+    private readonly fd: number,
+    private readonly segmentBytes: number,
+    private readonly level: number,
+  ) {
     // A segment of references only (no payload) still ends after this many records.
     this.maxRecords = Math.max(1024, (segmentBytes / CHUNK_SIZE) * 16);
     this.digests = Buffer.allocUnsafeSlow(this.maxRecords * HASH_BYTES);
@@ -107,7 +111,13 @@ export class SegmentPacker {
 
 /** Pass 4: dedup against earlier overlay chunks, delta-encode, pack, compress. Returns chunk counts by kind. */
 export async function pack(
-  base: ChunkFile[], custom: ChunkFile[], entries: Entries, order: Uint32Array, delta: 'auto' | 'xor' | 'raw', packer: SegmentPacker, signal?: AbortSignal,
+  base: ChunkFile[],
+  custom: ChunkFile[],
+  entries: Entries,
+  order: Uint32Array,
+  delta: 'auto' | 'xor' | 'raw',
+  packer: SegmentPacker,
+  signal?: AbortSignal,
 ): Promise<number[]> {
   const kinds = [0, 0, 0, 0, 0];
   const self = new ChunkIndex(entries.n);
@@ -133,7 +143,8 @@ export async function pack(
       } else {
         if (!prior) self.add(digest, { image, index });
         xorInto(xor, content, base[image]!.chunk(index));
-        kind = delta === 'xor' || (delta === 'auto' && zeroWords(xor) > zeroWords(content)) ? ChunkKind.XOR : ChunkKind.RAW;
+        kind =
+          delta === 'xor' || (delta === 'auto' && zeroWords(xor) > zeroWords(content)) ? ChunkKind.XOR : ChunkKind.RAW;
         const slot = packer.payloadSlot();
         (kind === ChunkKind.XOR ? xor : content).copy(slot.buf);
         payloadOffset = slot.offset;
@@ -146,4 +157,3 @@ export async function pack(
   packer.flush();
   return kinds;
 }
-

@@ -9,7 +9,16 @@ import path from 'node:path';
 import { VmsynthError } from '../core/errors.js';
 import type { Base } from '../vm/base.js';
 import { sha256 } from './chunk-io.js';
-import { IMAGE_NAMES, MANIFEST_FILE, MAX_MANIFEST_BYTES, SEGMENTS_FILE, segmentsFileBytes, type OverlayBody, type OverlayEnvelope, type SegmentInfo } from './format.js';
+import {
+  IMAGE_NAMES,
+  MANIFEST_FILE,
+  MAX_MANIFEST_BYTES,
+  SEGMENTS_FILE,
+  segmentsFileBytes,
+  type OverlayBody,
+  type OverlayEnvelope,
+  type SegmentInfo,
+} from './format.js';
 import { decodeBody, decodeEnvelope } from './manifest.js';
 import { decompressFrame } from './zstd-frame.js';
 import { verifySignature } from './keys.js';
@@ -39,14 +48,21 @@ export class Overlay {
     if (!st?.isDirectory()) throw new VmsynthError('VMS_USAGE', `${abs} is not an overlay directory`);
     const mst = await fsp.stat(mfile).catch(() => null);
     if (!mst) throw new VmsynthError('VMS_OVERLAY_CORRUPT', `${abs} has no ${MANIFEST_FILE}`);
-    if (mst.size > MAX_MANIFEST_BYTES) throw new VmsynthError('VMS_OVERLAY_CORRUPT', `${mfile} is ${mst.size} bytes, over the ${MAX_MANIFEST_BYTES >> 20} MiB limit`);
+    if (mst.size > MAX_MANIFEST_BYTES)
+      throw new VmsynthError(
+        'VMS_OVERLAY_CORRUPT',
+        `${mfile} is ${mst.size} bytes, over the ${MAX_MANIFEST_BYTES >> 20} MiB limit`,
+      );
     const bytes = await fsp.readFile(mfile);
     const { envelope, body } = Overlay.parseManifest(bytes, opts);
     const want = segmentsFileBytes(body);
     const sst = await fsp.stat(path.join(abs, SEGMENTS_FILE)).catch(() => null);
     if (!sst) throw new VmsynthError('VMS_OVERLAY_CORRUPT', `${abs} has no ${SEGMENTS_FILE}`);
     if (sst.size !== want) {
-      throw new VmsynthError('VMS_OVERLAY_CORRUPT', `${SEGMENTS_FILE} is ${sst.size} bytes, the manifest describes ${want}${sst.size < want ? ' (truncated)' : ''}`);
+      throw new VmsynthError(
+        'VMS_OVERLAY_CORRUPT',
+        `${SEGMENTS_FILE} is ${sst.size} bytes, the manifest describes ${want}${sst.size < want ? ' (truncated)' : ''}`,
+      );
     }
     return new Overlay(abs, envelope, body, bytes.length, want);
   }
@@ -56,7 +72,11 @@ export class Overlay {
    * the segments arrive over the network). `segmentsPath` is not usable.
    */
   static fromManifest(bytes: Uint8Array, opts: OpenOptions): Overlay {
-    if (bytes.length > MAX_MANIFEST_BYTES) throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the manifest is ${bytes.length} bytes, over the ${MAX_MANIFEST_BYTES >> 20} MiB limit`);
+    if (bytes.length > MAX_MANIFEST_BYTES)
+      throw new VmsynthError(
+        'VMS_OVERLAY_CORRUPT',
+        `the manifest is ${bytes.length} bytes, over the ${MAX_MANIFEST_BYTES >> 20} MiB limit`,
+      );
     const { envelope, body } = Overlay.parseManifest(bytes, opts);
     return new Overlay('(received)', envelope, body, bytes.length, segmentsFileBytes(body));
   }
@@ -74,9 +94,16 @@ export class Overlay {
       const want = this.body.base[name];
       const have = base.manifest[name];
       if (want.sha256 !== have.sha256 || want.bytes !== have.bytes) {
-        throw new VmsynthError('VMS_BASE_MISMATCH', `overlay ${this.dir} was made against base "${this.body.base.name}" (${name} ${want.sha256.slice(0, 12)}…), not "${base.name}" (${have.sha256.slice(0, 12)}…)`, {
-          details: { want: this.body.base, have: { name: base.name, memory: base.manifest.memory, disk: base.manifest.disk } },
-        });
+        throw new VmsynthError(
+          'VMS_BASE_MISMATCH',
+          `overlay ${this.dir} was made against base "${this.body.base.name}" (${name} ${want.sha256.slice(0, 12)}…), not "${base.name}" (${have.sha256.slice(0, 12)}…)`,
+          {
+            details: {
+              want: this.body.base,
+              have: { name: base.name, memory: base.manifest.memory, disk: base.manifest.disk },
+            },
+          },
+        );
       }
     }
   }
@@ -90,9 +117,14 @@ export class Overlay {
       // header declared (fuzzing: a 13-byte frame declaring 2 GiB got 2 GiB before failing).
       raw = decompressFrame(ds.zstd, ds.bytes);
     } catch (err) {
-      throw new VmsynthError('VMS_OVERLAY_CORRUPT', `the device state does not decompress (${(err as Error).message})`, { cause: err });
+      throw new VmsynthError(
+        'VMS_OVERLAY_CORRUPT',
+        `the device state does not decompress (${(err as Error).message})`,
+        { cause: err },
+      );
     }
-    if (raw.length !== ds.bytes || sha256(raw).toString('hex') !== ds.sha256) throw new VmsynthError('VMS_OVERLAY_CORRUPT', 'the device state does not match its digest');
+    if (raw.length !== ds.bytes || sha256(raw).toString('hex') !== ds.sha256)
+      throw new VmsynthError('VMS_OVERLAY_CORRUPT', 'the device state does not match its digest');
     return raw;
   }
 
@@ -119,7 +151,8 @@ export class SegmentFile {
     let done = 0;
     while (done < s.bytes) {
       const n = readSync(this.fd, buf, done, s.bytes - done, s.offset + done);
-      if (n === 0) throw new VmsynthError('VMS_OVERLAY_CORRUPT', `${this.file} ends inside segment at offset ${s.offset}`);
+      if (n === 0)
+        throw new VmsynthError('VMS_OVERLAY_CORRUPT', `${this.file} ends inside segment at offset ${s.offset}`);
       done += n;
     }
     return buf;

@@ -79,21 +79,37 @@ function fingerprint(buf: Buffer, off: number, out: Uint8Array): Uint8Array {
     h1 = Math.imul(h1 ^ w, 0x01000193);
     h2 = Math.imul(h2 + w, 0x5bd1e995) ^ (h2 >>> 15);
   }
-  out[0] = h1; out[1] = h1 >>> 8; out[2] = h1 >>> 16; out[3] = h1 >>> 24;
-  out[4] = h2; out[5] = h2 >>> 8; out[6] = h2 >>> 16; out[7] = h2 >>> 24;
+  out[0] = h1;
+  out[1] = h1 >>> 8;
+  out[2] = h1 >>> 16;
+  out[3] = h1 >>> 24;
+  out[4] = h2;
+  out[5] = h2 >>> 8;
+  out[6] = h2 >>> 16;
+  out[7] = h2 >>> 24;
   return out;
 }
 
 /** Both images must keep their base's size, in whole chunks. */
 export function checkSameSize(base: ChunkFile, custom: ChunkFile, name: string): void {
   if (base.bytes !== custom.bytes) {
-    throw new VmsynthError('VMS_BASE_MISMATCH', `the custom ${name} image is ${custom.bytes} bytes, its base's is ${base.bytes}: a custom VM keeps its base's image sizes`);
+    throw new VmsynthError(
+      'VMS_BASE_MISMATCH',
+      `the custom ${name} image is ${custom.bytes} bytes, its base's is ${base.bytes}: a custom VM keeps its base's image sizes`,
+    );
   }
-  if (base.bytes % CHUNK_SIZE !== 0) throw new VmsynthError('VMS_USAGE', `${base.file} is not a whole number of 4 KiB chunks`);
+  if (base.bytes % CHUNK_SIZE !== 0)
+    throw new VmsynthError('VMS_USAGE', `${base.file} is not a whole number of 4 KiB chunks`);
 }
 
 /** Pass 1: chunks that differ from the base at the same offset. */
-export async function scan(base: ChunkFile[], custom: ChunkFile[], entries: Entries, trimmed: Array<[number, number]>, signal?: AbortSignal): Promise<{ trimmedChunks: number; modified: number[] }> {
+export async function scan(
+  base: ChunkFile[],
+  custom: ChunkFile[],
+  entries: Entries,
+  trimmed: Array<[number, number]>,
+  signal?: AbortSignal,
+): Promise<{ trimmedChunks: number; modified: number[] }> {
   const a = Buffer.allocUnsafeSlow(BLOCK_BYTES);
   const b = Buffer.allocUnsafeSlow(BLOCK_BYTES);
   const modified = [0, 0];
@@ -132,7 +148,12 @@ export async function scan(base: ChunkFile[], custom: ChunkFile[], entries: Entr
 }
 
 /** Pass 2: pending chunks equal to some base chunk become BASE references. */
-export async function lookaside(base: ChunkFile[], custom: ChunkFile[], entries: Entries, signal?: AbortSignal): Promise<void> {
+export async function lookaside(
+  base: ChunkFile[],
+  custom: ChunkFile[],
+  entries: Entries,
+  signal?: AbortSignal,
+): Promise<void> {
   const byDigest = new ChunkIndex(entries.n);
   const byPrint = new ChunkIndex(entries.n);
   const fp = new Uint8Array(PRINT_BYTES);
@@ -177,4 +198,3 @@ export async function lookaside(base: ChunkFile[], custom: ChunkFile[], entries:
     entries.refIndex[i] = entries.refIndex[first]!;
   }
 }
-

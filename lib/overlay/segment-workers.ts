@@ -14,7 +14,14 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { VmsynthError } from '../core/errors.js';
-import { runJob, SegmentApplier, type JobError, type SegmentEntry, type SegmentFiles, type SegmentJob } from './apply-segment.js';
+import {
+  runJob,
+  SegmentApplier,
+  type JobError,
+  type SegmentEntry,
+  type SegmentFiles,
+  type SegmentJob,
+} from './apply-segment.js';
 
 let workerUrl: URL | null = null;
 
@@ -64,7 +71,15 @@ function ownBuffer(b: Uint8Array): ArrayBuffer {
 
 /** A manifest entry fit to cross threads: an exact copy of its chunk table (a view would clone the whole manifest). */
 function entry(s: SegmentEntry): SegmentEntry {
-  return { offset: s.offset, bytes: s.bytes, sha256: new Uint8Array(s.sha256), rawBytes: s.rawBytes, count: s.count, chunks: new Uint8Array(s.chunks), digests: s.digests };
+  return {
+    offset: s.offset,
+    bytes: s.bytes,
+    sha256: new Uint8Array(s.sha256),
+    rawBytes: s.rawBytes,
+    count: s.count,
+    chunks: new Uint8Array(s.chunks),
+    digests: s.digests,
+  };
 }
 
 function fromJob(e: JobError): VmsynthError {
@@ -83,7 +98,10 @@ export class SegmentWorkers {
   private readonly inline: SegmentApplier | null;
 
   /** `threads` workers over `files` (memory then disk); 0 runs every job on this thread. */
-  constructor(readonly threads: number, files: SegmentFiles) {
+  constructor(
+    readonly threads: number,
+    files: SegmentFiles,
+  ) {
     this.inline = threads === 0 ? new SegmentApplier(files) : null;
     for (let i = 0; i < threads; i++) {
       const w = new Worker(workerModule(), { workerData: files });

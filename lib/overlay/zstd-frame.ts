@@ -22,7 +22,10 @@ export function decompressFrame(bytes: Uint8Array, limit: number, into?: Buffer)
   if (zstdBinding.findFrameCompressedSize(bytes) !== bytes.length) throw new Error('not exactly one zstd frame');
   const size = zstdBinding.getFrameContentSize(bytes);
   if (size === null) throw new Error('the frame does not declare its size');
-  if (size > limit || size > bytes.length * ZSTD_MAX_RATIO) throw new Error(`declared size ${size} is over the limit of ${Math.min(limit, bytes.length * ZSTD_MAX_RATIO)} bytes`);
+  if (size > limit || size > bytes.length * ZSTD_MAX_RATIO)
+    throw new Error(
+      `declared size ${size} is over the limit of ${Math.min(limit, bytes.length * ZSTD_MAX_RATIO)} bytes`,
+    );
   const dst = into && into.length >= size ? into.subarray(0, size) : Buffer.allocUnsafe(size);
   return dst.subarray(0, dctx.decompress(dst, bytes));
 }

@@ -24,7 +24,11 @@ export class FramedSocket {
   bytesIn = 0;
   bytesOut = 0;
 
-  constructor(readonly socket: net.Socket, maxFrameBytes: number, private readonly handlers: FramedHandlers) {
+  constructor(
+    readonly socket: net.Socket,
+    maxFrameBytes: number,
+    private readonly handlers: FramedHandlers,
+  ) {
     this.decoder = new FrameDecoder({ maxFrameBytes });
     socket.setNoDelay(true);
     socket.on('data', (d: Buffer) => this.onData(d));

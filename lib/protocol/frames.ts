@@ -49,7 +49,11 @@ function protocolError(message: string, details: Record<string, unknown> = {}): 
 export function encodeFrame(header: OutgoingHeader, payload?: Uint8Array): Buffer[] {
   const p = payload?.length ?? 0;
   const h = packr.pack(p > 0 ? { ...header, payloadBytes: p } : header);
-  if (h.length > MAX_HEADER_BYTES) throw new VmsynthError('VMS_FRAME_TOO_LARGE', `a ${header.type} header of ${h.length} bytes exceeds ${MAX_HEADER_BYTES}`);
+  if (h.length > MAX_HEADER_BYTES)
+    throw new VmsynthError(
+      'VMS_FRAME_TOO_LARGE',
+      `a ${header.type} header of ${h.length} bytes exceeds ${MAX_HEADER_BYTES}`,
+    );
   const head = Buffer.allocUnsafe(PREFIX + h.length);
   head.writeUInt32BE(h.length + p, 0);
   h.copy(head, PREFIX);
@@ -63,17 +67,24 @@ export function decodeFrameBody(body: Buffer, limits: FrameLimits = {}): Frame {
   let header: unknown;
   let headerBytes: number;
   try {
-    ({ value: header, end: headerBytes } = unpackFirst(body.subarray(0, Math.min(body.length, limits.maxHeaderBytes ?? MAX_HEADER_BYTES))));
+    ({ value: header, end: headerBytes } = unpackFirst(
+      body.subarray(0, Math.min(body.length, limits.maxHeaderBytes ?? MAX_HEADER_BYTES)),
+    ));
   } catch (err) {
     throw protocolError(`a frame header is not valid MessagePack (${(err as Error).message})`);
   }
-  if (typeof header !== 'object' || header === null || Array.isArray(header) || Buffer.isBuffer(header)) throw protocolError('a frame header is not a MessagePack map');
+  if (typeof header !== 'object' || header === null || Array.isArray(header) || Buffer.isBuffer(header))
+    throw protocolError('a frame header is not a MessagePack map');
   const h = header as Record<string, unknown>;
   if (typeof h.type !== 'string' || h.type.length === 0) throw protocolError('a frame header has no "type" string');
   const p = h.payloadBytes ?? 0;
-  if (!Number.isSafeInteger(p) || (p as number) < 0) throw protocolError(`a ${h.type} frame has an invalid payloadBytes`, { type: h.type });
+  if (!Number.isSafeInteger(p) || (p as number) < 0)
+    throw protocolError(`a ${h.type} frame has an invalid payloadBytes`, { type: h.type });
   if (headerBytes === 0 || headerBytes + (p as number) !== body.length) {
-    throw protocolError(`a ${h.type} frame of ${body.length} bytes does not split into its header and a ${p as number}-byte payload`, { type: h.type });
+    throw protocolError(
+      `a ${h.type} frame of ${body.length} bytes does not split into its header and a ${p as number}-byte payload`,
+      { type: h.type },
+    );
   }
   return { header: h as FrameHeader, payload: body.subarray(headerBytes) };
 }
@@ -124,7 +135,12 @@ export class FrameDecoder {
       for (;;) {
         if (this.buffered < PREFIX) break;
         const len = this.peekLength();
-        if (len > this.maxFrame) throw new VmsynthError('VMS_FRAME_TOO_LARGE', `a frame of ${len} bytes exceeds the limit of ${this.maxFrame}`, { details: { bytes: len, limit: this.maxFrame } });
+        if (len > this.maxFrame)
+          throw new VmsynthError(
+            'VMS_FRAME_TOO_LARGE',
+            `a frame of ${len} bytes exceeds the limit of ${this.maxFrame}`,
+            { details: { bytes: len, limit: this.maxFrame } },
+          );
         if (len === 0) throw protocolError('an empty frame');
         if (this.buffered < PREFIX + len) break;
         const body = this.take(PREFIX + len).subarray(PREFIX);

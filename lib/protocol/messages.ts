@@ -55,11 +55,19 @@ const uint: Check = (v) => Number.isSafeInteger(v) && (v as number) >= 0;
 const bool: Check = (v) => typeof v === 'boolean';
 const indices: Check = (v) => Array.isArray(v) && v.length > 0 && v.length <= 65536 && v.every(uint);
 
-function fields(f: Frame, spec: Record<string, Check>, optional: Record<string, Check> = {}, payload: 'none' | 'allowed' | 'required' = 'none'): Record<string, unknown> {
+function fields(
+  f: Frame,
+  spec: Record<string, Check>,
+  optional: Record<string, Check> = {},
+  payload: 'none' | 'allowed' | 'required' = 'none',
+): Record<string, unknown> {
   const h = f.header as Record<string, unknown>;
-  for (const [k, check] of Object.entries(spec)) if (!check(h[k])) throw bad(`a ${f.header.type} message has a missing or invalid "${k}"`);
-  for (const [k, check] of Object.entries(optional)) if (h[k] !== undefined && !check(h[k])) throw bad(`a ${f.header.type} message has an invalid "${k}"`);
-  if (payload === 'none' && f.payload.length > 0) throw bad(`a ${f.header.type} message carries no payload, got ${f.payload.length} bytes`);
+  for (const [k, check] of Object.entries(spec))
+    if (!check(h[k])) throw bad(`a ${f.header.type} message has a missing or invalid "${k}"`);
+  for (const [k, check] of Object.entries(optional))
+    if (h[k] !== undefined && !check(h[k])) throw bad(`a ${f.header.type} message has an invalid "${k}"`);
+  if (payload === 'none' && f.payload.length > 0)
+    throw bad(`a ${f.header.type} message carries no payload, got ${f.payload.length} bytes`);
   if (payload === 'required' && f.payload.length === 0) throw bad(`a ${f.header.type} message needs a payload`);
   return h;
 }
@@ -69,7 +77,12 @@ export function parseClientMessage(f: Frame): ClientMessage {
   switch (f.header.type) {
     case 'hello': {
       const h = fields(f, { protocol: str, client: str }, { token: str });
-      return { type: 'hello', protocol: h.protocol as string, client: h.client as string, ...(h.token !== undefined ? { token: h.token as string } : {}) };
+      return {
+        type: 'hello',
+        protocol: h.protocol as string,
+        client: h.client as string,
+        ...(h.token !== undefined ? { token: h.token as string } : {}),
+      };
     }
     case 'session': {
       const h = fields(f, { policy: (v) => (POLICIES as readonly unknown[]).includes(v) }, {}, 'required');
@@ -80,8 +93,23 @@ export function parseClientMessage(f: Frame): ClientMessage {
       return { type: 'segment', index: h.index as number, data: f.payload };
     }
     case 'offload': {
-      const h = fields(f, { id: uint, method: (v) => v === 'GET' || v === 'POST' || v === 'PUT', path: (v) => str(v) && (v as string).startsWith('/') }, {}, 'allowed');
-      return { type: 'offload', id: h.id as number, method: h.method as string, path: h.path as string, body: f.payload };
+      const h = fields(
+        f,
+        {
+          id: uint,
+          method: (v) => v === 'GET' || v === 'POST' || v === 'PUT',
+          path: (v) => str(v) && (v as string).startsWith('/'),
+        },
+        {},
+        'allowed',
+      );
+      return {
+        type: 'offload',
+        id: h.id as number,
+        method: h.method as string,
+        path: h.path as string,
+        body: f.payload,
+      };
     }
     case 'finish':
       fields(f, {});
@@ -91,7 +119,10 @@ export function parseClientMessage(f: Frame): ClientMessage {
       return { type: 'error', code: h.code as string, message: h.message as string };
     }
     default:
-      throw bad(`unknown message type "${f.header.type}" from a client`, { reason: 'unknown-type', type: f.header.type.slice(0, 40) });
+      throw bad(`unknown message type "${f.header.type}" from a client`, {
+        reason: 'unknown-type',
+        type: f.header.type.slice(0, 40),
+      });
   }
 }
 
@@ -103,8 +134,19 @@ export function parseServerMessage(f: Frame): ServerMessage {
       return { type: 'welcome', protocol: h.protocol as string, server: h.server as string };
     }
     case 'accepted': {
-      const h = fields(f, { session: str, base: str, segments: uint, policy: (v) => (POLICIES as readonly unknown[]).includes(v) });
-      return { type: 'accepted', session: h.session as string, base: h.base as string, segments: h.segments as number, policy: h.policy as Policy };
+      const h = fields(f, {
+        session: str,
+        base: str,
+        segments: uint,
+        policy: (v) => (POLICIES as readonly unknown[]).includes(v),
+      });
+      return {
+        type: 'accepted',
+        session: h.session as string,
+        base: h.base as string,
+        segments: h.segments as number,
+        policy: h.policy as Policy,
+      };
     }
     case 'want': {
       const h = fields(f, { lane: (v) => v === 'demand' || v === 'background', segments: indices });
@@ -128,7 +170,9 @@ export function parseServerMessage(f: Frame): ServerMessage {
     }
     case 'finished': {
       // A map: bytes (a Buffer is an object too) were let through (found by fuzzing against docs/protocol.md).
-      const h = fields(f, { stats: (v) => typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array) });
+      const h = fields(f, {
+        stats: (v) => typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array),
+      });
       return { type: 'finished', stats: h.stats as Record<string, unknown> };
     }
     case 'error': {
@@ -136,6 +180,9 @@ export function parseServerMessage(f: Frame): ServerMessage {
       return { type: 'error', code: h.code as string, message: h.message as string, fatal: h.fatal as boolean };
     }
     default:
-      throw bad(`unknown message type "${f.header.type}" from a server`, { reason: 'unknown-type', type: f.header.type.slice(0, 40) });
+      throw bad(`unknown message type "${f.header.type}" from a server`, {
+        reason: 'unknown-type',
+        type: f.header.type.slice(0, 40),
+      });
   }
 }

@@ -56,26 +56,37 @@ export function defaultLimits(): AdmissionLimits {
 }
 
 export class Admission {
-  constructor(private readonly limits: AdmissionLimits, private readonly host: AdmissionHost) {}
+  constructor(
+    private readonly limits: AdmissionLimits,
+    private readonly host: AdmissionHost,
+  ) {}
 
   /** The overlay and base `client`'s session over `manifest` runs on, or the typed reason it may not start. */
   async admit(client: string, manifest: Buffer): Promise<Admitted> {
     const { limits, host } = this;
     if (host.sessions() > limits.maxSessions) {
-      throw new VmsynthError('VMS_BUSY', `this server runs its limit of ${limits.maxSessions} sessions`, { details: { limit: 'maxSessions', max: limits.maxSessions } });
+      throw new VmsynthError('VMS_BUSY', `this server runs its limit of ${limits.maxSessions} sessions`, {
+        details: { limit: 'maxSessions', max: limits.maxSessions },
+      });
     }
     const perClient = limits.maxSessionsPerClient;
     if (perClient !== null && host.authRequired && host.sessions(client) > perClient) {
-      throw new VmsynthError('VMS_LIMIT', `client "${client}" already runs its limit of ${perClient} sessions`, { details: { limit: 'maxSessionsPerClient', client, max: perClient } });
+      throw new VmsynthError('VMS_LIMIT', `client "${client}" already runs its limit of ${perClient} sessions`, {
+        details: { limit: 'maxSessionsPerClient', client, max: perClient },
+      });
     }
     const overlay = Overlay.fromManifest(manifest, { trusted: host.trusted });
     const base = await host.findBase(overlay.body.base);
     const memory = base.manifest.memory.bytes + limits.maxInFlightBytes;
     if (limits.sessionMemoryBytes !== null && memory > limits.sessionMemoryBytes) {
       const mib = (n: number) => Math.ceil(n / 2 ** 20);
-      throw new VmsynthError('VMS_LIMIT', `the session would use ${mib(memory)} MiB (guest RAM + in-flight segments), over this server's limit of ${Math.floor(limits.sessionMemoryBytes / 2 ** 20)} MiB per session`, {
-        details: { limit: 'sessionMemory', bytes: memory, max: limits.sessionMemoryBytes },
-      });
+      throw new VmsynthError(
+        'VMS_LIMIT',
+        `the session would use ${mib(memory)} MiB (guest RAM + in-flight segments), over this server's limit of ${Math.floor(limits.sessionMemoryBytes / 2 ** 20)} MiB per session`,
+        {
+          details: { limit: 'sessionMemory', bytes: memory, max: limits.sessionMemoryBytes },
+        },
+      );
     }
     await host.checkBase(base);
     await host.checkAccel(base);

@@ -35,11 +35,13 @@ export class Authenticator {
   /** The client's name, or VMS_AUTH. Every entry is compared, so timing does not tell which matched. */
   authenticate(token: string | undefined): string {
     if (!this.required) return 'anonymous';
-    if (token === undefined) throw new VmsynthError('VMS_AUTH', 'this server requires a client token', { details: { reason: 'missing' } });
+    if (token === undefined)
+      throw new VmsynthError('VMS_AUTH', 'this server requires a client token', { details: { reason: 'missing' } });
     const got = Buffer.from(tokenSha256(token), 'hex');
     let name: string | null = null;
     for (const c of this.digests) if (timingSafeEqual(got, c.digest) && name === null) name = c.name;
-    if (name === null) throw new VmsynthError('VMS_AUTH', 'the client token is not valid', { details: { reason: 'invalid' } });
+    if (name === null)
+      throw new VmsynthError('VMS_AUTH', 'the client token is not valid', { details: { reason: 'invalid' } });
     return name;
   }
 }
@@ -52,7 +54,10 @@ export class RateLimiter {
   private readonly starts = new Map<string, number[]>();
   private lastSweep = 0;
 
-  constructor(private readonly perMinute: number, private readonly now: () => number = Date.now) {}
+  constructor(
+    private readonly perMinute: number,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   /** Records a connection from `address`; false when it is over the limit (the refused one is not counted). */
   admit(address: string): boolean {

@@ -29,16 +29,32 @@ export class Connection {
   endedWith: VmsynthError | null = null;
   private handshakeTimer: NodeJS.Timeout | null;
 
-  constructor(socket: net.Socket, private readonly ctx: ServerContext, private readonly onGone: () => void) {
+  constructor(
+    socket: net.Socket,
+    private readonly ctx: ServerContext,
+    private readonly onGone: () => void,
+  ) {
     this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
     socket.setKeepAlive(true, 10_000);
     this.io = new FramedSocket(socket, FRAME_CAPS.greeting, {
       frame: (f) => this.onFrame(f),
       invalid: (err) => void this.end(err),
-      closed: (err) => void this.end(new VmsynthError('VMS_PEER_GONE', `the client ${this.peer} disconnected${err ? ` (${err.message})` : ''}`), false),
+      closed: (err) =>
+        void this.end(
+          new VmsynthError('VMS_PEER_GONE', `the client ${this.peer} disconnected${err ? ` (${err.message})` : ''}`),
+          false,
+        ),
     });
     const ms = ctx.handshakeTimeoutMs;
-    this.handshakeTimer = setTimeout(() => void this.end(new VmsynthError('VMS_PROTOCOL', `no session was opened within ${ms} ms`, { details: { reason: 'handshake-timeout', ms } })), ms);
+    this.handshakeTimer = setTimeout(
+      () =>
+        void this.end(
+          new VmsynthError('VMS_PROTOCOL', `no session was opened within ${ms} ms`, {
+            details: { reason: 'handshake-timeout', ms },
+          }),
+        ),
+      ms,
+    );
   }
 
   get hasSession(): boolean {
@@ -62,7 +78,11 @@ export class Connection {
 
   private expect(stage: Stage, m: ClientMessage): void {
     if (this.stage !== stage) {
-      throw new VmsynthError('VMS_PROTOCOL', `a ${m.type} message is not allowed now (the conversation is at "${this.stage}")`, { details: { reason: 'stage', type: m.type, stage: this.stage } });
+      throw new VmsynthError(
+        'VMS_PROTOCOL',
+        `a ${m.type} message is not allowed now (the conversation is at "${this.stage}")`,
+        { details: { reason: 'stage', type: m.type, stage: this.stage } },
+      );
     }
   }
 
@@ -72,7 +92,11 @@ export class Connection {
         this.expect('greeting', m);
         if (m.protocol !== PROTOCOL) {
           const client = m.protocol.slice(0, 40);
-          throw new VmsynthError('VMS_PROTOCOL', `this server speaks ${PROTOCOL}, the client ${client}: use a client and server of the same vmsynth release`, { details: { reason: 'version', server: PROTOCOL, client } });
+          throw new VmsynthError(
+            'VMS_PROTOCOL',
+            `this server speaks ${PROTOCOL}, the client ${client}: use a client and server of the same vmsynth release`,
+            { details: { reason: 'version', server: PROTOCOL, client } },
+          );
         }
         this.client = this.ctx.auth.authenticate(m.token);
         this.stage = 'open';
@@ -97,7 +121,8 @@ export class Connection {
           (err: unknown) => {
             const e = asVmsynthError(err);
             // A dead VM ends the session; an app that answers slowly does not.
-            if (e.code === 'VMS_GUEST_TIMEOUT') this.io.send({ type: 'error', code: e.code, message: e.message, fatal: false });
+            if (e.code === 'VMS_GUEST_TIMEOUT')
+              this.io.send({ type: 'error', code: e.code, message: e.message, fatal: false });
             else void this.end(e);
           },
         );
@@ -115,7 +140,9 @@ export class Connection {
   private async openSession(m: Extract<ClientMessage, { type: 'session' }>): Promise<void> {
     const { overlay, base } = await this.ctx.admit(this.client!, m.manifest);
     const session = await this.ctx.startSession({
-      overlay, base, policy: m.policy,
+      overlay,
+      base,
+      policy: m.policy,
       events: {
         want: (lane, segments) => this.io.send({ type: 'want', lane, segments }),
         hurry: (segments) => this.io.send({ type: 'hurry', segments }),
@@ -133,8 +160,23 @@ export class Connection {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     this.io.setMaxFrameBytes(FRAME_CAPS.streaming);
-    publish('sessionStarted', { session: session.id, domain: session.domain, peer: this.peer, client: this.client, policy: m.policy, base: base.name, segments: overlay.body.segments.length, overlayBytes: overlay.segmentsBytes });
-    this.io.send({ type: 'accepted', session: session.id, base: base.name, segments: overlay.body.segments.length, policy: m.policy });
+    publish('sessionStarted', {
+      session: session.id,
+      domain: session.domain,
+      peer: this.peer,
+      client: this.client,
+      policy: m.policy,
+      base: base.name,
+      segments: overlay.body.segments.length,
+      overlayBytes: overlay.segmentsBytes,
+    });
+    this.io.send({
+      type: 'accepted',
+      session: session.id,
+      base: base.name,
+      segments: overlay.body.segments.length,
+      policy: m.policy,
+    });
     session.run();
   }
 
@@ -152,10 +194,24 @@ export class Connection {
       if (error) this.io.stopReading();
       await this.opening; // a session being set up is closed by openSession itself
       const stats = this.session ? await this.session.close() : null;
-      if (this.session || was === 'session') publish('sessionEnded', { session: this.session?.id, peer: this.peer, client: this.client, stats, ...(error ? { error } : {}) });
-      else if (error && error.code !== 'VMS_PEER_GONE') publish('connectionRefused', { peer: this.peer, client: this.client, code: error.code, message: error.message });
+      if (this.session || was === 'session')
+        publish('sessionEnded', {
+          session: this.session?.id,
+          peer: this.peer,
+          client: this.client,
+          stats,
+          ...(error ? { error } : {}),
+        });
+      else if (error && error.code !== 'VMS_PEER_GONE')
+        publish('connectionRefused', {
+          peer: this.peer,
+          client: this.client,
+          code: error.code,
+          message: error.message,
+        });
       if (tell && this.io.open) {
-        if (error) this.io.send({ type: 'error', code: error.code, message: error.message.slice(0, 4000), fatal: true });
+        if (error)
+          this.io.send({ type: 'error', code: error.code, message: error.message.slice(0, 4000), fatal: true });
         else this.io.send({ type: 'finished', stats: stats ?? {} });
       }
       this.io.end();

@@ -31,13 +31,22 @@ export async function startDaemon(cfg: Config, opts: { verifyBases?: boolean } =
   let server: SynthServer | null = null;
   let health: HealthEndpoint | null = null;
   try {
-    const tls = cfg.tlsCert && cfg.tlsKey ? { cert: await readTls(cfg.tlsCert), key: await readTls(cfg.tlsKey) } : undefined;
+    const tls =
+      cfg.tlsCert && cfg.tlsKey ? { cert: await readTls(cfg.tlsCert), key: await readTls(cfg.tlsKey) } : undefined;
     sd.status('verifying bases and connecting to libvirt');
     server = await SynthServer.listen({
-      host: cfg.listen.host, port: cfg.listen.port, trust: cfg.trust, clients: cfg.clients, ...(tls ? { tls } : {}),
-      threads: cfg.threads, maxInFlightBytes: cfg.maxInFlightKib * 1024, maxSessions: cfg.maxSessions,
-      maxSessionsPerClient: cfg.maxSessionsPerClient, sessionMemoryBytes: cfg.sessionMemoryMib * 2 ** 20,
-      connectionsPerMinute: cfg.connectionsPerMinute, handshakeTimeoutMs: cfg.handshakeTimeoutS * 1000,
+      host: cfg.listen.host,
+      port: cfg.listen.port,
+      trust: cfg.trust,
+      clients: cfg.clients,
+      ...(tls ? { tls } : {}),
+      threads: cfg.threads,
+      maxInFlightBytes: cfg.maxInFlightKib * 1024,
+      maxSessions: cfg.maxSessions,
+      maxSessionsPerClient: cfg.maxSessionsPerClient,
+      sessionMemoryBytes: cfg.sessionMemoryMib * 2 ** 20,
+      connectionsPerMinute: cfg.connectionsPerMinute,
+      handshakeTimeoutMs: cfg.handshakeTimeoutS * 1000,
       verifyBases: opts.verifyBases ?? true,
     });
     const s = server;
@@ -71,11 +80,20 @@ export async function startDaemon(cfg: Config, opts: { verifyBases?: boolean } =
       stopping ??= (async () => {
         sd.stopping();
         let timer: NodeJS.Timeout | undefined;
-        const overrun = new Promise<'overrun'>((resolve) => { timer = setTimeout(() => resolve('overrun'), cfg.gracefulStopS * 1000); });
+        const overrun = new Promise<'overrun'>((resolve) => {
+          timer = setTimeout(() => resolve('overrun'), cfg.gracefulStopS * 1000);
+        });
         const how = await Promise.race([srv.close().then(() => 'done' as const), overrun]);
         clearTimeout(timer);
         stopWatchdog?.();
-        if (how === 'overrun') publish('cleanupFailed', { what: 'graceful stop', error: new VmsynthError('VMS_INTERRUPTED', `sessions still tearing down after ${cfg.gracefulStopS} s; stopping anyway (the next start cleans what is left)`) });
+        if (how === 'overrun')
+          publish('cleanupFailed', {
+            what: 'graceful stop',
+            error: new VmsynthError(
+              'VMS_INTERRUPTED',
+              `sessions still tearing down after ${cfg.gracefulStopS} s; stopping anyway (the next start cleans what is left)`,
+            ),
+          });
         await endpoint?.close();
         metrics.close();
         return { forced: how === 'overrun' };

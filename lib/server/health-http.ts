@@ -19,7 +19,12 @@ export interface Readiness {
 export class HealthEndpoint {
   private constructor(private readonly server: http.Server) {}
 
-  static async listen(host: string, port: number, metrics: ServerMetrics, readiness: Readiness): Promise<HealthEndpoint> {
+  static async listen(
+    host: string,
+    port: number,
+    metrics: ServerMetrics,
+    readiness: Readiness,
+  ): Promise<HealthEndpoint> {
     const server = http.createServer((req, res) => {
       const send = (status: number, body: string, type = 'text/plain; charset=utf-8') => {
         res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
@@ -36,14 +41,25 @@ export class HealthEndpoint {
             (err: unknown) => send(503, `not ready: ${(err as Error).message}\n`),
           );
         case '/metrics':
-          return void metrics.text().then((text) => send(200, text, metrics.contentType), (err: unknown) => send(500, `${(err as Error).message}\n`));
+          return void metrics.text().then(
+            (text) => send(200, text, metrics.contentType),
+            (err: unknown) => send(500, `${(err as Error).message}\n`),
+          );
         default:
           return send(404, 'not found: try /healthz, /readyz or /metrics\n');
       }
     });
     server.keepAliveTimeout = 5000;
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (err) => reject(new VmsynthError('VMS_CONFIG', `cannot listen for metrics on ${host}:${port}: ${err.message} (set metricsListen, or "off")`, { cause: err })));
+      server.once('error', (err) =>
+        reject(
+          new VmsynthError(
+            'VMS_CONFIG',
+            `cannot listen for metrics on ${host}:${port}: ${err.message} (set metricsListen, or "off")`,
+            { cause: err },
+          ),
+        ),
+      );
       server.listen(port, host, () => resolve());
     });
     return new HealthEndpoint(server);

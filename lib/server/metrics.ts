@@ -21,18 +21,71 @@ export class ServerMetrics {
   constructor() {
     const r = [this.registry];
     client.collectDefaultMetrics({ register: this.registry, prefix: 'vmsynth_', eventLoopMonitoringPrecision: 20 });
-    const firstResponse = new client.Histogram({ name: 'vmsynth_first_response_seconds', help: 'From session start (manifest accepted) to the app\'s first answer', labelNames: ['policy'], buckets: TIME_BUCKETS, registers: r });
-    const resumed = new client.Histogram({ name: 'vmsynth_resume_seconds', help: 'From session start to the VM running', labelNames: ['policy'], buckets: TIME_BUCKETS, registers: r });
-    const blocked = new client.Histogram({ name: 'vmsynth_blocked_read_seconds', help: 'How long guest reads of chunks not yet arrived were held', buckets: WAIT_BUCKETS, registers: r });
-    const segmentBytes = new client.Counter({ name: 'vmsynth_segment_bytes_total', help: 'Overlay segment bytes received and applied, by lane', labelNames: ['lane'], registers: r });
-    const segments = new client.Counter({ name: 'vmsynth_segments_total', help: 'Overlay segments received and applied, by lane', labelNames: ['lane'], registers: r });
-    const demand = new client.Counter({ name: 'vmsynth_demand_fetches_total', help: 'Segments a guest read put on the demand lane', registers: r });
-    const outOfOrder = new client.Counter({ name: 'vmsynth_out_of_order_fetches_total', help: 'Guest reads of a segment already on its way in the background (the access order was wrong for it)', registers: r });
+    const firstResponse = new client.Histogram({
+      name: 'vmsynth_first_response_seconds',
+      help: "From session start (manifest accepted) to the app's first answer",
+      labelNames: ['policy'],
+      buckets: TIME_BUCKETS,
+      registers: r,
+    });
+    const resumed = new client.Histogram({
+      name: 'vmsynth_resume_seconds',
+      help: 'From session start to the VM running',
+      labelNames: ['policy'],
+      buckets: TIME_BUCKETS,
+      registers: r,
+    });
+    const blocked = new client.Histogram({
+      name: 'vmsynth_blocked_read_seconds',
+      help: 'How long guest reads of chunks not yet arrived were held',
+      buckets: WAIT_BUCKETS,
+      registers: r,
+    });
+    const segmentBytes = new client.Counter({
+      name: 'vmsynth_segment_bytes_total',
+      help: 'Overlay segment bytes received and applied, by lane',
+      labelNames: ['lane'],
+      registers: r,
+    });
+    const segments = new client.Counter({
+      name: 'vmsynth_segments_total',
+      help: 'Overlay segments received and applied, by lane',
+      labelNames: ['lane'],
+      registers: r,
+    });
+    const demand = new client.Counter({
+      name: 'vmsynth_demand_fetches_total',
+      help: 'Segments a guest read put on the demand lane',
+      registers: r,
+    });
+    const outOfOrder = new client.Counter({
+      name: 'vmsynth_out_of_order_fetches_total',
+      help: 'Guest reads of a segment already on its way in the background (the access order was wrong for it)',
+      registers: r,
+    });
     const active = new client.Gauge({ name: 'vmsynth_active_sessions', help: 'Sessions running now', registers: r });
-    const ended = new client.Counter({ name: 'vmsynth_sessions_total', help: 'Sessions ended, by outcome (ok or an error code)', labelNames: ['outcome'], registers: r });
-    const refused = new client.Counter({ name: 'vmsynth_connections_refused_total', help: 'Connections refused or failed before a session started, by error code', labelNames: ['code'], registers: r });
-    const vmDied = new client.Counter({ name: 'vmsynth_vm_deaths_total', help: 'Session VMs that died while their session ran', registers: r });
-    const badBases = new client.Gauge({ name: 'vmsynth_bases_failed_verification', help: 'Local bases whose files did not match their manifest at start', registers: r });
+    const ended = new client.Counter({
+      name: 'vmsynth_sessions_total',
+      help: 'Sessions ended, by outcome (ok or an error code)',
+      labelNames: ['outcome'],
+      registers: r,
+    });
+    const refused = new client.Counter({
+      name: 'vmsynth_connections_refused_total',
+      help: 'Connections refused or failed before a session started, by error code',
+      labelNames: ['code'],
+      registers: r,
+    });
+    const vmDied = new client.Counter({
+      name: 'vmsynth_vm_deaths_total',
+      help: 'Session VMs that died while their session ran',
+      registers: r,
+    });
+    const badBases = new client.Gauge({
+      name: 'vmsynth_bases_failed_verification',
+      help: 'Local bases whose files did not match their manifest at start',
+      registers: r,
+    });
     active.set(0);
     badBases.set(0);
 
@@ -57,7 +110,9 @@ export class ServerMetrics {
     });
     on('connectionRefused', (m) => refused.inc({ code: String(m.code) }));
     on('vmDied', () => vmDied.inc());
-    on('baseChecked', (m) => { if (m.ok === false) badBases.inc(); });
+    on('baseChecked', (m) => {
+      if (m.ok === false) badBases.inc();
+    });
   }
 
   /** The exposition text for /metrics. */

@@ -83,8 +83,16 @@ async function checkAllBases(checkBase: (base: Base) => Promise<void>): Promise<
     }
     const t0 = performance.now();
     const base = await loadBase(entry.dir);
-    const error = await checkBase(base).then(() => undefined, (e: unknown) => e);
-    publish('baseChecked', { base: entry.name, ok: !error, ms: Math.round(performance.now() - t0), ...(error ? { error } : {}) });
+    const error = await checkBase(base).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    publish('baseChecked', {
+      base: entry.name,
+      ok: !error,
+      ms: Math.round(performance.now() - t0),
+      ...(error ? { error } : {}),
+    });
   }
 }
 
@@ -96,26 +104,48 @@ export class SynthServer {
   private readonly ctx: ServerContext;
   private readonly checkBase: (base: Base) => Promise<void>;
 
-  private constructor(private readonly server: net.Server, private readonly lv: Libvirt, private readonly opts: ServeOptions, trusted: Map<string, Buffer>) {
+  private constructor(
+    private readonly server: net.Server,
+    private readonly lv: Libvirt,
+    private readonly opts: ServeOptions,
+    trusted: Map<string, Buffer>,
+  ) {
     this.rate = new RateLimiter(opts.connectionsPerMinute ?? DEFAULTS.connectionsPerMinute);
-    const clients = [...(opts.clients ?? []), ...(opts.token !== undefined ? [{ name: 'token', tokenSha256: tokenSha256(opts.token) }] : [])];
+    const clients = [
+      ...(opts.clients ?? []),
+      ...(opts.token !== undefined ? [{ name: 'token', tokenSha256: tokenSha256(opts.token) }] : []),
+    ];
     const auth = new Authenticator(clients);
     const checkBase = baseChecker();
     const d = defaultLimits();
-    const admission = new Admission({
-      maxSessions: opts.maxSessions ?? d.maxSessions,
-      maxSessionsPerClient: opts.maxSessionsPerClient === undefined ? d.maxSessionsPerClient : opts.maxSessionsPerClient,
-      sessionMemoryBytes: opts.sessionMemoryBytes === undefined ? d.sessionMemoryBytes : opts.sessionMemoryBytes,
-      maxInFlightBytes: opts.maxInFlightBytes ?? d.maxInFlightBytes,
-    }, {
-      trusted, authRequired: auth.required, checkBase, findBase: findBaseWithImages,
-      sessions: (client) => this.liveSessions(client),
-      checkAccel: async (base) => void (await requireAccel(base)),
-    });
+    const admission = new Admission(
+      {
+        maxSessions: opts.maxSessions ?? d.maxSessions,
+        maxSessionsPerClient:
+          opts.maxSessionsPerClient === undefined ? d.maxSessionsPerClient : opts.maxSessionsPerClient,
+        sessionMemoryBytes: opts.sessionMemoryBytes === undefined ? d.sessionMemoryBytes : opts.sessionMemoryBytes,
+        maxInFlightBytes: opts.maxInFlightBytes ?? d.maxInFlightBytes,
+      },
+      {
+        trusted,
+        authRequired: auth.required,
+        checkBase,
+        findBase: findBaseWithImages,
+        sessions: (client) => this.liveSessions(client),
+        checkAccel: async (base) => void (await requireAccel(base)),
+      },
+    );
     this.ctx = {
       auth,
       admit: (client, manifest) => admission.admit(client, manifest),
-      startSession: (req) => SynthSession.start({ ...req, lv, threads: opts.threads, maxInFlightBytes: opts.maxInFlightBytes, fuseDevice: opts.fuseDevice }),
+      startSession: (req) =>
+        SynthSession.start({
+          ...req,
+          lv,
+          threads: opts.threads,
+          maxInFlightBytes: opts.maxInFlightBytes,
+          fuseDevice: opts.fuseDevice,
+        }),
       handshakeTimeoutMs: opts.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutS * 1000,
     };
     this.checkBase = checkBase;
@@ -130,22 +160,37 @@ export class SynthServer {
     const lv = await Libvirt.connect();
     try {
       await cleanStale(lv);
-      const server = opts.tls ? tls.createServer({ cert: opts.tls.cert, key: opts.tls.key, minVersion: 'TLSv1.2' }) : net.createServer();
+      const server = opts.tls
+        ? tls.createServer({ cert: opts.tls.cert, key: opts.tls.key, minVersion: 'TLSv1.2' })
+        : net.createServer();
       const s = new SynthServer(server, lv, opts, await trustedKeys(opts.trust ?? []));
       if (opts.verifyBases) await checkAllBases(s.checkBase);
       server.on(opts.tls ? 'secureConnection' : 'connection', (socket: net.Socket) => s.accept(socket));
-      if (opts.tls) server.on('tlsClientError', (err: Error, socket: net.Socket) => {
-        publish('connectionRefused', { peer: `${socket.remoteAddress}:${socket.remotePort}`, code: 'VMS_PROTOCOL', message: `TLS handshake failed: ${err.message}` });
-        socket.destroy();
-      });
+      if (opts.tls)
+        server.on('tlsClientError', (err: Error, socket: net.Socket) => {
+          publish('connectionRefused', {
+            peer: `${socket.remoteAddress}:${socket.remotePort}`,
+            code: 'VMS_PROTOCOL',
+            message: `TLS handshake failed: ${err.message}`,
+          });
+          socket.destroy();
+        });
       const host = opts.host ?? DEFAULTS.listenHost;
       const port = opts.port ?? DEFAULTS.port;
       await new Promise<void>((resolve, reject) => {
-        server.once('error', (err: NodeJS.ErrnoException) => reject(new VmsynthError('VMS_USAGE', `cannot listen on ${host}:${port}: ${err.message}`, { cause: err })));
+        server.once('error', (err: NodeJS.ErrnoException) =>
+          reject(new VmsynthError('VMS_USAGE', `cannot listen on ${host}:${port}: ${err.message}`, { cause: err })),
+        );
         server.listen(port, host, () => resolve());
       });
       const a = s.address();
-      publish('serverListening', { host: a.host, port: a.port, version: VMSYNTH_VERSION, tls: !!opts.tls, auth: s.ctx.auth.required });
+      publish('serverListening', {
+        host: a.host,
+        port: a.port,
+        version: VMSYNTH_VERSION,
+        tls: !!opts.tls,
+        auth: s.ctx.auth.required,
+      });
       return s;
     } catch (err) {
       await lv.close();
@@ -193,7 +238,13 @@ export class SynthServer {
     this.connections.add(c);
     if (!this.rate.admit(socket.remoteAddress ?? '?')) {
       const limit = this.opts.connectionsPerMinute ?? DEFAULTS.connectionsPerMinute;
-      void c.end(new VmsynthError('VMS_RATE_LIMITED', `more than ${limit} connections in the last minute from ${socket.remoteAddress}`, { details: { limit } }));
+      void c.end(
+        new VmsynthError(
+          'VMS_RATE_LIMITED',
+          `more than ${limit} connections in the last minute from ${socket.remoteAddress}`,
+          { details: { limit } },
+        ),
+      );
     }
   }
 

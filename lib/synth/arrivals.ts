@@ -159,7 +159,11 @@ export class ChunkArrivals {
       const { image, index } = chunkOfKey(k);
       segments.add(this.segmentOf[image]![index]!);
     }
-    return { reads: reads.size, oldestMs: Math.round(oldest), segments: [...segments].sort((a, b) => a - b).slice(0, 20) };
+    return {
+      reads: reads.size,
+      oldestMs: Math.round(oldest),
+      segments: [...segments].sort((a, b) => a - b).slice(0, 20),
+    };
   }
 
   /** Each held read once (a read waiting for several chunks is listed under each). */

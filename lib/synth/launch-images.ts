@@ -69,12 +69,26 @@ export class LaunchImages {
     await receivedHandles[0]!.truncate(body.base.memory.bytes);
     await receivedHandles[1]!.truncate(body.base.disk.bytes);
     const baseHandles = [await open(opts.base[0], 'r'), await open(opts.base[1], 'r')];
-    const image = (i: number, name: string) => new ImageFile(name, maps[i]!, {
-      [ChunkSource.BASE]: fileReader(baseHandles[i]!, opts.base[i]!),
-      [ChunkSource.ZERO]: zeroReader,
-      [ChunkSource.OVERLAY]: fileReader(receivedHandles[i]!, received[i]!),
-    }, undefined, arrivals.gate(i));
-    const pipeline = new SegmentPipeline({ segments: body.segments, base: [...opts.base], received, receivedHandles, arrivals, threads: opts.threads });
+    const image = (i: number, name: string) =>
+      new ImageFile(
+        name,
+        maps[i]!,
+        {
+          [ChunkSource.BASE]: fileReader(baseHandles[i]!, opts.base[i]!),
+          [ChunkSource.ZERO]: zeroReader,
+          [ChunkSource.OVERLAY]: fileReader(receivedHandles[i]!, received[i]!),
+        },
+        undefined,
+        arrivals.gate(i),
+      );
+    const pipeline = new SegmentPipeline({
+      segments: body.segments,
+      base: [...opts.base],
+      received,
+      receivedHandles,
+      arrivals,
+      threads: opts.threads,
+    });
     scope.defer('stop the apply workers', () => pipeline.close());
     return new LaunchImages(arrivals, image(0, 'memory.img'), image(1, 'disk.img'), pipeline);
   }

@@ -108,8 +108,13 @@ export class SessionLedger {
 
   /** Held reads with where each segment they wait for is; `schedulerState` tells segments not received yet. */
   held(h: HeldReads, schedulerState: (index: number) => 'queued' | 'requested' | 'received'): SynthStats['heldReads'] {
-    const state = (i: number): SegmentState => (i < 0 || i >= this.segments ? 'none' : this.applying.has(i) ? 'applying' : schedulerState(i));
-    return { reads: h.reads, oldestMs: h.oldestMs, segments: h.segments.map((index) => ({ index, state: state(index) })) };
+    const state = (i: number): SegmentState =>
+      i < 0 || i >= this.segments ? 'none' : this.applying.has(i) ? 'applying' : schedulerState(i);
+    return {
+      reads: h.reads,
+      oldestMs: h.oldestMs,
+      segments: h.segments.map((index) => ({ index, state: state(index) })),
+    };
   }
 
   stats(live: { outOfOrder: number; blockedReads: BlockedReadStats; heldReads: SynthStats['heldReads'] }): SynthStats {

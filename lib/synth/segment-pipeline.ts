@@ -59,12 +59,15 @@ export class SegmentPipeline {
    * match its hash (nothing of it is marked present then).
    */
   apply(index: number, compressed: Buffer, priority: number): Promise<void> {
-    return this.queue.add(async () => {
-      const s = this.opts.segments[index]!;
-      await this.workers.apply(index, s, compressed);
-      await this.markPresent(s);
-      this.appliedSegments++;
-    }, { priority, id: String(index), throwOnTimeout: true });
+    return this.queue.add(
+      async () => {
+        const s = this.opts.segments[index]!;
+        await this.workers.apply(index, s, compressed);
+        await this.markPresent(s);
+        this.appliedSegments++;
+      },
+      { priority, id: String(index), throwOnTimeout: true },
+    );
   }
 
   /** A guest read now waits for segment `index`, already received and still queued: move it ahead. */

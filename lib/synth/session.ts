@@ -73,7 +73,10 @@ export class SynthSession {
   private resuming: Promise<unknown> = Promise.resolve();
   private failedWith: VmsynthError | null = null;
 
-  private constructor(private readonly opts: SynthOptions, private readonly dir: RunDir) {
+  private constructor(
+    private readonly opts: SynthOptions,
+    private readonly dir: RunDir,
+  ) {
     this.id = dir.id;
     const body = opts.overlay.body;
     this.scheduler = new SegmentScheduler({
@@ -96,14 +99,17 @@ export class SynthSession {
     }
     s.scope.defer('remove the run directory', () => scope.close());
     try {
-      s.launch = await LaunchImages.create({
-        body: opts.overlay.body,
-        base: [opts.base.file('memory'), opts.base.file('disk')],
-        dir: s.dir.dir,
-        demand: (segment) => s.onDemand(segment),
-        unblocked: (ms) => publish('readUnblocked', { session: s.id, ms }),
-        threads: opts.threads ?? DEFAULTS.threads,
-      }, s.scope);
+      s.launch = await LaunchImages.create(
+        {
+          body: opts.overlay.body,
+          base: [opts.base.file('memory'), opts.base.file('disk')],
+          dir: s.dir.dir,
+          demand: (segment) => s.onDemand(segment),
+          unblocked: (ms) => publish('readUnblocked', { session: s.id, ms }),
+          threads: opts.threads ?? DEFAULTS.threads,
+        },
+        s.scope,
+      );
     } catch (err) {
       await s.scope.close();
       throw err;
@@ -149,29 +155,34 @@ export class SynthSession {
     if (this.failedWith || this.closing) return;
     // The message parser guarantees an unsigned integer.
     if (index >= this.scheduler.total || !this.scheduler.isRequested(index)) {
-      this.fail(new VmsynthError('VMS_PROTOCOL', `segment ${index} was not asked for`, { details: { segment: index } }));
+      this.fail(
+        new VmsynthError('VMS_PROTOCOL', `segment ${index} was not asked for`, { details: { segment: index } }),
+      );
       return;
     }
     this.ledger.received(index, data.length);
     const lane = this.scheduler.isDemanded(index) ? 'demand' : 'background';
-    this.launch.apply(index, data, lane === 'demand' ? Priority.DEMAND : Priority.BACKGROUND).finally(() => this.ledger.settled(index)).then(
-      () => {
-        publish('segmentApplied', { session: this.id, index, bytes: data.length, lane });
-        this.scheduler.received(index);
-        if (this.scheduler.done) this.onComplete();
-        else this.pump();
-      },
-      (err: unknown) => {
-        const e = asVmsynthError(err);
-        if (e.code === 'VMS_OVERLAY_CORRUPT' && !this.closing && this.ledger.mayRetry(index)) {
-          publish('progress', { step: `session ${this.id}: segment ${index} failed its check; asking for it again` });
-          this.scheduler.retry(index);
-          this.pump();
-        } else {
-          this.fail(e);
-        }
-      },
-    );
+    this.launch
+      .apply(index, data, lane === 'demand' ? Priority.DEMAND : Priority.BACKGROUND)
+      .finally(() => this.ledger.settled(index))
+      .then(
+        () => {
+          publish('segmentApplied', { session: this.id, index, bytes: data.length, lane });
+          this.scheduler.received(index);
+          if (this.scheduler.done) this.onComplete();
+          else this.pump();
+        },
+        (err: unknown) => {
+          const e = asVmsynthError(err);
+          if (e.code === 'VMS_OVERLAY_CORRUPT' && !this.closing && this.ledger.mayRetry(index)) {
+            publish('progress', { step: `session ${this.id}: segment ${index} failed its check; asking for it again` });
+            this.scheduler.retry(index);
+            this.pump();
+          } else {
+            this.fail(e);
+          }
+        },
+      );
   }
 
   private onComplete(): void {
@@ -203,11 +214,20 @@ export class SynthSession {
     const { base, overlay } = this.opts;
     const signal = this.abort.signal;
     const images = await this.launch.mount(this.dir.file('mnt'), { fuseDevice: this.opts.fuseDevice }, this.scope);
-    this.vm = await restoreVm(this.opts.lv, {
-      base, run: this.dir, memory: { path: images.memory, share: false }, disk: { path: images.disk },
-      deviceState: overlay.deviceState(), appPort: overlay.body.vm.appPort, signal,
-      onStarted: (vm) => this.watch(vm),
-    }, this.scope);
+    this.vm = await restoreVm(
+      this.opts.lv,
+      {
+        base,
+        run: this.dir,
+        memory: { path: images.memory, share: false },
+        disk: { path: images.disk },
+        deviceState: overlay.deviceState(),
+        appPort: overlay.body.vm.appPort,
+        signal,
+        onStarted: (vm) => this.watch(vm),
+      },
+      this.scope,
+    );
     publish('domainRunning', { name: this.domain, ms: this.ledger.ms() });
   }
 
@@ -229,13 +249,19 @@ export class SynthSession {
    * app's port refuses connections (the guest's network stack may still be
    * faulting its pages in); a reply of any status is the answer.
    */
-  async offload(method: string, path: string, body: Buffer, timeoutMs: number = DEFAULTS.offloadTimeoutMs): Promise<HttpReply> {
+  async offload(
+    method: string,
+    path: string,
+    body: Buffer,
+    timeoutMs: number = DEFAULTS.offloadTimeoutMs,
+  ): Promise<HttpReply> {
     const vm = this.vm;
     if (!vm) throw new VmsynthError('VMS_PROTOCOL', 'an offload request came before the VM was ready');
     const deadline = Date.now() + timeoutMs;
     let last = '';
     for (;;) {
-      if (this.closing || this.failedWith) throw this.failedWith ?? new VmsynthError('VMS_INTERRUPTED', 'the session ended');
+      if (this.closing || this.failedWith)
+        throw this.failedWith ?? new VmsynthError('VMS_INTERRUPTED', 'the session ended');
       const remaining = deadline - Date.now();
       if (remaining <= 0) break;
       try {
@@ -245,13 +271,23 @@ export class SynthSession {
         return reply;
       } catch (err) {
         last = (err as Error).message;
-        if (!(await vm.alive())) throw await explainFailure(new VmsynthError('VMS_QEMU_DIED', `the VM stopped while an offload request waited (${last})`), vm);
+        if (!(await vm.alive()))
+          throw await explainFailure(
+            new VmsynthError('VMS_QEMU_DIED', `the VM stopped while an offload request waited (${last})`),
+            vm,
+          );
         await new Promise((r) => setTimeout(r, 50));
       }
     }
     const h = this.heldReads();
-    const held = h.reads ? `; ${h.reads} guest read(s) were still waiting for the overlay, the oldest for ${h.oldestMs} ms, on segment(s) ${h.segments.map((x) => `${x.index} (${x.state})`).join(', ')}` : '';
-    throw new VmsynthError('VMS_GUEST_TIMEOUT', `the app in the VM did not answer ${method} ${path} within ${timeoutMs} ms (last attempt: ${last})${held}`, { details: { heldReads: h } });
+    const held = h.reads
+      ? `; ${h.reads} guest read(s) were still waiting for the overlay, the oldest for ${h.oldestMs} ms, on segment(s) ${h.segments.map((x) => `${x.index} (${x.state})`).join(', ')}`
+      : '';
+    throw new VmsynthError(
+      'VMS_GUEST_TIMEOUT',
+      `the app in the VM did not answer ${method} ${path} within ${timeoutMs} ms (last attempt: ${last})${held}`,
+      { details: { heldReads: h } },
+    );
   }
 
   /** The held guest reads, each segment they wait for with where it is: queued, requested, applying (received, not yet applied) or received. */
@@ -260,7 +296,11 @@ export class SynthSession {
   }
 
   stats(): SynthStats {
-    return this.ledger.stats({ outOfOrder: this.scheduler.outOfOrder, blockedReads: this.launch.blockedReads(), heldReads: this.heldReads() });
+    return this.ledger.stats({
+      outOfOrder: this.scheduler.outOfOrder,
+      blockedReads: this.launch.blockedReads(),
+      heldReads: this.heldReads(),
+    });
   }
 
   /** The launch images as FUSE serves them (tests compare them with an offline apply). */

@@ -27,7 +27,12 @@ async function choose(): Promise<AccelChoice> {
   const forced = process.env.VMSYNTH_ACCEL;
   if (forced !== undefined && forced !== '') return chooseAccel({ forced, cpuinfo: '', kvmUsable: false });
   const cpuinfo = await fsp.readFile('/proc/cpuinfo', 'utf8').catch(() => '');
-  const kvmUsable = cpuVirtFlag(cpuinfo) !== null && (await fsp.access('/dev/kvm', fsc.R_OK | fsc.W_OK).then(() => true, () => false));
+  const kvmUsable =
+    cpuVirtFlag(cpuinfo) !== null &&
+    (await fsp.access('/dev/kvm', fsc.R_OK | fsc.W_OK).then(
+      () => true,
+      () => false,
+    ));
   return chooseAccel({ forced, cpuinfo, kvmUsable });
 }
 
@@ -54,7 +59,8 @@ export function chooseAccel(input: { forced: string | undefined; cpuinfo: string
   }
   const hw = cpuVirtFlag(input.cpuinfo);
   if (!hw) return { accel: 'tcg', reason: 'the CPU has no vmx/svm flag: QEMU software emulation (TCG)' };
-  if (!input.kvmUsable) return { accel: 'tcg', reason: `the CPU has ${hw} but /dev/kvm is not usable: QEMU software emulation (TCG)` };
+  if (!input.kvmUsable)
+    return { accel: 'tcg', reason: `the CPU has ${hw} but /dev/kvm is not usable: QEMU software emulation (TCG)` };
   return { accel: 'kvm', reason: `the CPU has ${hw} and /dev/kvm is usable: KVM` };
 }
 
@@ -62,6 +68,10 @@ export function chooseAccel(input: { forced: string | undefined; cpuinfo: string
 export async function requireAccel(base: { name: string; manifest: { vm: { accel: Accel } } }): Promise<Accel> {
   const { accel } = await detectAccel();
   const want = base.manifest.vm.accel;
-  if (accel !== want) throw new VmsynthError('VMS_ACCEL_MISMATCH', `base "${base.name}" was captured under ${want.toUpperCase()}, this host runs ${accel.toUpperCase()}`);
+  if (accel !== want)
+    throw new VmsynthError(
+      'VMS_ACCEL_MISMATCH',
+      `base "${base.name}" was captured under ${want.toUpperCase()}, this host runs ${accel.toUpperCase()}`,
+    );
   return accel;
 }

@@ -59,7 +59,9 @@ const isFileName: Check = (v) => isStr(v) && !(v as string).includes('/') && v !
 
 /** details: `field` names the bad field by its path ("disk.sha256"), or `reason` says why there are no fields to check. */
 function fail(where: string, what: string, details: Record<string, unknown>): never {
-  throw new VmsynthError('VMS_BASE_CORRUPT', `base manifest ${where}: ${what}`, { details: { manifest: where, ...details } });
+  throw new VmsynthError('VMS_BASE_CORRUPT', `base manifest ${where}: ${what}`, {
+    details: { manifest: where, ...details },
+  });
 }
 
 /** `parent` is the object `obj` is found at ("disk", "vm"), or '' for the top level. */
@@ -88,7 +90,11 @@ export function parseBaseManifest(text: string, where: string): BaseManifest {
     });
   }
   if (m.format !== BASE_FORMAT) {
-    fail(where, `unknown format ${JSON.stringify(m.format)}, expected ${BASE_FORMAT}`, { field: 'format', format: m.format, expected: BASE_FORMAT });
+    fail(where, `unknown format ${JSON.stringify(m.format)}, expected ${BASE_FORMAT}`, {
+      field: 'format',
+      format: m.format,
+      expected: BASE_FORMAT,
+    });
   }
   need(m, 'name', isStr, where);
   need(m, 'chunkSize', (v) => v === 4096, where);

@@ -80,10 +80,21 @@ export interface ResumeResult {
 }
 
 /** Opens a base image read-only and serves it through a chunk map whose every chunk is BASE. */
-async function baseImage(name: string, file: string, bytes: number, scope: Scope, trace?: TouchTrace): Promise<ImageFile> {
+async function baseImage(
+  name: string,
+  file: string,
+  bytes: number,
+  scope: Scope,
+  trace?: TouchTrace,
+): Promise<ImageFile> {
   const handle: FileHandle = await fsp.open(file, 'r');
   scope.defer(`close ${file}`, () => handle.close());
-  return new ImageFile(name, new ChunkMap(bytes, undefined, ChunkSource.BASE), { [ChunkSource.BASE]: fileReader(handle, file) }, trace);
+  return new ImageFile(
+    name,
+    new ChunkMap(bytes, undefined, ChunkSource.BASE),
+    { [ChunkSource.BASE]: fileReader(handle, file) },
+    trace,
+  );
 }
 
 export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
@@ -107,16 +118,30 @@ export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
     const mount = await ImageMount.mount(run.file('mnt'), [memory, disk], { fuseDevice: opts.fuseDevice });
     scope.defer(`unmount ${mount.mountpoint}`, () => mount.unmount());
 
-    const vm = await restoreVm(lv, {
-      base, run, memory: { path: mount.path('memory.img'), share: false }, disk: { path: mount.path('disk.img') },
-      deviceState: base.file('deviceState'), agent: opts.agent, signal: opts.signal,
-    }, scope);
+    const vm = await restoreVm(
+      lv,
+      {
+        base,
+        run,
+        memory: { path: mount.path('memory.img'), share: false },
+        disk: { path: mount.path('disk.img') },
+        deviceState: base.file('deviceState'),
+        agent: opts.agent,
+        signal: opts.signal,
+      },
+      scope,
+    );
     const resumeMs = performance.now() - t0;
     publish('domainRunning', { name: vm.spec.name, ms: resumeMs });
     const remaining = Math.max(1000, (opts.timeoutMs ?? 60_000) - resumeMs);
     const { hostPort, agentPort } = vm;
     const { reply } = await waitForApp(hostPort, {
-      timeoutMs: remaining, signal: opts.signal, alive: vm.alive, consoleLog: vm.spec.consoleLog, path: opts.request?.path ?? workPath(opts.work), request: opts.request,
+      timeoutMs: remaining,
+      signal: opts.signal,
+      alive: vm.alive,
+      consoleLog: vm.spec.consoleLog,
+      path: opts.request?.path ?? workPath(opts.work),
+      request: opts.request,
     }).catch(async (err: unknown) => {
       throw await explainFailure(err, vm);
     });

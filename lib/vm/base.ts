@@ -64,7 +64,10 @@ export interface CreateBaseOptions {
 
 export function checkBaseName(name: string): void {
   if (!NAME_RE.test(name)) {
-    throw new VmsynthError('VMS_USAGE', `invalid base name "${name}": use 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit`);
+    throw new VmsynthError(
+      'VMS_USAGE',
+      `invalid base name "${name}": use 1-64 letters, digits, ".", "_" or "-", starting with a letter or digit`,
+    );
   }
 }
 
@@ -136,17 +139,27 @@ export async function createBase(opts: CreateBaseOptions): Promise<Base> {
     publish('progress', { step: `booting ${spec.name} under ${accel.toUpperCase()} (${reason})` });
     const booted = Date.now();
     const vm = await startVm(lv, spec, scope, { signal: opts.signal });
-    await waitForApp(spec.net.hostPort, { timeoutMs: opts.timeoutMs ?? 180_000, signal: opts.signal, alive: vm.alive, consoleLog: spec.consoleLog });
+    await waitForApp(spec.net.hostPort, {
+      timeoutMs: opts.timeoutMs ?? 180_000,
+      signal: opts.signal,
+      alive: vm.alive,
+      consoleLog: spec.consoleLog,
+    });
     const bootMs = Date.now() - booted;
     publish('progress', { step: 'waiting for the guest to report its free pages' });
     await settleFreePages(memFile, { signal: opts.signal });
     const machine = machineFromXml(await lv.xmlDesc(spec.name)) ?? spec.machine;
     publish('progress', { step: `guest app answered after ${bootMs} ms; saving device state` });
-    await saveState(vm.qmp, path.join(tmp, 'device.state'), run.file('migrate.sock'), { ignoreShared: true, signal: opts.signal });
+    await saveState(vm.qmp, path.join(tmp, 'device.state'), run.file('migrate.sock'), {
+      ignoreShared: true,
+      signal: opts.signal,
+    });
     await vm.destroy();
 
     publish('progress', { step: 'hashing disk and memory' });
-    const qemu = (await exec('qemu-system-x86_64', ['--version']).catch(() => ({ stdout: 'unknown' }))).stdout.split('\n')[0] ?? 'unknown';
+    const qemu =
+      (await exec('qemu-system-x86_64', ['--version']).catch(() => ({ stdout: 'unknown' }))).stdout.split('\n')[0] ??
+      'unknown';
     const manifest: BaseManifest = {
       format: BASE_FORMAT,
       name: opts.name,
@@ -167,7 +180,14 @@ export async function createBase(opts: CreateBaseOptions): Promise<Base> {
         appPort: source.appPort,
         devices: ['virtio-blk-pci:vda', 'virtio-net-pci:user', 'serial:file', 'virtio-balloon-pci:free-page-reporting'],
       },
-      created: { at: new Date().toISOString(), host: os.hostname(), qemu, vmsynth: VMSYNTH_VERSION, source: source.info ?? {}, bootMs },
+      created: {
+        at: new Date().toISOString(),
+        host: os.hostname(),
+        qemu,
+        vmsynth: VMSYNTH_VERSION,
+        source: source.info ?? {},
+        bootMs,
+      },
     };
     await fsp.writeFile(path.join(tmp, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
     if (opts.force) await fsp.rm(final, { recursive: true, force: true });
@@ -180,14 +200,19 @@ export async function createBase(opts: CreateBaseOptions): Promise<Base> {
  * The base `name`, captured from `source` unless it already was: a base whose
  * manifest records the same source.info.guestKey is reused as it is.
  */
-export async function ensureBase(name: string, source: BaseSource, signal?: AbortSignal): Promise<{ base: Base; created: boolean; ms: number | null }> {
+export async function ensureBase(
+  name: string,
+  source: BaseSource,
+  signal?: AbortSignal,
+): Promise<{ base: Base; created: boolean; ms: number | null }> {
   const want = source.info?.guestKey;
   try {
     const base = await loadBase(name);
     if (want !== undefined && base.manifest.created.source.guestKey === want) return { base, created: false, ms: null };
     publish('progress', { step: `base "${name}" is from another guest build; capturing it again` });
   } catch (err) {
-    if (!isErrorCode(err, 'VMS_BASE_NOT_FOUND')) publish('progress', { step: `base "${name}" is unusable (${(err as Error).message}); capturing it again` });
+    if (!isErrorCode(err, 'VMS_BASE_NOT_FOUND'))
+      publish('progress', { step: `base "${name}" is unusable (${(err as Error).message}); capturing it again` });
   }
   const t0 = Date.now();
   const base = await createBase({ name, source, force: true, signal });
@@ -204,20 +229,30 @@ export async function loadBase(nameOrDir: string): Promise<Base> {
   if (!nameOrDir.includes('/')) checkBaseName(nameOrDir);
   const manifestPath = path.join(dir, 'manifest.json');
   const text = await fsp.readFile(manifestPath, 'utf8').catch((cause: NodeJS.ErrnoException) => {
-    throw new VmsynthError('VMS_BASE_NOT_FOUND', `no base at ${dir} (${cause.code === 'ENOENT' ? 'no manifest.json' : cause.message})`, { cause, details: { dir } });
+    throw new VmsynthError(
+      'VMS_BASE_NOT_FOUND',
+      `no base at ${dir} (${cause.code === 'ENOENT' ? 'no manifest.json' : cause.message})`,
+      { cause, details: { dir } },
+    );
   });
   const manifest = parseBaseManifest(text, manifestPath);
   for (const key of ['disk', 'memory', 'deviceState', 'kernel', 'initrd'] as const) {
     const file = fileOf(dir, manifest, key);
     const st = await fsp.stat(file).catch(() => null);
     if (!st?.isFile()) {
-      throw new VmsynthError('VMS_BASE_FILE_MISSING', `base "${manifest.name}" is missing ${manifest[key].file}`, { details: { file } });
+      throw new VmsynthError('VMS_BASE_FILE_MISSING', `base "${manifest.name}" is missing ${manifest[key].file}`, {
+        details: { file },
+      });
     }
     if (st.size !== manifest[key].bytes) {
       const code = key === 'memory' ? 'VMS_MEMORY_SIZE_MISMATCH' : 'VMS_BASE_CORRUPT';
-      throw new VmsynthError(code, `base "${manifest.name}": ${manifest[key].file} is ${st.size} bytes, the manifest says ${manifest[key].bytes}`, {
-        details: { file, actual: st.size, expected: manifest[key].bytes },
-      });
+      throw new VmsynthError(
+        code,
+        `base "${manifest.name}": ${manifest[key].file} is ${st.size} bytes, the manifest says ${manifest[key].bytes}`,
+        {
+          details: { file, actual: st.size, expected: manifest[key].bytes },
+        },
+      );
     }
   }
   return baseFrom(dir, manifest);
@@ -238,9 +273,13 @@ export async function verifyBase(base: Base, signal?: AbortSignal): Promise<Veri
     const want = base.manifest[key];
     const got = await sha256File(base.file(key), signal);
     if (got !== want.sha256) {
-      throw new VmsynthError('VMS_HASH_MISMATCH', `base "${base.name}": ${want.file} has SHA-256 ${got}, the manifest says ${want.sha256}`, {
-        details: { file: base.file(key), actual: got, expected: want.sha256 },
-      });
+      throw new VmsynthError(
+        'VMS_HASH_MISMATCH',
+        `base "${base.name}": ${want.file} has SHA-256 ${got}, the manifest says ${want.sha256}`,
+        {
+          details: { file: base.file(key), actual: got, expected: want.sha256 },
+        },
+      );
     }
     files[want.file] = { bytes: want.bytes, sha256: got };
   }
@@ -282,12 +321,19 @@ export interface BaseImages {
 
 /** The local base whose memory and disk images are `want`'s (VMS_BASE_NOT_FOUND when none is). */
 export async function findBaseWithImages(want: BaseImages): Promise<Base> {
-  const same = (a: { bytes: number; sha256: string }, b: { bytes: number; sha256: string }) => a.sha256 === b.sha256 && a.bytes === b.bytes;
-  const hit = (await listBases()).find((b) => b.ok && same(b.manifest!.disk, want.disk) && same(b.manifest!.memory, want.memory));
+  const same = (a: { bytes: number; sha256: string }, b: { bytes: number; sha256: string }) =>
+    a.sha256 === b.sha256 && a.bytes === b.bytes;
+  const hit = (await listBases()).find(
+    (b) => b.ok && same(b.manifest!.disk, want.disk) && same(b.manifest!.memory, want.memory),
+  );
   if (!hit) {
-    throw new VmsynthError('VMS_BASE_NOT_FOUND', `no local base has the disk and memory the overlay was made against (base "${want.name}", disk ${want.disk.sha256.slice(0, 12)}…, memory ${want.memory.sha256.slice(0, 12)}…)`, {
-      details: { want },
-    });
+    throw new VmsynthError(
+      'VMS_BASE_NOT_FOUND',
+      `no local base has the disk and memory the overlay was made against (base "${want.name}", disk ${want.disk.sha256.slice(0, 12)}…, memory ${want.memory.sha256.slice(0, 12)}…)`,
+      {
+        details: { want },
+      },
+    );
   }
   return loadBase(hit.dir);
 }

@@ -106,13 +106,19 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
   await requireAccel(base);
   const script = opts.script ?? '';
   for (const c of opts.copies ?? []) {
-    if (!path.isAbsolute(c.dest)) throw new VmsynthError('VMS_USAGE', `copy destination "${c.dest}" must be an absolute path in the guest`);
-    if (!(await fsp.stat(c.src).catch(() => null))?.isFile()) throw new VmsynthError('VMS_USAGE', `copy source ${c.src} is not a file`);
+    if (!path.isAbsolute(c.dest))
+      throw new VmsynthError('VMS_USAGE', `copy destination "${c.dest}" must be an absolute path in the guest`);
+    if (!(await fsp.stat(c.src).catch(() => null))?.isFile())
+      throw new VmsynthError('VMS_USAGE', `copy source ${c.src} is not a file`);
   }
   const timeoutMs = opts.timeoutMs ?? 300_000;
   const work = path.resolve(opts.workDir);
   await fsp.mkdir(work, { recursive: true });
-  const out = { memory: path.join(work, 'memory.raw'), disk: path.join(work, 'disk.raw'), deviceState: path.join(work, 'device.state') };
+  const out = {
+    memory: path.join(work, 'memory.raw'),
+    disk: path.join(work, 'disk.raw'),
+    deviceState: path.join(work, 'device.state'),
+  };
 
   return withScope(async (scope) => {
     const t0 = performance.now();
@@ -122,10 +128,19 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
     const run = await RunDir.create(scope);
     publish('progress', { step: `customize: copying base "${base.name}" memory into ${work}` });
     await exec('cp', ['--sparse=always', '--reflink=auto', base.file('memory'), out.memory]);
-    const vm = await restoreVm(lv, {
-      base, run, memory: { path: out.memory, share: true }, disk: { path: base.file('disk'), layer: path.join(work, 'disk.qcow2'), discard: true },
-      deviceState: base.file('deviceState'), agent: true, signal: opts.signal,
-    }, scope);
+    const vm = await restoreVm(
+      lv,
+      {
+        base,
+        run,
+        memory: { path: out.memory, share: true },
+        disk: { path: base.file('disk'), layer: path.join(work, 'disk.qcow2'), discard: true },
+        deviceState: base.file('deviceState'),
+        agent: true,
+        signal: opts.signal,
+      },
+      scope,
+    );
     const { hostPort, diskLayer: qcow } = vm;
     const agentPort = vm.agentPort!; // asked for with `agent`
     const consoleLog = vm.spec.consoleLog;
@@ -134,9 +149,19 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
     let tScript: number;
     let freePages: SettleResult;
     try {
-      await waitForApp(agentPort, { timeoutMs: 60_000, signal: opts.signal, alive: vm.alive, consoleLog, path: '/health' }).catch((err: unknown) => {
+      await waitForApp(agentPort, {
+        timeoutMs: 60_000,
+        signal: opts.signal,
+        alive: vm.alive,
+        consoleLog,
+        path: '/health',
+      }).catch((err: unknown) => {
         if (!isErrorCode(err, 'VMS_GUEST_TIMEOUT')) throw err;
-        throw new VmsynthError('VMS_CUSTOMIZE_FAILED', `the guest agent (guest port ${AGENT_GUEST_PORT}) of base "${base.name}" never answered: customizing needs a base whose guest runs the vmsynth agent; a base captured from an older test guest does not (capture it again with \`vmsynth base create ${base.name} --force\`). ${(err as Error).message}`, { cause: err });
+        throw new VmsynthError(
+          'VMS_CUSTOMIZE_FAILED',
+          `the guest agent (guest port ${AGENT_GUEST_PORT}) of base "${base.name}" never answered: customizing needs a base whose guest runs the vmsynth agent; a base captured from an older test guest does not (capture it again with \`vmsynth base create ${base.name} --force\`). ${(err as Error).message}`,
+          { cause: err },
+        );
       });
       tResumed = performance.now();
       for (const c of opts.copies ?? []) {
@@ -149,14 +174,23 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
         output = r.output;
         if (r.status !== 0) {
           const tail = r.output.slice(-2000);
-          throw new VmsynthError('VMS_CUSTOMIZE_FAILED', `the customization script exited with status ${r.status}; its output ends:\n${tail}`, {
-            details: { status: r.status, outputTail: tail },
-          });
+          throw new VmsynthError(
+            'VMS_CUSTOMIZE_FAILED',
+            `the customization script exited with status ${r.status}; its output ends:\n${tail}`,
+            {
+              details: { status: r.status, outputTail: tail },
+            },
+          );
         }
       }
       await waitForApp(hostPort, { timeoutMs, signal: opts.signal, alive: vm.alive, consoleLog });
       publish('progress', { step: 'customize: returning free guest memory' });
-      await agentExec(agentPort, freeMemoryCommand(opts.dropCaches ?? true, opts.reportFreePages ?? true), 60_000, opts.signal);
+      await agentExec(
+        agentPort,
+        freeMemoryCommand(opts.dropCaches ?? true, opts.reportFreePages ?? true),
+        60_000,
+        opts.signal,
+      );
       freePages = await settleFreePages(out.memory, { signal: opts.signal });
       tScript = performance.now();
       publish('progress', { step: 'customize: saving the custom VM' });
@@ -165,7 +199,9 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
       throw await explainFailure(err, vm);
     }
     await vm.destroy();
-    const map = JSON.parse((await exec('qemu-img', ['map', '--output=json', '-f', 'qcow2', qcow])).stdout) as MapEntry[];
+    const map = JSON.parse(
+      (await exec('qemu-img', ['map', '--output=json', '-f', 'qcow2', qcow])).stdout,
+    ) as MapEntry[];
     await exec('qemu-img', ['convert', '-q', '-f', 'qcow2', '-O', 'raw', qcow, out.disk]);
     const tEnd = performance.now();
     return {
@@ -175,7 +211,12 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
       trimmed: trimmedRanges(map),
       scriptOutput: output,
       freePages,
-      ms: { resume: Math.round(tResumed - t0), script: Math.round(tScript - tResumed), save: Math.round(tEnd - tScript), total: Math.round(tEnd - t0) },
+      ms: {
+        resume: Math.round(tResumed - t0),
+        script: Math.round(tScript - tResumed),
+        save: Math.round(tEnd - tScript),
+        total: Math.round(tEnd - t0),
+      },
     };
   });
 }

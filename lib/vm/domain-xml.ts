@@ -45,27 +45,40 @@ export const MEMORY_BACKEND_ID = 'vmsynth-ram';
 const NETDEV_ID = 'vmsynth-net';
 
 function esc(s: string): string {
-  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
+  return s
+    .replace(/&/g, '&amp;')
+    .replace(/</g, '&lt;')
+    .replace(/>/g, '&gt;')
+    .replace(/'/g, '&apos;')
+    .replace(/"/g, '&quot;');
 }
 
 /** The QEMU arguments vmsynth adds through <qemu:commandline>. */
 export function extraQemuArgs(spec: VmSpec): string[] {
   const args = [
-    '-object', spec.memory.path === null
+    '-object',
+    spec.memory.path === null
       ? `memory-backend-ram,id=${MEMORY_BACKEND_ID},size=${spec.memoryMiB}M`
       : `memory-backend-file,id=${MEMORY_BACKEND_ID},size=${spec.memoryMiB}M,mem-path=${spec.memory.path},share=${spec.memory.share ? 'on' : 'off'}`,
-    '-machine', `memory-backend=${MEMORY_BACKEND_ID}`,
-    '-qmp', `unix:${spec.qmpSocket},server=on,wait=off`,
-    '-netdev', `user,id=${NETDEV_ID},hostfwd=tcp:127.0.0.1:${spec.net.hostPort}-:${spec.net.guestPort}${spec.net.agent ? `,hostfwd=tcp:127.0.0.1:${spec.net.agent.hostPort}-:${spec.net.agent.guestPort}` : ''}`,
-    '-device', `virtio-net-pci,netdev=${NETDEV_ID},mac=${spec.net.mac},romfile=,bus=pcie.0,addr=0x10`,
+    '-machine',
+    `memory-backend=${MEMORY_BACKEND_ID}`,
+    '-qmp',
+    `unix:${spec.qmpSocket},server=on,wait=off`,
+    '-netdev',
+    `user,id=${NETDEV_ID},hostfwd=tcp:127.0.0.1:${spec.net.hostPort}-:${spec.net.guestPort}${spec.net.agent ? `,hostfwd=tcp:127.0.0.1:${spec.net.agent.hostPort}-:${spec.net.agent.guestPort}` : ''}`,
+    '-device',
+    `virtio-net-pci,netdev=${NETDEV_ID},mac=${spec.net.mac},romfile=,bus=pcie.0,addr=0x10`,
   ];
   if (spec.incoming) args.push('-incoming', 'defer');
   return args;
 }
 
 export function domainXml(spec: VmSpec): string {
-  const cpu = spec.accel === 'kvm' ? `<cpu mode='host-passthrough' check='none'/>` : `<cpu mode='maximum' check='none'/>`;
-  const args = extraQemuArgs(spec).map((a) => `    <qemu:arg value='${esc(a)}'/>`).join('\n');
+  const cpu =
+    spec.accel === 'kvm' ? `<cpu mode='host-passthrough' check='none'/>` : `<cpu mode='maximum' check='none'/>`;
+  const args = extraQemuArgs(spec)
+    .map((a) => `    <qemu:arg value='${esc(a)}'/>`)
+    .join('\n');
   return `<domain type='${spec.accel === 'kvm' ? 'kvm' : 'qemu'}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>${esc(spec.name)}</name>
   <metadata>

@@ -30,15 +30,27 @@ export interface HttpReply {
 }
 
 /** One HTTP request to a guest service on 127.0.0.1:<port>; rejects on connection errors and on timeout. */
-export function guestRequest(port: number, method: string, path: string, timeoutMs: number, body?: Buffer, signal?: AbortSignal): Promise<HttpReply> {
+export function guestRequest(
+  port: number,
+  method: string,
+  path: string,
+  timeoutMs: number,
+  body?: Buffer,
+  signal?: AbortSignal,
+): Promise<HttpReply> {
   return new Promise((resolve, reject) => {
     const headers = body ? { 'Content-Length': body.length } : undefined;
-    const req = http.request({ host: '127.0.0.1', port, method, path, timeout: timeoutMs, agent: false, headers, signal }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-      res.on('error', reject);
-    });
+    const req = http.request(
+      { host: '127.0.0.1', port, method, path, timeout: timeoutMs, agent: false, headers, signal },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }),
+        );
+        res.on('error', reject);
+      },
+    );
     req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
     req.on('error', reject);
     req.end(body);
@@ -53,7 +65,12 @@ export interface AppRequest {
 }
 
 /** One HTTP request to the app, whose replies are JSON (GET unless `request` says otherwise). */
-export async function appGet(port: number, path: string, timeoutMs: number, request?: Omit<AppRequest, 'path'>): Promise<AppReply> {
+export async function appGet(
+  port: number,
+  path: string,
+  timeoutMs: number,
+  request?: Omit<AppRequest, 'path'>,
+): Promise<AppReply> {
   const r = await guestRequest(port, request?.method ?? 'GET', path, timeoutMs, request?.body);
   const text = r.body.toString('utf8');
   try {
@@ -90,7 +107,12 @@ export async function waitForApp(port: number, opts: WaitOptions): Promise<{ rep
     try {
       // A real app's request may compute for seconds: give it the time left, not a probe's timeout
       // (a timed-out attempt would only queue a second computation behind the first).
-      const reply = await appGet(port, path, opts.request ? remaining : Math.min(attemptTimeout, remaining), opts.request);
+      const reply = await appGet(
+        port,
+        path,
+        opts.request ? remaining : Math.min(attemptTimeout, remaining),
+        opts.request,
+      );
       if (reply.status === 200) return { reply, attempts };
       lastError = `HTTP ${reply.status}: ${JSON.stringify(reply.body)}`;
     } catch (err) {
@@ -98,7 +120,10 @@ export async function waitForApp(port: number, opts: WaitOptions): Promise<{ rep
     }
     attemptTimeout = Math.min(attemptTimeout * 2, 8000);
     if (opts.alive && !(await opts.alive())) {
-      throw new VmsynthError('VMS_QEMU_DIED', `the VM stopped before its app answered (last attempt: ${lastError})${await consoleTail(opts.consoleLog)}`);
+      throw new VmsynthError(
+        'VMS_QEMU_DIED',
+        `the VM stopped before its app answered (last attempt: ${lastError})${await consoleTail(opts.consoleLog)}`,
+      );
     }
     await sleep(100, opts.signal);
   }
@@ -106,7 +131,13 @@ export async function waitForApp(port: number, opts: WaitOptions): Promise<{ rep
   const what = `the guest app on 127.0.0.1:${port} did not answer within ${opts.timeoutMs} ms (last attempt: ${lastError})`;
   throw new VmsynthError('VMS_GUEST_TIMEOUT', `${what}${tail}`, {
     // consoleTail: whether the message carries the tail of the console log (it may be gone with the run directory).
-    details: { port, timeoutMs: opts.timeoutMs, attempts, consoleTail: tail !== '', ...(opts.consoleLog ? { consoleLog: opts.consoleLog } : {}) },
+    details: {
+      port,
+      timeoutMs: opts.timeoutMs,
+      attempts,
+      consoleTail: tail !== '',
+      ...(opts.consoleLog ? { consoleLog: opts.consoleLog } : {}),
+    },
   });
 }
 

@@ -12,14 +12,21 @@ import { libvirtUri } from '../core/paths.js';
 export const DOMAIN_PREFIX = 'vmsynth-';
 
 export class Libvirt {
-  private constructor(readonly hv: Hypervisor, readonly uri: string) {}
+  private constructor(
+    readonly hv: Hypervisor,
+    readonly uri: string,
+  ) {}
 
   static async connect(uri: string = libvirtUri()): Promise<Libvirt> {
     const hv = new Hypervisor({ uri });
     try {
       await hv.connectOpen();
     } catch (cause) {
-      throw new VmsynthError('VMS_LIBVIRT_UNREACHABLE', `cannot connect to libvirt at ${uri}: ${(cause as Error).message}`, { cause, details: { uri } });
+      throw new VmsynthError(
+        'VMS_LIBVIRT_UNREACHABLE',
+        `cannot connect to libvirt at ${uri}: ${(cause as Error).message}`,
+        { cause, details: { uri } },
+      );
     }
     return new Libvirt(hv, uri);
   }
@@ -35,7 +42,10 @@ export class Libvirt {
       publish('domainCreated', { name, pid: await qemuPid(name) });
       return dom;
     } catch (cause) {
-      throw new VmsynthError('VMS_LIBVIRT', `libvirt could not start domain ${name}: ${(cause as Error).message}`, { cause, details: { name } });
+      throw new VmsynthError('VMS_LIBVIRT', `libvirt could not start domain ${name}: ${(cause as Error).message}`, {
+        cause,
+        details: { name },
+      });
     }
   }
 
@@ -65,9 +75,17 @@ export class Libvirt {
    */
   async alive(timeoutMs = 5000): Promise<boolean> {
     let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), timeoutMs); });
+    const timeout = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), timeoutMs);
+    });
     try {
-      return await Promise.race([this.hv.connectGetHostname().then(() => true, () => false), timeout]);
+      return await Promise.race([
+        this.hv.connectGetHostname().then(
+          () => true,
+          () => false,
+        ),
+        timeout,
+      ]);
     } finally {
       clearTimeout(timer);
     }

@@ -19,7 +19,12 @@ export interface RunningVm {
   destroy: () => Promise<void>;
 }
 
-export async function startVm(lv: Libvirt, spec: VmSpec, scope: Scope, opts: { signal?: AbortSignal } = {}): Promise<RunningVm> {
+export async function startVm(
+  lv: Libvirt,
+  spec: VmSpec,
+  scope: Scope,
+  opts: { signal?: AbortSignal } = {},
+): Promise<RunningVm> {
   let destroyed: Promise<void> | null = null;
   const destroy = () => (destroyed ??= lv.destroy(spec.name).then(() => undefined));
   scope.defer(`destroy domain ${spec.name}`, async () => {
@@ -44,7 +49,12 @@ export async function startVm(lv: Libvirt, spec: VmSpec, scope: Scope, opts: { s
 export async function explainFailure(err: unknown, vm: Pick<RunningVm, 'spec' | 'alive'>): Promise<unknown> {
   if (!(err instanceof VmsynthError) || err.code === 'VMS_INTERRUPTED') return err;
   const died = err.code !== 'VMS_QEMU_DIED' && !(await vm.alive());
-  const e = died ? new VmsynthError('VMS_QEMU_DIED', `QEMU exited underneath vmsynth (first noticed as: ${err.message})`, { cause: err, details: err.details }) : err;
+  const e = died
+    ? new VmsynthError('VMS_QEMU_DIED', `QEMU exited underneath vmsynth (first noticed as: ${err.message})`, {
+        cause: err,
+        details: err.details,
+      })
+    : err;
   return withQemuLog(e, vm.spec.name);
 }
 
@@ -54,7 +64,10 @@ export async function withQemuLog(err: unknown, name: string): Promise<unknown> 
   const text = await fsp.readFile(qemuLogPath(name), 'utf8').catch(() => '');
   const tail = text.trim().split('\n').slice(-6).join('\n');
   if (!tail) return err;
-  return new VmsynthError(err.code, `${err.message}\n--- QEMU log (${qemuLogPath(name)}) ---\n${tail}`, { cause: err.cause, details: err.details });
+  return new VmsynthError(err.code, `${err.message}\n--- QEMU log (${qemuLogPath(name)}) ---\n${tail}`, {
+    cause: err.cause,
+    details: err.details,
+  });
 }
 
 /** libvirt's per-domain QEMU log (system mode). */

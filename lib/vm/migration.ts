@@ -24,7 +24,12 @@ async function setIgnoreShared(qmp: QmpClient, on: boolean): Promise<void> {
 }
 
 /** Stops the VM and writes its migration stream to `file`. Returns the stream size. */
-export async function saveState(qmp: QmpClient, file: string, socketPath: string, opts: { ignoreShared: boolean; signal?: AbortSignal; timeoutMs?: number }): Promise<number> {
+export async function saveState(
+  qmp: QmpClient,
+  file: string,
+  socketPath: string,
+  opts: { ignoreShared: boolean; signal?: AbortSignal; timeoutMs?: number },
+): Promise<number> {
   await setIgnoreShared(qmp, opts.ignoreShared);
   await qmp.execute('stop');
   await fsp.rm(socketPath, { force: true });
@@ -33,7 +38,10 @@ export async function saveState(qmp: QmpClient, file: string, socketPath: string
   server.on('connection', (sock) => {
     written ??= pipeline(sock, createWriteStream(file));
   });
-  await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(socketPath, resolve); });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socketPath, resolve);
+  });
   try {
     await qmp.execute('migrate', { uri: `unix:${socketPath}` });
     const deadline = Date.now() + (opts.timeoutMs ?? 120_000);
@@ -60,22 +68,34 @@ export async function saveState(qmp: QmpClient, file: string, socketPath: string
  * Feeds a saved migration stream to a VM started with `-incoming defer`, and
  * waits until it runs (continuing it if it stays paused).
  */
-export async function loadState(qmp: QmpClient, file: string, socketPath: string, opts: { ignoreShared: boolean; signal?: AbortSignal; timeoutMs?: number }): Promise<void> {
+export async function loadState(
+  qmp: QmpClient,
+  file: string,
+  socketPath: string,
+  opts: { ignoreShared: boolean; signal?: AbortSignal; timeoutMs?: number },
+): Promise<void> {
   await setIgnoreShared(qmp, opts.ignoreShared);
   await fsp.rm(socketPath, { force: true });
   await qmp.execute('migrate-incoming', { uri: `unix:${socketPath}` });
   const sock = await new Promise<net.Socket>((resolve, reject) => {
-    const s = net.connect(socketPath, () => { s.off('error', reject); resolve(s); });
+    const s = net.connect(socketPath, () => {
+      s.off('error', reject);
+      resolve(s);
+    });
     s.once('error', reject);
     // After the pipeline settles, a QEMU that dies with state unread resets the socket:
     // that must not become an uncaught error that takes the whole server down.
     s.on('error', () => undefined);
   }).catch((cause: unknown) => {
-    throw new VmsynthError('VMS_MIGRATION', `cannot connect to QEMU's incoming socket: ${(cause as Error).message}`, { cause });
+    throw new VmsynthError('VMS_MIGRATION', `cannot connect to QEMU's incoming socket: ${(cause as Error).message}`, {
+      cause,
+    });
   });
   try {
     const fed = pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), sock).catch((cause: unknown) => {
-      throw new VmsynthError('VMS_MIGRATION', `feeding the saved state to QEMU failed: ${(cause as Error).message}`, { cause });
+      throw new VmsynthError('VMS_MIGRATION', `feeding the saved state to QEMU failed: ${(cause as Error).message}`, {
+        cause,
+      });
     });
     fed.catch(() => undefined);
     const deadline = Date.now() + (opts.timeoutMs ?? 120_000);
@@ -85,18 +105,24 @@ export async function loadState(qmp: QmpClient, file: string, socketPath: string
       if (status === 'running') break;
       if (status !== 'inmigrate') {
         const info = await qmp.execute<MigrateInfo>('query-migrate');
-        if (info.status === 'failed') throw new VmsynthError('VMS_MIGRATION', `loading the VM state failed: ${info['error-desc'] ?? 'unknown'}`);
+        if (info.status === 'failed')
+          throw new VmsynthError('VMS_MIGRATION', `loading the VM state failed: ${info['error-desc'] ?? 'unknown'}`);
         // Loaded and paused: continue it (again on the next round if it stays paused, within the deadline).
         if (status === 'paused' || status === 'prelaunch') await qmp.execute('cont');
       }
-      if (Date.now() > deadline) throw new VmsynthError('VMS_MIGRATION', `loading the VM state timed out (status ${status})`);
+      if (Date.now() > deadline)
+        throw new VmsynthError('VMS_MIGRATION', `loading the VM state timed out (status ${status})`);
       await sleep(5, opts.signal);
     }
     // The VM runs, so QEMU has read the whole state. It may close its end before our
     // side of the pipeline has seen 'finish' (seen under load): that premature close is
     // not a failure; any other error of the feed still is.
     await fed.catch((err: unknown) => {
-      if ((err as VmsynthError).cause && ((err as VmsynthError).cause as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE') return;
+      if (
+        (err as VmsynthError).cause &&
+        ((err as VmsynthError).cause as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE'
+      )
+        return;
       throw err;
     });
   } finally {

@@ -30,7 +30,10 @@ export class QmpClient {
   private readonly closeListeners = new Set<(err: VmsynthError) => void>();
   private greeted!: Promise<void>;
 
-  private constructor(private readonly socket: net.Socket, readonly path: string) {
+  private constructor(
+    private readonly socket: net.Socket,
+    readonly path: string,
+  ) {
     socket.setEncoding('utf8');
     this.greeted = new Promise((resolve, reject) => {
       const onData = (chunk: string) => this.onData(chunk, resolve);
@@ -42,7 +45,9 @@ export class QmpClient {
         this.pending.clear();
         if (this.closedError.code === 'VMS_QEMU_DIED') for (const l of this.closeListeners) l(this.closedError);
       });
-      socket.on('error', () => { /* 'close' follows and reports */ });
+      socket.on('error', () => {
+        /* 'close' follows and reports */
+      });
     });
     this.greeted.catch(() => undefined);
   }
@@ -52,13 +57,19 @@ export class QmpClient {
    * capabilities. `alive` is polled between retries so a QEMU that died is
    * reported at once instead of after the timeout.
    */
-  static async connect(path: string, opts: { timeoutMs?: number; signal?: AbortSignal; alive?: () => Promise<boolean> } = {}): Promise<QmpClient> {
+  static async connect(
+    path: string,
+    opts: { timeoutMs?: number; signal?: AbortSignal; alive?: () => Promise<boolean> } = {},
+  ): Promise<QmpClient> {
     const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
     for (;;) {
       throwIfAborted(opts.signal);
       try {
         const socket = await new Promise<net.Socket>((resolve, reject) => {
-          const s = net.connect(path, () => { s.off('error', reject); resolve(s); });
+          const s = net.connect(path, () => {
+            s.off('error', reject);
+            resolve(s);
+          });
           s.once('error', reject);
         });
         const client = new QmpClient(socket, path);
@@ -68,10 +79,16 @@ export class QmpClient {
       } catch (err) {
         if (err instanceof VmsynthError) throw err;
         if (opts.alive && !(await opts.alive())) {
-          throw new VmsynthError('VMS_QEMU_DIED', `QEMU exited before its monitor socket ${path} accepted a connection`, { cause: err });
+          throw new VmsynthError(
+            'VMS_QEMU_DIED',
+            `QEMU exited before its monitor socket ${path} accepted a connection`,
+            { cause: err },
+          );
         }
         if (Date.now() > deadline) {
-          throw new VmsynthError('VMS_QMP', `cannot connect to QEMU monitor ${path}: ${(err as Error).message}`, { cause: err });
+          throw new VmsynthError('VMS_QMP', `cannot connect to QEMU monitor ${path}: ${(err as Error).message}`, {
+            cause: err,
+          });
         }
         await sleep(50, opts.signal);
       }
@@ -127,9 +144,11 @@ export class QmpClient {
         this.pending.delete(msg.id);
         if ('error' in msg) {
           const e = msg.error as { class?: string; desc?: string };
-          p.reject(new VmsynthError('VMS_QMP', `QMP ${p.command} failed: ${e.desc ?? 'unknown error'} (${e.class ?? '?'})`, {
-            details: { command: p.command, class: e.class, desc: e.desc },
-          }));
+          p.reject(
+            new VmsynthError('VMS_QMP', `QMP ${p.command} failed: ${e.desc ?? 'unknown error'} (${e.class ?? '?'})`, {
+              details: { command: p.command, class: e.class, desc: e.desc },
+            }),
+          );
         } else {
           p.resolve(msg.return);
         }

@@ -67,7 +67,17 @@ export interface RestoredVm extends RunningVm {
  * The VmSpec that restores a base's saved state: the base's machine, kernel and
  * NIC, waiting for incoming state, with the given disk, RAM and host port.
  */
-export function restoreSpec(base: Base, run: RunDir, at: { disk: VmSpec['disk']; memory: VmSpec['memory']; hostPort: number; appPort?: number; agent?: VmSpec['net']['agent'] }): VmSpec {
+export function restoreSpec(
+  base: Base,
+  run: RunDir,
+  at: {
+    disk: VmSpec['disk'];
+    memory: VmSpec['memory'];
+    hostPort: number;
+    appPort?: number;
+    agent?: VmSpec['net']['agent'];
+  },
+): VmSpec {
   const m = base.manifest;
   return {
     name: run.domainName,
@@ -82,7 +92,12 @@ export function restoreSpec(base: Base, run: RunDir, at: { disk: VmSpec['disk'];
     memory: at.memory,
     qmpSocket: run.file('qmp.sock'),
     consoleLog: run.file('console.log'),
-    net: { mac: m.vm.mac, hostPort: at.hostPort, guestPort: at.appPort ?? m.vm.appPort, ...(at.agent ? { agent: at.agent } : {}) },
+    net: {
+      mac: m.vm.mac,
+      hostPort: at.hostPort,
+      guestPort: at.appPort ?? m.vm.appPort,
+      ...(at.agent ? { agent: at.agent } : {}),
+    },
     incoming: true,
     owner: { ...run.owner, sessionDir: run.dir },
   };
@@ -94,7 +109,19 @@ export async function restoreVm(lv: Libvirt, opts: RestoreOptions, scope: Scope)
   const layer = opts.disk.layer ?? run.file('disk.qcow2');
   if (opts.disk.layer) scope.defer(`remove ${layer}`, () => fsp.rm(layer, { force: true }));
   // -u: do not open the backing file now (over FUSE, that would read this process's own mount).
-  await exec('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', opts.disk.path, '-F', 'raw', layer, String(base.manifest.disk.bytes)]);
+  await exec('qemu-img', [
+    'create',
+    '-q',
+    '-f',
+    'qcow2',
+    '-u',
+    '-b',
+    opts.disk.path,
+    '-F',
+    'raw',
+    layer,
+    String(base.manifest.disk.bytes),
+  ]);
   let state = opts.deviceState;
   if (typeof state !== 'string') {
     await fsp.writeFile(run.file('device.state'), state);
@@ -113,7 +140,10 @@ export async function restoreVm(lv: Libvirt, opts: RestoreOptions, scope: Scope)
   const vm = await startVm(lv, spec, scope, { signal: opts.signal });
   opts.onStarted?.(vm);
   try {
-    await loadState(vm.qmp, state, run.file('incoming.sock'), { ignoreShared: opts.memory.path !== null, signal: opts.signal });
+    await loadState(vm.qmp, state, run.file('incoming.sock'), {
+      ignoreShared: opts.memory.path !== null,
+      signal: opts.signal,
+    });
   } catch (err) {
     throw await explainFailure(err, vm);
   }

@@ -42,7 +42,11 @@ export async function ownerAlive(owner: Owner): Promise<boolean> {
 }
 
 export class RunDir {
-  private constructor(readonly id: string, readonly dir: string, readonly owner: Owner) {}
+  private constructor(
+    readonly id: string,
+    readonly dir: string,
+    readonly owner: Owner,
+  ) {}
 
   get domainName(): string {
     return `${DOMAIN_PREFIX}${this.id}`;

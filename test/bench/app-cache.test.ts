@@ -27,7 +27,10 @@ t.test('stale entries go, entries over live bases stay', async (t) => {
   const recaptured = await base('recaptured', 'ccc');
   await markEntry(path.join(root, 'compute-old'), dev);
   await markEntry(path.join(root, 'compute-quick'), quick);
-  await markEntry(path.join(root, 'compute-gone'), { baseDir: path.join(testRoot, 'bases', 'deleted'), memorySha256: 'ddd' });
+  await markEntry(path.join(root, 'compute-gone'), {
+    baseDir: path.join(testRoot, 'bases', 'deleted'),
+    memorySha256: 'ddd',
+  });
   await markEntry(path.join(root, 'compute-recaptured'), { ...recaptured, memorySha256: 'old-capture' });
   await markEntry(path.join(root, 'speech-x'), quick);
   await fsp.mkdir(path.join(root, 'compute-legacy'), { recursive: true });
@@ -36,6 +39,14 @@ t.test('stale entries go, entries over live bases stay', async (t) => {
   const removed = await pruneAppEntries(root, 'compute', 'compute-new', dev, baseSha);
   t.same(removed.map((d) => path.basename(d)).sort(), ['compute-gone', 'compute-old', 'compute-recaptured']);
   t.same((await fsp.readdir(root)).sort(), ['compute-legacy', 'compute-new', 'compute-quick', 'speech-x']);
-  t.same(JSON.parse(await fsp.readFile(path.join(root, 'compute-new', 'made-over.json'), 'utf8')), dev, 'the entry records its base');
-  t.same(await pruneAppEntries(path.join(testRoot, 'missing'), 'compute', 'x', dev, baseSha), [], 'a missing cache is not an error');
+  t.same(
+    JSON.parse(await fsp.readFile(path.join(root, 'compute-new', 'made-over.json'), 'utf8')),
+    dev,
+    'the entry records its base',
+  );
+  t.same(
+    await pruneAppEntries(path.join(testRoot, 'missing'), 'compute', 'x', dev, baseSha),
+    [],
+    'a missing cache is not an error',
+  );
 });

@@ -13,14 +13,22 @@ const MAIN = fileURLToPath(new URL('../../dist/bench/entry.cjs', import.meta.url
 
 t.test('bench --help lists the benchmarks', async (t) => {
   const { stdout } = await run(process.execPath, [MAIN, '--help']);
-  for (const name of ['resume', 'overlay', 'memory', 'first-response', 'suite']) t.match(stdout, new RegExp(`^  ${name} `, 'm'), name);
+  for (const name of ['resume', 'overlay', 'memory', 'first-response', 'suite'])
+    t.match(stdout, new RegExp(`^  ${name} `, 'm'), name);
 });
 
 t.test('suite --help names every option the suite accepts', async (t) => {
   const { stdout } = await run(process.execPath, [MAIN, 'suite', '--help']);
-  const refused = await run(process.execPath, [MAIN, 'suite', '--no-such-option']).then(() => null, (err: { code: number; stderr: string }) => err);
+  const refused = await run(process.execPath, [MAIN, 'suite', '--no-such-option']).then(
+    () => null,
+    (err: { code: number; stderr: string }) => err,
+  );
   t.equal(refused?.code, 1, 'an unknown option fails');
-  const listed = /options: ([^(\n]+)/.exec(refused?.stderr ?? '')?.[1]?.trim().split(' ') ?? [];
+  const listed =
+    /options: ([^(\n]+)/
+      .exec(refused?.stderr ?? '')?.[1]
+      ?.trim()
+      .split(' ') ?? [];
   t.ok(listed.length >= 9, `the error lists the options (${listed.join(' ')})`);
   for (const o of listed) t.match(stdout, new RegExp(`^  ${o}\\b`, 'm'), `${o} is in the usage`);
 });

@@ -18,7 +18,11 @@ import { loadBase } from '../../lib/vm/base.js';
 import { generatePair } from '../helpers/images.js';
 
 t.teardown(removeTestRoot);
-await generatePair(process.env.VMSYNTH_BASE_DIR!, 'gen', path.join(testRoot, 'c1'), { memChunks: 256, diskChunks: 128, each: 4 });
+await generatePair(process.env.VMSYNTH_BASE_DIR!, 'gen', path.join(testRoot, 'c1'), {
+  memChunks: 256,
+  diskChunks: 128,
+  each: 4,
+});
 await generateKey();
 const ov = path.join(testRoot, 'ov');
 const custom = (f: string) => path.join(testRoot, 'c1', f);
@@ -26,13 +30,17 @@ const custom = (f: string) => path.join(testRoot, 'c1', f);
 const built = await buildOverlay({
   base: baseInput(await loadBase('gen')),
   custom: { memory: custom('memory.raw'), disk: custom('disk.raw'), deviceState: custom('device.state') },
-  appPort: 8000, key: await loadSigningKey(), out: ov, segmentBytes: 4096,
+  appPort: 8000,
+  key: await loadSigningKey(),
+  out: ov,
+  segmentBytes: 4096,
 });
 const N = built.segments;
 t.ok(N >= 6, `the overlay has ${N} segments`);
 
 type Frame = Buffer;
-const frame = (h: Record<string, unknown>, payload?: Buffer): Frame => Buffer.concat(encodeFrame(h as { type: string }, payload));
+const frame = (h: Record<string, unknown>, payload?: Buffer): Frame =>
+  Buffer.concat(encodeFrame(h as { type: string }, payload));
 
 interface Talk {
   /** Frames in one write: the client reads them together, in order. */
@@ -49,7 +57,10 @@ interface Script {
 }
 
 /** A one-connection server that runs `script` and finishes when the client does. */
-async function scripted(script: Script, opts: Partial<SynthesizeOptions>): Promise<{ result: SynthesizeResult; got: number[] }> {
+async function scripted(
+  script: Script,
+  opts: Partial<SynthesizeOptions>,
+): Promise<{ result: SynthesizeResult; got: number[] }> {
   const got: number[] = [];
   const server = net.createServer((socket) => {
     const talk: Talk = {
@@ -91,34 +102,61 @@ const want = (lane: string, segments: number[]) => frame({ type: 'want', lane, s
 const ready = () => frame({ type: 'ready', resumedMs: 1 });
 
 t.test('hurry: a queued background segment goes next; one already sent is not sent again', async (t) => {
-  const { result, got } = await scripted({
-    // The client starts on segment 0 before it reads the hurry that came in the same packet.
-    accepted: ({ send }) => send(want('background', all), frame({ type: 'hurry', segments: [N - 1, 0] })),
-    segment: (got, { send }) => { if (got.length === N) send(ready()); },
-  }, {});
-  t.same(got, [0, N - 1, ...all.slice(1, N - 1)], 'segment 0 (already started), then the hurried last one, then the rest in order');
+  const { result, got } = await scripted(
+    {
+      // The client starts on segment 0 before it reads the hurry that came in the same packet.
+      accepted: ({ send }) => send(want('background', all), frame({ type: 'hurry', segments: [N - 1, 0] })),
+      segment: (got, { send }) => {
+        if (got.length === N) send(ready());
+      },
+    },
+    {},
+  );
+  t.same(
+    got,
+    [0, N - 1, ...all.slice(1, N - 1)],
+    'segment 0 (already started), then the hurried last one, then the rest in order',
+  );
   t.equal(result.hurried, 1, 'one segment was moved');
-  t.same(result.sends.map((s) => s.lane), ['background', 'demand', ...all.slice(1, N - 1).map(() => 'background')], 'the hurried segment went on the demand lane');
+  t.same(
+    result.sends.map((s) => s.lane),
+    ['background', 'demand', ...all.slice(1, N - 1).map(() => 'background')],
+    'the hurried segment went on the demand lane',
+  );
   t.equal(result.segmentsSent, N, 'no segment was sent twice');
 });
 
-t.test('holdBackgroundAfterBytes: the background lane waits for the first response; demand and hurry do not', async (t) => {
-  const { result, got } = await scripted({
-    autoReply: false,
-    accepted: ({ send }) => send(want('background', all.slice(0, 4)), ready()),
-    segment: (got, { send, reply }) => {
-      // After the held lane's first segment: a hurry for a queued one, and a demand for one not asked for yet.
-      if (got.length === 1) send(frame({ type: 'hurry', segments: [2] }), want('demand', [N - 1]));
-      // Once both are in: ask for the rest, then answer the first request (the rest waits for that answer).
-      if (got.length === 3) send(want('background', all.slice(4, N - 1)), reply());
-    },
-  }, { holdBackgroundAfterBytes: 1 });
-  t.same(got.slice(0, 3).sort((a, b) => a - b), [0, 2, N - 1].sort((a, b) => a - b), 'while held: the first segment, the hurried one and the demanded one');
-  t.same(got.slice(3), [1, 3, ...all.slice(4, N - 1)], 'after the first response: the rest of the background lane, in order');
-  const firstResponse = result.timeline.firstResponse!;
-  const bgBefore = result.sends.filter((s) => s.lane === 'background' && s.ms < firstResponse).map((s) => s.index);
-  t.same(bgBefore, [0], 'only one background segment went before the first response');
-  t.equal(result.segmentsSentBeforeFirstResponse, 3);
-  t.equal(result.hurried, 1);
-  t.equal(result.demandRequests, 1);
-});
+t.test(
+  'holdBackgroundAfterBytes: the background lane waits for the first response; demand and hurry do not',
+  async (t) => {
+    const { result, got } = await scripted(
+      {
+        autoReply: false,
+        accepted: ({ send }) => send(want('background', all.slice(0, 4)), ready()),
+        segment: (got, { send, reply }) => {
+          // After the held lane's first segment: a hurry for a queued one, and a demand for one not asked for yet.
+          if (got.length === 1) send(frame({ type: 'hurry', segments: [2] }), want('demand', [N - 1]));
+          // Once both are in: ask for the rest, then answer the first request (the rest waits for that answer).
+          if (got.length === 3) send(want('background', all.slice(4, N - 1)), reply());
+        },
+      },
+      { holdBackgroundAfterBytes: 1 },
+    );
+    t.same(
+      got.slice(0, 3).sort((a, b) => a - b),
+      [0, 2, N - 1].sort((a, b) => a - b),
+      'while held: the first segment, the hurried one and the demanded one',
+    );
+    t.same(
+      got.slice(3),
+      [1, 3, ...all.slice(4, N - 1)],
+      'after the first response: the rest of the background lane, in order',
+    );
+    const firstResponse = result.timeline.firstResponse!;
+    const bgBefore = result.sends.filter((s) => s.lane === 'background' && s.ms < firstResponse).map((s) => s.index);
+    t.same(bgBefore, [0], 'only one background segment went before the first response');
+    t.equal(result.segmentsSentBeforeFirstResponse, 3);
+    t.equal(result.hurried, 1);
+    t.equal(result.demandRequests, 1);
+  },
+);

@@ -7,7 +7,15 @@ import t from 'tap';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { checkExposure, configFilePath, exportPaths, KEYS, redacted, resolveConfig, tokenSha256 } from '../../lib/core/config.js';
+import {
+  checkExposure,
+  configFilePath,
+  exportPaths,
+  KEYS,
+  redacted,
+  resolveConfig,
+  tokenSha256,
+} from '../../lib/core/config.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'vmsynth-config-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -29,8 +37,18 @@ t.test('defaults when there is no file, no environment and no flag', async (t) =
 });
 
 t.test('precedence: file < environment < flags, and the source of each value', async (t) => {
-  const f = file('p.json', { listen: '0.0.0.0:9000', maxSessions: 3, threads: 1, logLevel: 'warn', metricsListen: '127.0.0.1' });
-  const r = resolveConfig({ configFile: f, env: { VMSYNTH_MAX_SESSIONS: '5', VMSYNTH_THREADS: '4' }, flags: { threads: '6', trust: [] } });
+  const f = file('p.json', {
+    listen: '0.0.0.0:9000',
+    maxSessions: 3,
+    threads: 1,
+    logLevel: 'warn',
+    metricsListen: '127.0.0.1',
+  });
+  const r = resolveConfig({
+    configFile: f,
+    env: { VMSYNTH_MAX_SESSIONS: '5', VMSYNTH_THREADS: '4' },
+    flags: { threads: '6', trust: [] },
+  });
   t.equal(r.file, f);
   t.same(r.config.listen, { host: '0.0.0.0', port: 9000 }, 'from the file');
   t.equal(r.sources.listen, 'file');
@@ -44,20 +62,41 @@ t.test('precedence: file < environment < flags, and the source of each value', a
   t.equal(r.sources.trust, 'default');
 });
 
-t.test('VMSYNTH_CONFIG and systemd\'s CONFIGURATION_DIRECTORY find the file', async (t) => {
+t.test("VMSYNTH_CONFIG and systemd's CONFIGURATION_DIRECTORY find the file", async (t) => {
   t.same(configFilePath(undefined, { VMSYNTH_CONFIG: 'x.json' }), { file: path.resolve('x.json'), explicit: true });
-  t.same(configFilePath(undefined, { CONFIGURATION_DIRECTORY: '/etc/vmsynth' }), { file: '/etc/vmsynth/vmsynth.json', explicit: false });
-  t.same(configFilePath('a.json', { VMSYNTH_CONFIG: 'x.json' }), { file: path.resolve('a.json'), explicit: true }, '--config wins');
+  t.same(configFilePath(undefined, { CONFIGURATION_DIRECTORY: '/etc/vmsynth' }), {
+    file: '/etc/vmsynth/vmsynth.json',
+    explicit: false,
+  });
+  t.same(
+    configFilePath('a.json', { VMSYNTH_CONFIG: 'x.json' }),
+    { file: path.resolve('a.json'), explicit: true },
+    '--config wins',
+  );
   file('vmsynth.json', { maxSessions: 2 });
   t.equal(resolveConfig({ env: { CONFIGURATION_DIRECTORY: dir } }).config.maxSessions, 2);
 });
 
 t.test('clients: a list in the file, one token from the environment or a flag', async (t) => {
   const sha = tokenSha256('sesame');
-  const f = file('c.json', { clients: [{ name: 'phone-1', tokenSha256: sha }, { name: 'phone-2', tokenSha256: 'a'.repeat(64) }] });
-  t.same(resolveConfig({ configFile: f, env: {} }).config.clients.map((c) => c.name), ['phone-1', 'phone-2']);
-  t.same(resolveConfig({ configFile: f, env: { VMSYNTH_TOKEN: 'sesame' } }).config.clients, [{ name: 'env-token', tokenSha256: sha }]);
-  t.same(resolveConfig({ configFile: f, env: {}, flags: { token: 'sesame' } }).config.clients, [{ name: 'flag-token', tokenSha256: sha }], 'a flag replaces the file\'s list');
+  const f = file('c.json', {
+    clients: [
+      { name: 'phone-1', tokenSha256: sha },
+      { name: 'phone-2', tokenSha256: 'a'.repeat(64) },
+    ],
+  });
+  t.same(
+    resolveConfig({ configFile: f, env: {} }).config.clients.map((c) => c.name),
+    ['phone-1', 'phone-2'],
+  );
+  t.same(resolveConfig({ configFile: f, env: { VMSYNTH_TOKEN: 'sesame' } }).config.clients, [
+    { name: 'env-token', tokenSha256: sha },
+  ]);
+  t.same(
+    resolveConfig({ configFile: f, env: {}, flags: { token: 'sesame' } }).config.clients,
+    [{ name: 'flag-token', tokenSha256: sha }],
+    "a flag replaces the file's list",
+  );
   const shown = JSON.stringify(redacted(resolveConfig({ configFile: f, env: {} }).config));
   t.notMatch(shown, sha, 'config check never prints a whole token digest');
 });
@@ -70,31 +109,64 @@ t.test('bad input is a VMS_CONFIG error that names the key and the source', asyn
     [{ maxSessions: 0 }, { key: 'maxSessions', source: 'file', reason: 'invalid', expected: 'integer', min: 1 }],
     [{ listen: 'a:b:c' }, { key: 'listen', source: 'file', reason: 'invalid', expected: 'address' }],
     [{ listen: '1.2.3.4:70000' }, { key: 'listen', source: 'file', reason: 'invalid', expected: 'address' }],
-    [{ logFormat: 'xml' }, { key: 'logFormat', source: 'file', reason: 'invalid', expected: 'one-of', allowed: ['json', 'text'] }],
+    [
+      { logFormat: 'xml' },
+      { key: 'logFormat', source: 'file', reason: 'invalid', expected: 'one-of', allowed: ['json', 'text'] },
+    ],
     [{ lisen: '1' }, { file: bad, reason: 'unknown-keys', keys: ['lisen'] }],
-    [{ clients: [{ name: 'a b', tokenSha256: h1 }] }, { key: 'clients[0].name', source: 'file', reason: 'invalid', expected: 'name' }],
-    [{ clients: [{ name: 'a', tokenSha256: 'XYZ' }] }, { key: 'clients[0].tokenSha256', source: 'file', reason: 'invalid', expected: 'sha256' }],
-    [{ clients: [{ name: 'a', tokenSha256: h1 }, { name: 'a', tokenSha256: h2 }] },
-      { key: 'clients[1].name', source: 'file', reason: 'duplicate', name: 'a' }],
-    [{ clients: [{ name: 'a', tokenSha256: h1, token: 'plain' }] }, { key: 'clients[0]', source: 'file', reason: 'unknown-field', fields: ['token'] }],
+    [
+      { clients: [{ name: 'a b', tokenSha256: h1 }] },
+      { key: 'clients[0].name', source: 'file', reason: 'invalid', expected: 'name' },
+    ],
+    [
+      { clients: [{ name: 'a', tokenSha256: 'XYZ' }] },
+      { key: 'clients[0].tokenSha256', source: 'file', reason: 'invalid', expected: 'sha256' },
+    ],
+    [
+      {
+        clients: [
+          { name: 'a', tokenSha256: h1 },
+          { name: 'a', tokenSha256: h2 },
+        ],
+      },
+      { key: 'clients[1].name', source: 'file', reason: 'duplicate', name: 'a' },
+    ],
+    [
+      { clients: [{ name: 'a', tokenSha256: h1, token: 'plain' }] },
+      { key: 'clients[0]', source: 'file', reason: 'unknown-field', fields: ['token'] },
+    ],
     [{ tlsCert: '/x.pem' }, { key: 'tlsCert', source: 'file', reason: 'tls-pair', missing: 'tlsKey' }],
     [[1, 2], { file: bad, reason: 'not-object' }],
     ['{ not json', { file: bad, reason: 'json' }],
   ];
   for (const [content, details] of cases) {
-    t.throws(() => resolveConfig({ configFile: file('bad.json', content), env: {} }), { code: 'VMS_CONFIG', details }, JSON.stringify(content));
+    t.throws(
+      () => resolveConfig({ configFile: file('bad.json', content), env: {} }),
+      { code: 'VMS_CONFIG', details },
+      JSON.stringify(content),
+    );
   }
-  t.throws(() => resolveConfig({ env: { CONFIGURATION_DIRECTORY: none, VMSYNTH_THREADS: '-1' } }),
-    { code: 'VMS_CONFIG', details: { key: 'threads', source: 'env' } });
-  t.throws(() => resolveConfig({ env: { CONFIGURATION_DIRECTORY: none }, flags: { maxSessions: '1.5' } }),
-    { code: 'VMS_CONFIG', details: { key: 'maxSessions', source: 'flag' } });
-  t.throws(() => resolveConfig({ configFile: none, env: {} }), { code: 'VMS_CONFIG', details: { file: none, reason: 'unreadable', errno: 'ENOENT' } },
-    'a file named explicitly must exist');
+  t.throws(() => resolveConfig({ env: { CONFIGURATION_DIRECTORY: none, VMSYNTH_THREADS: '-1' } }), {
+    code: 'VMS_CONFIG',
+    details: { key: 'threads', source: 'env' },
+  });
+  t.throws(() => resolveConfig({ env: { CONFIGURATION_DIRECTORY: none }, flags: { maxSessions: '1.5' } }), {
+    code: 'VMS_CONFIG',
+    details: { key: 'maxSessions', source: 'flag' },
+  });
+  t.throws(
+    () => resolveConfig({ configFile: none, env: {} }),
+    { code: 'VMS_CONFIG', details: { file: none, reason: 'unreadable', errno: 'ENOENT' } },
+    'a file named explicitly must exist',
+  );
 });
 
 t.test('exportPaths hands the directories to lib/core/paths.ts through the environment', async (t) => {
   const env: NodeJS.ProcessEnv = {};
-  const r = resolveConfig({ configFile: file('d.json', { baseDir: '/srv/bases', runDir: 'rel/run' }), env: { LIBVIRT_URI: 'qemu:///session' } });
+  const r = resolveConfig({
+    configFile: file('d.json', { baseDir: '/srv/bases', runDir: 'rel/run' }),
+    env: { LIBVIRT_URI: 'qemu:///session' },
+  });
   exportPaths(r.config, env);
   t.equal(env.VMSYNTH_BASE_DIR, '/srv/bases');
   t.equal(env.VMSYNTH_RUN_DIR, path.resolve('rel/run'), 'relative paths resolve against the working directory');
@@ -105,9 +177,13 @@ t.test('an open server (no clients) is refused anywhere but loopback', async (t)
   const env = (v: NodeJS.ProcessEnv) => ({ CONFIGURATION_DIRECTORY: none, ...v });
   t.doesNotThrow(() => checkExposure(resolveConfig({ env: env({}) }).config));
   t.doesNotThrow(() => checkExposure(resolveConfig({ env: env({ VMSYNTH_LISTEN: '127.0.0.2:1' }) }).config));
-  t.throws(() => checkExposure(resolveConfig({ env: env({ VMSYNTH_LISTEN: '0.0.0.0:8021' }) }).config),
-    { code: 'VMS_CONFIG', details: { key: 'clients', reason: 'open-server', listen: '0.0.0.0:8021' } });
-  t.doesNotThrow(() => checkExposure(resolveConfig({ env: env({ VMSYNTH_LISTEN: '0.0.0.0:8021', VMSYNTH_TOKEN: 'x' }) }).config));
+  t.throws(() => checkExposure(resolveConfig({ env: env({ VMSYNTH_LISTEN: '0.0.0.0:8021' }) }).config), {
+    code: 'VMS_CONFIG',
+    details: { key: 'clients', reason: 'open-server', listen: '0.0.0.0:8021' },
+  });
+  t.doesNotThrow(() =>
+    checkExposure(resolveConfig({ env: env({ VMSYNTH_LISTEN: '0.0.0.0:8021', VMSYNTH_TOKEN: 'x' }) }).config),
+  );
 });
 
 t.test('docs/operations.md lists every key with its environment variable', async (t) => {

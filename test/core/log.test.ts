@@ -10,10 +10,10 @@ import { attachLogger } from '../../lib/core/log.js';
 function capture(level: string, fn: () => void): string {
   const lines: string[] = [];
   const write = process.stderr.write;
-  process.stderr.write = ((chunk: string | Uint8Array) => {
+  process.stderr.write = (chunk: string | Uint8Array) => {
     lines.push(String(chunk));
     return true;
-  });
+  };
   const detach = attachLogger({ level });
   try {
     fn();
@@ -25,8 +25,18 @@ function capture(level: string, fn: () => void): string {
 }
 
 t.test('a read failed by its session ending is debug; other failed reads are errors', async (t) => {
-  const ending = { path: '/memory.img', offset: 4096, length: 4096, error: new VmsynthError('VMS_INTERRUPTED', 'the synthesis session ended') };
-  const broken = { path: '/disk.img', offset: 8192, length: 4096, error: new VmsynthError('VMS_OVERLAY_CORRUPT', 'chunk 3 does not match its hash') };
+  const ending = {
+    path: '/memory.img',
+    offset: 4096,
+    length: 4096,
+    error: new VmsynthError('VMS_INTERRUPTED', 'the synthesis session ended'),
+  };
+  const broken = {
+    path: '/disk.img',
+    offset: 8192,
+    length: 4096,
+    error: new VmsynthError('VMS_OVERLAY_CORRUPT', 'chunk 3 does not match its hash'),
+  };
   const warn = capture('warn', () => {
     publish('fuseReadFailed', ending);
     publish('fuseReadFailed', broken);

@@ -47,7 +47,8 @@ t.test('the addon was built by bootstrap', async (t) => {
 
 for (const kind of ['path', 'abstract'] as const) {
   t.test(`datagrams on a ${kind} socket are exactly the sd_notify lines`, async (t) => {
-    const address = kind === 'path' ? path.join(testRoot, 'notify.sock') : `@vmsynth-test-notify-${process.pid}-${Date.now()}`;
+    const address =
+      kind === 'path' ? path.join(testRoot, 'notify.sock') : `@vmsynth-test-notify-${process.pid}-${Date.now()}`;
     const l = await listen(address);
     t.teardown(() => l.close());
     withEnv(t, { NOTIFY_SOCKET: address });
@@ -91,7 +92,12 @@ t.test('a NOTIFY_SOCKET that leads nowhere: false, no throw', async (t) => {
   const l = await listen(gone);
   l.close();
   await new Promise((r) => setTimeout(r, 100));
-  for (const address of [path.join(testRoot, 'missing', 'notify.sock'), gone, `@vmsynth-test-nobody-${process.pid}`, `/${'x'.repeat(200)}`]) {
+  for (const address of [
+    path.join(testRoot, 'missing', 'notify.sock'),
+    gone,
+    `@vmsynth-test-nobody-${process.pid}`,
+    `/${'x'.repeat(200)}`,
+  ]) {
     withEnv(t, { NOTIFY_SOCKET: address });
     t.equal(ready('x'), false, address.slice(0, 60));
     t.equal(watchdogPing(), false);
@@ -100,8 +106,15 @@ t.test('a NOTIFY_SOCKET that leads nowhere: false, no throw', async (t) => {
 
 t.test('the addon throws Node-style system errors', async (t) => {
   const addon = loadAddon();
-  t.throws(() => addon.send(path.join(testRoot, 'missing', 's'), 'READY=1\n'), { code: 'ENOENT', errno: -2, syscall: 'sendto' });
-  t.throws(() => addon.send(`@vmsynth-test-nobody-${process.pid}`, 'READY=1\n'), { code: 'ECONNREFUSED', syscall: 'sendto' });
+  t.throws(() => addon.send(path.join(testRoot, 'missing', 's'), 'READY=1\n'), {
+    code: 'ENOENT',
+    errno: -2,
+    syscall: 'sendto',
+  });
+  t.throws(() => addon.send(`@vmsynth-test-nobody-${process.pid}`, 'READY=1\n'), {
+    code: 'ECONNREFUSED',
+    syscall: 'sendto',
+  });
   t.throws(() => addon.send(`/${'x'.repeat(200)}`, 'x'), { code: 'ENAMETOOLONG' });
   t.throws(() => addon.send('@', 'x'), { code: 'EINVAL' }, 'an abstract name must not be empty');
   t.throws(() => (addon.send as (a: unknown, b: unknown) => void)(1, 'x'), TypeError);
@@ -114,9 +127,24 @@ t.test('a missing addon with NOTIFY_SOCKET set is VMS_NATIVE', async (t) => {
 
 t.test('variable names are checked, values made single-line', async (t) => {
   t.equal(formatState({ READY: 1, STATUS: 'a\r\nb' }), 'READY=1\nSTATUS=a b\n');
-  t.ok(isErrorCode(t.throws(() => formatState({ 'BAD=KEY': 1 })), 'VMS_INTERNAL'));
-  t.ok(isErrorCode(t.throws(() => formatState({ lower: 1 })), 'VMS_INTERNAL'));
-  t.ok(isErrorCode(t.throws(() => extendTimeout(-1)), 'VMS_INTERNAL'));
+  t.ok(
+    isErrorCode(
+      t.throws(() => formatState({ 'BAD=KEY': 1 })),
+      'VMS_INTERNAL',
+    ),
+  );
+  t.ok(
+    isErrorCode(
+      t.throws(() => formatState({ lower: 1 })),
+      'VMS_INTERNAL',
+    ),
+  );
+  t.ok(
+    isErrorCode(
+      t.throws(() => extendTimeout(-1)),
+      'VMS_INTERNAL',
+    ),
+  );
 });
 
 t.test('watchdog interval: half of WATCHDOG_USEC, only for this process', async (t) => {

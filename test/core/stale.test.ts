@@ -14,11 +14,22 @@ t.test('work and temp directories of dead runs go; those of live runs, and other
   const child = spawn('true');
   const dead = child.pid!;
   await new Promise((r) => child.on('exit', r));
-  const names = [`ov.work-${dead}`, `ov.tmp-${dead}`, `ov.work-${process.pid}`, `ov.tmp-${process.ppid}`, `ov2.work-${dead}`, `ov.work-x`, 'ov'];
+  const names = [
+    `ov.work-${dead}`,
+    `ov.tmp-${dead}`,
+    `ov.work-${process.pid}`,
+    `ov.tmp-${process.ppid}`,
+    `ov2.work-${dead}`,
+    `ov.work-x`,
+    'ov',
+  ];
   for (const n of names) await fsp.mkdir(path.join(testRoot, n, 'inner'), { recursive: true });
   const removed = await removeStaleSiblings(path.join(testRoot, 'ov'));
   t.same(removed.map((p) => path.basename(p)).sort(), [`ov.tmp-${dead}`, `ov.work-${dead}`].sort());
-  t.same((await fsp.readdir(testRoot)).sort(), [`ov.work-${process.pid}`, `ov.tmp-${process.ppid}`, `ov2.work-${dead}`, 'ov.work-x', 'ov'].sort());
+  t.same(
+    (await fsp.readdir(testRoot)).sort(),
+    [`ov.work-${process.pid}`, `ov.tmp-${process.ppid}`, `ov2.work-${dead}`, 'ov.work-x', 'ov'].sort(),
+  );
   t.same(await removeStaleSiblings(path.join(testRoot, 'missing-dir', 'ov')), [], 'a missing parent is not an error');
 });
 
@@ -28,12 +39,21 @@ t.test('test roots of dead test processes go, unless something is mounted in the
   const child = spawn('true');
   const dead = child.pid!;
   await new Promise((r) => child.on('exit', r));
-  const names = [`vmsynth-test-${dead}-aaaaaa`, `vmsynth-test-${dead}-mounted`, `vmsynth-test-${process.pid}-bbbbbb`, 'vmsynth-test-cccccc', 'other'];
+  const names = [
+    `vmsynth-test-${dead}-aaaaaa`,
+    `vmsynth-test-${dead}-mounted`,
+    `vmsynth-test-${process.pid}-bbbbbb`,
+    'vmsynth-test-cccccc',
+    'other',
+  ];
   for (const n of names) await fsp.mkdir(path.join(dir, n, 'inner'), { recursive: true });
   const mountpoint = path.join(dir, `vmsynth-test-${dead}-mounted`, 'inner');
   await exec('mount', ['-t', 'tmpfs', 'none', mountpoint]);
   t.teardown(() => exec('umount', [mountpoint]));
   t.same(await sweepStaleTestRoots(dir), [path.join(dir, `vmsynth-test-${dead}-aaaaaa`)]);
-  t.same((await fsp.readdir(dir)).sort(), names.slice(1).sort(), "a live process's root, a root with a mount in it and other names stay");
+  t.same(
+    (await fsp.readdir(dir)).sort(),
+    names.slice(1).sort(),
+    "a live process's root, a root with a mount in it and other names stay",
+  );
 });
-

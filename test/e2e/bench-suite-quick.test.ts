@@ -23,7 +23,11 @@ const MAIN = fileURLToPath(new URL('../../dist/bench/entry.cjs', import.meta.url
 const out = path.join(testRoot, 'results');
 
 t.test('suite --quick: complete, well-formed results from one small app at one bandwidth', async (t) => {
-  const child = run(process.execPath, [MAIN, 'suite', '--quick', '--out', out], { maxBuffer: 64 << 20, timeout: 40 * 60_000, env: { ...process.env, LOG_LEVEL: 'warn' } });
+  const child = run(process.execPath, [MAIN, 'suite', '--quick', '--out', out], {
+    maxBuffer: 64 << 20,
+    timeout: 40 * 60_000,
+    env: { ...process.env, LOG_LEVEL: 'warn' },
+  });
   const pid = child.child.pid!;
   const { stdout } = await child;
   t.match(stdout, /benchmark suite \(/, 'prints its summary');
@@ -31,12 +35,22 @@ t.test('suite --quick: complete, well-formed results from one small app at one b
   const files = (await fsp.readdir(out)).sort();
   const json = files.find((f) => /^suite-quick-.*\.json$/.test(f));
   t.ok(json, 'wrote its JSON');
-  t.ok(files.some((f) => f.endsWith('-first-response.svg')), 'wrote the first-response plot');
-  t.ok(files.some((f) => f.endsWith('-timeline.svg')), 'wrote the timeline plot');
+  t.ok(
+    files.some((f) => f.endsWith('-first-response.svg')),
+    'wrote the first-response plot',
+  );
+  t.ok(
+    files.some((f) => f.endsWith('-timeline.svg')),
+    'wrote the timeline plot',
+  );
   const r = JSON.parse(await fsp.readFile(path.join(out, json!), 'utf8')) as SuiteResult;
   t.same(checkSuiteResult(r), [], 'the completeness check passes');
   t.equal(r.quick, true);
-  t.same(r.apps.map((a) => a.app), ['compute'], 'one small app');
+  t.same(
+    r.apps.map((a) => a.app),
+    ['compute'],
+    'one small app',
+  );
   t.same(r.links, ['lan'], 'one bandwidth');
   const lan = r.apps[0]!.links.lan!;
   for (const p of POLICIES) {
@@ -45,9 +59,15 @@ t.test('suite --quick: complete, well-formed results from one small app at one b
   }
   for (const p of ['baseline', 'early-start', 'demand-only'] as const) {
     const x = lan.samples[p]![0]!;
-    t.ok(typeof x.outOfOrder === 'number' && typeof x.hurried === 'number' && x.hurried <= x.outOfOrder, `${p}: out-of-order reads (${x.outOfOrder}) and hurried segments (${x.hurried}) are recorded`);
+    t.ok(
+      typeof x.outOfOrder === 'number' && typeof x.hurried === 'number' && x.hurried <= x.outOfOrder,
+      `${p}: out-of-order reads (${x.outOfOrder}) and hurried segments (${x.hurried}) are recorded`,
+    );
   }
-  t.ok(lan.timeline!.sends.every((s) => s.bytes > 0 && (s.lane === 'background' || s.lane === 'demand')), 'the timeline lists segments with their lanes');
+  t.ok(
+    lan.timeline!.sends.every((s) => s.bytes > 0 && (s.lane === 'background' || s.lane === 'demand')),
+    'the timeline lists segments with their lanes',
+  );
   t.ok(r.apps[0]!.sizes.overlay.total < r.apps[0]!.sizes.naive.total, 'the overlay is smaller than the naive diff');
   for (const f of files.filter((f) => f.endsWith('.svg'))) {
     const svg = await fsp.readFile(path.join(out, f), 'utf8');
@@ -60,6 +80,14 @@ t.test('suite --quick: complete, well-formed results from one small app at one b
   const { stdout: links } = await run('ip', ['-o', 'link', 'show']);
   t.notMatch(links, new RegExp(`vst${pid}h`), 'its veth pair is gone');
   t.same(await mountsUnder(process.env.VMSYNTH_RUN_DIR!), [], 'no FUSE mount left');
-  t.same((await filesUnder(process.env.VMSYNTH_RUN_DIR!)).filter((f) => !f.endsWith('/janitor.lock')), [], 'no session files left');
-  t.same(await fsp.readdir('/tmp').then((d) => d.filter((n) => n === `vmsynth-bench-suite-${pid}`)), [], 'its temporary directory is gone');
+  t.same(
+    (await filesUnder(process.env.VMSYNTH_RUN_DIR!)).filter((f) => !f.endsWith('/janitor.lock')),
+    [],
+    'no session files left',
+  );
+  t.same(
+    await fsp.readdir('/tmp').then((d) => d.filter((n) => n === `vmsynth-bench-suite-${pid}`)),
+    [],
+    'its temporary directory is gone',
+  );
 });

@@ -41,7 +41,10 @@ const CLIENTS = 8;
  * itself (the module loader has started the pool by then).
  */
 const POOL = Number(process.env.UV_THREADPOOL_SIZE ?? 4);
-if (POOL < 2 * CLIENTS) throw new Error(`UV_THREADPOOL_SIZE is ${POOL}: run this file with UV_THREADPOOL_SIZE=64, as npm test does (see POOL)`);
+if (POOL < 2 * CLIENTS)
+  throw new Error(
+    `UV_THREADPOOL_SIZE is ${POOL}: run this file with UV_THREADPOOL_SIZE=64, as npm test does (see POOL)`,
+  );
 /** Per phase (all up; all finished): eight TCG guests on two cores are slow, not this slow. */
 const PHASE_MS = 10 * 60_000;
 const T0 = performance.now();
@@ -54,7 +57,9 @@ const custom = path.join(testRoot, 'custom');
 const demo = await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8');
 await createOverlay({ base: base.name, out: ov, script: demo, keepCustom: custom });
 // The first request reads 4 MiB at 40 MiB of the disk: where the customization installed its software.
-const installedDigest = hex64(appDigest((await fsp.readFile(path.join(custom, 'disk.raw'))).subarray(40 << 20, 44 << 20)));
+const installedDigest = hex64(
+  appDigest((await fsp.readFile(path.join(custom, 'disk.raw'))).subarray(40 << 20, 44 << 20)),
+);
 await fsp.rm(custom, { recursive: true, force: true });
 
 const server = await SynthServer.listen({ port: 0, maxSessions: CLIENTS });
@@ -63,8 +68,12 @@ const watch = new SessionWatch();
 t.teardown(() => watch.close());
 let live = 0;
 let maxLive = 0;
-const onStart = () => { maxLive = Math.max(maxLive, ++live); };
-const onEnd = () => { live--; };
+const onStart = () => {
+  maxLive = Math.max(maxLive, ++live);
+};
+const onEnd = () => {
+  live--;
+};
 channels.sessionStarted.subscribe(onStart);
 channels.sessionEnded.subscribe(onEnd);
 t.teardown(() => {
@@ -72,12 +81,15 @@ t.teardown(() => {
   channels.sessionEnded.unsubscribe(onEnd);
 });
 
-t.test('eight guests fit in this machine\'s memory', async (t) => {
+t.test("eight guests fit in this machine's memory", async (t) => {
   const MiB = 2 ** 20;
   const guest = base.manifest.memory.bytes;
   // Guest RAM is a private mapping of the FUSE image: at most the guest's size each, plus QEMU's own (~150 MiB under TCG).
   const need = CLIENTS * (guest + 150 * MiB);
-  t.ok(need <= os.totalmem() / 2, `${CLIENTS} x (${guest / MiB} MiB guest + 150 MiB QEMU) = ${need / MiB} MiB, at most half of ${Math.round(os.totalmem() / 2 ** 30)} GiB`);
+  t.ok(
+    need <= os.totalmem() / 2,
+    `${CLIENTS} x (${guest / MiB} MiB guest + 150 MiB QEMU) = ${need / MiB} MiB, at most half of ${Math.round(os.totalmem() / 2 ** 30)} GiB`,
+  );
 });
 
 interface Child {
@@ -89,13 +101,19 @@ interface Child {
 function startChild(): Child {
   const { host, port } = server.address();
   const opts = {
-    server: `${host}:${port}`, overlay: ov, policy: 'early-start', timeoutMs: 2 * PHASE_MS,
+    server: `${host}:${port}`,
+    overlay: ov,
+    policy: 'early-start',
+    timeoutMs: 2 * PHASE_MS,
     request: { method: 'GET', path: '/run?mem_mb=8&disk_mb=4&disk_off_mb=40' },
     // 2 Mbit/s: the ~1.6 MB overlay takes ~6 s, so the stream overlaps the eight resumes (guest reads wait for segments).
     maxBytesPerSecond: 250_000,
   };
   const script = fileURLToPath(new URL('../helpers/synth-child.ts', import.meta.url));
-  const proc = spawn(process.execPath, [...process.execArgv, script, JSON.stringify(opts)], { env: process.env, stdio: ['pipe', 'pipe', 'pipe'] });
+  const proc = spawn(process.execPath, [...process.execArgv, script, JSON.stringify(opts)], {
+    env: process.env,
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
   const queue: Array<Record<string, unknown>> = [];
   const waiting: Array<(m: Record<string, unknown>) => void> = [];
   const stderr: string[] = [];
@@ -116,14 +134,20 @@ function startChild(): Child {
     queue.push({ exited: code, stderr: stderr.join('').slice(-2000) });
   });
   return {
-    proc, stderr,
+    proc,
+    stderr,
     next: () => (queue.length ? Promise.resolve(queue.shift()!) : new Promise((resolve) => waiting.push(resolve))),
   };
 }
 
 function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout;
-  return Promise.race([p, new Promise<T>((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms); })]).finally(() => clearTimeout(timer));
+  return Promise.race([
+    p,
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
 }
 
 const children = Array.from({ length: CLIENTS }, () => startChild());
@@ -133,7 +157,12 @@ t.teardown(() => {
 
 t.test(`${CLIENTS} early-start syntheses at once all succeed`, async (t) => {
   const ready = await within(Promise.all(children.map((c) => c.next())), 120_000, 'the clients to load');
-  if (!t.ok(ready.every((m) => m.ready === true), 'every client process loaded')) {
+  if (
+    !t.ok(
+      ready.every((m) => m.ready === true),
+      'every client process loaded',
+    )
+  ) {
     t.comment(JSON.stringify(ready.filter((m) => m.ready !== true)));
     return;
   }
@@ -141,14 +170,29 @@ t.test(`${CLIENTS} early-start syntheses at once all succeed`, async (t) => {
   for (const c of children) c.proc.stdin.write('go\n');
 
   // Phase 1: every client has its first response (and the whole overlay); its VM stays up meanwhile.
-  const up = await within(Promise.all(children.map((c) => c.next().then((m) => ({ m, at: performance.now() })))), PHASE_MS, 'every first response');
+  const up = await within(
+    Promise.all(children.map((c) => c.next().then((m) => ({ m, at: performance.now() })))),
+    PHASE_MS,
+    'every first response',
+  );
   const upMs = Math.round(Math.max(...up.map((u) => u.at)) - go);
   const failed = up.filter((u) => !u.m.up);
-  if (!t.same(failed.map((u) => u.m), [], 'every client got its first response with its VM up')) return;
+  if (
+    !t.same(
+      failed.map((u) => u.m),
+      [],
+      'every client got its first response with its VM up',
+    )
+  )
+    return;
   const sessions = up.map((u) => (u.m.up as { session: string }).session);
   const domains = sessions.map(SessionWatch.domain);
   const liveDomains = await virshDomains();
-  t.same(domains.filter((d) => !liveDomains.includes(d)), [], `all ${CLIENTS} VMs ran at the same time (${upMs} ms after the start)`);
+  t.same(
+    domains.filter((d) => !liveDomains.includes(d)),
+    [],
+    `all ${CLIENTS} VMs ran at the same time (${upMs} ms after the start)`,
+  );
   t.equal(live, CLIENTS, `the server had ${CLIENTS} sessions open at once`);
   let rssKiB = 0;
   for (const d of domains) {
@@ -157,7 +201,9 @@ t.test(`${CLIENTS} early-start syntheses at once all succeed`, async (t) => {
       rssKiB += Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
     }
   }
-  t.comment(`${CLIENTS} QEMUs resident: ${Math.round(rssKiB / 1024)} MiB in all; host memory available ${Math.round(os.freemem() / 2 ** 20)} MiB of ${Math.round(os.totalmem() / 2 ** 20)} MiB`);
+  t.comment(
+    `${CLIENTS} QEMUs resident: ${Math.round(rssKiB / 1024)} MiB in all; host memory available ${Math.round(os.freemem() / 2 ** 20)} MiB of ${Math.round(os.totalmem() / 2 ** 20)} MiB`,
+  );
 
   // Phase 2: all finish.
   for (const c of children) c.proc.stdin.write('finish\n');
@@ -165,18 +211,37 @@ t.test(`${CLIENTS} early-start syntheses at once all succeed`, async (t) => {
   const wallMs = Math.round(performance.now() - go);
   const results: SynthesizeResult[] = [];
   for (const [i, m] of done.entries()) {
-    if (!t.ok(m.result, `client ${i} finished (${m.error ? JSON.stringify(m.error) : m.exited !== undefined ? `exited ${String(m.exited)}: ${String(m.stderr)}` : 'ok'})`)) continue;
+    if (
+      !t.ok(
+        m.result,
+        `client ${i} finished (${m.error ? JSON.stringify(m.error) : m.exited !== undefined ? `exited ${String(m.exited)}: ${String(m.stderr)}` : 'ok'})`,
+      )
+    )
+      continue;
     const r = m.result as SynthesizeResult;
     results.push(r);
     t.equal(r.session, sessions[i], `client ${i}: session ${r.session}`);
     t.equal(r.firstResponse.status, 200, `client ${i}: first response 200 after ${r.timeline.firstResponse} ms`);
-    t.equal((JSON.parse(r.firstResponse.body) as { diskDigest: string }).diskDigest, installedDigest, `client ${i}: the app read the customization's disk bytes`);
-    t.ok(r.timeline.resumed !== null && r.timeline.overlayComplete !== null && r.timeline.finished !== null, `client ${i}: resumed ${r.timeline.resumed} ms, overlay complete ${r.timeline.overlayComplete} ms, torn down ${r.timeline.finished} ms`);
+    t.equal(
+      (JSON.parse(r.firstResponse.body) as { diskDigest: string }).diskDigest,
+      installedDigest,
+      `client ${i}: the app read the customization's disk bytes`,
+    );
+    t.ok(
+      r.timeline.resumed !== null && r.timeline.overlayComplete !== null && r.timeline.finished !== null,
+      `client ${i}: resumed ${r.timeline.resumed} ms, overlay complete ${r.timeline.overlayComplete} ms, torn down ${r.timeline.finished} ms`,
+    );
   }
   const fr = results.map((r) => r.timeline.firstResponse!).sort((a, b) => a - b);
-  t.comment(`first response per session (ms since its start): ${results.map((r) => r.timeline.firstResponse).join(', ')}`);
-  t.comment(`first response: min ${fr[0]} ms, p50 ${fr[Math.floor(fr.length / 2)]} ms, max ${fr.at(-1)} ms; all up after ${upMs} ms; all finished after ${wallMs} ms`);
-  t.comment(`guest reads that waited for a segment, per session: ${results.map((r) => (r.serverStats as { blockedReads: { count: number } }).blockedReads.count).join(', ')}; demand fetches: ${results.map((r) => r.demandRequests).join(', ')}; overlay ${results[0]?.overlayBytes} bytes in ${results[0]?.segments} segments`);
+  t.comment(
+    `first response per session (ms since its start): ${results.map((r) => r.timeline.firstResponse).join(', ')}`,
+  );
+  t.comment(
+    `first response: min ${fr[0]} ms, p50 ${fr[Math.floor(fr.length / 2)]} ms, max ${fr.at(-1)} ms; all up after ${upMs} ms; all finished after ${wallMs} ms`,
+  );
+  t.comment(
+    `guest reads that waited for a segment, per session: ${results.map((r) => (r.serverStats as { blockedReads: { count: number } }).blockedReads.count).join(', ')}; demand fetches: ${results.map((r) => r.demandRequests).join(', ')}; overlay ${results[0]?.overlayBytes} bytes in ${results[0]?.segments} segments`,
+  );
 
   // Every session was torn down; nothing is left.
   for (const s of sessions) {
@@ -187,7 +252,15 @@ t.test(`${CLIENTS} early-start syntheses at once all succeed`, async (t) => {
   await drained(server);
   t.equal(server.connectionCount, 0, 'the server holds no connection');
   t.same(await leaks(domains, runDir()), NO_LEAKS, 'no domain, QEMU process, mount or file is left');
-  const exits = await Promise.all(children.map((c) => (c.proc.exitCode !== null ? Promise.resolve(c.proc.exitCode) : new Promise((r) => c.proc.once('exit', r)))));
-  t.same(exits, children.map(() => 0), 'every client process exited cleanly');
+  const exits = await Promise.all(
+    children.map((c) =>
+      c.proc.exitCode !== null ? Promise.resolve(c.proc.exitCode) : new Promise((r) => c.proc.once('exit', r)),
+    ),
+  );
+  t.same(
+    exits,
+    children.map(() => 0),
+    'every client process exited cleanly',
+  );
   t.comment(`file wall time ${Math.round(performance.now() - T0)} ms`);
 });

@@ -41,7 +41,8 @@ for (const when of ['created', 'running'] as const) {
     const kill = (m: unknown) => {
       const { pid, name } = m as { pid?: number | null; name: string };
       if (when === 'created' && pid) process.kill(pid, 'SIGKILL');
-      if (when === 'running') void fsp.readFile(`/run/libvirt/qemu/${name}.pid`, 'utf8').then((p) => process.kill(Number(p), 'SIGKILL'));
+      if (when === 'running')
+        void fsp.readFile(`/run/libvirt/qemu/${name}.pid`, 'utf8').then((p) => process.kill(Number(p), 'SIGKILL'));
     };
     const ch = when === 'created' ? channels.domainCreated : channels.domainRunning;
     ch.subscribe(kill);
@@ -54,7 +55,9 @@ for (const when of ['created', 'running'] as const) {
 }
 
 t.test('no /dev/fuse: VMS_NO_FUSE before anything starts', async (t) => {
-  const { error, domains } = await tracking(() => resumeBase({ base: 'fail', verify: false, fuseDevice: '/nonexistent/fuse' }));
+  const { error, domains } = await tracking(() =>
+    resumeBase({ base: 'fail', verify: false, fuseDevice: '/nonexistent/fuse' }),
+  );
   t.match(error, { code: 'VMS_NO_FUSE' });
   t.same(domains, []);
   t.same(await leaks([], runDir()), NO_LEAKS);
@@ -64,7 +67,10 @@ t.test('libvirtd unreachable: VMS_LIBVIRT_UNREACHABLE', async (t) => {
   const saved = process.env.LIBVIRT_URI;
   const uri = 'qemu:///system?socket=/nonexistent/libvirt-sock';
   process.env.LIBVIRT_URI = uri;
-  t.teardown(() => { if (saved === undefined) delete process.env.LIBVIRT_URI; else process.env.LIBVIRT_URI = saved; });
+  t.teardown(() => {
+    if (saved === undefined) delete process.env.LIBVIRT_URI;
+    else process.env.LIBVIRT_URI = saved;
+  });
   const { error } = await tracking(() => resumeBase({ base: 'fail', verify: false }));
   t.match(error, { code: 'VMS_LIBVIRT_UNREACHABLE', details: { uri } });
   t.same(await mountsUnder(runDir()), []);
@@ -88,10 +94,26 @@ async function replaceWithCopy(file: string, edit: (buf: Buffer) => Buffer): Pro
 
 t.test('bad bases: each damage has its own code, and nothing starts', async (t) => {
   const cases: [string, (dir: string) => Promise<void>, string][] = [
-    ['flipped', (d) => replaceWithCopy(path.join(d, 'memory.raw'), (b) => { b[123_456] = b[123_456]! ^ 0x40; return b; }), 'VMS_HASH_MISMATCH'],
-    ['short-memory', (d) => replaceWithCopy(path.join(d, 'memory.raw'), (b) => b.subarray(0, b.length - 4096)), 'VMS_MEMORY_SIZE_MISMATCH'],
+    [
+      'flipped',
+      (d) =>
+        replaceWithCopy(path.join(d, 'memory.raw'), (b) => {
+          b[123_456] = b[123_456]! ^ 0x40;
+          return b;
+        }),
+      'VMS_HASH_MISMATCH',
+    ],
+    [
+      'short-memory',
+      (d) => replaceWithCopy(path.join(d, 'memory.raw'), (b) => b.subarray(0, b.length - 4096)),
+      'VMS_MEMORY_SIZE_MISMATCH',
+    ],
     ['no-state', (d) => fsp.rm(path.join(d, 'device.state')), 'VMS_BASE_FILE_MISSING'],
-    ['garbage', (d) => replaceWithCopy(path.join(d, 'manifest.json'), () => Buffer.from('{"format": 1')), 'VMS_BASE_CORRUPT'],
+    [
+      'garbage',
+      (d) => replaceWithCopy(path.join(d, 'manifest.json'), () => Buffer.from('{"format": 1')),
+      'VMS_BASE_CORRUPT',
+    ],
   ];
   for (const [name, damage, code] of cases) {
     await damaged(name, damage);
@@ -105,15 +127,27 @@ t.test('bad bases: each damage has its own code, and nothing starts', async (t) 
 });
 
 t.test('a guest whose app never answers: VMS_GUEST_TIMEOUT with the console tail, no partial base', async (t) => {
-  const { error, domains } = await tracking(() => createBase({ name: 'silent', source: { ...guestSource(guest), appPort: 9 }, timeoutMs: 25_000 }));
-  t.match(error, { code: 'VMS_GUEST_TIMEOUT', details: { consoleLog: /console\.log$/, consoleTail: true } },
-    'the message carries the console tail');
-  t.same(await fsp.readdir(baseDir()).then((d) => d.filter((n) => n.includes('silent'))), [], 'no base and no temp dir');
+  const { error, domains } = await tracking(() =>
+    createBase({ name: 'silent', source: { ...guestSource(guest), appPort: 9 }, timeoutMs: 25_000 }),
+  );
+  t.match(
+    error,
+    { code: 'VMS_GUEST_TIMEOUT', details: { consoleLog: /console\.log$/, consoleTail: true } },
+    'the message carries the console tail',
+  );
+  t.same(
+    await fsp.readdir(baseDir()).then((d) => d.filter((n) => n.includes('silent'))),
+    [],
+    'no base and no temp dir',
+  );
   t.same(await leaks(domains, runDir()), NO_LEAKS);
 });
 
 t.test('a start after a crash removes the domain, mount and session a killed vmsynth left', async (t) => {
-  const child = spawn(process.execPath, [path.join(packageRoot(), 'test/fixtures/hold-resume.mjs'), 'fail'], { env: process.env, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [path.join(packageRoot(), 'test/fixtures/hold-resume.mjs'), 'fail'], {
+    env: process.env,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   const domain = await new Promise<string>((resolve, reject) => {
     let out = '';
     child.stdout.on('data', (d: Buffer) => {

@@ -23,7 +23,10 @@ t.test('a mounted image reads back as base bytes with zero chunks, through the k
   t.teardown(() => handle.close());
   const map = new ChunkMap(size);
   map.set(3, ChunkSource.ZERO);
-  const img = new ImageFile('disk.img', map, { [ChunkSource.BASE]: fileReader(handle, 'base'), [ChunkSource.ZERO]: zeroReader });
+  const img = new ImageFile('disk.img', map, {
+    [ChunkSource.BASE]: fileReader(handle, 'base'),
+    [ChunkSource.ZERO]: zeroReader,
+  });
   const mount = await ImageMount.mount(path.join(dir, 'mnt'), [img]);
   t.teardown(() => mount.unmount());
 
@@ -35,10 +38,16 @@ t.test('a mounted image reads back as base bytes with zero chunks, through the k
   const { createHash } = await import('node:crypto');
   t.equal(stdout.split(' ')[0], createHash('sha256').update(want).digest('hex'), 'byte-exact through FUSE');
   t.ok(img.stats.bytesRead >= size, `FUSE served ${img.stats.bytesRead} bytes`);
-  await t.rejects(run('dd', ['if=/dev/zero', `of=${mount.path('disk.img')}`, 'bs=4096', 'count=1', 'conv=notrunc']), 'writes are refused');
+  await t.rejects(
+    run('dd', ['if=/dev/zero', `of=${mount.path('disk.img')}`, 'bs=4096', 'count=1', 'conv=notrunc']),
+    'writes are refused',
+  );
 
   t.same(await mount.unmount(), { forced: false });
-  t.notOk((await listFuseMounts()).some((m) => m.mountpoint === mount.mountpoint), 'unmounted');
+  t.notOk(
+    (await listFuseMounts()).some((m) => m.mountpoint === mount.mountpoint),
+    'unmounted',
+  );
   await t.rejects(fsp.stat(mount.mountpoint), 'mount point removed');
 });
 

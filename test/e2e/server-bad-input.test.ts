@@ -34,7 +34,11 @@ await generateKey(otherKeys);
 async function overlayFor(base: string, out: string, keyDir?: string): Promise<Buffer> {
   await buildOverlay({
     base: baseInput(await loadBase(base)),
-    custom: { memory: path.join(testRoot, base === 'gen' ? 'c1' : 'c2', 'memory.raw'), disk: path.join(testRoot, base === 'gen' ? 'c1' : 'c2', 'disk.raw'), deviceState: path.join(testRoot, base === 'gen' ? 'c1' : 'c2', 'device.state') },
+    custom: {
+      memory: path.join(testRoot, base === 'gen' ? 'c1' : 'c2', 'memory.raw'),
+      disk: path.join(testRoot, base === 'gen' ? 'c1' : 'c2', 'disk.raw'),
+      deviceState: path.join(testRoot, base === 'gen' ? 'c1' : 'c2', 'device.state'),
+    },
     appPort: 8000,
     key: await loadSigningKey(undefined, keyDir),
     out,
@@ -62,14 +66,20 @@ function converse(bytes: Buffer[], port = server.address().port): Promise<Msg[]>
     const s = net.connect({ host: '127.0.0.1', port }, () => {
       for (const b of bytes) s.write(b);
     });
-    s.on('data', (d: Buffer) => { for (const f of dec.push(d)) out.push(f.header); });
+    s.on('data', (d: Buffer) => {
+      for (const f of dec.push(d)) out.push(f.header);
+    });
     s.on('close', () => resolve(out));
     s.on('error', reject);
-    setTimeout(() => { s.destroy(); reject(new Error(`no close; got ${JSON.stringify(out)}`)); }, 20_000).unref();
+    setTimeout(() => {
+      s.destroy();
+      reject(new Error(`no close; got ${JSON.stringify(out)}`));
+    }, 20_000).unref();
   });
 }
 const frame = (h: Msg, payload?: Buffer) => Buffer.concat(encodeFrame(h as { type: string }, payload));
-const hello = (token?: string) => frame({ type: 'hello', protocol: PROTOCOL, client: 'test', ...(token ? { token } : {}) });
+const hello = (token?: string) =>
+  frame({ type: 'hello', protocol: PROTOCOL, client: 'test', ...(token ? { token } : {}) });
 const session = (manifest: Buffer) => frame({ type: 'session', policy: 'early-start' }, manifest);
 const lastError = (msgs: Msg[]) => msgs.at(-1);
 
@@ -89,10 +99,19 @@ t.test('conversation: out of order, unknown type, foreign protocol, wrong token'
   // An error frame carries only code and message, so these assert the code; which rule refused
   // each (details: stage, unknown-type, version, missing token) is asserted in connection.test.ts.
   t.match(lastError(await converse([session(good)])), { type: 'error', code: 'VMS_PROTOCOL', fatal: true });
-  t.match(lastError(await converse([hello(), frame({ type: 'teleport' })])), { type: 'error', code: 'VMS_PROTOCOL', fatal: true });
-  t.match(lastError(await converse([frame({ type: 'hello', protocol: 'vmsynth/1', client: 'x' })])), { type: 'error', code: 'VMS_PROTOCOL', fatal: true },
-    'a client of the previous version is refused');
-  t.match(lastError(await converse([hello(), frame({ type: 'segment', index: 0 }, Buffer.from('x'))])), { code: 'VMS_PROTOCOL' });
+  t.match(lastError(await converse([hello(), frame({ type: 'teleport' })])), {
+    type: 'error',
+    code: 'VMS_PROTOCOL',
+    fatal: true,
+  });
+  t.match(
+    lastError(await converse([frame({ type: 'hello', protocol: 'vmsynth/1', client: 'x' })])),
+    { type: 'error', code: 'VMS_PROTOCOL', fatal: true },
+    'a client of the previous version is refused',
+  );
+  t.match(lastError(await converse([hello(), frame({ type: 'segment', index: 0 }, Buffer.from('x'))])), {
+    code: 'VMS_PROTOCOL',
+  });
 
   const guarded = await SynthServer.listen({ port: 0, token: 'sesame' });
   t.teardown(() => guarded.close());
@@ -107,7 +126,9 @@ t.test('manifests: tampered, untrusted, unknown base', async (t) => {
   t.match(lastError(await converse([hello(), session(tampered)])), { code: 'VMS_BAD_SIGNATURE' });
   t.match(lastError(await converse([hello(), session(untrusted)])), { code: 'VMS_UNTRUSTED_KEY' });
   t.match(lastError(await converse([hello(), session(unknownBase)])), { code: 'VMS_BASE_NOT_FOUND' });
-  t.match(lastError(await converse([hello(), session(Buffer.from('not a manifest'))])), { code: 'VMS_OVERLAY_CORRUPT' });
+  t.match(lastError(await converse([hello(), session(Buffer.from('not a manifest'))])), {
+    code: 'VMS_OVERLAY_CORRUPT',
+  });
 });
 
 t.test('the server still serves, and nothing was left behind', async (t) => {

@@ -41,7 +41,9 @@ async function overlay(out: string, keyDir?: string): Promise<Buffer> {
   await buildOverlay({
     base: baseInput(await loadBase('gen')),
     custom: { memory: custom('memory.raw'), disk: custom('disk.raw'), deviceState: custom('device.state') },
-    appPort: 8000, key: await loadSigningKey(undefined, keyDir), out,
+    appPort: 8000,
+    key: await loadSigningKey(undefined, keyDir),
+    out,
   });
   return fsp.readFile(path.join(out, MANIFEST_FILE));
 }
@@ -51,7 +53,8 @@ await overlay(untrustedDir, otherKeys);
 
 type Msg = Record<string, unknown>;
 const frame = (h: Msg, payload?: Buffer) => Buffer.concat(encodeFrame(h as { type: string }, payload));
-const hello = (token?: string) => frame({ type: 'hello', protocol: PROTOCOL, client: 'test', ...(token ? { token } : {}) });
+const hello = (token?: string) =>
+  frame({ type: 'hello', protocol: PROTOCOL, client: 'test', ...(token ? { token } : {}) });
 const session = (policy = 'baseline') => frame({ type: 'session', policy }, good);
 
 interface Peer {
@@ -75,23 +78,32 @@ function peer(port: number, bytes: Buffer[], secure?: tls.ConnectionOptions): Pe
     waiters.splice(0).forEach((w) => w());
   });
   socket.on('error', () => undefined);
-  const closed = new Promise<void>((resolve) => socket.on('close', () => { waiters.splice(0).forEach((w) => w()); resolve(); }));
-  const next = (type: string) => new Promise<Msg>((resolve, reject) => {
-    const look = () => {
-      const m = msgs.find((x) => x.type === type || x.type === 'error');
-      if (m) return resolve(m);
-      if (socket.destroyed) return reject(new Error(`closed without ${type}: ${JSON.stringify(msgs)}`));
-      waiters.push(look);
-    };
-    look();
-  });
+  const closed = new Promise<void>((resolve) =>
+    socket.on('close', () => {
+      waiters.splice(0).forEach((w) => w());
+      resolve();
+    }),
+  );
+  const next = (type: string) =>
+    new Promise<Msg>((resolve, reject) => {
+      const look = () => {
+        const m = msgs.find((x) => x.type === type || x.type === 'error');
+        if (m) return resolve(m);
+        if (socket.destroyed) return reject(new Error(`closed without ${type}: ${JSON.stringify(msgs)}`));
+        waiters.push(look);
+      };
+      look();
+    });
   return { socket, msgs, next, closed };
 }
 
-
 t.test('named clients, sessions per client, and the memory cap per session', async (t) => {
   const server = await SynthServer.listen({
-    port: 0, clients: [{ name: 'phone-a', tokenSha256: tokenSha256('ta') }, { name: 'phone-b', tokenSha256: tokenSha256('tb') }],
+    port: 0,
+    clients: [
+      { name: 'phone-a', tokenSha256: tokenSha256('ta') },
+      { name: 'phone-b', tokenSha256: tokenSha256('tb') },
+    ],
     maxSessionsPerClient: 1,
   });
   t.teardown(() => server.close());
@@ -99,8 +111,11 @@ t.test('named clients, sessions per client, and the memory cap per session', asy
   t.match(await peer(port, [hello('tx')]).next('welcome'), { type: 'error', code: 'VMS_AUTH' }, 'an unknown token');
   const a1 = peer(port, [hello('ta'), session()]);
   t.match(await a1.next('accepted'), { type: 'accepted' }, 'phone-a opens a session');
-  t.match(await peer(port, [hello('ta'), session()]).next('accepted'), { type: 'error', code: 'VMS_LIMIT', fatal: true },
-    'phone-a is refused a second session (admission.test.ts asserts the details: limit maxSessionsPerClient)');
+  t.match(
+    await peer(port, [hello('ta'), session()]).next('accepted'),
+    { type: 'error', code: 'VMS_LIMIT', fatal: true },
+    'phone-a is refused a second session (admission.test.ts asserts the details: limit maxSessionsPerClient)',
+  );
   const b1 = peer(port, [hello('tb'), session()]);
   t.match(await b1.next('accepted'), { type: 'accepted' }, 'phone-b still gets its own');
   t.equal(server.sessionCount, 2);
@@ -111,8 +126,11 @@ t.test('named clients, sessions per client, and the memory cap per session', asy
 
   const small = await SynthServer.listen({ port: 0, sessionMemoryBytes: 2 << 20, maxInFlightBytes: 2 << 20 });
   t.teardown(() => small.close());
-  t.match(await peer(small.address().port, [hello(), session()]).next('accepted'), { type: 'error', code: 'VMS_LIMIT', fatal: true },
-    'a session over the memory cap is refused (admission.test.ts asserts the details: limit sessionMemory)');
+  t.match(
+    await peer(small.address().port, [hello(), session()]).next('accepted'),
+    { type: 'error', code: 'VMS_LIMIT', fatal: true },
+    'a session over the memory cap is refused (admission.test.ts asserts the details: limit sessionMemory)',
+  );
   await drained(small);
   t.same(await fsp.readdir(runDir()).catch(() => []), [], 'no session directories left');
 });
@@ -132,26 +150,72 @@ t.test('TLS: the client checks the server certificate; a plain client gets nowhe
   const dir = path.join(testRoot, 'tls');
   await fsp.mkdir(dir);
   const [cert, key] = [path.join(dir, 'cert.pem'), path.join(dir, 'key.pem')];
-  await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=cloudlet.test', '-addext', 'subjectAltName=DNS:cloudlet.test,IP:127.0.0.1', '-keyout', key, '-out', cert]);
-  const server = await SynthServer.listen({ port: 0, tls: { cert: await fsp.readFile(cert), key: await fsp.readFile(key) }, token: 'sesame' });
+  await run('openssl', [
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:prime256v1',
+    '-nodes',
+    '-days',
+    '1',
+    '-subj',
+    '/CN=cloudlet.test',
+    '-addext',
+    'subjectAltName=DNS:cloudlet.test,IP:127.0.0.1',
+    '-keyout',
+    key,
+    '-out',
+    cert,
+  ]);
+  const server = await SynthServer.listen({
+    port: 0,
+    tls: { cert: await fsp.readFile(cert), key: await fsp.readFile(key) },
+    token: 'sesame',
+  });
   t.teardown(() => server.close());
   const port = server.address().port;
   const ca = await fsp.readFile(cert);
-  t.match(await peer(port, [hello('sesame'), frame({ type: 'finish' })], { ca, servername: 'cloudlet.test' }).next('welcome'), { type: 'welcome' }, 'hello and welcome over TLS');
+  t.match(
+    await peer(port, [hello('sesame'), frame({ type: 'finish' })], { ca, servername: 'cloudlet.test' }).next('welcome'),
+    { type: 'welcome' },
+    'hello and welcome over TLS',
+  );
   const plain = peer(port, [hello('sesame')]);
   await plain.closed;
   t.same(plain.msgs, [], 'a plain-TCP client hears no protocol message');
-  await t.rejects(synthesize({ server: `127.0.0.1:${port}`, overlay: untrustedDir, token: 'sesame', tls: true }),
+  await t.rejects(
+    synthesize({ server: `127.0.0.1:${port}`, overlay: untrustedDir, token: 'sesame', tls: true }),
     { code: 'VMS_CONNECT', details: { tls: true, reason: 'DEPTH_ZERO_SELF_SIGNED_CERT' } },
-    'a certificate the client does not trust is refused');
-  await t.rejects(synthesize({ server: `127.0.0.1:${port}`, overlay: untrustedDir, token: 'sesame', tls: { ca, servername: 'other.test' } }),
-    { code: 'VMS_CONNECT', details: { tls: true, reason: 'ERR_TLS_CERT_ALTNAME_INVALID' } }, 'a certificate for another name is refused');
-  await t.rejects(synthesize({ server: `127.0.0.1:${port}`, overlay: untrustedDir, token: 'sesame', tls: { ca } }), { code: 'VMS_UNTRUSTED_KEY' }, 'with the right CA the conversation goes on to the manifest check');
+    'a certificate the client does not trust is refused',
+  );
+  await t.rejects(
+    synthesize({
+      server: `127.0.0.1:${port}`,
+      overlay: untrustedDir,
+      token: 'sesame',
+      tls: { ca, servername: 'other.test' },
+    }),
+    { code: 'VMS_CONNECT', details: { tls: true, reason: 'ERR_TLS_CERT_ALTNAME_INVALID' } },
+    'a certificate for another name is refused',
+  );
+  await t.rejects(
+    synthesize({ server: `127.0.0.1:${port}`, overlay: untrustedDir, token: 'sesame', tls: { ca } }),
+    { code: 'VMS_UNTRUSTED_KEY' },
+    'with the right CA the conversation goes on to the manifest check',
+  );
   await drained(server);
 });
 
 t.test('daemon: /healthz, /readyz, /metrics', async (t) => {
-  const env = { CONFIGURATION_DIRECTORY: path.join(testRoot, 'no-config'), VMSYNTH_LISTEN: '127.0.0.1:0', VMSYNTH_METRICS_LISTEN: '127.0.0.1:0', VMSYNTH_TOKEN: 'sesame', VMSYNTH_MAX_SESSIONS: '1' };
+  const env = {
+    CONFIGURATION_DIRECTORY: path.join(testRoot, 'no-config'),
+    VMSYNTH_LISTEN: '127.0.0.1:0',
+    VMSYNTH_METRICS_LISTEN: '127.0.0.1:0',
+    VMSYNTH_TOKEN: 'sesame',
+    VMSYNTH_MAX_SESSIONS: '1',
+  };
   const d = await startDaemon(resolveConfig({ env }).config);
   let stopped = false;
   t.teardown(() => (stopped ? undefined : d.stop()));
@@ -168,15 +232,30 @@ t.test('daemon: /healthz, /readyz, /metrics', async (t) => {
   const held = peer(port, [hello('sesame'), session()]);
   await held.next('accepted');
   const busy = await get('/readyz');
-  t.same(busy, { status: 503, body: 'not ready: running its limit of 1 sessions\n' }, 'a full server is not ready for more');
+  t.same(
+    busy,
+    { status: 503, body: 'not ready: running its limit of 1 sessions\n' },
+    'a full server is not ready for more',
+  );
   held.socket.destroy();
   await drained(d.server);
   const metrics = (await get('/metrics')).body;
-  for (const name of ['vmsynth_first_response_seconds', 'vmsynth_blocked_read_seconds', 'vmsynth_segment_bytes_total', 'vmsynth_out_of_order_fetches_total', 'vmsynth_active_sessions', 'vmsynth_nodejs_eventloop_lag_seconds']) {
+  for (const name of [
+    'vmsynth_first_response_seconds',
+    'vmsynth_blocked_read_seconds',
+    'vmsynth_segment_bytes_total',
+    'vmsynth_out_of_order_fetches_total',
+    'vmsynth_active_sessions',
+    'vmsynth_nodejs_eventloop_lag_seconds',
+  ]) {
     t.match(metrics, new RegExp(`^# TYPE ${name} `, 'm'), `${name} is exported`);
   }
   t.match(metrics, /^vmsynth_connections_refused_total\{code="VMS_AUTH"\} 1$/m, 'the refused token was counted');
-  t.match(metrics, /^vmsynth_sessions_total\{outcome="VMS_PEER_GONE"\} 1$/m, 'the session whose client vanished was counted');
+  t.match(
+    metrics,
+    /^vmsynth_sessions_total\{outcome="VMS_PEER_GONE"\} 1$/m,
+    'the session whose client vanished was counted',
+  );
   t.match(metrics, /^vmsynth_active_sessions 0$/m);
   t.same(await d.stop(), { forced: false });
   stopped = true;

@@ -30,19 +30,48 @@ t.teardown(removeTestRoot);
 await guestBase('svcbase');
 await generateKey();
 const ov = path.join(testRoot, 'overlay');
-await createOverlay({ base: 'svcbase', out: ov, script: await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8') });
+await createOverlay({
+  base: 'svcbase',
+  out: ov,
+  script: await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8'),
+});
 const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
 const request = { method: 'GET' as const, path: '/run?mem_mb=8&disk_mb=4&disk_off_mb=40' };
 
 const [cert, key] = [path.join(testRoot, 'cert.pem'), path.join(testRoot, 'key.pem')];
-await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1', '-subj', '/CN=cloudlet.test', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', key, '-out', cert]);
+await run('openssl', [
+  'req',
+  '-x509',
+  '-newkey',
+  'ec',
+  '-pkeyopt',
+  'ec_paramgen_curve:prime256v1',
+  '-nodes',
+  '-days',
+  '1',
+  '-subj',
+  '/CN=cloudlet.test',
+  '-addext',
+  'subjectAltName=IP:127.0.0.1',
+  '-keyout',
+  key,
+  '-out',
+  cert,
+]);
 const ca = await fsp.readFile(cert);
 const token = 'phone-token-for-tests';
 const configFile = path.join(testRoot, 'vmsynth.json');
-await fsp.writeFile(configFile, JSON.stringify({
-  listen: '127.0.0.1:0', metricsListen: '127.0.0.1:0', tlsCert: cert, tlsKey: key,
-  clients: [{ name: 'phone', tokenSha256: tokenSha256(token) }], logLevel: 'info',
-}));
+await fsp.writeFile(
+  configFile,
+  JSON.stringify({
+    listen: '127.0.0.1:0',
+    metricsListen: '127.0.0.1:0',
+    tlsCert: cert,
+    tlsKey: key,
+    clients: [{ name: 'phone', tokenSha256: tokenSha256(token) }],
+    logLevel: 'info',
+  }),
+);
 
 t.test('serve under a systemd-like supervisor', async (t) => {
   const notify = await listen(path.join(testRoot, 'notify.sock'));
@@ -53,7 +82,9 @@ t.test('serve under a systemd-like supervisor', async (t) => {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
   let out = '';
   let err = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -72,40 +103,69 @@ t.test('serve under a systemd-like supervisor', async (t) => {
   const port = Number(/^STATUS=listening on 127\.0\.0\.1:(\d+)$/m.exec(readyMsg)?.[1]);
   t.ok(port > 0, `READY=1 tells the address (port ${port})`);
   await new Promise<void>((resolve, reject) => {
-    const s = net.connect({ host: '127.0.0.1', port }, () => { s.destroy(); resolve(); });
+    const s = net.connect({ host: '127.0.0.1', port }, () => {
+      s.destroy();
+      resolve();
+    });
     s.once('error', reject);
   });
   t.pass('when READY=1 arrives, the listener already accepts connections');
   t.equal(await notify.next(5000), 'WATCHDOG=1\n', 'then the watchdog pings (WATCHDOG_USEC 2 s: every second)');
 
-  const lines = () => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+  const lines = () =>
+    out
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
   for (let i = 0; i < 100 && !lines().some((l) => 'listening' in l); i++) await new Promise((r) => setTimeout(r, 50));
   const addr = lines().find((l) => 'listening' in l) as { metrics: { port: number } };
   const metrics = async () => (await fetch(`http://127.0.0.1:${addr.metrics.port}/metrics`)).text();
   t.equal((await fetch(`http://127.0.0.1:${addr.metrics.port}/readyz`)).status, 200, '/readyz is 200');
 
-  await t.rejects(synthesize({ server: `127.0.0.1:${port}`, overlay: ov, request, tls: { ca } }), { code: 'VMS_AUTH' }, 'no token, no session');
+  await t.rejects(
+    synthesize({ server: `127.0.0.1:${port}`, overlay: ov, request, tls: { ca } }),
+    { code: 'VMS_AUTH' },
+    'no token, no session',
+  );
   const r = await synthesize({ server: `127.0.0.1:${port}`, overlay: ov, request, token, tls: { ca } });
-  t.equal(r.firstResponse.status, 200, 'synthesized over TLS with the client\'s token');
+  t.equal(r.firstResponse.status, 200, "synthesized over TLS with the client's token");
   const m1 = await metrics();
   t.match(m1, /^vmsynth_first_response_seconds_count\{policy="early-start"\} 1$/m, 'the first response was measured');
-  const laneBytes = [...m1.matchAll(/^vmsynth_segment_bytes_total\{lane="(\w+)"\} (\d+)$/gm)].reduce((n, x) => n + Number(x[2]), 0);
+  const laneBytes = [...m1.matchAll(/^vmsynth_segment_bytes_total\{lane="(\w+)"\} (\d+)$/gm)].reduce(
+    (n, x) => n + Number(x[2]),
+    0,
+  );
   t.equal(laneBytes, r.overlayBytes, 'segment bytes by lane add up to the overlay');
   t.match(m1, /^vmsynth_sessions_total\{outcome="ok"\} 1$/m);
   t.match(m1, /^vmsynth_connections_refused_total\{code="VMS_AUTH"\} 1$/m);
 
   const domain = `${DOMAIN_PREFIX}${r.session}`;
   const mine = lines().filter((l) => l.session === r.session);
-  t.same(['sessionStarted', 'sessionResumed', 'firstResponse', 'sessionEnded'].filter((e) => !mine.some((l) => l.event === e)), [], 'the session\'s lines are in the log');
-  t.ok(mine.every((l) => l.domain === domain && l.client === 'phone' && typeof l.msg === 'string'), 'each carries the session, its domain, the client and a message');
+  t.same(
+    ['sessionStarted', 'sessionResumed', 'firstResponse', 'sessionEnded'].filter(
+      (e) => !mine.some((l) => l.event === e),
+    ),
+    [],
+    "the session's lines are in the log",
+  );
+  t.ok(
+    mine.every((l) => l.domain === domain && l.client === 'phone' && typeof l.msg === 'string'),
+    'each carries the session, its domain, the client and a message',
+  );
   t.same(await leaks([domain], runDir()), NO_LEAKS);
 
   // The watchdog on QEMU: a VM killed while the client waits ends the session now.
   let killedAt = 0;
   let session = '';
   const dying = synthesize({
-    server: `127.0.0.1:${port}`, overlay: ov, request, token, tls: { ca },
-    onEvent: (e) => { if (e.type === 'accepted') session = e.session; },
+    server: `127.0.0.1:${port}`,
+    overlay: ov,
+    request,
+    token,
+    tls: { ca },
+    onEvent: (e) => {
+      if (e.type === 'accepted') session = e.session;
+    },
     whileRunning: async () => {
       for (const pid of await qemuProcessesFor(`${DOMAIN_PREFIX}${session}`)) process.kill(Number(pid), 'SIGKILL');
       killedAt = Date.now();
@@ -113,10 +173,14 @@ t.test('serve under a systemd-like supervisor', async (t) => {
     },
   });
   await t.rejects(dying, { code: 'VMS_QEMU_DIED' }, 'the client hears that the VM died');
-  t.ok(killedAt > 0 && Date.now() - killedAt < 5000, `within ${Date.now() - killedAt} ms of the kill, without another request`);
-  for (let i = 0; i < 100 && !/^vmsynth_vm_deaths_total 1$/m.test(await metrics()); i++) await new Promise((r) => setTimeout(r, 50));
+  t.ok(
+    killedAt > 0 && Date.now() - killedAt < 5000,
+    `within ${Date.now() - killedAt} ms of the kill, without another request`,
+  );
+  for (let i = 0; i < 100 && !/^vmsynth_vm_deaths_total 1$/m.test(await metrics()); i++)
+    await new Promise((r) => setTimeout(r, 50));
   t.match(await metrics(), /^vmsynth_vm_deaths_total 1$/m, 'the death was counted');
-  t.same(await leaks([`${DOMAIN_PREFIX}${session}`], runDir()), NO_LEAKS, 'the dead VM\'s session left nothing');
+  t.same(await leaks([`${DOMAIN_PREFIX}${session}`], runDir()), NO_LEAKS, "the dead VM's session left nothing");
 
   child.kill('SIGTERM');
   let stoppingMsg = '';
@@ -132,12 +196,21 @@ t.test('serve under a systemd-like supervisor', async (t) => {
 t.test('a second signal forces the stop; the next start cleans what was left', async (t) => {
   const { LOG_FORMAT: _f, LOG_LEVEL: _l, ...env } = process.env;
   const start = () => {
-    const child = spawn(process.execPath, [cli, 'serve', '--listen', '127.0.0.1:0', '--json'], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [cli, 'serve', '--listen', '127.0.0.1:0', '--json'], {
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.resume();
-    const exited = new Promise<number | string | null>((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal)));
-    const lines = () => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    const exited = new Promise<number | string | null>((resolve) =>
+      child.once('exit', (code, signal) => resolve(code ?? signal)),
+    );
+    const lines = () =>
+      out
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as Record<string, unknown>);
     const listening = (async () => {
       for (let i = 0; i < 2400; i++) {
         const l = lines().find((x) => 'listening' in x) as { listening: { port: number } } | undefined;
@@ -147,7 +220,9 @@ t.test('a second signal forces the stop; the next start cleans what was left', a
       }
       throw new Error('serve did not listen within 120 s');
     })();
-    t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+    t.teardown(() => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
     return { child, exited, lines, listening };
   };
 
@@ -155,12 +230,20 @@ t.test('a second signal forces the stop; the next start cleans what was left', a
   const port = await first.listening;
   let session = '';
   const outcome = synthesize({
-    server: `127.0.0.1:${port}`, overlay: ov, request, maxBytesPerSecond: 125_000,
+    server: `127.0.0.1:${port}`,
+    overlay: ov,
+    request,
+    maxBytesPerSecond: 125_000,
     onEvent: (e) => {
       if (e.type === 'accepted') session = e.session;
       // Pause the guest first: QEMU must survive its FUSE server's death, as a VM of a crashed vmsynth would.
       if (e.type === 'timeline' && e.step === 'resumed') {
-        void run('virsh', ['-c', process.env.LIBVIRT_URI ?? 'qemu:///system', 'suspend', `${DOMAIN_PREFIX}${session}`]).finally(() => {
+        void run('virsh', [
+          '-c',
+          process.env.LIBVIRT_URI ?? 'qemu:///system',
+          'suspend',
+          `${DOMAIN_PREFIX}${session}`,
+        ]).finally(() => {
           first.child.kill('SIGTERM');
           setTimeout(() => first.child.kill('SIGTERM'), 20);
         });
@@ -174,13 +257,20 @@ t.test('a second signal forces the stop; the next start cleans what was left', a
   t.comment(`left by the forced stop: ${JSON.stringify(left)}`);
   // The process died 20 ms into its graceful stop, long before that stop's domain destroy (1.5-2 s
   // on TCG) let it unmount: its FUSE mount and session directory are always left for the janitor.
-  t.ok(left.mounts.length > 0, 'the forced stop left the session\'s FUSE mount');
+  t.ok(left.mounts.length > 0, "the forced stop left the session's FUSE mount");
   t.ok(left.files.length > 0, 'and its session directory');
 
   const second = start();
   await second.listening;
-  t.same(await leaks([domain], runDir()), NO_LEAKS, 'the next start removed the domain, the mount and the session directory before it listened');
-  const cleaned = second.lines().filter((l) => l.event === 'staleCleaned').map((l) => l.kind);
+  t.same(
+    await leaks([domain], runDir()),
+    NO_LEAKS,
+    'the next start removed the domain, the mount and the session directory before it listened',
+  );
+  const cleaned = second
+    .lines()
+    .filter((l) => l.event === 'staleCleaned')
+    .map((l) => l.kind);
   // The domain may be gone already (libvirtd finishes a destroy its dead client had asked for): not asserted here.
   t.ok(cleaned.includes('mount'), 'the stale mount was logged (staleCleaned)');
   t.ok(cleaned.includes('run-dir'), 'the stale session directory was logged (staleCleaned, kind run-dir)');

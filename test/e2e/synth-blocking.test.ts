@@ -49,7 +49,8 @@ async function rig(t: { teardown: (f: () => unknown) => void }, name: string): P
   t.teardown(() => scope.close());
   const demands: number[] = [];
   const { launch, mount } = await mountLaunchImages(scope, path.join(testRoot, name), overlay, (s) => demands.push(s));
-  const apply = (index: number, data?: Buffer) => launch.apply(index, data ?? segFile.read(overlay.body.segments[index]!), Priority.BACKGROUND);
+  const apply = (index: number, data?: Buffer) =>
+    launch.apply(index, data ?? segFile.read(overlay.body.segments[index]!), Priority.BACKGROUND);
   return { launch, mount, demands, apply };
 }
 
@@ -86,9 +87,15 @@ t.test('a read of a missing chunk waits for its segment, and only its segment', 
   const atLeast = performance.now() - heldBy; // 50 ms or more
   const held = g.launch.heldReads();
   const atMost = performance.now() - beforeRead;
-  t.same({ reads: held.reads, segments: held.segments }, { reads: 1, segments: [k] }, 'held() names the read and the segment it waits for');
-  t.ok(held.oldestMs >= 50 && held.oldestMs >= Math.floor(atLeast) && held.oldestMs <= Math.ceil(atMost),
-    `and how long it has waited: ${held.oldestMs} ms, between ${Math.floor(atLeast)} (held since the demand) and ${Math.ceil(atMost)} (since the read began)`);
+  t.same(
+    { reads: held.reads, segments: held.segments },
+    { reads: 1, segments: [k] },
+    'held() names the read and the segment it waits for',
+  );
+  t.ok(
+    held.oldestMs >= 50 && held.oldestMs >= Math.floor(atLeast) && held.oldestMs <= Math.ceil(atMost),
+    `and how long it has waited: ${held.oldestMs} ms, between ${Math.floor(atLeast)} (held since the demand) and ${Math.ceil(atMost)} (since the read began)`,
+  );
   await g.apply(k);
   const got = await read.done;
   t.same(g.launch.heldReads(), { reads: 0, oldestMs: 0, segments: [] }, 'nothing held once its segment landed');
@@ -96,16 +103,27 @@ t.test('a read of a missing chunk waits for its segment, and only its segment', 
   t.equal(g.launch.blockedReads().count, 1, 'one blocked read in the stats');
 
   // Everything applied: both images read back as base + overlay.
-  for (const [img, file] of [['memory.img', pair.custom.memory], ['disk.img', pair.custom.disk]] as const) {
+  for (const [img, file] of [
+    ['memory.img', pair.custom.memory],
+    ['disk.img', pair.custom.disk],
+  ] as const) {
     const { stdout } = await run('sha256sum', [g.mount.path(img)]);
-    t.equal(stdout.split(' ')[0], createHash('sha256').update(await fsp.readFile(file)).digest('hex'), `${img} == base + overlay`);
+    t.equal(
+      stdout.split(' ')[0],
+      createHash('sha256')
+        .update(await fsp.readFile(file))
+        .digest('hex'),
+      `${img} == base + overlay`,
+    );
   }
 });
 
-t.test('a SELF reference that lands before its target waits for the target\'s segment', async (t) => {
+t.test("a SELF reference that lands before its target waits for the target's segment", async (t) => {
   const all = records();
   const where = new Map(all.map((x) => [`${x.r.image}:${x.r.index}`, x.segment]));
-  const self = all.find((x) => x.r.kind === ChunkKind.SELF && where.get(`${x.r.refImage}:${x.r.refIndex}`)! < x.segment);
+  const self = all.find(
+    (x) => x.r.kind === ChunkKind.SELF && where.get(`${x.r.refImage}:${x.r.refIndex}`)! < x.segment,
+  );
   t.ok(self, 'the overlay has a SELF reference into an earlier segment');
   const { r, segment } = self!;
   const targetSeg = where.get(`${r.refImage}:${r.refIndex}`)!;
@@ -117,27 +135,35 @@ t.test('a SELF reference that lands before its target waits for the target\'s se
   t.notOk(g.demands.includes(segment), 'the segment already applied is not asked for again');
   t.notOk(read.finished(), 'the read waits');
   await g.apply(targetSeg);
-  t.ok((await read.done).equals(await customChunk(r.image, r.index)), 'the SELF chunk reads as its target\'s content');
+  t.ok((await read.done).equals(await customChunk(r.image, r.index)), "the SELF chunk reads as its target's content");
 });
 
-t.test('a read held on a SELF chunk before its segment lands asks for the target\'s segment once redirected', async (t) => {
-  // Found by the benchmark suite: in demand-only, the read waited for the SELF chunk's own segment;
-  // that segment landed and redirected the chunk to its target's segment, which nobody asked for.
-  const all = records();
-  const where = new Map(all.map((x) => [`${x.r.image}:${x.r.index}`, x.segment]));
-  const self = all.find((x) => x.r.kind === ChunkKind.SELF && where.get(`${x.r.refImage}:${x.r.refIndex}`)! < x.segment);
-  const { r, segment } = self!;
-  const targetSeg = where.get(`${r.refImage}:${r.refIndex}`)!;
-  const g = await rig(t, 'self-held');
-  const read = readChunk(g.mount.path(r.image === 0 ? 'memory.img' : 'disk.img'), r.index);
-  await until(() => g.demands.includes(segment), `a demand for the SELF chunk's segment ${segment}`);
-  t.notOk(g.demands.includes(targetSeg), 'at first only its own segment is asked for');
-  await g.apply(segment);
-  await until(() => g.demands.includes(targetSeg), `a demand for the target's segment ${targetSeg} after the redirect`);
-  t.notOk(read.finished(), 'the read still waits');
-  await g.apply(targetSeg);
-  t.ok((await read.done).equals(await customChunk(r.image, r.index)), 'then reads its target\'s content');
-});
+t.test(
+  "a read held on a SELF chunk before its segment lands asks for the target's segment once redirected",
+  async (t) => {
+    // Found by the benchmark suite: in demand-only, the read waited for the SELF chunk's own segment;
+    // that segment landed and redirected the chunk to its target's segment, which nobody asked for.
+    const all = records();
+    const where = new Map(all.map((x) => [`${x.r.image}:${x.r.index}`, x.segment]));
+    const self = all.find(
+      (x) => x.r.kind === ChunkKind.SELF && where.get(`${x.r.refImage}:${x.r.refIndex}`)! < x.segment,
+    );
+    const { r, segment } = self!;
+    const targetSeg = where.get(`${r.refImage}:${r.refIndex}`)!;
+    const g = await rig(t, 'self-held');
+    const read = readChunk(g.mount.path(r.image === 0 ? 'memory.img' : 'disk.img'), r.index);
+    await until(() => g.demands.includes(segment), `a demand for the SELF chunk's segment ${segment}`);
+    t.notOk(g.demands.includes(targetSeg), 'at first only its own segment is asked for');
+    await g.apply(segment);
+    await until(
+      () => g.demands.includes(targetSeg),
+      `a demand for the target's segment ${targetSeg} after the redirect`,
+    );
+    t.notOk(read.finished(), 'the read still waits');
+    await g.apply(targetSeg);
+    t.ok((await read.done).equals(await customChunk(r.image, r.index)), "then reads its target's content");
+  },
+);
 
 t.test('a corrupt segment is refused and marks nothing present', async (t) => {
   const g = await rig(t, 'corrupt');
@@ -156,13 +182,19 @@ t.test('teardown fails held reads with EIO instead of hanging the unmount', asyn
   const dir = path.join(testRoot, 'teardown');
   await fsp.mkdir(dir, { recursive: true });
   const base = await loadBase('gen');
-  const launch = await LaunchImages.create({ body: overlay.body, base: [base.file('memory'), base.file('disk')], dir, demand: () => undefined, threads: 1 }, scope);
+  const launch = await LaunchImages.create(
+    { body: overlay.body, base: [base.file('memory'), base.file('disk')], dir, demand: () => undefined, threads: 1 },
+    scope,
+  );
   const mount = await ImageMount.mount(path.join(dir, 'mnt'), [launch.memory, launch.disk]);
   scope.defer('unmount', () => mount.unmount());
   scope.defer('fail held reads', () => launch.failHeldReads());
   const r = records().find((x) => x.r.image === 0)!.r;
   const read = readChunk(mount.path('memory.img'), r.index);
-  const outcome = read.done.then(() => null, (err: { stderr?: Buffer }) => String(err.stderr ?? err));
+  const outcome = read.done.then(
+    () => null,
+    (err: { stderr?: Buffer }) => String(err.stderr ?? err),
+  );
   await until(() => launch.waitingReads === 1, 'the read to be held');
   await scope.close();
   t.match(await outcome, /Input\/output error/, 'the held read fails with EIO');

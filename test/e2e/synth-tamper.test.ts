@@ -83,18 +83,34 @@ t.test(`${TRIALS} single-bit flips over every segment are all refused, and no ba
   const recs: ChunkRecord[][] = segs.map((s) => Array.from({ length: s.count }, (_, i) => readRecord(s.chunks, i)));
   const kinds = [0, 0, 0, 0, 0];
   for (const r of recs.flat()) kinds[r.kind]!++;
-  t.ok(kinds.every((c) => c > 0), `every chunk kind is in the overlay (${kinds.map((c, k) => `${KIND_NAMES[k]} ${c}`).join(', ')})`);
+  t.ok(
+    kinds.every((c) => c > 0),
+    `every chunk kind is in the overlay (${kinds.map((c, k) => `${KIND_NAMES[k]} ${c}`).join(', ')})`,
+  );
   const payloadSegs = recs.map((rs) => rs.some((r) => r.kind === ChunkKind.XOR || r.kind === ChunkKind.RAW));
-  t.ok(payloadSegs.filter(Boolean).length >= 8, `most segments carry payload chunks (${payloadSegs.filter(Boolean).length} of ${n})`);
+  t.ok(
+    payloadSegs.filter(Boolean).length >= 8,
+    `most segments carry payload chunks (${payloadSegs.filter(Boolean).length} of ${n})`,
+  );
 
   const genuine = segs.map((s) => Buffer.from(segFile.read(s)));
   const trials = plan(genuine.map((g) => g.length));
   const perSegment = segs.map(() => [] as number[]);
   trials.forEach((tr, i) => perSegment[tr.segment]!.push(i));
   // The plan really is spread: every segment, its first and last bit, every bit of a byte.
-  t.ok(perSegment.every((l) => l.length >= Math.floor(TRIALS / n)), 'every segment gets its share of trials');
-  t.ok(perSegment.every((l, s) => trials[l[0]!]!.bit === 0 && trials[l.at(-1)!]!.bit === genuine[s]!.length * 8 - 1), 'each segment is flipped at its first and its last bit');
-  t.same([...new Set(trials.map((tr) => tr.bit % 8))].sort(), [0, 1, 2, 3, 4, 5, 6, 7], 'all eight bit positions of a byte are flipped');
+  t.ok(
+    perSegment.every((l) => l.length >= Math.floor(TRIALS / n)),
+    'every segment gets its share of trials',
+  );
+  t.ok(
+    perSegment.every((l, s) => trials[l[0]!]!.bit === 0 && trials[l.at(-1)!]!.bit === genuine[s]!.length * 8 - 1),
+    'each segment is flipped at its first and its last bit',
+  );
+  t.same(
+    [...new Set(trials.map((tr) => tr.bit % 8))].sort(),
+    [0, 1, 2, 3, 4, 5, 6, 7],
+    'all eight bit positions of a byte are flipped',
+  );
 
   // Threads before the rig, to check the apply workers (and anything else it started) are gone after it.
   await fsp.readFile(pair.custom.deviceState); // the libuv pool exists already
@@ -115,7 +131,9 @@ t.test(`${TRIALS} single-bit flips over every segment are all refused, and no ba
   let heldOk = 0;
   let heldStayedHeld = 0;
   const failures: string[] = [];
-  const fail = (what: string) => { if (failures.length < 20) failures.push(what); };
+  const fail = (what: string) => {
+    if (failures.length < 20) failures.push(what);
+  };
 
   for (let s = 0; s < n; s++) {
     const s0 = segs[s]!;
@@ -133,37 +151,47 @@ t.test(`${TRIALS} single-bit flips over every segment are all refused, and no ba
     const missingBefore = missingTotal();
     const appliedBefore = launch.appliedSegments;
     const stillMissing = () => recs[s]!.every((r) => launch.isMissing(r.image, r.index));
-    await Promise.all(perSegment[s]!.map((i) => {
-      const { bit } = trials[i]!;
-      const bad = Buffer.from(genuine[s]!); // a fresh copy each time: apply hands its buffer to a worker
-      bad[bit >> 3]! ^= 1 << (bit & 7);
-      try {
-        // Only when the frame still declares the right size: a flip there could ask for gigabytes.
-        if (zstdBinding.getFrameContentSize(bad) === s0.rawBytes && decompress(bad).length === s0.rawBytes) silent++;
-      } catch { /* zstd noticed too */ }
-      return launch.apply(s, bad, Priority.DEMAND).then(
-        () => fail(`trial ${i} (segment ${s}, bit ${bit}): accepted`),
-        (err: unknown) => {
-          if (err instanceof VmsynthError && err.code === 'VMS_OVERLAY_CORRUPT') detected++;
-          else fail(`trial ${i} (segment ${s}, bit ${bit}): refused with ${String(err)}`);
-          if (err instanceof VmsynthError && err.details.check === 'sha256') byHash++;
-          if (stillMissing() && missingTotal() === missingBefore && launch.appliedSegments === appliedBefore) markedNothing++;
-          else fail(`trial ${i} (segment ${s}, bit ${bit}): marked chunks present`);
-        },
-      );
-    }));
+    await Promise.all(
+      perSegment[s]!.map((i) => {
+        const { bit } = trials[i]!;
+        const bad = Buffer.from(genuine[s]!); // a fresh copy each time: apply hands its buffer to a worker
+        bad[bit >> 3]! ^= 1 << (bit & 7);
+        try {
+          // Only when the frame still declares the right size: a flip there could ask for gigabytes.
+          if (zstdBinding.getFrameContentSize(bad) === s0.rawBytes && decompress(bad).length === s0.rawBytes) silent++;
+        } catch {
+          /* zstd noticed too */
+        }
+        return launch.apply(s, bad, Priority.DEMAND).then(
+          () => fail(`trial ${i} (segment ${s}, bit ${bit}): accepted`),
+          (err: unknown) => {
+            if (err instanceof VmsynthError && err.code === 'VMS_OVERLAY_CORRUPT') detected++;
+            else fail(`trial ${i} (segment ${s}, bit ${bit}): refused with ${String(err)}`);
+            if (err instanceof VmsynthError && err.details.check === 'sha256') byHash++;
+            if (stillMissing() && missingTotal() === missingBefore && launch.appliedSegments === appliedBefore)
+              markedNothing++;
+            else fail(`trial ${i} (segment ${s}, bit ${bit}): marked chunks present`);
+          },
+        );
+      }),
+    );
     // Let a wrongly released read reach dd before looking (a FUSE reply takes well under this).
     await new Promise((r) => setTimeout(r, 5));
     const stayed = reads.filter((x) => !x.read.finished()).length;
     heldStayedHeld += stayed;
-    if (stayed !== reads.length || launch.waitingReads !== reads.length) fail(`segment ${s}: a held read finished on tampered copies only`);
+    if (stayed !== reads.length || launch.waitingReads !== reads.length)
+      fail(`segment ${s}: a held read finished on tampered copies only`);
 
     await launch.apply(s, Buffer.from(genuine[s]!), Priority.DEMAND);
-    if (recs[s]!.some((r) => launch.isMissing(r.image, r.index))) fail(`segment ${s}: the genuine copy left chunks missing`);
+    if (recs[s]!.some((r) => launch.isMissing(r.image, r.index)))
+      fail(`segment ${s}: the genuine copy left chunks missing`);
     for (const { r, read } of reads) {
       const got = await read.done;
       if (got.equals(custom[r.image].subarray(r.index * CHUNK, (r.index + 1) * CHUNK))) heldOk++;
-      else fail(`segment ${s}: held read of ${IMAGE_FILES[r.image]} chunk ${r.index} (${KIND_NAMES[r.kind]}) returned other bytes`);
+      else
+        fail(
+          `segment ${s}: held read of ${IMAGE_FILES[r.image]} chunk ${r.index} (${KIND_NAMES[r.kind]}) returned other bytes`,
+        );
     }
   }
 
@@ -171,12 +199,14 @@ t.test(`${TRIALS} single-bit flips over every segment are all refused, and no ba
   t.equal(detected, TRIALS, `detected: ${detected}/${TRIALS} refused with VMS_OVERLAY_CORRUPT`);
   t.equal(markedNothing, TRIALS, `${markedNothing}/${TRIALS} marked no chunk present`);
   t.ok(heldReads >= n, `reads held through FUSE: ${heldReads} (on every segment)`);
-  t.equal(heldStayedHeld, heldReads, 'every held read stayed held while its segment\'s tampered copies were refused');
+  t.equal(heldStayedHeld, heldReads, "every held read stayed held while its segment's tampered copies were refused");
   t.equal(heldOk, heldReads, 'every held read returned the custom bytes once the genuine segment landed');
   t.equal(launch.appliedSegments, n, 'every genuine segment applied, once');
   t.equal(missingTotal(), 0, 'no chunk missing');
   // Not asserted (tests assert codes, not messages): which check caught them, and how many zstd alone would have let through.
-  t.comment(`${byHash}/${TRIALS} refused by the segment SHA-256 check; ${silent}/${TRIALS} flipped copies decompress without error to the right size`);
+  t.comment(
+    `${byHash}/${TRIALS} refused by the segment SHA-256 check; ${silent}/${TRIALS} flipped copies decompress without error to the right size`,
+  );
 
   for (const [img, file] of IMAGE_FILES.entries()) {
     const { stdout } = await run('sha256sum', [mount.path(file)]);
@@ -189,5 +219,7 @@ t.test(`${TRIALS} single-bit flips over every segment are all refused, and no ba
   const lingering = [...threadIds()].filter((id) => !threadsBefore.has(id));
   t.same(lingering, [], 'no thread the rig started (apply workers, FUSE) is left');
   const ms = Math.round(performance.now() - t0);
-  console.log(`# tamper: ${detected}/${TRIALS} detected over ${n} segments (${silent} would decompress cleanly), ${heldReads} held reads ok, one mount, ${ms} ms`);
+  console.log(
+    `# tamper: ${detected}/${TRIALS} detected over ${n} segments (${silent} would decompress cleanly), ${heldReads} held reads ok, one mount, ${ms} ms`,
+  );
 });

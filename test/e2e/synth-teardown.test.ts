@@ -24,7 +24,11 @@ t.teardown(removeTestRoot);
 await guestBase('tdbase');
 await generateKey();
 const ov = path.join(testRoot, 'overlay');
-await createOverlay({ base: 'tdbase', out: ov, script: await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8') });
+await createOverlay({
+  base: 'tdbase',
+  out: ov,
+  script: await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8'),
+});
 const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
 const request = { method: 'GET' as const, path: '/run?mem_mb=8&disk_mb=4&disk_off_mb=40' };
 
@@ -40,7 +44,11 @@ t.test('a client killed mid-stream: its session is torn down, and the server ser
     channels.domainRunning.subscribe(on);
   });
   // 1 Mbit/s: the client is still streaming when it dies.
-  const child = spawn(process.execPath, [cli, 'synth', '--server', `${host}:${port}`, '--overlay', ov, '--max-rate-mbit', '1', '--json'], { env: process.env, stdio: 'ignore' });
+  const child = spawn(
+    process.execPath,
+    [cli, 'synth', '--server', `${host}:${port}`, '--overlay', ov, '--max-rate-mbit', '1', '--json'],
+    { env: process.env, stdio: 'ignore' },
+  );
   const domain = await running;
   t.ok((await virshDomains()).includes(domain), 'the VM runs');
   child.kill('SIGKILL');
@@ -53,7 +61,10 @@ t.test('a client killed mid-stream: its session is torn down, and the server ser
 });
 
 t.test('SIGTERM ends every session cleanly and tells the client why', async (t) => {
-  const child = spawn(process.execPath, [cli, 'serve', '--listen', '127.0.0.1:0', '--json'], { env: process.env, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [cli, 'serve', '--listen', '127.0.0.1:0', '--json'], {
+    env: process.env,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const addr = await new Promise<{ host: string; port: number }>((resolve, reject) => {
     let out = '';
@@ -66,7 +77,10 @@ t.test('SIGTERM ends every session cleanly and tells the client why', async (t) 
   });
   let session = '';
   const outcome = synthesize({
-    server: `${addr.host}:${addr.port}`, overlay: ov, request, maxBytesPerSecond: 125_000,
+    server: `${addr.host}:${addr.port}`,
+    overlay: ov,
+    request,
+    maxBytesPerSecond: 125_000,
     onEvent: (e) => {
       if (e.type === 'accepted') session = e.session;
       if (e.type === 'timeline' && e.step === 'resumed') child.kill('SIGTERM');

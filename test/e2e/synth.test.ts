@@ -50,7 +50,8 @@ const server = await SynthServer.listen({ port: 0 });
 t.teardown(() => server.close());
 const addr = server.address();
 const request = { method: 'GET' as const, path: '/run?mem_mb=8&disk_mb=4&disk_off_mb=40' };
-const synth = (o: Partial<SynthesizeOptions>) => synthesize({ server: `${addr.host}:${addr.port}`, overlay: ov, request, timeoutMs: 300_000, ...o });
+const synth = (o: Partial<SynthesizeOptions>) =>
+  synthesize({ server: `${addr.host}:${addr.port}`, overlay: ov, request, timeoutMs: 300_000, ...o });
 
 async function sha256sum(file: string): Promise<string> {
   const { stdout } = await run('sha256sum', [file]);
@@ -58,39 +59,76 @@ async function sha256sum(file: string): Promise<string> {
 }
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-t.test('early start answers the first request before the overlay has arrived, with the synthesized VM\'s bytes', async (t) => {
-  let images: { memory: string; disk: string } | null = null;
-  let clockOffset = NaN;
-  await ageSnapshot(overlayMade, 5000);
-  const r = await synth({
-    policy: 'early-start',
-    maxBytesPerSecond: 2_000_000, // 16 Mbit/s
-    holdBackgroundAfterBytes: 3_000_000,
-    whileRunning: async ({ session, offload }) => {
-      const mnt = path.join(runDir(), session, 'mnt');
-      images = { memory: await sha256sum(path.join(mnt, 'memory.img')), disk: await sha256sum(path.join(mnt, 'disk.img')) };
-      clockOffset = await guestClockOffset(async () => (await offload({ method: 'GET', path: '/info' })).body);
-    },
-  });
-  const tl = r.timeline;
-  t.ok(tl.resumed! < tl.overlayComplete!, `the VM resumed (${tl.resumed} ms) before the overlay was complete (${tl.overlayComplete} ms)`);
-  t.ok(tl.firstResponse! < tl.overlayComplete!, `the first response (${tl.firstResponse} ms) came before the overlay was complete`);
-  t.ok(r.bytesSentBeforeFirstResponse < r.overlayBytes, `${r.bytesSentBeforeFirstResponse} of ${r.overlayBytes} bytes were sent before it`);
-  const backgroundBefore = r.sends.filter((x) => x.lane === 'background' && x.ms < tl.firstResponse!).reduce((n, x) => n + x.bytes, 0);
-  t.ok(backgroundBefore < 3_000_000 + Math.max(...r.sends.map((x) => x.bytes)), `the background stream stalled after its first 3 MB (${backgroundBefore} bytes went before the first response)`);
-  t.equal(r.firstResponse.status, 200);
-  t.equal(JSON.parse(r.firstResponse.body).diskDigest, installedDigest, 'the app read the customization\'s disk bytes');
-  t.ok(r.demandRequests > 0, `the guest's reads were fetched on demand (${r.demandRequests} requests; ${r.hurried} background segments hurried)`);
-  const s = r.serverStats as { blockedReads: { count: number }; demandFetches: number; segmentsReceived: number };
-  t.ok(s.blockedReads.count > 0 && s.demandFetches === r.demandRequests, 'the server counted the blocked reads and demand fetches');
-  t.equal(s.segmentsReceived, r.segments, 'every segment arrived once');
-  t.same(images, {
-    memory: sha(await fsp.readFile(path.join(custom, 'memory.raw'))),
-    disk: sha(customDisk),
-  }, 'the launch images equal base + overlay');
-  t.ok(Math.abs(clockOffset) <= CLOCK_TOLERANCE_MS, `the synthesized VM's clock is the host's to within the RTC's half second, not its snapshot's 5 s or more ago (off by ${Math.round(clockOffset)} ms)`);
-  t.same(await leaks([`${DOMAIN_PREFIX}${r.session}`], runDir()), NO_LEAKS, 'the session is gone after finish');
-});
+t.test(
+  "early start answers the first request before the overlay has arrived, with the synthesized VM's bytes",
+  async (t) => {
+    let images: { memory: string; disk: string } | null = null;
+    let clockOffset = NaN;
+    await ageSnapshot(overlayMade, 5000);
+    const r = await synth({
+      policy: 'early-start',
+      maxBytesPerSecond: 2_000_000, // 16 Mbit/s
+      holdBackgroundAfterBytes: 3_000_000,
+      whileRunning: async ({ session, offload }) => {
+        const mnt = path.join(runDir(), session, 'mnt');
+        images = {
+          memory: await sha256sum(path.join(mnt, 'memory.img')),
+          disk: await sha256sum(path.join(mnt, 'disk.img')),
+        };
+        clockOffset = await guestClockOffset(async () => (await offload({ method: 'GET', path: '/info' })).body);
+      },
+    });
+    const tl = r.timeline;
+    t.ok(
+      tl.resumed! < tl.overlayComplete!,
+      `the VM resumed (${tl.resumed} ms) before the overlay was complete (${tl.overlayComplete} ms)`,
+    );
+    t.ok(
+      tl.firstResponse! < tl.overlayComplete!,
+      `the first response (${tl.firstResponse} ms) came before the overlay was complete`,
+    );
+    t.ok(
+      r.bytesSentBeforeFirstResponse < r.overlayBytes,
+      `${r.bytesSentBeforeFirstResponse} of ${r.overlayBytes} bytes were sent before it`,
+    );
+    const backgroundBefore = r.sends
+      .filter((x) => x.lane === 'background' && x.ms < tl.firstResponse!)
+      .reduce((n, x) => n + x.bytes, 0);
+    t.ok(
+      backgroundBefore < 3_000_000 + Math.max(...r.sends.map((x) => x.bytes)),
+      `the background stream stalled after its first 3 MB (${backgroundBefore} bytes went before the first response)`,
+    );
+    t.equal(r.firstResponse.status, 200);
+    t.equal(
+      JSON.parse(r.firstResponse.body).diskDigest,
+      installedDigest,
+      "the app read the customization's disk bytes",
+    );
+    t.ok(
+      r.demandRequests > 0,
+      `the guest's reads were fetched on demand (${r.demandRequests} requests; ${r.hurried} background segments hurried)`,
+    );
+    const s = r.serverStats as { blockedReads: { count: number }; demandFetches: number; segmentsReceived: number };
+    t.ok(
+      s.blockedReads.count > 0 && s.demandFetches === r.demandRequests,
+      'the server counted the blocked reads and demand fetches',
+    );
+    t.equal(s.segmentsReceived, r.segments, 'every segment arrived once');
+    t.same(
+      images,
+      {
+        memory: sha(await fsp.readFile(path.join(custom, 'memory.raw'))),
+        disk: sha(customDisk),
+      },
+      'the launch images equal base + overlay',
+    );
+    t.ok(
+      Math.abs(clockOffset) <= CLOCK_TOLERANCE_MS,
+      `the synthesized VM's clock is the host's to within the RTC's half second, not its snapshot's 5 s or more ago (off by ${Math.round(clockOffset)} ms)`,
+    );
+    t.same(await leaks([`${DOMAIN_PREFIX}${r.session}`], runDir()), NO_LEAKS, 'the session is gone after finish');
+  },
+);
 
 t.test('baseline resumes only after the whole overlay is applied', async (t) => {
   const r = await synth({ policy: 'baseline', maxBytesPerSecond: 8_000_000 });
@@ -120,7 +158,15 @@ t.test('a segment that fails its hash is asked for again once; twice fails the s
   t.equal((once.serverStats as { retries: number }).retries, 1, 'retried once and the session went on');
   t.equal(JSON.parse(once.firstResponse.body).diskDigest, installedDigest);
   let session = '';
-  await t.rejects(synth({ tamper: (i, d) => (i === 2 ? flip(d) : d), onEvent: (e) => { if (e.type === 'accepted') session = e.session; } }), { code: 'VMS_OVERLAY_CORRUPT' });
+  await t.rejects(
+    synth({
+      tamper: (i, d) => (i === 2 ? flip(d) : d),
+      onEvent: (e) => {
+        if (e.type === 'accepted') session = e.session;
+      },
+    }),
+    { code: 'VMS_OVERLAY_CORRUPT' },
+  );
   await drained(server);
   t.same(await leaks([`${DOMAIN_PREFIX}${session}`], runDir()), NO_LEAKS, 'the failed session left nothing');
 });

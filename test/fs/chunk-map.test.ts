@@ -5,7 +5,11 @@ t.test('a new map has one source everywhere and rounds the last chunk up', async
   const m = new ChunkMap(3 * CHUNK_SIZE + 1);
   t.equal(m.chunkCount, 4);
   t.equal(m.count(ChunkSource.BASE), 4);
-  t.same(m.runs(0, 10 * CHUNK_SIZE), [{ source: ChunkSource.BASE, offset: 0, length: 3 * CHUNK_SIZE + 1 }], 'clamped to the image end');
+  t.same(
+    m.runs(0, 10 * CHUNK_SIZE),
+    [{ source: ChunkSource.BASE, offset: 0, length: 3 * CHUNK_SIZE + 1 }],
+    'clamped to the image end',
+  );
 });
 
 t.test('runs split at source changes and keep unaligned edges', async (t) => {

@@ -25,7 +25,10 @@ t.test('reads mix base bytes and zero chunks, and count what was touched', async
   const { data, handle, file } = await fixture(t, size);
   const map = new ChunkMap(size);
   map.set(1, ChunkSource.ZERO);
-  const img = new ImageFile('memory.img', map, { [ChunkSource.BASE]: fileReader(handle, file), [ChunkSource.ZERO]: zeroReader });
+  const img = new ImageFile('memory.img', map, {
+    [ChunkSource.BASE]: fileReader(handle, file),
+    [ChunkSource.ZERO]: zeroReader,
+  });
   const buf = Buffer.alloc(3 * CHUNK_SIZE);
   t.equal(await img.read(buf, buf.length, 512), buf.length);
   const want = Buffer.from(data.subarray(512, 512 + buf.length));
@@ -42,29 +45,60 @@ t.test('a touch log keeps the first touch of each chunk across images, in reques
   const size = 8 * CHUNK_SIZE;
   const { handle, file } = await fixture(t, size);
   const log = new TouchLog();
-  const mem = new ImageFile('memory.img', new ChunkMap(size), { [ChunkSource.BASE]: fileReader(handle, file) }, { log, image: 0 });
-  const disk = new ImageFile('disk.img', new ChunkMap(size), { [ChunkSource.BASE]: fileReader(handle, file) }, { log, image: 1 });
+  const mem = new ImageFile(
+    'memory.img',
+    new ChunkMap(size),
+    { [ChunkSource.BASE]: fileReader(handle, file) },
+    { log, image: 0 },
+  );
+  const disk = new ImageFile(
+    'disk.img',
+    new ChunkMap(size),
+    { [ChunkSource.BASE]: fileReader(handle, file) },
+    { log, image: 1 },
+  );
   const buf = Buffer.alloc(size);
   await mem.read(buf, 2 * CHUNK_SIZE, 5 * CHUNK_SIZE + 10); // chunks 5, 6, 7
   await disk.read(buf, 1, 3 * CHUNK_SIZE); // chunk 3
   await mem.read(buf, 4 * CHUNK_SIZE, 4 * CHUNK_SIZE); // 4 is new; 5..7 are not
   await mem.read(buf, 100, size); // EOF touches nothing
-  t.same(log.slice(), [{ image: 0, index: 5 }, { image: 0, index: 6 }, { image: 0, index: 7 }, { image: 1, index: 3 }, { image: 0, index: 4 }]);
+  t.same(log.slice(), [
+    { image: 0, index: 5 },
+    { image: 0, index: 6 },
+    { image: 0, index: 7 },
+    { image: 1, index: 3 },
+    { image: 0, index: 4 },
+  ]);
   t.same(log.slice(3, 4), [{ image: 1, index: 3 }], 'slices by position');
   for (let i = 0; i < 5000; i++) log.record(1, i);
   t.equal(log.length, 5005, 'grows past its first allocation');
   t.same(log.slice(5004), [{ image: 1, index: 4999 }]);
   // A read that blocks counts when it arrives, not when it completes.
   let release!: () => void;
-  const gate = new Promise<void>((r) => { release = r; });
+  const gate = new Promise<void>((r) => {
+    release = r;
+  });
   const log2 = new TouchLog();
-  const slow = new ImageFile('m', new ChunkMap(size), { [ChunkSource.BASE]: async () => gate }, { log: log2, image: 0 });
-  const fast = new ImageFile('d', new ChunkMap(size), { [ChunkSource.BASE]: async () => undefined }, { log: log2, image: 1 });
+  const slow = new ImageFile(
+    'm',
+    new ChunkMap(size),
+    { [ChunkSource.BASE]: async () => gate },
+    { log: log2, image: 0 },
+  );
+  const fast = new ImageFile(
+    'd',
+    new ChunkMap(size),
+    { [ChunkSource.BASE]: async () => undefined },
+    { log: log2, image: 1 },
+  );
   const pending = slow.read(buf, CHUNK_SIZE, 0);
   await fast.read(buf, CHUNK_SIZE, 0);
   release();
   await pending;
-  t.same(log2.slice(), [{ image: 0, index: 0 }, { image: 1, index: 0 }]);
+  t.same(log2.slice(), [
+    { image: 0, index: 0 },
+    { image: 1, index: 0 },
+  ]);
 });
 
 t.test('a base file shorter than the manifest says is VMS_BASE_CORRUPT', async (t) => {
@@ -85,7 +119,8 @@ t.test('FUSE handlers without FUSE: directory, attributes, reads, refused writes
   const img = new ImageFile('disk.img', new ChunkMap(size), { [ChunkSource.BASE]: fileReader(handle, file) });
   let fd = 7;
   const h = fuseHandlers(new Map([['/disk.img', img]]), new Date(0), () => fd++);
-  const call = <T extends unknown[]>(fn: (cb: (...a: T) => void) => void) => new Promise<T>((resolve) => fn((...a: T) => resolve(a)));
+  const call = <T extends unknown[]>(fn: (cb: (...a: T) => void) => void) =>
+    new Promise<T>((resolve) => fn((...a: T) => resolve(a)));
 
   t.same(await call<[number, string[]?]>((cb) => h.readdir!('/', cb)), [0, ['disk.img']]);
   const [err, st] = await call<[number, Stat?]>((cb) => h.getattr!('/disk.img', cb));
@@ -102,7 +137,11 @@ t.test('FUSE handlers without FUSE: directory, attributes, reads, refused writes
 });
 
 t.test('a failing read is answered with EIO, never left hanging', async (t) => {
-  const img = new ImageFile('m', new ChunkMap(CHUNK_SIZE), { [ChunkSource.BASE]: async () => { throw new Error('disk on fire'); } });
+  const img = new ImageFile('m', new ChunkMap(CHUNK_SIZE), {
+    [ChunkSource.BASE]: async () => {
+      throw new Error('disk on fire');
+    },
+  });
   const h = fuseHandlers(new Map([['/m', img]]), new Date(0), () => 1);
   const res = await new Promise<number>((resolve) => h.read!('/m', 1, Buffer.alloc(10), 10, 0, resolve));
   t.equal(res, Fuse.EIO);

@@ -14,9 +14,14 @@ const run = promisify(execFile);
  */
 export function readChunk(file: string, index: number): { done: Promise<Buffer>; finished: () => boolean } {
   let over = false;
-  const done = run('dd', [`if=${file}`, 'bs=4096', `skip=${index}`, 'count=1', 'iflag=direct', 'status=none'], { encoding: 'buffer', maxBuffer: 1 << 20 })
+  const done = run('dd', [`if=${file}`, 'bs=4096', `skip=${index}`, 'count=1', 'iflag=direct', 'status=none'], {
+    encoding: 'buffer',
+    maxBuffer: 1 << 20,
+  })
     .then((r) => r.stdout as Buffer)
-    .finally(() => { over = true; });
+    .finally(() => {
+      over = true;
+    });
   return { done, finished: () => over };
 }
 

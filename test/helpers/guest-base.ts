@@ -4,7 +4,12 @@ import { createBase, type Base, type BaseSource } from '../../lib/vm/base.js';
 
 export function guestSource(g: Guest): BaseSource {
   return {
-    kernel: g.kernel, initrd: g.initrd, disk: g.disk, cmdline: g.cmdline, memoryMiB: g.memoryMiB, appPort: g.appPort,
+    kernel: g.kernel,
+    initrd: g.initrd,
+    disk: g.disk,
+    cmdline: g.cmdline,
+    memoryMiB: g.memoryMiB,
+    appPort: g.appPort,
     info: { kind: 'vmsynth-test-guest', guestKey: g.key },
   };
 }

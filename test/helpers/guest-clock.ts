@@ -20,7 +20,11 @@ export const CLOCK_TOLERANCE_MS = 750;
  * `toleranceMs` of the host's, for at most `withinMs`; returns the last
  * offset seen (guest minus host, at the midpoint of the request).
  */
-export async function guestClockOffset(info: () => Promise<Buffer>, toleranceMs = CLOCK_TOLERANCE_MS, withinMs = 5000): Promise<number> {
+export async function guestClockOffset(
+  info: () => Promise<Buffer>,
+  toleranceMs = CLOCK_TOLERANCE_MS,
+  withinMs = 5000,
+): Promise<number> {
   const deadline = Date.now() + withinMs;
   for (;;) {
     const sent = Date.now();

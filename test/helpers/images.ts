@@ -18,9 +18,11 @@ export function prng(seed: number): (buf: Buffer) => void {
   let s = seed >>> 0 || 1;
   return (buf: Buffer) => {
     for (let i = 0; i + 4 <= buf.length; i += 4) {
-      s ^= s << 13; s >>>= 0;
+      s ^= s << 13;
+      s >>>= 0;
       s ^= s >>> 17;
-      s ^= s << 5; s >>>= 0;
+      s ^= s << 5;
+      s >>>= 0;
       buf.writeUInt32LE(s, i);
     }
   };
@@ -40,15 +42,43 @@ function sha(buf: Buffer): string {
 export async function writeBaseDir(dir: string, name: string, memory: Buffer, disk: Buffer): Promise<void> {
   await fsp.mkdir(dir, { recursive: true });
   const state = Buffer.from('device state of ' + name);
-  const files = { 'memory.raw': memory, 'disk.raw': disk, 'device.state': state, vmlinuz: Buffer.from('kernel'), 'initrd.img': Buffer.from('initrd') };
+  const files = {
+    'memory.raw': memory,
+    'disk.raw': disk,
+    'device.state': state,
+    vmlinuz: Buffer.from('kernel'),
+    'initrd.img': Buffer.from('initrd'),
+  };
   for (const [f, b] of Object.entries(files)) await fsp.writeFile(path.join(dir, f), b);
   const d = (file: string, b: Buffer) => ({ file, bytes: b.length, sha256: sha(b) });
   const m: BaseManifest = {
-    format: BASE_FORMAT, name, chunkSize: CHUNK,
-    disk: d('disk.raw', disk), memory: d('memory.raw', memory), deviceState: d('device.state', state),
-    kernel: d('vmlinuz', files.vmlinuz), initrd: d('initrd.img', files['initrd.img']),
-    vm: { accel: 'tcg', cpu: 'maximum', machine: 'pc-q35-7.2', vcpus: 1, memoryMiB: Math.max(1, memory.length >> 20), cmdline: 'x', mac: '52:54:00:00:00:01', appPort: 8000, devices: [] },
-    created: { at: new Date(0).toISOString(), host: 'test', qemu: 'none', vmsynth: 'test', source: { kind: 'generated' }, bootMs: 0 },
+    format: BASE_FORMAT,
+    name,
+    chunkSize: CHUNK,
+    disk: d('disk.raw', disk),
+    memory: d('memory.raw', memory),
+    deviceState: d('device.state', state),
+    kernel: d('vmlinuz', files.vmlinuz),
+    initrd: d('initrd.img', files['initrd.img']),
+    vm: {
+      accel: 'tcg',
+      cpu: 'maximum',
+      machine: 'pc-q35-7.2',
+      vcpus: 1,
+      memoryMiB: Math.max(1, memory.length >> 20),
+      cmdline: 'x',
+      mac: '52:54:00:00:00:01',
+      appPort: 8000,
+      devices: [],
+    },
+    created: {
+      at: new Date(0).toISOString(),
+      host: 'test',
+      qemu: 'none',
+      vmsynth: 'test',
+      source: { kind: 'generated' },
+      bootMs: 0,
+    },
   };
   await fsp.writeFile(path.join(dir, 'manifest.json'), JSON.stringify(m, null, 2));
 }
@@ -57,7 +87,12 @@ export async function writeBaseDir(dir: string, name: string, memory: Buffer, di
  * Writes base `name` into `basesDir` and a custom VM into `customDir`.
  * Sizes in chunks; every change kind is planted `each` times (memory and disk).
  */
-export async function generatePair(basesDir: string, name: string, customDir: string, opts: { memChunks: number; diskChunks: number; each: number; seed?: number }): Promise<GeneratedPair> {
+export async function generatePair(
+  basesDir: string,
+  name: string,
+  customDir: string,
+  opts: { memChunks: number; diskChunks: number; each: number; seed?: number },
+): Promise<GeneratedPair> {
   const fill = prng(opts.seed ?? 7);
   const memory = Buffer.alloc(opts.memChunks * CHUNK);
   const disk = Buffer.alloc(opts.diskChunks * CHUNK);
@@ -74,26 +109,41 @@ export async function generatePair(basesDir: string, name: string, customDir: st
   const nextMem = () => (m += 3) % opts.memChunks;
   const nextDisk = () => (k += 5) % (opts.diskChunks >> 1);
   for (let n = 0; n < opts.each; n++) {
-    chunk(cm, nextMem()).fill(0); planted.zero++;
-    chunk(cd, nextDisk()).fill(0); planted.zero++;
-    chunk(memory, (n * 7 + 2) % opts.memChunks).copy(chunk(cm, nextMem())); planted.baseMem++;
-    chunk(disk, (n * 11 + 3) % (opts.diskChunks >> 1)).copy(chunk(cm, nextMem())); planted.baseDisk++;
-    chunk(memory, (n * 13 + 5) % opts.memChunks).copy(chunk(cd, nextDisk())); planted.baseMem++;
+    chunk(cm, nextMem()).fill(0);
+    planted.zero++;
+    chunk(cd, nextDisk()).fill(0);
+    planted.zero++;
+    chunk(memory, (n * 7 + 2) % opts.memChunks).copy(chunk(cm, nextMem()));
+    planted.baseMem++;
+    chunk(disk, (n * 11 + 3) % (opts.diskChunks >> 1)).copy(chunk(cm, nextMem()));
+    planted.baseDisk++;
+    chunk(memory, (n * 13 + 5) % opts.memChunks).copy(chunk(cd, nextDisk()));
+    planted.baseMem++;
     fill(rnd);
     rnd.copy(chunk(cm, nextMem()));
-    rnd.copy(chunk(cd, nextDisk())); planted.selfDup++;
-    rnd.copy(chunk(cm, nextMem())); planted.selfDup++;
+    rnd.copy(chunk(cd, nextDisk()));
+    planted.selfDup++;
+    rnd.copy(chunk(cm, nextMem()));
+    planted.selfDup++;
     const e = chunk(cm, nextMem());
-    e.writeUInt8(e.readUInt8(100) ^ 0xff, 100); e.writeUInt8(e.readUInt8(2000) ^ 1, 2000); planted.edit++;
+    e.writeUInt8(e.readUInt8(100) ^ 0xff, 100);
+    e.writeUInt8(e.readUInt8(2000) ^ 1, 2000);
+    planted.edit++;
     fill(rnd);
-    rnd.copy(chunk(cd, nextDisk())); planted.random++;
+    rnd.copy(chunk(cd, nextDisk()));
+    planted.random++;
     // A brand new chunk in the zero half of the disk (XOR cannot help there).
     fill(rnd);
-    rnd.copy(chunk(cd, (opts.diskChunks >> 1) + (n % (opts.diskChunks >> 1)))); planted.random++;
+    rnd.copy(chunk(cd, (opts.diskChunks >> 1) + (n % (opts.diskChunks >> 1))));
+    planted.random++;
   }
   await writeBaseDir(path.join(basesDir, name), name, memory, disk);
   await fsp.mkdir(customDir, { recursive: true });
-  const custom = { memory: path.join(customDir, 'memory.raw'), disk: path.join(customDir, 'disk.raw'), deviceState: path.join(customDir, 'device.state') };
+  const custom = {
+    memory: path.join(customDir, 'memory.raw'),
+    disk: path.join(customDir, 'disk.raw'),
+    deviceState: path.join(customDir, 'device.state'),
+  };
   await fsp.writeFile(custom.memory, cm);
   await fsp.writeFile(custom.disk, cd);
   await fsp.writeFile(custom.deviceState, Buffer.from('device state of the custom VM ' + 'x'.repeat(5000)));

@@ -22,19 +22,38 @@ export interface GeneratedOverlay {
 
 /** Base "gen" (1024 memory and 512 disk chunks, every kind of change) and its overlay in 16 KiB segments, under `root`. */
 export async function generatedOverlay(root: string): Promise<GeneratedOverlay> {
-  const pair = await generatePair(process.env.VMSYNTH_BASE_DIR!, 'gen', path.join(root, 'custom'), { memChunks: 1024, diskChunks: 512, each: 24 });
+  const pair = await generatePair(process.env.VMSYNTH_BASE_DIR!, 'gen', path.join(root, 'custom'), {
+    memChunks: 1024,
+    diskChunks: 512,
+    each: 24,
+  });
   await generateKey();
   const out = path.join(root, 'ov');
-  await buildOverlay({ base: baseInput(await loadBase('gen')), custom: pair.custom, appPort: 8000, key: await loadSigningKey(), out, segmentBytes: 16 << 10 });
+  await buildOverlay({
+    base: baseInput(await loadBase('gen')),
+    custom: pair.custom,
+    appPort: 8000,
+    key: await loadSigningKey(),
+    out,
+    segmentBytes: 16 << 10,
+  });
   const overlay = await Overlay.open(out, { trusted: null });
   return { pair, overlay, segFile: overlay.segmentFile() };
 }
 
 /** Launch images of `overlay` over base "gen" in `dir`, mounted at dir/mnt; held reads fail and the mount goes when `scope` closes. */
-export async function mountLaunchImages(scope: Scope, dir: string, overlay: Overlay, demand: (segment: number) => void): Promise<{ launch: LaunchImages; mount: ImageMount }> {
+export async function mountLaunchImages(
+  scope: Scope,
+  dir: string,
+  overlay: Overlay,
+  demand: (segment: number) => void,
+): Promise<{ launch: LaunchImages; mount: ImageMount }> {
   await fsp.mkdir(dir, { recursive: true });
   const base = await loadBase('gen');
-  const launch = await LaunchImages.create({ body: overlay.body, base: [base.file('memory'), base.file('disk')], dir, demand, threads: 2 }, scope);
+  const launch = await LaunchImages.create(
+    { body: overlay.body, base: [base.file('memory'), base.file('disk')], dir, demand, threads: 2 },
+    scope,
+  );
   const mount = await ImageMount.mount(path.join(dir, 'mnt'), [launch.memory, launch.disk]);
   scope.defer('unmount', () => mount.unmount());
   scope.defer('fail held reads', () => launch.failHeldReads());

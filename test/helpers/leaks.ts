@@ -11,7 +11,10 @@ const run = promisify(execFile);
 
 export async function virshDomains(): Promise<string[]> {
   const { stdout } = await run('virsh', ['-c', process.env.LIBVIRT_URI ?? 'qemu:///system', 'list', '--all', '--name']);
-  return stdout.split('\n').map((s) => s.trim()).filter(Boolean);
+  return stdout
+    .split('\n')
+    .map((s) => s.trim())
+    .filter(Boolean);
 }
 
 export async function qemuProcessesFor(domain: string): Promise<string[]> {
@@ -26,7 +29,10 @@ export async function qemuProcessesFor(domain: string): Promise<string[]> {
 
 export async function mountsUnder(dir: string): Promise<string[]> {
   const text = await fsp.readFile('/proc/self/mountinfo', 'utf8');
-  return text.split('\n').map((l) => l.split(' ')[4] ?? '').filter((mp) => mp.startsWith(dir));
+  return text
+    .split('\n')
+    .map((l) => l.split(' ')[4] ?? '')
+    .filter((mp) => mp.startsWith(dir));
 }
 
 export async function filesUnder(dir: string): Promise<string[]> {

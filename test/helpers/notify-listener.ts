@@ -40,7 +40,10 @@ export async function listen(address: string): Promise<Listener> {
     new Promise<string>((resolve, reject) => {
       const line = lines.shift();
       if (line !== undefined) return resolve(line);
-      const timer = setTimeout(() => reject(new Error(`no datagram within ${timeoutMs} ms (listener stderr: ${stderr})`)), timeoutMs);
+      const timer = setTimeout(
+        () => reject(new Error(`no datagram within ${timeoutMs} ms (listener stderr: ${stderr})`)),
+        timeoutMs,
+      );
       waiting.push((l) => {
         clearTimeout(timer);
         resolve(l);
@@ -53,4 +56,3 @@ export async function listen(address: string): Promise<Listener> {
     close: () => child.kill('SIGKILL'),
   };
 }
-

@@ -111,8 +111,13 @@ export class ResetProxy {
   /** Set when a side closed on its own before any reset (the proxy then closes the other). */
   closedWithoutReset = false;
 
-  private constructor(private readonly target: { host: string; port: number }, private readonly plan: ResetPlan) {
-    this.resetDone = new Promise((resolve) => { this.resolveReset = resolve; });
+  private constructor(
+    private readonly target: { host: string; port: number },
+    private readonly plan: ResetPlan,
+  ) {
+    this.resetDone = new Promise((resolve) => {
+      this.resolveReset = resolve;
+    });
     this.server = net.createServer((socket) => this.accept(socket));
   }
 
@@ -195,8 +200,16 @@ export class ResetProxy {
       return;
     }
     let timer: NodeJS.Timeout | undefined;
-    const limit = new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), this.plan.gateLimitMs ?? 15_000); });
-    void Promise.race([this.plan.gate(this).then(() => true, () => false), limit]).then((opened) => {
+    const limit = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), this.plan.gateLimitMs ?? 15_000);
+    });
+    void Promise.race([
+      this.plan.gate(this).then(
+        () => true,
+        () => false,
+      ),
+      limit,
+    ]).then((opened) => {
       clearTimeout(timer);
       this.gateOpened = opened;
       this.reset(this.plan.mode ?? 'both', 'c2s-threshold');
@@ -236,9 +249,16 @@ export class ResetProxy {
   reset(mode: ResetMode = 'both', trigger: ResetRecord['trigger'] = 'manual'): ResetRecord {
     if (this.record) return this.record;
     this.record = {
-      at: performance.now(), mode, trigger,
-      c2sForwarded: this.c2sForwarded, c2sRead: this.c2sRead, s2cForwarded: this.s2cForwarded,
-      handshakeBytes: this.handshakeBytes, threshold: this.threshold, thresholdAt: this.thresholdAt, gateOpened: this.gateOpened,
+      at: performance.now(),
+      mode,
+      trigger,
+      c2sForwarded: this.c2sForwarded,
+      c2sRead: this.c2sRead,
+      s2cForwarded: this.s2cForwarded,
+      handshakeBytes: this.handshakeBytes,
+      threshold: this.threshold,
+      thresholdAt: this.thresholdAt,
+      gateOpened: this.gateOpened,
       s2cTypes: [...this.s2cTypes],
     };
     const client = this.client;

@@ -35,7 +35,11 @@ export class SessionWatch {
     });
     this.on('domainRunning', (m) => this.running.set((m as { name: string }).name, performance.now()));
     this.on('sessionEnded', (m) => {
-      const { session, error, stats } = m as { session?: string; error?: VmsynthError; stats?: Record<string, unknown> | null };
+      const { session, error, stats } = m as {
+        session?: string;
+        error?: VmsynthError;
+        stats?: Record<string, unknown> | null;
+      };
       if (!session) return;
       const e: Ended = { at: performance.now(), error: error ?? null, stats: stats ?? null };
       this.ended.set(session, e);
@@ -74,7 +78,10 @@ export class SessionWatch {
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         const list = this.waiters.get(session) ?? [];
-        this.waiters.set(session, list.filter((w) => w !== finish));
+        this.waiters.set(
+          session,
+          list.filter((w) => w !== finish),
+        );
         resolve(null);
       }, ms);
       const finish = (e: Ended) => {

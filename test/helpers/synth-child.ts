@@ -33,6 +33,11 @@ try {
   });
   say({ result });
 } catch (err) {
-  say({ error: err instanceof VmsynthError ? { code: err.code, message: err.message } : { code: 'NOT_VMSYNTH', message: String(err) } });
+  say({
+    error:
+      err instanceof VmsynthError
+        ? { code: err.code, message: err.message }
+        : { code: 'NOT_VMSYNTH', message: String(err) },
+  });
 }
 lines.close();

@@ -5,7 +5,12 @@
  */
 
 /** Polls `cond` every `every` ms until it holds; throws naming `what` after `ms`. */
-export async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 30_000, every = 10): Promise<void> {
+export async function until(
+  cond: () => boolean | Promise<boolean>,
+  what: string,
+  ms = 30_000,
+  every = 10,
+): Promise<void> {
   const deadline = Date.now() + ms;
   while (!(await cond())) {
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);

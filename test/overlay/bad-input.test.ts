@@ -20,13 +20,26 @@ const bases = process.env.VMSYNTH_BASE_DIR!;
 const good = path.join(testRoot, 'good');
 
 t.before(async () => {
-  const pair = await generatePair(bases, 'gen', path.join(testRoot, 'custom'), { memChunks: 1024, diskChunks: 512, each: 20 });
-  await generatePair(bases, 'other', path.join(testRoot, 'custom-other'), { memChunks: 1024, diskChunks: 512, each: 1, seed: 99 });
+  const pair = await generatePair(bases, 'gen', path.join(testRoot, 'custom'), {
+    memChunks: 1024,
+    diskChunks: 512,
+    each: 20,
+  });
+  await generatePair(bases, 'other', path.join(testRoot, 'custom-other'), {
+    memChunks: 1024,
+    diskChunks: 512,
+    each: 1,
+    seed: 99,
+  });
   await generateKey();
   const base = await loadBase('gen');
   await buildOverlay({
     base: baseInput(base),
-    custom: pair.custom, appPort: 8000, key: await loadSigningKey(), out: good, segmentBytes: 16 << 10,
+    custom: pair.custom,
+    appPort: 8000,
+    key: await loadSigningKey(),
+    out: good,
+    segmentBytes: 16 << 10,
   });
 });
 
@@ -47,10 +60,19 @@ async function rewriteEnvelope(dir: string, edit: (env: Record<string, any>) => 
 }
 
 /** Applies, expecting `code`, and checks nothing was left in the output's directory. */
-async function refused(t: Pick<typeof import('tap').default, 'rejects' | 'same'>, dir: string, code: string, base = 'gen'): Promise<void> {
+async function refused(
+  t: Pick<typeof import('tap').default, 'rejects' | 'same'>,
+  dir: string,
+  code: string,
+  base = 'gen',
+): Promise<void> {
   const parent = path.join(testRoot, `out-${n++}`);
   await fsp.mkdir(parent);
-  await t.rejects(applyOverlay({ overlay: dir, base, out: path.join(parent, 'synth'), verifyBase: false }), { code }, `apply: ${code}`);
+  await t.rejects(
+    applyOverlay({ overlay: dir, base, out: path.join(parent, 'synth'), verifyBase: false }),
+    { code },
+    `apply: ${code}`,
+  );
   t.same(await fsp.readdir(parent), [], 'no partial output');
   await t.rejects(verifyOverlay({ overlay: dir, base }), { code }, `verify: ${code}`);
 }
@@ -87,21 +109,33 @@ t.test('the wrong base', async (t) => {
 });
 
 t.test('a manifest altered after signing', async (t) => {
-  const dir = await damaged((d) => rewriteEnvelope(d, (env) => {
-    const body = unpackBody(env.body) as Record<string, any>;
-    body.vm.appPort = 22;
-    env.body = encodeBody(body);
-  }));
+  const dir = await damaged((d) =>
+    rewriteEnvelope(d, (env) => {
+      const body = unpackBody(env.body) as Record<string, any>;
+      body.vm.appPort = 22;
+      env.body = encodeBody(body);
+    }),
+  );
   await refused(t, dir, 'VMS_BAD_SIGNATURE');
-  await refused(t, await damaged((d) => rewriteEnvelope(d, (env) => { delete env.signature; })), 'VMS_BAD_SIGNATURE');
+  await refused(
+    t,
+    await damaged((d) =>
+      rewriteEnvelope(d, (env) => {
+        delete env.signature;
+      }),
+    ),
+    'VMS_BAD_SIGNATURE',
+  );
 });
 
 t.test('a signature by a key this host does not trust', async (t) => {
   const stranger = await generateKey(path.join(testRoot, 'stranger-keys'));
   const key = await loadSigningKey(stranger.privateKeyFile);
-  const dir = await damaged((d) => rewriteEnvelope(d, (env) => {
-    env.signature = { alg: 'ed25519', keyId: key.keyId, publicKey: key.publicKeyRaw, sig: signBytes(key, env.body) };
-  }));
+  const dir = await damaged((d) =>
+    rewriteEnvelope(d, (env) => {
+      env.signature = { alg: 'ed25519', keyId: key.keyId, publicKey: key.publicKeyRaw, sig: signBytes(key, env.body) };
+    }),
+  );
   await refused(t, dir, 'VMS_UNTRUSTED_KEY');
   const synth = path.join(testRoot, 'trusted-by-flag');
   await applyOverlay({ overlay: dir, base: 'gen', out: synth, verifyBase: false, trust: [stranger.publicKeyFile] });
@@ -109,65 +143,94 @@ t.test('a signature by a key this host does not trust', async (t) => {
 });
 
 t.test('an unknown format version', async (t) => {
-  await refused(t, await damaged((d) => rewriteEnvelope(d, (env) => { env.format = 'vmsynth-overlay/99'; })), 'VMS_OVERLAY_FORMAT');
+  await refused(
+    t,
+    await damaged((d) =>
+      rewriteEnvelope(d, (env) => {
+        env.format = 'vmsynth-overlay/99';
+      }),
+    ),
+    'VMS_OVERLAY_FORMAT',
+  );
   // A validly signed body of another version is refused too.
   const key = await loadSigningKey();
-  const dir = await damaged((d) => rewriteEnvelope(d, (env) => {
-    const body = unpackBody(env.body) as Record<string, any>;
-    body.format = 'vmsynth-overlay/99';
-    env.body = encodeBody(body);
-    env.signature.sig = signBytes(key, env.body);
-  }));
-  await refused(t, dir, 'VMS_OVERLAY_FORMAT');
-  // An overlay of the previous version says what to do about it.
-  const v1 = await damaged((d) => rewriteEnvelope(d, (env) => { env.format = 'vmsynth-overlay/1'; }));
-  await t.rejects(verifyOverlay({ overlay: v1, base: 'gen' }), { code: 'VMS_OVERLAY_FORMAT', details: { format: 'vmsynth-overlay/1', rebuild: true } },
-    'a vmsynth-overlay/1 overlay: rebuild it');
-});
-
-t.test('a chunk whose digest in its (validly signed) segment is not its content: verify names it, apply does not look', async (t) => {
-  const key = await loadSigningKey();
-  let target = { image: -1, index: -1 };
-  const dir = await damaged(async (d) => {
-    const segFile = path.join(d, SEGMENTS_FILE);
-    const segs = await fsp.readFile(segFile);
-    let rewritten = segs;
-    await rewriteEnvelope(d, (env) => {
+  const dir = await damaged((d) =>
+    rewriteEnvelope(d, (env) => {
       const body = unpackBody(env.body) as Record<string, any>;
-      const s = body.segments[0];
-      const raw = Buffer.from(decompress(segs.subarray(s.offset, s.offset + s.bytes)));
-      const digests = raw.length - s.digests * HASH_BYTES;
-      raw[digests + HASH_BYTES * (s.digests - 1)]! ^= 1; // the last digest: the last BASE, XOR or RAW chunk's
-      let last = s.count - 1;
-      while (!hasDigest(readRecord(s.chunks, last).kind)) last--;
-      const r = readRecord(s.chunks, last);
-      target = { image: r.image, index: r.index };
-      const z = compress(raw);
-      const rest = segs.subarray(s.offset + s.bytes);
-      for (const later of body.segments.slice(1)) later.offset += z.length - s.bytes;
-      Object.assign(s, { bytes: z.length, sha256: createHash('sha256').update(z).digest() });
-      rewritten = Buffer.concat([segs.subarray(0, s.offset), z, rest]);
+      body.format = 'vmsynth-overlay/99';
       env.body = encodeBody(body);
       env.signature.sig = signBytes(key, env.body);
-    });
-    await fsp.writeFile(segFile, rewritten);
-  });
-  await t.rejects(verifyOverlay({ overlay: dir, base: 'gen' }), { code: 'VMS_OVERLAY_CORRUPT', details: { segment: 0, ...target } }, 'verify: the chunk is named');
-  const out = path.join(testRoot, 'applied-despite-digest');
-  await applyOverlay({ overlay: dir, base: 'gen', out, verifyBase: false });
-  t.ok((await fsp.stat(path.join(out, 'memory.raw'))).isFile(), 'apply trusts the segment hash and rebuilds the images');
+    }),
+  );
+  await refused(t, dir, 'VMS_OVERLAY_FORMAT');
+  // An overlay of the previous version says what to do about it.
+  const v1 = await damaged((d) =>
+    rewriteEnvelope(d, (env) => {
+      env.format = 'vmsynth-overlay/1';
+    }),
+  );
+  await t.rejects(
+    verifyOverlay({ overlay: v1, base: 'gen' }),
+    { code: 'VMS_OVERLAY_FORMAT', details: { format: 'vmsynth-overlay/1', rebuild: true } },
+    'a vmsynth-overlay/1 overlay: rebuild it',
+  );
 });
+
+t.test(
+  'a chunk whose digest in its (validly signed) segment is not its content: verify names it, apply does not look',
+  async (t) => {
+    const key = await loadSigningKey();
+    let target = { image: -1, index: -1 };
+    const dir = await damaged(async (d) => {
+      const segFile = path.join(d, SEGMENTS_FILE);
+      const segs = await fsp.readFile(segFile);
+      let rewritten = segs;
+      await rewriteEnvelope(d, (env) => {
+        const body = unpackBody(env.body) as Record<string, any>;
+        const s = body.segments[0];
+        const raw = Buffer.from(decompress(segs.subarray(s.offset, s.offset + s.bytes)));
+        const digests = raw.length - s.digests * HASH_BYTES;
+        raw[digests + HASH_BYTES * (s.digests - 1)]! ^= 1; // the last digest: the last BASE, XOR or RAW chunk's
+        let last = s.count - 1;
+        while (!hasDigest(readRecord(s.chunks, last).kind)) last--;
+        const r = readRecord(s.chunks, last);
+        target = { image: r.image, index: r.index };
+        const z = compress(raw);
+        const rest = segs.subarray(s.offset + s.bytes);
+        for (const later of body.segments.slice(1)) later.offset += z.length - s.bytes;
+        Object.assign(s, { bytes: z.length, sha256: createHash('sha256').update(z).digest() });
+        rewritten = Buffer.concat([segs.subarray(0, s.offset), z, rest]);
+        env.body = encodeBody(body);
+        env.signature.sig = signBytes(key, env.body);
+      });
+      await fsp.writeFile(segFile, rewritten);
+    });
+    await t.rejects(
+      verifyOverlay({ overlay: dir, base: 'gen' }),
+      { code: 'VMS_OVERLAY_CORRUPT', details: { segment: 0, ...target } },
+      'verify: the chunk is named',
+    );
+    const out = path.join(testRoot, 'applied-despite-digest');
+    await applyOverlay({ overlay: dir, base: 'gen', out, verifyBase: false });
+    t.ok(
+      (await fsp.stat(path.join(out, 'memory.raw'))).isFile(),
+      'apply trusts the segment hash and rebuilds the images',
+    );
+  },
+);
 
 t.test('a signed but inconsistent manifest (self reference to a later chunk)', async (t) => {
   const key = await loadSigningKey();
-  const dir = await damaged((d) => rewriteEnvelope(d, (env) => {
-    const body = unpackBody(env.body) as Record<string, any>;
-    const s = body.segments[0];
-    s.chunks[1] = 2; // kind SELF
-    s.chunks[2] = 1; // -> disk
-    s.chunks.writeUInt32LE(500, 8); // chunk 500, never listed before
-    env.body = encodeBody(body);
-    env.signature.sig = signBytes(key, env.body);
-  }));
+  const dir = await damaged((d) =>
+    rewriteEnvelope(d, (env) => {
+      const body = unpackBody(env.body) as Record<string, any>;
+      const s = body.segments[0];
+      s.chunks[1] = 2; // kind SELF
+      s.chunks[2] = 1; // -> disk
+      s.chunks.writeUInt32LE(500, 8); // chunk 500, never listed before
+      env.body = encodeBody(body);
+      env.signature.sig = signBytes(key, env.body);
+    }),
+  );
   await refused(t, dir, 'VMS_OVERLAY_CORRUPT');
 });

@@ -31,14 +31,36 @@ import { compress } from 'zstd-napi';
 import { VmsynthError } from '../../lib/core/errors.js';
 import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
 import { packr } from '../../lib/core/msgpack.js';
-import { ChunkKind, chunkKey, MANIFEST_FILE, MAX_SEGMENT_PAYLOAD_BYTES, MAX_SEGMENT_RAW_BYTES, OVERLAY_FORMAT, HASH_BYTES, SEGMENTS_FILE } from '../../lib/overlay/format.js';
+import {
+  ChunkKind,
+  chunkKey,
+  MANIFEST_FILE,
+  MAX_SEGMENT_PAYLOAD_BYTES,
+  MAX_SEGMENT_RAW_BYTES,
+  OVERLAY_FORMAT,
+  HASH_BYTES,
+  SEGMENTS_FILE,
+} from '../../lib/overlay/format.js';
 import { encodeBody, unpackBody } from '../../lib/overlay/manifest.js';
 import { readRecord, RECORD_BYTES, writeRecord } from '../../lib/overlay/records.js';
 import { inspectOverlay, type OverlayReport } from '../../lib/overlay/inspect.js';
 import { generateKey, loadSigningKey, signBytes, trustedKeys, type SigningKey } from '../../lib/overlay/keys.js';
 import { Overlay } from '../../lib/overlay/reader.js';
 import { loadBase } from '../../lib/vm/base.js';
-import { AllocProbe, edgeValue, expectTyped, fuzzParams, mutate, mutation, scaled, seed, soup, Tally, wild, type Mutation } from '../helpers/fuzz.js';
+import {
+  AllocProbe,
+  edgeValue,
+  expectTyped,
+  fuzzParams,
+  mutate,
+  mutation,
+  scaled,
+  seed,
+  soup,
+  Tally,
+  wild,
+  type Mutation,
+} from '../helpers/fuzz.js';
 import { generatePair } from '../helpers/images.js';
 
 t.teardown(removeTestRoot);
@@ -67,13 +89,24 @@ probe.install();
 t.teardown(() => probe.uninstall());
 
 t.before(async () => {
-  const pair = await generatePair(process.env.VMSYNTH_BASE_DIR!, 'gen', path.join(testRoot, 'custom'), { memChunks: 256, diskChunks: 32, each: 2 });
+  const pair = await generatePair(process.env.VMSYNTH_BASE_DIR!, 'gen', path.join(testRoot, 'custom'), {
+    memChunks: 256,
+    diskChunks: 32,
+    each: 2,
+  });
   await generateKey();
   key = await loadSigningKey();
   stranger = await loadSigningKey((await generateKey(path.join(testRoot, 'stranger-keys'))).privateKeyFile);
   trusted = await trustedKeys();
   const out = path.join(testRoot, 'good');
-  await buildOverlay({ base: baseInput(await loadBase('gen')), custom: pair.custom, appPort: 8000, key, out, segmentBytes: 16 << 10 });
+  await buildOverlay({
+    base: baseInput(await loadBase('gen')),
+    custom: pair.custom,
+    appPort: 8000,
+    key,
+    out,
+    segmentBytes: 16 << 10,
+  });
   good = await fsp.readFile(path.join(out, MANIFEST_FILE));
   goodSegmentsBytes = (await fsp.stat(path.join(out, SEGMENTS_FILE))).size;
   goodEnv = packr.unpack(good) as Record<string, any>;
@@ -93,13 +126,19 @@ const freshBody = () => unpackBody(goodEnv.body) as Record<string, any>;
 
 /** An envelope like the good one around `body`, signed by `by` (the trusted key unless said). */
 function signed(body: Uint8Array, by: SigningKey = key): Buffer {
-  return packr.pack({ format: OVERLAY_FORMAT, body, signature: { alg: 'ed25519', keyId: by.keyId, publicKey: by.publicKeyRaw, sig: signBytes(by, body) } });
+  return packr.pack({
+    format: OVERLAY_FORMAT,
+    body,
+    signature: { alg: 'ed25519', keyId: by.keyId, publicKey: by.publicKeyRaw, sig: signBytes(by, body) },
+  });
 }
 
 // ---- the oracle: what a decoded overlay must be -------------------------------------------
 
 function checkOverlay(o: Overlay, trust: Map<string, Buffer> | null): void {
-  const fail = (why: string): never => { throw new Error(`accepted an invalid manifest: ${why}`); };
+  const fail = (why: string): never => {
+    throw new Error(`accepted an invalid manifest: ${why}`);
+  };
   const count = (x: unknown) => Number.isSafeInteger(x) && (x as number) >= 0;
   const str = (x: unknown) => typeof x === 'string';
   const bytes = (x: unknown, n?: number) => x instanceof Uint8Array && (n === undefined || x.length === n);
@@ -111,30 +150,54 @@ function checkOverlay(o: Overlay, trust: Map<string, Buffer> | null): void {
   if (!b.base || typeof b.base !== 'object' || !str(b.base.name)) fail('base.name');
   const chunks = (['memory', 'disk'] as const).map((name) => {
     const id = b.base[name];
-    if (!id || !count(id.bytes) || id.bytes % CHUNK !== 0 || !str(id.sha256) || !/^[0-9a-f]{64}$/.test(id.sha256)) fail(`base.${name}`);
+    if (!id || !count(id.bytes) || id.bytes % CHUNK !== 0 || !str(id.sha256) || !/^[0-9a-f]{64}$/.test(id.sha256))
+      fail(`base.${name}`);
     return id.bytes / CHUNK;
   });
   if (!b.delta || b.delta.encoding !== 'xor' || !str(b.delta.rule)) fail('delta');
-  if (!b.compression || b.compression.codec !== 'zstd' || !Number.isSafeInteger(b.compression.level)) fail('compression');
+  if (!b.compression || b.compression.codec !== 'zstd' || !Number.isSafeInteger(b.compression.level))
+    fail('compression');
   if (!count(b.segmentBytes) || b.segmentBytes === 0) fail('segmentBytes');
-  if (!b.order || (b.order.kind !== 'default' && b.order.kind !== 'profile') || !count(b.order.runs) || (b.order.rank !== undefined && !str(b.order.rank))) fail('order');
+  if (
+    !b.order ||
+    (b.order.kind !== 'default' && b.order.kind !== 'profile') ||
+    !count(b.order.runs) ||
+    (b.order.rank !== undefined && !str(b.order.rank))
+  )
+    fail('order');
   if (!b.vm || !count(b.vm.appPort) || b.vm.appPort > 65535) fail('vm.appPort is not a TCP port');
   const ds = b.deviceState;
   if (!ds || !count(ds.bytes) || !str(ds.sha256) || !bytes(ds.zstd)) fail('deviceState');
   const st = b.stats;
-  if (!st || !Array.isArray(st.chunks) || !st.chunks.every(count) || !count(st.trimmedChunks) || !st.modified || !count(st.modified.memory) || !count(st.modified.disk)) fail('stats');
+  if (
+    !st ||
+    !Array.isArray(st.chunks) ||
+    !st.chunks.every(count) ||
+    !count(st.trimmedChunks) ||
+    !st.modified ||
+    !count(st.modified.memory) ||
+    !count(st.modified.disk)
+  )
+    fail('stats');
   if (!Array.isArray(b.segments)) fail('segments');
   const listed = new Set<number>();
   let offset = 0;
   (b.segments as Record<string, any>[]).forEach((s, si) => {
     const where = `segment ${si}`;
     if (!s || typeof s !== 'object') fail(where);
-    if (![s.offset, s.bytes, s.rawBytes, s.count, s.digests].every(count) || !bytes(s.sha256, HASH_BYTES)) fail(`${where}: fields`);
+    if (![s.offset, s.bytes, s.rawBytes, s.count, s.digests].every(count) || !bytes(s.sha256, HASH_BYTES))
+      fail(`${where}: fields`);
     if (!bytes(s.chunks, s.count * RECORD_BYTES)) fail(`${where}: table size`);
     if (s.offset !== offset) fail(`${where}: not contiguous`);
     offset += s.bytes;
     const payload = s.rawBytes - s.digests * HASH_BYTES; // the BASE, XOR and RAW chunks' digests follow the payloads
-    if (payload < 0 || payload % CHUNK !== 0 || payload > MAX_SEGMENT_PAYLOAD_BYTES || s.rawBytes > MAX_SEGMENT_RAW_BYTES) fail(`${where}: rawBytes`);
+    if (
+      payload < 0 ||
+      payload % CHUNK !== 0 ||
+      payload > MAX_SEGMENT_PAYLOAD_BYTES ||
+      s.rawBytes > MAX_SEGMENT_RAW_BYTES
+    )
+      fail(`${where}: rawBytes`);
     let digests = 0;
     const payloads = new Set<number>();
     for (let i = 0; i < s.count; i++) {
@@ -143,11 +206,14 @@ function checkOverlay(o: Overlay, trust: Map<string, Buffer> | null): void {
       if (r.kind > ChunkKind.RAW) fail(`${where} chunk ${i}: kind`);
       if (listed.has(chunkKey(r.image, r.index))) fail(`${where} chunk ${i}: listed twice`);
       if (r.kind === ChunkKind.BASE || r.kind === ChunkKind.SELF) {
-        if (r.refImage > 1 || r.refIndex >= chunks[r.refImage]!) fail(`${where} chunk ${i}: reference outside the images`);
-        if (r.kind === ChunkKind.SELF && !listed.has(chunkKey(r.refImage, r.refIndex))) fail(`${where} chunk ${i}: self reference forward`);
+        if (r.refImage > 1 || r.refIndex >= chunks[r.refImage]!)
+          fail(`${where} chunk ${i}: reference outside the images`);
+        if (r.kind === ChunkKind.SELF && !listed.has(chunkKey(r.refImage, r.refIndex)))
+          fail(`${where} chunk ${i}: self reference forward`);
       }
       if (r.kind === ChunkKind.XOR || r.kind === ChunkKind.RAW) {
-        if (r.payloadOffset % CHUNK !== 0 || r.payloadOffset + CHUNK > payload || payloads.has(r.payloadOffset)) fail(`${where} chunk ${i}: payload offset`);
+        if (r.payloadOffset % CHUNK !== 0 || r.payloadOffset + CHUNK > payload || payloads.has(r.payloadOffset))
+          fail(`${where} chunk ${i}: payload offset`);
         payloads.add(r.payloadOffset);
       }
       if (r.kind === ChunkKind.BASE || r.kind === ChunkKind.XOR || r.kind === ChunkKind.RAW) digests++;
@@ -161,7 +227,10 @@ function checkOverlay(o: Overlay, trust: Map<string, Buffer> | null): void {
     const known = trust.get(sig.keyId);
     if (!known || !known.equals(Buffer.from(sig.publicKey))) fail('signed by a key that is not trusted');
   }
-  const pub = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(sig.publicKey).toString('base64url') }, format: 'jwk' });
+  const pub = createPublicKey({
+    key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(sig.publicKey).toString('base64url') },
+    format: 'jwk',
+  });
   if (!verify(null, o.envelope.body, pub, sig.sig)) fail('the signature does not verify');
 }
 
@@ -181,13 +250,21 @@ function canary(): void {
 }
 
 /** Decodes one input (with `decode`), checks how it ended, its time and allocation; hands back an accepted overlay. */
-function judge(run: Run, bytes: Uint8Array, decode: () => Overlay, trust: Map<string, Buffer> | null, codes = CODES): Overlay | null {
+function judge(
+  run: Run,
+  bytes: Uint8Array,
+  decode: () => Overlay,
+  trust: Map<string, Buffer> | null,
+  codes = CODES,
+): Overlay | null {
   run.runs++;
   const r = probe.measure(decode);
   run.slowestMs = Math.max(run.slowestMs, r.ms);
   run.largest = Math.max(run.largest, r.bytes);
-  if (r.bytes > allocBudget(bytes.length)) throw new Error(`a ${bytes.length}-byte manifest made the decoder allocate ${r.bytes} bytes`);
-  if (bytes.length < 1 << 20 && r.ms > SMALL_INPUT_MS) throw new Error(`a ${bytes.length}-byte manifest took ${r.ms.toFixed(0)} ms`);
+  if (r.bytes > allocBudget(bytes.length))
+    throw new Error(`a ${bytes.length}-byte manifest made the decoder allocate ${r.bytes} bytes`);
+  if (bytes.length < 1 << 20 && r.ms > SMALL_INPUT_MS)
+    throw new Error(`a ${bytes.length}-byte manifest took ${r.ms.toFixed(0)} ms`);
   if (run.runs % 64 === 0) canary();
   if (r.threw) {
     run.tally.add(expectTyped(r.error, codes, 'decoding a manifest').code);
@@ -199,29 +276,43 @@ function judge(run: Run, bytes: Uint8Array, decode: () => Overlay, trust: Map<st
   // Consumers of a decoded body must cope with anything the decoder accepts.
   inspectOverlay(o);
   const d = probe.measure(() => o.deviceState());
-  if (d.bytes > allocBudget(bytes.length)) throw new Error(`deviceState() of a ${bytes.length}-byte manifest allocated ${d.bytes} bytes`);
+  if (d.bytes > allocBudget(bytes.length))
+    throw new Error(`deviceState() of a ${bytes.length}-byte manifest allocated ${d.bytes} bytes`);
   if (d.threw) expectTyped(d.error, new Set(['VMS_OVERLAY_CORRUPT']), 'deviceState()');
   else if (d.value!.length !== o.body.deviceState.bytes) throw new Error('deviceState() returned the wrong size');
   return o;
 }
 
-const fromNetwork = (run: Run, bytes: Uint8Array) => judge(run, bytes, () => Overlay.fromManifest(bytes, { trusted }), trusted);
+const fromNetwork = (run: Run, bytes: Uint8Array) =>
+  judge(run, bytes, () => Overlay.fromManifest(bytes, { trusted }), trusted);
 
 function report(tt: { comment: (...a: unknown[]) => void }, name: string, run: Run): void {
-  tt.comment(`${name}: ${run.runs} inputs; slowest ${run.slowestMs.toFixed(1)} ms; largest allocation ${(run.largest / 2 ** 20).toFixed(1)} MiB; outcomes: ${run.tally}`);
+  tt.comment(
+    `${name}: ${run.runs} inputs; slowest ${run.slowestMs.toFixed(1)} ms; largest allocation ${(run.largest / 2 ** 20).toFixed(1)} MiB; outcomes: ${run.tally}`,
+  );
 }
 
 // ---- generators -------------------------------------------------------------------------
 
 /** A zstd frame header and blocks as they come (declared sizes that lie, RLE blocks, garbage blocks, several frames). */
 const zstdSpec = fc.record({
-  declared: fc.oneof(fc.constantFrom(0, 1, 4096, 128 << 10, 1 << 20, 2 ** 29, 2 ** 29 + 1, 2 ** 31, 2 ** 32 - 1, 2 ** 40, 2 ** 53 - 1), fc.nat()),
+  declared: fc.oneof(
+    fc.constantFrom(0, 1, 4096, 128 << 10, 1 << 20, 2 ** 29, 2 ** 29 + 1, 2 ** 31, 2 ** 32 - 1, 2 ** 40, 2 ** 53 - 1),
+    fc.nat(),
+  ),
   fcs: fc.constantFrom(2, 3),
-  blocks: fc.array(fc.oneof(
-    fc.record({ type: fc.constant(0), data: fc.uint8Array({ maxLength: 48 }) }), // raw
-    fc.record({ type: fc.constant(1), size: fc.integer({ min: 0, max: 128 << 10 }), data: fc.uint8Array({ minLength: 1, maxLength: 1 }) }), // RLE
-    fc.record({ type: fc.constant(2), data: fc.uint8Array({ minLength: 1, maxLength: 48 }) }), // "compressed" garbage
-  ), { maxLength: 4 }),
+  blocks: fc.array(
+    fc.oneof(
+      fc.record({ type: fc.constant(0), data: fc.uint8Array({ maxLength: 48 }) }), // raw
+      fc.record({
+        type: fc.constant(1),
+        size: fc.integer({ min: 0, max: 128 << 10 }),
+        data: fc.uint8Array({ minLength: 1, maxLength: 1 }),
+      }), // RLE
+      fc.record({ type: fc.constant(2), data: fc.uint8Array({ minLength: 1, maxLength: 48 }) }), // "compressed" garbage
+    ),
+    { maxLength: 4 },
+  ),
   frames: fc.integer({ min: 1, max: 3 }),
   tail: fc.uint8Array({ maxLength: 3 }),
 });
@@ -246,25 +337,91 @@ type BodyOp =
   | { op: 'set'; path: number; value: unknown }
   | { op: 'delete'; path: number }
   | { op: 'record'; seg: number; rec: number; field: number; value: number }
-  | { op: 'table'; seg: number; records: { image: number; kind: number; refImage: number; index: number; refIndex: number; payloadOffset: number }[]; rawChunks: number }
+  | {
+      op: 'table';
+      seg: number;
+      records: {
+        image: number;
+        kind: number;
+        refImage: number;
+        index: number;
+        refIndex: number;
+        payloadOffset: number;
+      }[];
+      rawChunks: number;
+    }
   | { op: 'segments'; how: 'drop' | 'dup' | 'swap' | 'reverse'; a: number; b: number }
   | { op: 'imageSize'; image: 'memory' | 'disk'; chunks: number }
   | { op: 'deviceState'; zstd: ZstdSpec; bytes: number | null };
 
 const small = fc.oneof(fc.integer({ min: 0, max: 300 }), fc.constantFrom(255, 256, 2 ** 31, 2 ** 32 - 1));
 const bodyOp: fc.Arbitrary<BodyOp> = fc.oneof(
-  { weight: 5, arbitrary: fc.record({ op: fc.constant('set' as const), path: fc.nat(), value: fc.oneof(edgeValue, wild) }) },
+  {
+    weight: 5,
+    arbitrary: fc.record({ op: fc.constant('set' as const), path: fc.nat(), value: fc.oneof(edgeValue, wild) }),
+  },
   { weight: 2, arbitrary: fc.record({ op: fc.constant('delete' as const), path: fc.nat() }) },
-  { weight: 3, arbitrary: fc.record({ op: fc.constant('record' as const), seg: fc.nat(3), rec: fc.nat(), field: fc.nat(5), value: fc.oneof(small, fc.nat(), fc.constantFrom(3, 4, 5, 4096, 4095, 16384)) }) },
-  { weight: 3, arbitrary: fc.record({
-    op: fc.constant('table' as const),
-    seg: fc.nat(3),
-    records: fc.array(fc.record({ image: fc.nat(2), kind: fc.nat(5), refImage: fc.nat(2), index: small, refIndex: small, payloadOffset: fc.nat(6).map((k) => k * 4096 + (k === 6 ? 1 : 0)) }), { maxLength: 24 }),
-    rawChunks: fc.nat(6),
-  }) },
-  fc.record({ op: fc.constant('segments' as const), how: fc.constantFrom('drop' as const, 'dup' as const, 'swap' as const, 'reverse' as const), a: fc.nat(3), b: fc.nat(3) }),
-  { weight: 2, arbitrary: fc.record({ op: fc.constant('imageSize' as const), image: fc.constantFrom('memory' as const, 'disk' as const), chunks: fc.constantFrom(0, 1, 256, 2 ** 20, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 32 + 1, 2 ** 33, 2 ** 36, 2 ** 40, 2 ** 41 - 1) }) },
-  fc.record({ op: fc.constant('deviceState' as const), zstd: zstdSpec, bytes: fc.option(fc.oneof(fc.nat(), fc.constantFrom(2 ** 29, 2 ** 31, 2 ** 32 - 1)), { nil: null }) }),
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      op: fc.constant('record' as const),
+      seg: fc.nat(3),
+      rec: fc.nat(),
+      field: fc.nat(5),
+      value: fc.oneof(small, fc.nat(), fc.constantFrom(3, 4, 5, 4096, 4095, 16384)),
+    }),
+  },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      op: fc.constant('table' as const),
+      seg: fc.nat(3),
+      records: fc.array(
+        fc.record({
+          image: fc.nat(2),
+          kind: fc.nat(5),
+          refImage: fc.nat(2),
+          index: small,
+          refIndex: small,
+          payloadOffset: fc.nat(6).map((k) => k * 4096 + (k === 6 ? 1 : 0)),
+        }),
+        { maxLength: 24 },
+      ),
+      rawChunks: fc.nat(6),
+    }),
+  },
+  fc.record({
+    op: fc.constant('segments' as const),
+    how: fc.constantFrom('drop' as const, 'dup' as const, 'swap' as const, 'reverse' as const),
+    a: fc.nat(3),
+    b: fc.nat(3),
+  }),
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      op: fc.constant('imageSize' as const),
+      image: fc.constantFrom('memory' as const, 'disk' as const),
+      chunks: fc.constantFrom(
+        0,
+        1,
+        256,
+        2 ** 20,
+        2 ** 31,
+        2 ** 32 - 1,
+        2 ** 32,
+        2 ** 32 + 1,
+        2 ** 33,
+        2 ** 36,
+        2 ** 40,
+        2 ** 41 - 1,
+      ),
+    }),
+  },
+  fc.record({
+    op: fc.constant('deviceState' as const),
+    zstd: zstdSpec,
+    bytes: fc.option(fc.oneof(fc.nat(), fc.constantFrom(2 ** 29, 2 ** 31, 2 ** 32 - 1)), { nil: null }),
+  }),
 );
 
 function applyOps(body: Record<string, any>, ops: readonly BodyOp[]): Record<string, any> {
@@ -296,8 +453,15 @@ function applyOps(body: Record<string, any>, ops: readonly BodyOp[]): Record<str
         if (!s || typeof s !== 'object') break;
         const chunks = Buffer.alloc(op.records.length * RECORD_BYTES);
         op.records.forEach((r, i) => writeRecord(chunks, i, r as Parameters<typeof writeRecord>[2]));
-        const digests = op.records.filter((r) => r.kind === ChunkKind.BASE || r.kind === ChunkKind.XOR || r.kind === ChunkKind.RAW).length;
-        Object.assign(s, { count: op.records.length, chunks, digests, rawBytes: op.rawChunks * CHUNK + digests * HASH_BYTES });
+        const digests = op.records.filter(
+          (r) => r.kind === ChunkKind.BASE || r.kind === ChunkKind.XOR || r.kind === ChunkKind.RAW,
+        ).length;
+        Object.assign(s, {
+          count: op.records.length,
+          chunks,
+          digests,
+          rawBytes: op.rawChunks * CHUNK + digests * HASH_BYTES,
+        });
         break;
       }
       case 'segments': {
@@ -312,7 +476,8 @@ function applyOps(body: Record<string, any>, ops: readonly BodyOp[]): Record<str
         break;
       }
       case 'imageSize':
-        if (body.base?.[op.image] && typeof body.base[op.image] === 'object') body.base[op.image].bytes = op.chunks * CHUNK;
+        if (body.base?.[op.image] && typeof body.base[op.image] === 'object')
+          body.base[op.image].bytes = op.chunks * CHUNK;
         break;
       case 'deviceState':
         if (body.deviceState && typeof body.deviceState === 'object') {
@@ -327,8 +492,14 @@ function applyOps(body: Record<string, any>, ops: readonly BodyOp[]): Record<str
 
 /** Body bytes to re-sign (as a recipe, so a counterexample reads as what was done): garbage, compressed garbage, wild values, the real body altered, crafted zstd frames. */
 type BodyRecipe =
-  | { garbage: Uint8Array } | { zstdOfGarbage: Uint8Array } | { wild: unknown } | { zstdOfSoup: Buffer } | { ops: BodyOp[] }
-  | { rawBodyMutations: Mutation[] } | { zstdMutations: Mutation[] } | { zstd: ZstdSpec };
+  | { garbage: Uint8Array }
+  | { zstdOfGarbage: Uint8Array }
+  | { wild: unknown }
+  | { zstdOfSoup: Buffer }
+  | { ops: BodyOp[] }
+  | { rawBodyMutations: Mutation[] }
+  | { zstdMutations: Mutation[] }
+  | { zstd: ZstdSpec };
 const bodyRecipe: fc.Arbitrary<BodyRecipe> = fc.oneof(
   fc.record({ garbage: fc.uint8Array({ maxLength: 600 }) }),
   fc.record({ zstdOfGarbage: fc.uint8Array({ maxLength: 600 }) }),
@@ -351,39 +522,75 @@ function bodyBytes(r: BodyRecipe): Buffer {
   return zstdFrame(r.zstd);
 }
 
-const sigField = (name: 'alg' | 'keyId' | 'publicKey' | 'sig', bad: fc.Arbitrary<unknown>) => fc.oneof({ weight: 3, arbitrary: fc.constant(name) }, bad);
+const sigField = (name: 'alg' | 'keyId' | 'publicKey' | 'sig', bad: fc.Arbitrary<unknown>) =>
+  fc.oneof({ weight: 3, arbitrary: fc.constant(name) }, bad);
 /** Envelopes that are valid MessagePack maps with fields of any kind. */
-const envelope: fc.Arbitrary<Buffer> = fc.record({
-  format: fc.oneof({ weight: 4, arbitrary: fc.constant(OVERLAY_FORMAT) }, fc.constantFrom('vmsynth-overlay/1', 'vmsynth-overlay/3', 'vmsynth-overlay/2 '), wild),
-  body: fc.oneof({ weight: 3, arbitrary: fc.constant('good' as const) }, fc.uint8Array({ maxLength: 200 }), wild),
-  signature: fc.oneof(
-    { weight: 3, arbitrary: fc.record({
-      alg: sigField('alg', fc.oneof(fc.constant('ed25519 '), wild)),
-      keyId: sigField('keyId', fc.oneof(fc.string({ unit: fc.constantFrom(...'0123456789abcdef'), minLength: 16, maxLength: 16 }), wild)),
-      publicKey: sigField('publicKey', fc.oneof(fc.uint8Array({ minLength: 32, maxLength: 32 }), fc.uint8Array({ maxLength: 40 }), wild)),
-      sig: sigField('sig', fc.oneof(fc.uint8Array({ minLength: 64, maxLength: 64 }), wild)),
-    }, { requiredKeys: [] }) },
-    wild,
-  ),
-  extra: fc.dictionary(fc.string({ maxLength: 8 }), wild, { maxKeys: 3 }),
-}, { requiredKeys: ['extra'] }).map(({ extra, ...e }) => {
-  const env: Record<string, unknown> = { ...extra };
-  if ('format' in e) env.format = e.format;
-  if ('body' in e) env.body = e.body === 'good' ? goodEnv.body : e.body;
-  if ('signature' in e) {
-    const s = e.signature;
-    if (s && typeof s === 'object' && !Array.isArray(s) && !(s instanceof Uint8Array)) {
-      const pick = (k: string, v: unknown) => (v === k ? goodEnv.signature[k] : v);
-      env.signature = Object.fromEntries(Object.entries(s).map(([k, v]) => [k, pick(k, v)]));
-    } else env.signature = s;
-  }
-  return packr.pack(env);
-});
+const envelope: fc.Arbitrary<Buffer> = fc
+  .record(
+    {
+      format: fc.oneof(
+        { weight: 4, arbitrary: fc.constant(OVERLAY_FORMAT) },
+        fc.constantFrom('vmsynth-overlay/1', 'vmsynth-overlay/3', 'vmsynth-overlay/2 '),
+        wild,
+      ),
+      body: fc.oneof({ weight: 3, arbitrary: fc.constant('good' as const) }, fc.uint8Array({ maxLength: 200 }), wild),
+      signature: fc.oneof(
+        {
+          weight: 3,
+          arbitrary: fc.record(
+            {
+              alg: sigField('alg', fc.oneof(fc.constant('ed25519 '), wild)),
+              keyId: sigField(
+                'keyId',
+                fc.oneof(
+                  fc.string({ unit: fc.constantFrom(...'0123456789abcdef'), minLength: 16, maxLength: 16 }),
+                  wild,
+                ),
+              ),
+              publicKey: sigField(
+                'publicKey',
+                fc.oneof(fc.uint8Array({ minLength: 32, maxLength: 32 }), fc.uint8Array({ maxLength: 40 }), wild),
+              ),
+              sig: sigField('sig', fc.oneof(fc.uint8Array({ minLength: 64, maxLength: 64 }), wild)),
+            },
+            { requiredKeys: [] },
+          ),
+        },
+        wild,
+      ),
+      extra: fc.dictionary(fc.string({ maxLength: 8 }), wild, { maxKeys: 3 }),
+    },
+    { requiredKeys: ['extra'] },
+  )
+  .map(({ extra, ...e }) => {
+    const env: Record<string, unknown> = { ...extra };
+    if ('format' in e) env.format = e.format;
+    if ('body' in e) env.body = e.body === 'good' ? goodEnv.body : e.body;
+    if ('signature' in e) {
+      const s = e.signature;
+      if (s && typeof s === 'object' && !Array.isArray(s) && !(s instanceof Uint8Array)) {
+        const pick = (k: string, v: unknown) => (v === k ? goodEnv.signature[k] : v);
+        env.signature = Object.fromEntries(Object.entries(s).map(([k, v]) => [k, pick(k, v)]));
+      } else env.signature = s;
+    }
+    return packr.pack(env);
+  });
 
 const str = (s: string) => Buffer.concat([Buffer.from([0xa0 | s.length]), Buffer.from(s)]);
 /** Envelope maps whose values are raw MessagePack soup (absurd lengths, extension types, deep nesting). */
-const soupEnvelope: fc.Arbitrary<Buffer> = fc.tuple(fc.boolean(), soup, soup, soup).map(([realFormat, a, b, c]) =>
-  Buffer.concat([Buffer.from([0x83]), str('format'), realFormat ? str(OVERLAY_FORMAT.slice(0, 31)) : a, str('body'), b, str('signature'), c]));
+const soupEnvelope: fc.Arbitrary<Buffer> = fc
+  .tuple(fc.boolean(), soup, soup, soup)
+  .map(([realFormat, a, b, c]) =>
+    Buffer.concat([
+      Buffer.from([0x83]),
+      str('format'),
+      realFormat ? str(OVERLAY_FORMAT.slice(0, 31)) : a,
+      str('body'),
+      b,
+      str('signature'),
+      c,
+    ]),
+  );
 
 // ---- the properties -----------------------------------------------------------------------
 
@@ -393,10 +600,20 @@ let networkRuns = 0;
 
 t.test(`${N.random} random byte strings (some starting like a real manifest)`, async (t) => {
   const run = newRun();
-  fc.assert(fc.property(
-    fc.oneof(fc.uint8Array({ maxLength: 3000 }), fc.tuple(fc.nat(), fc.uint8Array({ maxLength: 200 })).map(([n, tail]) => Buffer.concat([good.subarray(0, n % good.length), tail]))),
-    (bytes) => { fromNetwork(run, bytes); },
-  ), fuzzParams(N.random, 20_000));
+  fc.assert(
+    fc.property(
+      fc.oneof(
+        fc.uint8Array({ maxLength: 3000 }),
+        fc
+          .tuple(fc.nat(), fc.uint8Array({ maxLength: 200 }))
+          .map(([n, tail]) => Buffer.concat([good.subarray(0, n % good.length), tail])),
+      ),
+      (bytes) => {
+        fromNetwork(run, bytes);
+      },
+    ),
+    fuzzParams(N.random, 20_000),
+  );
   report(t, 'random', run);
   networkRuns += run.runs;
   t.equal(run.runs, N.random, `${N.random} inputs, each a typed error or a valid overlay`);
@@ -404,92 +621,138 @@ t.test(`${N.random} random byte strings (some starting like a real manifest)`, a
 
 t.test(`${N.mutated} signed manifests with byte flips, truncations, insertions and length claims`, async (t) => {
   const run = newRun();
-  fc.assert(fc.property(fc.array(mutation, { minLength: 1, maxLength: 6 }), (muts) => { fromNetwork(run, mutate(good, muts)); }), fuzzParams(N.mutated, 20_000));
+  fc.assert(
+    fc.property(fc.array(mutation, { minLength: 1, maxLength: 6 }), (muts) => {
+      fromNetwork(run, mutate(good, muts));
+    }),
+    fuzzParams(N.mutated, 20_000),
+  );
   report(t, 'mutated', run);
   networkRuns += run.runs;
   t.equal(run.runs, N.mutated, `${N.mutated} inputs, each a typed error or a valid overlay`);
 });
 
-t.test(`${N.envelopes} well-formed MessagePack envelopes with wild fields, absurd length claims and deep nesting`, async (t) => {
-  const run = newRun();
-  fc.assert(fc.property(fc.oneof({ weight: 3, arbitrary: envelope }, soupEnvelope, soup), (bytes) => { fromNetwork(run, bytes); }), fuzzParams(N.envelopes, 20_000));
-  report(t, 'envelopes', run);
-  networkRuns += run.runs;
-  t.equal(run.runs, N.envelopes, `${N.envelopes} inputs, each a typed error or a valid overlay`);
-});
+t.test(
+  `${N.envelopes} well-formed MessagePack envelopes with wild fields, absurd length claims and deep nesting`,
+  async (t) => {
+    const run = newRun();
+    fc.assert(
+      fc.property(fc.oneof({ weight: 3, arbitrary: envelope }, soupEnvelope, soup), (bytes) => {
+        fromNetwork(run, bytes);
+      }),
+      fuzzParams(N.envelopes, 20_000),
+    );
+    report(t, 'envelopes', run);
+    networkRuns += run.runs;
+    t.equal(run.runs, N.envelopes, `${N.envelopes} inputs, each a typed error or a valid overlay`);
+  },
+);
 
 t.test(`${N.resigned} bodies re-signed with the trusted key (the body decoder behind the signature)`, async (t) => {
   const run = newRun();
-  fc.assert(fc.property(bodyRecipe, (r) => { fromNetwork(run, signed(bodyBytes(r))); }), fuzzParams(N.resigned, 30_000));
+  fc.assert(
+    fc.property(bodyRecipe, (r) => {
+      fromNetwork(run, signed(bodyBytes(r)));
+    }),
+    fuzzParams(N.resigned, 30_000),
+  );
   report(t, 'resigned', run);
   networkRuns += run.runs;
   t.equal(run.runs, N.resigned, `${N.resigned} inputs, each a typed error or a valid overlay`);
-  t.equal(run.tally.get('VMS_BAD_SIGNATURE') + run.tally.get('VMS_UNTRUSTED_KEY'), 0, 'every input got past the signature check');
-  t.ok(run.tally.get('valid') > 0 && run.tally.get('VMS_OVERLAY_CORRUPT') > N.resigned / 4, 'and both accepted and refused bodies were among them');
+  t.equal(
+    run.tally.get('VMS_BAD_SIGNATURE') + run.tally.get('VMS_UNTRUSTED_KEY'),
+    0,
+    'every input got past the signature check',
+  );
+  t.ok(
+    run.tally.get('valid') > 0 && run.tally.get('VMS_OVERLAY_CORRUPT') > N.resigned / 4,
+    'and both accepted and refused bodies were among them',
+  );
 });
 
 t.test(`${N.inspect} manifests through the inspect path (trusted: null, any self-consistent key)`, async (t) => {
   const run = newRun();
-  fc.assert(fc.property(bodyRecipe, fc.boolean(), (r, own) => {
-    const bytes = signed(bodyBytes(r), own ? key : stranger);
-    judge(run, bytes, () => Overlay.fromManifest(bytes, { trusted: null }), null);
-  }), fuzzParams(N.inspect, 10_000));
+  fc.assert(
+    fc.property(bodyRecipe, fc.boolean(), (r, own) => {
+      const bytes = signed(bodyBytes(r), own ? key : stranger);
+      judge(run, bytes, () => Overlay.fromManifest(bytes, { trusted: null }), null);
+    }),
+    fuzzParams(N.inspect, 10_000),
+  );
   report(t, 'inspect', run);
   t.equal(run.runs, N.inspect, `${N.inspect} inputs, each a typed error or a valid overlay`);
-  t.equal(run.tally.get('VMS_BAD_SIGNATURE') + run.tally.get('VMS_UNTRUSTED_KEY'), 0, 'self-signed manifests all reach the body decoder');
+  t.equal(
+    run.tally.get('VMS_BAD_SIGNATURE') + run.tally.get('VMS_UNTRUSTED_KEY'),
+    0,
+    'self-signed manifests all reach the body decoder',
+  );
 });
 
 t.test(`${N.disk} manifests through the on-disk path (Overlay.open)`, async (t) => {
   const run = newRun();
   const dir = path.join(testRoot, 'fuzz-open');
   mkdirSync(dir);
-  await fc.assert(fc.asyncProperty(
-    fc.oneof(fc.record({ manifestMutations: fc.array(mutation, { minLength: 1, maxLength: 4 }) }), fc.record({ body: bodyRecipe })),
-    fc.oneof(fc.constant(-1), fc.nat(2 * 24_000)),
-    async (recipe, segSize) => {
-      const bytes = 'body' in recipe ? signed(bodyBytes(recipe.body)) : mutate(good, recipe.manifestMutations);
-      writeFileSync(path.join(dir, MANIFEST_FILE), bytes);
-      writeFileSync(path.join(dir, SEGMENTS_FILE), Buffer.alloc(segSize < 0 ? goodSegmentsBytes : segSize));
-      run.runs++;
-      const t0 = performance.now();
-      let o: Overlay | null = null;
-      try {
-        o = await Overlay.open(dir, { trusted });
-      } catch (err) {
-        run.tally.add(expectTyped(err, CODES, 'Overlay.open').code);
-      }
-      run.slowestMs = Math.max(run.slowestMs, performance.now() - t0);
-      if (o) {
-        checkOverlay(o, trusted);
-        if (o.segmentsBytes !== (segSize < 0 ? goodSegmentsBytes : segSize)) throw new Error('opened an overlay whose segments file has the wrong size');
-        run.tally.add('valid');
-      }
-    },
-  ), fuzzParams(N.disk, 15_000));
+  await fc.assert(
+    fc.asyncProperty(
+      fc.oneof(
+        fc.record({ manifestMutations: fc.array(mutation, { minLength: 1, maxLength: 4 }) }),
+        fc.record({ body: bodyRecipe }),
+      ),
+      fc.oneof(fc.constant(-1), fc.nat(2 * 24_000)),
+      async (recipe, segSize) => {
+        const bytes = 'body' in recipe ? signed(bodyBytes(recipe.body)) : mutate(good, recipe.manifestMutations);
+        writeFileSync(path.join(dir, MANIFEST_FILE), bytes);
+        writeFileSync(path.join(dir, SEGMENTS_FILE), Buffer.alloc(segSize < 0 ? goodSegmentsBytes : segSize));
+        run.runs++;
+        const t0 = performance.now();
+        let o: Overlay | null = null;
+        try {
+          o = await Overlay.open(dir, { trusted });
+        } catch (err) {
+          run.tally.add(expectTyped(err, CODES, 'Overlay.open').code);
+        }
+        run.slowestMs = Math.max(run.slowestMs, performance.now() - t0);
+        if (o) {
+          checkOverlay(o, trusted);
+          if (o.segmentsBytes !== (segSize < 0 ? goodSegmentsBytes : segSize))
+            throw new Error('opened an overlay whose segments file has the wrong size');
+          run.tally.add('valid');
+        }
+      },
+    ),
+    fuzzParams(N.disk, 15_000),
+  );
   report(t, 'open', run);
   t.equal(run.runs, N.disk, `${N.disk} inputs, each a typed error or a valid overlay`);
 });
 
 t.test(`${N.large} large manifests (1-8 MiB) decode or fail in time linear in their size`, async (t) => {
   const run = newRun();
-  fc.assert(fc.property(
-    fc.integer({ min: 1, max: 8 }), fc.constantFrom('trailing', 'truncated', 'resigned', 'garbage-body'), fc.uint8Array({ minLength: 1, maxLength: 8 }),
-    (mib, how, extra) => {
-      const big = Buffer.alloc(mib << 20, 7);
-      let bytes: Buffer;
-      if (how === 'trailing') bytes = Buffer.concat([packr.pack({ ...goodEnv, body: big }), extra]);
-      else if (how === 'truncated') bytes = packr.pack({ ...goodEnv, body: big }).subarray(0, (mib << 20) - extra.length);
-      else if (how === 'resigned') bytes = Buffer.concat([signed(big), extra]);
-      else bytes = signed(compress(big));
-      run.runs++;
-      const r = probe.measure(() => Overlay.fromManifest(bytes, { trusted }));
-      run.slowestMs = Math.max(run.slowestMs, r.ms);
-      run.largest = Math.max(run.largest, r.bytes);
-      if (r.ms > 150 + bytes.length * 60e-6) throw new Error(`a ${bytes.length}-byte manifest (${how}) took ${r.ms.toFixed(0)} ms`);
-      if (r.threw) run.tally.add(expectTyped(r.error, CODES, 'decoding a large manifest').code);
-      else throw new Error('a large garbage manifest was accepted');
-    },
-  ), fuzzParams(N.large, 20_000));
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 8 }),
+      fc.constantFrom('trailing', 'truncated', 'resigned', 'garbage-body'),
+      fc.uint8Array({ minLength: 1, maxLength: 8 }),
+      (mib, how, extra) => {
+        const big = Buffer.alloc(mib << 20, 7);
+        let bytes: Buffer;
+        if (how === 'trailing') bytes = Buffer.concat([packr.pack({ ...goodEnv, body: big }), extra]);
+        else if (how === 'truncated')
+          bytes = packr.pack({ ...goodEnv, body: big }).subarray(0, (mib << 20) - extra.length);
+        else if (how === 'resigned') bytes = Buffer.concat([signed(big), extra]);
+        else bytes = signed(compress(big));
+        run.runs++;
+        const r = probe.measure(() => Overlay.fromManifest(bytes, { trusted }));
+        run.slowestMs = Math.max(run.slowestMs, r.ms);
+        run.largest = Math.max(run.largest, r.bytes);
+        if (r.ms > 150 + bytes.length * 60e-6)
+          throw new Error(`a ${bytes.length}-byte manifest (${how}) took ${r.ms.toFixed(0)} ms`);
+        if (r.threw) run.tally.add(expectTyped(r.error, CODES, 'decoding a large manifest').code);
+        else throw new Error('a large garbage manifest was accepted');
+      },
+    ),
+    fuzzParams(N.large, 20_000),
+  );
   report(t, 'large', run);
   t.equal(run.runs, N.large, `${N.large} large inputs, each a typed error in time`);
 });
@@ -497,38 +760,114 @@ t.test(`${N.large} large manifests (1-8 MiB) decode or fail in time linear in th
 t.test('inputs found by fuzzing stay fixed', async (t) => {
   const refuse = (name: string, bytes: Buffer, code: string, maxMs = SMALL_INPUT_MS) => {
     const r = probe.measure(() => Overlay.fromManifest(bytes, { trusted }));
-    t.ok(r.threw && r.error instanceof VmsynthError && r.error.code === code, `${name}: ${code}`, { got: r.error instanceof Error ? r.error.message : r.value });
+    t.ok(r.threw && r.error instanceof VmsynthError && r.error.code === code, `${name}: ${code}`, {
+      got: r.error instanceof Error ? r.error.message : r.value,
+    });
     t.ok(r.bytes <= allocBudget(bytes.length), `${name}: allocates ${r.bytes} bytes at most`);
     t.ok(r.ms < maxMs, `${name}: ${r.ms.toFixed(1)} ms`);
   };
-  const body = (edit: (b: Record<string, any>) => void) => { const b = freshBody(); edit(b); return signed(encodeBody(b)); };
+  const body = (edit: (b: Record<string, any>) => void) => {
+    const b = freshBody();
+    edit(b);
+    return signed(encodeBody(b));
+  };
   // A memory image of 2^52 bytes: the chunk bitmap's length was an invalid typed array length (RangeError).
-  refuse('memory image of 2^52 bytes', body((b) => { b.base.memory.bytes = 2 ** 52; }), 'VMS_OVERLAY_CORRUPT');
+  refuse(
+    'memory image of 2^52 bytes',
+    body((b) => {
+      b.base.memory.bytes = 2 ** 52;
+    }),
+    'VMS_OVERLAY_CORRUPT',
+  );
   // A 16 TiB disk image claimed by a 2 KB manifest allocated a 512 MiB bitmap for its handful of chunks.
-  const huge = probe.measure(() => Overlay.fromManifest(body((b) => { b.base.disk.bytes = 2 ** 44; }), { trusted }));
+  const huge = probe.measure(() =>
+    Overlay.fromManifest(
+      body((b) => {
+        b.base.disk.bytes = 2 ** 44;
+      }),
+      { trusted },
+    ),
+  );
   t.ok(huge.bytes < 8 << 20, `a 2^32-chunk disk image allocates ${huge.bytes} bytes, not a 512 MiB bitmap`);
   // A zstd frame declaring 512 MiB in a few bytes was allocated in full before decompression failed.
   const liar = Buffer.from('28b52ffda00000002009000001', 'hex'); // content size 2^29, one raw block of 1 byte
   refuse('a 13-byte zstd body declaring 512 MiB', signed(liar), 'VMS_OVERLAY_CORRUPT');
-  refuse('a zstd body of two frames', signed(Buffer.concat([encodeBody(freshBody()), encodeBody(freshBody())])), 'VMS_OVERLAY_CORRUPT');
+  refuse(
+    'a zstd body of two frames',
+    signed(Buffer.concat([encodeBody(freshBody()), encodeBody(freshBody())])),
+    'VMS_OVERLAY_CORRUPT',
+  );
   // A valid envelope followed by one byte: msgpackr's error message serialized the whole envelope to JSON (seconds and GiB for a large body).
-  refuse('an 8 MiB envelope with a trailing byte', Buffer.concat([packr.pack({ ...goodEnv, body: Buffer.alloc(8 << 20) }), Buffer.from([0])]), 'VMS_OVERLAY_CORRUPT', 500);
-  refuse('a body with a trailing byte', signed(compress(Buffer.concat([goodRawBody, Buffer.from([0])]))), 'VMS_OVERLAY_CORRUPT');
+  refuse(
+    'an 8 MiB envelope with a trailing byte',
+    Buffer.concat([packr.pack({ ...goodEnv, body: Buffer.alloc(8 << 20) }), Buffer.from([0])]),
+    'VMS_OVERLAY_CORRUPT',
+    500,
+  );
+  refuse(
+    'a body with a trailing byte',
+    signed(compress(Buffer.concat([goodRawBody, Buffer.from([0])]))),
+    'VMS_OVERLAY_CORRUPT',
+  );
   // Fields the decoder let through untyped, which `overlay inspect` then dereferenced (TypeError).
-  refuse('no stats.modified', body((b) => { delete b.stats.modified; }), 'VMS_OVERLAY_CORRUPT');
-  refuse('no delta', body((b) => { delete b.delta; }), 'VMS_OVERLAY_CORRUPT');
-  refuse('compression is null', body((b) => { b.compression = null; }), 'VMS_OVERLAY_CORRUPT');
-  refuse('createdAt is a map', body((b) => { b.createdAt = {}; }), 'VMS_OVERLAY_CORRUPT');
-  refuse('appPort 2^40', body((b) => { b.vm.appPort = 2 ** 40; }), 'VMS_OVERLAY_CORRUPT');
+  refuse(
+    'no stats.modified',
+    body((b) => {
+      delete b.stats.modified;
+    }),
+    'VMS_OVERLAY_CORRUPT',
+  );
+  refuse(
+    'no delta',
+    body((b) => {
+      delete b.delta;
+    }),
+    'VMS_OVERLAY_CORRUPT',
+  );
+  refuse(
+    'compression is null',
+    body((b) => {
+      b.compression = null;
+    }),
+    'VMS_OVERLAY_CORRUPT',
+  );
+  refuse(
+    'createdAt is a map',
+    body((b) => {
+      b.createdAt = {};
+    }),
+    'VMS_OVERLAY_CORRUPT',
+  );
+  refuse(
+    'appPort 2^40',
+    body((b) => {
+      b.vm.appPort = 2 ** 40;
+    }),
+    'VMS_OVERLAY_CORRUPT',
+  );
   // A device state whose zstd frame declares 2 GiB (deviceState() allocated it before failing).
-  const ds = Overlay.fromManifest(body((b) => { b.deviceState.zstd = Buffer.from('28b52ffda00000008009000001', 'hex'); b.deviceState.bytes = 2 ** 31; }), { trusted });
+  const ds = Overlay.fromManifest(
+    body((b) => {
+      b.deviceState.zstd = Buffer.from('28b52ffda00000008009000001', 'hex');
+      b.deviceState.bytes = 2 ** 31;
+    }),
+    { trusted },
+  );
   const d = probe.measure(() => ds.deviceState());
-  t.ok(d.threw && (d.error as VmsynthError).code === 'VMS_OVERLAY_CORRUPT' && d.bytes < 8 << 20, `a device state declaring 2 GiB is refused without allocating it (${d.bytes} bytes)`);
+  t.ok(
+    d.threw && (d.error as VmsynthError).code === 'VMS_OVERLAY_CORRUPT' && d.bytes < 8 << 20,
+    `a device state declaring 2 GiB is refused without allocating it (${d.bytes} bytes)`,
+  );
   canary();
   t.pass('the good manifest still decodes the same');
 });
 
 t.test('total', async (t) => {
-  t.comment(`Overlay.fromManifest (server path) ran on ${networkRuns} fuzz inputs; plus ${N.inspect} (inspect path), ${N.disk} (Overlay.open), ${N.large} large`);
-  t.ok(networkRuns >= 10_000, `at least 10,000 inputs to the server's manifest decoder (${NETWORK_TOTAL} planned, ${networkRuns} run)`);
+  t.comment(
+    `Overlay.fromManifest (server path) ran on ${networkRuns} fuzz inputs; plus ${N.inspect} (inspect path), ${N.disk} (Overlay.open), ${N.large} large`,
+  );
+  t.ok(
+    networkRuns >= 10_000,
+    `at least 10,000 inputs to the server's manifest decoder (${NETWORK_TOTAL} planned, ${networkRuns} run)`,
+  );
 });

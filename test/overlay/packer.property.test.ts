@@ -48,7 +48,9 @@ const images = fc.record({
   changeMem: fc.array(fc.integer({ min: 0, max: 7 }), { minLength: 40, maxLength: 40 }),
   changeDisk: fc.array(fc.integer({ min: 0, max: 7 }), { minLength: 24, maxLength: 24 }),
   segmentChunks: fc.integer({ min: 1, max: 6 }),
-  profile: fc.array(fc.record({ image: fc.constantFrom(Image.MEMORY, Image.DISK), index: fc.nat(39) }), { maxLength: 30 }),
+  profile: fc.array(fc.record({ image: fc.constantFrom(Image.MEMORY, Image.DISK), index: fc.nat(39) }), {
+    maxLength: 30,
+  }),
   seed: fc.integer({ min: 1, max: 1 << 30 }),
 });
 
@@ -57,14 +59,39 @@ t.test('every chunk in exactly one segment; every reference resolves backwards; 
   await fc.assert(
     fc.asyncProperty(images, async (p) => {
       const dir = path.join(testRoot, `p${run++}`);
-      const alphabet = [Buffer.alloc(CHUNK), ...[1, 2, 3, 4, 5].map((k) => { const b = Buffer.alloc(CHUNK); prng(p.seed + k)(b); return b; })];
-      const bm = materialize(p.mem.map((x) => (x === 6 ? 1 : x)), alphabet);
-      const bd = materialize(p.disk.map((x) => (x === 6 ? 2 : x)), alphabet);
+      const alphabet = [
+        Buffer.alloc(CHUNK),
+        ...[1, 2, 3, 4, 5].map((k) => {
+          const b = Buffer.alloc(CHUNK);
+          prng(p.seed + k)(b);
+          return b;
+        }),
+      ];
+      const bm = materialize(
+        p.mem.map((x) => (x === 6 ? 1 : x)),
+        alphabet,
+      );
+      const bd = materialize(
+        p.disk.map((x) => (x === 6 ? 2 : x)),
+        alphabet,
+      );
       // custom: change code 7 keeps the base chunk, others replace it.
-      const cm = materialize(p.mem.map((_, i) => p.changeMem[i]!), alphabet, bm);
-      const cd = materialize(p.disk.map((_, i) => p.changeDisk[i]!), alphabet, bd);
-      p.mem.forEach((_, i) => { if (p.changeMem[i] === 7) bm.copy(cm, i * CHUNK, i * CHUNK, (i + 1) * CHUNK); });
-      p.disk.forEach((_, i) => { if (p.changeDisk[i] === 7) bd.copy(cd, i * CHUNK, i * CHUNK, (i + 1) * CHUNK); });
+      const cm = materialize(
+        p.mem.map((_, i) => p.changeMem[i]!),
+        alphabet,
+        bm,
+      );
+      const cd = materialize(
+        p.disk.map((_, i) => p.changeDisk[i]!),
+        alphabet,
+        bd,
+      );
+      p.mem.forEach((_, i) => {
+        if (p.changeMem[i] === 7) bm.copy(cm, i * CHUNK, i * CHUNK, (i + 1) * CHUNK);
+      });
+      p.disk.forEach((_, i) => {
+        if (p.changeDisk[i] === 7) bd.copy(cd, i * CHUNK, i * CHUNK, (i + 1) * CHUNK);
+      });
       await fsp.mkdir(dir);
       const baseFiles = { memory: path.join(dir, 'bm'), disk: path.join(dir, 'bd') };
       await fsp.writeFile(baseFiles.memory, bm);
@@ -77,7 +104,10 @@ t.test('every chunk in exactly one segment; every reference resolves backwards; 
       await buildOverlay({
         base: { name: 'b', files: baseFiles, identity: { memory: id(bm), disk: id(bd) } },
         custom: { memory: path.join(dir, 'cm'), disk: path.join(dir, 'cd'), deviceState: path.join(dir, 'ds') },
-        appPort: 1, key, out: path.join(dir, 'ov'), segmentBytes: p.segmentChunks * CHUNK,
+        appPort: 1,
+        key,
+        out: path.join(dir, 'ov'),
+        segmentBytes: p.segmentChunks * CHUNK,
         order: profile.length ? { chunks: profile, runs: 1, rank: 'test' } : undefined,
       });
       // Overlay.open validates the table itself; check the properties explicitly too.
@@ -88,20 +118,27 @@ t.test('every chunk in exactly one segment; every reference resolves backwards; 
           const r = readRecord(s.chunks, i);
           const k = `${r.image}/${r.index}`;
           if (placed.has(k)) throw new Error(`${k} is in two segments`);
-          if (r.kind === ChunkKind.SELF && !placed.has(`${r.refImage}/${r.refIndex}`)) throw new Error(`${k} refers forward`);
+          if (r.kind === ChunkKind.SELF && !placed.has(`${r.refImage}/${r.refIndex}`))
+            throw new Error(`${k} refers forward`);
           placed.set(k, si);
         }
       });
-      const modified = [[bm, cm, p.mem.length], [bd, cd, p.disk.length]] as const;
+      const modified = [
+        [bm, cm, p.mem.length],
+        [bd, cd, p.disk.length],
+      ] as const;
       modified.forEach(([b, c, n], image) => {
         for (let i = 0; i < n; i++) {
           const differs = !b.subarray(i * CHUNK, (i + 1) * CHUNK).equals(c.subarray(i * CHUNK, (i + 1) * CHUNK));
-          if (differs !== placed.has(`${image}/${i}`)) throw new Error(`chunk ${image}/${i}: differs=${differs} but placed=${placed.has(`${image}/${i}`)}`);
+          if (differs !== placed.has(`${image}/${i}`))
+            throw new Error(`chunk ${image}/${i}: differs=${differs} but placed=${placed.has(`${image}/${i}`)}`);
         }
       });
       await fsp.copyFile(baseFiles.memory, path.join(dir, 'om'));
       await fsp.copyFile(baseFiles.disk, path.join(dir, 'od'));
-      await applyToImages(ov, [baseFiles.memory, baseFiles.disk], [path.join(dir, 'om'), path.join(dir, 'od')], { threads: 0 });
+      await applyToImages(ov, [baseFiles.memory, baseFiles.disk], [path.join(dir, 'om'), path.join(dir, 'od')], {
+        threads: 0,
+      });
       if (!(await fsp.readFile(path.join(dir, 'om'))).equals(cm)) throw new Error('memory differs after apply');
       if (!(await fsp.readFile(path.join(dir, 'od'))).equals(cd)) throw new Error('disk differs after apply');
       await fsp.rm(dir, { recursive: true });

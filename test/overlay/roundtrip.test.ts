@@ -19,7 +19,11 @@ let pair: GeneratedPair;
 let opts: (out: string) => BuildOptions;
 
 t.before(async () => {
-  pair = await generatePair(bases, 'gen', path.join(testRoot, 'custom'), { memChunks: 4096, diskChunks: 2048, each: 40 });
+  pair = await generatePair(bases, 'gen', path.join(testRoot, 'custom'), {
+    memChunks: 4096,
+    diskChunks: 2048,
+    each: 40,
+  });
   await generateKey();
   const key = await loadSigningKey();
   const base = await loadBase('gen');
@@ -44,7 +48,10 @@ t.test('apply(base, create(base, custom)) == custom, with every chunk kind', asy
   t.ok(r.segments > 1, `several segments (${r.segments})`);
   const k = r.body.stats.chunks;
   t.ok(k[ChunkKind.ZERO]! >= pair.planted.zero, `zero chunks found (${k[ChunkKind.ZERO]})`);
-  t.ok(k[ChunkKind.BASE]! >= pair.planted.baseMem + pair.planted.baseDisk, `base references found (${k[ChunkKind.BASE]})`);
+  t.ok(
+    k[ChunkKind.BASE]! >= pair.planted.baseMem + pair.planted.baseDisk,
+    `base references found (${k[ChunkKind.BASE]})`,
+  );
   t.ok(k[ChunkKind.SELF]! >= pair.planted.selfDup, `self references found (${k[ChunkKind.SELF]})`);
   t.ok(k[ChunkKind.XOR]! >= pair.planted.edit, `small edits become XOR deltas (${k[ChunkKind.XOR]})`);
   t.ok(k[ChunkKind.RAW]! > 0, `new chunks are raw (${k[ChunkKind.RAW]})`);
@@ -59,7 +66,11 @@ t.test('apply(base, create(base, custom)) == custom, with every chunk kind', asy
   t.equal(resumable.manifest.memory.sha256, a.memory.sha256, 'the output is a loadable base directory');
 
   const v = await verifyOverlay({ overlay: out, base: 'gen' });
-  t.equal(v.chunks, k.reduce((x, y) => x + y, 0), 'verify checks every chunk');
+  t.equal(
+    v.chunks,
+    k.reduce((x, y) => x + y, 0),
+    'verify checks every chunk',
+  );
 
   const o = await Overlay.open(out, { trusted: null });
   const rep = inspectOverlay(o);
@@ -88,19 +99,25 @@ t.test('a profile order puts touched chunks first, and still round-trips (0 and 
   }
 });
 
-t.test('tiny segments (many smaller than 4 KiB compressed, some without payload) apply through the worker pools', async (t) => {
-  const out = path.join(testRoot, 'ov-tiny');
-  const r = await buildOverlay({ ...opts(out), segmentBytes: 4096 });
-  t.ok(r.body.segments.some((s) => s.bytes < 4096), 'some segments are smaller than Node\'s buffer pool slab');
-  for (const threads of [1, 2]) {
-    const synth = path.join(testRoot, `synth-tiny-${threads}`);
-    await applyOverlay({ overlay: out, base: 'gen', out: synth, threads, verifyBase: false });
-    await sameFile(t, path.join(synth, 'memory.raw'), pair.custom.memory, `memory (${threads} workers)`);
-    await sameFile(t, path.join(synth, 'disk.raw'), pair.custom.disk, `disk (${threads} workers)`);
-  }
-  const v = await verifyOverlay({ overlay: out, base: 'gen', threads: 2 });
-  t.equal(v.segments, r.segments, 'verify through the segment pool');
-});
+t.test(
+  'tiny segments (many smaller than 4 KiB compressed, some without payload) apply through the worker pools',
+  async (t) => {
+    const out = path.join(testRoot, 'ov-tiny');
+    const r = await buildOverlay({ ...opts(out), segmentBytes: 4096 });
+    t.ok(
+      r.body.segments.some((s) => s.bytes < 4096),
+      "some segments are smaller than Node's buffer pool slab",
+    );
+    for (const threads of [1, 2]) {
+      const synth = path.join(testRoot, `synth-tiny-${threads}`);
+      await applyOverlay({ overlay: out, base: 'gen', out: synth, threads, verifyBase: false });
+      await sameFile(t, path.join(synth, 'memory.raw'), pair.custom.memory, `memory (${threads} workers)`);
+      await sameFile(t, path.join(synth, 'disk.raw'), pair.custom.disk, `disk (${threads} workers)`);
+    }
+    const v = await verifyOverlay({ overlay: out, base: 'gen', threads: 2 });
+    t.equal(v.segments, r.segments, 'verify through the segment pool');
+  },
+);
 
 t.test('the base is found by its hashes when not named', async (t) => {
   const synth = path.join(testRoot, 'synth3');
@@ -110,5 +127,8 @@ t.test('the base is found by its hashes when not named', async (t) => {
 
 t.test('an existing output is refused unless forced', async (t) => {
   await t.rejects(buildOverlay(opts(path.join(testRoot, 'ov1'))), { code: 'VMS_OVERLAY_EXISTS' });
-  await t.rejects(applyOverlay({ overlay: path.join(testRoot, 'ov1'), base: 'gen', out: path.join(testRoot, 'synth1') }), { code: 'VMS_OVERLAY_EXISTS' });
+  await t.rejects(
+    applyOverlay({ overlay: path.join(testRoot, 'ov1'), base: 'gen', out: path.join(testRoot, 'synth1') }),
+    { code: 'VMS_OVERLAY_EXISTS' },
+  );
 });

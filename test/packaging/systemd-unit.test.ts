@@ -89,7 +89,10 @@ t.test('the service runs as a notify service with a watchdog', async (t) => {
   t.ok(value('WatchdogSec'), 'WatchdogSec is set');
   t.equal(value('KillMode'), 'mixed');
   t.equal(value('Restart'), 'on-failure');
-  t.ok(values('Environment').some((e) => e.split(/\s+/).includes('LOG_FORMAT=json')), 'LOG_FORMAT=json');
+  t.ok(
+    values('Environment').some((e) => e.split(/\s+/).includes('LOG_FORMAT=json')),
+    'LOG_FORMAT=json',
+  );
 });
 
 t.test('TimeoutStopSec leaves room after the graceful stop', async (t) => {
@@ -106,19 +109,47 @@ t.test('devices: /dev/kvm and /dev/fuse allowed, nothing else beyond the pseudo 
   const allowed = values('DeviceAllow');
   t.ok(allowed.includes('/dev/kvm rw'), 'DeviceAllow=/dev/kvm rw');
   t.ok(allowed.includes('/dev/fuse rw'), 'DeviceAllow=/dev/fuse rw');
-  t.notOk(values('PrivateDevices').some((v) => /^(yes|true|on|1)$/i.test(v)), 'no PrivateDevices=yes');
+  t.notOk(
+    values('PrivateDevices').some((v) => /^(yes|true|on|1)$/i.test(v)),
+    'no PrivateDevices=yes',
+  );
 });
 
 t.test('no setting that gives the service its own mount namespace', async (t) => {
   // FUSE mounts made inside one would not propagate to the host, where libvirtd's QEMU
   // opens the images (systemd.exec(5), MountFlags=; the unit's header comment).
   const namespacing = [
-    'PrivateDevices', 'PrivateTmp', 'PrivateMounts', 'PrivateNetwork', 'PrivateIPC', 'NetworkNamespacePath',
-    'ProtectSystem', 'ProtectHome', 'ProtectKernelTunables', 'ProtectKernelModules', 'ProtectKernelLogs',
-    'ProtectControlGroups', 'ProtectProc', 'ProcSubset', 'ProtectHostname', 'MountFlags',
-    'ReadWritePaths', 'ReadOnlyPaths', 'InaccessiblePaths', 'ExecPaths', 'NoExecPaths',
-    'BindPaths', 'BindReadOnlyPaths', 'TemporaryFileSystem', 'RootDirectory', 'RootImage', 'DynamicUser',
-    'MountImages', 'ExtensionImages', 'ExtensionDirectories', 'LogNamespace',
+    'PrivateDevices',
+    'PrivateTmp',
+    'PrivateMounts',
+    'PrivateNetwork',
+    'PrivateIPC',
+    'NetworkNamespacePath',
+    'ProtectSystem',
+    'ProtectHome',
+    'ProtectKernelTunables',
+    'ProtectKernelModules',
+    'ProtectKernelLogs',
+    'ProtectControlGroups',
+    'ProtectProc',
+    'ProcSubset',
+    'ProtectHostname',
+    'MountFlags',
+    'ReadWritePaths',
+    'ReadOnlyPaths',
+    'InaccessiblePaths',
+    'ExecPaths',
+    'NoExecPaths',
+    'BindPaths',
+    'BindReadOnlyPaths',
+    'TemporaryFileSystem',
+    'RootDirectory',
+    'RootImage',
+    'DynamicUser',
+    'MountImages',
+    'ExtensionImages',
+    'ExtensionDirectories',
+    'LogNamespace',
   ];
   for (const key of namespacing) {
     const v = values(key).filter((x) => !/^(no|false|off|0|)$/i.test(x));

@@ -16,27 +16,40 @@ function frameBytes(header: Record<string, unknown>, payload?: Buffer): Buffer {
 
 t.test('round trip through any split of the stream (fast-check)', async (t) => {
   const frameArb = fc.record({
-    header: fc.record({ type: fc.string({ minLength: 1, maxLength: 12 }), n: fc.nat(), s: fc.string(), list: fc.array(fc.nat(), { maxLength: 5 }) }),
+    header: fc.record({
+      type: fc.string({ minLength: 1, maxLength: 12 }),
+      n: fc.nat(),
+      s: fc.string(),
+      list: fc.array(fc.nat(), { maxLength: 5 }),
+    }),
     payload: fc.uint8Array({ maxLength: 3000 }).map((a) => Buffer.from(a)),
   });
   fc.assert(
-    fc.property(fc.array(frameArb, { minLength: 1, maxLength: 8 }), fc.array(fc.integer({ min: 1, max: 700 }), { minLength: 1, maxLength: 50 }), (frames, cuts) => {
-      const stream = Buffer.concat(frames.map((f) => frameBytes(f.header, f.payload)));
-      const dec = new FrameDecoder();
-      const got = [];
-      let pos = 0;
-      for (let i = 0; pos < stream.length; i++) {
-        const n = cuts[i % cuts.length]!;
-        got.push(...dec.push(stream.subarray(pos, pos + n)));
-        pos += n;
-      }
-      if (dec.pending !== 0 || got.length !== frames.length) return false;
-      return got.every((g, i) => {
-        const want = frames[i]!;
-        const { payloadBytes, ...h } = g.header;
-        return JSON.stringify(h) === JSON.stringify(want.header) && g.payload.equals(want.payload) && (payloadBytes ?? 0) === want.payload.length;
-      });
-    }),
+    fc.property(
+      fc.array(frameArb, { minLength: 1, maxLength: 8 }),
+      fc.array(fc.integer({ min: 1, max: 700 }), { minLength: 1, maxLength: 50 }),
+      (frames, cuts) => {
+        const stream = Buffer.concat(frames.map((f) => frameBytes(f.header, f.payload)));
+        const dec = new FrameDecoder();
+        const got = [];
+        let pos = 0;
+        for (let i = 0; pos < stream.length; i++) {
+          const n = cuts[i % cuts.length]!;
+          got.push(...dec.push(stream.subarray(pos, pos + n)));
+          pos += n;
+        }
+        if (dec.pending !== 0 || got.length !== frames.length) return false;
+        return got.every((g, i) => {
+          const want = frames[i]!;
+          const { payloadBytes, ...h } = g.header;
+          return (
+            JSON.stringify(h) === JSON.stringify(want.header) &&
+            g.payload.equals(want.payload) &&
+            (payloadBytes ?? 0) === want.payload.length
+          );
+        });
+      },
+    ),
     { numRuns: 200 },
   );
   t.pass('200 random frame sequences and splits');
@@ -50,7 +63,11 @@ t.test('an oversized frame is refused from its length prefix alone', async (t) =
   const staged = new FrameDecoder({ maxFrameBytes: 1 << 20 });
   t.equal(staged.push(frameBytes({ type: 'x' }, Buffer.alloc(5000))).length, 1);
   staged.setMaxFrameBytes(100);
-  t.throws(() => staged.push(frameBytes({ type: 'x' }, Buffer.alloc(5000))), { code: 'VMS_FRAME_TOO_LARGE' }, 'caps change with the stage');
+  t.throws(
+    () => staged.push(frameBytes({ type: 'x' }, Buffer.alloc(5000))),
+    { code: 'VMS_FRAME_TOO_LARGE' },
+    'caps change with the stage',
+  );
 });
 
 t.test('malformed frames are VMS_PROTOCOL', async (t) => {
@@ -65,7 +82,11 @@ t.test('malformed frames are VMS_PROTOCOL', async (t) => {
   body(plain.pack({ type: 'x' }).subarray(0, 3)); // truncated header
   const empty = Buffer.alloc(4);
   t.throws(() => new FrameDecoder().push(empty), { code: 'VMS_PROTOCOL' }, 'an empty frame');
-  t.throws(() => encodeFrame({ type: 'x', big: 'y'.repeat(70 << 10) }), { code: 'VMS_FRAME_TOO_LARGE' }, 'the encoder keeps the header cap too');
+  t.throws(
+    () => encodeFrame({ type: 'x', big: 'y'.repeat(70 << 10) }),
+    { code: 'VMS_FRAME_TOO_LARGE' },
+    'the encoder keeps the header cap too',
+  );
 });
 
 t.test('headers are plain MessagePack: a generic decoder reads them', async (t) => {

@@ -2,10 +2,15 @@ import t from 'tap';
 import { encodeFrame, FrameDecoder, type FrameHeader } from '../../lib/protocol/frames.js';
 import { parseClientMessage, parseServerMessage } from '../../lib/protocol/messages.js';
 
-const frame = (header: Record<string, unknown>, payload?: Buffer) => new FrameDecoder().push(Buffer.concat(encodeFrame(header as FrameHeader, payload)))[0]!;
+const frame = (header: Record<string, unknown>, payload?: Buffer) =>
+  new FrameDecoder().push(Buffer.concat(encodeFrame(header as FrameHeader, payload)))[0]!;
 
 t.test('client messages: accepted shapes', async (t) => {
-  t.same(parseClientMessage(frame({ type: 'hello', protocol: 'vmsynth/1', client: 'test' })), { type: 'hello', protocol: 'vmsynth/1', client: 'test' });
+  t.same(parseClientMessage(frame({ type: 'hello', protocol: 'vmsynth/1', client: 'test' })), {
+    type: 'hello',
+    protocol: 'vmsynth/1',
+    client: 'test',
+  });
   const s = parseClientMessage(frame({ type: 'session', policy: 'baseline' }, Buffer.from('manifest')));
   t.same(s.type === 'session' && [s.policy, s.manifest.toString()], ['baseline', 'manifest']);
   const seg = parseClientMessage(frame({ type: 'segment', index: 3 }, Buffer.from([1, 2])));
@@ -15,7 +20,8 @@ t.test('client messages: accepted shapes', async (t) => {
 });
 
 t.test('client messages: refused shapes are VMS_PROTOCOL', async (t) => {
-  const refuse = (h: Record<string, unknown>, p?: Buffer) => t.throws(() => parseClientMessage(frame(h, p)), { code: 'VMS_PROTOCOL' }, JSON.stringify(h));
+  const refuse = (h: Record<string, unknown>, p?: Buffer) =>
+    t.throws(() => parseClientMessage(frame(h, p)), { code: 'VMS_PROTOCOL' }, JSON.stringify(h));
   refuse({ type: 'welcome', protocol: 'vmsynth/1', server: 's' }); // a server's message
   refuse({ type: 'teleport' });
   refuse({ type: 'hello', protocol: 1, client: 'x' });
@@ -29,13 +35,30 @@ t.test('client messages: refused shapes are VMS_PROTOCOL', async (t) => {
 });
 
 t.test('server messages', async (t) => {
-  t.same(parseServerMessage(frame({ type: 'want', lane: 'demand', segments: [4, 5] })), { type: 'want', lane: 'demand', segments: [4, 5] });
-  t.same(parseServerMessage(frame({ type: 'error', code: 'VMS_BAD_SIGNATURE', message: 'no', fatal: true })), { type: 'error', code: 'VMS_BAD_SIGNATURE', message: 'no', fatal: true });
+  t.same(parseServerMessage(frame({ type: 'want', lane: 'demand', segments: [4, 5] })), {
+    type: 'want',
+    lane: 'demand',
+    segments: [4, 5],
+  });
+  t.same(parseServerMessage(frame({ type: 'error', code: 'VMS_BAD_SIGNATURE', message: 'no', fatal: true })), {
+    type: 'error',
+    code: 'VMS_BAD_SIGNATURE',
+    message: 'no',
+    fatal: true,
+  });
   t.throws(() => parseServerMessage(frame({ type: 'want', lane: 'demand', segments: [] })), { code: 'VMS_PROTOCOL' });
-  t.throws(() => parseServerMessage(frame({ type: 'want', lane: 'sideways', segments: [1] })), { code: 'VMS_PROTOCOL' });
+  t.throws(() => parseServerMessage(frame({ type: 'want', lane: 'sideways', segments: [1] })), {
+    code: 'VMS_PROTOCOL',
+  });
   t.same(parseServerMessage(frame({ type: 'hurry', segments: [7] })), { type: 'hurry', segments: [7] });
   t.throws(() => parseServerMessage(frame({ type: 'hurry', segments: [] })), { code: 'VMS_PROTOCOL' });
   t.throws(() => parseServerMessage(frame({ type: 'hurry', segments: [-1] })), { code: 'VMS_PROTOCOL' });
-  t.throws(() => parseClientMessage(frame({ type: 'hurry', segments: [7] })), { code: 'VMS_PROTOCOL' }, 'a server\'s message');
-  t.throws(() => parseServerMessage(frame({ type: 'hello', protocol: 'vmsynth/1', client: 'x' })), { code: 'VMS_PROTOCOL' });
+  t.throws(
+    () => parseClientMessage(frame({ type: 'hurry', segments: [7] })),
+    { code: 'VMS_PROTOCOL' },
+    "a server's message",
+  );
+  t.throws(() => parseServerMessage(frame({ type: 'hello', protocol: 'vmsynth/1', client: 'x' })), {
+    code: 'VMS_PROTOCOL',
+  });
 });

@@ -11,13 +11,20 @@ t.test('tokens name their client; a missing or wrong token is VMS_AUTH', async (
   const b = newToken();
   t.not(a, b);
   t.ok(a.length >= 43, '256 random bits');
-  const auth = new Authenticator([{ name: 'phone-a', tokenSha256: tokenSha256(a) }, { name: 'phone-b', tokenSha256: tokenSha256(b) }]);
+  const auth = new Authenticator([
+    { name: 'phone-a', tokenSha256: tokenSha256(a) },
+    { name: 'phone-b', tokenSha256: tokenSha256(b) },
+  ]);
   t.ok(auth.required);
   t.equal(auth.authenticate(a), 'phone-a');
   t.equal(auth.authenticate(b), 'phone-b');
   t.throws(() => auth.authenticate(undefined), { code: 'VMS_AUTH', details: { reason: 'missing' } });
   t.throws(() => auth.authenticate(`${a}x`), { code: 'VMS_AUTH', details: { reason: 'invalid' } });
-  t.throws(() => auth.authenticate(tokenSha256(a)), { code: 'VMS_AUTH', details: { reason: 'invalid' } }, 'the stored digest is not itself a token');
+  t.throws(
+    () => auth.authenticate(tokenSha256(a)),
+    { code: 'VMS_AUTH', details: { reason: 'invalid' } },
+    'the stored digest is not itself a token',
+  );
   const open = new Authenticator([]);
   t.notOk(open.required);
   t.equal(open.authenticate(undefined), 'anonymous', 'no clients configured: no authentication');

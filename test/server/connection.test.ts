@@ -37,7 +37,11 @@ class FakeSession implements SessionHandle {
   receive(index: number): void {
     this.received.push(index);
   }
-  async offload(method: string, path: string, body: Buffer): Promise<{ status: number; headers: Record<string, string>; body: Buffer }> {
+  async offload(
+    method: string,
+    path: string,
+    body: Buffer,
+  ): Promise<{ status: number; headers: Record<string, string>; body: Buffer }> {
     this.offloads.push(`${method} ${path}`);
     if (this.offloadFails) throw new VmsynthError(this.offloadFails, 'the fake says no');
     return { status: 200, headers: {}, body: Buffer.concat([Buffer.from('echo:'), body]) };
@@ -62,15 +66,20 @@ interface Rig {
   gone: Promise<void>;
 }
 
-const frame = (h: Record<string, unknown>, payload?: Buffer): Buffer => Buffer.concat(encodeFrame(h as { type: string }, payload));
-const hello = (extra: Record<string, unknown> = {}) => frame({ type: 'hello', protocol: PROTOCOL, client: 'test', ...extra });
+const frame = (h: Record<string, unknown>, payload?: Buffer): Buffer =>
+  Buffer.concat(encodeFrame(h as { type: string }, payload));
+const hello = (extra: Record<string, unknown> = {}) =>
+  frame({ type: 'hello', protocol: PROTOCOL, client: 'test', ...extra });
 const sessionMsg = () => frame({ type: 'session', policy: 'early-start' }, Buffer.from('manifest bytes'));
 const segment = (index: number) => frame({ type: 'segment', index }, Buffer.from([1, 2, 3]));
 const offload = (id: number) => frame({ type: 'offload', id, method: 'POST', path: '/run' }, Buffer.from('x'));
 const finish = () => frame({ type: 'finish' });
 const clientError = () => frame({ type: 'error', code: 'VMS_INTERRUPTED', message: 'bye' });
 
-const admitted = { overlay: { body: { segments: [{}, {}, {}] }, segmentsBytes: 300 } as unknown as Overlay, base: { name: 'fakebase' } as unknown as Base };
+const admitted = {
+  overlay: { body: { segments: [{}, {}, {}] }, segmentsBytes: 300 } as unknown as Overlay,
+  base: { name: 'fakebase' } as unknown as Base,
+};
 
 interface RigOptions {
   admit?: (client: string, manifest: Buffer) => Promise<Admitted>;
@@ -84,11 +93,13 @@ async function rig(t: Test, o: RigOptions = {}): Promise<Rig> {
   const ctx: ServerContext = {
     auth: new Authenticator((o.tokens ?? []).map((tok, i) => ({ name: `c${i}`, tokenSha256: tokenSha256(tok) }))),
     admit: o.admit ?? (async () => admitted),
-    startSession: o.start ?? (async (req) => {
-      const s = new FakeSession(req);
-      sessions.push(s);
-      return s;
-    }),
+    startSession:
+      o.start ??
+      (async (req) => {
+        const s = new FakeSession(req);
+        sessions.push(s);
+        return s;
+      }),
     handshakeTimeoutMs: o.handshakeTimeoutMs ?? 10_000,
   };
   let conn!: Connection;
@@ -134,7 +145,13 @@ async function at(t: Test, stage: 'greeting' | 'open' | 'session', o: RigOptions
   t.match(await r.next('welcome'), { type: 'welcome', protocol: PROTOCOL });
   if (stage === 'open') return r;
   r.send(sessionMsg());
-  t.match(await r.next('accepted'), { type: 'accepted', session: 'fake0001', base: 'fakebase', segments: 3, policy: 'early-start' });
+  t.match(await r.next('accepted'), {
+    type: 'accepted',
+    session: 'fake0001',
+    base: 'fakebase',
+    segments: 3,
+    policy: 'early-start',
+  });
   return r;
 }
 
@@ -143,7 +160,12 @@ const fatal = (code: string) => ({ type: 'error', code, fatal: true });
 t.test('every message in every stage', async (t) => {
   // What each message does in each stage: the reply it gets, or the typed refusal.
   const stageError = (type: string, stage: string) => ({ code: 'VMS_PROTOCOL', reason: 'stage', type, stage });
-  const cases: Array<{ stage: 'greeting' | 'open' | 'session'; send: () => Buffer; name: string; expect: 'welcome' | 'accepted' | 'finished' | 'silent-close' | 'reply' | 'receive' | ReturnType<typeof stageError> }> = [
+  const cases: Array<{
+    stage: 'greeting' | 'open' | 'session';
+    send: () => Buffer;
+    name: string;
+    expect: 'welcome' | 'accepted' | 'finished' | 'silent-close' | 'reply' | 'receive' | ReturnType<typeof stageError>;
+  }> = [
     { stage: 'greeting', name: 'hello', send: () => hello(), expect: 'welcome' },
     { stage: 'greeting', name: 'session', send: sessionMsg, expect: stageError('session', 'greeting') },
     { stage: 'greeting', name: 'segment', send: () => segment(0), expect: stageError('segment', 'greeting') },
@@ -170,17 +192,28 @@ t.test('every message in every stage', async (t) => {
       if (typeof c.expect === 'object') {
         t.match(await r.next('never'), { type: 'error', code: c.expect.code, fatal: true }, 'a fatal typed error');
         await r.gone;
-        t.match(r.conn.endedWith?.details, { reason: c.expect.reason, type: c.expect.type, stage: c.expect.stage }, 'its details say which rule');
+        t.match(
+          r.conn.endedWith?.details,
+          { reason: c.expect.reason, type: c.expect.type, stage: c.expect.stage },
+          'its details say which rule',
+        );
         await r.closed;
       } else if (c.expect === 'welcome' || c.expect === 'accepted') {
         t.match(await r.next(c.expect), { type: c.expect });
         if (c.expect === 'accepted') t.equal(r.sessions[0]!.runs, 1, 'the session was started and run');
       } else if (c.expect === 'finished') {
-        t.match(await r.next('finished'), { type: 'finished', stats: c.stage === 'session' ? { fake: true } : {} }, 'finished, with the session\'s stats');
+        t.match(
+          await r.next('finished'),
+          { type: 'finished', stats: c.stage === 'session' ? { fake: true } : {} },
+          "finished, with the session's stats",
+        );
         await r.closed;
       } else if (c.expect === 'silent-close') {
         const msgs = await r.closed;
-        t.notOk(msgs.some((m) => m.type === 'error' || m.type === 'finished'), 'a client that gave up is not answered');
+        t.notOk(
+          msgs.some((m) => m.type === 'error' || m.type === 'finished'),
+          'a client that gave up is not answered',
+        );
       } else if (c.expect === 'receive') {
         await until(() => r.sessions[0]!.received.length === 1, 'the segment');
         t.same(r.sessions[0]!.received, [2], 'the segment went to the session');
@@ -193,7 +226,8 @@ t.test('every message in every stage', async (t) => {
         await r.gone;
         t.equal(r.sessions[0]!.closes, 1, 'the session was closed exactly once');
       }
-      if (c.stage === 'session' && (c.expect === 'receive' || c.expect === 'reply')) t.equal(r.sessions[0]!.closes, 0, 'the session goes on');
+      if (c.stage === 'session' && (c.expect === 'receive' || c.expect === 'reply'))
+        t.equal(r.sessions[0]!.closes, 0, 'the session goes on');
     });
   }
 });
@@ -215,7 +249,11 @@ t.test('an unknown message type is refused, and said to be one', async (t) => {
 });
 
 t.test('tokens: none given, a wrong one, the right one', async (t) => {
-  for (const [token, code, reason] of [[undefined, 'VMS_AUTH', 'missing'], ['wrong', 'VMS_AUTH', 'invalid'], ['sesame', null, null]] as const) {
+  for (const [token, code, reason] of [
+    [undefined, 'VMS_AUTH', 'missing'],
+    ['wrong', 'VMS_AUTH', 'invalid'],
+    ['sesame', null, null],
+  ] as const) {
     const r = await rig(t, { tokens: ['sesame'] });
     r.send(hello(token === undefined ? {} : { token }));
     const m = await r.next('welcome');
@@ -231,8 +269,13 @@ t.test('an admission refusal ends the connection before any session starts', asy
   for (const code of ['VMS_BUSY', 'VMS_LIMIT', 'VMS_UNTRUSTED_KEY', 'VMS_BASE_NOT_FOUND'] as const) {
     let started = 0;
     const r = await at(t, 'open', {
-      admit: async () => { throw new VmsynthError(code, 'no'); },
-      start: async () => { started++; throw new Error('must not start'); },
+      admit: async () => {
+        throw new VmsynthError(code, 'no');
+      },
+      start: async () => {
+        started++;
+        throw new Error('must not start');
+      },
     });
     r.send(sessionMsg());
     t.match(await r.next('accepted'), fatal(code), `${code} is told`);
@@ -340,7 +383,10 @@ t.test('a connection that ends while its session starts closes that session, and
   release();
   await ending;
   const msgs = await r.closed;
-  t.notOk(msgs.some((m) => m.type === 'accepted'), 'no accepted');
+  t.notOk(
+    msgs.some((m) => m.type === 'accepted'),
+    'no accepted',
+  );
   t.match(msgs.at(-1), fatal('VMS_SHUTTING_DOWN'), 'the client is told why');
   t.equal(made[0]!.closes, 1, 'the session set up meanwhile was closed');
   t.equal(made[0]!.runs, 0, 'and never run');

@@ -10,42 +10,63 @@ import { SegmentScheduler } from '../../lib/stream/scheduler.js';
 
 t.test('background goes in manifest order, bounded by in-flight bytes', async (t) => {
   const s = new SegmentScheduler({ sizes: [100, 100, 100, 100, 100], maxInFlightBytes: 250 });
-  t.same(s.drain(), [{ index: 0, lane: 'background' }, { index: 1, lane: 'background' }], 'two fit under 250 bytes');
+  t.same(
+    s.drain(),
+    [
+      { index: 0, lane: 'background' },
+      { index: 1, lane: 'background' },
+    ],
+    'two fit under 250 bytes',
+  );
   t.equal(s.backgroundBytesInFlight, 200);
   t.ok(s.received(0));
   t.same(s.drain(), [{ index: 2, lane: 'background' }]);
   t.notOk(s.received(0), 'a duplicate is refused');
-  t.same([0, 1, 2, 3].map((i) => s.stateOf(i)), ['received', 'requested', 'requested', 'queued'], 'each segment says where it is');
+  t.same(
+    [0, 1, 2, 3].map((i) => s.stateOf(i)),
+    ['received', 'requested', 'requested', 'queued'],
+    'each segment says where it is',
+  );
   t.throws(() => s.stateOf(5), { code: 'VMS_PROTOCOL' });
   const big = new SegmentScheduler({ sizes: [1000, 10], maxInFlightBytes: 100 });
   t.same(big.drain(), [{ index: 0, lane: 'background' }], 'one segment larger than the bound still goes, alone');
 });
 
-t.test('a demand for segment k goes next among 4,096 queued background segments, then the stream continues after k and wraps', async (t) => {
-  const n = 4096;
-  const s = new SegmentScheduler({ sizes: new Array<number>(n).fill(1000), maxInFlightBytes: 4000 });
-  t.same(s.drain().map((r) => r.index), [0, 1, 2, 3]);
-  t.ok(s.demand(3000));
-  t.same(s.next(), { index: 3000, lane: 'demand' }, 'the demand goes next, past the in-flight bound');
-  t.equal(s.next(), null, 'the background bound still holds');
-  for (const i of [0, 1, 2, 3]) s.received(i);
-  t.same(s.drain().map((r) => r.index), [3001, 3002, 3003, 3004], 'background continues right after the fault');
-  t.notOk(s.demand(3000), 'a second fault on the same segment asks nothing more');
-  t.notOk(s.demand(3002), 'a fault on a segment already on its way asks nothing more');
-  t.equal(s.outOfOrder, 1);
-  // Receive everything as it is requested: the order covers all segments once, wrapping to 4..2999.
-  const order: number[] = [3000, 3001, 3002, 3003, 3004];
-  for (const i of order) s.received(i);
-  for (let r = s.next(); r; r = s.next()) {
-    order.push(r.index);
-    s.received(r.index);
-  }
-  t.equal(order.length, n - 4);
-  t.same(order.slice(5, 8), [3005, 3006, 3007]);
-  t.equal(order[order.length - 2996 - 1], 4095, 'the end of the overlay comes before the skipped range');
-  t.same(order.slice(-2996, -2993), [4, 5, 6], 'then the skipped range, in order');
-  t.ok(s.done);
-});
+t.test(
+  'a demand for segment k goes next among 4,096 queued background segments, then the stream continues after k and wraps',
+  async (t) => {
+    const n = 4096;
+    const s = new SegmentScheduler({ sizes: new Array<number>(n).fill(1000), maxInFlightBytes: 4000 });
+    t.same(
+      s.drain().map((r) => r.index),
+      [0, 1, 2, 3],
+    );
+    t.ok(s.demand(3000));
+    t.same(s.next(), { index: 3000, lane: 'demand' }, 'the demand goes next, past the in-flight bound');
+    t.equal(s.next(), null, 'the background bound still holds');
+    for (const i of [0, 1, 2, 3]) s.received(i);
+    t.same(
+      s.drain().map((r) => r.index),
+      [3001, 3002, 3003, 3004],
+      'background continues right after the fault',
+    );
+    t.notOk(s.demand(3000), 'a second fault on the same segment asks nothing more');
+    t.notOk(s.demand(3002), 'a fault on a segment already on its way asks nothing more');
+    t.equal(s.outOfOrder, 1);
+    // Receive everything as it is requested: the order covers all segments once, wrapping to 4..2999.
+    const order: number[] = [3000, 3001, 3002, 3003, 3004];
+    for (const i of order) s.received(i);
+    for (let r = s.next(); r; r = s.next()) {
+      order.push(r.index);
+      s.received(r.index);
+    }
+    t.equal(order.length, n - 4);
+    t.same(order.slice(5, 8), [3005, 3006, 3007]);
+    t.equal(order[order.length - 2996 - 1], 4095, 'the end of the overlay comes before the skipped range');
+    t.same(order.slice(-2996, -2993), [4, 5, 6], 'then the skipped range, in order');
+    t.ok(s.done);
+  },
+);
 
 t.test('a segment that failed its check is asked for again, first', async (t) => {
   const s = new SegmentScheduler({ sizes: [10, 10, 10], maxInFlightBytes: 20 });

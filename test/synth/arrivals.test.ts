@@ -20,14 +20,21 @@ function rig() {
   const maps = [new ChunkMap(32 * C), new ChunkMap(16 * C)];
   const demands: number[] = [];
   const unblocked: number[] = [];
-  const a = new ChunkArrivals(maps, (s) => demands.push(s), (ms) => unblocked.push(ms));
+  const a = new ChunkArrivals(
+    maps,
+    (s) => demands.push(s),
+    (ms) => unblocked.push(ms),
+  );
   return { a, maps, demands, unblocked, mem: a.gate(0), disk: a.gate(1) };
 }
 
 /** Watches a gate's answer: `settled` turns true when it resolves, `error` holds a rejection. */
 function watch(p: Promise<void> | undefined) {
   const w = { held: p !== undefined, settled: false, error: undefined as unknown };
-  p?.then(() => void (w.settled = true), (e: unknown) => void (w.error = e));
+  p?.then(
+    () => void (w.settled = true),
+    (e: unknown) => void (w.error = e),
+  );
   return w;
 }
 
@@ -184,7 +191,11 @@ t.test('failAll() rejects every held read and every later read with the error', 
   t.notOk(r1.settled);
   t.same(a.held(), { reads: 0, oldestMs: 0, segments: [] }, 'nothing is held any more');
   t.equal(a.waiting, 0);
-  t.equal(await mem(4 * C, C)!.catch((e: unknown) => e), err, 'a later read of a present chunk fails too, with the same error');
+  t.equal(
+    await mem(4 * C, C)!.catch((e: unknown) => e),
+    err,
+    'a later read of a present chunk fails too, with the same error',
+  );
   a.failAll(new VmsynthError('VMS_INTERNAL', 'later'));
   t.equal(await disk(0, C)!.catch((e: unknown) => e), err, 'a second failAll keeps the first error');
   a.arrived(0, 0, ChunkSource.OVERLAY);
@@ -238,7 +249,10 @@ t.test('held() lists at most 20 segments, the lowest', async (t) => {
   const { a, mem } = rig();
   for (let c = 0; c < 25; c++) a.expect(0, c, 100 - c);
   const r = watch(mem(0, 25 * C));
-  t.same(a.held().segments, Array.from({ length: 20 }, (_, i) => 76 + i));
+  t.same(
+    a.held().segments,
+    Array.from({ length: 20 }, (_, i) => 76 + i),
+  );
   a.failAll();
   await tick();
   t.ok(r.error);

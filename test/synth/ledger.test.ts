@@ -56,7 +56,7 @@ t.test('mayRetry allows one retry per segment and counts it', async (t) => {
   t.equal(l.retries, 2);
 });
 
-t.test('replied() returns the first response\'s ms once, with what was received before it', async (t) => {
+t.test("replied() returns the first response's ms once, with what was received before it", async (t) => {
   const clock = fakeClock();
   const l = new SessionLedger('early-start', 3, 9_000, clock.now);
   l.received(0, 1_000);
@@ -124,7 +124,7 @@ t.test('held() tells where each segment a held read waits for is', async (t) => 
   t.same(l.held({ reads: 0, oldestMs: 0, segments: [] }, scheduler), { reads: 0, oldestMs: 0, segments: [] });
 });
 
-t.test('stats() assembles the ledger\'s counts with the live numbers', async (t) => {
+t.test("stats() assembles the ledger's counts with the live numbers", async (t) => {
   const clock = fakeClock();
   const l = new SessionLedger('early-start', 6, 123_456, clock.now);
   l.received(0, 1_000);

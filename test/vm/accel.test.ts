@@ -27,28 +27,32 @@ function cpu(n: number, vendor: string, model: string, flags: string): string {
   ].join('\n');
 }
 
-const INTEL_FLAGS = 'fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush dts acpi mmx fxsr sse sse2 ss ht tm pbe syscall nx '
-  + 'pdpe1gb rdtscp lm constant_tsc arch_perfmon pebs bts rep_good nopl xtopology nonstop_tsc cpuid aperfmperf pni pclmulqdq dtes64 monitor '
-  + 'ds_cpl vmx smx est tm2 ssse3 sdbg fma cx16 xtpr pdcm pcid dca sse4_1 sse4_2 x2apic movbe popcnt tsc_deadline_timer aes xsave avx f16c '
-  + 'rdrand lahf_lm abm 3dnowprefetch cpuid_fault epb invpcid_single pti intel_ppin ssbd ibrs ibpb stibp tpr_shadow flexpriority ept vpid '
-  + 'ept_ad fsgsbase tsc_adjust bmi1 hle avx2 smep bmi2 erms invpcid rtm cqm mpx rdt_a avx512f avx512dq rdseed adx smap clflushopt clwb';
-const AMD_FLAGS = 'fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx mmxext fxsr_opt '
-  + 'pdpe1gb rdtscp lm constant_tsc rep_good nopl nonstop_tsc cpuid extd_apicid aperfmperf rapl pni pclmulqdq monitor ssse3 fma cx16 sse4_1 '
-  + 'sse4_2 x2apic movbe popcnt aes xsave avx f16c rdrand lahf_lm cmp_legacy svm extapic cr8_legacy abm sse4a misalignsse 3dnowprefetch '
-  + 'osvw ibs skinit wdt tce topoext perfctr_core perfctr_nb bpext perfctr_llc mwaitx cpb cat_l3 cdp_l3 hw_pstate ssbd mba ibrs ibpb stibp '
-  + 'vmmcall fsgsbase bmi1 avx2 smep bmi2 erms invpcid cqm rdt_a rdseed adx smap clflushopt clwb sha_ni xsaveopt xsavec xgetbv1 xsaves '
-  + 'npt lbrv svm_lock nrip_save tsc_scale vmcb_clean flushbyasid decodeassists pausefilter pfthreshold avic v_vmsave_vmload vgif';
+const INTEL_FLAGS =
+  'fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush dts acpi mmx fxsr sse sse2 ss ht tm pbe syscall nx ' +
+  'pdpe1gb rdtscp lm constant_tsc arch_perfmon pebs bts rep_good nopl xtopology nonstop_tsc cpuid aperfmperf pni pclmulqdq dtes64 monitor ' +
+  'ds_cpl vmx smx est tm2 ssse3 sdbg fma cx16 xtpr pdcm pcid dca sse4_1 sse4_2 x2apic movbe popcnt tsc_deadline_timer aes xsave avx f16c ' +
+  'rdrand lahf_lm abm 3dnowprefetch cpuid_fault epb invpcid_single pti intel_ppin ssbd ibrs ibpb stibp tpr_shadow flexpriority ept vpid ' +
+  'ept_ad fsgsbase tsc_adjust bmi1 hle avx2 smep bmi2 erms invpcid rtm cqm mpx rdt_a avx512f avx512dq rdseed adx smap clflushopt clwb';
+const AMD_FLAGS =
+  'fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx mmxext fxsr_opt ' +
+  'pdpe1gb rdtscp lm constant_tsc rep_good nopl nonstop_tsc cpuid extd_apicid aperfmperf rapl pni pclmulqdq monitor ssse3 fma cx16 sse4_1 ' +
+  'sse4_2 x2apic movbe popcnt aes xsave avx f16c rdrand lahf_lm cmp_legacy svm extapic cr8_legacy abm sse4a misalignsse 3dnowprefetch ' +
+  'osvw ibs skinit wdt tce topoext perfctr_core perfctr_nb bpext perfctr_llc mwaitx cpb cat_l3 cdp_l3 hw_pstate ssbd mba ibrs ibpb stibp ' +
+  'vmmcall fsgsbase bmi1 avx2 smep bmi2 erms invpcid cqm rdt_a rdseed adx smap clflushopt clwb sha_ni xsaveopt xsavec xgetbv1 xsaves ' +
+  'npt lbrv svm_lock nrip_save tsc_scale vmcb_clean flushbyasid decodeassists pausefilter pfthreshold avic v_vmsave_vmload vgif';
 /** A guest vCPU of a cloud VM (this test host's own line): AMD without svm, though it names vmmcall and the hypervisor flag. */
-const GUEST_FLAGS = 'fpu vme de pse tsc msr pae mce cx8 apic sep pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx mmxext lm '
-  + 'constant_tsc rep_good nopl xtopology tsc_reliable nonstop_tsc cpuid extd_apicid tsc_known_freq pni pclmulqdq ssse3 fma cx16 sse4_1 '
-  + 'sse4_2 x2apic movbe popcnt tsc_deadline_timer aes xsave avx f16c rdrand hypervisor lahf_lm cr8_legacy misalignsse 3dnowprefetch '
-  + 'topoext pti        vmmcall bmi1 avx2 bmi2 erms avx512f avx512dq adx avx512ifma clflushopt clwb avx512cd sha_ni avx512bw avx512vl '
-  + 'xsaveopt xsavec xgetbv1 avx_vnni avx512_bf16 clzero xsaveerptr arat avx512vbmi avx512_vbmi2 gfni vaes vpclmulqdq avx512_vnni';
+const GUEST_FLAGS =
+  'fpu vme de pse tsc msr pae mce cx8 apic sep pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx mmxext lm ' +
+  'constant_tsc rep_good nopl xtopology tsc_reliable nonstop_tsc cpuid extd_apicid tsc_known_freq pni pclmulqdq ssse3 fma cx16 sse4_1 ' +
+  'sse4_2 x2apic movbe popcnt tsc_deadline_timer aes xsave avx f16c rdrand hypervisor lahf_lm cr8_legacy misalignsse 3dnowprefetch ' +
+  'topoext pti        vmmcall bmi1 avx2 bmi2 erms avx512f avx512dq adx avx512ifma clflushopt clwb avx512cd sha_ni avx512bw avx512vl ' +
+  'xsaveopt xsavec xgetbv1 avx_vnni avx512_bf16 clzero xsaveerptr arat avx512vbmi avx512_vbmi2 gfni vaes vpclmulqdq avx512_vnni';
 
 const INTEL = cpu(0, 'GenuineIntel', 'Intel(R) Xeon(R) Gold 6130 CPU @ 2.10GHz', INTEL_FLAGS);
 const AMD = cpu(0, 'AuthenticAMD', 'AMD EPYC 7502P 32-Core Processor', AMD_FLAGS);
 const GUEST = cpu(0, 'AuthenticAMD', 'AMD EPYC', GUEST_FLAGS);
-const multi = (flags: string, n: number) => Array.from({ length: n }, (_, i) => cpu(i, 'GenuineIntel', 'Intel(R) Xeon(R)', flags)).join('\n');
+const multi = (flags: string, n: number) =>
+  Array.from({ length: n }, (_, i) => cpu(i, 'GenuineIntel', 'Intel(R) Xeon(R)', flags)).join('\n');
 
 const detect = (cpuinfo: string, kvmUsable: boolean) => chooseAccel({ forced: undefined, cpuinfo, kvmUsable }).accel;
 
@@ -86,7 +90,11 @@ t.test('a multi-CPU cpuinfo is decided by its first CPU', async (t) => {
 
 t.test('VMSYNTH_ACCEL=kvm|tcg forces the choice; empty means detect', async (t) => {
   for (const forced of ['kvm', 'tcg'] as const) {
-    for (const [cpuinfo, kvmUsable] of [[INTEL, true], [GUEST, false], ['', false]] as const) {
+    for (const [cpuinfo, kvmUsable] of [
+      [INTEL, true],
+      [GUEST, false],
+      ['', false],
+    ] as const) {
       t.same(chooseAccel({ forced, cpuinfo, kvmUsable }), { accel: forced, reason: 'VMSYNTH_ACCEL' });
     }
   }
@@ -97,10 +105,14 @@ t.test('VMSYNTH_ACCEL=kvm|tcg forces the choice; empty means detect', async (t) 
 
 t.test('a bad VMSYNTH_ACCEL is VMS_USAGE naming the variable and its value', async (t) => {
   for (const forced of ['KVM', 'hvf', ' kvm', 'kvm,tcg']) {
-    t.throws(() => chooseAccel({ forced, cpuinfo: INTEL, kvmUsable: true }), {
-      code: 'VMS_USAGE',
-      details: { variable: 'VMSYNTH_ACCEL', value: forced, allowed: ['kvm', 'tcg'] },
-    }, JSON.stringify(forced));
+    t.throws(
+      () => chooseAccel({ forced, cpuinfo: INTEL, kvmUsable: true }),
+      {
+        code: 'VMS_USAGE',
+        details: { variable: 'VMSYNTH_ACCEL', value: forced, allowed: ['kvm', 'tcg'] },
+      },
+      JSON.stringify(forced),
+    );
   }
 });
 
@@ -126,14 +138,30 @@ t.test('detectAccel honours VMSYNTH_ACCEL and publishes its choice', async (t) =
   t.teardown(() => diagnostics.unsubscribe('vmsynth:vm:accel', onAccel));
   t.same(await withAccelEnv('tcg', detectAccel), { accel: 'tcg', reason: 'VMSYNTH_ACCEL' });
   t.same(await withAccelEnv('kvm', detectAccel), { accel: 'kvm', reason: 'VMSYNTH_ACCEL' });
-  t.same(seen, [{ accel: 'tcg', reason: 'VMSYNTH_ACCEL' }, { accel: 'kvm', reason: 'VMSYNTH_ACCEL' }]);
-  await t.rejects(withAccelEnv('qemu', detectAccel), { code: 'VMS_USAGE', details: { variable: 'VMSYNTH_ACCEL', value: 'qemu' } });
+  t.same(seen, [
+    { accel: 'tcg', reason: 'VMSYNTH_ACCEL' },
+    { accel: 'kvm', reason: 'VMSYNTH_ACCEL' },
+  ]);
+  await t.rejects(withAccelEnv('qemu', detectAccel), {
+    code: 'VMS_USAGE',
+    details: { variable: 'VMSYNTH_ACCEL', value: 'qemu' },
+  });
 });
 
-t.test('requireAccel: the base\'s accelerator passes, the other is VMS_ACCEL_MISMATCH', async (t) => {
+t.test("requireAccel: the base's accelerator passes, the other is VMS_ACCEL_MISMATCH", async (t) => {
   t.equal(await withAccelEnv('tcg', () => requireAccel(base('tcg'))), 'tcg');
   t.equal(await withAccelEnv('kvm', () => requireAccel(base('kvm'))), 'kvm');
-  await t.rejects(withAccelEnv('tcg', () => requireAccel(base('kvm'))), { code: 'VMS_ACCEL_MISMATCH' });
-  await t.rejects(withAccelEnv('kvm', () => requireAccel(base('tcg'))), { code: 'VMS_ACCEL_MISMATCH' });
-  await t.rejects(withAccelEnv('bogus', () => requireAccel(base('tcg'))), { code: 'VMS_USAGE' }, 'a bad variable is not a mismatch');
+  await t.rejects(
+    withAccelEnv('tcg', () => requireAccel(base('kvm'))),
+    { code: 'VMS_ACCEL_MISMATCH' },
+  );
+  await t.rejects(
+    withAccelEnv('kvm', () => requireAccel(base('tcg'))),
+    { code: 'VMS_ACCEL_MISMATCH' },
+  );
+  await t.rejects(
+    withAccelEnv('bogus', () => requireAccel(base('tcg'))),
+    { code: 'VMS_USAGE' },
+    'a bad variable is not a mismatch',
+  );
 });

@@ -2,11 +2,21 @@ import t from 'tap';
 import { domainXml, extraQemuArgs, machineFromXml, ownerFromXml, type VmSpec } from '../../lib/vm/domain-xml.js';
 
 const spec: VmSpec = {
-  name: 'vmsynth-abc', accel: 'tcg', machine: 'pc-q35-7.2', vcpus: 1, memoryMiB: 256,
-  kernel: '/b/vmlinuz', initrd: '/b/initrd.img', cmdline: 'console=ttyS0 a=<b>',
-  disk: { path: '/s/disk.qcow2', format: 'qcow2' }, memory: { path: '/s/mnt/memory.img', share: false },
-  qmpSocket: '/s/qmp.sock', consoleLog: '/s/console.log', net: { mac: '52:54:00:00:00:01', hostPort: 4321, guestPort: 8000 },
-  incoming: true, owner: { pid: 42, start: '777', sessionDir: '/s' },
+  name: 'vmsynth-abc',
+  accel: 'tcg',
+  machine: 'pc-q35-7.2',
+  vcpus: 1,
+  memoryMiB: 256,
+  kernel: '/b/vmlinuz',
+  initrd: '/b/initrd.img',
+  cmdline: 'console=ttyS0 a=<b>',
+  disk: { path: '/s/disk.qcow2', format: 'qcow2' },
+  memory: { path: '/s/mnt/memory.img', share: false },
+  qmpSocket: '/s/qmp.sock',
+  consoleLog: '/s/console.log',
+  net: { mac: '52:54:00:00:00:01', hostPort: 4321, guestPort: 8000 },
+  incoming: true,
+  owner: { pid: 42, start: '777', sessionDir: '/s' },
 };
 
 t.test('resume XML maps RAM private from the FUSE image and waits for incoming state', async (t) => {
@@ -20,7 +30,11 @@ t.test('resume XML maps RAM private from the FUSE image and waits for incoming s
   t.match(xml, /<cpu mode='maximum'/);
   t.match(xml, /console=ttyS0 a=&lt;b&gt;/, 'text is escaped');
   t.match(xml, /<driver name='qemu' type='qcow2'\/>/);
-  t.match(xml, /<memballoon model='virtio' freePageReporting='on'\/>/, 'every VM has the free-page-reporting balloon (its device state depends on it)');
+  t.match(
+    xml,
+    /<memballoon model='virtio' freePageReporting='on'\/>/,
+    'every VM has the free-page-reporting balloon (its device state depends on it)',
+  );
 });
 
 t.test('capture XML shares RAM into the file and boots', async (t) => {

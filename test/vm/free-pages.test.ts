@@ -34,12 +34,19 @@ t.test('settleFreePages measures the holes punched while it waits, and stops whe
   t.equal(capped.freedBytes, 0);
   const ac = new AbortController();
   setTimeout(() => ac.abort(new Error('stop')), 100);
-  await t.rejects(settleFreePages(ram, { signal: ac.signal, minMs: 10_000, maxMs: 20_000 }), { code: 'VMS_INTERRUPTED' }, 'cancellable');
+  await t.rejects(
+    settleFreePages(ram, { signal: ac.signal, minMs: 10_000, maxMs: 20_000 }),
+    { code: 'VMS_INTERRUPTED' },
+    'cancellable',
+  );
 });
 
 t.test('the guest command sets the reporting order, optionally drops caches, then frees memory', async (t) => {
   const both = freeMemoryCommand(true, true);
-  t.match(both, /^echo 0 > \/sys\/module\/page_reporting\/parameters\/page_reporting_order; sync; echo 3 > \/proc\/sys\/vm\/drop_caches; dd /);
+  t.match(
+    both,
+    /^echo 0 > \/sys\/module\/page_reporting\/parameters\/page_reporting_order; sync; echo 3 > \/proc\/sys\/vm\/drop_caches; dd /,
+  );
   t.match(freeMemoryCommand(false, false), /^echo 10 > .*page_reporting_order; sync; dd /);
   t.notMatch(freeMemoryCommand(false, true), /drop_caches/);
 });

@@ -28,11 +28,23 @@ t.test('an app that never answers: VMS_GUEST_TIMEOUT, with the console tail when
   const port = await closedPort();
   const log = path.join(testRoot, 'console.log');
   await fsp.writeFile(log, 'Booting...\nKernel panic - not syncing\n');
-  await t.rejects(waitForApp(port, { timeoutMs: 300, consoleLog: log }),
-    { code: 'VMS_GUEST_TIMEOUT', details: { port, timeoutMs: 300, consoleLog: log, consoleTail: true } });
-  await t.rejects(waitForApp(port, { timeoutMs: 300 }), { code: 'VMS_GUEST_TIMEOUT', details: { port, consoleTail: false } }, 'no log: no tail');
-  await t.rejects(waitForApp(port, { timeoutMs: 300, consoleLog: path.join(testRoot, 'gone.log') }),
-    { code: 'VMS_GUEST_TIMEOUT', details: { consoleTail: false } }, 'a log that is gone: no tail');
-  const err: unknown = await waitForApp(port, { timeoutMs: 300 }).then(() => null, (e: unknown) => e);
+  await t.rejects(waitForApp(port, { timeoutMs: 300, consoleLog: log }), {
+    code: 'VMS_GUEST_TIMEOUT',
+    details: { port, timeoutMs: 300, consoleLog: log, consoleTail: true },
+  });
+  await t.rejects(
+    waitForApp(port, { timeoutMs: 300 }),
+    { code: 'VMS_GUEST_TIMEOUT', details: { port, consoleTail: false } },
+    'no log: no tail',
+  );
+  await t.rejects(
+    waitForApp(port, { timeoutMs: 300, consoleLog: path.join(testRoot, 'gone.log') }),
+    { code: 'VMS_GUEST_TIMEOUT', details: { consoleTail: false } },
+    'a log that is gone: no tail',
+  );
+  const err: unknown = await waitForApp(port, { timeoutMs: 300 }).then(
+    () => null,
+    (e: unknown) => e,
+  );
   t.ok(err instanceof VmsynthError && (err.details.attempts as number) >= 1, 'it tried at least once');
 });

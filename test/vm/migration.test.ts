@@ -59,7 +59,8 @@ async function fakeQemu(t: { teardown(fn: () => unknown): void }, dir: string, o
 
   const migrate = (to: string) => {
     const outcome = opts.save ?? 'ok';
-    if (outcome === 'fail') state.migration = { status: 'failed', 'error-desc': 'Unable to write to socket: Broken pipe' };
+    if (outcome === 'fail')
+      state.migration = { status: 'failed', 'error-desc': 'Unable to write to socket: Broken pipe' };
     else if (outcome === 'hang') state.migration = { status: 'active' };
     else if (outcome === 'no-connect') state.migration = { status: 'completed' };
     else {
@@ -98,40 +99,68 @@ async function fakeQemu(t: { teardown(fn: () => unknown): void }, dir: string, o
       });
     });
     servers.push(server);
-    await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(at, resolve); });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(at, resolve);
+    });
   };
 
   const answer = async (cmd: string, args?: Record<string, unknown>): Promise<unknown> => {
     switch (cmd) {
-      case 'qmp_capabilities': case 'migrate-set-capabilities': return {};
-      case 'stop': setStatus('paused'); return {};
+      case 'qmp_capabilities':
+      case 'migrate-set-capabilities':
+        return {};
+      case 'stop':
+        setStatus('paused');
+        return {};
       case 'cont':
-        if (state.status !== 'paused' && state.status !== 'prelaunch') return new Error(`cannot continue in state ${state.status}`);
+        if (state.status !== 'paused' && state.status !== 'prelaunch')
+          return new Error(`cannot continue in state ${state.status}`);
         if (!opts.stuck) setStatus('running');
         return {};
-      case 'migrate': migrate(unixPath(args)); return {};
-      case 'migrate-incoming': await incoming(unixPath(args)); return {};
-      case 'query-migrate': return state.migration;
-      case 'query-status': return { status: state.status, running: state.status === 'running' };
-      default: return new Error(`unknown command ${cmd}`);
+      case 'migrate':
+        migrate(unixPath(args));
+        return {};
+      case 'migrate-incoming':
+        await incoming(unixPath(args));
+        return {};
+      case 'query-migrate':
+        return state.migration;
+      case 'query-status':
+        return { status: state.status, running: state.status === 'running' };
+      default:
+        return new Error(`unknown command ${cmd}`);
     }
   };
 
   const qmpServer = net.createServer((c) => {
     sockets.push(c);
-    c.write(JSON.stringify({ QMP: { version: { qemu: { major: 7, minor: 2, micro: 0 } }, capabilities: [] } }) + '\r\n');
+    c.write(
+      JSON.stringify({ QMP: { version: { qemu: { major: 7, minor: 2, micro: 0 } }, capabilities: [] } }) + '\r\n',
+    );
     let buf = '';
     let chain = Promise.resolve();
     c.on('data', (d) => {
       buf += d.toString();
       let nl;
       while ((nl = buf.indexOf('\n')) >= 0) {
-        const msg = JSON.parse(buf.slice(0, nl)) as { execute: string; arguments?: Record<string, unknown>; id: string };
+        const msg = JSON.parse(buf.slice(0, nl)) as {
+          execute: string;
+          arguments?: Record<string, unknown>;
+          id: string;
+        };
         buf = buf.slice(nl + 1);
         chain = chain.then(async () => {
-          if (msg.execute !== 'qmp_capabilities') commands.push({ execute: msg.execute, arguments: msg.arguments, status: state.status });
+          if (msg.execute !== 'qmp_capabilities')
+            commands.push({ execute: msg.execute, arguments: msg.arguments, status: state.status });
           const r = await answer(msg.execute, msg.arguments).catch((e: Error) => e);
-          c.write(JSON.stringify(r instanceof Error ? { error: { class: 'GenericError', desc: r.message }, id: msg.id } : { return: r, id: msg.id }) + '\n');
+          c.write(
+            JSON.stringify(
+              r instanceof Error
+                ? { error: { class: 'GenericError', desc: r.message }, id: msg.id }
+                : { return: r, id: msg.id },
+            ) + '\n',
+          );
         });
       }
     });
@@ -153,7 +182,11 @@ async function tmp(t: { teardown(fn: () => unknown): void }) {
   return { dir, file: path.join(dir, 'state.bin'), sock: path.join(dir, 'mig.sock') };
 }
 
-const exists = (p: string) => fsp.lstat(p).then(() => true, () => false);
+const exists = (p: string) =>
+  fsp.lstat(p).then(
+    () => true,
+    () => false,
+  );
 const caps = (on: boolean) => ({ capabilities: [{ capability: 'x-ignore-shared', state: on }] });
 
 t.test('saveState stops the VM, sets x-ignore-shared, and writes exactly the stream QEMU sent', async (t) => {
@@ -171,16 +204,19 @@ t.test('saveState stops the VM, sets x-ignore-shared, and writes exactly the str
   t.notOk(await exists(sock), 'the socket path is gone');
 });
 
-t.test('saveState without ignoreShared turns x-ignore-shared off, and replaces a stale file at the socket path', async (t) => {
-  const { dir, file, sock } = await tmp(t);
-  await fsp.writeFile(sock, 'stale');
-  const stream = Buffer.from('QEVM\x00\x00\x00\x03 a small device state');
-  const q = await fakeQemu(t, dir, { stream });
-  t.equal(await saveState(q.qmp, file, sock, { ignoreShared: false, timeoutMs: 10_000 }), stream.length);
-  t.ok((await fsp.readFile(file)).equals(stream));
-  t.same(q.commands[0]!.arguments, caps(false));
-  t.notOk(await exists(sock));
-});
+t.test(
+  'saveState without ignoreShared turns x-ignore-shared off, and replaces a stale file at the socket path',
+  async (t) => {
+    const { dir, file, sock } = await tmp(t);
+    await fsp.writeFile(sock, 'stale');
+    const stream = Buffer.from('QEVM\x00\x00\x00\x03 a small device state');
+    const q = await fakeQemu(t, dir, { stream });
+    t.equal(await saveState(q.qmp, file, sock, { ignoreShared: false, timeoutMs: 10_000 }), stream.length);
+    t.ok((await fsp.readFile(file)).equals(stream));
+    t.same(q.commands[0]!.arguments, caps(false));
+    t.notOk(await exists(sock));
+  },
+);
 
 t.test('a failed save is VMS_MIGRATION, and the socket path is removed', async (t) => {
   const { dir, file, sock } = await tmp(t);
@@ -217,7 +253,7 @@ t.test('an aborted signal stops waiting for a save', async (t) => {
   t.notOk(await exists(sock));
 });
 
-t.test('loadState feeds the file\'s exact bytes to the incoming socket and resolves once the VM runs', async (t) => {
+t.test("loadState feeds the file's exact bytes to the incoming socket and resolves once the VM runs", async (t) => {
   const { dir, file, sock } = await tmp(t);
   const stream = randomBytes(2 * 1024 * 1024 + 4567);
   await fsp.writeFile(file, stream);

@@ -21,23 +21,41 @@ async function fakeQemu(t: { teardown(fn: () => unknown): void }, answer: (cmd: 
         const msg = JSON.parse(buf.slice(0, nl)) as { execute: string; arguments?: unknown; id: string };
         buf = buf.slice(nl + 1);
         const r = msg.execute === 'qmp_capabilities' ? {} : answer(msg.execute, msg.arguments);
-        if (r === 'DIE') { c.destroy(); return; }
-        c.write(JSON.stringify(r instanceof Error ? { error: { class: 'GenericError', desc: r.message }, id: msg.id } : { return: r, id: msg.id }) + '\n');
+        if (r === 'DIE') {
+          c.destroy();
+          return;
+        }
+        c.write(
+          JSON.stringify(
+            r instanceof Error
+              ? { error: { class: 'GenericError', desc: r.message }, id: msg.id }
+              : { return: r, id: msg.id },
+          ) + '\n',
+        );
         if (msg.execute === 'stop') c.write(JSON.stringify({ event: 'STOP', data: {} }) + '\n');
       }
     });
   });
   await new Promise<void>((r) => server.listen(sock, r));
-  t.teardown(async () => { clients.forEach((c) => c.destroy()); server.close(); await fsp.rm(dir, { recursive: true, force: true }); });
+  t.teardown(async () => {
+    clients.forEach((c) => c.destroy());
+    server.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
   return sock;
 }
 
 t.test('commands return values, errors become VMS_QMP, events are delivered', async (t) => {
-  const sock = await fakeQemu(t, (cmd) => (cmd === 'query-status' ? { status: 'running' } : cmd === 'bad' ? new Error('nope') : {}));
+  const sock = await fakeQemu(t, (cmd) =>
+    cmd === 'query-status' ? { status: 'running' } : cmd === 'bad' ? new Error('nope') : {},
+  );
   const qmp = await QmpClient.connect(sock);
   t.teardown(() => qmp.close());
   t.same(await qmp.execute('query-status'), { status: 'running' });
-  await t.rejects(qmp.execute('bad'), { code: 'VMS_QMP', details: { command: 'bad', class: 'GenericError', desc: 'nope' } });
+  await t.rejects(qmp.execute('bad'), {
+    code: 'VMS_QMP',
+    details: { command: 'bad', class: 'GenericError', desc: 'nope' },
+  });
   const events: string[] = [];
   qmp.onEvent((e) => events.push(e.event));
   await qmp.execute('stop');
