@@ -314,26 +314,24 @@ const messageHeader: fc.Arbitrary<Record<string, unknown>> = fc
   .oneof(
     {
       weight: 5,
-      arbitrary: fc
-        .constantFrom(...TYPES)
-        .chain((type) =>
-          fc
-            .record(
-              Object.fromEntries(
-                FIELDS_OF[type]!.map((k) => [
-                  k,
-                  fc.option(fc.oneof({ weight: 6, arbitrary: domain[k]! }, wild, edgeValue), {
-                    nil: undefined,
-                    freq: 8,
-                  }),
-                ]),
-              ),
-            )
-            .map((fields) => ({
-              type,
-              ...Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined)),
-            })),
-        ),
+      arbitrary: fc.constantFrom(...TYPES).chain((type) =>
+        fc
+          .record(
+            Object.fromEntries(
+              FIELDS_OF[type]!.map((k) => [
+                k,
+                fc.option(fc.oneof({ weight: 6, arbitrary: domain[k]! }, wild, edgeValue), {
+                  nil: undefined,
+                  freq: 8,
+                }),
+              ]),
+            ),
+          )
+          .map((fields) => ({
+            type,
+            ...Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined)),
+          })),
+      ),
     },
     fc.record({
       type: fc.oneof(
