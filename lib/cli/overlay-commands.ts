@@ -22,6 +22,14 @@ function parseCopy(spec: string): Copy {
   return { src: spec.slice(0, i), dest: spec.slice(i + 1) };
 }
 
+/** The options of every command that works on an overlay over a local base (profile, verify, apply). */
+interface OverOverlay {
+  base?: string;
+  trust: string[];
+  threads: number;
+  json?: boolean;
+}
+
 export function registerOverlayCommands(program: Command): void {
   const key = program.command('key').description(`Ed25519 keys that sign overlays (kept in ${keyDir()}).`);
   key
@@ -173,20 +181,16 @@ export function registerOverlayCommands(program: Command): void {
     .action(
       async (
         dir: string,
-        o: {
+        o: OverOverlay & {
           out: string;
           runs: number;
-          base?: string;
           key?: string;
-          trust: string[];
           memMb: number;
           diskMb: number;
           diskOffMb: number;
           segmentKib?: number;
-          threads: number;
           timeout: number;
           force?: boolean;
-          json?: boolean;
         },
       ) =>
         runCommand(!!o.json, async ({ signal, json }) => {
@@ -251,7 +255,7 @@ export function registerOverlayCommands(program: Command): void {
       2,
     )
     .option('--json', 'print the result as JSON')
-    .action(async (dir: string, o: { base?: string; trust: string[]; threads: number; json?: boolean }) =>
+    .action(async (dir: string, o: OverOverlay) =>
       runCommand(!!o.json, async ({ signal, json }) => {
         const { verifyOverlay } = await import('../offline/apply.js');
         const r = await verifyOverlay({ overlay: dir, base: o.base, trust: o.trust, threads: o.threads, signal });
@@ -281,46 +285,34 @@ export function registerOverlayCommands(program: Command): void {
     .option('--no-verify-base', 'skip re-hashing the base files first')
     .option('--force', 'replace an existing output directory')
     .option('--json', 'print the result as JSON')
-    .action(
-      async (
-        dir: string,
-        o: {
-          out: string;
-          base?: string;
-          trust: string[];
-          threads: number;
-          verifyBase: boolean;
-          force?: boolean;
-          json?: boolean;
-        },
-      ) =>
-        runCommand(!!o.json, async ({ signal, json }) => {
-          const { applyOverlay } = await import('../offline/apply.js');
-          const r = await applyOverlay({
-            overlay: dir,
-            out: o.out,
-            base: o.base,
-            trust: o.trust,
-            threads: o.threads,
-            verifyBase: o.verifyBase,
-            force: o.force,
-            signal,
-          });
-          if (!json) {
-            console.log(
-              `synthesized ${r.out} from base "${r.base}" + overlay (key ${r.keyId})\n${table([
-                [
-                  'applied',
-                  `${r.apply.segments} segments, ${r.apply.chunks} chunks, ${bytes(r.apply.imageBytes)} in ${ms(r.apply.ms)} (${r.apply.mbps.toFixed(0)} MB/s)`,
-                ],
-                ['memory', `${bytes(r.memory.bytes)}  sha256 ${r.memory.sha256}`],
-                ['disk', `${bytes(r.disk.bytes)}  sha256 ${r.disk.sha256}`],
-                ['total', ms(r.ms.total)],
-              ])}`,
-            );
-          }
-          return r;
-        }),
+    .action(async (dir: string, o: OverOverlay & { out: string; verifyBase: boolean; force?: boolean }) =>
+      runCommand(!!o.json, async ({ signal, json }) => {
+        const { applyOverlay } = await import('../offline/apply.js');
+        const r = await applyOverlay({
+          overlay: dir,
+          out: o.out,
+          base: o.base,
+          trust: o.trust,
+          threads: o.threads,
+          verifyBase: o.verifyBase,
+          force: o.force,
+          signal,
+        });
+        if (!json) {
+          console.log(
+            `synthesized ${r.out} from base "${r.base}" + overlay (key ${r.keyId})\n${table([
+              [
+                'applied',
+                `${r.apply.segments} segments, ${r.apply.chunks} chunks, ${bytes(r.apply.imageBytes)} in ${ms(r.apply.ms)} (${r.apply.mbps.toFixed(0)} MB/s)`,
+              ],
+              ['memory', `${bytes(r.memory.bytes)}  sha256 ${r.memory.sha256}`],
+              ['disk', `${bytes(r.disk.bytes)}  sha256 ${r.disk.sha256}`],
+              ['total', ms(r.ms.total)],
+            ])}`,
+          );
+        }
+        return r;
+      }),
     );
 }
 

@@ -91,3 +91,24 @@ export async function yieldNow(signal?: AbortSignal): Promise<void> {
   await new Promise((r) => setImmediate(r));
   throwIfAborted(signal);
 }
+
+/**
+ * Times the consecutive phases of a long job: call lap(name) as each phase
+ * ends; ms() gives every phase's duration and the total so far, in whole
+ * milliseconds (what results report as `ms`).
+ */
+export class PhaseTimer<P extends string> {
+  private readonly t0 = performance.now();
+  private last = this.t0;
+  private readonly laps = {} as Record<P, number>;
+
+  lap(phase: P): void {
+    const now = performance.now();
+    this.laps[phase] = Math.round(now - this.last);
+    this.last = now;
+  }
+
+  ms(): Record<P | 'total', number> {
+    return { ...this.laps, total: Math.round(performance.now() - this.t0) };
+  }
+}

@@ -27,6 +27,7 @@ import { readRecord } from '../overlay/records.js';
 import { loadSigningKey } from '../overlay/keys.js';
 import { applyOverlay, baseFor, openTrusted, type TrustOptions } from './apply.js';
 import { Overlay } from '../overlay/reader.js';
+import { PhaseTimer } from '../core/scope.js';
 import { claimOutput } from '../core/stale.js';
 
 export const RANK_RULE =
@@ -145,7 +146,7 @@ export interface ProfileResult {
 }
 
 export async function profileOverlay(opts: ProfileOptions): Promise<ProfileResult> {
-  const t0 = performance.now();
+  const timer = new PhaseTimer<'apply' | 'runs' | 'build'>();
   const runs = opts.runs ?? 3;
   if (!Number.isInteger(runs) || runs < 1)
     throw new VmsynthError('VMS_USAGE', `runs must be a positive integer, got ${runs}`);
@@ -167,7 +168,7 @@ export async function profileOverlay(opts: ProfileOptions): Promise<ProfileResul
       threads: opts.threads,
       signal: opts.signal,
     });
-    const tRuns = performance.now();
+    timer.lap('apply');
 
     const results: Array<{ domain: string; firstResponseMs: number; touches: Touch[] }> = [];
     for (let i = 0; i < runs; i++) {
@@ -189,7 +190,7 @@ export async function profileOverlay(opts: ProfileOptions): Promise<ProfileResul
         touches: r.touchesBeforeFirstResponse ?? [],
       });
     }
-    const tBuild = performance.now();
+    timer.lap('runs');
 
     const chunks = rankTouches(results.map((r) => r.touches));
     const order: BuildOrder = { chunks, runs, rank: RANK_RULE };
@@ -213,7 +214,7 @@ export async function profileOverlay(opts: ProfileOptions): Promise<ProfileResul
       signal: opts.signal,
     });
     const repacked = await Overlay.open(out, { trusted: new Map([[key.keyId, key.publicKeyRaw]]) });
-    const tEnd = performance.now();
+    timer.lap('build');
     return {
       dir: build.dir,
       base: base.name,
@@ -230,12 +231,7 @@ export async function profileOverlay(opts: ProfileOptions): Promise<ProfileResul
       rank: RANK_RULE,
       ranked: chunks.length,
       build,
-      ms: {
-        apply: Math.round(tRuns - t0),
-        runs: Math.round(tBuild - tRuns),
-        build: Math.round(tEnd - tBuild),
-        total: Math.round(tEnd - t0),
-      },
+      ms: timer.ms(),
     };
   } finally {
     await fsp.rm(work, { recursive: true, force: true });

@@ -14,6 +14,7 @@ import { compress } from 'zstd-napi';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import { packr } from '../core/msgpack.js';
+import { PhaseTimer } from '../core/scope.js';
 import { claimOutput } from '../core/stale.js';
 import { VMSYNTH_VERSION } from '../core/version.js';
 import { CHUNK_SIZE } from '../fs/chunk-map.js';
@@ -92,7 +93,7 @@ const DELTA_RULES = {
 } as const;
 
 export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
-  const t0 = performance.now();
+  const timer = new PhaseTimer<'scan' | 'lookaside' | 'pack'>();
   const segmentBytes = opts.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
   if (segmentBytes < CHUNK_SIZE || segmentBytes % CHUNK_SIZE !== 0 || segmentBytes > MAX_SEGMENT_PAYLOAD_BYTES) {
     throw new VmsynthError(
@@ -126,10 +127,10 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
     publish('progress', { step: 'overlay: comparing the custom VM with its base' });
     const entries = new Entries();
     const { trimmedChunks, modified } = await scan(base, custom, entries, opts.trimmed ?? [], opts.signal);
-    const tScan = performance.now();
+    timer.lap('scan');
     publish('progress', { step: `overlay: ${entries.n} chunks differ; looking them up in the base` });
     await lookaside(base, custom, entries, opts.signal);
-    const tLook = performance.now();
+    timer.lap('lookaside');
 
     fd = openSync(path.join(tmp, SEGMENTS_FILE), 'w');
     const packer = new SegmentPacker(fd, segmentBytes, level);
@@ -145,7 +146,7 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
     );
     closeSync(fd);
     fd = -1;
-    const tPack = performance.now();
+    timer.lap('pack');
 
     const body: OverlayBody = {
       format: OVERLAY_FORMAT,
@@ -183,19 +184,13 @@ export async function buildOverlay(opts: BuildOptions): Promise<BuildResult> {
     await fsp.writeFile(path.join(tmp, MANIFEST_FILE), manifest);
     if (opts.force) await fsp.rm(out, { recursive: true, force: true });
     await fsp.rename(tmp, out);
-    const tEnd = performance.now();
     return {
       dir: out,
       manifestBytes: manifest.length,
       segmentsBytes: packer.offset,
       segments: packer.table.length,
       body,
-      ms: {
-        scan: Math.round(tScan - t0),
-        lookaside: Math.round(tLook - tScan),
-        pack: Math.round(tPack - tLook),
-        total: Math.round(tEnd - t0),
-      },
+      ms: timer.ms(),
     };
   } catch (err) {
     if (fd >= 0) closeSync(fd);

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { publish } from '../core/diagnostics.js';
 import { isErrorCode, VmsynthError } from '../core/errors.js';
 import { exec } from '../core/exec.js';
-import { withScope } from '../core/scope.js';
+import { PhaseTimer, withScope } from '../core/scope.js';
 import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import { requireAccel } from './accel.js';
 import { AGENT_GUEST_PORT, agentExec, agentPut } from './agent.js';
@@ -121,7 +121,7 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
   };
 
   return withScope(async (scope) => {
-    const t0 = performance.now();
+    const timer = new PhaseTimer<'resume' | 'script' | 'save'>();
     const lv = await Libvirt.connect();
     scope.defer('close libvirt connection', () => lv.close());
     await cleanStale(lv);
@@ -145,8 +145,6 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
     const agentPort = vm.agentPort!; // asked for with `agent`
     const consoleLog = vm.spec.consoleLog;
     let output = '';
-    let tResumed: number;
-    let tScript: number;
     let freePages: SettleResult;
     try {
       await waitForApp(agentPort, {
@@ -163,7 +161,7 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
           { cause: err },
         );
       });
-      tResumed = performance.now();
+      timer.lap('resume');
       for (const c of opts.copies ?? []) {
         publish('progress', { step: `customize: copying ${c.src} to ${c.dest}` });
         await agentPut(agentPort, c.dest, await fsp.readFile(c.src), c.mode ?? 0o755, timeoutMs, opts.signal);
@@ -192,7 +190,7 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
         opts.signal,
       );
       freePages = await settleFreePages(out.memory, { signal: opts.signal });
-      tScript = performance.now();
+      timer.lap('script');
       publish('progress', { step: 'customize: saving the custom VM' });
       await saveState(vm.qmp, out.deviceState, run.file('migrate.sock'), { ignoreShared: true, signal: opts.signal });
     } catch (err) {
@@ -203,7 +201,7 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
       (await exec('qemu-img', ['map', '--output=json', '-f', 'qcow2', qcow])).stdout,
     ) as MapEntry[];
     await exec('qemu-img', ['convert', '-q', '-f', 'qcow2', '-O', 'raw', qcow, out.disk]);
-    const tEnd = performance.now();
+    timer.lap('save');
     return {
       base,
       domain: vm.spec.name,
@@ -211,12 +209,7 @@ export async function customizeBase(opts: CustomizeOptions): Promise<CustomVm> {
       trimmed: trimmedRanges(map),
       scriptOutput: output,
       freePages,
-      ms: {
-        resume: Math.round(tResumed - t0),
-        script: Math.round(tScript - tResumed),
-        save: Math.round(tEnd - tScript),
-        total: Math.round(tEnd - t0),
-      },
+      ms: timer.ms(),
     };
   });
 }

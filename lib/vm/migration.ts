@@ -23,13 +23,16 @@ async function setIgnoreShared(qmp: QmpClient, on: boolean): Promise<void> {
   await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: on }] });
 }
 
+export interface StateOptions {
+  /** Leave RAM in its shared file out of the stream (x-ignore-shared): the stream is the device state alone. */
+  ignoreShared: boolean;
+  signal?: AbortSignal;
+  /** How long the migration may take (default 120 s). */
+  timeoutMs?: number;
+}
+
 /** Stops the VM and writes its migration stream to `file`. Returns the stream size. */
-export async function saveState(
-  qmp: QmpClient,
-  file: string,
-  socketPath: string,
-  opts: { ignoreShared: boolean; signal?: AbortSignal; timeoutMs?: number },
-): Promise<number> {
+export async function saveState(qmp: QmpClient, file: string, socketPath: string, opts: StateOptions): Promise<number> {
   await setIgnoreShared(qmp, opts.ignoreShared);
   await qmp.execute('stop');
   await fsp.rm(socketPath, { force: true });
@@ -68,12 +71,7 @@ export async function saveState(
  * Feeds a saved migration stream to a VM started with `-incoming defer`, and
  * waits until it runs (continuing it if it stays paused).
  */
-export async function loadState(
-  qmp: QmpClient,
-  file: string,
-  socketPath: string,
-  opts: { ignoreShared: boolean; signal?: AbortSignal; timeoutMs?: number },
-): Promise<void> {
+export async function loadState(qmp: QmpClient, file: string, socketPath: string, opts: StateOptions): Promise<void> {
   await setIgnoreShared(qmp, opts.ignoreShared);
   await fsp.rm(socketPath, { force: true });
   await qmp.execute('migrate-incoming', { uri: `unix:${socketPath}` });
