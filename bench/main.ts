@@ -5,18 +5,13 @@
  * `npm run bench -- suite --quick`). Each prints a table with a ratio against
  * a baseline measured in the same run, and writes JSON to bench/results/.
  */
-import { benchFirstResponse } from './first-response.js';
-import { benchMemory } from './memory.js';
-import { benchOverlay } from './overlay.js';
-import { benchResume } from './resume.js';
-import { benchSuite } from './suite.js';
-
+/** Each benchmark, imported when it runs (--help and bad names load none). */
 const BENCHES: Record<string, (argv: string[]) => Promise<void>> = {
-  resume: benchResume,
-  overlay: benchOverlay,
-  memory: benchMemory,
-  'first-response': benchFirstResponse,
-  suite: benchSuite,
+  resume: async () => (await import('./resume.js')).benchResume(),
+  overlay: async () => (await import('./overlay.js')).benchOverlay(),
+  memory: async () => (await import('./memory.js')).benchMemory(),
+  'first-response': async () => (await import('./first-response.js')).benchFirstResponse(),
+  suite: async (argv) => (await import('./suite.js')).benchSuite(argv),
 };
 /** What runs when no name is given: the suite takes hours, so it runs only by name. */
 const DEFAULT = ['resume', 'overlay', 'memory', 'first-response'];

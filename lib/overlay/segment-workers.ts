@@ -9,7 +9,7 @@
  * copied). A job that fails rejects with the worker's VmsynthError code and
  * details; a worker that dies fails every job waiting and every later one.
  */
-import { existsSync, readdirSync, statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
@@ -26,11 +26,11 @@ import {
 let workerUrl: URL | null = null;
 
 /**
- * The worker's module. Run compiled (dist/), the one beside this one. Run
- * from the TypeScript sources (tests), the compiled one in dist/ when the
- * build is newer than every source under lib/ (the stamp bootstrap leaves),
- * because a worker under the TypeScript loader takes about a second to
- * start; else the source itself, under that loader.
+ * The worker's module: always compiled JavaScript. Run from dist/, the one
+ * beside this module. Run from the TypeScript sources (tests), the one in
+ * dist/, which must be built after the last change under lib/ (bootstrap
+ * builds it before npm test and test:unit): a worker thread does not get
+ * the TypeScript loader of the thread that starts it.
  */
 function workerModule(): URL {
   if (workerUrl) return workerUrl;
@@ -38,9 +38,15 @@ function workerModule(): URL {
   if (!here.endsWith('.ts')) return (workerUrl = new URL('./segment-worker.js', import.meta.url));
   const lib = path.resolve(path.dirname(here), '..');
   const compiled = path.join(lib, '..', 'dist', 'lib', 'overlay', 'segment-worker.js');
-  const stamp = statSync(path.join(lib, '..', 'dist', '.build-stamp'), { throwIfNoEntry: false })?.mtimeMs ?? 0;
-  const fresh = stamp > 0 && existsSync(compiled) && newestUnder(lib) < stamp;
-  return (workerUrl = fresh ? pathToFileURL(compiled) : new URL('./segment-worker.ts', import.meta.url));
+  // tsc rewrites every output it emits, so the compiled worker is as new as the last build.
+  const built = statSync(compiled, { throwIfNoEntry: false })?.mtimeMs ?? 0;
+  if (built === 0 || newestUnder(lib) > built) {
+    throw new VmsynthError(
+      'VMS_INTERNAL',
+      `the compiled segment worker (${compiled}) is missing or older than lib/: run \`npm run build\` (npm test and npm run test:unit build it first)`,
+    );
+  }
+  return (workerUrl = pathToFileURL(compiled));
 }
 
 /** The newest modification time of any file under `dir`. */

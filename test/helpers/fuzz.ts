@@ -7,26 +7,29 @@
  *
  * FUZZ_SEED=<n> replays a run; the seed in use is printed by each test file.
  * FUZZ_SCALE=<k> runs k times as many inputs (with k times the time boxes),
- * for a longer session than CI's.
+ * for a longer session than CI's; a k below 1 runs fewer (with the time
+ * boxes unchanged), as `npm run test:unit` does for a quick loop.
  */
 import fc from 'fast-check';
 import { VmsynthError } from '../../lib/core/errors.js';
 
 export const seed = Number(process.env.FUZZ_SEED) || (Date.now() ^ (Math.random() * 2 ** 31)) >>> 0;
 
-export const scale = Math.max(1, Number(process.env.FUZZ_SCALE) || 1);
+export const scale = Math.max(0.01, Number(process.env.FUZZ_SCALE) || 1);
 
-/** Input counts times FUZZ_SCALE. */
+/** The inputs each decoder must get in a full run (the ops issue's bar), times FUZZ_SCALE. */
+export const MIN_INPUTS = Math.round(10_000 * scale);
+
+/** Input counts times FUZZ_SCALE (at least one each). */
 export function scaled<K extends string>(counts: Record<K, number>): Record<K, number> {
-  return Object.fromEntries(Object.entries<number>(counts).map(([k, n]) => [k, Math.round(n * scale)])) as Record<
-    K,
-    number
-  >;
+  return Object.fromEntries(
+    Object.entries<number>(counts).map(([k, n]) => [k, Math.max(1, Math.round(n * scale))]),
+  ) as Record<K, number>;
 }
 
 /** fast-check settings: exactly `numRuns` inputs, failing (not silently stopping) when `ms` (times FUZZ_SCALE) pass first. */
 export function fuzzParams(numRuns: number, ms: number): fc.Parameters<unknown> {
-  return { numRuns, seed, plugins: [fc.interruptAfterTimeLimit(ms * scale, { failOnInterrupt: true })] };
+  return { numRuns, seed, plugins: [fc.interruptAfterTimeLimit(ms * Math.max(1, scale), { failOnInterrupt: true })] };
 }
 
 /** Numbers and strings that sit on the edges decoders check. */

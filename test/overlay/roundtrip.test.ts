@@ -20,8 +20,8 @@ let opts: (out: string) => BuildOptions;
 
 t.before(async () => {
   pair = await generatePair(bases, 'gen', path.join(testRoot, 'custom'), {
-    memChunks: 4096,
-    diskChunks: 2048,
+    memChunks: 2048,
+    diskChunks: 1024,
     each: 40,
   });
   await generateKey();
