@@ -5,7 +5,7 @@
 #      and for native npm modules);
 #   2. host device permissions udev would set (this machine may run no udev);
 #   3. libvirtd and virtlogd running (started by hand where there is no systemd);
-#   4. npm dependencies (`npm ci` when package-lock.json changed);
+#   4. npm dependencies (`npm ci` when package-lock.json changed), tap built for its plugins;
 #   5. the native addon in native/ (node-gyp, when a source is newer than the addon);
 #   6. the TypeScript build (when a source is newer than the last build).
 # Everything it prints goes to stderr, so a command's stdout stays machine-readable.
@@ -87,6 +87,14 @@ if [ ! -d node_modules ] || [ "$(cat node_modules/.vmsynth-lock 2>/dev/null || t
   say "npm ci"
   npm ci --no-audit --no-fund --loglevel=error
   echo "$lock_sum" > node_modules/.vmsynth-lock
+fi
+# tap's Test class is built for the plugins package.json configures. tap rebuilds it on
+# its own when they differ, but the run that notices still starts its test processes with
+# the old plugins' loaders: build it here, before any run.
+if [ ! -f node_modules/.vmsynth-tap-built ] || [ package.json -nt node_modules/.vmsynth-tap-built ]; then
+  say "tap build (the configured plugins)"
+  node_modules/.bin/tap build >/dev/null
+  touch node_modules/.vmsynth-tap-built
 fi
 
 # 5. Native addon (native/sd_notify.c: systemd notifications; lib/core/sd-notify.ts loads it).
