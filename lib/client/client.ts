@@ -50,7 +50,10 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
     opts.onEvent?.({ type: 'timeline', step, ms: timeline[step] });
   };
 
-  const socket = await connect(host, port, opts.signal, opts.tls);
+  const socket = await connect(host, port, opts.signal, opts.tls).catch(async (err: unknown) => {
+    await segments.close(); // the session, which closes it otherwise, never starts
+    throw err;
+  });
   mark('connected');
 
   return new Promise<SynthesizeResult>((resolve, reject) => {
