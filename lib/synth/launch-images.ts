@@ -148,9 +148,4 @@ export class LaunchImages {
   isMissing(image: number, index: number): boolean {
     return this.arrivals.isMissing(image, index);
   }
-
-  /** Overlay chunks not arrived yet, both images. */
-  get missingChunks(): number {
-    return this.arrivals.missingChunks;
-  }
 }

@@ -48,11 +48,6 @@ export class SegmentPipeline {
     this.queue = new PQueue({ concurrency: threads });
   }
 
-  /** Segments received and not yet applied. */
-  get queued(): number {
-    return this.queue.size + this.queue.pending;
-  }
-
   /**
    * Verifies, decompresses and applies segment `index`; resolves when its
    * chunks are servable. Rejects with VMS_OVERLAY_CORRUPT when it does not
