@@ -14,6 +14,7 @@ import { runDir } from '../core/paths.js';
 import { forceUnmount, listFuseMounts } from '../fs/mounts.js';
 import { ownerFromXml } from './domain-xml.js';
 import type { Libvirt } from './libvirt.js';
+import { qemuLogPath } from './machine.js';
 import { OWNER_FILE, ownerAlive, readOwner, type Owner } from './run-dir.js';
 
 export interface CleanReport {
@@ -48,6 +49,8 @@ export async function cleanStale(lv: Libvirt | null, opts: { allInstances?: bool
       const owner = ownerFromXml(await lv.xmlDesc(name).catch(() => ''));
       if (!(await mayClean(owner, owner?.sessionDir ?? '', root, all))) continue;
       if (await lv.destroy(name).catch(() => false)) {
+        // Its QEMU log too, as a session's own teardown removes it (startVm).
+        await fsp.rm(qemuLogPath(name), { force: true });
         report.domains.push(name);
         publish('staleCleaned', { kind: 'domain', what: name });
       }

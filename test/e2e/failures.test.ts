@@ -4,6 +4,7 @@
  */
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
+import { existsSync } from 'node:fs';
 import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { promises as fsp } from 'node:fs';
@@ -12,6 +13,7 @@ import { channels } from '../../lib/core/diagnostics.js';
 import { baseDir, packageRoot, runDir } from '../../lib/core/paths.js';
 import { createBase } from '../../lib/vm/base.js';
 import { cleanStale } from '../../lib/vm/janitor.js';
+import { qemuLogPath } from '../../lib/vm/machine.js';
 import { Libvirt } from '../../lib/vm/libvirt.js';
 import { resumeBase } from '../../lib/vm/base-resume.js';
 import { guestBase, guestSource } from '../helpers/guest-base.js';
@@ -173,5 +175,6 @@ t.test('a start after a crash removes the domain, mount and session a killed vms
   t.equal(report.mounts.length, 1);
   t.equal(report.sessions.length, 1);
   t.same(await leaks([domain], runDir()), NO_LEAKS);
+  t.notOk(existsSync(qemuLogPath(domain)), "and the destroyed domain's QEMU log");
   t.ok(testRoot);
 });
