@@ -13,7 +13,7 @@ import { publish } from '../core/diagnostics.js';
 import { runDir } from '../core/paths.js';
 import { forceUnmount, listFuseMounts } from '../fs/mounts.js';
 import { ownerFromXml } from './domain-xml.js';
-import type { Libvirt } from './libvirt.js';
+import { DOMAIN_PREFIX, type Libvirt } from './libvirt.js';
 import { qemuLogPath } from './machine.js';
 import { OWNER_FILE, ownerAlive, readOwner, type Owner } from './run-dir.js';
 
@@ -77,6 +77,8 @@ export async function cleanStale(lv: Libvirt | null, opts: { allInstances?: bool
     const mounted = (await listFuseMounts()).some((m) => m.mountpoint.startsWith(dir + path.sep));
     if (mounted) continue;
     await fsp.rm(dir, { recursive: true, force: true });
+    // After a host restart libvirt has forgotten the transient domain, but its log is still there.
+    await fsp.rm(qemuLogPath(`${DOMAIN_PREFIX}${entry}`), { force: true });
     report.sessions.push(dir);
     publish('staleCleaned', { kind: 'run-dir', what: dir });
   }
