@@ -9,6 +9,8 @@ import type net from 'node:net';
 import { asVmsynthError, type VmsynthError } from '../core/errors.js';
 import { encodeFrame, FrameDecoder, type Frame, type OutgoingHeader } from './frames.js';
 
+const EMPTY = Buffer.alloc(0);
+
 export interface FramedHandlers {
   frame(f: Frame): void;
   /** A framing error (oversized, malformed); the socket is still open. */
@@ -37,6 +39,7 @@ export class FramedSocket {
       if (closed) return;
       closed = true;
       this.ended = true;
+      this.decoder.release();
       handlers.closed(err);
     };
     socket.on('error', (err) => close(err));
@@ -54,22 +57,22 @@ export class FramedSocket {
   private onData(d: Buffer): void {
     if (this.broken) return;
     this.bytesIn += d.length;
-    let frames: Frame[];
-    try {
-      frames = this.decoder.push(d);
-    } catch (err) {
-      this.broken = true;
-      this.handlers.invalid(asVmsynthError(err, 'VMS_PROTOCOL'));
-      return;
-    }
-    for (const f of frames) {
-      if (this.broken || this.ended) return;
+    // One frame at a time: the handler of a frame may change the cap for the next (hello raises it).
+    for (;;) {
+      let f: Frame | null;
+      try {
+        this.decoder.feed(d);
+        d = EMPTY;
+        f = this.decoder.next();
+      } catch (err) {
+        this.broken = true;
+        this.decoder.release();
+        this.handlers.invalid(asVmsynthError(err, 'VMS_PROTOCOL'));
+        return;
+      }
+      if (!f) return;
       this.handlers.frame(f);
-    }
-    // Whole frames before bad bytes in the same read are handed over first; the error follows at once.
-    if (this.decoder.error && !this.broken) {
-      this.broken = true;
-      this.handlers.invalid(asVmsynthError(this.decoder.error, 'VMS_PROTOCOL'));
+      if (this.broken || this.ended) return;
     }
   }
 

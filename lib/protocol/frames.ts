@@ -115,43 +115,68 @@ export class FrameDecoder {
     return this.failed;
   }
 
-  /**
-   * Adds bytes; returns the frames they complete. Throws VMS_FRAME_TOO_LARGE or VMS_PROTOCOL; the
-   * stream is then unusable and every later push throws the same error. Frames that came whole
-   * before the error are never dropped because of what follows them: a push that completes frames
-   * and then meets the error returns the frames, sets `error`, and the next push throws it. (It
-   * threw at once, losing them, so the frames a stream yielded depended on how TCP cut it; fuzzing
-   * found a hello followed by a bad frame in one read losing the hello.)
-   */
-  push(data: Buffer): Frame[] {
+  /** Adds bytes to the stream; next() cuts frames out of them. Throws the error that ended the stream, if one has. */
+  feed(data: Buffer): void {
     if (this.failed) throw this.failed;
     // (Empty chunks are not kept: nothing then walks over them.)
     if (data.length > 0) {
       this.chunks.push(data);
       this.buffered += data.length;
     }
+  }
+
+  /**
+   * The next whole frame, or null until more bytes come. Each frame is checked against the cap in
+   * force when it is cut, so a receiver that raises the cap after a frame (hello, then the session's
+   * manifest) gets the new cap for the frame after it, however TCP split or joined the two. (The cap
+   * was applied to every frame of a read at once: a hello and a manifest arriving in one read failed
+   * with VMS_FRAME_TOO_LARGE, the same bytes 100 ms apart did not.) Throws VMS_FRAME_TOO_LARGE or
+   * VMS_PROTOCOL; the stream is then unusable, and every later call throws the same error.
+   */
+  next(): Frame | null {
+    if (this.failed) throw this.failed;
+    try {
+      if (this.buffered < PREFIX) return null;
+      const len = this.peekLength();
+      if (len > this.maxFrame)
+        throw new VmsynthError('VMS_FRAME_TOO_LARGE', `a frame of ${len} bytes exceeds the limit of ${this.maxFrame}`, {
+          details: { bytes: len, limit: this.maxFrame },
+        });
+      if (len === 0) throw protocolError('an empty frame');
+      if (this.buffered < PREFIX + len) return null;
+      const body = this.take(PREFIX + len).subarray(PREFIX);
+      return decodeFrameBody(body, this.limits);
+    } catch (err) {
+      if (err instanceof VmsynthError) {
+        this.failed = err;
+        this.release();
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * Adds bytes; returns every frame they complete, under the cap in force now. Frames that came whole
+   * before an error are never dropped because of what follows them: a push that completes frames and
+   * then meets the error returns the frames, sets `error`, and the next push throws it. (It threw at
+   * once, losing them, so the frames a stream yielded depended on how TCP cut it; fuzzing found a
+   * hello followed by a bad frame in one read losing the hello.)
+   */
+  push(data: Buffer): Frame[] {
+    this.feed(data);
     const frames: Frame[] = [];
     try {
-      for (;;) {
-        if (this.buffered < PREFIX) break;
-        const len = this.peekLength();
-        if (len > this.maxFrame)
-          throw new VmsynthError(
-            'VMS_FRAME_TOO_LARGE',
-            `a frame of ${len} bytes exceeds the limit of ${this.maxFrame}`,
-            { details: { bytes: len, limit: this.maxFrame } },
-          );
-        if (len === 0) throw protocolError('an empty frame');
-        if (this.buffered < PREFIX + len) break;
-        const body = this.take(PREFIX + len).subarray(PREFIX);
-        frames.push(decodeFrameBody(body, this.limits));
-      }
+      for (let f = this.next(); f; f = this.next()) frames.push(f);
     } catch (err) {
-      if (!(err instanceof VmsynthError)) throw err;
-      this.failed = err;
-      if (frames.length === 0) throw err;
+      if (!(err instanceof VmsynthError) || frames.length === 0) throw err;
     }
     return frames;
+  }
+
+  /** Drops every buffered byte (the connection is gone): nothing of a half-received frame outlives it. */
+  release(): void {
+    this.chunks = [];
+    this.buffered = 0;
   }
 
   private peekLength(): number {

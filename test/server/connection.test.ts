@@ -312,6 +312,12 @@ t.test('frame limits follow the stage', async (t) => {
   r2.send(frame({ type: 'session', policy: 'baseline' }, Buffer.alloc(FRAME_CAPS.greeting * 4, 7)));
   t.match(await r2.next('accepted'), { type: 'accepted' }, 'a 256 KiB manifest is accepted once the client said hello');
   t.equal(r2.sessions[0]!.req.policy, 'baseline');
+  // hello and a big manifest in one write: the manifest is cut under the cap hello raised, however TCP
+  // joins the two (it was checked against the greeting cap and refused with VMS_FRAME_TOO_LARGE).
+  const r4 = await rig(t);
+  r4.send(hello(), frame({ type: 'session', policy: 'early-start' }, Buffer.alloc(FRAME_CAPS.greeting * 4, 7)));
+  t.match(await r4.next('welcome'), { type: 'welcome' });
+  t.match(await r4.next('accepted'), { type: 'accepted' }, 'hello and a 256 KiB manifest pipelined in one write');
   // During the session, a frame over the streaming cap is refused, and the session closed.
   const r3 = await at(t, 'session');
   r3.send(prefix(FRAME_CAPS.streaming + 1));
