@@ -14,7 +14,7 @@
  * arrives, before buffering it.
  */
 import { VmsynthError } from '../core/errors.js';
-import { packr, unpackFirst } from '../core/msgpack.js';
+import { NotPlainError, packr, plainValueEnd, unpackOne } from '../core/msgpack.js';
 
 /** Largest header (MessagePack map) a peer may send. */
 export const MAX_HEADER_BYTES = 64 << 10;
@@ -64,14 +64,21 @@ export function encodeFrame(header: OutgoingHeader, payload?: Uint8Array): Buffe
 export function decodeFrameBody(body: Buffer, limits: FrameLimits = {}): Frame {
   // The header's size is not on the wire: it is the frame minus the payload, and the payload
   // size is in the header. Decode the map from the front, then check that it ends exactly there.
-  let header: unknown;
+  const window = body.subarray(0, Math.min(body.length, limits.maxHeaderBytes ?? MAX_HEADER_BYTES));
   let headerBytes: number;
   try {
-    ({ value: header, end: headerBytes } = unpackFirst(
-      body.subarray(0, Math.min(body.length, limits.maxHeaderBytes ?? MAX_HEADER_BYTES)),
-    ));
+    headerBytes = plainValueEnd(window);
   } catch (err) {
-    throw protocolError(`a frame header is not valid MessagePack (${(err as Error).message})`);
+    if (!(err instanceof NotPlainError)) throw err;
+    throw protocolError(`a frame header is not plain MessagePack: ${err.message}`, { reason: 'header-encoding' });
+  }
+  let header: unknown;
+  try {
+    header = unpackOne(window.subarray(0, headerBytes));
+  } catch (err) {
+    throw protocolError(`a frame header is not valid MessagePack (${(err as Error).message})`, {
+      reason: 'header-encoding',
+    });
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header) || Buffer.isBuffer(header))
     throw protocolError('a frame header is not a MessagePack map');

@@ -95,3 +95,44 @@ t.test('headers are plain MessagePack: a generic decoder reads them', async (t) 
   t.same(plain.unpack(head!.subarray(4)), { type: 'segment', index: 7, payloadBytes: 3 });
   t.equal(payload!.toString(), 'abc', 'the payload is passed through untouched');
 });
+
+t.test('headers with MessagePack extension types are refused, wherever the extension sits', async (t) => {
+  // The map {type: 'hello', x: <value>} with x encoded by hand.
+  const prefix = Buffer.from([0x82, 0xa4, ...Buffer.from('type'), 0xa5, ...Buffer.from('hello'), 0xa1, 0x78]);
+  const exts: Record<string, Buffer> = {
+    'timestamp (-1), which msgpackr reads as a Date': Buffer.from([0xd6, 0xff, 0, 0, 0, 1]),
+    'type 0, read as undefined': Buffer.from([0xd4, 0x00, 0x01]),
+    'type 0x42, read as a BigInt': Buffer.from([0xd4, 0x42, 0x01]),
+    'type 0x74, read as a typed array': Buffer.from([0xd5, 0x74, 0x01, 0x01]),
+    'ext 8 of an unknown type': Buffer.from([0xc7, 0x02, 0x05, 0x01, 0x02]),
+    'nested in an array': Buffer.from([0x92, 0x01, 0xd4, 0x05, 0x01]),
+    'nested in a map': Buffer.from([0x81, 0xa1, 0x79, 0xd4, 0x05, 0x01]),
+    'the reserved byte 0xc1': Buffer.from([0xc1]),
+  };
+  for (const [what, value] of Object.entries(exts)) {
+    const body = Buffer.concat([prefix, value]);
+    t.throws(() => decodeFrameBody(body), { code: 'VMS_PROTOCOL', details: { reason: 'header-encoding' } }, what);
+  }
+  // The same map with plain values decodes.
+  for (const value of [[0xc0], [0xc3], [0xcb, 0x40, 0x09, 0x21, 0xfb, 0x54, 0x44, 0x2d, 0x18], [0xc4, 0x01, 0x07]])
+    t.match(decodeFrameBody(Buffer.concat([prefix, Buffer.from(value)])).header, { type: 'hello' });
+});
+
+t.test('a decoder fed a stream cuts each frame under the cap in force when it is cut', async (t) => {
+  const small = frameBytes({ type: 'hello' });
+  const big = frameBytes({ type: 'session' }, Buffer.alloc(5000, 1));
+  const dec = new FrameDecoder({ maxFrameBytes: 1000 });
+  dec.feed(Buffer.concat([small, big]));
+  t.match(dec.next()?.header, { type: 'hello' });
+  dec.setMaxFrameBytes(10_000);
+  t.match(dec.next()?.header, { type: 'session' }, 'the second frame, under the raised cap');
+  t.equal(dec.next(), null);
+  const strict = new FrameDecoder({ maxFrameBytes: 1000 });
+  t.same(
+    strict.push(Buffer.concat([small, big])).map((f) => f.header.type),
+    ['hello'],
+    'push keeps the frames before the error',
+  );
+  t.match(strict.error, { code: 'VMS_FRAME_TOO_LARGE' });
+  t.throws(() => strict.next(), { code: 'VMS_FRAME_TOO_LARGE' }, 'and the stream stays failed');
+});
