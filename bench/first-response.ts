@@ -41,7 +41,10 @@
  *
  * Parameters (environment): BENCH_RUNS (default 10) sessions per link and
  * variant, interleaved round by round; BENCH_LINKS (default "wifi,lan");
- * BENCH_PROFILE=0 skips the profiled variant.
+ * BENCH_PROFILE=0 skips the profiled variant; BENCH_DROP_RUNS (default 5; 0
+ * skips them) rounds of drops on the first link (bench/lib/drops.ts: early
+ * start through a proxy that cuts the connection at 50% of the overlay and
+ * keeps it down 1 s or 5 s, against the same proxy without a drop).
  * Prints a table per link: p50/p90 of the client's timeline.firstResponse;
  * p50 of the VM resumed (client clock), of the segment bytes sent before
  * the first response (client count) and received before it (server count),
@@ -93,6 +96,7 @@ import {
   type LinkNames,
   type Netns,
 } from './lib/link.js';
+import { measureRtt, printDrops, runDrops, summarizeDrops, type DropSummary, type DropVariant } from './lib/drops.js';
 import { onSignals } from './lib/signals.js';
 import { p50, percentile, round } from './lib/stats.js';
 import { niceStep, px } from './lib/svg.js';
@@ -618,7 +622,26 @@ export async function benchFirstResponse(): Promise<void> {
       );
       perLink.push({ link, summary, floor, speedup: speedups, cells });
     }
-    await report({ loadAtStart, accel, runs, prepared, local, perLink });
+    // Drops: on the first link, BENCH_DROP_RUNS rounds (default 5; 0 skips them).
+    let drops: ReportInput['drops'] = null;
+    const dropRuns = Number(process.env.BENCH_DROP_RUNS ?? 5);
+    if (dropRuns > 0 && links[0]) {
+      await shape(n, links[0]);
+      const rttMs = await measureRtt(n);
+      const variants = await runDrops({
+        n,
+        server: { host: n.hostAddr, port },
+        overlay: prepared.overlay.dir,
+        overlayBytes: prepared.overlay.segmentsBytes,
+        path: workPath(WORK),
+        runs: dropRuns,
+        timeoutS: CLIENT_TIMEOUT_S,
+        linkName: links[0].name,
+        signal,
+      });
+      drops = { link: links[0].name, rttMs, runs: dropRuns, variants, summary: summarizeDrops(variants, rttMs) };
+    }
+    await report({ loadAtStart, accel, runs, prepared, local, perLink, drops });
   } finally {
     await scope.close();
     offSignals();
@@ -627,6 +650,13 @@ export async function benchFirstResponse(): Promise<void> {
 }
 
 interface ReportInput {
+  drops: {
+    link: string;
+    rttMs: number | null;
+    runs: number;
+    variants: DropVariant[];
+    summary: DropSummary[];
+  } | null;
   loadAtStart: number[];
   accel: string;
   runs: number;
@@ -641,7 +671,7 @@ interface ReportInput {
   }[];
 }
 
-async function report({ loadAtStart, accel, runs, prepared, local, perLink }: ReportInput): Promise<void> {
+async function report({ loadAtStart, accel, runs, prepared, local, perLink, drops }: ReportInput): Promise<void> {
   const ov = prepared.overlay;
   const profiled = prepared.profiled;
   const result = {
@@ -698,6 +728,7 @@ async function report({ loadAtStart, accel, runs, prepared, local, perLink }: Re
         },
       ]),
     ),
+    drops,
   };
   const outDir = path.join(packageRoot(), 'bench', 'results');
   await fsp.mkdir(outDir, { recursive: true });
@@ -720,5 +751,6 @@ async function report({ loadAtStart, accel, runs, prepared, local, perLink }: Re
     `local resume of the launch VM (the floor's VM part): first response p50 ${result.localResume.firstResponseMs.p50} ms, p90 ${result.localResume.firstResponseMs.p90} ms`,
   );
   for (const p of perLink) printLink(p.link, p.summary, p.floor, p.speedup);
+  if (drops) printDrops(drops.link, drops.rttMs, drops.summary);
   console.log(`\nresults: ${file}\nplot: ${svg}`);
 }

@@ -13,6 +13,7 @@ import type { BaseSource } from '../vm/base.js';
 import type { ResumeResult } from '../vm/base-resume.js';
 import type { DemoResult } from './demo.js';
 import { DEFAULTS } from '../core/defaults.js';
+import { registerErrorsCommand } from './errors-command.js';
 import { registerOverlayCommands } from './overlay-commands.js';
 import { registerServeCommands } from './serve-commands.js';
 import { registerSynthCommands } from './synth-commands.js';
@@ -335,6 +336,7 @@ Environment:
   registerOverlayCommands(program);
   registerSynthCommands(program);
   registerServeCommands(program);
+  registerErrorsCommand(program);
 
   program
     .command('clean')

@@ -118,7 +118,24 @@ export function registerServeCommands(program: Command): void {
     )
     .option(
       '--handshake-timeout <seconds>',
-      `time a connection has to authenticate and open its session (default ${def('handshakeTimeoutS')})`,
+      `time a connection has to authenticate and open or resume its session (default ${def('handshakeTimeoutS')})`,
+    )
+    .option(
+      '--grace <seconds>',
+      `how long a session whose connection dropped waits for a resume; 0 ends it at the drop (default ${def('graceS')})`,
+    )
+    .option('--keepalive <seconds>', `ping a connection quiet this long (default ${def('keepaliveS')})`)
+    .option(
+      '--idle <seconds>',
+      `drop a connection that sent or read nothing this long; its session waits (default ${def('idleS')})`,
+    )
+    .option(
+      '--max-offloads-in-flight <n>',
+      `offload requests running plus replies not acknowledged, per session (default ${def('maxOffloadsInFlight')})`,
+    )
+    .option(
+      '--pre-session-memory-mib <n>',
+      `bytes all connections may buffer before their sessions start, MiB (default ${def('preSessionMemoryMib')})`,
     )
     .addOption(new Option('--log-level <level>', 'debug | info | warn | error | silent (default info)'))
     .addOption(new Option('--log-format <format>', 'json (pino, to stdout; the default) or text (to stderr)'))

@@ -37,6 +37,12 @@ export function synthLines(r: SynthesizeResult): string {
     ],
     ['demand requests', String(r.demandRequests)],
     ['background segments hurried', String(r.hurried)],
+    [
+      'reconnects',
+      r.reconnects.length === 0
+        ? '0'
+        : `${r.reconnects.length} (${ms(r.reconnects.reduce((a, x) => a + x.lostMs, 0))} without a connection; last: ${r.reconnects.at(-1)!.reason})`,
+    ],
   ]);
 }
 
@@ -44,6 +50,15 @@ function progressBar(): { onEvent: (e: ClientEvent) => void; done: () => void } 
   if (!process.stderr.isTTY) return { onEvent: () => undefined, done: () => undefined };
   let last = '';
   const onEvent = (e: ClientEvent) => {
+    if (e.type === 'dropped' || e.type === 'reconnected') {
+      const what =
+        e.type === 'dropped'
+          ? `connection lost (${e.reason}); reconnecting`
+          : `session resumed after ${ms(e.lostMs)} (reconnect ${e.count})`;
+      process.stderr.write(`${last ? '\n' : ''}${what}\n`);
+      last = '';
+      return;
+    }
     if (e.type !== 'segment') return;
     const width = 30;
     const filled = Math.round((e.bytesSent / Math.max(1, e.overlayBytes)) * width);
@@ -63,7 +78,7 @@ export function registerSynthCommands(program: Command): void {
   program
     .command('synth')
     .description(
-      'Synthesize an overlay on a server: stream it in the order the server asks, send the first offload request once the VM is up, print the timeline.',
+      'Synthesize an overlay on a server: stream it in the order the server asks, send the first offload request (the server runs it once the VM is up), resume the session after a dropped connection, print the timeline.',
     )
     .requiredOption('--server <host:port>', 'synthesis server')
     .requiredOption('--overlay <dir>', 'overlay directory')

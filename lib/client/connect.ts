@@ -31,6 +31,7 @@ export function connect(
   port: number,
   signal?: AbortSignal,
   secure?: SynthesizeOptions['tls'],
+  timeoutMs = 10_000,
 ): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const t = secure ? (secure === true ? {} : secure) : null;
@@ -38,11 +39,11 @@ export function connect(
       ? tls.connect({
           host,
           port,
-          timeout: 10_000,
+          timeout: timeoutMs,
           ...(t.ca ? { ca: t.ca } : {}),
           servername: t.servername ?? (net.isIP(host) ? undefined : host),
         })
-      : net.connect({ host, port, timeout: 10_000 });
+      : net.connect({ host, port, timeout: timeoutMs });
     // details.reason: the Node error code (ECONNREFUSED, DEPTH_ZERO_SELF_SIGNED_CERT, ...), 'timeout' or 'cancelled'.
     const fail = (why: string, reason?: string) => {
       socket.destroy();
@@ -58,7 +59,7 @@ export function connect(
       socket.removeAllListeners('error');
       resolve(socket);
     });
-    socket.once('timeout', () => fail('no answer within 10 s', 'timeout'));
+    socket.once('timeout', () => fail(`no answer within ${timeoutMs / 1000} s`, 'timeout'));
     socket.once('error', (err: NodeJS.ErrnoException) =>
       fail(err.message, typeof err.code === 'string' ? err.code : undefined),
     );

@@ -12,6 +12,49 @@ export interface OffloadRequest {
   body?: Buffer;
 }
 
+/** One request of a session's log: what was sent, when (ms on the session's clock), and how it ended. */
+export interface LoggedOffload extends OffloadRequest {
+  id: number;
+  atMs: number;
+  status?: number;
+  /** The code of the error it ended with. */
+  error?: string;
+}
+
+export interface OffloadReply {
+  status: number;
+  body: Buffer;
+}
+
+/** One drop the session survived: when it came (ms on the session's clock), how long the session had no connection, and why. */
+export interface Reconnect {
+  atMs: number;
+  lostMs: number;
+  reason: string;
+}
+
+/** What ClientSession.open() takes. */
+export interface SessionOptions {
+  /** "HOST:PORT", "HOST" (port 8021) or { host, port }. */
+  server: string | { host: string; port: number };
+  /** Overlay directory (overlay.manifest + overlay.segments). */
+  overlay: string;
+  policy?: Policy;
+  token?: string;
+  /** TCP or TLS, as SynthesizeOptions.tls. */
+  tls?: boolean | { ca?: Buffer | string; servername?: string };
+  /** Reconnect and resume after a drop, within the server's grace period (default true). */
+  reconnect?: boolean;
+  signal?: AbortSignal;
+  onEvent?: (e: ClientEvent) => void;
+  maxBytesPerSecond?: number;
+  tamper?: (index: number, data: Buffer, attempt: number) => Buffer;
+  /** Holds the background lane while it returns true (given the segment bytes sent so far). */
+  holdBackground?: (bytesSent: number) => boolean;
+  /** The origin of the session's clock (performance.now()); default: when open() is called. */
+  startedAt?: number;
+}
+
 export interface SynthesizeOptions {
   /** "HOST:PORT", "HOST" (port 8021) or { host, port }. */
   server: string | { host: string; port: number };
@@ -48,6 +91,8 @@ export interface SynthesizeOptions {
   whileRunning?: (ctx: RunningSession) => Promise<void>;
   /** Fault injection for tests: may replace a segment's bytes before they are sent (attempt counts from 1). */
   tamper?: (index: number, data: Buffer, attempt: number) => Buffer;
+  /** Reconnect and resume after a drop, within the server's grace period (default true). */
+  reconnect?: boolean;
   /**
    * Fault injection for tests: a background stream that stalls. Once this many
    * bytes were sent, background segments wait for the first response; demand
@@ -61,12 +106,14 @@ export interface SynthesizeOptions {
 export interface RunningSession {
   /** The server's session id. */
   session: string;
-  offload(request: OffloadRequest): Promise<{ status: number; body: Buffer }>;
+  offload(request: OffloadRequest): Promise<OffloadReply>;
 }
 
 export type ClientEvent =
   | { type: 'timeline'; step: keyof Timeline; ms: number }
   | { type: 'accepted'; session: string; base: string }
+  | { type: 'dropped'; reason: string }
+  | { type: 'reconnected'; count: number; lostMs: number; reason: string }
   | {
       type: 'segment';
       index: number;
@@ -117,6 +164,8 @@ export interface SynthesizeResult {
   hurried: number;
   /** Every segment sent, in order: when it was handed to the socket (client clock), and on which lane. */
   sends: SegmentSend[];
+  /** The drops the session survived. */
+  reconnects: Reconnect[];
   /** The server's own account of the session (its clock starts at the manifest). */
   serverStats: Record<string, unknown>;
 }

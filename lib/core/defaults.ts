@@ -36,6 +36,16 @@ export const DEFAULTS = {
   connectionsPerMinute: 120,
   /** Seconds a new connection has to authenticate and open its session. */
   handshakeTimeoutS: 30,
+  /** Seconds a session whose connection dropped waits for its client to resume it. */
+  graceS: 120,
+  /** Seconds of quiet after which each side of a connection sends a ping. */
+  keepaliveS: 10,
+  /** Seconds a connection may send (or read) nothing before the server drops it; its session waits out graceS. */
+  idleS: 30,
+  /** Offload requests running plus replies not yet acknowledged, per session. */
+  maxOffloadsInFlight: 8,
+  /** MiB all connections together may buffer before their sessions start (manifests of up to 512 MiB each). */
+  preSessionMemoryMib: 1024,
   /** Seconds SIGTERM waits for sessions to tear down before forcing. */
   gracefulStopS: 30,
   logLevel: 'info',

@@ -30,6 +30,12 @@ export const channels = {
   sessionStarted: diagnostics.channel('vmsynth:server:session-started'),
   /** { session, peer, stats, error? } — a synthesis session ended and was torn down. */
   sessionEnded: diagnostics.channel('vmsynth:server:session-ended'),
+  /** { session, peer, graceMs, error } — a session's connection dropped; the session waits graceMs for a resume. */
+  sessionDetached: diagnostics.channel('vmsynth:server:session-detached'),
+  /** { session, peer, resumes } — a client resumed its session over a new connection. */
+  sessionReattached: diagnostics.channel('vmsynth:server:session-reattached'),
+  /** { session, id, method, path } — an offload request went to the app in the VM (once per request id). */
+  offloadForwarded: diagnostics.channel('vmsynth:server:offload-forwarded'),
   /** { session, domain, ms, policy } — the session's VM is running. */
   sessionResumed: diagnostics.channel('vmsynth:server:session-resumed'),
   /** { session, ms, policy } — the app's first answer (ms from session start). */

@@ -131,7 +131,11 @@ export const ERRORS = {
   },
   VMS_PEER_GONE: {
     exit: 69,
-    hint: 'The other side closed the connection mid-session; the server tore the session down. Retry; if it repeats, see the server log.',
+    hint: 'The other side left mid-session: a client that gave up or stayed away past the grace period, or a server that could not be reached again within it (it stopped, crashed or lost its network). Retry; if it repeats, see the server log.',
+  },
+  VMS_SESSION_GONE: {
+    exit: 69,
+    hint: 'The session to resume has ended (finished, failed, or its grace period passed) or the server does not know it (it restarted); start a new session.',
   },
   VMS_BUSY: {
     exit: 75,

@@ -34,6 +34,9 @@ const EVENT_LEVEL: Record<ChannelName, Level> = {
   connectionRefused: 'warn',
   baseChecked: 'info',
   sessionEnded: 'info',
+  sessionDetached: 'info',
+  offloadForwarded: 'debug',
+  sessionReattached: 'info',
   serverListening: 'info',
 };
 
@@ -73,6 +76,10 @@ function text(name: ChannelName, m: Record<string, unknown>): string {
       return m.ok
         ? `base "${String(m.base)}" verified (${String(m.ms)} ms)`
         : `base "${String(m.base)}" failed verification: ${errText(m.error)}`;
+    case 'sessionDetached':
+      return `session ${String(m.session)}: the connection from ${String(m.peer)} dropped (${errText(m.error)}); waiting ${String(m.graceMs)} ms for a resume`;
+    case 'sessionReattached':
+      return `session ${String(m.session)}: resumed by ${String(m.peer)} (resume ${String(m.resumes)})`;
     case 'sessionEnded':
       return `session ${String(m.session)} ended${m.error ? ` (${errText(m.error)})` : ''}: ${JSON.stringify(m.stats)}`;
     case 'serverListening':

@@ -25,6 +25,9 @@ export class FramedSocket {
   private ended = false;
   bytesIn = 0;
   bytesOut = 0;
+  /** performance.now() of the last bytes read and the last frame queued (keepalives and idle limits use them). */
+  lastIn = performance.now();
+  lastOut = performance.now();
 
   constructor(
     readonly socket: net.Socket,
@@ -54,7 +57,13 @@ export class FramedSocket {
     this.decoder.setMaxFrameBytes(n);
   }
 
+  /** Called with each frame's length before it is buffered; may throw a VmsynthError to refuse it (null: no check). */
+  setFrameCheck(check: ((bytes: number) => void) | null): void {
+    this.decoder.onFrameStart = check;
+  }
+
   private onData(d: Buffer): void {
+    this.lastIn = performance.now();
     if (this.broken) return;
     this.bytesIn += d.length;
     // One frame at a time: the handler of a frame may change the cap for the next (hello raises it).
@@ -84,10 +93,16 @@ export class FramedSocket {
   /** Queues one frame; returns false when the socket's buffer is over its high-water mark. */
   send(header: OutgoingHeader, payload?: Uint8Array): boolean {
     if (!this.open) return false;
+    this.lastOut = performance.now();
     let ok = true;
     for (const part of encodeFrame(header, payload)) {
+      if (this.bytesFlushed === this.bytesOut) this.flushedAt = performance.now(); // the wait starts now
       this.bytesOut += part.length;
-      ok = this.socket.write(part);
+      ok = this.socket.write(part, (err) => {
+        if (err) return;
+        this.bytesFlushed += part.length;
+        this.flushedAt = performance.now();
+      });
     }
     return ok;
   }
@@ -113,6 +128,19 @@ export class FramedSocket {
     const timer = setTimeout(() => this.socket.destroy(), ms);
     timer.unref();
     this.socket.once('close', () => clearTimeout(timer));
+  }
+
+  /** Bytes the kernel has taken (their write completed), and when that last moved. */
+  private bytesFlushed = 0;
+  private flushedAt = performance.now();
+
+  /**
+   * How long the peer has left queued bytes unread: ms since the kernel last took any, while some
+   * wait; 0 when none wait. (A slow link still moves; a peer that stopped reading does not.)
+   */
+  stalledMs(): number {
+    if (this.bytesFlushed === this.bytesOut) return 0;
+    return performance.now() - this.flushedAt;
   }
 
   destroy(): void {

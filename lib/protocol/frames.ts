@@ -21,6 +21,8 @@ export const MAX_HEADER_BYTES = 64 << 10;
 /** Largest frame (header + payload): the largest payload type is the overlay manifest. */
 export const MAX_FRAME_BYTES = 512 << 20;
 const PREFIX = 4;
+/** Frames at least this large are received into one buffer of their size (see FrameDecoder.big). */
+const BIG_FRAME = 256 << 10;
 
 export interface FrameHeader {
   type: string;
@@ -41,6 +43,12 @@ export interface FrameLimits {
   maxHeaderBytes?: number;
 }
 
+/** "an offload message", "a hello frame": a message type (as the peer sent it, cut to 40 characters) with its article. */
+export function aType(type: string, noun = 'message'): string {
+  const t = type.slice(0, 40);
+  return `${/^[aeiou]/i.test(t) ? 'an' : 'a'} ${t} ${noun}`;
+}
+
 function protocolError(message: string, details: Record<string, unknown> = {}): VmsynthError {
   return new VmsynthError('VMS_PROTOCOL', message, { details });
 }
@@ -52,7 +60,7 @@ export function encodeFrame(header: OutgoingHeader, payload?: Uint8Array): Buffe
   if (h.length > MAX_HEADER_BYTES)
     throw new VmsynthError(
       'VMS_FRAME_TOO_LARGE',
-      `a ${header.type} header of ${h.length} bytes exceeds ${MAX_HEADER_BYTES}`,
+      `${aType(header.type, 'header')} of ${h.length} bytes exceeds ${MAX_HEADER_BYTES}`,
     );
   const head = Buffer.allocUnsafe(PREFIX + h.length);
   head.writeUInt32BE(h.length + p, 0);
@@ -86,10 +94,10 @@ export function decodeFrameBody(body: Buffer, limits: FrameLimits = {}): Frame {
   if (typeof h.type !== 'string' || h.type.length === 0) throw protocolError('a frame header has no "type" string');
   const p = h.payloadBytes ?? 0;
   if (!Number.isSafeInteger(p) || (p as number) < 0)
-    throw protocolError(`a ${h.type} frame has an invalid payloadBytes`, { type: h.type });
+    throw protocolError(`${aType(h.type, 'frame')} has an invalid payloadBytes`, { type: h.type });
   if (headerBytes === 0 || headerBytes + (p as number) !== body.length) {
     throw protocolError(
-      `a ${h.type} frame of ${body.length} bytes does not split into its header and a ${p as number}-byte payload`,
+      `${aType(h.type, 'frame')} of ${body.length} bytes does not split into its header and a ${p as number}-byte payload`,
       { type: h.type },
     );
   }
@@ -102,6 +110,20 @@ export class FrameDecoder {
   private buffered = 0;
   private maxFrame: number;
   private failed: VmsynthError | null = null;
+  /** The frame whose length was read has been let in by onFrameStart. */
+  private started = false;
+  /**
+   * A large frame being received, in one buffer of its exact size: each read is copied in and
+   * dropped, so the frame costs its own size and no more, and nothing of it outlives release().
+   * (Kept as the socket's 64 KiB reads and joined at the end, a 512 MiB manifest held 1 GiB at
+   * its peak, and the reads' memory went back to the system only after a garbage collection.)
+   */
+  private big: { buf: Buffer; filled: number } | null = null;
+  /**
+   * Called once per frame, with its length, as soon as the length prefix is read and before the
+   * frame is buffered; may throw a VmsynthError to refuse it (a budget of bytes, for example).
+   */
+  onFrameStart: ((bytes: number) => void) | null = null;
 
   constructor(private readonly limits: FrameLimits = {}) {
     this.maxFrame = limits.maxFrameBytes ?? MAX_FRAME_BYTES;
@@ -114,7 +136,7 @@ export class FrameDecoder {
 
   /** Bytes held for a frame not yet complete. */
   get pending(): number {
-    return this.buffered;
+    return this.buffered + (this.big?.filled ?? 0);
   }
 
   /** The error that ended the stream, if one has: set as soon as it is found, even when the push that found it returned frames. */
@@ -125,6 +147,12 @@ export class FrameDecoder {
   /** Adds bytes to the stream; next() cuts frames out of them. Throws the error that ended the stream, if one has. */
   feed(data: Buffer): void {
     if (this.failed) throw this.failed;
+    if (this.big && this.big.filled < this.big.buf.length) {
+      const k = Math.min(data.length, this.big.buf.length - this.big.filled);
+      data.copy(this.big.buf, this.big.filled, 0, k);
+      this.big.filled += k;
+      data = data.subarray(k);
+    }
     // (Empty chunks are not kept: nothing then walks over them.)
     if (data.length > 0) {
       this.chunks.push(data);
@@ -143,6 +171,13 @@ export class FrameDecoder {
   next(): Frame | null {
     if (this.failed) throw this.failed;
     try {
+      if (this.big) {
+        if (this.big.filled < this.big.buf.length) return null;
+        const whole = this.big.buf;
+        this.big = null;
+        this.started = false;
+        return decodeFrameBody(whole.subarray(PREFIX), this.limits);
+      }
       if (this.buffered < PREFIX) return null;
       const len = this.peekLength();
       if (len > this.maxFrame)
@@ -150,7 +185,15 @@ export class FrameDecoder {
           details: { bytes: len, limit: this.maxFrame },
         });
       if (len === 0) throw protocolError('an empty frame');
-      if (this.buffered < PREFIX + len) return null;
+      if (!this.started) {
+        this.onFrameStart?.(PREFIX + len);
+        this.started = true;
+      }
+      if (this.buffered < PREFIX + len) {
+        if (PREFIX + len >= BIG_FRAME) this.startBig(PREFIX + len);
+        return null;
+      }
+      this.started = false;
       const body = this.take(PREFIX + len).subarray(PREFIX);
       return decodeFrameBody(body, this.limits);
     } catch (err) {
@@ -180,10 +223,24 @@ export class FrameDecoder {
     return frames;
   }
 
+  /** Moves what is buffered of a large frame (all of it is that frame's) into one buffer of the frame's size. */
+  private startBig(n: number): void {
+    const buf = Buffer.allocUnsafeSlow(n);
+    let filled = 0;
+    for (const c of this.chunks) {
+      c.copy(buf, filled);
+      filled += c.length;
+    }
+    this.chunks = [];
+    this.buffered = 0;
+    this.big = { buf, filled };
+  }
+
   /** Drops every buffered byte (the connection is gone): nothing of a half-received frame outlives it. */
   release(): void {
     this.chunks = [];
     this.buffered = 0;
+    this.big = null;
   }
 
   private peekLength(): number {

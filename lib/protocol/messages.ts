@@ -1,5 +1,5 @@
 /**
- * Messages of the vmsynth wire protocol, version vmsynth/2
+ * Messages of the vmsynth wire protocol, version vmsynth/3
  * (docs/protocol.md is the specification; this module checks it).
  *
  * parseMessage turns a frame into a typed message or a VMS_PROTOCOL error:
@@ -9,9 +9,14 @@
  */
 import { VmsynthError } from '../core/errors.js';
 import { MAX_SEGMENT_RAW_BYTES, MAX_MANIFEST_BYTES } from '../overlay/format.js';
-import type { Frame } from './frames.js';
+import { aType, type Frame } from './frames.js';
 
-export const PROTOCOL = 'vmsynth/2';
+export const PROTOCOL = 'vmsynth/3';
+
+/** Bytes of a session's resume secret. */
+export const SECRET_BYTES = 32;
+/** Most entries in one list field (want, hurry, ack, resumed's id lists): 8,192 indices of up to 5 bytes each fit a 64 KiB header. Longer lists go in several messages. */
+export const MAX_LIST = 8192;
 
 export const POLICIES = ['early-start', 'baseline', 'demand-only'] as const;
 export type Policy = (typeof POLICIES)[number];
@@ -29,21 +34,36 @@ export const FRAME_CAPS = {
 export type ClientMessage =
   | { type: 'hello'; protocol: string; client: string; token?: string }
   | { type: 'session'; policy: Policy; manifest: Buffer }
+  | { type: 'resume'; session: string; secret: Buffer }
   | { type: 'segment'; index: number; data: Buffer }
   | { type: 'offload'; id: number; method: string; path: string; body: Buffer }
+  | { type: 'ack'; ids: number[] }
+  | { type: 'ping' }
   | { type: 'finish' }
   | { type: 'error'; code: string; message: string };
 
 export type ServerMessage =
-  | { type: 'welcome'; protocol: string; server: string }
-  | { type: 'accepted'; session: string; base: string; segments: number; policy: Policy }
+  | { type: 'welcome'; protocol: string; server: string; keepaliveMs: number; graceMs: number }
+  | { type: 'accepted'; session: string; secret: Buffer; base: string; segments: number; policy: Policy }
+  | {
+      type: 'resumed';
+      session: string;
+      base: string;
+      segments: number;
+      policy: Policy;
+      resumedMs?: number;
+      appliedMs?: number;
+      replies: number[];
+      running: number[];
+    }
   | { type: 'want'; lane: 'demand' | 'background'; segments: number[] }
   | { type: 'hurry'; segments: number[] }
   | { type: 'ready'; resumedMs: number }
   | { type: 'reply'; id: number; status: number; body: Buffer }
   | { type: 'complete'; appliedMs: number }
+  | { type: 'ping' }
   | { type: 'finished'; stats: Record<string, unknown> }
-  | { type: 'error'; code: string; message: string; fatal: boolean };
+  | { type: 'error'; code: string; message: string; fatal: boolean; id?: number };
 
 function bad(message: string, details: Record<string, unknown> = {}): VmsynthError {
   return new VmsynthError('VMS_PROTOCOL', message, { details });
@@ -53,7 +73,10 @@ type Check = (v: unknown) => boolean;
 const str: Check = (v) => typeof v === 'string' && v.length <= 4096;
 const uint: Check = (v) => Number.isSafeInteger(v) && (v as number) >= 0;
 const bool: Check = (v) => typeof v === 'boolean';
-const indices: Check = (v) => Array.isArray(v) && v.length > 0 && v.length <= 65536 && v.every(uint);
+const indices: Check = (v) => Array.isArray(v) && v.length > 0 && v.length <= MAX_LIST && v.every(uint);
+const ids: Check = (v) => Array.isArray(v) && v.length <= MAX_LIST && v.every(uint);
+const secret: Check = (v) => v instanceof Uint8Array && v.length === SECRET_BYTES;
+const policy: Check = (v) => (POLICIES as readonly unknown[]).includes(v);
 
 function fields(
   f: Frame,
@@ -63,12 +86,12 @@ function fields(
 ): Record<string, unknown> {
   const h = f.header as Record<string, unknown>;
   for (const [k, check] of Object.entries(spec))
-    if (!check(h[k])) throw bad(`a ${f.header.type} message has a missing or invalid "${k}"`);
+    if (!check(h[k])) throw bad(`${aType(f.header.type)} has a missing or invalid "${k}"`);
   for (const [k, check] of Object.entries(optional))
-    if (h[k] !== undefined && !check(h[k])) throw bad(`a ${f.header.type} message has an invalid "${k}"`);
+    if (h[k] !== undefined && !check(h[k])) throw bad(`${aType(f.header.type)} has an invalid "${k}"`);
   if (payload === 'none' && f.payload.length > 0)
-    throw bad(`a ${f.header.type} message carries no payload, got ${f.payload.length} bytes`);
-  if (payload === 'required' && f.payload.length === 0) throw bad(`a ${f.header.type} message needs a payload`);
+    throw bad(`${aType(f.header.type)} carries no payload, got ${f.payload.length} bytes`);
+  if (payload === 'required' && f.payload.length === 0) throw bad(`${aType(f.header.type)} needs a payload`);
   return h;
 }
 
@@ -85,8 +108,12 @@ export function parseClientMessage(f: Frame): ClientMessage {
       };
     }
     case 'session': {
-      const h = fields(f, { policy: (v) => (POLICIES as readonly unknown[]).includes(v) }, {}, 'required');
+      const h = fields(f, { policy }, {}, 'required');
       return { type: 'session', policy: h.policy as Policy, manifest: f.payload };
+    }
+    case 'resume': {
+      const h = fields(f, { session: str, secret });
+      return { type: 'resume', session: h.session as string, secret: Buffer.from(h.secret as Uint8Array) };
     }
     case 'segment': {
       const h = fields(f, { index: uint }, {}, 'required');
@@ -111,6 +138,13 @@ export function parseClientMessage(f: Frame): ClientMessage {
         body: f.payload,
       };
     }
+    case 'ack': {
+      const h = fields(f, { ids: indices });
+      return { type: 'ack', ids: h.ids as number[] };
+    }
+    case 'ping':
+      fields(f, {});
+      return { type: 'ping' };
     case 'finish':
       fields(f, {});
       return { type: 'finish' };
@@ -130,22 +164,42 @@ export function parseClientMessage(f: Frame): ClientMessage {
 export function parseServerMessage(f: Frame): ServerMessage {
   switch (f.header.type) {
     case 'welcome': {
-      const h = fields(f, { protocol: str, server: str });
-      return { type: 'welcome', protocol: h.protocol as string, server: h.server as string };
+      const h = fields(f, { protocol: str, server: str, keepaliveMs: uint, graceMs: uint });
+      return {
+        type: 'welcome',
+        protocol: h.protocol as string,
+        server: h.server as string,
+        keepaliveMs: h.keepaliveMs as number,
+        graceMs: h.graceMs as number,
+      };
     }
     case 'accepted': {
-      const h = fields(f, {
-        session: str,
-        base: str,
-        segments: uint,
-        policy: (v) => (POLICIES as readonly unknown[]).includes(v),
-      });
+      const h = fields(f, { session: str, secret, base: str, segments: uint, policy });
       return {
         type: 'accepted',
+        session: h.session as string,
+        secret: Buffer.from(h.secret as Uint8Array),
+        base: h.base as string,
+        segments: h.segments as number,
+        policy: h.policy as Policy,
+      };
+    }
+    case 'resumed': {
+      const h = fields(
+        f,
+        { session: str, base: str, segments: uint, policy, replies: ids, running: ids },
+        { resumedMs: uint, appliedMs: uint },
+      );
+      return {
+        type: 'resumed',
         session: h.session as string,
         base: h.base as string,
         segments: h.segments as number,
         policy: h.policy as Policy,
+        ...(h.resumedMs !== undefined ? { resumedMs: h.resumedMs as number } : {}),
+        ...(h.appliedMs !== undefined ? { appliedMs: h.appliedMs as number } : {}),
+        replies: h.replies as number[],
+        running: h.running as number[],
       };
     }
     case 'want': {
@@ -168,6 +222,9 @@ export function parseServerMessage(f: Frame): ServerMessage {
       const h = fields(f, { appliedMs: uint });
       return { type: 'complete', appliedMs: h.appliedMs as number };
     }
+    case 'ping':
+      fields(f, {});
+      return { type: 'ping' };
     case 'finished': {
       // A map: bytes (a Buffer is an object too) were let through (found by fuzzing against docs/protocol.md).
       const h = fields(f, {
@@ -176,8 +233,14 @@ export function parseServerMessage(f: Frame): ServerMessage {
       return { type: 'finished', stats: h.stats as Record<string, unknown> };
     }
     case 'error': {
-      const h = fields(f, { code: str, message: str, fatal: bool });
-      return { type: 'error', code: h.code as string, message: h.message as string, fatal: h.fatal as boolean };
+      const h = fields(f, { code: str, message: str, fatal: bool }, { id: uint });
+      return {
+        type: 'error',
+        code: h.code as string,
+        message: h.message as string,
+        fatal: h.fatal as boolean,
+        ...(h.id !== undefined ? { id: h.id as number } : {}),
+      };
     }
     default:
       throw bad(`unknown message type "${f.header.type}" from a server`, {

@@ -5,26 +5,15 @@
  * the connection tests build one over fakes. Connections import this, never
  * the server, so the two do not import each other.
  */
-import type { HttpReply } from '../vm/guest-app.js';
 import type { Policy } from '../protocol/messages.js';
 import type { SynthEvents } from '../synth/session.js';
 import type { Admitted } from './admission.js';
 import type { Authenticator } from './auth.js';
+import type { ByteBudget } from './byte-budget.js';
+import type { SessionHandle } from './session-handle.js';
+import type { SessionRegistry } from './session-registry.js';
 
-/** A synthesis session as a connection drives it: SynthSession, or a fake. */
-export interface SessionHandle {
-  readonly id: string;
-  /** The libvirt domain of its VM. */
-  readonly domain: string;
-  /** Starts asking for segments (and, unless baseline, resumes the VM). */
-  run(): void;
-  /** A segment arrived. */
-  receive(index: number, data: Buffer): void;
-  /** An offload request for the app in the VM. */
-  offload(method: string, path: string, body: Buffer): Promise<HttpReply>;
-  /** Ends the session and everything it started; resolves with its stats. Idempotent. */
-  close(): Promise<object>;
-}
+export type { SessionHandle } from './session-handle.js';
 
 export interface SessionRequest extends Admitted {
   policy: Policy;
@@ -37,6 +26,22 @@ export interface ServerContext {
   admit(client: string, manifest: Buffer): Promise<Admitted>;
   /** Starts a session admitted by `admit`. */
   startSession(req: SessionRequest): Promise<SessionHandle>;
-  /** Time a new connection has to open its session. */
+  /** The sessions, attached or in their grace period (a resume finds its session here). */
+  sessions: SessionRegistry;
+  timing: ConnectionTiming;
+  /** Offload requests running plus replies not yet acknowledged, per session. */
+  maxOffloads: number;
+  /** Bytes all connections may buffer before their sessions start. */
+  preSession: ByteBudget;
+}
+
+export interface ConnectionTiming {
+  /** Time a new connection has to open or resume its session. */
   handshakeTimeoutMs: number;
+  /** Each side sends a ping when it has sent nothing for this long. */
+  keepaliveMs: number;
+  /** A connection that sent nothing for this long, or has not read what it was sent, is dropped (its session is not). */
+  idleMs: number;
+  /** How long a session whose connection dropped waits for a resume; 0 ends it at the drop. */
+  graceMs: number;
 }

@@ -47,6 +47,11 @@ export async function startDaemon(cfg: Config, opts: { verifyBases?: boolean } =
       sessionMemoryBytes: cfg.sessionMemoryMib * 2 ** 20,
       connectionsPerMinute: cfg.connectionsPerMinute,
       handshakeTimeoutMs: cfg.handshakeTimeoutS * 1000,
+      graceMs: cfg.graceS * 1000,
+      keepaliveMs: cfg.keepaliveS * 1000,
+      idleMs: cfg.idleS * 1000,
+      maxOffloadsInFlight: cfg.maxOffloadsInFlight,
+      preSessionMemoryBytes: cfg.preSessionMemoryMib * 2 ** 20,
       verifyBases: opts.verifyBases ?? true,
     });
     const s = server;

@@ -24,8 +24,10 @@ import { cleanStale } from '../vm/janitor.js';
 import { Libvirt } from '../vm/libvirt.js';
 import { Admission, defaultLimits } from './admission.js';
 import { Authenticator, RateLimiter } from './auth.js';
+import { ByteBudget } from './byte-budget.js';
 import { Connection } from './connection.js';
 import type { ServerContext } from './context.js';
+import { SessionRegistry } from './session-registry.js';
 
 export interface ServeOptions {
   /** Listen address (default: DEFAULTS.listenHost). */
@@ -54,8 +56,18 @@ export interface ServeOptions {
   maxInFlightBytes?: number;
   /** Sessions at once; more are refused with VMS_BUSY (default: DEFAULTS.maxSessions). */
   maxSessions?: number;
-  /** Time a new connection has to open its session (default: DEFAULTS.handshakeTimeoutS). */
+  /** Time a new connection has to open or resume its session (default: DEFAULTS.handshakeTimeoutS). */
   handshakeTimeoutMs?: number;
+  /** A ping goes to a client that heard nothing for this long (default: DEFAULTS.keepaliveS). */
+  keepaliveMs?: number;
+  /** A connection that sent or read nothing for this long is dropped; its session waits for a resume (default: DEFAULTS.idleS). */
+  idleMs?: number;
+  /** How long a session whose connection dropped waits for a resume; 0 ends it at the drop (default: DEFAULTS.graceS). */
+  graceMs?: number;
+  /** Offload requests running plus replies not yet acknowledged, per session (default: DEFAULTS.maxOffloadsInFlight). */
+  maxOffloadsInFlight?: number;
+  /** Bytes all connections may buffer before their sessions start (default: DEFAULTS.preSessionMemoryMib). */
+  preSessionMemoryBytes?: number;
   fuseDevice?: string;
 }
 
@@ -96,11 +108,15 @@ async function checkAllBases(checkBase: (base: Base) => Promise<void>): Promise<
   }
 }
 
+/** A connection over its address's rate must authenticate within this long. */
+const RATE_LIMITED_HELLO_MS = 2000;
+
 export class SynthServer {
   private readonly connections = new Set<Connection>();
   private closing: Promise<void> | null = null;
 
   private readonly rate: RateLimiter;
+  private readonly registry: SessionRegistry;
   private readonly ctx: ServerContext;
   private readonly checkBase: (base: Base) => Promise<void>;
 
@@ -111,6 +127,8 @@ export class SynthServer {
     trusted: Map<string, Buffer>,
   ) {
     this.rate = new RateLimiter(opts.connectionsPerMinute ?? DEFAULTS.connectionsPerMinute);
+    // An ended session's fate is remembered for a grace period after it could have been resumed.
+    this.registry = new SessionRegistry(2 * (opts.graceMs ?? DEFAULTS.graceS * 1000) + 60_000);
     const clients = [
       ...(opts.clients ?? []),
       ...(opts.token !== undefined ? [{ name: 'token', tokenSha256: tokenSha256(opts.token) }] : []),
@@ -146,7 +164,15 @@ export class SynthServer {
           maxInFlightBytes: opts.maxInFlightBytes,
           fuseDevice: opts.fuseDevice,
         }),
-      handshakeTimeoutMs: opts.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutS * 1000,
+      sessions: this.registry,
+      timing: {
+        handshakeTimeoutMs: opts.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutS * 1000,
+        keepaliveMs: opts.keepaliveMs ?? DEFAULTS.keepaliveS * 1000,
+        idleMs: opts.idleMs ?? DEFAULTS.idleS * 1000,
+        graceMs: opts.graceMs ?? DEFAULTS.graceS * 1000,
+      },
+      maxOffloads: opts.maxOffloadsInFlight ?? DEFAULTS.maxOffloadsInFlight,
+      preSession: new ByteBudget(opts.preSessionMemoryBytes ?? DEFAULTS.preSessionMemoryMib * 2 ** 20),
     };
     this.checkBase = checkBase;
   }
@@ -203,9 +229,10 @@ export class SynthServer {
     return { host: a.address, port: a.port };
   }
 
+  /** Sessions running, waiting for a resume, or being started; all or one client's. */
   private liveSessions(client?: string): number {
-    let n = 0;
-    for (const c of this.connections) if (c.hasSession && (client === undefined || c.client === client)) n++;
+    let n = this.registry.count(client);
+    for (const c of this.connections) if (c.starting && (client === undefined || c.client === client)) n++;
     return n;
   }
 
@@ -238,12 +265,13 @@ export class SynthServer {
     this.connections.add(c);
     if (!this.rate.admit(socket.remoteAddress ?? '?')) {
       const limit = this.opts.connectionsPerMinute ?? DEFAULTS.connectionsPerMinute;
-      void c.end(
+      c.overRateLimit(
         new VmsynthError(
           'VMS_RATE_LIMITED',
-          `more than ${limit} connections in the last minute from ${socket.remoteAddress}`,
+          `more than ${limit} connections in the last minute from ${socket.remoteAddress}${this.ctx.auth.required ? ' without a valid client token' : ''}`,
           { details: { limit } },
         ),
+        RATE_LIMITED_HELLO_MS,
       );
     }
   }
@@ -252,7 +280,10 @@ export class SynthServer {
   close(reason = new VmsynthError('VMS_SHUTTING_DOWN', 'the server is shutting down')): Promise<void> {
     this.closing ??= (async () => {
       const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
-      await Promise.all([...this.connections].map((c) => c.shutdown(reason)));
+      await Promise.all([
+        ...[...this.connections].map((c) => c.shutdown(reason)),
+        ...this.registry.all().map((s) => s.end(reason)),
+      ]);
       await stopped;
       await this.lv.close();
     })();

@@ -136,6 +136,22 @@ export class SegmentScheduler {
     return null;
   }
 
+  /**
+   * Segments asked for and not yet received, each on the lane it is wanted on now: demand when it
+   * went out on the demand lane or a guest read has needed it since (a client that lost them is
+   * asked for them again, the urgent ones first).
+   */
+  requested(): Request[] {
+    const demand: Request[] = [];
+    const background: Request[] = [];
+    for (let index = 0; index < this.state.length; index++) {
+      if (this.state[index] !== REQUESTED) continue;
+      if (this.lane[index] === 2 || this.demanded[index]) demand.push({ index, lane: 'demand' });
+      else background.push({ index, lane: 'background' });
+    }
+    return [...demand, ...background];
+  }
+
   /** Every request that may be sent now, in order. */
   drain(): Request[] {
     const out: Request[] = [];

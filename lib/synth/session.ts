@@ -15,6 +15,7 @@
  * background; demand-only resumes at once and fetches only what the guest
  * reads; baseline fetches and applies everything, then resumes.
  */
+import { setMaxListeners } from 'node:events';
 import { DEFAULTS } from '../core/defaults.js';
 import { publish } from '../core/diagnostics.js';
 import { asVmsynthError, VmsynthError } from '../core/errors.js';
@@ -72,12 +73,15 @@ export class SynthSession {
   private readonly abort = new AbortController();
   private resuming: Promise<unknown> = Promise.resolve();
   private failedWith: VmsynthError | null = null;
+  /** Wakes offload requests that came before the VM ran: when it runs, or when the session fails or closes. */
+  private readonly vmChanged = new EventTarget();
 
   private constructor(
     private readonly opts: SynthOptions,
     private readonly dir: RunDir,
   ) {
     this.id = dir.id;
+    setMaxListeners(0, this.vmChanged); // one listener per offload request waiting (bounded by maxOffloadsInFlight)
     const body = opts.overlay.body;
     this.scheduler = new SegmentScheduler({
       sizes: body.segments.map((s) => s.bytes),
@@ -160,6 +164,16 @@ export class SynthSession {
       );
       return;
     }
+    // Asked for once, applied once: a second copy while the first is applied is a client bug
+    // (40 copies of one segment were all accepted, and counted: 22 of 21 segments received).
+    if (this.ledger.isApplying(index)) {
+      this.fail(
+        new VmsynthError('VMS_PROTOCOL', `segment ${index} was sent twice`, {
+          details: { reason: 'duplicate-segment', segment: index },
+        }),
+      );
+      return;
+    }
     this.ledger.received(index, data.length);
     const lane = this.scheduler.isDemanded(index) ? 'demand' : 'background';
     this.launch
@@ -195,6 +209,7 @@ export class SynthSession {
   private fail(err: VmsynthError): void {
     if (this.failedWith || this.closing) return;
     this.failedWith = err;
+    this.vmChanged.dispatchEvent(new Event('change'));
     this.opts.events.failed(err);
   }
 
@@ -204,6 +219,7 @@ export class SynthSession {
         const ms = this.ledger.resumed();
         publish('sessionResumed', { session: this.id, domain: this.domain, ms, policy: this.opts.policy });
         if (!this.closing) this.opts.events.ready(ms);
+        this.vmChanged.dispatchEvent(new Event('change'));
       },
       (err: unknown) => this.fail(asVmsynthError(err)),
     );
@@ -255,15 +271,18 @@ export class SynthSession {
     body: Buffer,
     timeoutMs: number = DEFAULTS.offloadTimeoutMs,
   ): Promise<HttpReply> {
-    const vm = this.vm;
-    if (!vm) throw new VmsynthError('VMS_PROTOCOL', 'an offload request came before the VM was ready');
+    // A request may come before the VM runs (the client sends its first one right after
+    // `accepted`, which saves a round trip): it waits for the VM, and its time limit starts then.
+    while (!this.vm && !this.closing && !this.failedWith)
+      await new Promise<void>((resolve) => this.vmChanged.addEventListener('change', () => resolve(), { once: true }));
     const deadline = Date.now() + timeoutMs;
-    let last = '';
+    const vm = this.vm;
+    let last = 'the VM was not running yet';
     for (;;) {
       if (this.closing || this.failedWith)
         throw this.failedWith ?? new VmsynthError('VMS_INTERRUPTED', 'the session ended');
       const remaining = deadline - Date.now();
-      if (remaining <= 0) break;
+      if (remaining <= 0 || !vm) break;
       try {
         const reply = await guestRequest(vm.hostPort, method, path, remaining, body.length ? body : undefined);
         const first = this.ledger.replied();
@@ -288,6 +307,18 @@ export class SynthSession {
       `the app in the VM did not answer ${method} ${path} within ${timeoutMs} ms (last attempt: ${last})${held}`,
       { details: { heldReads: h } },
     );
+  }
+
+  /** Segments asked for and not yet received, by lane: those being applied are not asked for again. */
+  outstanding(): { demand: number[]; background: number[] } {
+    const out = { demand: [] as number[], background: [] as number[] };
+    if (this.failedWith || this.closing) return out;
+    for (const r of this.scheduler.requested()) if (!this.ledger.isApplying(r.index)) out[r.lane].push(r.index);
+    return out;
+  }
+
+  progress(): { resumedMs: number | null; appliedMs: number | null } {
+    return { resumedMs: this.ledger.resumedMs, appliedMs: this.ledger.completeMs };
   }
 
   /** The held guest reads, each segment they wait for with where it is: queued, requested, applying (received, not yet applied) or received. */
@@ -317,6 +348,7 @@ export class SynthSession {
     this.closing ??= (async () => {
       const stats = this.stats();
       this.abort.abort(new VmsynthError('VMS_INTERRUPTED', 'the session ended'));
+      queueMicrotask(() => this.vmChanged.dispatchEvent(new Event('change'))); // (once `closing` is set)
       // Held guest reads fail first. A resume in progress may itself be waiting on one
       // (QEMU and libvirtd read the images while the domain starts and loads its state),
       // so it could never reach the step boundary awaited below; and a vCPU blocked in one

@@ -72,9 +72,19 @@ async function scripted(
     socket.on('data', (bytes) => {
       for (const f of decoder.push(bytes)) {
         const m: ClientMessage = parseClientMessage(f);
-        if (m.type === 'hello') send(frame({ type: 'welcome', protocol: PROTOCOL, server: 'scripted' }));
+        if (m.type === 'hello')
+          send(frame({ type: 'welcome', protocol: PROTOCOL, server: 'scripted', keepaliveMs: 10_000, graceMs: 0 }));
         else if (m.type === 'session') {
-          send(frame({ type: 'accepted', session: 's1', base: 'gen', segments: N, policy: m.policy }));
+          send(
+            frame({
+              type: 'accepted',
+              session: 's1',
+              secret: Buffer.alloc(32),
+              base: 'gen',
+              segments: N,
+              policy: m.policy,
+            }),
+          );
           script.accepted(talk);
         } else if (m.type === 'segment') {
           got.push(m.index);

@@ -135,7 +135,9 @@ const segmentBytes = {
 };
 const setupMs = Math.round(performance.now() - T0);
 
-const server = await SynthServer.listen({ port: 0, maxSessions: 8 });
+// No grace period: a reset ends the session at once, as it did before sessions could outlive their
+// connection (test/e2e/resume.test.ts resumes them).
+const server = await SynthServer.listen({ port: 0, maxSessions: 8, graceMs: 0 });
 t.teardown(() => server.close());
 const watch = new SessionWatch();
 t.teardown(() => watch.close());

@@ -105,6 +105,7 @@ t.test('named clients, sessions per client, and the memory cap per session', asy
       { name: 'phone-b', tokenSha256: tokenSha256('tb') },
     ],
     maxSessionsPerClient: 1,
+    graceMs: 0, // a vanished client's session ends at once (resume.test.ts covers the grace period)
   });
   t.teardown(() => server.close());
   const port = server.address().port;
@@ -215,6 +216,7 @@ t.test('daemon: /healthz, /readyz, /metrics', async (t) => {
     VMSYNTH_METRICS_LISTEN: '127.0.0.1:0',
     VMSYNTH_TOKEN: 'sesame',
     VMSYNTH_MAX_SESSIONS: '1',
+    VMSYNTH_GRACE_S: '0', // a vanished client's session ends at once
   };
   const d = await startDaemon(resolveConfig({ env }).config);
   let stopped = false;

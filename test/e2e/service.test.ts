@@ -22,6 +22,7 @@ import { createOverlay } from '../../lib/offline/create.js';
 import { generateKey } from '../../lib/overlay/keys.js';
 import { DOMAIN_PREFIX } from '../../lib/vm/libvirt.js';
 import { guestBase } from '../helpers/guest-base.js';
+import { until } from '../helpers/wait.js';
 import { leaks, NO_LEAKS, qemuProcessesFor } from '../helpers/leaks.js';
 import { listen } from '../helpers/notify-listener.js';
 
@@ -180,6 +181,10 @@ t.test('serve under a systemd-like supervisor', async (t) => {
   for (let i = 0; i < 100 && !/^vmsynth_vm_deaths_total 1$/m.test(await metrics()); i++)
     await new Promise((r) => setTimeout(r, 50));
   t.match(await metrics(), /^vmsynth_vm_deaths_total 1$/m, 'the death was counted');
+  // The client hears of the death before the server's teardown, which follows at once.
+  const gone = async () =>
+    JSON.stringify(await leaks([`${DOMAIN_PREFIX}${session}`], runDir())) === JSON.stringify(NO_LEAKS);
+  await until(gone, "the dead VM's session to be torn down", 15_000).catch(() => undefined);
   t.same(await leaks([`${DOMAIN_PREFIX}${session}`], runDir()), NO_LEAKS, "the dead VM's session left nothing");
 
   child.kill('SIGTERM');

@@ -1,8 +1,9 @@
 /**
  * Teardown on the real stack: a client killed mid-stream, and a server
- * stopped with SIGTERM mid-session. Either way the VM is destroyed, the FUSE
- * mount is gone and the session files are removed; after a vanished client
- * the server goes on serving.
+ * stopped with SIGTERM mid-session. A vanished client's session waits out its
+ * grace period for a resume, then goes; SIGTERM ends it at once. Either way
+ * the VM is destroyed, the FUSE mount is gone and the session files are
+ * removed; after a vanished client the server goes on serving.
  */
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
@@ -32,33 +33,50 @@ await createOverlay({
 const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
 const request = { method: 'GET' as const, path: '/run?mem_mb=8&disk_mb=4&disk_off_mb=40' };
 
-t.test('a client killed mid-stream: its session is torn down, and the server serves the next', async (t) => {
-  const server = await SynthServer.listen({ port: 0 });
-  t.teardown(() => server.close());
-  const { host, port } = server.address();
-  const running = new Promise<string>((resolve) => {
-    const on = (m: unknown) => {
-      channels.domainRunning.unsubscribe(on);
-      resolve((m as { name: string }).name);
-    };
-    channels.domainRunning.subscribe(on);
-  });
-  // 1 Mbit/s: the client is still streaming when it dies.
-  const child = spawn(
-    process.execPath,
-    [cli, 'synth', '--server', `${host}:${port}`, '--overlay', ov, '--max-rate-mbit', '1', '--json'],
-    { env: process.env, stdio: 'ignore' },
-  );
-  const domain = await running;
-  t.ok((await virshDomains()).includes(domain), 'the VM runs');
-  child.kill('SIGKILL');
-  await until(() => server.connectionCount === 0, 'the server to drop the connection');
-  t.same(await leaks([domain], runDir()), NO_LEAKS, 'VM, mount and files are gone');
+t.test(
+  'a client killed mid-stream: its session waits out its grace period, then goes; the server serves the next',
+  async (t) => {
+    const GRACE_MS = 3000;
+    const server = await SynthServer.listen({ port: 0, graceMs: GRACE_MS });
+    t.teardown(() => server.close());
+    const { host, port } = server.address();
+    const running = new Promise<string>((resolve) => {
+      const on = (m: unknown) => {
+        channels.domainRunning.unsubscribe(on);
+        resolve((m as { name: string }).name);
+      };
+      channels.domainRunning.subscribe(on);
+    });
+    // 1 Mbit/s: the client is still streaming when it dies.
+    const child = spawn(
+      process.execPath,
+      [cli, 'synth', '--server', `${host}:${port}`, '--overlay', ov, '--max-rate-mbit', '1', '--json'],
+      { env: process.env, stdio: 'ignore' },
+    );
+    const domain = await running;
+    t.ok((await virshDomains()).includes(domain), 'the VM runs');
+    const ended = new Promise<{ error?: { details?: Record<string, unknown> } }>((resolve) => {
+      const on = (m: unknown) => {
+        channels.sessionEnded.unsubscribe(on);
+        resolve(m as { error?: { details?: Record<string, unknown> } });
+      };
+      channels.sessionEnded.subscribe(on);
+    });
+    child.kill('SIGKILL');
+    const killedAt = performance.now();
+    await until(() => server.connectionCount === 0, 'the server to drop the connection');
+    t.equal(server.sessionCount, 1, 'the session waits for a resume');
+    t.ok((await virshDomains()).includes(domain), 'with its VM running');
+    const end = await ended;
+    t.ok(performance.now() - killedAt >= GRACE_MS, 'it ended only after its grace period');
+    t.match(end.error, { code: 'VMS_PEER_GONE', details: { reason: 'grace-expired', graceMs: GRACE_MS } });
+    t.same(await leaks([domain], runDir()), NO_LEAKS, 'VM, mount and files are gone');
 
-  const r = await synthesize({ server: `${host}:${port}`, overlay: ov, request });
-  t.equal(r.firstResponse.status, 200, 'the next client is served');
-  t.same(await leaks([`${DOMAIN_PREFIX}${r.session}`], runDir()), NO_LEAKS);
-});
+    const r = await synthesize({ server: `${host}:${port}`, overlay: ov, request });
+    t.equal(r.firstResponse.status, 200, 'the next client is served');
+    t.same(await leaks([`${DOMAIN_PREFIX}${r.session}`], runDir()), NO_LEAKS);
+  },
+);
 
 t.test('SIGTERM ends every session cleanly and tells the client why', async (t) => {
   const child = spawn(process.execPath, [cli, 'serve', '--listen', '127.0.0.1:0', '--json'], {

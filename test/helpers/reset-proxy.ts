@@ -8,8 +8,8 @@
  * and header; payloads pass through untouched) and counts the bytes:
  *
  * - `c2sAt`: client→server bytes are forwarded exactly up to a threshold
- *   (computed once the handshake, the client's hello and session frames, has
- *   gone through), cutting the frame that crosses it; then the connection is
+ *   (computed once the handshake, the client's frames before its first
+ *   segment, has gone through), cutting the frame that crosses it; then the connection is
  *   reset. With `gate`, the proxy first stops forwarding at the threshold
  *   (a stalled link) until the gate opens or `gateLimitMs` passes, then
  *   resets: so a test can put the reset at an exact byte count *and* in a
@@ -58,7 +58,6 @@ export interface ResetRecord {
   s2cTypes: string[];
 }
 
-const HANDSHAKE_FRAMES = 2; // hello, session
 const PREFIX = 4;
 
 /** Cuts raw frames (length prefix included) out of a byte stream, without decoding them. */
@@ -93,7 +92,6 @@ export class ResetProxy {
   private upstream: net.Socket | null = null;
   private readonly c2s = new Splitter();
   private readonly s2c = new Splitter();
-  private c2sFrames = 0;
   private c2sForwarded = 0;
   private c2sRead = 0;
   private s2cForwarded = 0;
@@ -174,11 +172,13 @@ export class ResetProxy {
     this.c2sRead += d.length;
     for (const raw of this.c2s.push(d)) {
       if (this.record || this.stalled) return;
-      this.forward(raw);
-      if (++this.c2sFrames === HANDSHAKE_FRAMES) {
+      // The handshake is every frame before the first segment: hello, session, and the first
+      // offload request, which the client sends as soon as it hears `accepted`.
+      if (this.handshakeBytes === null && typeOf(raw) === 'segment') {
         this.handshakeBytes = this.c2sForwarded;
         if (this.plan.c2sAt) this.threshold = this.plan.c2sAt(this.handshakeBytes);
       }
+      this.forward(raw);
     }
   }
 

@@ -18,7 +18,15 @@ export async function until(
   }
 }
 
-/** Until a server has no connection left (each connection ends after its session is torn down). */
-export function drained(server: { connectionCount: number }, ms = 30_000): Promise<void> {
-  return until(() => server.connectionCount === 0, 'the server to close every connection', ms, 25);
+/**
+ * Until a server has no connection and no session left (a session is torn down after its client
+ * was told how it ended, and a session whose connection dropped waits out its grace period).
+ */
+export function drained(server: { connectionCount: number; sessionCount: number }, ms = 30_000): Promise<void> {
+  return until(
+    () => server.connectionCount === 0 && server.sessionCount === 0,
+    'the server to close every connection and session',
+    ms,
+    25,
+  );
 }

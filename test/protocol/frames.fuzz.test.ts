@@ -171,6 +171,9 @@ type Check = (v: unknown) => boolean;
 const s: Check = (v) => typeof v === 'string' && v.length <= 4096; // (4096: the implementation's cap on strings)
 const u: Check = (v) => Number.isSafeInteger(v) && (v as number) >= 0;
 const policy: Check = (v) => (POLICIES as readonly unknown[]).includes(v);
+const list: Check = (v) => Array.isArray(v) && v.length >= 1 && v.length <= 8192 && v.every(u);
+const ids: Check = (v) => Array.isArray(v) && v.length <= 8192 && v.every(u);
+const secret: Check = (v) => v instanceof Uint8Array && v.length === 32;
 interface Spec {
   fields: Record<string, Check>;
   optional?: Record<string, Check>;
@@ -190,23 +193,23 @@ const CLIENT: Record<string, Spec> = {
     payload: 'allowed',
     as: 'body',
   },
+  resume: { fields: { session: s, secret }, payload: 'none' },
+  ack: { fields: { ids: list }, payload: 'none' },
+  ping: { fields: {}, payload: 'none' },
   finish: { fields: {}, payload: 'none' },
   error: { fields: { code: s, message: s }, payload: 'none' },
 };
 const SERVER: Record<string, Spec> = {
-  welcome: { fields: { protocol: s, server: s }, payload: 'none' },
-  accepted: { fields: { session: s, base: s, segments: u, policy }, payload: 'none' },
-  want: {
-    fields: {
-      lane: (v) => v === 'demand' || v === 'background',
-      segments: (v) => Array.isArray(v) && v.length >= 1 && v.length <= 65536 && v.every(u),
-    },
+  welcome: { fields: { protocol: s, server: s, keepaliveMs: u, graceMs: u }, payload: 'none' },
+  accepted: { fields: { session: s, secret, base: s, segments: u, policy }, payload: 'none' },
+  resumed: {
+    fields: { session: s, base: s, segments: u, policy, replies: ids, running: ids },
+    optional: { resumedMs: u, appliedMs: u },
     payload: 'none',
   },
-  hurry: {
-    fields: { segments: (v) => Array.isArray(v) && v.length >= 1 && v.length <= 65536 && v.every(u) },
-    payload: 'none',
-  },
+  want: { fields: { lane: (v) => v === 'demand' || v === 'background', segments: list }, payload: 'none' },
+  hurry: { fields: { segments: list }, payload: 'none' },
+  ping: { fields: {}, payload: 'none' },
   ready: { fields: { resumedMs: u }, payload: 'none' },
   reply: { fields: { id: u, status: u }, payload: 'allowed', as: 'body' },
   complete: { fields: { appliedMs: u }, payload: 'none' },
@@ -214,7 +217,11 @@ const SERVER: Record<string, Spec> = {
     fields: { stats: (v) => typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array) },
     payload: 'none',
   }, // a map
-  error: { fields: { code: s, message: s, fatal: (v) => typeof v === 'boolean' }, payload: 'none' },
+  error: {
+    fields: { code: s, message: s, fatal: (v) => typeof v === 'boolean' },
+    optional: { id: u },
+    payload: 'none',
+  },
 };
 
 /** The message the spec makes of a frame, or null when it refuses it. */
@@ -262,10 +269,10 @@ function parseBoth(f: Frame, tally?: Tally): void {
 
 // ---- generators -------------------------------------------------------------------------
 
-const bigList = new Array<number>(20_000).fill(3);
+const bigList = new Array<number>(8193).fill(3);
 /** Each message field's domain (valid values, and near misses). */
 const domain: Record<string, fc.Arbitrary<unknown>> = {
-  protocol: fc.constantFrom('vmsynth/1', 'vmsynth/2', ''),
+  protocol: fc.constantFrom('vmsynth/2', 'vmsynth/3', ''),
   client: fc.string({ maxLength: 20 }),
   server: fc.string({ maxLength: 20 }),
   token: fc.string({ maxLength: 20 }),
@@ -295,6 +302,21 @@ const domain: Record<string, fc.Arbitrary<unknown>> = {
   appliedMs: fc.nat(),
   stats: fc.oneof(fc.dictionary(fc.string({ maxLength: 8 }), wild, { maxKeys: 4 }), wild),
   fatal: fc.boolean(),
+  keepaliveMs: fc.nat(),
+  graceMs: fc.oneof(fc.nat(), fc.constant(-1)),
+  secret: fc.oneof(
+    fc.uint8Array({ minLength: 32, maxLength: 32 }).map((a) => Buffer.from(a)),
+    fc.uint8Array({ maxLength: 40 }).map((a) => Buffer.from(a)),
+    fc.string({ minLength: 32, maxLength: 32 }),
+  ),
+  ids: fc.oneof(
+    fc.array(fc.nat(), { minLength: 1, maxLength: 6 }),
+    fc.constant([]),
+    fc.array(fc.oneof(fc.nat(), edgeValue), { maxLength: 6 }),
+    fc.constant(bigList),
+  ),
+  replies: fc.oneof(fc.array(fc.nat(), { maxLength: 6 }), fc.constant(bigList)),
+  running: fc.oneof(fc.array(fc.nat(), { maxLength: 6 }), wild),
 };
 const TYPES = [...new Set([...Object.keys(CLIENT), ...Object.keys(SERVER)])];
 const FIELDS_OF: Record<string, string[]> = Object.fromEntries(

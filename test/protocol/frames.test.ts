@@ -136,3 +136,30 @@ t.test('a decoder fed a stream cuts each frame under the cap in force when it is
   t.match(strict.error, { code: 'VMS_FRAME_TOO_LARGE' });
   t.throws(() => strict.next(), { code: 'VMS_FRAME_TOO_LARGE' }, 'and the stream stays failed');
 });
+
+t.test('a large frame, however cut, is received into one buffer of its size and decodes the same', async (t) => {
+  const payload = Buffer.alloc(3 << 20);
+  for (let i = 0; i < payload.length; i += 4096) payload[i] = i & 255;
+  const stream = Buffer.concat([
+    frameBytes({ type: 'a' }),
+    frameBytes({ type: 'big', n: 1 }, payload),
+    frameBytes({ type: 'b' }, Buffer.from('tail')),
+  ]);
+  for (const cut of [1, 7, 4096, 65536, 1 << 20, stream.length]) {
+    const dec = new FrameDecoder();
+    const got = [];
+    for (let pos = 0; pos < stream.length; pos += cut) got.push(...dec.push(stream.subarray(pos, pos + cut)));
+    t.same(
+      got.map((f) => f.header.type),
+      ['a', 'big', 'b'],
+      `cut every ${cut} bytes`,
+    );
+    t.ok(got[1]!.payload.equals(payload), `cut every ${cut} bytes: the payload is intact`);
+    t.equal(dec.pending, 0);
+  }
+  const dec = new FrameDecoder();
+  dec.push(stream.subarray(0, 2 << 20));
+  t.ok(dec.pending > 1 << 20, 'a frame half received is pending');
+  dec.release();
+  t.equal(dec.pending, 0, 'release drops it');
+});

@@ -5,157 +5,26 @@
  * stage, the handshake timeout, admission refusals, offload failures, and
  * every way a connection ends closing its session exactly once.
  */
-import t, { type Test } from 'tap';
-import net from 'node:net';
-import { VmsynthError, type ErrorCode } from '../../lib/core/errors.js';
-import type { Overlay } from '../../lib/overlay/reader.js';
-import { encodeFrame, FrameDecoder } from '../../lib/protocol/frames.js';
+import t from 'tap';
+import { VmsynthError } from '../../lib/core/errors.js';
 import { FRAME_CAPS, PROTOCOL } from '../../lib/protocol/messages.js';
-import type { Admitted } from '../../lib/server/admission.js';
-import { Authenticator } from '../../lib/server/auth.js';
-import { Connection } from '../../lib/server/connection.js';
-import type { ServerContext, SessionHandle, SessionRequest } from '../../lib/server/context.js';
-import type { Base } from '../../lib/vm/base.js';
-import { tokenSha256 } from '../../lib/core/config.js';
+import {
+  ack,
+  at,
+  clientError,
+  fatal,
+  FakeSession,
+  finish,
+  frame,
+  hello,
+  offload,
+  ping,
+  resume,
+  rig,
+  segment,
+  sessionMsg,
+} from '../helpers/connection-rig.js';
 import { until } from '../helpers/wait.js';
-
-type Msg = Record<string, unknown> & { type: string };
-
-class FakeSession implements SessionHandle {
-  readonly id = 'fake0001';
-  readonly domain = 'vmsynth-fake0001';
-  runs = 0;
-  closes = 0;
-  received: number[] = [];
-  offloads: string[] = [];
-  /** What offload() does: answer, or fail with this code. */
-  offloadFails: ErrorCode | null = null;
-  constructor(readonly req: SessionRequest) {}
-  run(): void {
-    this.runs++;
-  }
-  receive(index: number): void {
-    this.received.push(index);
-  }
-  async offload(
-    method: string,
-    path: string,
-    body: Buffer,
-  ): Promise<{ status: number; headers: Record<string, string>; body: Buffer }> {
-    this.offloads.push(`${method} ${path}`);
-    if (this.offloadFails) throw new VmsynthError(this.offloadFails, 'the fake says no');
-    return { status: 200, headers: {}, body: Buffer.concat([Buffer.from('echo:'), body]) };
-  }
-  async close(): Promise<object> {
-    this.closes++;
-    return { fake: true };
-  }
-}
-
-interface Rig {
-  /** Sends frames in one write. */
-  send(...frames: Buffer[]): void;
-  /** The next message of `type` (or an error), in arrival order. */
-  next(type: string): Promise<Msg>;
-  /** Every message until the server closes the connection. */
-  closed: Promise<Msg[]>;
-  sessions: FakeSession[];
-  conn: Connection;
-  socket: net.Socket;
-  /** Resolves when the connection reported itself gone. */
-  gone: Promise<void>;
-}
-
-const frame = (h: Record<string, unknown>, payload?: Buffer): Buffer =>
-  Buffer.concat(encodeFrame(h as { type: string }, payload));
-const hello = (extra: Record<string, unknown> = {}) =>
-  frame({ type: 'hello', protocol: PROTOCOL, client: 'test', ...extra });
-const sessionMsg = () => frame({ type: 'session', policy: 'early-start' }, Buffer.from('manifest bytes'));
-const segment = (index: number) => frame({ type: 'segment', index }, Buffer.from([1, 2, 3]));
-const offload = (id: number) => frame({ type: 'offload', id, method: 'POST', path: '/run' }, Buffer.from('x'));
-const finish = () => frame({ type: 'finish' });
-const clientError = () => frame({ type: 'error', code: 'VMS_INTERRUPTED', message: 'bye' });
-
-const admitted = {
-  overlay: { body: { segments: [{}, {}, {}] }, segmentsBytes: 300 } as unknown as Overlay,
-  base: { name: 'fakebase' } as unknown as Base,
-};
-
-interface RigOptions {
-  admit?: (client: string, manifest: Buffer) => Promise<Admitted>;
-  start?: (req: SessionRequest) => Promise<SessionHandle>;
-  tokens?: string[];
-  handshakeTimeoutMs?: number;
-}
-
-async function rig(t: Test, o: RigOptions = {}): Promise<Rig> {
-  const sessions: FakeSession[] = [];
-  const ctx: ServerContext = {
-    auth: new Authenticator((o.tokens ?? []).map((tok, i) => ({ name: `c${i}`, tokenSha256: tokenSha256(tok) }))),
-    admit: o.admit ?? (async () => admitted),
-    startSession:
-      o.start ??
-      (async (req) => {
-        const s = new FakeSession(req);
-        sessions.push(s);
-        return s;
-      }),
-    handshakeTimeoutMs: o.handshakeTimeoutMs ?? 10_000,
-  };
-  let conn!: Connection;
-  let goneResolve!: () => void;
-  const gone = new Promise<void>((r) => (goneResolve = r));
-  const server = net.createServer((socket) => {
-    conn = new Connection(socket, ctx, goneResolve);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.teardown(() => new Promise<void>((r) => server.close(() => r())));
-  const socket = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
-  await new Promise<void>((r) => socket.once('connect', r));
-  t.teardown(() => socket.destroy());
-  await until(() => conn !== undefined, 'the connection');
-  const msgs: Msg[] = [];
-  const waiters: (() => void)[] = [];
-  const decoder = new FrameDecoder();
-  socket.on('data', (d: Buffer) => {
-    for (const f of decoder.push(d)) msgs.push(f.header);
-    for (const w of waiters.splice(0)) w();
-  });
-  const closed = new Promise<Msg[]>((r) => socket.on('close', () => r(msgs)));
-  let read = 0;
-  const next = async (type: string): Promise<Msg> => {
-    for (;;) {
-      while (read < msgs.length) {
-        const m = msgs[read++]!;
-        if (m.type === type || m.type === 'error') return m;
-      }
-      const more = new Promise<void>((r) => waiters.push(r));
-      const end = await Promise.race([more.then(() => false), closed.then(() => true)]);
-      if (end && read >= msgs.length) throw new Error(`the connection closed before a ${type} message`);
-    }
-  };
-  return { send: (...frames) => socket.write(Buffer.concat(frames)), next, closed, sessions, conn, gone, socket };
-}
-
-/** Drives a rig to `stage`: greeting (nothing sent), open (after welcome) or session (after accepted). */
-async function at(t: Test, stage: 'greeting' | 'open' | 'session', o: RigOptions = {}): Promise<Rig> {
-  const r = await rig(t, o);
-  if (stage === 'greeting') return r;
-  r.send(hello());
-  t.match(await r.next('welcome'), { type: 'welcome', protocol: PROTOCOL });
-  if (stage === 'open') return r;
-  r.send(sessionMsg());
-  t.match(await r.next('accepted'), {
-    type: 'accepted',
-    session: 'fake0001',
-    base: 'fakebase',
-    segments: 3,
-    policy: 'early-start',
-  });
-  return r;
-}
-
-const fatal = (code: string) => ({ type: 'error', code, fatal: true });
 
 t.test('every message in every stage', async (t) => {
   // What each message does in each stage: the reply it gets, or the typed refusal.
@@ -170,16 +39,20 @@ t.test('every message in every stage', async (t) => {
     { stage: 'greeting', name: 'session', send: sessionMsg, expect: stageError('session', 'greeting') },
     { stage: 'greeting', name: 'segment', send: () => segment(0), expect: stageError('segment', 'greeting') },
     { stage: 'greeting', name: 'offload', send: () => offload(1), expect: stageError('offload', 'greeting') },
-    { stage: 'greeting', name: 'finish', send: finish, expect: 'finished' },
+    { stage: 'greeting', name: 'finish', send: finish, expect: stageError('finish', 'greeting') },
+    { stage: 'greeting', name: 'ping', send: ping, expect: stageError('ping', 'greeting') },
+    { stage: 'greeting', name: 'resume', send: resume, expect: stageError('resume', 'greeting') },
     { stage: 'greeting', name: 'error', send: clientError, expect: 'silent-close' },
     { stage: 'open', name: 'hello', send: () => hello(), expect: stageError('hello', 'open') },
     { stage: 'open', name: 'session', send: sessionMsg, expect: 'accepted' },
     { stage: 'open', name: 'segment', send: () => segment(0), expect: stageError('segment', 'open') },
     { stage: 'open', name: 'offload', send: () => offload(1), expect: stageError('offload', 'open') },
     { stage: 'open', name: 'finish', send: finish, expect: 'finished' },
+    { stage: 'open', name: 'ack', send: ack, expect: stageError('ack', 'open') },
     { stage: 'open', name: 'error', send: clientError, expect: 'silent-close' },
-    { stage: 'session', name: 'hello', send: () => hello(), expect: stageError('hello', 'session') },
-    { stage: 'session', name: 'session', send: sessionMsg, expect: stageError('session', 'session') },
+    { stage: 'session', name: 'hello', send: () => hello(), expect: stageError('hello', 'attached') },
+    { stage: 'session', name: 'session', send: sessionMsg, expect: stageError('session', 'attached') },
+    { stage: 'session', name: 'resume', send: resume, expect: stageError('resume', 'attached') },
     { stage: 'session', name: 'segment', send: () => segment(2), expect: 'receive' },
     { stage: 'session', name: 'offload', send: () => offload(7), expect: 'reply' },
     { stage: 'session', name: 'finish', send: finish, expect: 'finished' },
@@ -330,13 +203,22 @@ t.test('offload failures: a slow app is reported, a dead VM ends the session', a
   const r = await at(t, 'session');
   r.sessions[0]!.offloadFails = 'VMS_GUEST_TIMEOUT';
   r.send(offload(1));
-  t.match(await r.next('reply'), { type: 'error', code: 'VMS_GUEST_TIMEOUT', fatal: false }, 'a timeout is not fatal');
+  t.match(
+    await r.next('reply'),
+    { type: 'error', id: 1, code: 'VMS_GUEST_TIMEOUT', fatal: false },
+    'a timeout is not fatal, and names its request',
+  );
   r.sessions[0]!.offloadFails = null;
   r.send(offload(2));
   t.match(await r.next('reply'), { type: 'reply', id: 2 }, 'the next request is served');
   r.sessions[0]!.offloadFails = 'VMS_QEMU_DIED';
   r.send(offload(3));
-  t.match(await r.next('reply'), fatal('VMS_QEMU_DIED'), 'a dead VM is fatal');
+  t.match(
+    await r.next('reply'),
+    { type: 'error', id: 3, code: 'VMS_QEMU_DIED', fatal: false },
+    "the request's outcome",
+  );
+  t.match(await r.next('never'), fatal('VMS_QEMU_DIED'), 'a dead VM is fatal');
   await r.gone;
   t.equal(r.sessions[0]!.closes, 1);
 });
@@ -367,7 +249,8 @@ t.test('the client vanishing mid-session closes the session once', async (t) => 
   r.socket.destroy();
   await r.gone;
   t.equal(r.conn.endedWith?.code, 'VMS_PEER_GONE');
-  await r.conn.end(null);
+  await until(() => r.sessions[0]!.closes === 1, 'the session to close (no grace period)');
+  await r.conn.shutdown(new VmsynthError('VMS_SHUTTING_DOWN', 'stopping'));
   t.equal(r.sessions[0]!.closes, 1, 'a later end closes nothing again');
 });
 
@@ -384,7 +267,7 @@ t.test('a connection that ends while its session starts closes that session, and
     },
   });
   r.send(sessionMsg());
-  await until(() => r.conn.hasSession, 'the session to be starting');
+  await until(() => r.conn.starting, 'the session to be starting');
   const ending = r.conn.shutdown(new VmsynthError('VMS_SHUTTING_DOWN', 'stopping'));
   release();
   await ending;

@@ -1,0 +1,142 @@
+/**
+ * The client's two send lanes. Segment requests come on two lanes; a demand
+ * request is served before any background segment not yet started (segments
+ * are never interleaved), and `hurry` moves background segments not yet sent
+ * to the demand lane. At most one segment sits in the socket's user-space
+ * buffer at a time, so a demand request waits behind at most one segment
+ * plus what the kernel buffers. After a drop the lanes are emptied: the
+ * server asks again for what it still wants when the session resumes.
+ */
+import type { promises as fsp } from 'node:fs';
+import { VmsynthError } from '../core/errors.js';
+import { SEGMENTS_FILE } from '../overlay/format.js';
+import type { Overlay } from '../overlay/reader.js';
+import type { FramedSocket } from '../protocol/framed-socket.js';
+import type { ClientEvent, SegmentSend } from './types.js';
+
+export interface LaneOptions {
+  overlay: Overlay;
+  file: fsp.FileHandle;
+  /** The connection segments go on now, or null while there is none. */
+  io(): FramedSocket | null;
+  maxBytesPerSecond?: number;
+  tamper?: (index: number, data: Buffer, attempt: number) => Buffer;
+  /** Holds the background lane while it returns true (given the bytes sent so far). */
+  hold?: (bytesSent: number) => boolean;
+  event(e: ClientEvent): void;
+  fail(e: Error): void;
+  /** Milliseconds on the session's clock. */
+  at(): number;
+}
+
+export class SendLanes {
+  private demand: number[] = [];
+  private background: number[] = [];
+  private readonly attempts = new Map<number, number>();
+  private sending = false;
+  private paceUntil = 0;
+  private closed = false;
+  bytesSent = 0;
+  segmentsSent = 0;
+  demandRequests = 0;
+  hurried = 0;
+  readonly sends: SegmentSend[] = [];
+
+  constructor(private readonly o: LaneOptions) {}
+
+  want(lane: 'demand' | 'background', segments: number[]): void {
+    if (lane === 'demand') {
+      this.demandRequests += segments.length;
+      this.demand.push(...segments);
+      // A demand request jumps the queue: drop it from the background lane if it is there.
+      for (const i of segments) this.takeFromBackground(i);
+    } else {
+      this.background.push(...segments);
+    }
+    void this.pump();
+  }
+
+  /** Segments asked for in the background that a blocked guest read needs: those not yet sent go next; one already sent (or being sent) is not sent again. */
+  hurry(segments: number[]): void {
+    for (const i of segments) {
+      if (!this.takeFromBackground(i)) continue;
+      this.demand.push(i);
+      this.hurried++;
+    }
+    void this.pump();
+  }
+
+  /** The connection changed (dropped): what was queued is forgotten, the server asks again. */
+  clear(): void {
+    this.demand = [];
+    this.background = [];
+  }
+
+  /** Sends what is queued, if anything may go now (a new connection, a hold released). */
+  restart(): void {
+    void this.pump();
+  }
+
+  close(): void {
+    this.closed = true;
+    void this.o.file.close().catch(() => undefined);
+  }
+
+  private takeFromBackground(i: number): boolean {
+    const k = this.background.indexOf(i);
+    if (k < 0) return false;
+    this.background.splice(k, 1);
+    return true;
+  }
+
+  private async pump(): Promise<void> {
+    if (this.sending) return;
+    this.sending = true;
+    const segs = this.o.overlay.body.segments;
+    try {
+      while (!this.closed) {
+        if (this.o.maxBytesPerSecond) {
+          const wait = this.paceUntil - performance.now();
+          if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+          if (this.closed) break;
+        }
+        const io = this.o.io();
+        if (!io) break;
+        const lane = this.demand.length ? 'demand' : 'background';
+        if (lane === 'background' && this.o.hold?.(this.bytesSent)) break;
+        const index = lane === 'demand' ? this.demand.shift() : this.background.shift();
+        if (index === undefined) break;
+        const s = segs[index]!;
+        let data: Buffer = Buffer.allocUnsafe(s.bytes);
+        const { bytesRead } = await this.o.file.read(data, 0, s.bytes, s.offset);
+        if (bytesRead !== s.bytes)
+          throw new VmsynthError('VMS_OVERLAY_CORRUPT', `${SEGMENTS_FILE} ends inside segment ${index}`);
+        const attempt = (this.attempts.get(index) ?? 0) + 1;
+        this.attempts.set(index, attempt);
+        if (this.o.tamper) data = this.o.tamper(index, data, attempt);
+        // The connection may have dropped while the segment was read: it is asked for again after the resume.
+        if (this.closed || this.o.io() !== io) break;
+        io.send({ type: 'segment', index }, data);
+        this.sends.push({ ms: this.o.at(), index, lane, bytes: s.bytes });
+        this.bytesSent += s.bytes;
+        this.segmentsSent++;
+        if (this.o.maxBytesPerSecond)
+          this.paceUntil = Math.max(this.paceUntil, performance.now()) + (s.bytes / this.o.maxBytesPerSecond) * 1000;
+        this.o.event({
+          type: 'segment',
+          index,
+          lane,
+          sent: this.segmentsSent,
+          total: segs.length,
+          bytesSent: this.bytesSent,
+          overlayBytes: this.o.overlay.segmentsBytes,
+        });
+        await io.drained();
+      }
+    } catch (err) {
+      this.o.fail(err as Error);
+    } finally {
+      this.sending = false;
+    }
+  }
+}

@@ -1,0 +1,259 @@
+/**
+ * A session as the server serves it, across connections (Migratory TCP's
+ * session that outlives its connection). It owns the synthesis session
+ * (SessionHandle), the client's request log with the replies not yet
+ * acknowledged, and the grace period: a session whose connection dropped
+ * keeps its VM, images, received segments and held guest reads until a
+ * connection resumes it with the secret, or the grace period ends it.
+ *
+ * Connections attach to it; events of the synthesis (want, hurry, ready,
+ * complete) go to the attached connection, and are dropped while none is:
+ * a resume re-announces what is still wanted and the session's state. Every
+ * way the session ends goes through end(), once: the client is told a
+ * fatal error before the teardown, and `finished` with the stats after it.
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { publish } from '../core/diagnostics.js';
+import { asVmsynthError, VmsynthError } from '../core/errors.js';
+import type { OutgoingHeader } from '../protocol/frames.js';
+import { MAX_LIST, SECRET_BYTES, type Policy } from '../protocol/messages.js';
+import type { SynthEvents } from '../synth/session.js';
+import type { SessionHandle } from './session-handle.js';
+import { RequestLog, type Outcome } from './request-log.js';
+
+/** The connection side of an attached session. */
+export interface Attachment {
+  /** Queues one frame to the client. */
+  send(header: OutgoingHeader, payload?: Uint8Array): void;
+  /** The session is over (or another connection resumed it): close the connection after what is queued. */
+  close(): void;
+  /** Where the client is, for logs. */
+  readonly peer: string;
+}
+
+export interface ServedOptions {
+  client: string;
+  policy: Policy;
+  base: string;
+  segments: number;
+  /** How long a session without a connection lives; 0 ends it when its connection drops. */
+  graceMs: number;
+  /** Offload requests running plus replies not yet acknowledged, at most. */
+  maxOffloads: number;
+  /** Called once the session has ended and its teardown is done. */
+  onEnded(s: ServedSession, error: VmsynthError | null): void;
+}
+
+/** Sends `ids` in lists of at most MAX_LIST. */
+function inLists(ids: number[], send: (part: number[]) => void): void {
+  for (let i = 0; i < ids.length; i += MAX_LIST) send(ids.slice(i, i + MAX_LIST));
+}
+
+export class ServedSession {
+  private handle: SessionHandle | null = null;
+  private attachment: Attachment | null = null;
+  private readonly secretSha256: Buffer;
+  private graceTimer: NodeJS.Timeout | null = null;
+  private ending: Promise<object> | null = null;
+  private readonly t0 = performance.now();
+  readonly log: RequestLog;
+  /** The secret, for the accepted message (the server keeps only its hash after that). */
+  private secret: Buffer | null = randomBytes(SECRET_BYTES);
+  /** Connections that resumed this session, and the time it spent without one. */
+  resumes = 0;
+  detachedMs = 0;
+  private detachedAt: number | null = null;
+  endedWith: VmsynthError | null = null;
+  private lastPeer = '';
+
+  constructor(private readonly opts: ServedOptions) {
+    this.secretSha256 = createHash('sha256').update(this.secret!).digest();
+    this.log = new RequestLog(opts.maxOffloads);
+  }
+
+  get client(): string {
+    return this.opts.client;
+  }
+
+  get id(): string {
+    return this.handle?.id ?? '';
+  }
+
+  get ended(): boolean {
+    return this.ending !== null;
+  }
+
+  /** The synthesis session's events, routed to whichever connection is attached. */
+  readonly events: SynthEvents = {
+    want: (lane, segments) => inLists(segments, (part) => this.send({ type: 'want', lane, segments: part })),
+    hurry: (segments) => inLists(segments, (part) => this.send({ type: 'hurry', segments: part })),
+    ready: (resumedMs) => this.send({ type: 'ready', resumedMs }),
+    complete: (appliedMs) => this.send({ type: 'complete', appliedMs }),
+    failed: (err) => void this.end(err),
+  };
+
+  private send(header: OutgoingHeader, payload?: Uint8Array): void {
+    this.attachment?.send(header, payload);
+  }
+
+  /** The synthesis session started for it; `attachment` heard nothing yet. Returns the accepted message's secret. */
+  bind(handle: SessionHandle, attachment: Attachment): Buffer {
+    this.handle = handle;
+    this.attachment = attachment;
+    this.lastPeer = attachment.peer;
+    const secret = this.secret!;
+    this.secret = null;
+    return secret;
+  }
+
+  /** Whether `secret` is this session's. */
+  secretMatches(secret: Buffer): boolean {
+    return timingSafeEqual(createHash('sha256').update(secret).digest(), this.secretSha256);
+  }
+
+  /**
+   * A connection resumed the session: it replaces the attached one (which is closed without a
+   * word: a roaming client's old connection may not know it is dead yet), hears where the
+   * session is, what is still wanted, and the replies it has not acknowledged.
+   */
+  resume(attachment: Attachment): void {
+    const h = this.handle!;
+    const old = this.attachment;
+    this.attachment = attachment;
+    this.lastPeer = attachment.peer;
+    old?.close();
+    this.stopGrace();
+    this.resumes++;
+    const progress = h.progress();
+    const replayed = this.log.unacked();
+    attachment.send({
+      type: 'resumed',
+      session: h.id,
+      base: this.opts.base,
+      segments: this.opts.segments,
+      policy: this.opts.policy,
+      ...(progress.resumedMs !== null ? { resumedMs: progress.resumedMs } : {}),
+      ...(progress.appliedMs !== null ? { appliedMs: progress.appliedMs } : {}),
+      replies: replayed.map(([id]) => id).slice(0, MAX_LIST),
+      running: this.log.runningIds().slice(0, MAX_LIST),
+    });
+    const wanted = h.outstanding();
+    this.events.want('demand', wanted.demand);
+    this.events.want('background', wanted.background);
+    for (const [id, outcome] of replayed) this.sendOutcome(id, outcome);
+    publish('sessionReattached', { session: h.id, peer: attachment.peer, resumes: this.resumes });
+  }
+
+  /** The attached connection is gone (dropped, silent, or stalled): the grace period starts. */
+  detach(attachment: Attachment, why: VmsynthError): void {
+    if (this.attachment !== attachment || this.ended) return;
+    this.attachment = null;
+    if (this.opts.graceMs <= 0) {
+      void this.end(why);
+      return;
+    }
+    this.detachedAt = performance.now();
+    publish('sessionDetached', { session: this.id, peer: attachment.peer, graceMs: this.opts.graceMs, error: why });
+    this.graceTimer = setTimeout(() => {
+      void this.end(
+        new VmsynthError(
+          'VMS_PEER_GONE',
+          `no client resumed session ${this.id} within its grace period of ${this.opts.graceMs} ms (${why.message})`,
+          { details: { reason: 'grace-expired', graceMs: this.opts.graceMs } },
+        ),
+      );
+    }, this.opts.graceMs);
+  }
+
+  private stopGrace(): void {
+    if (this.graceTimer) clearTimeout(this.graceTimer);
+    this.graceTimer = null;
+    if (this.detachedAt !== null) this.detachedMs += performance.now() - this.detachedAt;
+    this.detachedAt = null;
+  }
+
+  receive(index: number, data: Buffer): void {
+    this.handle!.receive(index, data);
+  }
+
+  /** An offload request: run once, whatever number of times it arrives. */
+  offload(id: number, method: string, path: string, body: Buffer): void {
+    const verdict = this.log.admit(id, method, path, body, Math.round(performance.now() - this.t0));
+    switch (verdict.action) {
+      case 'wait':
+        return; // its outcome goes to whichever connection is attached when it ends
+      case 'replay':
+        this.sendOutcome(id, verdict.outcome);
+        return;
+      case 'refuse':
+        this.sendOutcome(id, { error: verdict.error });
+        return;
+      case 'run':
+        publish('offloadForwarded', { session: this.id, id, method, path: path.slice(0, 200) });
+        this.handle!.offload(method, path, body).then(
+          (r) => this.settle(id, { status: r.status, body: r.body }),
+          (err: unknown) => {
+            const e = asVmsynthError(err);
+            this.settle(id, { error: e });
+            // A dead VM ends the session; an app that answers slowly does not.
+            if (e.code !== 'VMS_GUEST_TIMEOUT') void this.end(e);
+          },
+        );
+    }
+  }
+
+  private settle(id: number, outcome: Outcome): void {
+    if (this.ended) return;
+    this.log.settle(id, outcome);
+    this.sendOutcome(id, outcome);
+  }
+
+  private sendOutcome(id: number, outcome: Outcome): void {
+    if ('status' in outcome) this.send({ type: 'reply', id, status: outcome.status }, outcome.body);
+    else this.send({ type: 'error', id, code: outcome.error.code, message: outcome.error.message, fatal: false });
+  }
+
+  ack(ids: number[]): void {
+    this.log.ack(ids);
+  }
+
+  /**
+   * Ends the session once: a fatal error is told to the attached client first, then the
+   * synthesis is torn down, then a clean finish is answered with the stats. Resolves with them.
+   */
+  end(error: VmsynthError | null): Promise<object> {
+    this.ending ??= (async () => {
+      this.endedWith = error;
+      this.stopGrace();
+      const a = this.attachment;
+      if (error && a) a.send({ type: 'error', code: error.code, message: clientMessage(error), fatal: true });
+      const stats = this.handle ? await this.handle.close() : {};
+      const all = { ...stats, resumes: this.resumes, detachedMs: Math.round(this.detachedMs), requests: this.log.size };
+      // The attached connection may have changed during the teardown (a resume of an ending session is refused).
+      const now = this.attachment;
+      if (!error && now) now.send({ type: 'finished', stats: all });
+      now?.close();
+      if (a && a !== now) a.close();
+      this.attachment = null;
+      this.opts.onEnded(this, error);
+      publish('sessionEnded', {
+        session: this.id,
+        peer: this.lastPeer,
+        client: this.opts.client,
+        stats: all,
+        ...(error ? { error } : {}),
+      });
+      return all;
+    })();
+    return this.ending;
+  }
+}
+
+/**
+ * What a client is told about an error: the message, except for an internal error, whose
+ * message is JavaScript's (the server's log has it with its stack).
+ */
+export function clientMessage(err: VmsynthError): string {
+  if (err.code === 'VMS_INTERNAL') return 'an internal error of the server ended the session (its log has the details)';
+  return err.message.slice(0, 4000);
+}
