@@ -36,6 +36,8 @@ export class SendLanes {
   private sending = false;
   private paceUntil = 0;
   private closed = false;
+  /** A segment the server holds the first `bytes` of (after a resume): it is sent from there. */
+  private resumeAt: { index: number; bytes: number } | null = null;
   bytesSent = 0;
   segmentsSent = 0;
   demandRequests = 0;
@@ -70,6 +72,12 @@ export class SendLanes {
   clear(): void {
     this.demand = [];
     this.background = [];
+    this.resumeAt = null;
+  }
+
+  /** The server holds the first `bytes` of segment `index` (`resumed`): only the rest goes. */
+  resumeSegment(index: number, bytes: number): void {
+    this.resumeAt = { index, bytes };
   }
 
   /** Sends what is queued, if anything may go now (a new connection, a hold released). */
@@ -116,9 +124,12 @@ export class SendLanes {
         if (this.o.tamper) data = this.o.tamper(index, data, attempt);
         // The connection may have dropped while the segment was read: it is asked for again after the resume.
         if (this.closed || this.o.io() !== io) break;
-        io.send({ type: 'segment', index }, data);
-        this.sends.push({ ms: this.o.at(), index, lane, bytes: s.bytes });
-        this.bytesSent += s.bytes;
+        const from = this.resumeAt?.index === index && this.resumeAt.bytes < data.length ? this.resumeAt.bytes : 0;
+        if (this.resumeAt?.index === index) this.resumeAt = null;
+        if (from > 0) io.send({ type: 'segment', index, offset: from }, data.subarray(from));
+        else io.send({ type: 'segment', index }, data);
+        this.sends.push({ ms: this.o.at(), index, lane, bytes: s.bytes - from });
+        this.bytesSent += s.bytes - from;
         this.segmentsSent++;
         if (this.o.maxBytesPerSecond)
           this.paceUntil = Math.max(this.paceUntil, performance.now()) + (s.bytes / this.o.maxBytesPerSecond) * 1000;

@@ -196,6 +196,8 @@ export class ClientSession {
         this.droppedAt = null;
         this.attached();
         this.emit({ type: 'reconnected', count: this.reconnects.length, lostMs: lost, reason: this.lastDrop });
+        if (m.partialIndex !== undefined && m.partialBytes !== undefined)
+          this.lanes.resumeSegment(m.partialIndex, m.partialBytes);
         if (m.resumedMs !== undefined) this.readyResolve(m.resumedMs);
         if (m.appliedMs !== undefined) this.completeResolve(m.appliedMs);
         // Requests the server never got go again, under their ids; the others' replies are on their way.

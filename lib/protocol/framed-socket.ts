@@ -7,7 +7,7 @@
  */
 import type net from 'node:net';
 import { asVmsynthError, type VmsynthError } from '../core/errors.js';
-import { encodeFrame, FrameDecoder, type Frame, type OutgoingHeader } from './frames.js';
+import { encodeFrame, FrameDecoder, type Frame, type FrameHeader, type OutgoingHeader } from './frames.js';
 
 const EMPTY = Buffer.alloc(0);
 
@@ -25,6 +25,15 @@ export class FramedSocket {
   private ended = false;
   bytesIn = 0;
   bytesOut = 0;
+  /** The frame that was being received when the connection closed, cut short (see FrameDecoder.partialFrame). */
+  private partial: { header: FrameHeader; payload: Buffer } | null = null;
+
+  /** The frame cut short by the end of the connection (or being received now, if it is still open), once. */
+  takePartial(): { header: FrameHeader; payload: Buffer } | null {
+    const p = this.partial ?? (this.ended ? null : this.decoder.partialFrame());
+    this.partial = null;
+    return p;
+  }
   /** performance.now() of the last bytes read and the last frame queued (keepalives and idle limits use them). */
   lastIn = performance.now();
   lastOut = performance.now();
@@ -42,6 +51,7 @@ export class FramedSocket {
       if (closed) return;
       closed = true;
       this.ended = true;
+      this.partial = this.decoder.partialFrame();
       this.decoder.release();
       handlers.closed(err);
     };

@@ -139,6 +139,34 @@ export class FrameDecoder {
     return this.buffered + (this.big?.filled ?? 0);
   }
 
+  /**
+   * The frame being received, cut short: its header (when all of it has arrived) and the part of
+   * its payload that has. A receiver whose connection dropped keeps a segment's received part this
+   * way, so the sender need not send those bytes again. Null when nothing of a frame is buffered, or
+   * its header has not all arrived or is not valid.
+   */
+  partialFrame(): { header: FrameHeader; payload: Buffer } | null {
+    if (this.failed) return null;
+    let bytes: Buffer;
+    if (this.big) bytes = this.big.buf.subarray(0, this.big.filled);
+    else if (this.buffered > PREFIX) bytes = Buffer.concat(this.chunks);
+    else return null;
+    const body = bytes.subarray(PREFIX);
+    try {
+      const end = plainValueEnd(
+        body.subarray(0, Math.min(body.length, this.limits.maxHeaderBytes ?? MAX_HEADER_BYTES)),
+      );
+      const header = unpackOne(body.subarray(0, end));
+      if (typeof header !== 'object' || header === null || Array.isArray(header) || header instanceof Uint8Array)
+        return null;
+      const h = header as FrameHeader;
+      if (typeof h.type !== 'string') return null;
+      return { header: h, payload: body.subarray(end) };
+    } catch {
+      return null; // the header has not all arrived, or is not plain MessagePack
+    }
+  }
+
   /** The error that ended the stream, if one has: set as soon as it is found, even when the push that found it returned frames. */
   get error(): VmsynthError | null {
     return this.failed;

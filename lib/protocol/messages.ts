@@ -35,7 +35,7 @@ export type ClientMessage =
   | { type: 'hello'; protocol: string; client: string; token?: string }
   | { type: 'session'; policy: Policy; manifest: Buffer }
   | { type: 'resume'; session: string; secret: Buffer }
-  | { type: 'segment'; index: number; data: Buffer }
+  | { type: 'segment'; index: number; data: Buffer; offset?: number }
   | { type: 'offload'; id: number; method: string; path: string; body: Buffer }
   | { type: 'ack'; ids: number[] }
   | { type: 'ping' }
@@ -55,6 +55,9 @@ export type ServerMessage =
       appliedMs?: number;
       replies: number[];
       running: number[];
+      /** A segment the server received part of before the drop: send it from partialBytes on. */
+      partialIndex?: number;
+      partialBytes?: number;
     }
   | { type: 'want'; lane: 'demand' | 'background'; segments: number[] }
   | { type: 'hurry'; segments: number[] }
@@ -116,8 +119,13 @@ export function parseClientMessage(f: Frame): ClientMessage {
       return { type: 'resume', session: h.session as string, secret: Buffer.from(h.secret as Uint8Array) };
     }
     case 'segment': {
-      const h = fields(f, { index: uint }, {}, 'required');
-      return { type: 'segment', index: h.index as number, data: f.payload };
+      const h = fields(f, { index: uint }, { offset: uint }, 'required');
+      return {
+        type: 'segment',
+        index: h.index as number,
+        data: f.payload,
+        ...(h.offset !== undefined ? { offset: h.offset as number } : {}),
+      };
     }
     case 'offload': {
       const h = fields(
@@ -188,7 +196,7 @@ export function parseServerMessage(f: Frame): ServerMessage {
       const h = fields(
         f,
         { session: str, base: str, segments: uint, policy, replies: ids, running: ids },
-        { resumedMs: uint, appliedMs: uint },
+        { resumedMs: uint, appliedMs: uint, partialIndex: uint, partialBytes: uint },
       );
       return {
         type: 'resumed',
@@ -200,6 +208,8 @@ export function parseServerMessage(f: Frame): ServerMessage {
         ...(h.appliedMs !== undefined ? { appliedMs: h.appliedMs as number } : {}),
         replies: h.replies as number[],
         running: h.running as number[],
+        ...(h.partialIndex !== undefined ? { partialIndex: h.partialIndex as number } : {}),
+        ...(h.partialBytes !== undefined ? { partialBytes: h.partialBytes as number } : {}),
       };
     }
     case 'want': {

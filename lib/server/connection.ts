@@ -144,7 +144,7 @@ export class Connection implements Attachment {
         return;
       case 'segment':
         this.expect('attached', m);
-        this.served!.receive(m.index, m.data);
+        this.served!.receive(m.index, m.data, m.offset);
         return;
       case 'offload':
         this.expect('attached', m);
@@ -312,6 +312,12 @@ export class Connection implements Attachment {
     const served = this.served;
     this.silent = true;
     this.stage = 'ending';
+    // A segment cut short by the drop: what arrived of it is kept for the resume.
+    const p = this.io.takePartial();
+    const index = p?.header.index;
+    const offset = p?.header.offset;
+    if (served && p?.header.type === 'segment' && Number.isSafeInteger(index) && (index as number) >= 0)
+      served.keepPartial(index as number, p.payload, Number.isSafeInteger(offset) ? (offset as number) : undefined);
     this.closeWith(why);
     this.io.destroy();
     served?.detach(this, why);

@@ -55,6 +55,7 @@ export class ServedSession {
   private readonly secretSha256: Buffer;
   private graceTimer: NodeJS.Timeout | null = null;
   private ending: Promise<object> | null = null;
+  private closing = false;
   private readonly t0 = performance.now();
   readonly log: RequestLog;
   /** The secret, for the accepted message (the server keeps only its hash after that). */
@@ -64,6 +65,10 @@ export class ServedSession {
   detachedMs = 0;
   private detachedAt: number | null = null;
   endedWith: VmsynthError | null = null;
+  /** The received part of a segment whose frame a drop cut short: a resume asks only for the rest. */
+  private partial: { index: number; data: Buffer } | null = null;
+  /** Segment bytes received and then thrown away (a part that could not be kept or used). */
+  discardedBytes = 0;
   private lastPeer = '';
 
   constructor(private readonly opts: ServedOptions) {
@@ -93,7 +98,9 @@ export class ServedSession {
   };
 
   private send(header: OutgoingHeader, payload?: Uint8Array): void {
-    this.attachment?.send(header, payload);
+    // Once the session ends, nothing more goes out but its fatal error or `finished` (an apply that
+    // completes during the teardown sent `complete` after the error).
+    if (!this.closing) this.attachment?.send(header, payload);
   }
 
   /** The synthesis session started for it; `attachment` heard nothing yet. Returns the accepted message's secret. */
@@ -126,6 +133,9 @@ export class ServedSession {
     this.resumes++;
     const progress = h.progress();
     const replayed = this.log.unacked();
+    const wanted = h.outstanding();
+    const p = this.partial;
+    if (p && !wanted.demand.includes(p.index) && !wanted.background.includes(p.index)) this.dropPartial();
     attachment.send({
       type: 'resumed',
       session: h.id,
@@ -136,8 +146,8 @@ export class ServedSession {
       ...(progress.appliedMs !== null ? { appliedMs: progress.appliedMs } : {}),
       replies: replayed.map(([id]) => id).slice(0, MAX_LIST),
       running: this.log.runningIds().slice(0, MAX_LIST),
+      ...(this.partial ? { partialIndex: this.partial.index, partialBytes: this.partial.data.length } : {}),
     });
-    const wanted = h.outstanding();
     this.events.want('demand', wanted.demand);
     this.events.want('background', wanted.background);
     for (const [id, outcome] of replayed) this.sendOutcome(id, outcome);
@@ -172,8 +182,51 @@ export class ServedSession {
     this.detachedAt = null;
   }
 
-  receive(index: number, data: Buffer): void {
+  /**
+   * A segment, or (with `offset`) the rest of the one whose first `offset` bytes arrived before a
+   * drop: the session gets it whole.
+   */
+  receive(index: number, data: Buffer, offset?: number): void {
+    const p = this.partial;
+    if (offset !== undefined) {
+      if (!p || p.index !== index || p.data.length !== offset)
+        throw new VmsynthError(
+          'VMS_PROTOCOL',
+          `segment ${index} was sent from byte ${offset}, but the server holds ${p?.index === index ? `${p.data.length} bytes` : 'nothing'} of it`,
+          {
+            details: { reason: 'partial-offset', segment: index, offset, held: p?.index === index ? p.data.length : 0 },
+          },
+        );
+      this.partial = null;
+      data = Buffer.concat([p.data, data]);
+    } else if (p?.index === index) {
+      this.dropPartial(); // sent whole again: the part is not needed
+    }
     this.handle!.receive(index, data);
+  }
+
+  /**
+   * The connection dropped while segment `index` was arriving: keeps what arrived (`offset`: the
+   * frame was itself the rest of a part kept before), so the resume asks only for the rest.
+   */
+  keepPartial(index: number, payload: Buffer, offset?: number): void {
+    if (this.ended || payload.length === 0) return;
+    const p = this.partial;
+    if (offset !== undefined) {
+      if (!p || p.index !== index || p.data.length !== offset) {
+        this.discardedBytes += payload.length;
+        return;
+      }
+      this.partial = { index, data: Buffer.concat([p.data, payload]) };
+      return;
+    }
+    if (p) this.dropPartial();
+    this.partial = { index, data: Buffer.from(payload) };
+  }
+
+  private dropPartial(): void {
+    this.discardedBytes += this.partial?.data.length ?? 0;
+    this.partial = null;
   }
 
   /** An offload request: run once, whatever number of times it arrives. */
@@ -223,12 +276,20 @@ export class ServedSession {
    */
   end(error: VmsynthError | null): Promise<object> {
     this.ending ??= (async () => {
+      this.closing = true;
       this.endedWith = error;
       this.stopGrace();
       const a = this.attachment;
       if (error && a) a.send({ type: 'error', code: error.code, message: clientMessage(error), fatal: true });
       const stats = this.handle ? await this.handle.close() : {};
-      const all = { ...stats, resumes: this.resumes, detachedMs: Math.round(this.detachedMs), requests: this.log.size };
+      const all = {
+        ...stats,
+        resumes: this.resumes,
+        detachedMs: Math.round(this.detachedMs),
+        requests: this.log.size,
+        segmentBytesDiscarded: this.discardedBytes,
+      };
+      this.partial = null;
       // The attached connection may have changed during the teardown (a resume of an ending session is refused).
       const now = this.attachment;
       if (!error && now) now.send({ type: 'finished', stats: all });

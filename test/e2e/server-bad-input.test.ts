@@ -2,12 +2,17 @@
  * The server against bad clients, on a real listener (libvirt connected, no
  * VM needed): oversized and malformed frames, messages out of order, a
  * foreign protocol, a wrong token, a tampered or untrusted manifest, an
- * unknown base. Each gets its typed error as a fatal error frame and a
- * closed connection; the server keeps serving, and nothing is left behind.
+ * unknown base, 40 copies of one segment, a client that goes silent after
+ * `accepted`, an anonymous flood. Each gets its typed error as a fatal
+ * error frame and a closed connection (the silent one: dropped, its session
+ * ended after its grace period); the server keeps serving, and nothing is
+ * left behind.
  */
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
-import { drained } from '../helpers/wait.js';
+import { drained, until } from '../helpers/wait.js';
+import { channels } from '../../lib/core/diagnostics.js';
+import { Overlay } from '../../lib/overlay/reader.js';
 import net from 'node:net';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
@@ -129,6 +134,61 @@ t.test('manifests: tampered, untrusted, unknown base', async (t) => {
   t.match(lastError(await converse([hello(), session(Buffer.from('not a manifest'))])), {
     code: 'VMS_OVERLAY_CORRUPT',
   });
+});
+
+t.test('hostile sessions: copies of one segment, a client that goes silent, an anonymous flood', async (t) => {
+  // 40 copies of segment 0 in one write: the first is being applied when the second arrives.
+  const segs = await fsp.readFile(path.join(testRoot, 'ov-good', 'overlay.segments'));
+  const ov = await Overlay.open(path.join(testRoot, 'ov-good'), { trusted: null });
+  const s0 = ov.body.segments[0]!;
+  const copy = frame({ type: 'segment', index: 0 }, segs.subarray(s0.offset, s0.offset + s0.bytes));
+  const ended = new Promise<{ error?: { details?: Record<string, unknown> } }>((resolve) => {
+    const on = (m: unknown) => {
+      channels.sessionEnded.unsubscribe(on);
+      resolve(m as { error?: { details?: Record<string, unknown> } });
+    };
+    channels.sessionEnded.subscribe(on);
+  });
+  const msgs = await new Promise<Msg[]>((resolve, reject) => {
+    const out: Msg[] = [];
+    const dec = new FrameDecoder();
+    const sock = net.connect({ host: '127.0.0.1', port: server.address().port }, () => {
+      sock.write(Buffer.concat([hello(), frame({ type: 'session', policy: 'baseline' }, good)]));
+    });
+    sock.on('data', (d: Buffer) => {
+      for (const f of dec.push(d)) {
+        out.push(f.header);
+        // Asked for segment 0: 40 copies of it in one write.
+        if (f.header.type === 'want' && (f.header.segments as number[]).includes(0) && !out.some((m) => m.sent))
+          out.push({ type: 'local', sent: sock.write(Buffer.concat(Array.from({ length: 40 }, () => copy))) });
+      }
+    });
+    sock.on('close', () => resolve(out));
+    sock.on('error', reject);
+  });
+  t.match(lastError(msgs), { type: 'error', code: 'VMS_PROTOCOL', fatal: true }, '40 copies of one segment');
+  t.equal(msgs.filter((m) => m.type === 'error').length, 1, 'one error, and nothing after it');
+  t.match((await ended).error?.details, { reason: 'duplicate-segment', segment: 0 }, 'refused as a second copy');
+
+  // A client that says nothing after `accepted`: dropped at the idle limit; its session ends with its grace period.
+  const quiet = await SynthServer.listen({ port: 0, keepaliveMs: 100, idleMs: 400, graceMs: 300 });
+  t.teardown(() => quiet.close());
+  const silent = net.connect(quiet.address().port, '127.0.0.1');
+  silent.on('error', () => undefined);
+  silent.write(Buffer.concat([hello(), frame({ type: 'session', policy: 'baseline' }, good)]));
+  await until(() => quiet.sessionCount === 1, 'the session');
+  await drained(quiet, 10_000);
+  t.pass('the silent client was dropped and its session ended after its grace period');
+  silent.destroy();
+
+  // An anonymous flood from one address does not lock out a client with a token behind it.
+  const guarded = await SynthServer.listen({ port: 0, token: 'sesame', connectionsPerMinute: 5 });
+  t.teardown(() => guarded.close());
+  const port = guarded.address().port;
+  for (let i = 0; i < 20; i++) await converse([hello()], port);
+  t.match(lastError(await converse([hello()], port)), { code: 'VMS_RATE_LIMITED' }, 'the flood is rate limited');
+  const ok = await converse([hello('sesame'), frame({ type: 'finish' })], port);
+  t.match(ok[0], { type: 'welcome' }, 'the client with a token still gets in');
 });
 
 t.test('the server still serves, and nothing was left behind', async (t) => {

@@ -34,8 +34,11 @@ export class FakeSession implements SessionHandle {
   run(): void {
     this.runs++;
   }
-  receive(index: number): void {
+  /** The bytes of each segment received, in order. */
+  data: Buffer[] = [];
+  receive(index: number, data: Buffer): void {
     this.received.push(index);
+    this.data.push(data);
   }
   async offload(
     method: string,

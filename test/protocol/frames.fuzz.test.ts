@@ -183,7 +183,7 @@ interface Spec {
 const CLIENT: Record<string, Spec> = {
   hello: { fields: { protocol: s, client: s }, optional: { token: s }, payload: 'none' },
   session: { fields: { policy }, payload: 'required', as: 'manifest' },
-  segment: { fields: { index: u }, payload: 'required', as: 'data' },
+  segment: { fields: { index: u }, optional: { offset: u }, payload: 'required', as: 'data' },
   offload: {
     fields: {
       id: u,
@@ -204,7 +204,7 @@ const SERVER: Record<string, Spec> = {
   accepted: { fields: { session: s, secret, base: s, segments: u, policy }, payload: 'none' },
   resumed: {
     fields: { session: s, base: s, segments: u, policy, replies: ids, running: ids },
-    optional: { resumedMs: u, appliedMs: u },
+    optional: { resumedMs: u, appliedMs: u, partialIndex: u, partialBytes: u },
     payload: 'none',
   },
   want: { fields: { lane: (v) => v === 'demand' || v === 'background', segments: list }, payload: 'none' },
@@ -303,6 +303,9 @@ const domain: Record<string, fc.Arbitrary<unknown>> = {
   stats: fc.oneof(fc.dictionary(fc.string({ maxLength: 8 }), wild, { maxKeys: 4 }), wild),
   fatal: fc.boolean(),
   keepaliveMs: fc.nat(),
+  offset: fc.oneof(fc.nat(), fc.constant(-5)),
+  partialIndex: fc.nat(),
+  partialBytes: fc.oneof(fc.nat(), fc.constant('7')),
   graceMs: fc.oneof(fc.nat(), fc.constant(-1)),
   secret: fc.oneof(
     fc.uint8Array({ minLength: 32, maxLength: 32 }).map((a) => Buffer.from(a)),

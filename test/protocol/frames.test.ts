@@ -163,3 +163,19 @@ t.test('a large frame, however cut, is received into one buffer of its size and 
   dec.release();
   t.equal(dec.pending, 0, 'release drops it');
 });
+
+t.test('a frame cut short: its header and the part of its payload that arrived', async (t) => {
+  const payload = Buffer.alloc(600_000, 9);
+  const whole = frameBytes({ type: 'segment', index: 4 }, payload);
+  for (const keep of [whole.length - 1, whole.length - 400_000, 50]) {
+    const dec = new FrameDecoder();
+    t.same(dec.push(whole.subarray(0, keep)), []);
+    const p = dec.partialFrame();
+    t.match(p?.header, { type: 'segment', index: 4, payloadBytes: 600_000 }, `${keep} bytes: the header`);
+    t.equal(p?.payload.length, keep - (whole.length - payload.length), `${keep} bytes: the payload part`);
+  }
+  const dec = new FrameDecoder();
+  dec.push(whole.subarray(0, 6)); // the length and two bytes of the header
+  t.equal(dec.partialFrame(), null, 'no header yet: nothing');
+  t.equal(new FrameDecoder().partialFrame(), null, 'nothing buffered: nothing');
+});

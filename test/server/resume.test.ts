@@ -220,3 +220,41 @@ t.test('over its rate limit, an address gets in only with a valid token', async 
   open.send(hello());
   t.match(await open.next('welcome'), fatal('VMS_RATE_LIMITED'), 'a server without tokens limits everyone');
 });
+
+t.test('a segment cut short by a drop: the server keeps what arrived, and asks only for the rest', async (t) => {
+  const a = await at(t, 'session', GRACE);
+  const s = a.sessions[0]!;
+  s.wanted = { demand: [], background: [2] };
+  const payload = Buffer.alloc(300_000);
+  for (let i = 0; i < payload.length; i++) payload[i] = i % 251;
+  const whole = frame({ type: 'segment', index: 2 }, payload);
+  const cutAt = whole.length - 100_000; // the last 100,000 bytes never arrive
+  a.socket.write(whole.subarray(0, cutAt));
+  await new Promise((r) => setTimeout(r, 100));
+  a.socket.destroy();
+  await a.gone;
+  const b = await resumeFrom(t, a);
+  const resumed = await b.next('resumed');
+  t.match(resumed, { partialIndex: 2, partialBytes: 200_000 }, 'resumed names the part it holds');
+  b.send(frame({ type: 'segment', index: 2, offset: 200_000 }, payload.subarray(200_000)));
+  await until(() => s.data.length === 1, 'the segment');
+  t.ok(s.data[0]!.equals(payload), 'the session got the segment whole: the part and the rest');
+  b.send(finish());
+  t.match(await b.next('finished'), { stats: { segmentBytesDiscarded: 0 } }, 'nothing received was thrown away');
+});
+
+t.test('the rest of a segment from another offset than the part held is refused', async (t) => {
+  const a = await at(t, 'session', GRACE);
+  a.sessions[0]!.wanted = { demand: [1], background: [] };
+  const whole = frame({ type: 'segment', index: 1 }, Buffer.alloc(50_000, 3));
+  a.socket.write(whole.subarray(0, whole.length - 20_000));
+  await new Promise((r) => setTimeout(r, 100));
+  a.socket.destroy();
+  await a.gone;
+  const b = await resumeFrom(t, a);
+  t.match(await b.next('resumed'), { partialIndex: 1, partialBytes: 30_000 });
+  b.send(frame({ type: 'segment', index: 1, offset: 29_000 }, Buffer.alloc(21_000, 3)));
+  t.match(await b.next('never'), fatal('VMS_PROTOCOL'));
+  await b.gone;
+  t.match(b.conn.endedWith?.details, { reason: 'partial-offset', segment: 1, offset: 29_000, held: 30_000 });
+});
