@@ -7,8 +7,9 @@
  * client reconnects and resumes. Reported per variant: p50 first response
  * and overlay completion, and what the drop cost against the run without
  * one; the target is at most the drop's own length plus 2 RTT (the RTT
- * measured with ping over the same link).
+ * measured by TCP connects over the same link).
  */
+import net from 'node:net';
 import type { SynthesizeResult } from '../../lib/client/client.js';
 import { abortReason, throwIfAborted } from '../../lib/core/scope.js';
 import { runClient } from './client-run.js';
@@ -50,11 +51,22 @@ export interface DropSummary {
   completeCostOverTarget: number | null;
 }
 
-/** The link's RTT, from 5 pings from the namespace to the host (ms). */
+/**
+ * The link's RTT (ms): the median time of 20 TCP connects from the namespace to a listener on the
+ * host (a connect is one round trip: SYN, SYN-ACK). This host has no ping.
+ */
 export async function measureRtt(n: Netns): Promise<number | null> {
-  const r = await inNs(n, 'ping', ['-c', '5', '-i', '0.2', '-q', n.hostAddr]).catch(() => null);
-  const m = r && /= [\d.]+\/([\d.]+)\//.exec(r.stdout);
-  return m ? Number(m[1]) : null;
+  const server = net.createServer((s) => s.destroy());
+  await new Promise<void>((r) => server.listen(0, n.hostAddr, r));
+  try {
+    const port = (server.address() as net.AddressInfo).port;
+    const script = `const net=require('net');(async()=>{const t=[];for(let i=0;i<20;i++){const a=performance.now();await new Promise((r,j)=>{const s=net.connect(${port},'${n.hostAddr}',()=>{t.push(performance.now()-a);s.destroy();r()});s.on('error',j)})}t.sort((x,y)=>x-y);console.log(t[10])})()`;
+    const r = await inNs(n, process.execPath, ['-e', script]).catch(() => null);
+    const ms = r ? Number(r.stdout.trim()) : NaN;
+    return Number.isFinite(ms) ? +ms.toFixed(3) : null;
+  } finally {
+    server.close();
+  }
 }
 
 export interface DropRunOptions {

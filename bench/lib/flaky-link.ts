@@ -15,6 +15,7 @@
  * header decoder.
  */
 import net from 'node:net';
+import { plainValueEnd, unpackOne } from '../../lib/core/msgpack.js';
 import { decodeFrameBody } from '../../lib/protocol/frames.js';
 
 const PREFIX = 4;
@@ -36,7 +37,92 @@ class Splitter {
   }
 }
 
-function headerOf(raw: Buffer): Record<string, unknown> {
+/** A piece of the stream: its bytes, how many of them are segment payload, and the frame it ends, if it ends one. */
+interface Piece {
+  bytes: Buffer;
+  segmentBytes: number;
+  frameDone: Record<string, unknown> | null;
+}
+
+/**
+ * Follows frames through a byte stream without holding them: each fed chunk comes back as pieces,
+ * split where a frame's header ends and where a frame ends, so a cut can fall on any byte.
+ */
+export class FrameTracker {
+  private prefix = Buffer.alloc(0);
+  /** Bytes of the current frame's body still to come (after the prefix). */
+  private left = 0;
+  private head: Buffer[] = [];
+  private header: Record<string, unknown> | null = null;
+
+  feed(d: Buffer): Piece[] {
+    const out: Piece[] = [];
+    while (d.length > 0) {
+      if (this.left === 0 && this.header === null && this.head.length === 0) {
+        // The length prefix.
+        const k = Math.min(d.length, PREFIX - this.prefix.length);
+        this.prefix = Buffer.concat([this.prefix, d.subarray(0, k)]);
+        out.push({ bytes: d.subarray(0, k), segmentBytes: 0, frameDone: null });
+        d = d.subarray(k);
+        if (this.prefix.length === PREFIX) {
+          this.left = this.prefix.readUInt32BE(0);
+          this.prefix = Buffer.alloc(0);
+          this.head = [Buffer.alloc(0)];
+        }
+        continue;
+      }
+      if (this.header === null) {
+        // The header: kept until it decodes (a map at the front of the body).
+        const k = Math.min(d.length, this.left);
+        const part = d.subarray(0, k);
+        const have = Buffer.concat([...this.head, part]);
+        const h = headerOf(Buffer.concat([Buffer.alloc(PREFIX), have]), true);
+        if (!h) {
+          this.head = [have];
+          this.left -= k;
+          out.push({ bytes: part, segmentBytes: 0, frameDone: null });
+          d = d.subarray(k);
+          if (this.left === 0) this.endFrame(out, { type: '<undecodable>' });
+          continue;
+        }
+        // The header ends inside `part`: what follows it is payload.
+        const headerEnd = h.end - (have.length - part.length);
+        out.push({ bytes: part.subarray(0, headerEnd), segmentBytes: 0, frameDone: null });
+        this.left -= headerEnd;
+        this.header = h.value as Record<string, unknown>;
+        this.head = [];
+        d = d.subarray(headerEnd);
+        if (this.left === 0) this.endFrame(out, this.header);
+        continue;
+      }
+      const k = Math.min(d.length, this.left);
+      this.left -= k;
+      out.push({ bytes: d.subarray(0, k), segmentBytes: this.header.type === 'segment' ? k : 0, frameDone: null });
+      d = d.subarray(k);
+      if (this.left === 0) this.endFrame(out, this.header);
+    }
+    return out;
+  }
+
+  private endFrame(out: Piece[], header: Record<string, unknown>): void {
+    out[out.length - 1]!.frameDone = header;
+    this.header = null;
+    this.head = [];
+  }
+}
+
+function headerOf(raw: Buffer): Record<string, unknown>;
+function headerOf(raw: Buffer, partial: true): { value: unknown; end: number } | null;
+function headerOf(raw: Buffer, partial = false): Record<string, unknown> | { value: unknown; end: number } | null {
+  if (partial) {
+    try {
+      const body = raw.subarray(PREFIX);
+      const end = plainValueEnd(body);
+      return { value: unpackOne(body.subarray(0, end)), end };
+    } catch {
+      return null;
+    }
+  }
   try {
     return decodeFrameBody(raw.subarray(PREFIX)).header;
   } catch {
@@ -148,13 +234,10 @@ export class FlakyLink {
       client.setNoDelay(true);
       client.resume();
     });
-    const c2s = new Splitter();
+    const c2s = new FrameTracker();
     const s2c = new Splitter();
     client.on('data', (d: Buffer) => {
-      for (const raw of c2s.push(d)) {
-        if (!live()) return;
-        this.fromClient(raw, pair);
-      }
+      if (live()) this.fromClient(d, c2s, pair);
     });
     upstream.on('data', (d: Buffer) => {
       for (const raw of s2c.push(d)) {
@@ -168,34 +251,38 @@ export class FlakyLink {
     });
   }
 
-  private fromClient(raw: Buffer, pair: { client: net.Socket; upstream: net.Socket }): void {
-    const upstream = pair.upstream;
-    const h = headerOf(raw);
-    if (h.type !== 'segment') {
-      if (h.type === 'offload')
-        this.offloadsForwarded.set(h.id as number, (this.offloadsForwarded.get(h.id as number) ?? 0) + 1);
-      upstream.write(raw);
-      return;
+  /**
+   * Client bytes go on as they come (cut-through, as a link forwards them): a cut at a segment byte
+   * count forwards exactly up to it, and what came after it is lost with the link.
+   */
+  private fromClient(d: Buffer, tracker: FrameTracker, pair: { client: net.Socket; upstream: net.Socket }): void {
+    for (const piece of tracker.feed(d)) {
+      if (piece.segmentBytes > 0) {
+        const cut = this.cuts.find(
+          (c) => c.atSegmentBytes !== undefined && this.segmentBytes + piece.segmentBytes >= c.atSegmentBytes,
+        );
+        if (cut) {
+          const k = cut.atSegmentBytes! - this.segmentBytes;
+          pair.upstream.write(piece.bytes.subarray(0, k));
+          this.segmentBytes += k;
+          // Nothing more goes on this connection; what was forwarded reaches the server before the reset.
+          this.cuts = this.cuts.filter((c) => c !== cut);
+          this.current = null;
+          setTimeout(() => this.fire(cut, pair), 20);
+          return;
+        }
+        this.segmentBytes += piece.segmentBytes;
+      }
+      pair.upstream.write(piece.bytes);
+      const done = piece.frameDone;
+      if (done?.type === 'segment') {
+        const index = done.index as number;
+        this.segmentsForwarded.set(index, (this.segmentsForwarded.get(index) ?? 0) + 1);
+      } else if (done?.type === 'offload') {
+        const id = done.id as number;
+        this.offloadsForwarded.set(id, (this.offloadsForwarded.get(id) ?? 0) + 1);
+      }
     }
-    const payload = Number(h.payloadBytes ?? 0);
-    const headerBytes = raw.length - payload;
-    const cut = this.cuts.find(
-      (c) => c.atSegmentBytes !== undefined && this.segmentBytes + payload >= c.atSegmentBytes,
-    );
-    if (cut) {
-      const k = cut.atSegmentBytes! - this.segmentBytes;
-      upstream.write(raw.subarray(0, headerBytes + k));
-      this.segmentBytes += k;
-      // Nothing more goes on this connection; the partial frame reaches the server before the reset.
-      this.cuts = this.cuts.filter((c) => c !== cut);
-      this.current = null;
-      setTimeout(() => this.fire({ ...cut, resolve: cut.resolve }, pair), 20);
-      return;
-    }
-    upstream.write(raw);
-    this.segmentBytes += payload;
-    const index = h.index as number;
-    this.segmentsForwarded.set(index, (this.segmentsForwarded.get(index) ?? 0) + 1);
   }
 
   close(): void {
