@@ -9,7 +9,14 @@
 import { VmsynthError } from '../core/errors.js';
 import { parseServer } from './connect.js';
 import { ClientSession } from './session.js';
-import type { ClientEvent, SynthesizeOptions, SynthesizeResult, Timeline } from './types.js';
+import type {
+  ClientEvent,
+  LoggedOffload,
+  OffloadReply,
+  SynthesizeOptions,
+  SynthesizeResult,
+  Timeline,
+} from './types.js';
 
 export { parseServer } from './connect.js';
 export { ClientSession } from './session.js';
@@ -119,4 +126,15 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
     clearTimeout(timer);
     opts.signal?.removeEventListener('abort', onAbort);
   }
+}
+
+/**
+ * Sends the requests of a log (`ClientSession.requests()` of another session, say) on `session`,
+ * in order, each after the reply to the one before: catches a new session up (Slingshot's replay).
+ */
+export async function replay(session: ClientSession, log: readonly LoggedOffload[]): Promise<OffloadReply[]> {
+  const out: OffloadReply[] = [];
+  for (const e of log)
+    out.push(await session.offload({ method: e.method, path: e.path, ...(e.body ? { body: e.body } : {}) }));
+  return out;
 }

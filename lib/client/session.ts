@@ -241,6 +241,14 @@ export class ClientSession {
           this.settle(m.id, serverError(m.code, m.message), null);
           return;
         }
+        if (resume && this.state === 'finishing' && m.code === 'VMS_SESSION_GONE') {
+          // The connection dropped after `finish` went out and before `finished` came back: the
+          // session is over, as asked; only its stats are lost.
+          this.state = 'done';
+          this.stop();
+          this.finished?.resolve({ statsLost: true });
+          return;
+        }
         this.fail(serverError(m.code, m.message));
         return;
     }
@@ -333,14 +341,6 @@ export class ClientSession {
   /** Every request this session sent, in order, with its body and how it ended (Slingshot's request log). */
   requests(): LoggedOffload[] {
     return this.log.map((e) => ({ ...e }));
-  }
-
-  /** Sends the requests of a log (another session's, say) in order, each after the last one's reply: catches a new session up. */
-  async replay(log: readonly LoggedOffload[]): Promise<OffloadReply[]> {
-    const out: OffloadReply[] = [];
-    for (const e of log)
-      out.push(await this.offload({ method: e.method, path: e.path, ...(e.body ? { body: e.body } : {}) }));
-    return out;
   }
 
   private sendOffload(id: number, req: OffloadRequest): void {

@@ -9,7 +9,7 @@ import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
 import net from 'node:net';
 import path from 'node:path';
-import { ClientSession } from '../../lib/client/client.js';
+import { ClientSession, replay } from '../../lib/client/client.js';
 import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
 import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
 import { encodeFrame, FrameDecoder } from '../../lib/protocol/frames.js';
@@ -89,7 +89,7 @@ t.test('offload, requests, replay, finish', async (t) => {
     { id: 2, method: 'GET', path: '/b', status: 202 },
   ]);
   t.ok(log[0]!.body?.equals(Buffer.from('x')), 'the log keeps bodies');
-  const again = await s.replay(log);
+  const again = await replay(s, log);
   t.same(
     again.map((r) => r.status),
     [203, 204],
@@ -100,4 +100,44 @@ t.test('offload, requests, replay, finish', async (t) => {
   t.same(acks.sort(), [1, 2, 3, 4], 'every reply was acknowledged');
   const offloads = got.filter((m) => m.type === 'offload').map((m) => (m.type === 'offload' ? m.path : ''));
   t.same(offloads, ['/a', '/b', '/a', '/b']);
+});
+
+t.test('a drop between finish and finished: the session is over, as asked; only its stats are lost', async (t) => {
+  let connections = 0;
+  const server = net.createServer((socket) => {
+    connections++;
+    const dec = new FrameDecoder({ maxFrameBytes: 64 << 20 });
+    socket.on('data', (d: Buffer) => {
+      for (const f of dec.push(d)) {
+        const m = parseClientMessage(f);
+        if (m.type === 'hello')
+          socket.write(frame({ type: 'welcome', protocol: PROTOCOL, server: 's', keepaliveMs: 10_000, graceMs: 5000 }));
+        else if (m.type === 'session')
+          socket.write(
+            frame({
+              type: 'accepted',
+              session: 's1',
+              secret: Buffer.alloc(32),
+              base: 'gen',
+              segments: 1,
+              policy: m.policy,
+            }),
+          );
+        else if (m.type === 'finish')
+          socket.resetAndDestroy(); // torn down, and the link died before `finished`
+        else if (m.type === 'resume') {
+          socket.write(frame({ type: 'error', code: 'VMS_SESSION_GONE', message: 'it was finished', fatal: true }));
+          socket.end();
+        }
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(() => server.close());
+  const s = await ClientSession.open({
+    server: `127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    overlay: ov,
+  });
+  t.same(await s.finish(), { statsLost: true });
+  t.equal(connections, 2, 'it reconnected to learn how the session ended');
 });
