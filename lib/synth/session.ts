@@ -183,6 +183,9 @@ export class SynthSession {
         () => {
           publish('segmentApplied', { session: this.id, index, bytes: data.length, lane });
           this.scheduler.received(index);
+          // A session that failed or is closing goes no further: a baseline session whose last
+          // segment landed during its close started its VM after the teardown, and leaked it.
+          if (this.closing || this.failedWith) return;
           if (this.scheduler.done) this.onComplete();
           else this.pump();
         },
@@ -214,6 +217,7 @@ export class SynthSession {
   }
 
   private resumeInBackground(): void {
+    if (this.closing || this.failedWith) return;
     this.resuming = this.resume().then(
       () => {
         const ms = this.ledger.resumed();

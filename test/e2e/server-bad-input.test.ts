@@ -168,7 +168,12 @@ t.test('hostile sessions: copies of one segment, a client that goes silent, an a
   });
   t.match(lastError(msgs), { type: 'error', code: 'VMS_PROTOCOL', fatal: true }, '40 copies of one segment');
   t.equal(msgs.filter((m) => m.type === 'error').length, 1, 'one error, and nothing after it');
-  t.match((await ended).error?.details, { reason: 'duplicate-segment', segment: 0 }, 'refused as a second copy');
+  const end = await Promise.race([ended, new Promise<null>((r) => setTimeout(() => r(null), 20_000).unref())]);
+  t.match(end?.error?.details, { reason: 'duplicate-segment', segment: 0 }, 'refused as a second copy');
+  // Its only segment had landed as the session closed: the baseline VM must not start after the
+  // teardown (it did, and leaked its run directory, mount and worker threads).
+  await new Promise((r) => setTimeout(r, 1500));
+  t.same(await fsp.readdir(runDir()).catch(() => []), [], 'nothing started after the teardown');
 
   // A client that says nothing after `accepted`: dropped at the idle limit; its session ends with its grace period.
   const quiet = await SynthServer.listen({ port: 0, keepaliveMs: 100, idleMs: 400, graceMs: 300 });
