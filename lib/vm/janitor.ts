@@ -26,10 +26,14 @@ export interface CleanReport {
 /**
  * Whether state recorded with this owner and run directory may be removed:
  * its owner is gone, and it is this instance's (or anyone's, with `all`, or
- * an orphan whose run directory no longer exists).
+ * an orphan whose run directory no longer exists). State with no owner
+ * file is removed only under this instance's run directory, or with `all`.
  */
 async function mayClean(owner: Owner | null, sessionDir: string, root: string, all: boolean): Promise<boolean> {
-  if (!owner) return true;
+  // No owner file: not a session of a vmsynth process (they write it before they mount), so
+  // someone else's (a test's FUSE rig, say), unless it is under this instance's run directory.
+  // (Treated as anyone's, it was force-unmounted by any server that started meanwhile.)
+  if (!owner) return all || sessionDir.startsWith(root + path.sep);
   if (await ownerAlive(owner)) return false;
   if (all || sessionDir.startsWith(root + path.sep)) return true;
   return !(await fsp.stat(sessionDir).catch(() => null));
@@ -47,7 +51,8 @@ export async function cleanStale(lv: Libvirt | null, opts: { allInstances?: bool
   if (lv) {
     for (const name of await lv.vmsynthDomains()) {
       const owner = ownerFromXml(await lv.xmlDesc(name).catch(() => ''));
-      if (!(await mayClean(owner, owner?.sessionDir ?? '', root, all))) continue;
+      // (A vmsynth-* domain with no owner record is an old vmsynth's: removed, as it always was.)
+      if (owner && !(await mayClean(owner, owner.sessionDir, root, all))) continue;
       if (await lv.destroy(name).catch(() => false)) {
         // Its QEMU log too, as a session's own teardown removes it (startVm).
         await fsp.rm(qemuLogPath(name), { force: true });

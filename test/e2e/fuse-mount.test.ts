@@ -1,4 +1,5 @@
 /** The FUSE adapter on a real kernel mount: images read back byte-exact, writes refused, unmount clean. */
+import { removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -10,8 +11,10 @@ import { ChunkMap, ChunkSource, CHUNK_SIZE } from '../../lib/fs/chunk-map.js';
 import { ImageMount } from '../../lib/fs/fuse-images.js';
 import { fileReader, ImageFile, zeroReader } from '../../lib/fs/image.js';
 import { listFuseMounts } from '../../lib/fs/mounts.js';
+import { cleanStale } from '../../lib/vm/janitor.js';
 
 const run = promisify(execFile);
+t.teardown(removeTestRoot);
 
 t.test('a mounted image reads back as base bytes with zero chunks, through the kernel', async (t) => {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'vmsynth-fuse-'));
@@ -53,4 +56,20 @@ t.test('a mounted image reads back as base bytes with zero chunks, through the k
 
 t.test('no FUSE device is VMS_NO_FUSE', async (t) => {
   await t.rejects(ImageMount.mount('/tmp/never', [], { fuseDevice: '/nonexistent/fuse' }), { code: 'VMS_NO_FUSE' });
+});
+
+t.test("the janitor leaves a mount that is not a vmsynth session's alone", async (t) => {
+  // A mount with no owner file outside the run directory: a test's rig, or another tool's. Any
+  // server start ran the janitor, which force-unmounted it under a running test (CI, stop 22).
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'vmsynth-fuse-'));
+  t.teardown(() => fsp.rm(dir, { recursive: true, force: true }));
+  const img = new ImageFile('disk.img', new ChunkMap(4 * CHUNK_SIZE), { [ChunkSource.ZERO]: zeroReader });
+  for (let i = 0; i < 4; i++) img.map.set(i, ChunkSource.ZERO);
+  const mount = await ImageMount.mount(path.join(dir, 'mnt'), [img]);
+  t.teardown(() => mount.unmount());
+  const mounted = async () => (await listFuseMounts()).some((m) => m.mountpoint === mount.mountpoint);
+  // (Not with allInstances here: that would be free to take other test processes' rigs too.)
+  const report = await cleanStale(null);
+  t.notOk(report.mounts.includes(mount.mountpoint), 'not reported');
+  t.ok(await mounted(), 'still mounted after the janitor');
 });
