@@ -22,6 +22,7 @@ export const LAYERS: Record<string, number> = {
   overlay: 3,
   guest: 3,
   protocol: 4,
+  store: 4,
   synth: 5,
   offline: 5,
   client: 5,

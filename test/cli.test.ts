@@ -43,6 +43,13 @@ const commands = [
   ['overlay', 'profile'],
   ['serve'],
   ['synth'],
+  ['store'],
+  ['store', 'ls'],
+  ['store', 'stats'],
+  ['store', 'pin'],
+  ['store', 'unpin'],
+  ['store', 'gc'],
+  ['store', 'verify'],
 ];
 
 t.test('every command has --help', async (t) => {
@@ -193,4 +200,29 @@ t.test('key generate, then overlay inspect/verify/apply of a generated overlay, 
     [],
     'and leaves no work directory',
   );
+});
+
+t.test('store ls, stats, pin, gc and verify on an empty store, with --json; typed errors', async (t) => {
+  const env = { VMSYNTH_STORE_DIR: path.join(testRoot, 'cli-store') };
+  const stats = await vmsynth(['store', 'stats', '--json'], env);
+  t.equal(stats.code, 0, stats.stderr);
+  t.match(JSON.parse(stats.stdout), { dir: env.VMSYNTH_STORE_DIR, bytes: 0, segments: 0, hitRatio: null });
+  const ls = await vmsynth(['store', 'ls', '--json'], env);
+  t.same(JSON.parse(ls.stdout), { dir: env.VMSYNTH_STORE_DIR, overlays: [] });
+  t.match((await vmsynth(['store', 'ls'], env)).stdout, /holds no overlays/);
+  const gc = await vmsynth(['store', 'gc', '--target-mib', '0', '--json'], env);
+  t.same(JSON.parse(gc.stdout), { evicted: 0, evictedBytes: 0, orphanFiles: 0, overlaysRemoved: 0 });
+  const verify = await vmsynth(['store', 'verify', '--json'], env);
+  t.same(JSON.parse(verify.stdout), { checked: 0, bytes: 0, dropped: [] });
+  const missing = await vmsynth(['store', 'pin', 'deadbeef00', '--json'], env);
+  t.equal(missing.code, 66);
+  t.match(JSON.parse(missing.stdout), { error: { code: 'VMS_STORE_NOT_FOUND' } });
+  const bad = await vmsynth(['store', 'unpin', 'xyz'], env);
+  t.equal(bad.code, 64);
+  t.match(bad.stderr, /VMS_USAGE/);
+  const blocked = path.join(testRoot, 'not-a-dir');
+  await fsp.writeFile(blocked, '');
+  const unusable = await vmsynth(['store', 'stats', '--json'], { VMSYNTH_STORE_DIR: blocked });
+  t.equal(unusable.code, 74);
+  t.match(JSON.parse(unusable.stdout), { error: { code: 'VMS_STORE' } });
 });

@@ -7,7 +7,7 @@
  */
 import { Command } from 'commander';
 import { VMSYNTH_VERSION } from '../core/version.js';
-import { baseDir, cacheDir, keyDir, runDir } from '../core/paths.js';
+import { baseDir, cacheDir, keyDir, runDir, storeDir } from '../core/paths.js';
 import { VmsynthError } from '../core/errors.js';
 import type { BaseSource } from '../vm/base.js';
 import type { ResumeResult } from '../vm/base-resume.js';
@@ -16,6 +16,7 @@ import { DEFAULTS } from '../core/defaults.js';
 import { registerErrorsCommand } from './errors-command.js';
 import { registerOverlayCommands } from './overlay-commands.js';
 import { registerServeCommands } from './serve-commands.js';
+import { registerStoreCommands } from './store-commands.js';
 import { registerSynthCommands } from './synth-commands.js';
 import { exportPaths, resolveConfig } from '../core/config.js';
 import { bytes, ms, table } from './format.js';
@@ -60,6 +61,7 @@ Environment:
   VMSYNTH_RUN_DIR    session directories and FUSE mounts (default ${runDir()})
   VMSYNTH_CACHE_DIR  test guest build cache (default ${cacheDir()})
   VMSYNTH_KEY_DIR    overlay signing keys and trusted public keys (default ${keyDir()})
+  VMSYNTH_STORE_DIR  the cloudlet store, for warm starts (default ${storeDir()})
   VMSYNTH_ACCEL      force the accelerator: kvm or tcg (default: detected)
   VMSYNTH_TOKEN      client token for \`serve\` (required of clients) and \`synth\` (presented)
   LOG_LEVEL          debug | info | warn | error | silent (default info)
@@ -336,6 +338,7 @@ Environment:
   registerOverlayCommands(program);
   registerSynthCommands(program);
   registerServeCommands(program);
+  registerStoreCommands(program);
   registerErrorsCommand(program);
 
   program

@@ -137,6 +137,10 @@ export function registerServeCommands(program: Command): void {
       '--pre-session-memory-mib <n>',
       `bytes all connections may buffer before their sessions start, MiB (default ${def('preSessionMemoryMib')})`,
     )
+    .option(
+      '--store-max-mib <n>',
+      `cap on the cloudlet store, MiB; 0 turns the store off (default ${def('storeMaxMib')})`,
+    )
     .addOption(new Option('--log-level <level>', 'debug | info | warn | error | silent (default info)'))
     .addOption(new Option('--log-format <format>', 'json (pino, to stdout; the default) or text (to stderr)'))
     .option('--no-verify-bases', 'skip re-hashing every base before listening (they are hashed at first use instead)')

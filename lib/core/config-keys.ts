@@ -8,6 +8,7 @@ import { DEFAULTS } from './defaults.js';
 import {
   absPath,
   address,
+  bool,
   clients,
   int,
   list,
@@ -30,6 +31,11 @@ export interface Config {
   runDir: string;
   keyDir: string;
   cacheDir: string;
+  storeDir: string;
+  /** The store's cap on segment bytes, MiB; 0: no store. */
+  storeMaxMib: number;
+  /** Whether segments received from clients enter the store. */
+  storeReceived: boolean;
   libvirtUri: string;
   /** Public key files trusted besides `keyDir`/trusted. */
   trust: string[];
@@ -120,6 +126,28 @@ export const KEYS = [
     doc: 'test guest build cache',
     default: DEFAULTS.cacheDir,
     parse: absPath,
+  }),
+  spec({
+    key: 'storeDir',
+    env: ['VMSYNTH_STORE_DIR'],
+    doc: 'the cloudlet store: segments of overlays synthesized here, for warm starts',
+    default: DEFAULTS.storeDir,
+    parse: absPath,
+  }),
+  spec({
+    key: 'storeMaxMib',
+    env: ['VMSYNTH_STORE_MAX_MIB'],
+    flag: 'storeMaxMib',
+    doc: 'cap on the store, MiB; least recently used segments are evicted to stay under it (0: no store)',
+    default: DEFAULTS.storeMaxMib,
+    parse: (k) => int(0)(k),
+  }),
+  spec({
+    key: 'storeReceived',
+    env: ['VMSYNTH_STORE_RECEIVED'],
+    doc: 'whether segments received from clients enter the store (true | false)',
+    default: true,
+    parse: bool,
   }),
   spec({
     key: 'libvirtUri',

@@ -50,6 +50,19 @@ export const int =
     return n;
   };
 
+export const bool =
+  (key: string) =>
+  (v: Raw, from: Source): boolean => {
+    if (typeof v === 'boolean') return v;
+    const s = typeof v === 'string' ? v.trim().toLowerCase() : '';
+    if (['true', 'yes', 'on', '1'].includes(s)) return true;
+    if (['false', 'no', 'off', '0'].includes(s)) return false;
+    return fail(key, from, `must be true or false, got ${JSON.stringify(v)}`, {
+      reason: 'invalid',
+      expected: 'boolean',
+    });
+  };
+
 export const str =
   (key: string) =>
   (v: Raw, from: Source): string => {

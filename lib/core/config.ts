@@ -140,6 +140,7 @@ export function exportPaths(c: Config, env: NodeJS.ProcessEnv = process.env): vo
   env.VMSYNTH_RUN_DIR = c.runDir;
   env.VMSYNTH_KEY_DIR = c.keyDir;
   env.VMSYNTH_CACHE_DIR = c.cacheDir;
+  env.VMSYNTH_STORE_DIR = c.storeDir;
   env.LIBVIRT_URI = c.libvirtUri;
 }
 

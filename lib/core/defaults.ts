@@ -20,6 +20,10 @@ export const DEFAULTS = {
   keyDir: '/var/lib/vmsynth/keys',
   /** Test guest builds and downloaded Debian packages. */
   cacheDir: '/var/cache/vmsynth',
+  /** The cloudlet store: segments of overlays synthesized here, for warm starts. */
+  storeDir: '/var/lib/vmsynth/store',
+  /** The store's cap on segment bytes, MiB (0: no store). */
+  storeMaxMib: 8192,
   libvirtUri: 'qemu:///system',
   configFile: '/etc/vmsynth/vmsynth.json',
   /** Sessions at once; more are refused with VMS_BUSY. */

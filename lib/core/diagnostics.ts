@@ -56,6 +56,16 @@ export const channels = {
   baseChecked: diagnostics.channel('vmsynth:server:base-checked'),
   /** { host, port } — the server is accepting connections. */
   serverListening: diagnostics.channel('vmsynth:server:listening'),
+  /** { session, segment, bytes } — a session took a segment from the cloudlet store instead of asking its client. */
+  storeHit: diagnostics.channel('vmsynth:store:hit'),
+  /** { session, segments } — segments a session had to ask its client for (not in the store). */
+  storeMiss: diagnostics.channel('vmsynth:store:miss'),
+  /** { sha256, bytes } — a segment entered the store. */
+  storeAdded: diagnostics.channel('vmsynth:store:added'),
+  /** { sha256, bytes } — the store evicted a segment (LRU, to stay under its cap). */
+  storeEvicted: diagnostics.channel('vmsynth:store:evicted'),
+  /** { sha256, reason } — a store entry failed its check (or its file was gone) and was dropped. */
+  storeDropped: diagnostics.channel('vmsynth:store:dropped'),
   /** { what, error } — a cleanup step failed (it is logged, never thrown). */
   cleanupFailed: diagnostics.channel('vmsynth:cleanup:failed'),
 } as const;

@@ -157,6 +157,14 @@ export const ERRORS = {
     exit: 75,
     hint: 'Too many connections from this address in the last minute; wait a minute, or raise connectionsPerMinute in the server config.',
   },
+  VMS_STORE: {
+    exit: 74,
+    hint: 'The cloudlet store (storeDir) cannot be used: check that the directory is writable and not full. It is a cache: moving it aside loses nothing but warm starts.',
+  },
+  VMS_STORE_NOT_FOUND: {
+    exit: 66,
+    hint: 'No overlay in the store matches; `vmsynth store ls` lists them (an id prefix of 8 or more hex digits is enough).',
+  },
   VMS_INTERRUPTED: { exit: 130, hint: 'Interrupted by a signal; everything the command had started was cleaned up.' },
   VMS_INTERNAL: { exit: 70, hint: 'This is a bug in vmsynth; please report it with the log.' },
 } as const satisfies Record<string, ErrorSpec>;

@@ -38,6 +38,11 @@ const EVENT_LEVEL: Record<ChannelName, Level> = {
   offloadForwarded: 'debug',
   sessionReattached: 'info',
   serverListening: 'info',
+  storeHit: 'debug',
+  storeMiss: 'debug',
+  storeAdded: 'debug',
+  storeEvicted: 'debug',
+  storeDropped: 'warn',
 };
 
 /** An event's level; a few depend on what the event says. */

@@ -27,6 +27,11 @@ export function keyDir(): string {
   return path.resolve(process.env.VMSYNTH_KEY_DIR ?? DEFAULTS.keyDir);
 }
 
+/** The cloudlet store (segment files and their SQLite index). */
+export function storeDir(): string {
+  return path.resolve(process.env.VMSYNTH_STORE_DIR ?? DEFAULTS.storeDir);
+}
+
 export function libvirtUri(): string {
   return process.env.LIBVIRT_URI ?? DEFAULTS.libvirtUri;
 }

@@ -53,6 +53,9 @@ export async function startDaemon(cfg: Config, opts: { verifyBases?: boolean } =
       maxOffloadsInFlight: cfg.maxOffloadsInFlight,
       preSessionMemoryBytes: cfg.preSessionMemoryMib * 2 ** 20,
       verifyBases: opts.verifyBases ?? true,
+      ...(cfg.storeMaxMib > 0
+        ? { store: { dir: cfg.storeDir, maxBytes: cfg.storeMaxMib * 2 ** 20, admitReceived: cfg.storeReceived } }
+        : {}),
     });
     const s = server;
     if (cfg.metricsListen) {

@@ -2,7 +2,8 @@
  * Prometheus metrics of the synthesis server, fed only by the core's
  * diagnostics channels (the core never calls a metric). Owns one prom-client
  * registry: first-response and resume time, blocked-read waits, segment
- * bytes by lane, demand and out-of-order fetches, sessions (active, ended by
+ * bytes by lane, demand and out-of-order fetches, the cloudlet store (lookups
+ * and hit ratio, bytes saved, added, evictions, dropped entries), sessions (active, ended by
  * outcome), refused connections by code, and Node's default process metrics,
  * event-loop lag among them.
  */
@@ -86,8 +87,50 @@ export class ServerMetrics {
       help: 'Local bases whose files did not match their manifest at start',
       registers: r,
     });
+    const storeLookups = new client.Counter({
+      name: 'vmsynth_store_lookups_total',
+      help: 'Segments sessions looked for in the cloudlet store: hit (taken from it) or miss (asked of the client)',
+      labelNames: ['result'],
+      registers: r,
+    });
+    const storeHitRatio = new client.Gauge({
+      name: 'vmsynth_store_hit_ratio',
+      help: 'Store hits / lookups since this server started (NaN before the first lookup)',
+      registers: r,
+    });
+    const storeSaved = new client.Counter({
+      name: 'vmsynth_store_bytes_saved_total',
+      help: 'Segment bytes taken from the cloudlet store instead of over a client link',
+      registers: r,
+    });
+    const storeAdded = new client.Counter({
+      name: 'vmsynth_store_added_bytes_total',
+      help: 'Segment bytes that entered the cloudlet store',
+      registers: r,
+    });
+    const storeEvictions = new client.Counter({
+      name: 'vmsynth_store_evictions_total',
+      help: 'Segments the cloudlet store evicted to stay under its cap',
+      registers: r,
+    });
+    const storeDropped = new client.Counter({
+      name: 'vmsynth_store_dropped_total',
+      help: 'Store entries dropped because they failed their check or their file was gone, by reason',
+      labelNames: ['reason'],
+      registers: r,
+    });
     active.set(0);
     badBases.set(0);
+    storeHitRatio.set(NaN);
+    let hits = 0;
+    let misses = 0;
+    const lookup = (hit: number, miss: number) => {
+      hits += hit;
+      misses += miss;
+      if (hit) storeLookups.inc({ result: 'hit' }, hit);
+      if (miss) storeLookups.inc({ result: 'miss' }, miss);
+      storeHitRatio.set(hits / (hits + misses));
+    };
 
     const on = (name: ChannelName, f: (m: Record<string, unknown>) => void) => {
       const handler = (message: unknown) => f((message ?? {}) as Record<string, unknown>);
@@ -99,6 +142,7 @@ export class ServerMetrics {
     on('sessionResumed', (m) => resumed.observe({ policy: String(m.policy) }, Number(m.ms) / 1000));
     on('readUnblocked', (m) => blocked.observe(Number(m.ms) / 1000));
     on('segmentApplied', (m) => {
+      if (m.from === 'store') return; // counted as bytes saved
       segmentBytes.inc({ lane: String(m.lane) }, Number(m.bytes));
       segments.inc({ lane: String(m.lane) });
     });
@@ -110,6 +154,14 @@ export class ServerMetrics {
     });
     on('connectionRefused', (m) => refused.inc({ code: String(m.code) }));
     on('vmDied', () => vmDied.inc());
+    on('storeHit', (m) => {
+      lookup(1, 0);
+      storeSaved.inc(Number(m.bytes));
+    });
+    on('storeMiss', (m) => lookup(0, Number(m.segments)));
+    on('storeAdded', (m) => storeAdded.inc(Number(m.bytes)));
+    on('storeEvicted', () => storeEvictions.inc());
+    on('storeDropped', (m) => storeDropped.inc({ reason: String(m.reason) }));
     on('baseChecked', (m) => {
       if (m.ok === false) badBases.inc();
     });

@@ -8,6 +8,7 @@
  * A connection's troubles stay its own: a bad frame, a bad manifest or a
  * vanished client ends that session and nothing else.
  */
+import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 import { tokenSha256, type ClientCredential } from '../core/config.js';
@@ -17,6 +18,8 @@ import { VmsynthError } from '../core/errors.js';
 import { VMSYNTH_VERSION } from '../core/version.js';
 import { checkFuseDevice } from '../fs/fuse-images.js';
 import { trustedKeys } from '../overlay/keys.js';
+import { SegmentStore } from '../store/segment-store.js';
+import { SessionSource } from '../store/session-source.js';
 import { SynthSession } from '../synth/session.js';
 import { requireAccel } from '../vm/accel.js';
 import { findBaseWithImages, listBases, loadBase, verifyBase, type Base } from '../vm/base.js';
@@ -69,6 +72,8 @@ export interface ServeOptions {
   /** Bytes all connections may buffer before their sessions start (default: DEFAULTS.preSessionMemoryMib). */
   preSessionMemoryBytes?: number;
   fuseDevice?: string;
+  /** The cloudlet store (warm starts); none: every segment comes from the client. */
+  store?: { dir: string; maxBytes: number; admitReceived?: boolean };
 }
 
 /** Hashes each base once per server (keyed by directory and capture time): later checks share the first. */
@@ -125,6 +130,8 @@ export class SynthServer {
     private readonly lv: Libvirt,
     private readonly opts: ServeOptions,
     trusted: Map<string, Buffer>,
+    /** The cloudlet store, when configured. */
+    readonly store: SegmentStore | null,
   ) {
     this.rate = new RateLimiter(opts.connectionsPerMinute ?? DEFAULTS.connectionsPerMinute);
     // An ended session's fate is remembered for a grace period after it could have been resumed.
@@ -163,6 +170,13 @@ export class SynthServer {
           threads: opts.threads,
           maxInFlightBytes: opts.maxInFlightBytes,
           fuseDevice: opts.fuseDevice,
+          ...(store
+            ? {
+                store: new SessionSource(store, req.overlay, randomUUID(), {
+                  admitReceived: opts.store?.admitReceived ?? true,
+                }),
+              }
+            : {}),
         }),
       sessions: this.registry,
       timing: {
@@ -184,12 +198,14 @@ export class SynthServer {
   static async listen(opts: ServeOptions = {}): Promise<SynthServer> {
     await checkFuseDevice(opts.fuseDevice);
     const lv = await Libvirt.connect();
+    let store: SegmentStore | null = null;
     try {
       await cleanStale(lv);
+      if (opts.store) store = await SegmentStore.open(opts.store);
       const server = opts.tls
         ? tls.createServer({ cert: opts.tls.cert, key: opts.tls.key, minVersion: 'TLSv1.2' })
         : net.createServer();
-      const s = new SynthServer(server, lv, opts, await trustedKeys(opts.trust ?? []));
+      const s = new SynthServer(server, lv, opts, await trustedKeys(opts.trust ?? []), store);
       if (opts.verifyBases) await checkAllBases(s.checkBase);
       server.on(opts.tls ? 'secureConnection' : 'connection', (socket: net.Socket) => s.accept(socket));
       if (opts.tls)
@@ -219,6 +235,7 @@ export class SynthServer {
       });
       return s;
     } catch (err) {
+      store?.close();
       await lv.close();
       throw err;
     }
@@ -285,6 +302,7 @@ export class SynthServer {
         ...this.registry.all().map((s) => s.end(reason)),
       ]);
       await stopped;
+      this.store?.close();
       await this.lv.close();
     })();
     return this.closing;

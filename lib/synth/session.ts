@@ -22,15 +22,16 @@ import { asVmsynthError, VmsynthError } from '../core/errors.js';
 import { Scope } from '../core/scope.js';
 import type { Overlay } from '../overlay/reader.js';
 import type { Policy } from '../protocol/messages.js';
+import type { SessionSource } from '../store/session-source.js';
 import { SegmentScheduler } from '../stream/scheduler.js';
 import type { Base } from '../vm/base.js';
-import { guestRequest, type HttpReply } from '../vm/guest-app.js';
+import { askApp, type HttpReply } from '../vm/guest-app.js';
 import type { Libvirt } from '../vm/libvirt.js';
 import { explainFailure, type RunningVm } from '../vm/machine.js';
 import { restoreVm, type RestoredVm } from '../vm/restore.js';
 import { RunDir } from '../vm/run-dir.js';
 import { LaunchImages } from './launch-images.js';
-import { SessionLedger, type SynthStats } from './ledger.js';
+import { describeHeld, SessionLedger, unexpectedSegment, type SynthStats } from './ledger.js';
 import { Priority } from './segment-pipeline.js';
 
 export type { SynthStats } from './ledger.js';
@@ -59,6 +60,8 @@ export interface SynthOptions {
   /** Background bytes requested and not yet applied (default: DEFAULTS.maxInFlightKib). */
   maxInFlightBytes?: number;
   fuseDevice?: string;
+  /** The cloudlet store, as this session sees it: segments it holds are taken from it, not asked of the client. */
+  store?: SessionSource;
 }
 
 export class SynthSession {
@@ -75,6 +78,8 @@ export class SynthSession {
   private failedWith: VmsynthError | null = null;
   /** Wakes offload requests that came before the VM ran: when it runs, or when the session fails or closes. */
   private readonly vmChanged = new EventTarget();
+  /** Segments being read from the store (asked for, not yet applying). */
+  private readonly fromStore = new Set<number>();
 
   private constructor(
     private readonly opts: SynthOptions,
@@ -102,6 +107,10 @@ export class SynthSession {
       throw err;
     }
     s.scope.defer('remove the run directory', () => scope.close());
+    if (opts.store) {
+      const store = opts.store;
+      s.scope.defer('release the store', () => store.close());
+    }
     try {
       s.launch = await LaunchImages.create(
         {
@@ -128,14 +137,34 @@ export class SynthSession {
     else if (this.scheduler.done) this.onComplete();
   }
 
-  /** Sends every request the scheduler allows now, grouped by lane. */
+  /** Takes every segment the scheduler allows now from the store, or asks the client for it (grouped by lane). */
   private pump(): void {
     if (this.failedWith || this.closing) return;
-    const reqs = this.scheduler.drain();
-    const demand = reqs.filter((r) => r.lane === 'demand').map((r) => r.index);
-    const background = reqs.filter((r) => r.lane === 'background').map((r) => r.index);
-    if (demand.length) this.opts.events.want('demand', demand);
-    if (background.length) this.opts.events.want('background', background);
+    const ask = { demand: [] as number[], background: [] as number[] };
+    for (const r of this.scheduler.drain()) {
+      if (this.opts.store?.has(r.index)) this.takeFromStore(r.index);
+      else ask[r.lane].push(r.index);
+    }
+    this.ask('demand', ask.demand);
+    this.ask('background', ask.background);
+  }
+
+  private ask(lane: 'demand' | 'background', segments: number[]): void {
+    if (segments.length === 0) return;
+    this.opts.store?.miss(segments);
+    this.opts.events.want(lane, segments);
+  }
+
+  /** Applies a segment the store holds; asks the client when the store no longer has it. */
+  private takeFromStore(index: number): void {
+    const store = this.opts.store!;
+    this.fromStore.add(index);
+    void store.take(index).then((data) => {
+      this.fromStore.delete(index);
+      if (this.failedWith || this.closing || !this.scheduler.isRequested(index)) return;
+      if (data) this.apply(index, data, 'store');
+      else this.ask(this.scheduler.isDemanded(index) ? 'demand' : 'background', [index]);
+    });
   }
 
   private onDemand(segment: number): void {
@@ -157,31 +186,31 @@ export class SynthSession {
   /** A segment arrived from the client. */
   receive(index: number, data: Buffer): void {
     if (this.failedWith || this.closing) return;
-    // The message parser guarantees an unsigned integer.
-    if (index >= this.scheduler.total || !this.scheduler.isRequested(index)) {
-      this.fail(
-        new VmsynthError('VMS_PROTOCOL', `segment ${index} was not asked for`, { details: { segment: index } }),
-      );
-      return;
-    }
-    // Asked for once, applied once: a second copy while the first is applied is a client bug
-    // (40 copies of one segment were all accepted, and counted: 22 of 21 segments received).
-    if (this.ledger.isApplying(index)) {
-      this.fail(
-        new VmsynthError('VMS_PROTOCOL', `segment ${index} was sent twice`, {
-          details: { reason: 'duplicate-segment', segment: index },
-        }),
-      );
-      return;
-    }
-    this.ledger.received(index, data.length);
+    // The message parser guarantees an unsigned integer. A segment a store read has in hand is not asked of the client.
+    const asked = index < this.scheduler.total && this.scheduler.isRequested(index) && !this.fromStore.has(index);
+    const refused = unexpectedSegment(index, asked, this.ledger.isApplying(index));
+    if (refused) this.fail(refused);
+    else this.apply(index, data, 'client');
+  }
+
+  /** Verifies, decompresses and applies a segment from the client or the store (the pipeline checks both alike). */
+  private apply(index: number, data: Buffer, from: 'client' | 'store'): void {
+    const bytes = data.length;
+    this.ledger.received(index, bytes, from);
     const lane = this.scheduler.isDemanded(index) ? 'demand' : 'background';
+    const store = this.opts.store;
+    // The pipeline hands the bytes to a worker thread (transferred): the store keeps its own copy.
+    const keep = from === 'client' && store ? Buffer.from(data) : null;
     this.launch
       .apply(index, data, lane === 'demand' ? Priority.DEMAND : Priority.BACKGROUND)
       .finally(() => this.ledger.settled(index))
       .then(
         () => {
-          publish('segmentApplied', { session: this.id, index, bytes: data.length, lane });
+          publish('segmentApplied', { session: this.id, index, bytes, lane, from });
+          if (from === 'store') {
+            this.ledger.fromStore(bytes);
+            store?.hit(index, bytes);
+          } else if (keep) store?.admit(index, keep);
           this.scheduler.received(index);
           // A session that failed or is closing goes no further: a baseline session whose last
           // segment landed during its close started its VM after the teardown, and leaked it.
@@ -191,7 +220,14 @@ export class SynthSession {
         },
         (err: unknown) => {
           const e = asVmsynthError(err);
-          if (e.code === 'VMS_OVERLAY_CORRUPT' && !this.closing && this.ledger.mayRetry(index)) {
+          if (from === 'store' && e.code === 'VMS_OVERLAY_CORRUPT' && !this.closing && !this.failedWith) {
+            // A stored copy that fails its check is dropped, never used: the client sends it instead.
+            publish('progress', { step: `session ${this.id}: stored segment ${index} failed its check; dropped` });
+            void store!.reject(index).finally(() => {
+              this.scheduler.retry(index);
+              this.pump();
+            });
+          } else if (e.code === 'VMS_OVERLAY_CORRUPT' && !this.closing && this.ledger.mayRetry(index)) {
             publish('progress', { step: `session ${this.id}: segment ${index} failed its check; asking for it again` });
             this.scheduler.retry(index);
             this.pump();
@@ -279,36 +315,28 @@ export class SynthSession {
     // `accepted`, which saves a round trip): it waits for the VM, and its time limit starts then.
     while (!this.vm && !this.closing && !this.failedWith)
       await new Promise<void>((resolve) => this.vmChanged.addEventListener('change', () => resolve(), { once: true }));
-    const deadline = Date.now() + timeoutMs;
     const vm = this.vm;
-    let last = 'the VM was not running yet';
-    for (;;) {
-      if (this.closing || this.failedWith)
-        throw this.failedWith ?? new VmsynthError('VMS_INTERRUPTED', 'the session ended');
-      const remaining = deadline - Date.now();
-      if (remaining <= 0 || !vm) break;
-      try {
-        const reply = await guestRequest(vm.hostPort, method, path, remaining, body.length ? body : undefined);
-        const first = this.ledger.replied();
-        if (first !== null) publish('firstResponse', { session: this.id, ms: first, policy: this.opts.policy });
-        return reply;
-      } catch (err) {
-        last = (err as Error).message;
-        if (!(await vm.alive()))
-          throw await explainFailure(
-            new VmsynthError('VMS_QEMU_DIED', `the VM stopped while an offload request waited (${last})`),
-            vm,
-          );
-        await new Promise((r) => setTimeout(r, 50));
-      }
+    if (!vm) throw this.failedWith ?? new VmsynthError('VMS_INTERRUPTED', 'the session ended');
+    const ended = () =>
+      this.closing || this.failedWith
+        ? (this.failedWith ?? new VmsynthError('VMS_INTERRUPTED', 'the session ended'))
+        : null;
+    const r = await askApp(vm.hostPort, { method, path, body }, Date.now() + timeoutMs, ended, () => vm.alive());
+    if (r.reply) {
+      const first = this.ledger.replied();
+      if (first !== null) publish('firstResponse', { session: this.id, ms: first, policy: this.opts.policy });
+      return r.reply;
     }
+    const last = r.last;
+    if (r.dead)
+      throw await explainFailure(
+        new VmsynthError('VMS_QEMU_DIED', `the VM stopped while an offload request waited (${last})`),
+        vm,
+      );
     const h = this.heldReads();
-    const held = h.reads
-      ? `; ${h.reads} guest read(s) were still waiting for the overlay, the oldest for ${h.oldestMs} ms, on segment(s) ${h.segments.map((x) => `${x.index} (${x.state})`).join(', ')}`
-      : '';
     throw new VmsynthError(
       'VMS_GUEST_TIMEOUT',
-      `the app in the VM did not answer ${method} ${path} within ${timeoutMs} ms (last attempt: ${last})${held}`,
+      `the app in the VM did not answer ${method} ${path} within ${timeoutMs} ms (last attempt: ${last})${describeHeld(h)}`,
       { details: { heldReads: h } },
     );
   }
@@ -317,7 +345,8 @@ export class SynthSession {
   outstanding(): { demand: number[]; background: number[] } {
     const out = { demand: [] as number[], background: [] as number[] };
     if (this.failedWith || this.closing) return out;
-    for (const r of this.scheduler.requested()) if (!this.ledger.isApplying(r.index)) out[r.lane].push(r.index);
+    for (const r of this.scheduler.requested())
+      if (!this.ledger.isApplying(r.index) && !this.fromStore.has(r.index)) out[r.lane].push(r.index);
     return out;
   }
 

@@ -57,6 +57,44 @@ export function guestRequest(
   });
 }
 
+/** How `askApp` ended: the app's reply, or none (at the deadline, or because the VM stopped), with the last failure. */
+export interface AskResult {
+  reply: HttpReply | null;
+  last: string;
+  /** The VM stopped while the request was retried. */
+  dead: boolean;
+}
+
+/**
+ * One offload request to the app in a VM, retried while the app's port
+ * refuses connections (the guest's network stack may still be faulting its
+ * pages in) until `deadline`; a reply of any status is the answer. Throws
+ * what `stopped` returns as soon as it returns something (the session ended).
+ */
+export async function askApp(
+  port: number,
+  req: { method: string; path: string; body: Buffer },
+  deadline: number,
+  stopped: () => Error | null,
+  alive: () => Promise<boolean>,
+): Promise<AskResult> {
+  let last = 'no attempt was made';
+  for (;;) {
+    const stop = stopped();
+    if (stop) throw stop;
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) return { reply: null, last, dead: false };
+    try {
+      const body = req.body.length ? req.body : undefined;
+      return { reply: await guestRequest(port, req.method, req.path, remaining, body), last, dead: false };
+    } catch (err) {
+      last = (err as Error).message;
+      if (!(await alive())) return { reply: null, last, dead: true };
+      await sleep(50);
+    }
+  }
+}
+
 /** An app request: the test guest's is GET workPath(...); a real app's may POST an input. */
 export interface AppRequest {
   method: 'GET' | 'POST' | 'PUT';

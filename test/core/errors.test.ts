@@ -40,7 +40,7 @@ const CLASSES: Record<string, ErrorCode[]> = {
     'VMS_BASE_MISMATCH',
     'VMS_BAD_SIGNATURE',
   ],
-  'missing input': ['VMS_BASE_NOT_FOUND', 'VMS_BASE_FILE_MISSING', 'VMS_NO_KEY'],
+  'missing input': ['VMS_BASE_NOT_FOUND', 'VMS_BASE_FILE_MISSING', 'VMS_NO_KEY', 'VMS_STORE_NOT_FOUND'],
   'already exists': ['VMS_BASE_EXISTS', 'VMS_OVERLAY_EXISTS'],
   'retry later': ['VMS_BUSY', 'VMS_SHUTTING_DOWN', 'VMS_LIMIT', 'VMS_RATE_LIMITED', 'VMS_GUEST_TIMEOUT'],
   protocol: ['VMS_PROTOCOL', 'VMS_FRAME_TOO_LARGE'],

@@ -38,6 +38,7 @@ export const testRoot = mkdtempSync(path.join(os.tmpdir(), `${PREFIX}${process.p
 process.env.VMSYNTH_RUN_DIR = path.join(testRoot, 'run');
 process.env.VMSYNTH_BASE_DIR = path.join(testRoot, 'bases');
 process.env.VMSYNTH_KEY_DIR = path.join(testRoot, 'keys');
+process.env.VMSYNTH_STORE_DIR = path.join(testRoot, 'store');
 // In the background: it only touches the roots of dead processes.
 void sweepStaleTestRoots().catch(() => undefined);
 

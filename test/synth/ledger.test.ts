@@ -5,7 +5,7 @@
  * waits for is, and the stats it assembles.
  */
 import t from 'tap';
-import { SessionLedger } from '../../lib/synth/ledger.js';
+import { describeHeld, SessionLedger, unexpectedSegment } from '../../lib/synth/ledger.js';
 import type { BlockedReadStats } from '../../lib/synth/arrivals.js';
 
 /** A clock the test moves by hand; starts at an arbitrary non-zero time. */
@@ -135,6 +135,11 @@ t.test("stats() assembles the ledger's counts with the live numbers", async (t) 
   clock.advance(70);
   l.replied();
   l.received(1, 500);
+  l.received(2, 700, 'store'); // read from the store: not received over the link...
+  l.settled(2);
+  l.fromStore(700); // ...counted once it checked out
+  l.received(3, 900, 'store');
+  l.settled(3); // failed its check: not counted
   clock.advance(400);
   l.complete();
   const blockedReads: BlockedReadStats = { count: 2, totalMs: 30.5, maxMs: 20.5, p50Ms: 20.5, p90Ms: 20.5 };
@@ -144,6 +149,8 @@ t.test("stats() assembles the ledger's counts with the live numbers", async (t) 
     segments: 6,
     segmentsReceived: 2,
     bytesReceived: 1_500,
+    segmentsFromStore: 1,
+    bytesFromStore: 700,
     overlayBytes: 123_456,
     demandFetches: 2,
     outOfOrder: 4,
@@ -156,4 +163,18 @@ t.test("stats() assembles the ledger's counts with the live numbers", async (t) 
     bytesReceivedBeforeFirstResponse: 1_000,
     segmentsReceivedBeforeFirstResponse: 1,
   });
+});
+
+t.test('a segment from the client is refused unless asked for, and when it is a second copy', async (t) => {
+  t.equal(unexpectedSegment(3, true, false), null);
+  t.match(unexpectedSegment(3, false, false), { code: 'VMS_PROTOCOL', details: { segment: 3 } });
+  t.match(unexpectedSegment(3, true, true), { code: 'VMS_PROTOCOL', details: { reason: 'duplicate-segment' } });
+});
+
+t.test('held reads read as the end of a message', async (t) => {
+  t.equal(describeHeld({ reads: 0, oldestMs: 0, segments: [] }), '');
+  t.equal(
+    describeHeld({ reads: 2, oldestMs: 40, segments: [{ index: 5, state: 'requested' }] }),
+    '; 2 guest read(s) were still waiting for the overlay, the oldest for 40 ms, on segment(s) 5 (requested)',
+  );
 });

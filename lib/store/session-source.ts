@@ -1,0 +1,101 @@
+/**
+ * One synthesis session's view of the cloudlet store, by segment index: which
+ * of its overlay's segments the store holds (take them from here instead of
+ * asking the client), and where received segments go (admit them, in the
+ * background, after they checked out). While the view is open the overlay is
+ * leased: none of its segments is evicted.
+ *
+ * The bytes `take` returns are unverified; the session applies them through
+ * the segment pipeline, which checks them against the manifest's SHA-256
+ * exactly as a received segment, and calls `reject` when they fail: the entry
+ * is dropped and the session asks its client instead.
+ */
+import PQueue from 'p-queue';
+import { publish } from '../core/diagnostics.js';
+import type { Overlay } from '../overlay/reader.js';
+import type { SegmentStore } from './segment-store.js';
+
+export interface SessionSourceOptions {
+  /** Whether segments received from the client enter the store (config `storeReceived`). */
+  admitReceived: boolean;
+  /** Admitted bytes waiting to be written, at most; more are skipped (default 64 MiB). */
+  maxPendingBytes?: number;
+}
+
+export class SessionSource {
+  private readonly release: () => void;
+  private readonly writes = new PQueue({ concurrency: 1 });
+  private pendingBytes = 0;
+  /** Segments whose stored copy failed (or vanished) this session: asked of the client from now on. */
+  private readonly rejected = new Set<number>();
+  private closed = false;
+
+  constructor(
+    private readonly store: SegmentStore,
+    private readonly overlay: Overlay,
+    private readonly session: string,
+    private readonly opts: SessionSourceOptions,
+  ) {
+    const id = store.addOverlay(overlay);
+    this.release = store.lease(id, `${process.pid}:${session}`);
+  }
+
+  private sha(index: number): Uint8Array {
+    return this.overlay.body.segments[index]!.sha256;
+  }
+
+  /** Whether the store holds segment `index` (and it has not failed this session). */
+  has(index: number): boolean {
+    return !this.closed && !this.rejected.has(index) && this.store.has(this.sha(index));
+  }
+
+  /** Segment `index`'s stored bytes, unverified, or null (not stored after all: ask the client). */
+  async take(index: number): Promise<Buffer | null> {
+    const data = await this.store.read(this.sha(index)).catch(() => null);
+    if (!data) this.rejected.add(index);
+    return data;
+  }
+
+  /** Segment `index` came from the store and checked out. */
+  hit(index: number, bytes: number): void {
+    this.store.count('hits');
+    this.store.count('hitBytes', bytes);
+    publish('storeHit', { session: this.session, segment: index, bytes });
+  }
+
+  /** These segments were asked of the client: the store did not have them. */
+  miss(segments: number[]): void {
+    this.store.count('misses', segments.length);
+    publish('storeMiss', { session: this.session, segments: segments.length });
+  }
+
+  /** Segment `index`'s stored bytes failed their check: drop the entry, ask the client. */
+  async reject(index: number): Promise<void> {
+    this.rejected.add(index);
+    await this.store.drop(this.sha(index), 'sha256');
+  }
+
+  /** Segment `index`, received and verified, enters the store in the background. */
+  admit(index: number, data: Buffer): void {
+    const cap = this.opts.maxPendingBytes ?? 64 << 20;
+    if (!this.opts.admitReceived || this.closed || this.pendingBytes + data.length > cap) return;
+    this.pendingBytes += data.length;
+    void this.writes.add(async () => {
+      try {
+        await this.store.put(this.sha(index), data);
+      } catch (err) {
+        publish('cleanupFailed', { what: `store segment ${index} of session ${this.session}`, error: err });
+      } finally {
+        this.pendingBytes -= data.length;
+      }
+    });
+  }
+
+  /** Waits for admitted segments to be written, then releases the lease. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.writes.onIdle();
+    this.release();
+  }
+}
