@@ -60,34 +60,33 @@
  * Ctrl-C too; the namespace, veth and temporary directory of a killed run
  * are removed by the next (its VM and FUSE mount by the server's janitor).
  */
-import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { SynthesizeResult } from '../lib/client/client.js';
-import { ensureGuestBase } from '../lib/cli/demo.js';
-import { VmsynthError } from '../lib/core/errors.js';
 import { attachLogger } from '../lib/core/log.js';
-import { cacheDir, packageRoot } from '../lib/core/paths.js';
+import { packageRoot } from '../lib/core/paths.js';
 import { abortReason, Scope, throwIfAborted } from '../lib/core/scope.js';
-import { buildGuest } from '../lib/guest/build.js';
-import { createOverlay } from '../lib/offline/create.js';
-import { applyOverlay } from '../lib/offline/apply.js';
-import { profileOverlay } from '../lib/offline/profile.js';
-import { Overlay } from '../lib/overlay/reader.js';
 import type { Policy } from '../lib/protocol/messages.js';
 import { SynthServer } from '../lib/server/server.js';
 import type { BlockedReadStats } from '../lib/synth/arrivals.js';
 import { detectAccel } from '../lib/vm/accel.js';
-import type { Base } from '../lib/vm/base.js';
-import { workPath, type AppWork } from '../lib/vm/guest-app.js';
-import { resumeBase } from '../lib/vm/base-resume.js';
-import { benchKey, openIfValid, trustedBy, type BenchKey } from './lib/bench-key.js';
+import { workPath } from '../lib/vm/guest-app.js';
+import {
+  chosenLinks,
+  measureLocal,
+  positiveEnv,
+  prepare,
+  PROFILE_RUNS,
+  RANDOM,
+  WORK,
+  type Local,
+  type Prepared,
+} from './lib/demo-overlay.js';
 import { runClient } from './lib/client-run.js';
 import {
   checkLinkTools,
   createLinkPair,
-  LINKS,
   netnsFor,
   removeStale,
   shape,
@@ -102,10 +101,6 @@ import { p50, percentile, round } from './lib/stats.js';
 import { niceStep, px } from './lib/svg.js';
 
 const MIB = 1 << 20;
-const BASE_NAME = 'bench-first-response';
-const WORK: AppWork = { memMb: 8, diskMb: 4, diskOffMb: 40 };
-const RANDOM = { atMiB: 48, mib: 16 };
-const PROFILE_RUNS = 3;
 const CLIENT_TIMEOUT_S = 300;
 const NAMES: LinkNames = {
   ns: 'vmsfr-',
@@ -139,155 +134,7 @@ interface Sample {
   replyMatchesLocal: boolean;
 }
 
-interface LocalRun {
-  resumeMs: number;
-  firstResponseMs: number;
-}
-
-// ---------------------------------------------------------------- parameters
-
-function positiveEnv(name: string, fallback: number): number {
-  const v = Number(process.env[name] ?? fallback);
-  if (!Number.isSafeInteger(v) || v < 1)
-    throw new VmsynthError('VMS_USAGE', `${name} must be a positive integer, got "${process.env[name]}"`);
-  return v;
-}
-
-function chosenLinks(): Link[] {
-  const names = (process.env.BENCH_LINKS ?? 'wifi,lan')
-    .split(',')
-    .map((s) => s.trim())
-    .filter(Boolean);
-  return names.map((n) => {
-    const link = LINKS[n];
-    if (!link)
-      throw new VmsynthError(
-        'VMS_USAGE',
-        `BENCH_LINKS: unknown link "${n}"; choose from ${Object.keys(LINKS).join(', ')}`,
-      );
-    return link;
-  });
-}
-
-// ---------------------------------------------------------------- base, key, overlays
-
-async function customizationScript(): Promise<string> {
-  const demo = await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8');
-  return `${demo}
-# first-response bench: ${RANDOM.mib} MiB of incompressible data the first request does not read,
-# so the overlay is large enough for streaming to matter.
-dd if=/dev/urandom of=/dev/vda bs=1M seek=${RANDOM.atMiB} count=${RANDOM.mib} conv=fsync 2>/dev/null
-`;
-}
-
-function cacheKey(base: Base, script: string, keyId: string): string {
-  const m = base.manifest;
-  const what = {
-    memory: m.memory.sha256,
-    disk: m.disk.sha256,
-    deviceState: m.deviceState.sha256,
-    script,
-    keyId,
-    work: WORK,
-  };
-  return createHash('sha256').update(JSON.stringify(what)).digest('hex').slice(0, 16);
-}
-
-/** Removes cached overlays made for other bases or scripts. */
-async function pruneCache(root: string, keep: string): Promise<void> {
-  for (const name of await fsp.readdir(root).catch(() => [] as string[])) {
-    if (name !== keep && name !== 'keys') await fsp.rm(path.join(root, name), { recursive: true, force: true });
-  }
-}
-
-interface Prepared {
-  base: Base;
-  key: BenchKey;
-  overlay: Overlay;
-  cached: boolean;
-  createMs: number | null;
-  profiled: { overlay: Overlay; cached: boolean; ms: number | null } | { error: string } | null;
-}
-
-async function prepare(signal: AbortSignal): Promise<Prepared> {
-  const root = path.join(cacheDir(), 'bench', 'first-response');
-  const guest = await buildGuest();
-  const { base } = await ensureGuestBase(guest, BASE_NAME, signal);
-  const key = await benchKey(root);
-  const script = await customizationScript();
-  const id = cacheKey(base, script, key.keyId);
-  await pruneCache(root, id);
-  const out = path.join(root, id, 'overlay');
-  let overlay = await openIfValid(out, key);
-  const cached = overlay !== null;
-  let createMs: number | null = null;
-  if (!overlay) {
-    process.stderr.write(`first-response bench: customizing base "${base.name}" into the bench overlay\n`);
-    await fsp.mkdir(path.dirname(out), { recursive: true });
-    const t0 = performance.now();
-    await createOverlay({ base: base.name, out, script, key: key.file, force: true, signal });
-    createMs = Math.round(performance.now() - t0);
-    overlay = await Overlay.open(out, { trusted: trustedBy(key) });
-  }
-  const profiled =
-    process.env.BENCH_PROFILE === '0'
-      ? null
-      : await ensureProfiled(overlay, key, path.join(root, id, 'profiled'), signal);
-  return { base, key, overlay, cached, createMs, profiled };
-}
-
-/** The access-ordered overlay, or why there is none (profiling must not stop the rest). */
-async function ensureProfiled(
-  overlay: Overlay,
-  key: BenchKey,
-  out: string,
-  signal: AbortSignal,
-): Promise<Prepared['profiled']> {
-  const hit = await openIfValid(out, key);
-  if (hit) return { overlay: hit, cached: true, ms: null };
-  try {
-    process.stderr.write(`first-response bench: profiling the overlay (${PROFILE_RUNS} runs)\n`);
-    const r = await profileOverlay({
-      overlay: overlay.dir,
-      out,
-      runs: PROFILE_RUNS,
-      work: WORK,
-      key: key.file,
-      trust: [key.pubFile],
-      force: true,
-      signal,
-    });
-    return { overlay: await Overlay.open(out, { trusted: trustedBy(key) }), cached: false, ms: r.ms.total };
-  } catch (err) {
-    if (signal.aborted) throw abortReason(signal);
-    const message = err instanceof Error ? err.message : String(err);
-    process.stderr.write(`first-response bench: profiling failed, skipping the profiled variant: ${message}\n`);
-    return { error: message };
-  }
-}
-
 // ---------------------------------------------------------------- measurements
-
-interface Local {
-  runs: LocalRun[];
-  reply: Record<string, unknown>;
-}
-
-/** The launch VM fully local: applied to a temp directory, resumed `runs` times. */
-async function measureLocal(p: Prepared, tmp: string, runs: number, signal: AbortSignal): Promise<Local> {
-  const launch = path.join(tmp, 'launch');
-  process.stderr.write('first-response bench: applying the overlay locally for the floor\n');
-  await applyOverlay({ overlay: p.overlay.dir, out: launch, trust: [p.key.pubFile], verifyBase: false, signal });
-  const out: LocalRun[] = [];
-  let reply: Record<string, unknown> = {};
-  for (let i = 0; i < runs; i++) {
-    const r = await resumeBase({ base: launch, verify: false, work: WORK, signal });
-    out.push({ resumeMs: r.resumeMs, firstResponseMs: r.firstResponseMs });
-    reply = r.reply;
-    process.stderr.write(`local resume ${i + 1}/${runs}: first response ${r.firstResponseMs} ms\n`);
-  }
-  return { runs: out, reply };
-}
 
 function sampleOf(r: SynthesizeResult, local: Local): Sample {
   const s = r.serverStats as {

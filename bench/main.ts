@@ -1,6 +1,7 @@
 /**
  * `npm run bench -- [name...] [options]`: runs the named benchmarks (resume,
- * overlay, memory, first-response, suite), all but the suite without a name.
+ * overlay, memory, first-response, store, suite); without a name, all but the
+ * store and the suite.
  * Options after the names go to the benchmark (only the suite takes any:
  * `npm run bench -- suite --quick`). Each prints a table with a ratio against
  * a baseline measured in the same run, and writes JSON to bench/results/.
@@ -11,6 +12,7 @@ const BENCHES: Record<string, (argv: string[]) => Promise<void>> = {
   overlay: async () => (await import('./overlay.js')).benchOverlay(),
   memory: async () => (await import('./memory.js')).benchMemory(),
   'first-response': async () => (await import('./first-response.js')).benchFirstResponse(),
+  store: async () => (await import('./store.js')).benchStore(),
   suite: async (argv) => (await import('./suite.js')).benchSuite(argv),
 };
 /** What runs when no name is given: the suite takes hours, so it runs only by name. */
@@ -24,6 +26,8 @@ and writes JSON to bench/results/):
                   build and apply speed
   memory          a ~1 GB overlay built and applied in a 2 GB memory cgroup
   first-response  first-response time per policy over emulated links
+  store           cold vs warm synthesis with the cloudlet store, against a
+                  local resume (runs only by name)
   suite           real apps in a Debian guest against Elijah's numbers (hours;
                   runs only by name; options: npm run bench -- suite --help)
 With no name: ${DEFAULT.join(', ')}.

@@ -163,21 +163,25 @@ export class SynthServer {
     this.ctx = {
       auth,
       admit: (client, manifest) => admission.admit(client, manifest),
-      startSession: (req) =>
-        SynthSession.start({
-          ...req,
-          lv,
-          threads: opts.threads,
-          maxInFlightBytes: opts.maxInFlightBytes,
-          fuseDevice: opts.fuseDevice,
-          ...(store
-            ? {
-                store: new SessionSource(store, req.overlay, randomUUID(), {
-                  admitReceived: opts.store?.admitReceived ?? true,
-                }),
-              }
-            : {}),
-        }),
+      startSession: async (req) => {
+        // The session leases its overlay in the store from here on; a session that fails to start releases it.
+        const source = store
+          ? new SessionSource(store, req.overlay, randomUUID(), { admitReceived: opts.store?.admitReceived ?? true })
+          : undefined;
+        try {
+          return await SynthSession.start({
+            ...req,
+            lv,
+            threads: opts.threads,
+            maxInFlightBytes: opts.maxInFlightBytes,
+            fuseDevice: opts.fuseDevice,
+            ...(source ? { store: source } : {}),
+          });
+        } catch (err) {
+          await source?.close();
+          throw err;
+        }
+      },
       sessions: this.registry,
       timing: {
         handshakeTimeoutMs: opts.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutS * 1000,

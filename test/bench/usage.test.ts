@@ -13,7 +13,7 @@ const MAIN = fileURLToPath(new URL('../../dist/bench/entry.cjs', import.meta.url
 
 t.test('bench --help lists the benchmarks', async (t) => {
   const { stdout } = await run(process.execPath, [MAIN, '--help']);
-  for (const name of ['resume', 'overlay', 'memory', 'first-response', 'suite'])
+  for (const name of ['resume', 'overlay', 'memory', 'first-response', 'store', 'suite'])
     t.match(stdout, new RegExp(`^  ${name} `, 'm'), name);
 });
 

@@ -1,0 +1,303 @@
+/**
+ * Benchmark: the cloudlet store, cold against warm, with the real server
+ * (in this process, its store in a temporary directory) and the real client
+ * (`vmsynth synth --json` in a network namespace, over a tc-shaped veth: the
+ * first-response bench's links, wifi 38 Mbit/s and lan 1 Gbit/s).
+ *
+ * The overlay is the first-response bench's demo-app overlay
+ * (bench/lib/demo-overlay.ts, shared cache). Each round, per link:
+ *   cold  the store is emptied (gc to 0 bytes), then an early-start session:
+ *         every segment crosses the client's link and enters the store;
+ *   warm  the same overlay again: every segment comes from the store.
+ * The baseline, measured in the same run: the launch VM applied locally and
+ * resumed once in every round (beside the sessions, so it sees the same
+ * host), the cost of a first response with nothing to fetch. Target: warm first response p50 ≤ 1.1 × the local resume's p50.
+ *
+ * Reports per link and variant: first response and overlay completion (p50,
+ * p90, client clock), segment bytes over the client's link (client count)
+ * and segments taken from the store (server count), replies equal to the
+ * local VM's. Writes bench/results/store-<time>.json and a bar chart
+ * store-<time>.svg. BENCH_RUNS (default 5) rounds, BENCH_LINKS (default
+ * "wifi,lan"). Everything it makes (namespace, veth, server, temporary
+ * directory with the store) is removed on the way out.
+ */
+import { promises as fsp } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { SynthesizeResult } from '../lib/client/client.js';
+import { attachLogger } from '../lib/core/log.js';
+import { packageRoot } from '../lib/core/paths.js';
+import { abortReason, Scope, throwIfAborted } from '../lib/core/scope.js';
+import { SynthServer } from '../lib/server/server.js';
+import { detectAccel } from '../lib/vm/accel.js';
+import { workPath } from '../lib/vm/guest-app.js';
+import { runClient } from './lib/client-run.js';
+import { applyLocal, chosenLinks, positiveEnv, prepare, resumeLocal, WORK, type Local } from './lib/demo-overlay.js';
+import {
+  checkLinkTools,
+  createLinkPair,
+  netnsFor,
+  removeStale,
+  shape,
+  tmpDirFor,
+  type Link,
+  type LinkNames,
+} from './lib/link.js';
+import { onSignals } from './lib/signals.js';
+import { p50, percentile, round } from './lib/stats.js';
+import { esc, niceStep, px } from './lib/svg.js';
+
+const MIB = 1 << 20;
+const CLIENT_TIMEOUT_S = 300;
+const NAMES: LinkNames = { ns: 'vmsto-', dev: 'vso', tmp: 'vmsynth-bench-store-', bench: 'store', octet: 203 };
+const VARIANTS = ['cold', 'warm'] as const;
+type Variant = (typeof VARIANTS)[number];
+
+interface Sample {
+  /** The client's timeline: manifest accepted, VM resumed, first response, overlay complete. */
+  acceptedMs: number | null;
+  resumedMs: number | null;
+  firstResponseMs: number;
+  completeMs: number | null;
+  /** Segment bytes the client sent (over its link). */
+  linkBytes: number;
+  segmentsFromStore: number;
+  segments: number;
+  replyMatchesLocal: boolean;
+}
+
+function sampleOf(r: SynthesizeResult, local: Local): Sample {
+  const s = r.serverStats as { segmentsFromStore?: number };
+  let body: Record<string, unknown> = {};
+  try {
+    body = JSON.parse(r.firstResponse.body) as Record<string, unknown>;
+  } catch {
+    // not JSON: it cannot match
+  }
+  return {
+    acceptedMs: r.timeline.accepted,
+    resumedMs: r.timeline.resumed,
+    firstResponseMs: r.timeline.firstResponse!,
+    completeMs: r.timeline.overlayComplete,
+    linkBytes: r.sends.reduce((n, x) => n + x.bytes, 0),
+    segmentsFromStore: s.segmentsFromStore ?? 0,
+    segments: r.segments,
+    replyMatchesLocal:
+      r.firstResponse.status === 200 &&
+      body.memDigest === local.reply.memDigest &&
+      body.diskDigest === local.reply.diskDigest,
+  };
+}
+
+interface Cell {
+  samples: Sample[];
+  failures: string[];
+}
+
+function summarize(c: Cell) {
+  const xs = c.samples;
+  const fr = xs.map((s) => s.firstResponseMs);
+  const done = xs.map((s) => s.completeMs).filter((x): x is number => x !== null);
+  return {
+    n: xs.length,
+    failed: c.failures.length,
+    firstResponseMs: { p50: round(p50(fr)), p90: round(percentile(fr, 0.9)) },
+    acceptedMs: round(p50(xs.map((s) => s.acceptedMs).filter((x): x is number => x !== null))),
+    resumedMs: round(p50(xs.map((s) => s.resumedMs).filter((x): x is number => x !== null))),
+    completeMs: { p50: round(p50(done)), p90: round(percentile(done, 0.9)) },
+    linkBytes: p50(xs.map((s) => s.linkBytes)),
+    segmentsFromStore: p50(xs.map((s) => s.segmentsFromStore)),
+    segments: xs[0]?.segments ?? null,
+    repliesMatchingLocal: xs.filter((s) => s.replyMatchesLocal).length,
+  };
+}
+type Summary = ReturnType<typeof summarize>;
+
+const COLORS: Record<string, string> = { local: '#888888', cold: '#d62728', warm: '#2ca02c' };
+
+/** Bars of p50 first response per link: local resume, cold, warm. */
+function svgPlot(
+  title: string,
+  localP50: number,
+  perLink: { link: Link; summary: Record<Variant, Summary> }[],
+): string {
+  const bars = perLink.flatMap((p) => [
+    { group: p.link.name, name: 'cold', v: p.summary.cold.firstResponseMs.p50 ?? 0 },
+    { group: p.link.name, name: 'warm', v: p.summary.warm.firstResponseMs.p50 ?? 0 },
+  ]);
+  bars.push({ group: 'local', name: 'local', v: localP50 });
+  const w = 120 + bars.length * 70;
+  const h = 320;
+  const max = Math.max(...bars.map((b) => b.v), 1);
+  const step = niceStep(max);
+  const top = Math.ceil(max / step) * step;
+  const y = (v: number) => px(260 - (v / top) * 220);
+  const out = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" font-family="sans-serif" font-size="12">`,
+    `<text x="10" y="20" font-size="14">${esc(title)}</text>`,
+  ];
+  for (let v = 0; v <= top; v += step)
+    out.push(
+      `<line x1="60" x2="${w - 10}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/><text x="55" y="${y(v) + 4}" text-anchor="end">${v}</text>`,
+    );
+  out.push(`<text x="12" y="150" transform="rotate(-90 12 150)">first response p50, ms</text>`);
+  bars.forEach((b, i) => {
+    const x = 80 + i * 70;
+    out.push(
+      `<rect x="${x}" y="${y(b.v)}" width="50" height="${px(260 - y(b.v))}" fill="${COLORS[b.name]}"/>`,
+      `<text x="${x + 25}" y="${y(b.v) - 4}" text-anchor="middle">${Math.round(b.v)}</text>`,
+      `<text x="${x + 25}" y="278" text-anchor="middle">${esc(b.name)}</text>`,
+      `<text x="${x + 25}" y="294" text-anchor="middle" fill="#555">${esc(b.group === b.name ? '' : b.group)}</text>`,
+    );
+  });
+  out.push('</svg>');
+  return out.join('\n');
+}
+
+export async function benchStore(): Promise<void> {
+  const detach = attachLogger({ level: process.env.LOG_LEVEL ?? 'warn' });
+  const controller = new AbortController();
+  const signal = controller.signal;
+  const offSignals = onSignals(controller, NAMES.bench);
+  const scope = new Scope();
+  try {
+    const loadAtStart = os.loadavg().map((x) => +x.toFixed(2));
+    const runs = positiveEnv('BENCH_RUNS', 5);
+    const links = chosenLinks();
+    await checkLinkTools(NAMES);
+    await removeStale(NAMES);
+    const { accel } = await detectAccel();
+    const prepared = await prepare(signal, { profile: false });
+    const tmp = tmpDirFor(process.pid, NAMES);
+    await fsp.mkdir(tmp);
+    scope.defer(`remove ${tmp}`, () => fsp.rm(tmp, { recursive: true, force: true }));
+    const launch = await applyLocal(prepared, tmp, signal);
+    // One local resume first (its reply is what the sessions' replies must equal), then one per round.
+    const first = await resumeLocal(launch, signal);
+    const local: Local = { runs: [], reply: first.reply };
+
+    const n = netnsFor(process.pid, NAMES);
+    await createLinkPair(scope, n);
+    const server = await SynthServer.listen({
+      host: n.hostAddr,
+      port: 0,
+      trust: [prepared.key.pubFile],
+      verifyBases: true,
+      store: { dir: path.join(tmp, 'store'), maxBytes: 4 * 2 ** 30 },
+    });
+    scope.defer('close the synthesis server', () => server.close());
+    const store = server.store!;
+    const port = server.address().port;
+
+    const perLink: { link: Link; summary: Record<Variant, Summary>; cells: Record<Variant, Cell> }[] = [];
+    for (const link of links) {
+      await shape(n, link);
+      const cells: Record<Variant, Cell> = { cold: { samples: [], failures: [] }, warm: { samples: [], failures: [] } };
+      for (let i = 0; i < runs; i++) {
+        // The baseline in every round, beside the sessions, so it sees the same host.
+        const l = await resumeLocal(launch, signal);
+        local.runs.push({ resumeMs: l.resumeMs, firstResponseMs: l.firstResponseMs });
+        process.stderr.write(`${link.name} ${i + 1}/${runs} local resume: first response ${l.firstResponseMs} ms\n`);
+        await store.gc(0);
+        for (const v of VARIANTS) {
+          throwIfAborted(signal);
+          try {
+            const r = await runClient(
+              n.ns,
+              `${n.hostAddr}:${port}`,
+              prepared.overlay.dir,
+              'early-start',
+              { path: workPath(WORK) },
+              CLIENT_TIMEOUT_S,
+              signal,
+              v,
+            );
+            const s = sampleOf(r, local);
+            cells[v].samples.push(s);
+            process.stderr.write(
+              `${link.name} ${i + 1}/${runs} ${v}: first response ${s.firstResponseMs} ms, complete ${s.completeMs} ms, ${(s.linkBytes / MIB).toFixed(1)} MiB over the link, ${s.segmentsFromStore}/${s.segments} segments from the store${s.replyMatchesLocal ? '' : ', REPLY DIFFERS from the local VM'}\n`,
+            );
+          } catch (err) {
+            if (signal.aborted) throw abortReason(signal);
+            const message = err instanceof Error ? err.message : String(err);
+            cells[v].failures.push(message);
+            process.stderr.write(`${link.name} ${i + 1}/${runs} ${v}: FAILED: ${message}\n`);
+          }
+        }
+      }
+      perLink.push({ link, summary: { cold: summarize(cells.cold), warm: summarize(cells.warm) }, cells });
+    }
+
+    const localP50 = p50(local.runs.map((r) => r.firstResponseMs))!;
+    const ov = prepared.overlay;
+    const result = {
+      bench: 'store',
+      at: new Date().toISOString(),
+      accel,
+      cpus: os.cpus().length,
+      loadAtStart,
+      runs,
+      request: workPath(WORK),
+      overlay: { segmentsBytes: ov.segmentsBytes, manifestBytes: ov.manifestBytes, segments: ov.body.segments.length },
+      localResume: {
+        firstResponseMs: {
+          p50: round(localP50),
+          p90: round(
+            percentile(
+              local.runs.map((r) => r.firstResponseMs),
+              0.9,
+            ),
+          ),
+        },
+        runs: local.runs,
+      },
+      links: perLink.map((p) => ({
+        link: p.link,
+        summary: p.summary,
+        warmOverLocal:
+          p.summary.warm.firstResponseMs.p50 === null
+            ? null
+            : +(p.summary.warm.firstResponseMs.p50 / localP50).toFixed(3),
+        coldOverWarm:
+          p.summary.warm.firstResponseMs.p50 && p.summary.cold.firstResponseMs.p50
+            ? +(p.summary.cold.firstResponseMs.p50 / p.summary.warm.firstResponseMs.p50).toFixed(2)
+            : null,
+        samples: p.cells,
+      })),
+      storeStats: store.stats(),
+    };
+    const outDir = path.join(packageRoot(), 'bench', 'results');
+    await fsp.mkdir(outDir, { recursive: true });
+    const stamp = result.at.replace(/[:.]/g, '-');
+    const file = path.join(outDir, `store-${stamp}.json`);
+    const svg = path.join(outDir, `store-${stamp}.svg`);
+    await fsp.writeFile(file, JSON.stringify(result, null, 2) + '\n');
+    await fsp.writeFile(
+      svg,
+      svgPlot(
+        `store: cold vs warm first response, ${accel.toUpperCase()}, n=${runs}, overlay ${(ov.segmentsBytes / MIB).toFixed(1)} MiB`,
+        localP50,
+        perLink,
+      ),
+    );
+    console.log(
+      `store benchmark (${accel.toUpperCase()}, ${os.cpus().length} CPUs, ${runs} rounds per link, overlay ${(ov.segmentsBytes / MIB).toFixed(1)} MiB in ${ov.body.segments.length} segments)`,
+    );
+    console.log(`local resume of the launch VM (the baseline): first response p50 ${round(localP50)} ms`);
+    for (const l of result.links) {
+      console.log(`\n${l.link.name} (${l.link.rateMbit} Mbit/s)`);
+      for (const v of VARIANTS) {
+        const s = l.summary[v];
+        console.log(
+          `  ${v.padEnd(5)} first response p50 ${s.firstResponseMs.p50} ms (p90 ${s.firstResponseMs.p90}; accepted ${s.acceptedMs}, resumed ${s.resumedMs}), complete p50 ${s.completeMs.p50} ms, over the link ${((s.linkBytes ?? 0) / MIB).toFixed(2)} MiB, from the store ${s.segmentsFromStore}/${s.segments} segments, replies matching ${s.repliesMatchingLocal}/${s.n}${s.failed ? `, ${s.failed} FAILED` : ''}`,
+        );
+      }
+      console.log(`  warm / local resume: ${l.warmOverLocal}x (target ≤ 1.1); cold / warm: ${l.coldOverWarm}x`);
+    }
+    console.log(`\nresults: ${file}\nplot: ${svg}`);
+  } finally {
+    await scope.close();
+    offSignals();
+    detach();
+  }
+}
