@@ -17,6 +17,7 @@ import { registerErrorsCommand } from './errors-command.js';
 import { registerOverlayCommands } from './overlay-commands.js';
 import { registerServeCommands } from './serve-commands.js';
 import { registerStoreCommands } from './store-commands.js';
+import { registerTransferCommands } from './transfer-commands.js';
 import { registerSynthCommands } from './synth-commands.js';
 import { exportPaths, resolveConfig } from '../core/config.js';
 import { bytes, ms, table } from './format.js';
@@ -339,6 +340,7 @@ Environment:
   registerSynthCommands(program);
   registerServeCommands(program);
   registerStoreCommands(program);
+  registerTransferCommands(program);
   registerErrorsCommand(program);
 
   program

@@ -82,6 +82,10 @@ export function registerSynthCommands(program: Command): void {
     )
     .requiredOption('--server <host:port>', 'synthesis server')
     .requiredOption('--overlay <dir>', 'overlay directory')
+    .option(
+      '--overlay-url <s3url>',
+      'the same overlay in an object store (s3://bucket/prefix, from `vmsynth overlay push`): the server fetches segments from there over its own link, and asks this client only for what it cannot get',
+    )
     .option('--policy <p>', `${POLICIES.join(' | ')}`, parsePolicy, 'early-start' as Policy)
     .option('--path <path>', 'path of the first offload request', '/run')
     .option('--request <file>', 'body of the first offload request (sent as POST unless --method says otherwise)')
@@ -104,6 +108,7 @@ export function registerSynthCommands(program: Command): void {
       async (o: {
         server: string;
         overlay: string;
+        overlayUrl?: string;
         policy: Policy;
         path: string;
         request?: string;
@@ -148,6 +153,7 @@ export function registerSynthCommands(program: Command): void {
             const r = await synthesize({
               server: o.server,
               overlay: o.overlay,
+              ...(o.overlayUrl ? { overlayUrl: o.overlayUrl } : {}),
               policy: o.policy,
               request,
               token: o.token ?? process.env.VMSYNTH_TOKEN,

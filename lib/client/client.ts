@@ -70,6 +70,7 @@ export async function synthesize(opts: SynthesizeOptions): Promise<SynthesizeRes
     const s = await ClientSession.open({
       server: opts.server,
       overlay: opts.overlay,
+      ...(opts.overlayUrl ? { overlayUrl: opts.overlayUrl } : {}),
       policy,
       token: opts.token,
       tls: opts.tls,

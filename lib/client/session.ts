@@ -19,19 +19,13 @@ import { VMSYNTH_VERSION } from '../core/version.js';
 import { MANIFEST_FILE, SEGMENTS_FILE } from '../overlay/format.js';
 import { Overlay } from '../overlay/reader.js';
 import { FramedSocket } from '../protocol/framed-socket.js';
-import { FRAME_CAPS, parseServerMessage, PROTOCOL, type Policy, type ServerMessage } from '../protocol/messages.js';
+import { FRAME_CAPS, parseServerMessage, PROTOCOL, sessionHeader } from '../protocol/messages.js';
+import type { Policy, ServerMessage } from '../protocol/messages.js';
 import { reconnectWithin } from './reconnect.js';
 import { connect, parseServer, serverError } from './connect.js';
 import { SendLanes } from './lanes.js';
-import type { ClientEvent, LoggedOffload, OffloadReply, OffloadRequest, Reconnect, SessionOptions } from './types.js';
-
-interface Pending {
-  req: OffloadRequest;
-  resolve(r: OffloadReply): void;
-  reject(e: Error): void;
-}
-
-type State = 'connecting' | 'open' | 'finishing' | 'done';
+import type { ClientEvent, LoggedOffload, OffloadReply, OffloadRequest, Reconnect } from './types.js';
+import type { PendingOffload as Pending, SessionOptions, SessionState as State } from './types.js';
 
 /** How long one reconnect attempt may take to connect (the first connection gets 10 s). */
 const RECONNECT_CONNECT_MS = 2000;
@@ -179,7 +173,7 @@ export class ClientSession {
         this.graceMs = m.graceMs;
         io.setMaxFrameBytes(FRAME_CAPS.session);
         if (resume) io.send({ type: 'resume', session: this.id, secret: this.secret! });
-        else io.send({ type: 'session', policy: this.policy }, this.manifest);
+        else io.send(sessionHeader(this.policy, this.opts.overlayUrl), this.manifest);
         return;
       case 'accepted':
         this.id = m.session;

@@ -39,6 +39,8 @@ export interface SessionOptions {
   server: string | { host: string; port: number };
   /** Overlay directory (overlay.manifest + overlay.segments). */
   overlay: string;
+  /** Where the server may fetch the overlay's segments itself (s3://bucket/prefix, from `vmsynth overlay push`); the client sends what it cannot. */
+  overlayUrl?: string;
   policy?: Policy;
   token?: string;
   /** TCP or TLS, as SynthesizeOptions.tls. */
@@ -60,6 +62,8 @@ export interface SynthesizeOptions {
   server: string | { host: string; port: number };
   /** Overlay directory (overlay.manifest + overlay.segments). */
   overlay: string;
+  /** Where the server may fetch the overlay's segments itself (s3://bucket/prefix, from `vmsynth overlay push`); the client sends what it cannot. */
+  overlayUrl?: string;
   policy?: Policy;
   /** The first offload request (default GET /run). */
   request?: OffloadRequest;
@@ -169,3 +173,13 @@ export interface SynthesizeResult {
   /** The server's own account of the session (its clock starts at the manifest). */
   serverStats: Record<string, unknown>;
 }
+
+/** An offload request sent and not yet answered, with what settles it. */
+export interface PendingOffload {
+  req: OffloadRequest;
+  resolve(r: OffloadReply): void;
+  reject(e: Error): void;
+}
+
+/** Where a client session is: connecting (or reconnecting), open, finishing, done. */
+export type SessionState = 'connecting' | 'open' | 'finishing' | 'done';

@@ -9,6 +9,8 @@ import {
   absPath,
   address,
   bool,
+  optUrl,
+  s3Urls,
   clients,
   int,
   list,
@@ -36,6 +38,15 @@ export interface Config {
   storeMaxMib: number;
   /** Whether segments received from clients enter the store. */
   storeReceived: boolean;
+  /** An S3-compatible endpoint (MinIO, Ceph RGW); null: AWS S3. */
+  s3Endpoint: string | null;
+  /** null: the SDK's (AWS_REGION, ~/.aws/config), else us-east-1. */
+  s3Region: string | null;
+  /** Object store locations clients may name their overlay by (s3://bucket/prefix); empty: none. */
+  s3Sources: string[];
+  s3TimeoutS: number;
+  /** Ranged GETs at once per session. */
+  s3Parallel: number;
   libvirtUri: string;
   /** Public key files trusted besides `keyDir`/trusted. */
   trust: string[];
@@ -148,6 +159,41 @@ export const KEYS = [
     doc: 'whether segments received from clients enter the store (true | false)',
     default: true,
     parse: bool,
+  }),
+  spec({
+    key: 's3Endpoint',
+    env: ['VMSYNTH_S3_ENDPOINT'],
+    doc: 'S3-compatible object store endpoint (http[s]://host:port, for MinIO or Ceph RGW); off: AWS S3',
+    default: null,
+    parse: optUrl,
+  }),
+  spec({
+    key: 's3Region',
+    env: ['VMSYNTH_S3_REGION'],
+    doc: "object store region (default: the AWS SDK's, from AWS_REGION or ~/.aws/config, else us-east-1)",
+    default: null,
+    parse: (k) => (v, from) => (v === null || v === '' ? null : str(k)(v, from)),
+  }),
+  spec({
+    key: 's3Sources',
+    env: ['VMSYNTH_S3_SOURCES'],
+    doc: 'object store locations clients may name their overlay by, s3://BUCKET[/PREFIX] (env: separated by "," or spaces); none: clients send every segment',
+    default: [],
+    parse: s3Urls,
+  }),
+  spec({
+    key: 's3TimeoutS',
+    env: ['VMSYNTH_S3_TIMEOUT_S'],
+    doc: 'seconds an object store request may take before the session falls back to its client',
+    default: 10,
+    parse: (k) => int(1, 600)(k),
+  }),
+  spec({
+    key: 's3Parallel',
+    env: ['VMSYNTH_S3_PARALLEL'],
+    doc: 'ranged GETs at once per session from the object store',
+    default: 4,
+    parse: (k) => int(1, 64)(k),
   }),
   spec({
     key: 'libvirtUri',

@@ -110,6 +110,33 @@ export const address =
     return a;
   };
 
+/** A list of s3:// URLs (env: separated by "," or spaces). */
+export const s3Urls =
+  (key: string) =>
+  (v: Raw, from: Source): string[] => {
+    const items = typeof v === 'string' ? v.split(/[,\s]+/).filter(Boolean) : v;
+    const ok = (s: unknown) => typeof s === 'string' && /^s3:\/\/[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](\/.*)?$/.test(s);
+    if (!Array.isArray(items) || !items.every(ok))
+      fail(key, from, `must be a list of s3://BUCKET[/PREFIX] URLs, got ${JSON.stringify(v)}`, {
+        reason: 'invalid',
+        expected: 's3 urls',
+      });
+    return (items as string[]).map((s) => s.replace(/\/+$/, ''));
+  };
+
+/** An http(s) URL, or null ("" or "off"). */
+export const optUrl =
+  (key: string) =>
+  (v: Raw, from: Source): string | null => {
+    if (v === null || v === '' || v === 'off') return null;
+    if (typeof v !== 'string' || !/^https?:\/\/[^\s/]+/.test(v))
+      fail(key, from, `must be an http:// or https:// URL, got ${JSON.stringify(v)}`, {
+        reason: 'invalid',
+        expected: 'url',
+      });
+    return v;
+  };
+
 export const list =
   (key: string) =>
   (v: Raw, from: Source): string[] => {

@@ -66,6 +66,8 @@ export const channels = {
   storeEvicted: diagnostics.channel('vmsynth:store:evicted'),
   /** { sha256, reason } — a store entry failed its check (or its file was gone) and was dropped. */
   storeDropped: diagnostics.channel('vmsynth:store:dropped'),
+  /** { session, url, segment, reason, error } — a session's object store failed (reason: not-found, denied, timeout, unreachable, corrupt, error); the client's connection serves the rest. */
+  objectStoreFallback: diagnostics.channel('vmsynth:store:object-fallback'),
   /** { what, error } — a cleanup step failed (it is logged, never thrown). */
   cleanupFailed: diagnostics.channel('vmsynth:cleanup:failed'),
 } as const;

@@ -165,6 +165,10 @@ export const ERRORS = {
     exit: 66,
     hint: 'No overlay in the store matches; `vmsynth store ls` lists them (an id prefix of 8 or more hex digits is enough).',
   },
+  VMS_OBJECT_STORE: {
+    exit: 69,
+    hint: 'The object store did not serve the request: check the s3:// URL, the endpoint (s3Endpoint), the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE / ~/.aws) and that the bucket allows this; details.reason says which failed (not-found, denied, timeout, unreachable).',
+  },
   VMS_INTERRUPTED: { exit: 130, hint: 'Interrupted by a signal; everything the command had started was cleaned up.' },
   VMS_INTERNAL: { exit: 70, hint: 'This is a bug in vmsynth; please report it with the log.' },
 } as const satisfies Record<string, ErrorSpec>;

@@ -43,6 +43,7 @@ const EVENT_LEVEL: Record<ChannelName, Level> = {
   storeAdded: 'debug',
   storeEvicted: 'debug',
   storeDropped: 'warn',
+  objectStoreFallback: 'warn',
 };
 
 /** An event's level; a few depend on what the event says. */

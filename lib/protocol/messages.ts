@@ -33,7 +33,7 @@ export const FRAME_CAPS = {
 
 export type ClientMessage =
   | { type: 'hello'; protocol: string; client: string; token?: string }
-  | { type: 'session'; policy: Policy; manifest: Buffer }
+  | { type: 'session'; policy: Policy; manifest: Buffer; overlayUrl?: string }
   | { type: 'resume'; session: string; secret: Buffer }
   | { type: 'segment'; index: number; data: Buffer; offset?: number }
   | { type: 'offload'; id: number; method: string; path: string; body: Buffer }
@@ -67,6 +67,14 @@ export type ServerMessage =
   | { type: 'ping' }
   | { type: 'finished'; stats: Record<string, unknown> }
   | { type: 'error'; code: string; message: string; fatal: boolean; id?: number };
+
+/** The header of a `session` message (its payload is the manifest); `overlayUrl` only when there is one. */
+export function sessionHeader(
+  policy: Policy,
+  overlayUrl?: string,
+): { type: 'session'; policy: Policy; overlayUrl?: string } {
+  return { type: 'session', policy, ...(overlayUrl ? { overlayUrl } : {}) };
+}
 
 function bad(message: string, details: Record<string, unknown> = {}): VmsynthError {
   return new VmsynthError('VMS_PROTOCOL', message, { details });
@@ -111,8 +119,13 @@ export function parseClientMessage(f: Frame): ClientMessage {
       };
     }
     case 'session': {
-      const h = fields(f, { policy }, {}, 'required');
-      return { type: 'session', policy: h.policy as Policy, manifest: f.payload };
+      const h = fields(f, { policy }, { overlayUrl: str }, 'required');
+      return {
+        type: 'session',
+        policy: h.policy as Policy,
+        manifest: f.payload,
+        ...(h.overlayUrl !== undefined ? { overlayUrl: h.overlayUrl as string } : {}),
+      };
     }
     case 'resume': {
       const h = fields(f, { session: str, secret });

@@ -209,7 +209,13 @@ export class Connection implements Attachment {
       maxOffloads: this.ctx.maxOffloads,
       onEnded: (s, error) => this.ctx.sessions.remove(s, error),
     });
-    const handle = await this.ctx.startSession({ overlay, base, policy: m.policy, events: served.events });
+    const handle = await this.ctx.startSession({
+      overlay,
+      base,
+      policy: m.policy,
+      events: served.events,
+      ...(m.overlayUrl !== undefined ? { overlayUrl: m.overlayUrl } : {}),
+    });
     if (this.stage !== 'starting') {
       await handle.close(); // the connection ended while the session was being set up
       return;

@@ -18,6 +18,8 @@ export type { SessionHandle } from './session-handle.js';
 export interface SessionRequest extends Admitted {
   policy: Policy;
   events: SynthEvents;
+  /** Where the client says the server may fetch the overlay's segments (s3://...). */
+  overlayUrl?: string;
 }
 
 export interface ServerContext {

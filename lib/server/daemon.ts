@@ -53,6 +53,17 @@ export async function startDaemon(cfg: Config, opts: { verifyBases?: boolean } =
       maxOffloadsInFlight: cfg.maxOffloadsInFlight,
       preSessionMemoryBytes: cfg.preSessionMemoryMib * 2 ** 20,
       verifyBases: opts.verifyBases ?? true,
+      ...(cfg.s3Sources.length
+        ? {
+            objects: {
+              endpoint: cfg.s3Endpoint,
+              ...(cfg.s3Region ? { region: cfg.s3Region } : {}),
+              timeoutMs: cfg.s3TimeoutS * 1000,
+              sources: cfg.s3Sources,
+              parallel: cfg.s3Parallel,
+            },
+          }
+        : {}),
       ...(cfg.storeMaxMib > 0
         ? { store: { dir: cfg.storeDir, maxBytes: cfg.storeMaxMib * 2 ** 20, admitReceived: cfg.storeReceived } }
         : {}),

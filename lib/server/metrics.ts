@@ -119,6 +119,17 @@ export class ServerMetrics {
       labelNames: ['reason'],
       registers: r,
     });
+    const objectBytes = new client.Counter({
+      name: 'vmsynth_object_store_bytes_total',
+      help: 'Segment bytes fetched from an object store the client named, over the server link, and applied',
+      registers: r,
+    });
+    const objectFallbacks = new client.Counter({
+      name: 'vmsynth_object_store_fallbacks_total',
+      help: 'Sessions whose object store failed or was refused, by reason; their client sent the rest',
+      labelNames: ['reason'],
+      registers: r,
+    });
     active.set(0);
     badBases.set(0);
     storeHitRatio.set(NaN);
@@ -143,6 +154,7 @@ export class ServerMetrics {
     on('readUnblocked', (m) => blocked.observe(Number(m.ms) / 1000));
     on('segmentApplied', (m) => {
       if (m.from === 'store') return; // counted as bytes saved
+      if (m.from === 'object') return void objectBytes.inc(Number(m.bytes));
       segmentBytes.inc({ lane: String(m.lane) }, Number(m.bytes));
       segments.inc({ lane: String(m.lane) });
     });
@@ -162,6 +174,7 @@ export class ServerMetrics {
     on('storeAdded', (m) => storeAdded.inc(Number(m.bytes)));
     on('storeEvicted', () => storeEvictions.inc());
     on('storeDropped', (m) => storeDropped.inc({ reason: String(m.reason) }));
+    on('objectStoreFallback', (m) => objectFallbacks.inc({ reason: String(m.reason) }));
     on('baseChecked', (m) => {
       if (m.ok === false) badBases.inc();
     });

@@ -18,6 +18,9 @@ import { VmsynthError } from '../core/errors.js';
 import { VMSYNTH_VERSION } from '../core/version.js';
 import { checkFuseDevice } from '../fs/fuse-images.js';
 import { trustedKeys } from '../overlay/keys.js';
+import type { Overlay } from '../overlay/reader.js';
+import { ObjectSource } from '../store/object-source.js';
+import { ObjectStore, parseS3Url, s3Url, type ObjectStoreOptions } from '../store/object-store.js';
 import { SegmentStore } from '../store/segment-store.js';
 import { SessionSource } from '../store/session-source.js';
 import { SynthSession } from '../synth/session.js';
@@ -74,6 +77,8 @@ export interface ServeOptions {
   fuseDevice?: string;
   /** The cloudlet store (warm starts); none: every segment comes from the client. */
   store?: { dir: string; maxBytes: number; admitReceived?: boolean };
+  /** The object store sessions may fetch their overlay from, when the client names it by a URL under `sources`. */
+  objects?: ObjectStoreOptions & { sources: string[]; parallel?: number };
 }
 
 /** Hashes each base once per server (keyed by directory and capture time): later checks share the first. */
@@ -132,6 +137,7 @@ export class SynthServer {
     trusted: Map<string, Buffer>,
     /** The cloudlet store, when configured. */
     readonly store: SegmentStore | null,
+    private readonly objects: ObjectStore | null,
   ) {
     this.rate = new RateLimiter(opts.connectionsPerMinute ?? DEFAULTS.connectionsPerMinute);
     // An ended session's fate is remembered for a grace period after it could have been resumed.
@@ -165,9 +171,11 @@ export class SynthServer {
       admit: (client, manifest) => admission.admit(client, manifest),
       startSession: async (req) => {
         // The session leases its overlay in the store from here on; a session that fails to start releases it.
+        const holder = randomUUID();
         const source = store
-          ? new SessionSource(store, req.overlay, randomUUID(), { admitReceived: opts.store?.admitReceived ?? true })
+          ? new SessionSource(store, req.overlay, holder, { admitReceived: opts.store?.admitReceived ?? true })
           : undefined;
+        const fetcher = req.overlayUrl ? this.objectSource(req.overlayUrl, req.overlay, holder) : undefined;
         try {
           return await SynthSession.start({
             ...req,
@@ -176,8 +184,10 @@ export class SynthServer {
             maxInFlightBytes: opts.maxInFlightBytes,
             fuseDevice: opts.fuseDevice,
             ...(source ? { store: source } : {}),
+            ...(fetcher ? { objects: fetcher } : {}),
           });
         } catch (err) {
+          fetcher?.close();
           await source?.close();
           throw err;
         }
@@ -203,13 +213,14 @@ export class SynthServer {
     await checkFuseDevice(opts.fuseDevice);
     const lv = await Libvirt.connect();
     let store: SegmentStore | null = null;
+    const objects = opts.objects ? new ObjectStore(opts.objects) : null;
     try {
       await cleanStale(lv);
       if (opts.store) store = await SegmentStore.open(opts.store);
       const server = opts.tls
         ? tls.createServer({ cert: opts.tls.cert, key: opts.tls.key, minVersion: 'TLSv1.2' })
         : net.createServer();
-      const s = new SynthServer(server, lv, opts, await trustedKeys(opts.trust ?? []), store);
+      const s = new SynthServer(server, lv, opts, await trustedKeys(opts.trust ?? []), store, objects);
       if (opts.verifyBases) await checkAllBases(s.checkBase);
       server.on(opts.tls ? 'secureConnection' : 'connection', (socket: net.Socket) => s.accept(socket));
       if (opts.tls)
@@ -240,9 +251,26 @@ export class SynthServer {
       return s;
     } catch (err) {
       store?.close();
+      objects?.close();
       await lv.close();
       throw err;
     }
+  }
+
+  /** The object source for a URL a client named, or none (not configured, or not under `sources`: said in the log). */
+  private objectSource(url: string, overlay: Overlay, session: string): ObjectSource | undefined {
+    const allowed = this.opts.objects?.sources ?? [];
+    let reason = this.objects ? 'not-allowed' : 'not-configured';
+    try {
+      const loc = parseS3Url(url);
+      const normal = s3Url(loc);
+      if (this.objects && allowed.some((a) => normal === a || normal.startsWith(`${a}/`)))
+        return new ObjectSource(this.objects, loc, overlay, session, this.opts.objects?.parallel ?? 4);
+    } catch {
+      reason = 'bad-url';
+    }
+    publish('objectStoreFallback', { session, url: url.slice(0, 200), segment: null, reason });
+    return undefined;
   }
 
   address(): { host: string; port: number } {
@@ -307,6 +335,7 @@ export class SynthServer {
       ]);
       await stopped;
       this.store?.close();
+      this.objects?.close();
       await this.lv.close();
     })();
     return this.closing;

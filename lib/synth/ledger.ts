@@ -20,6 +20,9 @@ export interface SynthStats {
   /** Segments and bytes taken from the cloudlet store instead. */
   segmentsFromStore: number;
   bytesFromStore: number;
+  /** Segments and bytes fetched from the object store the client named, over the server's link. */
+  segmentsFromObjects: number;
+  bytesFromObjects: number;
   overlayBytes: number;
   /** Segments asked for on the demand lane. */
   demandFetches: number;
@@ -44,6 +47,8 @@ export class SessionLedger {
   bytesReceived = 0;
   segmentsFromStore = 0;
   bytesFromStore = 0;
+  segmentsFromObjects = 0;
+  bytesFromObjects = 0;
   demandFetches = 0;
   retries = 0;
   resumedMs: number | null = null;
@@ -71,7 +76,7 @@ export class SessionLedger {
   }
 
   /** Segment `index` arrived with `bytes` bytes (from the client, or read from the store) and waits to be applied. */
-  received(index: number, bytes: number, from: 'client' | 'store' = 'client'): void {
+  received(index: number, bytes: number, from: 'client' | 'store' | 'object' = 'client'): void {
     if (from === 'client') {
       this.segmentsReceived++;
       this.bytesReceived += bytes;
@@ -79,10 +84,15 @@ export class SessionLedger {
     this.applying.add(index);
   }
 
-  /** A segment read from the store checked out and was applied (one that failed is not counted: the client sends it). */
-  fromStore(bytes: number): void {
-    this.segmentsFromStore++;
-    this.bytesFromStore += bytes;
+  /** A segment from the store or the object store checked out and was applied (one that failed is not counted: the client sends it). */
+  fromSource(from: 'store' | 'object', bytes: number): void {
+    if (from === 'store') {
+      this.segmentsFromStore++;
+      this.bytesFromStore += bytes;
+    } else {
+      this.segmentsFromObjects++;
+      this.bytesFromObjects += bytes;
+    }
   }
 
   /** Segment `index` is applied, or failed: it no longer waits. */
@@ -140,6 +150,8 @@ export class SessionLedger {
       bytesReceived: this.bytesReceived,
       segmentsFromStore: this.segmentsFromStore,
       bytesFromStore: this.bytesFromStore,
+      segmentsFromObjects: this.segmentsFromObjects,
+      bytesFromObjects: this.bytesFromObjects,
       overlayBytes: this.overlayBytes,
       demandFetches: this.demandFetches,
       outOfOrder: live.outOfOrder,

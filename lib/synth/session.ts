@@ -22,6 +22,7 @@ import { asVmsynthError, VmsynthError } from '../core/errors.js';
 import { Scope } from '../core/scope.js';
 import type { Overlay } from '../overlay/reader.js';
 import type { Policy } from '../protocol/messages.js';
+import type { ObjectSource } from '../store/object-source.js';
 import type { SessionSource } from '../store/session-source.js';
 import { SegmentScheduler } from '../stream/scheduler.js';
 import type { Base } from '../vm/base.js';
@@ -33,6 +34,7 @@ import { RunDir } from '../vm/run-dir.js';
 import { LaunchImages } from './launch-images.js';
 import { describeHeld, SessionLedger, unexpectedSegment, type SynthStats } from './ledger.js';
 import { Priority } from './segment-pipeline.js';
+import { SegmentSources, type SegmentOrigin } from './segment-sources.js';
 
 export type { SynthStats } from './ledger.js';
 
@@ -62,6 +64,8 @@ export interface SynthOptions {
   fuseDevice?: string;
   /** The cloudlet store, as this session sees it: segments it holds are taken from it, not asked of the client. */
   store?: SessionSource;
+  /** The object store the client named the overlay by: segments the store lacks are fetched from it first. */
+  objects?: ObjectSource;
 }
 
 export class SynthSession {
@@ -78,8 +82,8 @@ export class SynthSession {
   private failedWith: VmsynthError | null = null;
   /** Wakes offload requests that came before the VM ran: when it runs, or when the session fails or closes. */
   private readonly vmChanged = new EventTarget();
-  /** Segments being read from the store (asked for, not yet applying). */
-  private readonly fromStore = new Set<number>();
+  /** The store and the object store, before the client. */
+  private readonly sources: SegmentSources;
 
   private constructor(
     private readonly opts: SynthOptions,
@@ -94,6 +98,11 @@ export class SynthSession {
       background: opts.policy !== 'demand-only',
     });
     this.ledger = new SessionLedger(opts.policy, body.segments.length, opts.overlay.segmentsBytes);
+    const wanted = (index: number) => !this.failedWith && !this.closing && this.scheduler.isRequested(index);
+    this.sources = new SegmentSources(opts.store, opts.objects, {
+      got: (index, data, from) => wanted(index) && this.apply(index, data, from),
+      lost: (index) => wanted(index) && this.ask(this.scheduler.isDemanded(index) ? 'demand' : 'background', [index]),
+    });
   }
 
   /** Sets up the session's files and pipeline; run() then starts it. */
@@ -107,10 +116,7 @@ export class SynthSession {
       throw err;
     }
     s.scope.defer('remove the run directory', () => scope.close());
-    if (opts.store) {
-      const store = opts.store;
-      s.scope.defer('release the store', () => store.close());
-    }
+    s.scope.defer('stop the segment sources', () => s.sources.close());
     try {
       s.launch = await LaunchImages.create(
         {
@@ -137,34 +143,20 @@ export class SynthSession {
     else if (this.scheduler.done) this.onComplete();
   }
 
-  /** Takes every segment the scheduler allows now from the store, or asks the client for it (grouped by lane). */
+  /** Takes every segment the scheduler allows now from a source, or asks the client for it (grouped by lane). */
   private pump(): void {
     if (this.failedWith || this.closing) return;
     const ask = { demand: [] as number[], background: [] as number[] };
-    for (const r of this.scheduler.drain()) {
-      if (this.opts.store?.has(r.index)) this.takeFromStore(r.index);
-      else ask[r.lane].push(r.index);
-    }
+    for (const r of this.scheduler.drain())
+      if (!this.sources.take(r.index, r.lane === 'demand')) ask[r.lane].push(r.index);
     this.ask('demand', ask.demand);
     this.ask('background', ask.background);
   }
 
   private ask(lane: 'demand' | 'background', segments: number[]): void {
     if (segments.length === 0) return;
-    this.opts.store?.miss(segments);
+    this.sources.asked(segments);
     this.opts.events.want(lane, segments);
-  }
-
-  /** Applies a segment the store holds; asks the client when the store no longer has it. */
-  private takeFromStore(index: number): void {
-    const store = this.opts.store!;
-    this.fromStore.add(index);
-    void store.take(index).then((data) => {
-      this.fromStore.delete(index);
-      if (this.failedWith || this.closing || !this.scheduler.isRequested(index)) return;
-      if (data) this.apply(index, data, 'store');
-      else this.ask(this.scheduler.isDemanded(index) ? 'demand' : 'background', [index]);
-    });
   }
 
   private onDemand(segment: number): void {
@@ -177,7 +169,7 @@ export class SynthSession {
       if (this.scheduler.outOfOrder > before) {
         publish('demandFetch', { session: this.id, segment, outOfOrder: true });
         // Asked for in the background: it may still wait in the client's queue behind other background segments.
-        if (!this.ledger.isApplying(segment)) this.opts.events.hurry([segment]);
+        if (!this.ledger.isApplying(segment) && !this.sources.promote(segment)) this.opts.events.hurry([segment]);
       }
       this.launch.promote(segment);
     }
@@ -186,31 +178,28 @@ export class SynthSession {
   /** A segment arrived from the client. */
   receive(index: number, data: Buffer): void {
     if (this.failedWith || this.closing) return;
-    // The message parser guarantees an unsigned integer. A segment a store read has in hand is not asked of the client.
-    const asked = index < this.scheduler.total && this.scheduler.isRequested(index) && !this.fromStore.has(index);
+    // The message parser guarantees an unsigned integer. A segment a source is fetching was not asked of the client.
+    const asked = index < this.scheduler.total && this.scheduler.isRequested(index) && !this.sources.isFetching(index);
     const refused = unexpectedSegment(index, asked, this.ledger.isApplying(index));
     if (refused) this.fail(refused);
     else this.apply(index, data, 'client');
   }
 
-  /** Verifies, decompresses and applies a segment from the client or the store (the pipeline checks both alike). */
-  private apply(index: number, data: Buffer, from: 'client' | 'store'): void {
+  /** Verifies, decompresses and applies a segment from any source (the pipeline checks them all alike). */
+  private apply(index: number, data: Buffer, from: SegmentOrigin): void {
     const bytes = data.length;
     this.ledger.received(index, bytes, from);
     const lane = this.scheduler.isDemanded(index) ? 'demand' : 'background';
-    const store = this.opts.store;
     // The pipeline hands the bytes to a worker thread (transferred): the store keeps its own copy.
-    const keep = from === 'client' && store ? Buffer.from(data) : null;
+    const keep = from !== 'store' && this.sources.keeps ? Buffer.from(data) : null;
     this.launch
       .apply(index, data, lane === 'demand' ? Priority.DEMAND : Priority.BACKGROUND)
       .finally(() => this.ledger.settled(index))
       .then(
         () => {
           publish('segmentApplied', { session: this.id, index, bytes, lane, from });
-          if (from === 'store') {
-            this.ledger.fromStore(bytes);
-            store?.hit(index, bytes);
-          } else if (keep) store?.admit(index, keep);
+          if (from !== 'client') this.ledger.fromSource(from, bytes);
+          this.sources.applied(index, bytes, from, keep);
           this.scheduler.received(index);
           // A session that failed or is closing goes no further: a baseline session whose last
           // segment landed during its close started its VM after the teardown, and leaked it.
@@ -220,10 +209,10 @@ export class SynthSession {
         },
         (err: unknown) => {
           const e = asVmsynthError(err);
-          if (from === 'store' && e.code === 'VMS_OVERLAY_CORRUPT' && !this.closing && !this.failedWith) {
-            // A stored copy that fails its check is dropped, never used: the client sends it instead.
-            publish('progress', { step: `session ${this.id}: stored segment ${index} failed its check; dropped` });
-            void store!.reject(index).finally(() => {
+          if (from !== 'client' && e.code === 'VMS_OVERLAY_CORRUPT' && !this.closing && !this.failedWith) {
+            // A stored or fetched copy that fails its check is never used: the client sends it instead.
+            publish('progress', { step: `session ${this.id}: segment ${index} from the ${from} failed its check` });
+            void this.sources.rejected(index, from, e).finally(() => {
               this.scheduler.retry(index);
               this.pump();
             });
@@ -346,7 +335,7 @@ export class SynthSession {
     const out = { demand: [] as number[], background: [] as number[] };
     if (this.failedWith || this.closing) return out;
     for (const r of this.scheduler.requested())
-      if (!this.ledger.isApplying(r.index) && !this.fromStore.has(r.index)) out[r.lane].push(r.index);
+      if (!this.ledger.isApplying(r.index) && !this.sources.isFetching(r.index)) out[r.lane].push(r.index);
     return out;
   }
 

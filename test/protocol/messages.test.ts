@@ -13,6 +13,11 @@ t.test('client messages: accepted shapes', async (t) => {
   });
   const s = parseClientMessage(frame({ type: 'session', policy: 'baseline' }, Buffer.from('manifest')));
   t.same(s.type === 'session' && [s.policy, s.manifest.toString()], ['baseline', 'manifest']);
+  t.notOk('overlayUrl' in s, 'no overlayUrl unless sent');
+  const named = parseClientMessage(
+    frame({ type: 'session', policy: 'early-start', overlayUrl: 's3://b/apps/x' }, Buffer.from('m')),
+  );
+  t.equal(named.type === 'session' && named.overlayUrl, 's3://b/apps/x');
   const seg = parseClientMessage(frame({ type: 'segment', index: 3 }, Buffer.from([1, 2])));
   t.same(seg.type === 'segment' && [seg.index, [...seg.data]], [3, [1, 2]]);
   t.same(parseClientMessage(frame({ type: 'offload', id: 1, method: 'GET', path: '/run' })).type, 'offload');
@@ -27,6 +32,7 @@ t.test('client messages: refused shapes are VMS_PROTOCOL', async (t) => {
   refuse({ type: 'hello', protocol: 1, client: 'x' });
   refuse({ type: 'session', policy: 'fastest' }, Buffer.from('m'));
   refuse({ type: 'session', policy: 'baseline' }); // no manifest
+  refuse({ type: 'session', policy: 'baseline', overlayUrl: 42 }, Buffer.from('m'));
   refuse({ type: 'segment', index: -1 }, Buffer.from('x'));
   refuse({ type: 'segment', index: 1.5 }, Buffer.from('x'));
   refuse({ type: 'offload', id: 1, method: 'DELETE', path: '/' });

@@ -137,7 +137,10 @@ t.test("stats() assembles the ledger's counts with the live numbers", async (t) 
   l.received(1, 500);
   l.received(2, 700, 'store'); // read from the store: not received over the link...
   l.settled(2);
-  l.fromStore(700); // ...counted once it checked out
+  l.fromSource('store', 700); // ...counted once it checked out
+  l.received(4, 300, 'object');
+  l.settled(4);
+  l.fromSource('object', 300);
   l.received(3, 900, 'store');
   l.settled(3); // failed its check: not counted
   clock.advance(400);
@@ -151,6 +154,8 @@ t.test("stats() assembles the ledger's counts with the live numbers", async (t) 
     bytesReceived: 1_500,
     segmentsFromStore: 1,
     bytesFromStore: 700,
+    segmentsFromObjects: 1,
+    bytesFromObjects: 300,
     overlayBytes: 123_456,
     demandFetches: 2,
     outOfOrder: 4,
