@@ -8,7 +8,11 @@
  * (bench/lib/demo-overlay.ts, shared cache). Each round, per link:
  *   cold  the store is emptied (gc to 0 bytes), then an early-start session:
  *         every segment crosses the client's link and enters the store;
- *   warm  the same overlay again: every segment comes from the store.
+ *   warm  the same overlay again: every segment comes from the store;
+ *   s3    the store emptied again, and the client names the overlay by URL:
+ *         the server fetches every segment from an object store (s3rver on
+ *         the host's loopback, standing for a backhaul faster than the
+ *         client's link) with ranged GETs, and the client sends none.
  * The baseline, measured in the same run: the launch VM applied locally and
  * resumed once in every round (beside the sessions, so it sees the same
  * host), the cost of a first response with nothing to fetch. Target: warm first response p50 ≤ 1.1 × the local resume's p50.
@@ -28,7 +32,9 @@ import type { SynthesizeResult } from '../lib/client/client.js';
 import { attachLogger } from '../lib/core/log.js';
 import { packageRoot } from '../lib/core/paths.js';
 import { abortReason, Scope, throwIfAborted } from '../lib/core/scope.js';
+import { pushOverlay } from '../lib/offline/transfer.js';
 import { SynthServer } from '../lib/server/server.js';
+import { ObjectStore } from '../lib/store/object-store.js';
 import { detectAccel } from '../lib/vm/accel.js';
 import { workPath } from '../lib/vm/guest-app.js';
 import { runClient } from './lib/client-run.js';
@@ -43,6 +49,7 @@ import {
   type Link,
   type LinkNames,
 } from './lib/link.js';
+import { BENCH_S3_CREDENTIALS, startBenchS3 } from './lib/s3-server.js';
 import { onSignals } from './lib/signals.js';
 import { p50, percentile, round } from './lib/stats.js';
 import { esc, niceStep, px } from './lib/svg.js';
@@ -50,7 +57,8 @@ import { esc, niceStep, px } from './lib/svg.js';
 const MIB = 1 << 20;
 const CLIENT_TIMEOUT_S = 300;
 const NAMES: LinkNames = { ns: 'vmsto-', dev: 'vso', tmp: 'vmsynth-bench-store-', bench: 'store', octet: 203 };
-const VARIANTS = ['cold', 'warm'] as const;
+const VARIANTS = ['cold', 'warm', 's3'] as const;
+const BUCKET = 'vmsynth-bench';
 type Variant = (typeof VARIANTS)[number];
 
 interface Sample {
@@ -62,12 +70,13 @@ interface Sample {
   /** Segment bytes the client sent (over its link). */
   linkBytes: number;
   segmentsFromStore: number;
+  segmentsFromObjects: number;
   segments: number;
   replyMatchesLocal: boolean;
 }
 
 function sampleOf(r: SynthesizeResult, local: Local): Sample {
-  const s = r.serverStats as { segmentsFromStore?: number };
+  const s = r.serverStats as { segmentsFromStore?: number; segmentsFromObjects?: number };
   let body: Record<string, unknown> = {};
   try {
     body = JSON.parse(r.firstResponse.body) as Record<string, unknown>;
@@ -81,6 +90,7 @@ function sampleOf(r: SynthesizeResult, local: Local): Sample {
     completeMs: r.timeline.overlayComplete,
     linkBytes: r.sends.reduce((n, x) => n + x.bytes, 0),
     segmentsFromStore: s.segmentsFromStore ?? 0,
+    segmentsFromObjects: s.segmentsFromObjects ?? 0,
     segments: r.segments,
     replyMatchesLocal:
       r.firstResponse.status === 200 &&
@@ -107,13 +117,14 @@ function summarize(c: Cell) {
     completeMs: { p50: round(p50(done)), p90: round(percentile(done, 0.9)) },
     linkBytes: p50(xs.map((s) => s.linkBytes)),
     segmentsFromStore: p50(xs.map((s) => s.segmentsFromStore)),
+    segmentsFromObjects: p50(xs.map((s) => s.segmentsFromObjects)),
     segments: xs[0]?.segments ?? null,
     repliesMatchingLocal: xs.filter((s) => s.replyMatchesLocal).length,
   };
 }
 type Summary = ReturnType<typeof summarize>;
 
-const COLORS: Record<string, string> = { local: '#888888', cold: '#d62728', warm: '#2ca02c' };
+const COLORS: Record<string, string> = { local: '#888888', cold: '#d62728', warm: '#2ca02c', s3: '#1f77b4' };
 
 /** Bars of p50 first response per link: local resume, cold, warm. */
 function svgPlot(
@@ -124,6 +135,7 @@ function svgPlot(
   const bars = perLink.flatMap((p) => [
     { group: p.link.name, name: 'cold', v: p.summary.cold.firstResponseMs.p50 ?? 0 },
     { group: p.link.name, name: 'warm', v: p.summary.warm.firstResponseMs.p50 ?? 0 },
+    { group: p.link.name, name: 's3', v: p.summary.s3.firstResponseMs.p50 ?? 0 },
   ]);
   bars.push({ group: 'local', name: 'local', v: localP50 });
   const w = 120 + bars.length * 70;
@@ -176,6 +188,13 @@ export async function benchStore(): Promise<void> {
     const first = await resumeLocal(launch, signal);
     const local: Local = { runs: [], reply: first.reply };
 
+    const s3 = await startBenchS3(path.join(tmp, 's3'), BUCKET);
+    scope.defer('stop the object store', () => s3.close());
+    const objects = new ObjectStore({ endpoint: s3.endpoint, credentials: BENCH_S3_CREDENTIALS });
+    const overlayUrl = `s3://${BUCKET}/demo`;
+    await pushOverlay(prepared.overlay.dir, overlayUrl, { objects, signal });
+    objects.close();
+
     const n = netnsFor(process.pid, NAMES);
     await createLinkPair(scope, n);
     const server = await SynthServer.listen({
@@ -184,6 +203,7 @@ export async function benchStore(): Promise<void> {
       trust: [prepared.key.pubFile],
       verifyBases: true,
       store: { dir: path.join(tmp, 'store'), maxBytes: 4 * 2 ** 30 },
+      objects: { endpoint: s3.endpoint, credentials: BENCH_S3_CREDENTIALS, sources: [`s3://${BUCKET}`] },
     });
     scope.defer('close the synthesis server', () => server.close());
     const store = server.store!;
@@ -192,7 +212,9 @@ export async function benchStore(): Promise<void> {
     const perLink: { link: Link; summary: Record<Variant, Summary>; cells: Record<Variant, Cell> }[] = [];
     for (const link of links) {
       await shape(n, link);
-      const cells: Record<Variant, Cell> = { cold: { samples: [], failures: [] }, warm: { samples: [], failures: [] } };
+      const cells = Object.fromEntries(
+        VARIANTS.map((v): [Variant, Cell] => [v, { samples: [], failures: [] }]),
+      ) as Record<Variant, Cell>;
       for (let i = 0; i < runs; i++) {
         // The baseline in every round, beside the sessions, so it sees the same host.
         const l = await resumeLocal(launch, signal);
@@ -201,13 +223,14 @@ export async function benchStore(): Promise<void> {
         await store.gc(0);
         for (const v of VARIANTS) {
           throwIfAborted(signal);
+          if (v === 's3') await store.gc(0);
           try {
             const r = await runClient(
               n.ns,
               `${n.hostAddr}:${port}`,
               prepared.overlay.dir,
               'early-start',
-              { path: workPath(WORK) },
+              { path: workPath(WORK), ...(v === 's3' ? { overlayUrl } : {}) },
               CLIENT_TIMEOUT_S,
               signal,
               v,
@@ -215,7 +238,7 @@ export async function benchStore(): Promise<void> {
             const s = sampleOf(r, local);
             cells[v].samples.push(s);
             process.stderr.write(
-              `${link.name} ${i + 1}/${runs} ${v}: first response ${s.firstResponseMs} ms, complete ${s.completeMs} ms, ${(s.linkBytes / MIB).toFixed(1)} MiB over the link, ${s.segmentsFromStore}/${s.segments} segments from the store${s.replyMatchesLocal ? '' : ', REPLY DIFFERS from the local VM'}\n`,
+              `${link.name} ${i + 1}/${runs} ${v}: first response ${s.firstResponseMs} ms, complete ${s.completeMs} ms, ${(s.linkBytes / MIB).toFixed(1)} MiB over the link, ${s.segmentsFromStore}/${s.segments} segments from the store, ${s.segmentsFromObjects} from the object store${s.replyMatchesLocal ? '' : ', REPLY DIFFERS from the local VM'}\n`,
             );
           } catch (err) {
             if (signal.aborted) throw abortReason(signal);
@@ -225,7 +248,8 @@ export async function benchStore(): Promise<void> {
           }
         }
       }
-      perLink.push({ link, summary: { cold: summarize(cells.cold), warm: summarize(cells.warm) }, cells });
+      const summary = Object.fromEntries(VARIANTS.map((v) => [v, summarize(cells[v])])) as Record<Variant, Summary>;
+      perLink.push({ link, summary, cells });
     }
 
     const localP50 = p50(local.runs.map((r) => r.firstResponseMs))!;
@@ -289,7 +313,7 @@ export async function benchStore(): Promise<void> {
       for (const v of VARIANTS) {
         const s = l.summary[v];
         console.log(
-          `  ${v.padEnd(5)} first response p50 ${s.firstResponseMs.p50} ms (p90 ${s.firstResponseMs.p90}; accepted ${s.acceptedMs}, resumed ${s.resumedMs}), complete p50 ${s.completeMs.p50} ms, over the link ${((s.linkBytes ?? 0) / MIB).toFixed(2)} MiB, from the store ${s.segmentsFromStore}/${s.segments} segments, replies matching ${s.repliesMatchingLocal}/${s.n}${s.failed ? `, ${s.failed} FAILED` : ''}`,
+          `  ${v.padEnd(5)} first response p50 ${s.firstResponseMs.p50} ms (p90 ${s.firstResponseMs.p90}; accepted ${s.acceptedMs}, resumed ${s.resumedMs}), complete p50 ${s.completeMs.p50} ms, over the link ${((s.linkBytes ?? 0) / MIB).toFixed(2)} MiB, from the store ${s.segmentsFromStore}/${s.segments} segments, from the object store ${s.segmentsFromObjects}, replies matching ${s.repliesMatchingLocal}/${s.n}${s.failed ? `, ${s.failed} FAILED` : ''}`,
         );
       }
       console.log(`  warm / local resume: ${l.warmOverLocal}x (target ≤ 1.1); cold / warm: ${l.coldOverWarm}x`);

@@ -16,6 +16,8 @@ const CLI = fileURLToPath(new URL('../../lib/cli/entry.cjs', import.meta.url));
 /** The first offload request: `synth --path`, `--method` and `--request` (a file holding the body). */
 export interface ClientRequest {
   path: string;
+  /** The overlay's copy in an object store (`synth --overlay-url`). */
+  overlayUrl?: string;
   /** GET, POST or PUT; left out, the CLI's default (GET, or POST with a body). */
   method?: string;
   bodyFile?: string;
@@ -59,6 +61,7 @@ export function runClient(
     request.path,
     ...(request.method ? ['--method', request.method] : []),
     ...(request.bodyFile ? ['--request', request.bodyFile] : []),
+    ...(request.overlayUrl ? ['--overlay-url', request.overlayUrl] : []),
     '--timeout',
     String(timeoutS),
     '--json',

@@ -59,7 +59,17 @@ await fsp.copyFile(path.join(ov, 'overlay.manifest'), path.join(tampered, 'overl
 const segs = await fsp.readFile(path.join(ov, 'overlay.segments'));
 segs[100]! ^= 0x01; // in segment 0
 await fsp.writeFile(path.join(tampered, 'overlay.segments'), segs);
-await pushOverlay(tampered, bad, { objects });
+// This one through the command line, as an operator pushes.
+const cli = path.join(packageRoot(), 'dist/lib/cli/entry.cjs');
+const s3env = {
+  ...process.env,
+  VMSYNTH_S3_ENDPOINT: s3.endpoint,
+  AWS_ACCESS_KEY_ID: 'S3RVER',
+  AWS_SECRET_ACCESS_KEY: 'S3RVER',
+};
+const pushedBad = JSON.parse(
+  (await run(process.execPath, [cli, 'overlay', 'push', tampered, bad, '--json'], { env: s3env })).stdout,
+);
 
 const metrics = new ServerMetrics();
 t.teardown(() => metrics.close());
@@ -87,6 +97,11 @@ async function answersRight(t: Test, r: SynthesizeResult): Promise<void> {
   t.equal(JSON.parse(r.firstResponse.body).diskDigest, installedDigest, "the app read the customization's bytes");
   t.same(await leaks([`${DOMAIN_PREFIX}${r.session}`], runDir()), NO_LEAKS, 'nothing left behind');
 }
+
+t.test('overlay push says what it pushed', async (t) => {
+  t.same(pushedBad, { url: bad, bytes: segs.length + (await fsp.stat(path.join(ov, 'overlay.manifest'))).size });
+  t.equal(await objects.size({ bucket: s3.bucket, prefix: 'apps/tampered' }, 'overlay.segments'), segs.length);
+});
 
 t.test('named by URL: every segment comes from the object store, none from the client', async (t) => {
   for (const policy of ['early-start', 'baseline'] as const) {
@@ -160,13 +175,7 @@ t.test('an object store that never answers: the session falls back within its de
 });
 
 t.test('base push, then base pull under another name: hashed, and usable', async (t) => {
-  const cli = path.join(packageRoot(), 'dist/lib/cli/entry.cjs');
-  const env = {
-    ...process.env,
-    VMSYNTH_S3_ENDPOINT: s3.endpoint,
-    AWS_ACCESS_KEY_ID: 'S3RVER',
-    AWS_SECRET_ACCESS_KEY: 'S3RVER',
-  };
+  const env = s3env;
   const url = `s3://${s3.bucket}/bases/s3base`;
   const pushed = JSON.parse(
     (await run(process.execPath, [cli, 'base', 'push', 's3base', url, '--json'], { env })).stdout,
