@@ -8,7 +8,6 @@
  * A connection's troubles stay its own: a bad frame, a bad manifest or a
  * vanished client ends that session and nothing else.
  */
-import { randomUUID } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 import { tokenSha256, type ClientCredential } from '../core/config.js';
@@ -28,6 +27,7 @@ import { requireAccel } from '../vm/accel.js';
 import { findBaseWithImages, listBases, loadBase, verifyBase, type Base } from '../vm/base.js';
 import { cleanStale } from '../vm/janitor.js';
 import { Libvirt } from '../vm/libvirt.js';
+import { newRunId } from '../vm/run-dir.js';
 import { Admission, defaultLimits } from './admission.js';
 import { Authenticator, RateLimiter } from './auth.js';
 import { ByteBudget } from './byte-budget.js';
@@ -171,14 +171,15 @@ export class SynthServer {
       admit: (client, manifest) => admission.admit(client, manifest),
       startSession: async (req) => {
         // The session leases its overlay in the store from here on; a session that fails to start releases it.
-        const holder = randomUUID();
+        const id = newRunId();
         const source = store
-          ? new SessionSource(store, req.overlay, holder, { admitReceived: opts.store?.admitReceived ?? true })
+          ? new SessionSource(store, req.overlay, id, { admitReceived: opts.store?.admitReceived ?? true })
           : undefined;
-        const fetcher = req.overlayUrl ? this.objectSource(req.overlayUrl, req.overlay, holder) : undefined;
+        const fetcher = req.overlayUrl ? this.objectSource(req.overlayUrl, req.overlay, id) : undefined;
         try {
           return await SynthSession.start({
             ...req,
+            id,
             lv,
             threads: opts.threads,
             maxInFlightBytes: opts.maxInFlightBytes,

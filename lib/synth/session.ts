@@ -62,6 +62,8 @@ export interface SynthOptions {
   /** Background bytes requested and not yet applied (default: DEFAULTS.maxInFlightKib). */
   maxInFlightBytes?: number;
   fuseDevice?: string;
+  /** The session id (vm/run-dir.ts newRunId); default a new one. */
+  id?: string;
   /** The cloudlet store, as this session sees it: segments it holds are taken from it, not asked of the client. */
   store?: SessionSource;
   /** The object store the client named the overlay by: segments the store lacks are fetched from it first. */
@@ -110,7 +112,7 @@ export class SynthSession {
     const scope = new Scope();
     let s: SynthSession;
     try {
-      s = new SynthSession(opts, await RunDir.create(scope));
+      s = new SynthSession(opts, await RunDir.create(scope, opts.id));
     } catch (err) {
       await scope.close();
       throw err;

@@ -41,6 +41,11 @@ export async function ownerAlive(owner: Owner): Promise<boolean> {
   return start !== null && (owner.start === '' || start === owner.start);
 }
 
+/** A new session (run directory) id: 12 hex digits, also its domain's name suffix. */
+export function newRunId(): string {
+  return randomBytes(6).toString('hex');
+}
+
 export class RunDir {
   private constructor(
     readonly id: string,
@@ -56,9 +61,9 @@ export class RunDir {
     return path.join(this.dir, name);
   }
 
-  /** Creates the directory; the scope removes it at the end. */
-  static async create(scope: Scope): Promise<RunDir> {
-    const id = randomBytes(6).toString('hex');
+  /** Creates the directory (named `id`, default a new one); the scope removes it at the end. */
+  static async create(scope: Scope, id: string = newRunId()): Promise<RunDir> {
+    if (!/^[0-9a-f]{12}$/.test(id)) throw new Error(`"${id}" is not a run id (12 hex digits)`);
     const dir = path.join(runDir(), id);
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
     scope.defer(`remove run directory ${dir}`, () => fsp.rm(dir, { recursive: true, force: true }));
