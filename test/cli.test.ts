@@ -42,6 +42,7 @@ const commands = [
   ['overlay', 'apply'],
   ['overlay', 'profile'],
   ['overlay', 'push'],
+  ['overlay', 'share'],
   ['base', 'push'],
   ['base', 'pull'],
   ['serve'],

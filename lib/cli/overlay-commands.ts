@@ -268,6 +268,26 @@ export function registerOverlayCommands(program: Command): void {
     );
 
   overlay
+    .command('share')
+    .description(
+      "How much of overlay B's payload overlay A already holds, by chunk content digest: what a cloudlet holding A could keep off the link when B is synthesized (lookaside).",
+    )
+    .argument('<a>', 'overlay directory already on the cloudlet')
+    .argument('<b>', 'overlay directory to synthesize next')
+    .option('--json', 'print the report as JSON')
+    .action(async (a: string, b: string, o: { json?: boolean }) =>
+      runCommand(!!o.json, async ({ json }) => {
+        const { overlayShare } = await import('../offline/share.js');
+        const r = await overlayShare(a, b);
+        if (!json)
+          console.log(
+            `${r.sharedChunks} of B's ${r.b.payloadChunks} payload chunks (${(r.sharedFraction * 100).toFixed(1)}%) are in A${r.sameBase ? '' : ' (built over another base)'}; ${r.segmentsFullyShared} of its ${r.b.segments} segments (${bytes(r.bytesFullyShared)}) are all in A; chunk lookaside could keep about ${bytes(r.bytesSharedEstimate)} of its ${bytes(r.b.segmentsBytes)} off the link`,
+          );
+        return r;
+      }),
+    );
+
+  overlay
     .command('apply')
     .description(
       'Offline synthesis: base + overlay -> full disk and memory images of the custom VM, as a base directory (resumable with `vmsynth base resume DIR`).',
