@@ -1,15 +1,16 @@
 /**
- * A real S3-API server for the tests: s3rver on loopback, its data in a
- * temporary directory, with one bucket made. s3rver knows one access key,
- * S3RVER: a request signed with another is refused with 403, as a real store
- * refuses it (it does not check the secret; seen by hand).
+ * A real S3-API server for the tests: the benches' s3rver on loopback
+ * (bench/lib/s3-server.ts), its data in a temporary directory, with one
+ * bucket made. s3rver knows one access key, S3RVER: a request signed with
+ * another is refused with 403, as a real store refuses it (it does not check
+ * the secret; seen by hand).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import S3rver from 's3rver';
+import { BENCH_S3_CREDENTIALS, startBenchS3 } from '../../bench/lib/s3-server.js';
 
-export const S3_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
+export const S3_CREDENTIALS = BENCH_S3_CREDENTIALS;
 
 export interface TestS3 {
   endpoint: string;
@@ -19,19 +20,12 @@ export interface TestS3 {
 
 export async function startS3(bucket = 'vmsynth-test'): Promise<TestS3> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'vmsynth-s3-'));
-  const server = new S3rver({
-    port: 0,
-    address: '127.0.0.1',
-    silent: true,
-    directory: dir,
-    configureBuckets: [{ name: bucket, configs: [] }],
-  });
-  const { port } = (await server.run()) as { port: number };
+  const s3 = await startBenchS3(dir, bucket);
   return {
-    endpoint: `http://127.0.0.1:${port}`,
+    endpoint: s3.endpoint,
     bucket,
     close: async () => {
-      await server.close();
+      await s3.close();
       rmSync(dir, { recursive: true, force: true });
     },
   };
