@@ -6,10 +6,19 @@
  * buffer at a time, so a demand request waits behind at most one segment
  * plus what the kernel buffers. After a drop the lanes are emptied: the
  * server asks again for what it still wants when the session resumes.
+ *
+ * Chunk lookaside (docs/protocol.md): `tables` asks for segments' digest
+ * tables, sent at once, ahead of queued segments; `thin` asks for a segment
+ * without some payload slots, sent thin when its turn comes. A thin form is
+ * the same bytes every time (same slots, same zstd level), so a thin segment
+ * cut by a drop resumes from a byte offset like any other.
  */
 import type { promises as fsp } from 'node:fs';
+import { compress } from 'zstd-napi';
 import { VmsynthError } from '../core/errors.js';
-import { SEGMENTS_FILE } from '../overlay/format.js';
+import { payloadBytes, segmentDigests, SEGMENTS_FILE } from '../overlay/format.js';
+import { thinPayloads } from '../overlay/thin.js';
+import { decompressFrame } from '../overlay/zstd-frame.js';
 import type { Overlay } from '../overlay/reader.js';
 import type { FramedSocket } from '../protocol/framed-socket.js';
 import type { ClientEvent, SegmentSend } from './types.js';
@@ -33,6 +42,13 @@ export class SendLanes {
   private demand: number[] = [];
   private background: number[] = [];
   private readonly attempts = new Map<number, number>();
+  /** Segments asked for thin: the payload slots to leave out (kept across a drop; a new `thin` replaces it). */
+  private readonly omit = new Map<number, Buffer>();
+  private tableQueue: Promise<void> = Promise.resolve();
+  /** Payload bytes left out of thin segments. */
+  bytesOmitted = 0;
+  tablesSent = 0;
+  tableBytes = 0;
   private sending = false;
   private paceUntil = 0;
   private closed = false;
@@ -46,7 +62,13 @@ export class SendLanes {
 
   constructor(private readonly o: LaneOptions) {}
 
+  /** The server asks for these segments whole (even one it asked for thin before). */
   want(lane: 'demand' | 'background', segments: number[]): void {
+    for (const i of segments) this.omit.delete(i);
+    this.enqueue(lane, segments);
+  }
+
+  private enqueue(lane: 'demand' | 'background', segments: number[]): void {
     if (lane === 'demand') {
       this.demandRequests += segments.length;
       this.demand.push(...segments);
@@ -56,6 +78,42 @@ export class SendLanes {
       this.background.push(...segments);
     }
     void this.pump();
+  }
+
+  /** The server holds some of segment `segment`'s payloads: send it without them. */
+  thin(segment: number, lane: 'demand' | 'background', omit: Buffer): void {
+    this.omit.set(segment, omit);
+    this.enqueue(lane, [segment]);
+  }
+
+  /** The server asks for these segments' digest tables: they go now, ahead of queued segments. */
+  tables(segments: number[]): void {
+    const io = this.o.io();
+    this.tableQueue = this.tableQueue
+      .then(async () => {
+        for (const index of segments) {
+          const s = this.o.overlay.body.segments[index];
+          if (!s || this.closed || this.o.io() !== io || !io) return;
+          const raw = decompressFrame(await this.readSegment(index), s.rawBytes);
+          if (this.closed || this.o.io() !== io) return;
+          const table = segmentDigests(raw, s);
+          io.send({ type: 'table', index }, table);
+          this.tablesSent++;
+          this.tableBytes += table.length;
+          this.bytesSent += table.length;
+        }
+      })
+      .catch((err: unknown) => this.o.fail(err as Error));
+  }
+
+  /** Segment `index` as stored in the overlay (compressed). */
+  private async readSegment(index: number): Promise<Buffer> {
+    const s = this.o.overlay.body.segments[index]!;
+    const data = Buffer.allocUnsafe(s.bytes);
+    const { bytesRead } = await this.o.file.read(data, 0, s.bytes, s.offset);
+    if (bytesRead !== s.bytes)
+      throw new VmsynthError('VMS_OVERLAY_CORRUPT', `${SEGMENTS_FILE} ends inside segment ${index}`);
+    return data;
   }
 
   /** Segments asked for in the background that a blocked guest read needs: those not yet sent go next; one already sent (or being sent) is not sent again. */
@@ -115,10 +173,13 @@ export class SendLanes {
         const index = lane === 'demand' ? this.demand.shift() : this.background.shift();
         if (index === undefined) break;
         const s = segs[index]!;
-        let data: Buffer = Buffer.allocUnsafe(s.bytes);
-        const { bytesRead } = await this.o.file.read(data, 0, s.bytes, s.offset);
-        if (bytesRead !== s.bytes)
-          throw new VmsynthError('VMS_OVERLAY_CORRUPT', `${SEGMENTS_FILE} ends inside segment ${index}`);
+        let data = await this.readSegment(index);
+        const omit = this.omit.get(index);
+        if (omit) {
+          const kept = thinPayloads(s, decompressFrame(data, s.rawBytes), omit);
+          this.bytesOmitted += payloadBytes(s) - kept.length;
+          data = compress(kept, { compressionLevel: this.o.overlay.body.compression.level });
+        }
         const attempt = (this.attempts.get(index) ?? 0) + 1;
         this.attempts.set(index, attempt);
         if (this.o.tamper) data = this.o.tamper(index, data, attempt);
@@ -126,13 +187,15 @@ export class SendLanes {
         if (this.closed || this.o.io() !== io) break;
         const from = this.resumeAt?.index === index && this.resumeAt.bytes < data.length ? this.resumeAt.bytes : 0;
         if (this.resumeAt?.index === index) this.resumeAt = null;
-        if (from > 0) io.send({ type: 'segment', index, offset: from }, data.subarray(from));
-        else io.send({ type: 'segment', index }, data);
-        this.sends.push({ ms: this.o.at(), index, lane, bytes: s.bytes - from });
-        this.bytesSent += s.bytes - from;
+        const thin = omit ? { thin: true } : {};
+        if (from > 0) io.send({ type: 'segment', index, offset: from, ...thin }, data.subarray(from));
+        else io.send({ type: 'segment', index, ...thin }, data);
+        this.sends.push({ ms: this.o.at(), index, lane, bytes: data.length - from });
+        this.bytesSent += data.length - from;
         this.segmentsSent++;
         if (this.o.maxBytesPerSecond)
-          this.paceUntil = Math.max(this.paceUntil, performance.now()) + (s.bytes / this.o.maxBytesPerSecond) * 1000;
+          this.paceUntil =
+            Math.max(this.paceUntil, performance.now()) + (data.length / this.o.maxBytesPerSecond) * 1000;
         this.o.event({
           type: 'segment',
           index,

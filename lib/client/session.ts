@@ -173,7 +173,7 @@ export class ClientSession {
         this.graceMs = m.graceMs;
         io.setMaxFrameBytes(FRAME_CAPS.session);
         if (resume) io.send({ type: 'resume', session: this.id, secret: this.secret! });
-        else io.send(sessionHeader(this.policy, this.opts.overlayUrl), this.manifest);
+        else io.send(sessionHeader(this.policy, this.opts.overlayUrl, this.opts.lookaside !== false), this.manifest);
         return;
       case 'accepted':
         this.id = m.session;
@@ -201,12 +201,18 @@ export class ClientSession {
         return;
       }
       case 'want':
-        if (m.segments.some((i) => i >= this.overlay.body.segments.length))
+      case 'tables':
+      case 'thin': {
+        const asked = m.type === 'thin' ? [m.segment] : m.segments;
+        if (asked.some((i) => i >= this.overlay.body.segments.length))
           return this.fail(
             new VmsynthError('VMS_PROTOCOL', `the server asked for a segment the overlay does not have`),
           );
-        this.lanes.want(m.lane, m.segments);
+        if (m.type === 'want') this.lanes.want(m.lane, m.segments);
+        else if (m.type === 'tables') this.lanes.tables(m.segments);
+        else this.lanes.thin(m.segment, m.lane, m.omit);
         return;
+      }
       case 'hurry':
         this.lanes.hurry(m.segments);
         return;

@@ -41,6 +41,8 @@ export interface SessionOptions {
   overlay: string;
   /** Where the server may fetch the overlay's segments itself (s3://bucket/prefix, from `vmsynth overlay push`); the client sends what it cannot. */
   overlayUrl?: string;
+  /** Offer chunk lookaside: the server may ask for digest tables and thin segments (default true). */
+  lookaside?: boolean;
   policy?: Policy;
   token?: string;
   /** TCP or TLS, as SynthesizeOptions.tls. */
@@ -64,6 +66,8 @@ export interface SynthesizeOptions {
   overlay: string;
   /** Where the server may fetch the overlay's segments itself (s3://bucket/prefix, from `vmsynth overlay push`); the client sends what it cannot. */
   overlayUrl?: string;
+  /** Offer chunk lookaside (default true): SessionOptions.lookaside. */
+  lookaside?: boolean;
   policy?: Policy;
   /** The first offload request (default GET /run). */
   request?: OffloadRequest;
@@ -155,7 +159,10 @@ export interface SynthesizeResult {
   overlayBytes: number;
   segments: number;
   segmentsSent: number;
+  /** Segment bytes sent (thin ones as sent), digest tables included. */
   bytesSent: number;
+  /** Chunk lookaside: digest tables sent (their bytes are in bytesSent), and payload bytes thin segments left out (before compression). */
+  lookaside: { tables: number; tableBytes: number; payloadBytesOmitted: number };
   /**
    * Segment bytes handed to the socket before the first response arrived: on
    * a slow link up to a segment more than had reached the server (whose own

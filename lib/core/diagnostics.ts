@@ -58,6 +58,8 @@ export const channels = {
   serverListening: diagnostics.channel('vmsynth:server:listening'),
   /** { session, segment, bytes } — a session took a segment from the cloudlet store instead of asking its client. */
   storeHit: diagnostics.channel('vmsynth:store:hit'),
+  /** { session, segment, chunks, bytes } — chunk lookaside: a thin segment was applied, `chunks` of its payloads (`bytes`) taken from stored segments. */
+  storeChunkHit: diagnostics.channel('vmsynth:store:chunk-hit'),
   /** { session, segments } — segments a session had to ask its client for (not in the store). */
   storeMiss: diagnostics.channel('vmsynth:store:miss'),
   /** { sha256, bytes } — a segment entered the store. */

@@ -39,6 +39,7 @@ const EVENT_LEVEL: Record<ChannelName, Level> = {
   sessionReattached: 'info',
   serverListening: 'info',
   storeHit: 'debug',
+  storeChunkHit: 'debug',
   storeMiss: 'debug',
   storeAdded: 'debug',
   storeEvicted: 'debug',

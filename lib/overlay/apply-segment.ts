@@ -232,8 +232,26 @@ export class SegmentApplier {
    * the output images. Nothing is written unless the segment checks out.
    */
   apply(index: number, s: SegmentEntry, compressed: Uint8Array | null = null): void {
+    this.write(index, s, this.open(index, s, compressed));
+  }
+
+  /**
+   * Writes segment `index` from raw bytes rebuilt by chunk lookaside
+   * (thin.ts), which no segment SHA-256 covers: every BASE, XOR and RAW
+   * chunk's content is checked against its digest first (the digests were
+   * checked against the signed table hash), and nothing is written unless all
+   * match.
+   */
+  applyRebuilt(index: number, s: SegmentEntry, raw: Uint8Array): void {
+    if (raw.length !== s.rawBytes)
+      throw corrupt(index, 'size', `rebuilt to ${raw.length} bytes, expected ${s.rawBytes}`);
+    const buf = asBuffer(raw);
+    this.checkChunks(index, s, buf);
+    this.write(index, s, buf);
+  }
+
+  private write(index: number, s: SegmentEntry, raw: Buffer): void {
     if (this.out.length === 0) throw new VmsynthError('VMS_INTERNAL', 'this applier was given no output images');
-    const raw = this.open(index, s, compressed);
     const rec = asBuffer(s.chunks);
     const runs = this.runs;
     try {
@@ -270,7 +288,11 @@ export class SegmentApplier {
    * carries (VMS_OVERLAY_CORRUPT naming the chunk, details.check "chunk").
    */
   verify(index: number, s: SegmentEntry): void {
-    const raw = this.open(index, s, null);
+    this.checkChunks(index, s, this.open(index, s, null));
+  }
+
+  /** Checks every BASE, XOR and RAW chunk's content, rebuilt from `raw`, against the digest `raw` carries. */
+  private checkChunks(index: number, s: SegmentEntry, raw: Buffer): void {
     const digests = segmentDigests(raw, s);
     const rec = asBuffer(s.chunks);
     let d = 0;
@@ -309,6 +331,7 @@ export class SegmentApplier {
 /** A request to a segment worker (segment-worker.ts), or to an applier on the caller's thread. */
 export type SegmentJob =
   | { op: 'apply'; index: number; segment: SegmentEntry; compressed: Uint8Array | null }
+  | { op: 'apply-rebuilt'; index: number; segment: SegmentEntry; raw: Uint8Array }
   | { op: 'verify'; index: number; segment: SegmentEntry };
 
 /** How a job failed, as it crosses threads: a VmsynthError's code, message and details. */
@@ -322,6 +345,7 @@ export interface JobError {
 export function runJob(applier: SegmentApplier, job: SegmentJob): JobError | null {
   try {
     if (job.op === 'apply') applier.apply(job.index, job.segment, job.compressed);
+    else if (job.op === 'apply-rebuilt') applier.applyRebuilt(job.index, job.segment, job.raw);
     else applier.verify(job.index, job.segment);
     return null;
   } catch (err) {

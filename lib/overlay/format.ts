@@ -22,6 +22,10 @@
  * an earlier segment, or earlier in the same segment's table, and always one
  * that carries a payload (XOR or RAW).
  *
+ * Each segment's entry also holds the SHA-256 of its digest table (32
+ * bytes a segment, optional): a server that has the table alone can trust
+ * it, and so learn which chunks it already holds before the segment comes.
+ *
  * The digests travel in the segments, not in the manifest (as they did in
  * vmsynth-overlay/1): the manifest is what a synthesis server must receive
  * before it can resume the VM, and 32 bytes a chunk were most of it (a
@@ -89,6 +93,14 @@ export interface SegmentInfo {
   chunks: Uint8Array;
   /** How many 32-byte digests follow the payloads: one per BASE, XOR and RAW record. */
   digests: number;
+  /**
+   * SHA-256 of those digests as they stand in the raw segment (the table):
+   * with it, a server can trust a segment's table received on its own, before
+   * the segment, and take chunks it already holds from its store instead of
+   * the link (chunk lookaside, docs/protocol.md). Absent in overlays built
+   * before it was added: they get no lookaside.
+   */
+  tableSha256?: Uint8Array;
 }
 
 /** Whether a chunk of this kind has a digest in its segment (a ZERO chunk's content is known, a SELF chunk's is its target's). */

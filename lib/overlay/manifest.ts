@@ -207,7 +207,8 @@ export function decodeBody(bytes: Uint8Array): OverlayBody {
       !isCount(s.rawBytes) ||
       !isCount(s.count) ||
       !isCount(s.digests) ||
-      !isBytes(s.sha256, HASH_BYTES)
+      !isBytes(s.sha256, HASH_BYTES) ||
+      (s.tableSha256 !== undefined && !isBytes(s.tableSha256, HASH_BYTES))
     ) {
       throw corrupt(`segment ${si}: malformed entry`);
     }

@@ -101,6 +101,7 @@ export class SegmentPacker {
       count: this.records.length,
       chunks: encodeRecords(this.records),
       digests: this.digestCount,
+      tableSha256: sha256(this.digests.subarray(0, this.digestCount * HASH_BYTES)),
     });
     this.offset += z.length;
     this.records = [];

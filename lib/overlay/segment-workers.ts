@@ -176,6 +176,13 @@ export class SegmentWorkers {
     return this.run({ op: 'apply', index, segment: entry(s), compressed: new Uint8Array(buf) }, [buf]);
   }
 
+  /** Checks every chunk of segment `index`, rebuilt raw by chunk lookaside (handed over like `compressed`), then writes it. */
+  applyRebuilt(index: number, s: SegmentEntry, raw: Buffer): Promise<void> {
+    if (this.inline) return this.run({ op: 'apply-rebuilt', index, segment: s, raw });
+    const buf = ownBuffer(raw);
+    return this.run({ op: 'apply-rebuilt', index, segment: entry(s), raw: new Uint8Array(buf) }, [buf]);
+  }
+
   /** Checks segment `index` from the segments file, down to every chunk's digest. */
   verify(index: number, s: SegmentEntry): Promise<void> {
     return this.run({ op: 'verify', index, segment: this.inline ? s : entry(s) });

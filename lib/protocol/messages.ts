@@ -33,9 +33,12 @@ export const FRAME_CAPS = {
 
 export type ClientMessage =
   | { type: 'hello'; protocol: string; client: string; token?: string }
-  | { type: 'session'; policy: Policy; manifest: Buffer; overlayUrl?: string }
+  | { type: 'session'; policy: Policy; manifest: Buffer; overlayUrl?: string; lookaside?: boolean }
   | { type: 'resume'; session: string; secret: Buffer }
-  | { type: 'segment'; index: number; data: Buffer; offset?: number }
+  /** `thin`: the segment's kept payload slots only, as a `thin` message asked (chunk lookaside). */
+  | { type: 'segment'; index: number; data: Buffer; offset?: number; thin?: boolean }
+  /** A segment's digest table, as a `tables` message asked. */
+  | { type: 'table'; index: number; data: Buffer }
   | { type: 'offload'; id: number; method: string; path: string; body: Buffer }
   | { type: 'ack'; ids: number[] }
   | { type: 'ping' }
@@ -61,6 +64,10 @@ export type ServerMessage =
     }
   | { type: 'want'; lane: 'demand' | 'background'; segments: number[] }
   | { type: 'hurry'; segments: number[] }
+  /** Chunk lookaside: send these segments' digest tables (`table`). */
+  | { type: 'tables'; segments: number[] }
+  /** Chunk lookaside: send segment `segment` on `lane` without the payload slots `omit` (a bitmap) sets. */
+  | { type: 'thin'; segment: number; lane: 'demand' | 'background'; omit: Buffer }
   | { type: 'ready'; resumedMs: number }
   | { type: 'reply'; id: number; status: number; body: Buffer }
   | { type: 'complete'; appliedMs: number }
@@ -72,8 +79,9 @@ export type ServerMessage =
 export function sessionHeader(
   policy: Policy,
   overlayUrl?: string,
-): { type: 'session'; policy: Policy; overlayUrl?: string } {
-  return { type: 'session', policy, ...(overlayUrl ? { overlayUrl } : {}) };
+  lookaside = true,
+): { type: 'session'; policy: Policy; overlayUrl?: string; lookaside?: boolean } {
+  return { type: 'session', policy, ...(overlayUrl ? { overlayUrl } : {}), ...(lookaside ? { lookaside } : {}) };
 }
 
 function bad(message: string, details: Record<string, unknown> = {}): VmsynthError {
@@ -119,12 +127,13 @@ export function parseClientMessage(f: Frame): ClientMessage {
       };
     }
     case 'session': {
-      const h = fields(f, { policy }, { overlayUrl: str }, 'required');
+      const h = fields(f, { policy }, { overlayUrl: str, lookaside: bool }, 'required');
       return {
         type: 'session',
         policy: h.policy as Policy,
         manifest: f.payload,
         ...(h.overlayUrl !== undefined ? { overlayUrl: h.overlayUrl as string } : {}),
+        ...(h.lookaside !== undefined ? { lookaside: h.lookaside as boolean } : {}),
       };
     }
     case 'resume': {
@@ -132,13 +141,18 @@ export function parseClientMessage(f: Frame): ClientMessage {
       return { type: 'resume', session: h.session as string, secret: Buffer.from(h.secret as Uint8Array) };
     }
     case 'segment': {
-      const h = fields(f, { index: uint }, { offset: uint }, 'required');
+      const h = fields(f, { index: uint }, { offset: uint, thin: bool }, 'required');
       return {
         type: 'segment',
         index: h.index as number,
         data: f.payload,
         ...(h.offset !== undefined ? { offset: h.offset as number } : {}),
+        ...(h.thin !== undefined ? { thin: h.thin as boolean } : {}),
       };
+    }
+    case 'table': {
+      const h = fields(f, { index: uint }, {}, 'required');
+      return { type: 'table', index: h.index as number, data: f.payload };
     }
     case 'offload': {
       const h = fields(
@@ -232,6 +246,19 @@ export function parseServerMessage(f: Frame): ServerMessage {
     case 'hurry': {
       const h = fields(f, { segments: indices });
       return { type: 'hurry', segments: h.segments as number[] };
+    }
+    case 'tables': {
+      const h = fields(f, { segments: indices });
+      return { type: 'tables', segments: h.segments as number[] };
+    }
+    case 'thin': {
+      const h = fields(f, { segment: uint, lane: (v) => v === 'demand' || v === 'background' }, {}, 'required');
+      return {
+        type: 'thin',
+        segment: h.segment as number,
+        lane: h.lane as 'demand' | 'background',
+        omit: f.payload,
+      };
     }
     case 'ready': {
       const h = fields(f, { resumedMs: uint });

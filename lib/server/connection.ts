@@ -144,7 +144,11 @@ export class Connection implements Attachment {
         return;
       case 'segment':
         this.expect('attached', m);
-        this.served!.receive(m.index, m.data, m.offset);
+        this.served!.receive(m.index, m.data, m.offset, m.thin === true);
+        return;
+      case 'table':
+        this.expect('attached', m);
+        this.served!.receiveTable(m.index, m.data);
         return;
       case 'offload':
         this.expect('attached', m);
@@ -215,6 +219,7 @@ export class Connection implements Attachment {
       policy: m.policy,
       events: served.events,
       ...(m.overlayUrl !== undefined ? { overlayUrl: m.overlayUrl } : {}),
+      lookaside: m.lookaside === true,
     });
     if (this.stage !== 'starting') {
       await handle.close(); // the connection ended while the session was being set up

@@ -20,6 +20,8 @@ export interface SessionRequest extends Admitted {
   events: SynthEvents;
   /** Where the client says the server may fetch the overlay's segments (s3://...). */
   overlayUrl?: string;
+  /** The client offered chunk lookaside (digest tables, thin segments). */
+  lookaside?: boolean;
 }
 
 export interface ServerContext {

@@ -103,6 +103,16 @@ export class ServerMetrics {
       help: 'Segment bytes taken from the cloudlet store instead of over a client link',
       registers: r,
     });
+    const chunkHits = new client.Counter({
+      name: 'vmsynth_store_chunk_hits_total',
+      help: 'Chunk lookaside: payload chunks taken from stored segments of other overlays instead of over a client link',
+      registers: r,
+    });
+    const chunkSaved = new client.Counter({
+      name: 'vmsynth_store_chunk_bytes_saved_total',
+      help: 'Chunk lookaside: payload bytes (uncompressed) taken from stored segments instead of over a client link',
+      registers: r,
+    });
     const storeAdded = new client.Counter({
       name: 'vmsynth_store_added_bytes_total',
       help: 'Segment bytes that entered the cloudlet store',
@@ -171,6 +181,10 @@ export class ServerMetrics {
       storeSaved.inc(Number(m.bytes));
     });
     on('storeMiss', (m) => lookup(0, Number(m.segments)));
+    on('storeChunkHit', (m) => {
+      chunkHits.inc(Number(m.chunks));
+      chunkSaved.inc(Number(m.bytes));
+    });
     on('storeAdded', (m) => storeAdded.inc(Number(m.bytes)));
     on('storeEvicted', () => storeEvictions.inc());
     on('storeDropped', (m) => storeDropped.inc({ reason: String(m.reason) }));

@@ -92,6 +92,8 @@ export class ServedSession {
   readonly events: SynthEvents = {
     want: (lane, segments) => inLists(segments, (part) => this.send({ type: 'want', lane, segments: part })),
     hurry: (segments) => inLists(segments, (part) => this.send({ type: 'hurry', segments: part })),
+    tables: (segments) => inLists(segments, (part) => this.send({ type: 'tables', segments: part })),
+    thin: (lane, segment, omit) => this.send({ type: 'thin', segment, lane }, omit),
     ready: (resumedMs) => this.send({ type: 'ready', resumedMs }),
     complete: (appliedMs) => this.send({ type: 'complete', appliedMs }),
     failed: (err) => void this.end(err),
@@ -135,7 +137,8 @@ export class ServedSession {
     const replayed = this.log.unacked();
     const wanted = h.outstanding();
     const p = this.partial;
-    if (p && !wanted.demand.includes(p.index) && !wanted.background.includes(p.index)) this.dropPartial();
+    const still = [...wanted.demand, ...wanted.background, ...wanted.thin.map((t) => t.index)];
+    if (p && !still.includes(p.index)) this.dropPartial();
     attachment.send({
       type: 'resumed',
       session: h.id,
@@ -150,6 +153,8 @@ export class ServedSession {
     });
     this.events.want('demand', wanted.demand);
     this.events.want('background', wanted.background);
+    this.events.tables(wanted.tables);
+    for (const t of wanted.thin) this.events.thin(t.lane, t.index, t.omit);
     for (const [id, outcome] of replayed) this.sendOutcome(id, outcome);
     publish('sessionReattached', { session: h.id, peer: attachment.peer, resumes: this.resumes });
   }
@@ -186,7 +191,7 @@ export class ServedSession {
    * A segment, or (with `offset`) the rest of the one whose first `offset` bytes arrived before a
    * drop: the session gets it whole.
    */
-  receive(index: number, data: Buffer, offset?: number): void {
+  receive(index: number, data: Buffer, offset?: number, thin = false): void {
     const p = this.partial;
     if (offset !== undefined) {
       if (!p || p.index !== index || p.data.length !== offset)
@@ -202,7 +207,12 @@ export class ServedSession {
     } else if (p?.index === index) {
       this.dropPartial(); // sent whole again: the part is not needed
     }
-    this.handle!.receive(index, data);
+    this.handle!.receive(index, data, thin);
+  }
+
+  /** A segment's digest table (chunk lookaside). */
+  receiveTable(index: number, data: Buffer): void {
+    void this.handle!.receiveTable(index, data);
   }
 
   /**

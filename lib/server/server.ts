@@ -76,7 +76,7 @@ export interface ServeOptions {
   preSessionMemoryBytes?: number;
   fuseDevice?: string;
   /** The cloudlet store (warm starts); none: every segment comes from the client. */
-  store?: { dir: string; maxBytes: number; admitReceived?: boolean };
+  store?: { dir: string; maxBytes: number; admitReceived?: boolean; lookaside?: boolean };
   /** The object store sessions may fetch their overlay from, when the client names it by a URL under `sources`. */
   objects?: ObjectStoreOptions & { sources: string[]; parallel?: number };
 }
@@ -186,6 +186,7 @@ export class SynthServer {
             fuseDevice: opts.fuseDevice,
             ...(source ? { store: source } : {}),
             ...(fetcher ? { objects: fetcher } : {}),
+            lookaside: req.lookaside === true && (opts.store?.lookaside ?? true),
           });
         } catch (err) {
           fetcher?.close();

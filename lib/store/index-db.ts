@@ -18,6 +18,7 @@
  */
 import Database from 'better-sqlite3';
 import { VmsynthError } from '../core/errors.js';
+import { ChunkTable } from './chunk-table.js';
 
 const SCHEMA_VERSION = 1;
 
@@ -60,7 +61,18 @@ CREATE TABLE IF NOT EXISTS leases(
 `;
 
 /** Counters kept in `meta`, across restarts. */
-export const COUNTERS = ['hits', 'misses', 'hitBytes', 'added', 'evictions', 'evictedBytes', 'dropped'] as const;
+export const COUNTERS = [
+  'hits',
+  'misses',
+  'hitBytes',
+  'added',
+  'evictions',
+  'evictedBytes',
+  'dropped',
+  /** Chunks (and their payload bytes) lookaside took from stored segments instead of the link. */
+  'chunkHits',
+  'chunkHitBytes',
+] as const;
 export type Counter = (typeof COUNTERS)[number];
 
 export interface OverlayRecord {
@@ -98,6 +110,8 @@ export interface SegmentRow {
 export class StoreIndex {
   private readonly db: Database.Database;
   private readonly q;
+  /** Which stored segment holds a chunk, by content digest (lookaside). */
+  readonly chunks: ChunkTable;
 
   /** Opens (creating) the index at `file` (":memory:" for tests). */
   constructor(file: string) {
@@ -123,6 +137,7 @@ export class StoreIndex {
       });
     }
     const db = this.db;
+    this.chunks = new ChunkTable(db);
     this.q = {
       tick: db.prepare(`UPDATE meta SET value = value + 1 WHERE key = 'tick' RETURNING value`),
       count: db.prepare(

@@ -24,6 +24,7 @@ import { VmsynthError } from '../core/errors.js';
 import { processAlive } from '../core/stale.js';
 import { sha256 } from '../overlay/chunk-io.js';
 import type { Overlay } from '../overlay/reader.js';
+import type { ChunkLocation, ChunkRow } from './chunk-table.js';
 import { StoreIndex, type Counter, type OverlayRow } from './index-db.js';
 
 export interface StoreOptions {
@@ -50,6 +51,10 @@ export interface StoreStats {
   evictedBytes: number;
   /** Entries dropped because they failed their check or their file was gone. */
   dropped: number;
+  /** Chunk lookaside: chunks the index names, and how many (and how many payload bytes) sessions took from stored segments instead of the link. */
+  chunks: number;
+  chunkHits: number;
+  chunkBytesSaved: number;
 }
 
 export interface GcReport {
@@ -220,6 +225,21 @@ export class SegmentStore {
     await fsp.rm(this.segmentPath(sha), { force: true });
   }
 
+  /** Names the payload chunks of stored segment `sha` (over base `base`), for lookaside; nothing when it is not stored. */
+  indexChunks(sha: Uint8Array, base: string, rows: readonly ChunkRow[]): void {
+    if (this.has(sha)) this.index.chunks.add(sha, base, rows);
+  }
+
+  /** Whether the chunks of stored segment `sha` are named already. */
+  chunksIndexed(sha: Uint8Array): boolean {
+    return this.index.chunks.indexed(sha);
+  }
+
+  /** Where a stored segment holds a chunk with this content digest, or null. */
+  findChunk(digest: Uint8Array): ChunkLocation | null {
+    return this.index.chunks.find(digest);
+  }
+
   count(counter: Counter, by = 1): void {
     if (by > 0) this.index.count(counter, by);
   }
@@ -332,6 +352,9 @@ export class SegmentStore {
       evictions: c.evictions,
       evictedBytes: c.evictedBytes,
       dropped: c.dropped,
+      chunks: this.index.chunks.count(),
+      chunkHits: c.chunkHits,
+      chunkBytesSaved: c.chunkHitBytes,
     };
   }
 

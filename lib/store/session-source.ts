@@ -9,10 +9,17 @@
  * the segment pipeline, which checks them against the manifest's SHA-256
  * exactly as a received segment, and calls `reject` when they fail: the entry
  * is dropped and the session asks its client instead.
+ *
+ * Chunk lookaside (lookaside.ts): a segment the store does not hold whole may
+ * still have payloads in stored segments of other overlays; `plan` finds and
+ * checks them, and a segment admitted to the store has its chunks indexed.
  */
 import PQueue from 'p-queue';
 import { publish } from '../core/diagnostics.js';
+import { checkTable } from '../overlay/thin.js';
 import type { Overlay } from '../overlay/reader.js';
+import { decompressFrame } from '../overlay/zstd-frame.js';
+import { baseKey, chunkRows, planLookaside, type LookasidePlan } from './lookaside.js';
 import type { SegmentStore } from './segment-store.js';
 
 export interface SessionSourceOptions {
@@ -29,6 +36,9 @@ export class SessionSource {
   /** Segments whose stored copy failed (or vanished) this session: asked of the client from now on. */
   private readonly rejected = new Set<number>();
   private closed = false;
+  private readonly base: string;
+  /** Whether lookaside can find anything: the store named chunks when the session began. */
+  readonly lookaside: boolean;
 
   constructor(
     private readonly store: SegmentStore,
@@ -38,6 +48,31 @@ export class SessionSource {
   ) {
     const id = store.addOverlay(overlay);
     this.release = store.lease(id, `${process.pid}:${session}`);
+    this.base = baseKey(overlay.body);
+    this.lookaside = store.stats().chunks > 0;
+  }
+
+  /**
+   * Segment `index`'s digest table came from the client: checks it against
+   * the signed manifest (throws VMS_OVERLAY_CORRUPT), then finds which of its
+   * payloads the store holds. Null: none, send it whole.
+   */
+  async plan(
+    index: number,
+    table: Buffer,
+    baseChunk: (image: number, index: number) => Buffer,
+  ): Promise<LookasidePlan | null> {
+    const s = this.overlay.body.segments[index]!;
+    checkTable(index, s, table);
+    if (this.closed) return null;
+    return planLookaside({ store: this.store, base: this.base, baseChunk }, s, table);
+  }
+
+  /** A thin segment of `chunks` chunks filled from the store checked out and was applied. */
+  chunkHit(index: number, chunks: number, bytes: number): void {
+    this.store.count('chunkHits', chunks);
+    this.store.count('chunkHitBytes', bytes);
+    publish('storeChunkHit', { session: this.session, segment: index, chunks, bytes });
   }
 
   private sha(index: number): Uint8Array {
@@ -82,7 +117,10 @@ export class SessionSource {
     this.pendingBytes += data.length;
     void this.writes.add(async () => {
       try {
-        await this.store.put(this.sha(index), data);
+        const sha = this.sha(index);
+        const s = this.overlay.body.segments[index]!;
+        if ((await this.store.put(sha, data)) || (this.store.has(sha) && !this.store.chunksIndexed(sha)))
+          this.store.indexChunks(sha, this.base, chunkRows(s, decompressFrame(data, s.rawBytes)));
       } catch (err) {
         publish('cleanupFailed', { what: `store segment ${index} of session ${this.session}`, error: err });
       } finally {

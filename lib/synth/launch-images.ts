@@ -108,10 +108,11 @@ export class LaunchImages {
   /**
    * Verifies, decompresses and applies segment `index` as received; resolves
    * when its chunks are servable, rejects with VMS_OVERLAY_CORRUPT when it
-   * does not check out (nothing of it is marked present then).
+   * does not check out (nothing of it is marked present then). `rebuilt`:
+   * raw bytes rebuilt by chunk lookaside, checked chunk by chunk.
    */
-  apply(index: number, compressed: Buffer, priority: number): Promise<void> {
-    return this.pipeline.apply(index, compressed, priority);
+  apply(index: number, data: Buffer, priority: number, rebuilt = false): Promise<void> {
+    return this.pipeline.apply(index, data, priority, rebuilt);
   }
 
   /** A guest read now waits for segment `index`, received and still queued: move it ahead. */

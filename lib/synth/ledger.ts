@@ -23,6 +23,12 @@ export interface SynthStats {
   /** Segments and bytes fetched from the object store the client named, over the server's link. */
   segmentsFromObjects: number;
   bytesFromObjects: number;
+  /**
+   * Chunk lookaside: digest tables the client sent (and their bytes, not in
+   * bytesReceived), segments it sent thin, and the chunks (and payload bytes)
+   * taken from the store for them instead.
+   */
+  lookaside: { tables: number; tableBytes: number; thinSegments: number; chunks: number; bytesSaved: number };
   overlayBytes: number;
   /** Segments asked for on the demand lane. */
   demandFetches: number;
@@ -51,6 +57,7 @@ export class SessionLedger {
   bytesFromObjects = 0;
   demandFetches = 0;
   retries = 0;
+  private readonly look = { tables: 0, tableBytes: 0, thinSegments: 0, chunks: 0, bytesSaved: 0 };
   resumedMs: number | null = null;
   firstResponseMs: number | null = null;
   completeMs: number | null = null;
@@ -93,6 +100,19 @@ export class SessionLedger {
       this.segmentsFromObjects++;
       this.bytesFromObjects += bytes;
     }
+  }
+
+  /** A digest table of `bytes` bytes arrived (chunk lookaside). */
+  table(bytes: number): void {
+    this.look.tables++;
+    this.look.tableBytes += bytes;
+  }
+
+  /** A thin segment was applied, `chunks` of its chunks (`bytes` payload bytes) from the store. */
+  lookaside(chunks: number, bytes: number): void {
+    this.look.thinSegments++;
+    this.look.chunks += chunks;
+    this.look.bytesSaved += bytes;
   }
 
   /** Segment `index` is applied, or failed: it no longer waits. */
@@ -152,6 +172,7 @@ export class SessionLedger {
       bytesFromStore: this.bytesFromStore,
       segmentsFromObjects: this.segmentsFromObjects,
       bytesFromObjects: this.bytesFromObjects,
+      lookaside: { ...this.look },
       overlayBytes: this.overlayBytes,
       demandFetches: this.demandFetches,
       outOfOrder: live.outOfOrder,

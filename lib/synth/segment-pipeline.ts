@@ -49,15 +49,17 @@ export class SegmentPipeline {
   }
 
   /**
-   * Verifies, decompresses and applies segment `index`; resolves when its
+   * Verifies, decompresses and applies segment `index` (`rebuilt`: raw
+   * bytes rebuilt by chunk lookaside, checked chunk by chunk); resolves when its
    * chunks are servable. Rejects with VMS_OVERLAY_CORRUPT when it does not
    * match its hash (nothing of it is marked present then).
    */
-  apply(index: number, compressed: Buffer, priority: number): Promise<void> {
+  apply(index: number, data: Buffer, priority: number, rebuilt = false): Promise<void> {
     return this.queue.add(
       async () => {
         const s = this.opts.segments[index]!;
-        await this.workers.apply(index, s, compressed);
+        if (rebuilt) await this.workers.applyRebuilt(index, s, data);
+        else await this.workers.apply(index, s, data);
         await this.markPresent(s);
         this.appliedSegments++;
       },

@@ -6,8 +6,22 @@
  * comes back to the session to apply (checked in the segment pipeline like a
  * received segment); a source that fails, or whose bytes fail their check,
  * hands the segment back to be asked of the client.
+ *
+ * Chunk lookaside, for a segment the client sends after all: when the store
+ * names chunks and the client offered it, a background segment's digest
+ * table is asked first (`tables`); the payloads the store holds (found and
+ * checked by SessionSource.plan) are left out of what the client sends
+ * (`thin`), and put back here before the segment is applied, checked chunk
+ * by chunk. A guest read that needs a segment whose table is still awaited
+ * asks for the segment whole; a thin segment that fails its check is asked
+ * for whole.
  */
-import { asVmsynthError } from '../core/errors.js';
+import { asVmsynthError, VmsynthError } from '../core/errors.js';
+import { CHUNK_SIZE } from '../fs/chunk-map.js';
+import type { SegmentInfo } from '../overlay/format.js';
+import { keptSlots, lookasideable, rebuildRaw } from '../overlay/thin.js';
+import { decompressFrame } from '../overlay/zstd-frame.js';
+import type { LookasidePlan } from '../store/lookaside.js';
 import type { ObjectSource } from '../store/object-source.js';
 import type { SessionSource } from '../store/session-source.js';
 
@@ -20,14 +34,114 @@ export interface SourceCallbacks {
   lost(index: number): void;
 }
 
+/** A segment asked of the client thin: resent as such after a resume. */
+export interface Thin {
+  index: number;
+  lane: 'demand' | 'background';
+  omit: Buffer;
+}
+
+/** What a resumed client is asked for again (SynthSession.outstanding). */
+export interface Outstanding {
+  demand: number[];
+  background: number[];
+  tables: number[];
+  thin: Thin[];
+}
+
+export interface LookasideOptions {
+  segments: readonly SegmentInfo[];
+  /** A base chunk's bytes (memory 0, disk 1), for XOR payloads. */
+  baseChunk(image: number, index: number): Buffer;
+}
+
 export class SegmentSources {
   private readonly fetching = new Set<number>();
+  /** Segments whose digest table was asked of the client. */
+  private readonly tableWait = new Set<number>();
+  /** Segments asked of the client thin, with the payloads that fill them in. */
+  private readonly thin = new Map<number, LookasidePlan>();
+  /** Segments lookaside gave up on (a bad table, a thin segment that failed): asked whole from now on. */
+  private readonly whole = new Set<number>();
 
   constructor(
     private readonly store: SessionSource | undefined,
     private readonly objects: ObjectSource | undefined,
     private readonly cb: SourceCallbacks,
+    private readonly look: LookasideOptions | null = null,
   ) {}
+
+  /** Whether segment `index`, bound for the client's background lane, should have its digest table asked first. */
+  wantsTable(index: number): boolean {
+    return (
+      this.look !== null &&
+      this.store?.lookaside === true &&
+      !this.whole.has(index) &&
+      lookasideable(this.look.segments[index]!)
+    );
+  }
+
+  /** Segment `index`'s table is asked of the client. */
+  askTable(index: number): void {
+    this.tableWait.add(index);
+  }
+
+  /** A guest read needs segment `index` now: if its table is still awaited, stop waiting (true: ask for it whole). */
+  cancelTable(index: number): boolean {
+    if (!this.tableWait.delete(index)) return false;
+    this.whole.add(index);
+    return true;
+  }
+
+  /**
+   * Segment `index`'s table arrived: the plan (ask for it thin), null (ask for
+   * it whole), or 'ignored' (not awaited: a guest read asked for it whole
+   * meanwhile). A table that fails its check is not used.
+   */
+  async table(index: number, data: Buffer): Promise<LookasidePlan | null | 'ignored'> {
+    if (!this.tableWait.has(index) || !this.store || !this.look) return 'ignored';
+    const look = this.look;
+    const plan = await this.store.plan(index, data, (i, c) => look.baseChunk(i, c)).catch(() => null);
+    if (!this.tableWait.delete(index)) return 'ignored';
+    if (plan) this.thin.set(index, plan);
+    else this.whole.add(index);
+    return plan;
+  }
+
+  /** Segment `index` arrived thin: its raw bytes, put back together (unchecked: the pipeline checks every chunk). Throws VMS_PROTOCOL when it was not asked thin. */
+  rebuild(index: number, data: Buffer): Buffer {
+    const plan = this.thin.get(index);
+    const s = this.look?.segments[index];
+    if (!plan || !s)
+      throw new VmsynthError('VMS_PROTOCOL', `segment ${index} arrived thin, but was not asked for thin`);
+    const thin = decompressFrame(data, keptSlots(s, plan.omit) * CHUNK_SIZE);
+    return rebuildRaw(s, plan.table, thin, plan.omit, (slot) => plan.fills.get(slot)!);
+  }
+
+  /** A segment asked thin arrived whole, or thin and applied (`ok`), or thin and failed its check (asked whole from now on). */
+  settleThin(index: number, ok: boolean | null): { chunks: number; bytes: number } | null {
+    const plan = this.thin.get(index);
+    if (!plan) return null;
+    this.thin.delete(index);
+    if (ok === false) this.whole.add(index);
+    if (!ok) return null;
+    const chunks = plan.fills.size;
+    this.store?.chunkHit(index, chunks, chunks * CHUNK_SIZE);
+    return { chunks, bytes: chunks * CHUNK_SIZE };
+  }
+
+  /** What the client was asked for by lookaside and has not sent: tables, and thin segments with their bitmaps. */
+  lookasideOutstanding(): { tables: number[]; thin: { index: number; omit: Buffer }[] } {
+    return {
+      tables: [...this.tableWait],
+      thin: [...this.thin].map(([index, p]) => ({ index, omit: p.omit })),
+    };
+  }
+
+  /** Whether segment `index` waits on lookaside (its table, or asked thin): a resume asks for it that way again. */
+  inLookaside(index: number): boolean {
+    return this.tableWait.has(index) || this.thin.has(index);
+  }
 
   /** Starts fetching segment `index` from the store or the object store; false when neither can give it. */
   take(index: number, demand: boolean): boolean {

@@ -15,34 +15,39 @@
  * background; demand-only resumes at once and fetches only what the guest
  * reads; baseline fetches and applies everything, then resumes.
  */
-import { setMaxListeners } from 'node:events';
 import { DEFAULTS } from '../core/defaults.js';
 import { publish } from '../core/diagnostics.js';
 import { asVmsynthError, VmsynthError } from '../core/errors.js';
 import { Scope } from '../core/scope.js';
+import { CHUNK_SIZE } from '../fs/chunk-map.js';
+import { ChunkFile } from '../overlay/chunk-io.js';
 import type { Overlay } from '../overlay/reader.js';
 import type { Policy } from '../protocol/messages.js';
 import type { ObjectSource } from '../store/object-source.js';
 import type { SessionSource } from '../store/session-source.js';
 import { SegmentScheduler } from '../stream/scheduler.js';
 import type { Base } from '../vm/base.js';
-import { askApp, type HttpReply } from '../vm/guest-app.js';
+import type { HttpReply } from '../vm/guest-app.js';
 import type { Libvirt } from '../vm/libvirt.js';
-import { explainFailure, type RunningVm } from '../vm/machine.js';
-import { restoreVm, type RestoredVm } from '../vm/restore.js';
 import { RunDir } from '../vm/run-dir.js';
 import { LaunchImages } from './launch-images.js';
-import { describeHeld, SessionLedger, unexpectedSegment, type SynthStats } from './ledger.js';
+import { LaunchVm } from './launch-vm.js';
+import { SessionLedger, unexpectedSegment, type SynthStats } from './ledger.js';
 import { Priority } from './segment-pipeline.js';
-import { SegmentSources, type SegmentOrigin } from './segment-sources.js';
+import { SegmentSources, type Outstanding, type SegmentOrigin, type Thin } from './segment-sources.js';
 
 export type { SynthStats } from './ledger.js';
+export type { Outstanding } from './segment-sources.js';
 
 export interface SynthEvents {
   /** Ask the client for these segments. */
   want(lane: 'demand' | 'background', segments: number[]): void;
   /** A blocked guest read needs these segments, already asked for in the background: the client should send them next. */
   hurry(segments: number[]): void;
+  /** Chunk lookaside: ask the client for these segments' digest tables. */
+  tables(segments: number[]): void;
+  /** Chunk lookaside: ask the client for segment `segment` without the payload slots `omit` sets. */
+  thin(lane: 'demand' | 'background', segment: number, omit: Buffer): void;
   /** The VM is running. */
   ready(resumedMs: number): void;
   /** Every segment has been applied. */
@@ -68,6 +73,8 @@ export interface SynthOptions {
   store?: SessionSource;
   /** The object store the client named the overlay by: segments the store lacks are fetched from it first. */
   objects?: ObjectSource;
+  /** The client offered chunk lookaside (digest tables and thin segments). */
+  lookaside?: boolean;
 }
 
 export class SynthSession {
@@ -76,23 +83,19 @@ export class SynthSession {
   private readonly scheduler: SegmentScheduler;
   private readonly ledger: SessionLedger;
   private launch!: LaunchImages;
-  private vm: RestoredVm | null = null;
+  private vm!: LaunchVm;
   private closing: Promise<SynthStats> | null = null;
-  /** Aborted by close(): a resume in progress stops at its next step. */
-  private readonly abort = new AbortController();
-  private resuming: Promise<unknown> = Promise.resolve();
   private failedWith: VmsynthError | null = null;
-  /** Wakes offload requests that came before the VM ran: when it runs, or when the session fails or closes. */
-  private readonly vmChanged = new EventTarget();
   /** The store and the object store, before the client. */
   private readonly sources: SegmentSources;
+  /** The base images, read for chunk lookaside's XOR payloads. */
+  private readonly baseFiles: ChunkFile[];
 
   private constructor(
     private readonly opts: SynthOptions,
     private readonly dir: RunDir,
   ) {
     this.id = dir.id;
-    setMaxListeners(0, this.vmChanged); // one listener per offload request waiting (bounded by maxOffloadsInFlight)
     const body = opts.overlay.body;
     this.scheduler = new SegmentScheduler({
       sizes: body.segments.map((s) => s.bytes),
@@ -101,10 +104,27 @@ export class SynthSession {
     });
     this.ledger = new SessionLedger(opts.policy, body.segments.length, opts.overlay.segmentsBytes);
     const wanted = (index: number) => !this.failedWith && !this.closing && this.scheduler.isRequested(index);
-    this.sources = new SegmentSources(opts.store, opts.objects, {
-      got: (index, data, from) => wanted(index) && this.apply(index, data, from),
-      lost: (index) => wanted(index) && this.ask(this.scheduler.isDemanded(index) ? 'demand' : 'background', [index]),
-    });
+    const base = opts.store && opts.lookaside ? [opts.base.file('memory'), opts.base.file('disk')] : [];
+    this.baseFiles = base.map((f) => new ChunkFile(f));
+    this.sources = new SegmentSources(
+      opts.store,
+      opts.objects,
+      {
+        got: (index, data, from) => wanted(index) && this.apply(index, data, from),
+        lost: (index) => wanted(index) && this.ask(this.lane(index), [index]),
+      },
+      this.baseFiles.length ? { segments: body.segments, baseChunk: (i, c) => this.baseChunk(i, c) } : null,
+    );
+  }
+
+  private baseChunk(image: number, index: number): Buffer {
+    const b = Buffer.allocUnsafe(CHUNK_SIZE);
+    this.baseFiles[image]!.readAt(b, index * CHUNK_SIZE);
+    return b;
+  }
+
+  private lane(index: number): 'demand' | 'background' {
+    return this.scheduler.isDemanded(index) ? 'demand' : 'background';
   }
 
   /** Sets up the session's files and pipeline; run() then starts it. */
@@ -119,6 +139,7 @@ export class SynthSession {
     }
     s.scope.defer('remove the run directory', () => scope.close());
     s.scope.defer('stop the segment sources', () => s.sources.close());
+    s.scope.defer('close the base images', () => s.baseFiles.forEach((f) => f.close()));
     try {
       s.launch = await LaunchImages.create(
         {
@@ -135,13 +156,25 @@ export class SynthSession {
       await s.scope.close();
       throw err;
     }
+    s.vm = new LaunchVm({
+      ...opts,
+      id: s.id,
+      dir: s.dir,
+      launch: s.launch,
+      scope: s.scope,
+      ledger: s.ledger,
+      ended: () => s.failedWith ?? (s.closing ? new VmsynthError('VMS_INTERRUPTED', 'the session ended') : null),
+      fail: (err) => s.fail(err),
+      ready: (ms) => opts.events.ready(ms),
+      heldReads: () => s.heldReads(),
+    });
     return s;
   }
 
   /** Asks for the first segments and, unless baseline, resumes the VM now. */
   run(): void {
     this.pump();
-    if (this.opts.policy !== 'baseline') this.resumeInBackground();
+    if (this.opts.policy !== 'baseline') this.vm.start();
     else if (this.scheduler.done) this.onComplete();
   }
 
@@ -149,10 +182,28 @@ export class SynthSession {
   private pump(): void {
     if (this.failedWith || this.closing) return;
     const ask = { demand: [] as number[], background: [] as number[] };
-    for (const r of this.scheduler.drain())
-      if (!this.sources.take(r.index, r.lane === 'demand')) ask[r.lane].push(r.index);
+    const tables: number[] = [];
+    for (const r of this.scheduler.drain()) {
+      if (this.sources.take(r.index, r.lane === 'demand')) continue;
+      if (r.lane === 'background' && this.sources.wantsTable(r.index)) tables.push(r.index);
+      else ask[r.lane].push(r.index);
+    }
     this.ask('demand', ask.demand);
     this.ask('background', ask.background);
+    if (tables.length === 0) return;
+    for (const i of tables) this.sources.askTable(i);
+    this.sources.asked(tables);
+    this.opts.events.tables(tables);
+  }
+
+  /** A segment's digest table arrived (chunk lookaside): ask for the segment thin, or whole. */
+  async receiveTable(index: number, data: Buffer): Promise<void> {
+    if (this.failedWith || this.closing || index >= this.scheduler.total) return;
+    const plan = await this.sources.table(index, data);
+    if (plan === 'ignored' || this.failedWith || this.closing) return;
+    this.ledger.table(data.length);
+    if (plan) this.opts.events.thin(this.lane(index), index, plan.omit);
+    else this.opts.events.want(this.lane(index), [index]);
   }
 
   private ask(lane: 'demand' | 'background', segments: number[]): void {
@@ -170,36 +221,68 @@ export class SynthSession {
     } else {
       if (this.scheduler.outOfOrder > before) {
         publish('demandFetch', { session: this.id, segment, outOfOrder: true });
-        // Asked for in the background: it may still wait in the client's queue behind other background segments.
-        if (!this.ledger.isApplying(segment) && !this.sources.promote(segment)) this.opts.events.hurry([segment]);
+        // Asked for in the background: it may still wait in the client's queue behind other background
+        // segments, or its table may be awaited (then it is asked for whole, now).
+        if (this.sources.cancelTable(segment)) this.opts.events.want('demand', [segment]);
+        else if (!this.ledger.isApplying(segment) && !this.sources.promote(segment)) this.opts.events.hurry([segment]);
       }
       this.launch.promote(segment);
     }
   }
 
-  /** A segment arrived from the client. */
-  receive(index: number, data: Buffer): void {
+  /** A segment arrived from the client (`thin`: without the payloads a `thin` message named). */
+  receive(index: number, data: Buffer, thin = false): void {
     if (this.failedWith || this.closing) return;
     // The message parser guarantees an unsigned integer. A segment a source is fetching was not asked of the client.
     const asked = index < this.scheduler.total && this.scheduler.isRequested(index) && !this.sources.isFetching(index);
     const refused = unexpectedSegment(index, asked, this.ledger.isApplying(index));
-    if (refused) this.fail(refused);
-    else this.apply(index, data, 'client');
+    if (refused) return this.fail(refused);
+    if (!thin) {
+      this.sources.settleThin(index, null); // asked thin, sent whole: fine
+      return this.apply(index, data, 'client');
+    }
+    let raw: Buffer;
+    try {
+      raw = this.sources.rebuild(index, data);
+    } catch (err) {
+      const e = asVmsynthError(err);
+      if (e.code === 'VMS_PROTOCOL') return this.fail(e);
+      this.ledger.received(index, data.length, 'client');
+      this.ledger.settled(index);
+      return this.rejectThin(index);
+    }
+    this.apply(index, raw, 'client', data.length);
   }
 
-  /** Verifies, decompresses and applies a segment from any source (the pipeline checks them all alike). */
-  private apply(index: number, data: Buffer, from: SegmentOrigin): void {
-    const bytes = data.length;
+  /** A thin segment did not check out: ask for it whole. */
+  private rejectThin(index: number): void {
+    this.sources.settleThin(index, false);
+    publish('progress', { step: `session ${this.id}: thin segment ${index} failed its check; asking for it whole` });
+    if (!this.ledger.mayRetry(index))
+      return this.fail(new VmsynthError('VMS_OVERLAY_CORRUPT', `segment ${index} failed its check again`));
+    this.scheduler.retry(index);
+    this.pump();
+  }
+
+  /**
+   * Verifies, decompresses and applies a segment from any source (the pipeline checks them all
+   * alike). `thinBytes`: `data` is raw, rebuilt from a thin segment of that many bytes.
+   */
+  private apply(index: number, data: Buffer, from: SegmentOrigin, thinBytes?: number): void {
+    const rebuilt = thinBytes !== undefined;
+    const bytes = thinBytes ?? data.length;
     this.ledger.received(index, bytes, from);
-    const lane = this.scheduler.isDemanded(index) ? 'demand' : 'background';
+    const lane = this.lane(index);
     // The pipeline hands the bytes to a worker thread (transferred): the store keeps its own copy.
-    const keep = from !== 'store' && this.sources.keeps ? Buffer.from(data) : null;
+    const keep = from !== 'store' && !rebuilt && this.sources.keeps ? Buffer.from(data) : null;
     this.launch
-      .apply(index, data, lane === 'demand' ? Priority.DEMAND : Priority.BACKGROUND)
+      .apply(index, data, lane === 'demand' ? Priority.DEMAND : Priority.BACKGROUND, rebuilt)
       .finally(() => this.ledger.settled(index))
       .then(
         () => {
           publish('segmentApplied', { session: this.id, index, bytes, lane, from });
+          const saved = rebuilt ? this.sources.settleThin(index, true) : null;
+          if (saved) this.ledger.lookaside(saved.chunks, saved.bytes);
           if (from !== 'client') this.ledger.fromSource(from, bytes);
           this.sources.applied(index, bytes, from, keep);
           this.scheduler.received(index);
@@ -211,6 +294,8 @@ export class SynthSession {
         },
         (err: unknown) => {
           const e = asVmsynthError(err);
+          if (rebuilt && e.code === 'VMS_OVERLAY_CORRUPT' && !this.closing && !this.failedWith)
+            return this.rejectThin(index);
           if (from !== 'client' && e.code === 'VMS_OVERLAY_CORRUPT' && !this.closing && !this.failedWith) {
             // A stored or fetched copy that fails its check is never used: the client sends it instead.
             publish('progress', { step: `session ${this.id}: segment ${index} from the ${from} failed its check` });
@@ -233,111 +318,31 @@ export class SynthSession {
     const ms = this.ledger.complete();
     publish('overlayComplete', { session: this.id, ms });
     this.opts.events.complete(ms);
-    if (this.opts.policy === 'baseline') this.resumeInBackground();
+    if (this.opts.policy === 'baseline') this.vm.start();
   }
 
   private fail(err: VmsynthError): void {
     if (this.failedWith || this.closing) return;
     this.failedWith = err;
-    this.vmChanged.dispatchEvent(new Event('change'));
+    this.vm?.wake();
     this.opts.events.failed(err);
   }
 
-  private resumeInBackground(): void {
-    if (this.closing || this.failedWith) return;
-    this.resuming = this.resume().then(
-      () => {
-        const ms = this.ledger.resumed();
-        publish('sessionResumed', { session: this.id, domain: this.domain, ms, policy: this.opts.policy });
-        if (!this.closing) this.opts.events.ready(ms);
-        this.vmChanged.dispatchEvent(new Event('change'));
-      },
-      (err: unknown) => this.fail(asVmsynthError(err)),
-    );
-  }
-
-  /** Mounts the launch images and restores the VM from the overlay's device state; resolves when it runs. */
-  private async resume(): Promise<void> {
-    const { base, overlay } = this.opts;
-    const signal = this.abort.signal;
-    const images = await this.launch.mount(this.dir.file('mnt'), { fuseDevice: this.opts.fuseDevice }, this.scope);
-    this.vm = await restoreVm(
-      this.opts.lv,
-      {
-        base,
-        run: this.dir,
-        memory: { path: images.memory, share: false },
-        disk: { path: images.disk },
-        deviceState: overlay.deviceState(),
-        appPort: overlay.body.vm.appPort,
-        signal,
-        onStarted: (vm) => this.watch(vm),
-      },
-      this.scope,
-    );
-    publish('domainRunning', { name: this.domain, ms: this.ledger.ms() });
-  }
-
-  /** The watchdog: a VM that dies mid-session ends the session now, not at the next offload request. */
-  private watch(vm: RunningVm): void {
-    const unwatch = vm.qmp.onQemuGone((err) => {
-      if (this.closing || this.failedWith) return;
-      void explainFailure(err, vm).then((e) => {
-        const why = asVmsynthError(e);
-        publish('vmDied', { session: this.id, domain: this.domain, error: why });
-        this.fail(why);
-      });
-    });
-    this.scope.defer('stop watching the VM', () => unwatch());
-  }
-
   /**
-   * Forwards an offload request to the app in the VM. Retries while the
-   * app's port refuses connections (the guest's network stack may still be
-   * faulting its pages in); a reply of any status is the answer.
+   * Segments asked for and not yet received, by lane: those being applied are not asked for
+   * again; those lookaside asked for (tables, thin segments) are listed apart, to be asked so again.
    */
-  async offload(
-    method: string,
-    path: string,
-    body: Buffer,
-    timeoutMs: number = DEFAULTS.offloadTimeoutMs,
-  ): Promise<HttpReply> {
-    // A request may come before the VM runs (the client sends its first one right after
-    // `accepted`, which saves a round trip): it waits for the VM, and its time limit starts then.
-    while (!this.vm && !this.closing && !this.failedWith)
-      await new Promise<void>((resolve) => this.vmChanged.addEventListener('change', () => resolve(), { once: true }));
-    const vm = this.vm;
-    if (!vm) throw this.failedWith ?? new VmsynthError('VMS_INTERRUPTED', 'the session ended');
-    const ended = () =>
-      this.closing || this.failedWith
-        ? (this.failedWith ?? new VmsynthError('VMS_INTERRUPTED', 'the session ended'))
-        : null;
-    const r = await askApp(vm.hostPort, { method, path, body }, Date.now() + timeoutMs, ended, () => vm.alive());
-    if (r.reply) {
-      const first = this.ledger.replied();
-      if (first !== null) publish('firstResponse', { session: this.id, ms: first, policy: this.opts.policy });
-      return r.reply;
-    }
-    const last = r.last;
-    if (r.dead)
-      throw await explainFailure(
-        new VmsynthError('VMS_QEMU_DIED', `the VM stopped while an offload request waited (${last})`),
-        vm,
-      );
-    const h = this.heldReads();
-    throw new VmsynthError(
-      'VMS_GUEST_TIMEOUT',
-      `the app in the VM did not answer ${method} ${path} within ${timeoutMs} ms (last attempt: ${last})${describeHeld(h)}`,
-      { details: { heldReads: h } },
-    );
-  }
-
-  /** Segments asked for and not yet received, by lane: those being applied are not asked for again. */
-  outstanding(): { demand: number[]; background: number[] } {
-    const out = { demand: [] as number[], background: [] as number[] };
+  outstanding(): Outstanding {
+    const out = { demand: [] as number[], background: [] as number[], tables: [] as number[], thin: [] as Thin[] };
     if (this.failedWith || this.closing) return out;
+    const look = this.sources.lookasideOutstanding();
+    out.tables = look.tables;
+    out.thin = look.thin
+      .filter((t) => !this.ledger.isApplying(t.index))
+      .map((t) => ({ ...t, lane: this.lane(t.index) }));
     for (const r of this.scheduler.requested())
-      if (!this.ledger.isApplying(r.index) && !this.sources.isFetching(r.index)) out[r.lane].push(r.index);
+      if (!this.ledger.isApplying(r.index) && !this.sources.isFetching(r.index) && !this.sources.inLookaside(r.index))
+        out[r.lane].push(r.index);
     return out;
   }
 
@@ -367,12 +372,16 @@ export class SynthSession {
     return this.dir.domainName;
   }
 
+  /** Forwards an offload request to the app in the VM (LaunchVm.offload). */
+  offload(method: string, path: string, body: Buffer, timeoutMs?: number): Promise<HttpReply> {
+    return this.vm.offload(method, path, body, timeoutMs);
+  }
+
   /** Destroys the VM, fails held reads, unmounts, stops the workers and removes the files. Idempotent. */
   close(): Promise<SynthStats> {
     this.closing ??= (async () => {
       const stats = this.stats();
-      this.abort.abort(new VmsynthError('VMS_INTERRUPTED', 'the session ended'));
-      queueMicrotask(() => this.vmChanged.dispatchEvent(new Event('change'))); // (once `closing` is set)
+      this.vm?.abortResume();
       // Held guest reads fail first. A resume in progress may itself be waiting on one
       // (QEMU and libvirtd read the images while the domain starts and loads its state),
       // so it could never reach the step boundary awaited below; and a vCPU blocked in one
@@ -380,7 +389,7 @@ export class SynthSession {
       // SIGKILL) while that destroy call holds a thread of libuv's pool.
       this.launch?.failHeldReads();
       // Let a resume in progress reach a step boundary, so whatever it acquired is in the scope.
-      await this.resuming.catch(() => undefined);
+      await this.vm?.settled();
       await this.scope.close();
       return stats;
     })();

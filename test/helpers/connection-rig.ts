@@ -7,6 +7,7 @@ import type { Test } from 'tap';
 import net from 'node:net';
 import { VmsynthError, type ErrorCode } from '../../lib/core/errors.js';
 import type { Overlay } from '../../lib/overlay/reader.js';
+import type { Outstanding } from '../../lib/synth/session.js';
 import { encodeFrame, FrameDecoder } from '../../lib/protocol/frames.js';
 import { PROTOCOL } from '../../lib/protocol/messages.js';
 import type { Admitted } from '../../lib/server/admission.js';
@@ -50,9 +51,14 @@ export class FakeSession implements SessionHandle {
     return { status: 200, headers: {}, body: Buffer.concat([Buffer.from('echo:'), body]) };
   }
   /** What outstanding() answers. */
-  wanted = { demand: [] as number[], background: [] as number[] };
-  outstanding(): { demand: number[]; background: number[] } {
+  wanted: Outstanding = { demand: [], background: [], tables: [], thin: [] };
+  outstanding(): Outstanding {
     return this.wanted;
+  }
+  /** Digest tables received (chunk lookaside). */
+  readonly tables: number[] = [];
+  async receiveTable(index: number): Promise<void> {
+    this.tables.push(index);
   }
   progress(): { resumedMs: number | null; appliedMs: number | null } {
     return { resumedMs: 12, appliedMs: null };

@@ -182,8 +182,19 @@ interface Spec {
 }
 const CLIENT: Record<string, Spec> = {
   hello: { fields: { protocol: s, client: s }, optional: { token: s }, payload: 'none' },
-  session: { fields: { policy }, payload: 'required', as: 'manifest' },
-  segment: { fields: { index: u }, optional: { offset: u }, payload: 'required', as: 'data' },
+  session: {
+    fields: { policy },
+    optional: { overlayUrl: s, lookaside: (v) => typeof v === 'boolean' },
+    payload: 'required',
+    as: 'manifest',
+  },
+  segment: {
+    fields: { index: u },
+    optional: { offset: u, thin: (v) => typeof v === 'boolean' },
+    payload: 'required',
+    as: 'data',
+  },
+  table: { fields: { index: u }, payload: 'required', as: 'data' },
   offload: {
     fields: {
       id: u,
@@ -209,6 +220,12 @@ const SERVER: Record<string, Spec> = {
   },
   want: { fields: { lane: (v) => v === 'demand' || v === 'background', segments: list }, payload: 'none' },
   hurry: { fields: { segments: list }, payload: 'none' },
+  tables: { fields: { segments: list }, payload: 'none' },
+  thin: {
+    fields: { segment: u, lane: (v) => v === 'demand' || v === 'background' },
+    payload: 'required',
+    as: 'omit',
+  },
   ping: { fields: {}, payload: 'none' },
   ready: { fields: { resumedMs: u }, payload: 'none' },
   reply: { fields: { id: u, status: u }, payload: 'allowed', as: 'body' },
@@ -304,6 +321,10 @@ const domain: Record<string, fc.Arbitrary<unknown>> = {
   fatal: fc.boolean(),
   keepaliveMs: fc.nat(),
   offset: fc.oneof(fc.nat(), fc.constant(-5)),
+  overlayUrl: fc.oneof(fc.constant('s3://b/p'), fc.constant('x'.repeat(4097)), fc.nat()),
+  lookaside: fc.oneof(fc.boolean(), fc.constant('yes')),
+  thin: fc.oneof(fc.boolean(), fc.constant(1)),
+  segment: fc.oneof(fc.nat(), fc.constant(-2)),
   partialIndex: fc.nat(),
   partialBytes: fc.oneof(fc.nat(), fc.constant('7')),
   graceMs: fc.oneof(fc.nat(), fc.constant(-1)),

@@ -20,6 +20,14 @@ t.test('client messages: accepted shapes', async (t) => {
   t.equal(named.type === 'session' && named.overlayUrl, 's3://b/apps/x');
   const seg = parseClientMessage(frame({ type: 'segment', index: 3 }, Buffer.from([1, 2])));
   t.same(seg.type === 'segment' && [seg.index, [...seg.data]], [3, [1, 2]]);
+  const thin = parseClientMessage(frame({ type: 'segment', index: 3, thin: true }, Buffer.from([1])));
+  t.same(thin.type === 'segment' && thin.thin, true, 'a thin segment says so');
+  const table = parseClientMessage(frame({ type: 'table', index: 4 }, Buffer.alloc(64)));
+  t.same(table.type === 'table' && [table.index, table.data.length], [4, 64]);
+  const session = parseClientMessage(
+    frame({ type: 'session', policy: 'early-start', lookaside: true }, Buffer.from('m')),
+  );
+  t.same(session.type === 'session' && session.lookaside, true);
   t.same(parseClientMessage(frame({ type: 'offload', id: 1, method: 'GET', path: '/run' })).type, 'offload');
   t.same(parseClientMessage(frame({ type: 'finish' })), { type: 'finish' });
 });
@@ -35,6 +43,8 @@ t.test('client messages: refused shapes are VMS_PROTOCOL', async (t) => {
   refuse({ type: 'session', policy: 'baseline', overlayUrl: 42 }, Buffer.from('m'));
   refuse({ type: 'segment', index: -1 }, Buffer.from('x'));
   refuse({ type: 'segment', index: 1.5 }, Buffer.from('x'));
+  refuse({ type: 'table', index: 4 }); // no table
+  refuse({ type: 'segment', index: 3, thin: 'yes' }, Buffer.from('x'));
   refuse({ type: 'offload', id: 1, method: 'DELETE', path: '/' });
   refuse({ type: 'offload', id: 1, method: 'GET', path: 'no-slash' });
   refuse({ type: 'finish' }, Buffer.from('unexpected payload'));
@@ -57,6 +67,24 @@ t.test('server messages', async (t) => {
     code: 'VMS_PROTOCOL',
   });
   t.same(parseServerMessage(frame({ type: 'hurry', segments: [7] })), { type: 'hurry', segments: [7] });
+  t.same(parseServerMessage(frame({ type: 'tables', segments: [1, 2] })), { type: 'tables', segments: [1, 2] });
+  t.throws(() => parseServerMessage(frame({ type: 'tables', segments: [] })), { code: 'VMS_PROTOCOL' });
+  t.same(parseServerMessage(frame({ type: 'thin', segment: 3, lane: 'background' }, Buffer.from([5]))), {
+    type: 'thin',
+    segment: 3,
+    lane: 'background',
+    omit: Buffer.from([5]),
+  });
+  t.throws(
+    () => parseServerMessage(frame({ type: 'thin', segment: 3, lane: 'background' })),
+    {
+      code: 'VMS_PROTOCOL',
+    },
+    'a thin without its bitmap',
+  );
+  t.throws(() => parseServerMessage(frame({ type: 'thin', segment: -3, lane: 'background' }, Buffer.from([5]))), {
+    code: 'VMS_PROTOCOL',
+  });
   t.throws(() => parseServerMessage(frame({ type: 'hurry', segments: [] })), { code: 'VMS_PROTOCOL' });
   t.throws(() => parseServerMessage(frame({ type: 'hurry', segments: [-1] })), { code: 'VMS_PROTOCOL' });
   t.throws(

@@ -39,7 +39,7 @@ async function resumeFrom(t: Test, first: Rig, secret = first.accepted!.secret a
 t.test('a dropped session is resumed from another connection; unacknowledged replies come again', async (t) => {
   const a = await at(t, 'session', GRACE);
   t.equal((a.accepted!.secret as Buffer).length, 32, 'accepted carries a 32-byte secret');
-  a.sessions[0]!.wanted = { demand: [2], background: [0] };
+  a.sessions[0]!.wanted = { demand: [2], background: [0], tables: [], thin: [] };
   a.send(offload(1));
   t.match(await a.next('reply'), { type: 'reply', id: 1 });
   a.socket.destroy();
@@ -224,7 +224,7 @@ t.test('over its rate limit, an address gets in only with a valid token', async 
 t.test('a segment cut short by a drop: the server keeps what arrived, and asks only for the rest', async (t) => {
   const a = await at(t, 'session', GRACE);
   const s = a.sessions[0]!;
-  s.wanted = { demand: [], background: [2] };
+  s.wanted = { demand: [], background: [2], tables: [], thin: [] };
   const payload = Buffer.alloc(300_000);
   for (let i = 0; i < payload.length; i++) payload[i] = i % 251;
   const whole = frame({ type: 'segment', index: 2 }, payload);
@@ -245,7 +245,7 @@ t.test('a segment cut short by a drop: the server keeps what arrived, and asks o
 
 t.test('the rest of a segment from another offset than the part held is refused', async (t) => {
   const a = await at(t, 'session', GRACE);
-  a.sessions[0]!.wanted = { demand: [1], background: [] };
+  a.sessions[0]!.wanted = { demand: [1], background: [], tables: [], thin: [] };
   const whole = frame({ type: 'segment', index: 1 }, Buffer.alloc(50_000, 3));
   a.socket.write(whole.subarray(0, whole.length - 20_000));
   await new Promise((r) => setTimeout(r, 100));

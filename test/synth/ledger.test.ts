@@ -143,6 +143,11 @@ t.test("stats() assembles the ledger's counts with the live numbers", async (t) 
   l.fromSource('object', 300);
   l.received(3, 900, 'store');
   l.settled(3); // failed its check: not counted
+  l.table(320);
+  l.table(64);
+  l.received(5, 2_000); // thin: its bytes as sent...
+  l.settled(5);
+  l.lookaside(3, 12_288); // ...and the chunks the store filled in
   clock.advance(400);
   l.complete();
   const blockedReads: BlockedReadStats = { count: 2, totalMs: 30.5, maxMs: 20.5, p50Ms: 20.5, p90Ms: 20.5 };
@@ -150,12 +155,13 @@ t.test("stats() assembles the ledger's counts with the live numbers", async (t) 
   t.same(l.stats({ outOfOrder: 4, blockedReads, heldReads }), {
     policy: 'early-start',
     segments: 6,
-    segmentsReceived: 2,
-    bytesReceived: 1_500,
+    segmentsReceived: 3,
+    bytesReceived: 3_500,
     segmentsFromStore: 1,
     bytesFromStore: 700,
     segmentsFromObjects: 1,
     bytesFromObjects: 300,
+    lookaside: { tables: 2, tableBytes: 384, thinSegments: 1, chunks: 3, bytesSaved: 12_288 },
     overlayBytes: 123_456,
     demandFetches: 2,
     outOfOrder: 4,

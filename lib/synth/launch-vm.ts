@@ -1,0 +1,167 @@
+/**
+ * The VM of one synthesis session: the launch images mounted over FUSE and
+ * the VM restored from the overlay's device state (vm/restore.ts, the one VM
+ * restore), watched while it runs, and asked the app's offload requests.
+ * SynthSession (session.ts) owns the segments and drives this; what the VM
+ * acquires goes into the session's scope, so the session's close tears it
+ * down with everything else.
+ */
+import { setMaxListeners } from 'node:events';
+import { DEFAULTS } from '../core/defaults.js';
+import { publish } from '../core/diagnostics.js';
+import { asVmsynthError, VmsynthError } from '../core/errors.js';
+import type { Scope } from '../core/scope.js';
+import type { Overlay } from '../overlay/reader.js';
+import type { Policy } from '../protocol/messages.js';
+import type { Base } from '../vm/base.js';
+import { askApp, type HttpReply } from '../vm/guest-app.js';
+import type { Libvirt } from '../vm/libvirt.js';
+import { explainFailure, type RunningVm } from '../vm/machine.js';
+import { restoreVm, type RestoredVm } from '../vm/restore.js';
+import type { RunDir } from '../vm/run-dir.js';
+import type { LaunchImages } from './launch-images.js';
+import { describeHeld, type SessionLedger, type SynthStats } from './ledger.js';
+
+export interface LaunchVmOptions {
+  id: string;
+  policy: Policy;
+  lv: Libvirt;
+  base: Base;
+  overlay: Overlay;
+  dir: RunDir;
+  launch: LaunchImages;
+  scope: Scope;
+  fuseDevice?: string;
+  ledger: SessionLedger;
+  /** Why the session cannot go on (it failed, or is closing), or null. */
+  ended(): VmsynthError | null;
+  /** The VM failed: the session cannot go on. */
+  fail(err: VmsynthError): void;
+  /** The VM runs, `ms` into the session. */
+  ready(ms: number): void;
+  /** The guest reads held now, for a timeout's message. */
+  heldReads(): SynthStats['heldReads'];
+}
+
+export class LaunchVm {
+  private vm: RestoredVm | null = null;
+  /** Wakes offload requests that came before the VM ran: when it runs, or when the session fails or closes. */
+  private readonly changed = new EventTarget();
+  /** Aborted by stop(): a resume in progress stops at its next step. */
+  private readonly abort = new AbortController();
+  private resuming: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly o: LaunchVmOptions) {
+    setMaxListeners(0, this.changed); // one listener per offload request waiting (bounded by maxOffloadsInFlight)
+  }
+
+  get domain(): string {
+    return this.o.dir.domainName;
+  }
+
+  /** Mounts the images and restores the VM, in the background; ready() or fail() says how it went. */
+  start(): void {
+    if (this.o.ended()) return;
+    this.resuming = this.resume().then(
+      () => {
+        const ms = this.o.ledger.resumed();
+        publish('sessionResumed', { session: this.o.id, domain: this.domain, ms, policy: this.o.policy });
+        if (!this.o.ended()) this.o.ready(ms);
+        this.wake();
+      },
+      (err: unknown) => this.o.fail(asVmsynthError(err)),
+    );
+  }
+
+  /** Offload requests waiting for the VM look again (the session failed or ended). */
+  wake(): void {
+    this.changed.dispatchEvent(new Event('change'));
+  }
+
+  /** The session closes: a resume in progress stops at its next step; waiting requests end. */
+  abortResume(): void {
+    this.abort.abort(new VmsynthError('VMS_INTERRUPTED', 'the session ended'));
+    queueMicrotask(() => this.wake()); // (once the session says it is closing)
+  }
+
+  /** Resolves when a resume in progress reached a step boundary (whatever it acquired is in the scope). */
+  async settled(): Promise<void> {
+    await this.resuming.catch(() => undefined);
+  }
+
+  private async resume(): Promise<void> {
+    const { base, overlay, dir } = this.o;
+    const images = await this.o.launch.mount(dir.file('mnt'), { fuseDevice: this.o.fuseDevice }, this.o.scope);
+    this.vm = await restoreVm(
+      this.o.lv,
+      {
+        base,
+        run: dir,
+        memory: { path: images.memory, share: false },
+        disk: { path: images.disk },
+        deviceState: overlay.deviceState(),
+        appPort: overlay.body.vm.appPort,
+        signal: this.abort.signal,
+        onStarted: (vm) => this.watch(vm),
+      },
+      this.o.scope,
+    );
+    publish('domainRunning', { name: this.domain, ms: this.o.ledger.ms() });
+  }
+
+  /** The watchdog: a VM that dies mid-session ends the session now, not at the next offload request. */
+  private watch(vm: RunningVm): void {
+    const unwatch = vm.qmp.onQemuGone((err) => {
+      if (this.o.ended()) return;
+      void explainFailure(err, vm).then((e) => {
+        const why = asVmsynthError(e);
+        publish('vmDied', { session: this.o.id, domain: this.domain, error: why });
+        this.o.fail(why);
+      });
+    });
+    this.o.scope.defer('stop watching the VM', () => unwatch());
+  }
+
+  /**
+   * Forwards an offload request to the app in the VM. Retries while the
+   * app's port refuses connections (the guest's network stack may still be
+   * faulting its pages in); a reply of any status is the answer.
+   */
+  async offload(
+    method: string,
+    path: string,
+    body: Buffer,
+    timeoutMs: number = DEFAULTS.offloadTimeoutMs,
+  ): Promise<HttpReply> {
+    // A request may come before the VM runs (the client sends its first one right after
+    // `accepted`, which saves a round trip): it waits for the VM, and its time limit starts then.
+    while (!this.vm && !this.o.ended())
+      await new Promise<void>((resolve) => this.changed.addEventListener('change', () => resolve(), { once: true }));
+    const vm = this.vm;
+    if (!vm) throw this.o.ended() ?? new VmsynthError('VMS_INTERRUPTED', 'the session ended');
+    const r = await askApp(
+      vm.hostPort,
+      { method, path, body },
+      Date.now() + timeoutMs,
+      () => this.o.ended(),
+      () => vm.alive(),
+    );
+    if (r.reply) {
+      const first = this.o.ledger.replied();
+      if (first !== null) publish('firstResponse', { session: this.o.id, ms: first, policy: this.o.policy });
+      return r.reply;
+    }
+    const last = r.last;
+    if (r.dead)
+      throw await explainFailure(
+        new VmsynthError('VMS_QEMU_DIED', `the VM stopped while an offload request waited (${last})`),
+        vm,
+      );
+    const h = this.o.heldReads();
+    throw new VmsynthError(
+      'VMS_GUEST_TIMEOUT',
+      `the app in the VM did not answer ${method} ${path} within ${timeoutMs} ms (last attempt: ${last})${describeHeld(h)}`,
+      { details: { heldReads: h } },
+    );
+  }
+}
