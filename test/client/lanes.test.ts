@@ -3,7 +3,10 @@
  * speaking the protocol, no VM): `hurry` moves a background segment not yet
  * sent ahead of the others and never sends one twice, and
  * holdBackgroundAfterBytes stalls the background lane until the first
- * response while demand and hurried segments still go.
+ * response while demand and hurried segments still go. Chunk lookaside:
+ * `tables` is answered with each segment's digest table, `thin` with the
+ * segment less the slots its bitmap names, the same bytes the overlay holds
+ * otherwise.
  */
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
@@ -11,7 +14,11 @@ import net from 'node:net';
 import path from 'node:path';
 import { synthesize, type SynthesizeOptions, type SynthesizeResult } from '../../lib/client/client.js';
 import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
+import { segmentDigests } from '../../lib/overlay/format.js';
 import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
+import { Overlay } from '../../lib/overlay/reader.js';
+import { omitBitmap, slotCount, thinPayloads } from '../../lib/overlay/thin.js';
+import { decompressFrame } from '../../lib/overlay/zstd-frame.js';
 import { encodeFrame, FrameDecoder } from '../../lib/protocol/frames.js';
 import { PROTOCOL, type ClientMessage, parseClientMessage } from '../../lib/protocol/messages.js';
 import { loadBase } from '../../lib/vm/base.js';
@@ -51,6 +58,8 @@ interface Talk {
 /** What the scripted server does after `accepted` and after each segment it receives (`got`: the indices so far). */
 interface Script {
   accepted(talk: Talk): void;
+  /** A digest table came (chunk lookaside). */
+  table?(index: number, data: Buffer, talk: Talk): void;
   segment(got: number[], talk: Talk): void;
   /** Answer the first offload request as soon as it comes (default), or only when the script sends talk.reply(). */
   autoReply?: boolean;
@@ -60,8 +69,9 @@ interface Script {
 async function scripted(
   script: Script,
   opts: Partial<SynthesizeOptions>,
-): Promise<{ result: SynthesizeResult; got: number[] }> {
+): Promise<{ result: SynthesizeResult; got: number[]; segments: Extract<ClientMessage, { type: 'segment' }>[] }> {
   const got: number[] = [];
+  const segments: Extract<ClientMessage, { type: 'segment' }>[] = [];
   const server = net.createServer((socket) => {
     const talk: Talk = {
       send: (...frames) => void socket.write(Buffer.concat(frames)),
@@ -86,8 +96,10 @@ async function scripted(
             }),
           );
           script.accepted(talk);
-        } else if (m.type === 'segment') {
+        } else if (m.type === 'table') script.table?.(m.index, m.data, talk);
+        else if (m.type === 'segment') {
           got.push(m.index);
+          segments.push(m);
           script.segment(got, talk);
           if (got.length === N) send(frame({ type: 'complete', appliedMs: 1 }));
         } else if (m.type === 'offload' && script.autoReply !== false) send(talk.reply());
@@ -102,7 +114,7 @@ async function scripted(
   try {
     const port = (server.address() as net.AddressInfo).port;
     const result = await synthesize({ server: `127.0.0.1:${port}`, overlay: ov, timeoutMs: 30_000, ...opts });
-    return { result, got };
+    return { result, got, segments };
   } finally {
     server.close();
   }
@@ -170,3 +182,59 @@ t.test(
     t.equal(result.demandRequests, 1);
   },
 );
+
+t.test('lookaside: tables go at once; a thin segment leaves out the slots its bitmap names', async (t) => {
+  // Segments of 4 payload slots, in an overlay of their own.
+  const ov4 = path.join(testRoot, 'ov4');
+  await buildOverlay({
+    base: baseInput(await loadBase('gen')),
+    custom: { memory: custom('memory.raw'), disk: custom('disk.raw'), deviceState: custom('device.state') },
+    appPort: 8000,
+    key: await loadSigningKey(),
+    out: ov4,
+    segmentBytes: 4 * 4096,
+  });
+  const o = await Overlay.open(ov4, { trusted: null });
+  const file = o.segmentFile();
+  t.teardown(() => file.close());
+  const seg = (i: number) => {
+    const s = o.body.segments[i]!;
+    const compressed = file.read(s);
+    return { s, compressed, raw: decompressFrame(compressed, s.rawBytes) };
+  };
+  t.ok(slotCount(seg(0).s) >= 2, 'segment 0 has several payload slots');
+  const omit = omitBitmap(slotCount(seg(0).s), [0]);
+  const tables = new Map<number, Buffer>();
+  const { result, segments } = await scripted(
+    {
+      autoReply: false,
+      accepted: ({ send }) => send(frame({ type: 'tables', segments: [0, 1] })),
+      table: (index, data, { send }) => {
+        tables.set(index, data);
+        if (tables.size === 2)
+          send(frame({ type: 'thin', segment: 0, lane: 'background' }, omit), want('background', [1]));
+      },
+      segment: (got, { send, reply }) => {
+        if (got.length === 2) send(ready(), reply());
+      },
+    },
+    { overlay: ov4, waitComplete: false },
+  );
+  for (const i of [0, 1])
+    t.ok(tables.get(i)?.equals(segmentDigests(seg(i).raw, seg(i).s)), `segment ${i}'s table is its digests`);
+  t.same(
+    segments.map((m) => [m.index, m.thin === true]),
+    [
+      [0, true],
+      [1, false],
+    ],
+    'segment 0 thin, segment 1 whole',
+  );
+  const thin = decompressFrame(segments[0]!.data, seg(0).s.rawBytes);
+  t.ok(thin.equals(thinPayloads(seg(0).s, seg(0).raw, omit)), 'the thin form: the kept slots, in order');
+  t.equal(thin.length, (slotCount(seg(0).s) - 1) * 4096, 'one slot left out');
+  t.ok(segments[1]!.data.equals(seg(1).compressed), 'the whole one is the overlay bytes');
+  const tableBytes = tables.get(0)!.length + tables.get(1)!.length;
+  t.same(result.lookaside, { tables: 2, tableBytes, payloadBytesOmitted: 4096 });
+  t.equal(result.bytesSent, segments[0]!.data.length + segments[1]!.data.length + tableBytes, 'tables count as sent');
+});

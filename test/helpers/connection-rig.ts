@@ -37,8 +37,11 @@ export class FakeSession implements SessionHandle {
   }
   /** The bytes of each segment received, in order. */
   data: Buffer[] = [];
-  receive(index: number, data: Buffer): void {
+  /** Segments received thin. */
+  thin: number[] = [];
+  receive(index: number, data: Buffer, thin?: boolean): void {
     this.received.push(index);
+    if (thin) this.thin.push(index);
     this.data.push(data);
   }
   async offload(
@@ -155,7 +158,7 @@ export async function rig(t: Test, o: RigOptions = {}): Promise<Rig> {
   const waiters: (() => void)[] = [];
   const decoder = new FrameDecoder();
   socket.on('data', (d: Buffer) => {
-    for (const f of decoder.push(d)) msgs.push(f.header);
+    for (const f of decoder.push(d)) msgs.push(f.payload.length ? { ...f.header, payload: f.payload } : f.header);
     for (const w of waiters.splice(0)) w();
   });
   const closed = new Promise<Msg[]>((r) => socket.on('close', () => r(msgs)));

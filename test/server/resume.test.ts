@@ -258,3 +258,38 @@ t.test('the rest of a segment from another offset than the part held is refused'
   await b.gone;
   t.match(b.conn.endedWith?.details, { reason: 'partial-offset', segment: 1, offset: 29_000, held: 30_000 });
 });
+
+t.test(
+  'chunk lookaside across a drop: tables asked again, thin segments asked thin again, a thin one resumes from its part',
+  async (t) => {
+    const a = await at(t, 'session', GRACE);
+    const s = a.sessions[0]!;
+    s.wanted = {
+      demand: [],
+      background: [0],
+      tables: [1],
+      thin: [{ index: 2, lane: 'background', omit: Buffer.from([5]) }],
+    };
+    const payload = Buffer.alloc(200_000, 7);
+    const whole = frame({ type: 'segment', index: 2, thin: true }, payload);
+    a.socket.write(whole.subarray(0, whole.length - 50_000));
+    await new Promise((r) => setTimeout(r, 100));
+    a.socket.destroy();
+    await a.gone;
+    const b = await resumeFrom(t, a);
+    t.match(await b.next('resumed'), { partialIndex: 2, partialBytes: 150_000 });
+    t.match(await b.next('want'), { lane: 'background', segments: [0] });
+    t.match(await b.next('tables'), { type: 'tables', segments: [1] }, 'the table still awaited');
+    const thin = await b.next('thin');
+    t.match(thin, { type: 'thin', segment: 2, lane: 'background' }, 'the thin segment still wanted');
+    t.same([...(thin.payload as Buffer)], [5], 'with its bitmap');
+    b.send(frame({ type: 'table', index: 1 }, Buffer.alloc(64)));
+    b.send(frame({ type: 'segment', index: 2, offset: 150_000, thin: true }, payload.subarray(150_000)));
+    await until(() => s.data.length === 1 && s.tables.length === 1, 'the table and the segment');
+    t.same(s.tables, [1], 'the table reached the session');
+    t.same(s.thin, [2], 'the segment reached it thin');
+    t.ok(s.data[0]!.equals(payload), 'and whole: the part and the rest');
+    b.send(finish());
+    await b.next('finished');
+  },
+);

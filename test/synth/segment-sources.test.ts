@@ -7,6 +7,7 @@
  */
 import t from 'tap';
 import { VmsynthError } from '../../lib/core/errors.js';
+import type { SegmentInfo } from '../../lib/overlay/format.js';
 import type { ObjectSource } from '../../lib/store/object-source.js';
 import type { SessionSource } from '../../lib/store/session-source.js';
 import { SegmentSources } from '../../lib/synth/segment-sources.js';
@@ -98,3 +99,92 @@ t.test('what enters the store: segments from the client and the object store, no
   t.same(f.log, ['store.admit 1', 'store.admit 2', 'store.hit 3 30', 'store.miss 4,5', 'objects.close', 'store.close']);
   t.notOk(new SegmentSources(undefined, undefined, { got: () => undefined, lost: () => undefined }).keeps);
 });
+
+/** Sources with lookaside over a fake store whose plan for segment 7 fills slot 1 (of 3), and for others finds nothing. */
+function lookaside(opts: { lookaside?: boolean; signed?: boolean } = {}) {
+  const log: string[] = [];
+  const fill = Buffer.alloc(4096, 0xab);
+  const store = {
+    lookaside: opts.lookaside ?? true,
+    has: () => false,
+    miss: (s: number[]) => log.push(`store.miss ${s.join(',')}`),
+    plan: async (i: number, table: Buffer) => {
+      log.push(`store.plan ${i} ${table.length}`);
+      if (table.length === 1) throw new VmsynthError('VMS_OVERLAY_CORRUPT', 'bad table');
+      return i === 7 ? { omit: Buffer.from([0b010]), fills: new Map([[1, fill]]), table } : null;
+    },
+    chunkHit: (i: number, chunks: number, bytes: number) => log.push(`store.chunkHit ${i} ${chunks} ${bytes}`),
+    close: async () => undefined,
+  };
+  // 3 payload slots and 2 digests per segment; signed tables unless told otherwise.
+  const segment = {
+    rawBytes: 3 * 4096 + 64,
+    digests: 2,
+    count: 2,
+    chunks: new Uint8Array(32),
+    ...(opts.signed === false ? {} : { tableSha256: new Uint8Array(32) }),
+  };
+  const segments = Array.from({ length: 10 }, () => segment) as unknown as SegmentInfo[];
+  const sources = new SegmentSources(
+    store as unknown as SessionSource,
+    undefined,
+    { got: () => undefined, lost: () => undefined },
+    { segments, baseChunk: () => Buffer.alloc(4096) },
+  );
+  return { sources, log, fill };
+}
+
+t.test('lookaside: a table is asked only when the store names chunks and the manifest signs tables', async (t) => {
+  t.ok(lookaside().sources.wantsTable(3));
+  t.notOk(lookaside({ lookaside: false }).sources.wantsTable(3), 'the store names no chunk');
+  t.notOk(lookaside({ signed: false }).sources.wantsTable(3), 'an overlay built before lookaside');
+  const none = new SegmentSources(undefined, undefined, { got: () => undefined, lost: () => undefined });
+  t.notOk(none.wantsTable(3), 'no store');
+});
+
+t.test('lookaside: a table leads to a thin request, or a whole one; a thin segment is rebuilt', async (t) => {
+  const { sources, log, fill } = lookaside();
+  sources.askTable(7);
+  sources.askTable(8);
+  t.ok(sources.inLookaside(7));
+  t.equal(await sources.table(9, Buffer.alloc(64)), 'ignored', 'a table not asked for');
+  const plan = await sources.table(7, Buffer.alloc(64, 1));
+  t.ok(plan && plan !== 'ignored' && plan.omit.equals(Buffer.from([0b010])), 'segment 7: thin');
+  t.equal(await sources.table(8, Buffer.alloc(64)), null, 'segment 8: nothing stored, whole');
+  t.notOk(sources.wantsTable(8), 'and it is not asked again');
+  t.same(sources.lookasideOutstanding(), { tables: [], thin: [{ index: 7, omit: Buffer.from([0b010]) }] });
+  const { compress } = await import('zstd-napi');
+  const kept = Buffer.concat([Buffer.alloc(4096, 1), Buffer.alloc(4096, 3)]);
+  const raw = sources.rebuild(7, compress(kept));
+  t.same(
+    [raw.subarray(0, 4096).equals(kept.subarray(0, 4096)), raw.subarray(4096, 8192).equals(fill)],
+    [true, true],
+    'kept slots from the thin segment, the omitted one from the store',
+  );
+  t.ok(raw.subarray(3 * 4096).equals(Buffer.alloc(64, 1)), 'the table closes it');
+  t.throws(() => sources.rebuild(8, compress(kept)), { code: 'VMS_PROTOCOL' }, 'not asked thin');
+  t.throws(() => sources.rebuild(7, compress(kept.subarray(4096))), { code: 'VMS_OVERLAY_CORRUPT' }, 'a slot short');
+  t.same(sources.settleThin(7, true), { chunks: 1, bytes: 4096 });
+  t.same(log.slice(-1), ['store.chunkHit 7 1 4096']);
+  t.notOk(sources.inLookaside(7), 'settled');
+});
+
+t.test(
+  'lookaside: a guest read cancels an awaited table; a bad table or a failed thin segment means whole',
+  async (t) => {
+    const { sources, log } = lookaside();
+    sources.askTable(7);
+    t.ok(sources.cancelTable(7), 'awaited: the caller asks for it whole');
+    t.notOk(sources.cancelTable(7), 'once');
+    t.equal(await sources.table(7, Buffer.alloc(64)), 'ignored', 'its table comes too late');
+    t.notOk(sources.wantsTable(7));
+    sources.askTable(2);
+    t.equal(await sources.table(2, Buffer.alloc(1)), null, 'a table that fails its check: whole');
+    const { sources: s2 } = lookaside();
+    s2.askTable(7);
+    await s2.table(7, Buffer.alloc(64));
+    t.equal(s2.settleThin(7, false), null, 'a thin segment that failed');
+    t.notOk(s2.wantsTable(7), 'is asked for whole from now on');
+    t.notOk(log.some((l) => l.startsWith('store.chunkHit')));
+  },
+);
