@@ -26,8 +26,11 @@ and writes JSON to bench/results/):
                   build and apply speed
   memory          a ~1 GB overlay built and applied in a 2 GB memory cgroup
   first-response  first-response time per policy over emulated links
-  store           cold vs warm synthesis with the cloudlet store, against a
-                  local resume (runs only by name)
+  store           the cloudlet store: cold, warm (against a local resume),
+                  from an object store, and partial (a second app after a
+                  first, chunk lookaside); BENCH_STORE_PAIRS picks the pairs
+                  (demo, speech-ocr; the real apps need the suite's Debian
+                  base: hours the first time). Runs only by name
   suite           real apps in a Debian guest against Elijah's numbers (hours;
                   runs only by name; options: npm run bench -- suite --help)
 With no name: ${DEFAULT.join(', ')}.

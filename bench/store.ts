@@ -12,7 +12,10 @@
  *   s3    the store emptied again, and the client names the overlay by URL:
  *         the server fetches every segment from an object store (s3rver on
  *         the host's loopback, standing for a backhaul faster than the
- *         client's link) with ranged GETs, and the client sends none.
+ *         client's link) with ranged GETs, and the client sends none;
+ *   partial  a second app after a first over the same base, and cold
+ *         (bench/store-partial.ts: the demo app and its second app, and the
+ *         suite's speech and ocr apps; BENCH_STORE_PAIRS).
  * The baseline, measured in the same run: the launch VM applied locally and
  * resumed once in every round (beside the sessions, so it sees the same
  * host), the cost of a first response with nothing to fetch. Target: warm first response p50 ≤ 1.1 × the local resume's p50.
@@ -38,6 +41,14 @@ import { ObjectStore } from '../lib/store/object-store.js';
 import { detectAccel } from '../lib/vm/accel.js';
 import { workPath } from '../lib/vm/guest-app.js';
 import { runClient } from './lib/client-run.js';
+import {
+  describeRow,
+  partialRound,
+  partialRow,
+  preparePairs,
+  type PartialCells,
+  type PartialRow,
+} from './store-partial.js';
 import { applyLocal, chosenLinks, positiveEnv, prepare, resumeLocal, WORK, type Local } from './lib/demo-overlay.js';
 import {
   checkLinkTools,
@@ -180,6 +191,8 @@ export async function benchStore(): Promise<void> {
     await removeStale(NAMES);
     const { accel } = await detectAccel();
     const prepared = await prepare(signal, { profile: false });
+    const keys = [prepared.key];
+    const pairs = await preparePairs(prepared, keys, signal);
     const tmp = tmpDirFor(process.pid, NAMES);
     await fsp.mkdir(tmp);
     scope.defer(`remove ${tmp}`, () => fsp.rm(tmp, { recursive: true, force: true }));
@@ -200,7 +213,7 @@ export async function benchStore(): Promise<void> {
     const server = await SynthServer.listen({
       host: n.hostAddr,
       port: 0,
-      trust: [prepared.key.pubFile],
+      trust: keys.map((k) => k.pubFile),
       verifyBases: true,
       store: { dir: path.join(tmp, 'store'), maxBytes: 4 * 2 ** 30 },
       objects: { endpoint: s3.endpoint, credentials: BENCH_S3_CREDENTIALS, sources: [`s3://${BUCKET}`] },
@@ -210,11 +223,13 @@ export async function benchStore(): Promise<void> {
     const port = server.address().port;
 
     const perLink: { link: Link; summary: Record<Variant, Summary>; cells: Record<Variant, Cell> }[] = [];
+    const partialRows: PartialRow[] = [];
     for (const link of links) {
       await shape(n, link);
       const cells = Object.fromEntries(
         VARIANTS.map((v): [Variant, Cell] => [v, { samples: [], failures: [] }]),
       ) as Record<Variant, Cell>;
+      const partial = pairs.map((): PartialCells => ({ partial: [], cold: [], failures: [] }));
       for (let i = 0; i < runs; i++) {
         // The baseline in every round, beside the sessions, so it sees the same host.
         const l = await resumeLocal(launch, signal);
@@ -247,7 +262,11 @@ export async function benchStore(): Promise<void> {
             process.stderr.write(`${link.name} ${i + 1}/${runs} ${v}: FAILED: ${message}\n`);
           }
         }
+        const ctx = { ns: n.ns, server: `${n.hostAddr}:${port}`, store, signal };
+        for (const [k, pair] of pairs.entries())
+          await partialRound(ctx, pair, partial[k]!, `${link.name} ${i + 1}/${runs}`);
       }
+      for (const [k, pair] of pairs.entries()) partialRows.push(partialRow(pair, link, partial[k]!));
       const summary = Object.fromEntries(VARIANTS.map((v) => [v, summarize(cells[v])])) as Record<Variant, Summary>;
       perLink.push({ link, summary, cells });
     }
@@ -288,6 +307,7 @@ export async function benchStore(): Promise<void> {
             : null,
         samples: p.cells,
       })),
+      partial: partialRows,
       storeStats: store.stats(),
     };
     const outDir = path.join(packageRoot(), 'bench', 'results');
@@ -317,6 +337,7 @@ export async function benchStore(): Promise<void> {
         );
       }
       console.log(`  warm / local resume: ${l.warmOverLocal}x (target ≤ 1.1); cold / warm: ${l.coldOverWarm}x`);
+      for (const r of partialRows.filter((r) => r.link === l.link.name)) console.log(describeRow(r));
     }
     console.log(`\nresults: ${file}\nplot: ${svg}`);
   } finally {

@@ -229,7 +229,7 @@ function parseArgs(argv: string[]): SuiteArgs | 'help' {
 
 // ---------------------------------------------------------------- preparation
 
-interface PreparedApp {
+export interface PreparedApp {
   spec: AppSpec;
   repo: AptRepo;
   input: { file: string; description: string; bytes: number };
@@ -265,7 +265,7 @@ function splitByImage(ov: Overlay): { memory: number; disk: number } {
   return { memory: Math.round(out.memory), disk: Math.round(out.disk) };
 }
 
-async function prepareApp(
+export async function prepareApp(
   name: AppName,
   guest: DebianGuest,
   base: Base,
@@ -391,7 +391,7 @@ async function prepareApp(
     for (const d of await fsp.readdir(dir))
       if (d.startsWith('profiled')) await fsp.rm(path.join(dir, d), { recursive: true, force: true });
   }
-  let profiled = await openIfValid(profiledDir, key);
+  let profiled = await openIfValid(profiledDir, key, { tables: true });
   if (!profiled) {
     progress(`${name}: profiling the first request's access order (${profileRuns} runs)`);
     const t0 = performance.now();

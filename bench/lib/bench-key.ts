@@ -22,7 +22,17 @@ export async function benchKey(root: string): Promise<BenchKey> {
 /** The trust map that accepts exactly `key`. */
 export const trustedBy = (key: SigningKey): Map<string, Buffer> => new Map([[key.keyId, key.publicKeyRaw]]);
 
-/** The overlay in `dir` if it opens and verifies against `key`, else null. */
-export async function openIfValid(dir: string, key: SigningKey): Promise<Overlay | null> {
-  return Overlay.open(dir, { trusted: trustedBy(key) }).catch(() => null);
+/**
+ * The overlay in `dir` if it opens and verifies against `key`, else null;
+ * with `tables`, also null when it was built before segments signed their
+ * digest tables (no chunk lookaside: build it again).
+ */
+export async function openIfValid(
+  dir: string,
+  key: SigningKey,
+  opts: { tables?: boolean } = {},
+): Promise<Overlay | null> {
+  const o = await Overlay.open(dir, { trusted: trustedBy(key) }).catch(() => null);
+  if (o && opts.tables && o.body.segments.some((s) => !s.tableSha256)) return null;
+  return o;
 }

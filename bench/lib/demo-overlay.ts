@@ -111,7 +111,7 @@ export async function prepare(signal: AbortSignal, opts: { profile?: boolean } =
   const id = cacheKey(base, script, key.keyId);
   await pruneCache(root, id);
   const out = path.join(root, id, 'overlay');
-  let overlay = await openIfValid(out, key);
+  let overlay = await openIfValid(out, key, { tables: true });
   const cached = overlay !== null;
   let createMs: number | null = null;
   if (!overlay) {
@@ -129,6 +129,31 @@ export async function prepare(signal: AbortSignal, opts: { profile?: boolean } =
   return { base, key, overlay, cached, createMs, profiled };
 }
 
+/**
+ * A second app over the demo's base (the store bench's partial row): it
+ * installs the demo's software 20 MiB + 4 KiB into the disk, after a block of
+ * its own, and writes 2 MiB of data of its own, so it shares most of the
+ * demo's chunks but no segment. Kept with the demo overlay (same key, same
+ * base), built when missing.
+ */
+export async function prepareDemoB(p: Prepared, signal: AbortSignal): Promise<Overlay> {
+  const script = (await customizationScript())
+    .replace('dd of=/dev/vda bs=1M seek=40 conv=fsync', 'dd of=/dev/vda bs=4096 seek=5121 conv=fsync')
+    .concat(
+      'dd if=/dev/urandom of=/dev/vda bs=4096 seek=5120 count=1 conv=fsync 2>/dev/null\n',
+      'dd if=/dev/urandom of=/dev/vda bs=1M seek=30 count=2 conv=fsync 2>/dev/null\n',
+    );
+  if (!script.includes('seek=5121'))
+    throw new VmsynthError('VMS_INTERNAL', 'the demo customization changed: B cannot move its install');
+  const tag = createHash('sha256').update(script).digest('hex').slice(0, 12);
+  const out = path.join(path.dirname(p.overlay.dir), `b-${tag}`);
+  const hit = await openIfValid(out, p.key, { tables: true });
+  if (hit) return hit;
+  process.stderr.write(`bench: customizing base "${p.base.name}" into the demo's second app (partial row)\n`);
+  await createOverlay({ base: p.base.name, out, script, key: p.key.file, force: true, signal });
+  return Overlay.open(out, { trusted: trustedBy(p.key) });
+}
+
 /** The access-ordered overlay, or why there is none (profiling must not stop the rest). */
 async function ensureProfiled(
   overlay: Overlay,
@@ -136,7 +161,7 @@ async function ensureProfiled(
   out: string,
   signal: AbortSignal,
 ): Promise<Prepared['profiled']> {
-  const hit = await openIfValid(out, key);
+  const hit = await openIfValid(out, key, { tables: true });
   if (hit) return { overlay: hit, cached: true, ms: null };
   try {
     process.stderr.write(`bench: profiling the overlay (${PROFILE_RUNS} runs)\n`);

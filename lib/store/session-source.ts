@@ -16,6 +16,9 @@
  */
 import PQueue from 'p-queue';
 import { publish } from '../core/diagnostics.js';
+import { compress } from 'zstd-napi';
+import { sha256 } from '../overlay/chunk-io.js';
+import { asBuffer } from '../overlay/records.js';
 import { checkTable } from '../overlay/thin.js';
 import type { Overlay } from '../overlay/reader.js';
 import { decompressFrame } from '../overlay/zstd-frame.js';
@@ -112,6 +115,23 @@ export class SessionSource {
 
   /** Segment `index`, received and verified, enters the store in the background. */
   admit(index: number, data: Buffer): void {
+    this.queueWrite(index, data, () => data);
+  }
+
+  /**
+   * Segment `index`, rebuilt from a thin one and verified chunk by chunk
+   * (`raw`), enters the store if compressing it again gives the bytes the
+   * manifest signs (the same zstd and level as the builder: deterministic).
+   */
+  admitRebuilt(index: number, raw: Buffer): void {
+    const s = this.overlay.body.segments[index]!;
+    this.queueWrite(index, raw, () => {
+      const z = compress(raw, { compressionLevel: this.overlay.body.compression.level });
+      return sha256(z).equals(asBuffer(s.sha256)) ? z : null;
+    });
+  }
+
+  private queueWrite(index: number, data: Buffer, compressed: () => Buffer | null): void {
     const cap = this.opts.maxPendingBytes ?? 64 << 20;
     if (!this.opts.admitReceived || this.closed || this.pendingBytes + data.length > cap) return;
     this.pendingBytes += data.length;
@@ -119,8 +139,9 @@ export class SessionSource {
       try {
         const sha = this.sha(index);
         const s = this.overlay.body.segments[index]!;
-        if ((await this.store.put(sha, data)) || (this.store.has(sha) && !this.store.chunksIndexed(sha)))
-          this.store.indexChunks(sha, this.base, chunkRows(s, decompressFrame(data, s.rawBytes)));
+        const z = compressed();
+        if (z && ((await this.store.put(sha, z)) || (this.store.has(sha) && !this.store.chunksIndexed(sha))))
+          this.store.indexChunks(sha, this.base, chunkRows(s, z === data ? decompressFrame(z, s.rawBytes) : data));
       } catch (err) {
         publish('cleanupFailed', { what: `store segment ${index} of session ${this.session}`, error: err });
       } finally {

@@ -178,8 +178,9 @@ export class SegmentSources {
   }
 
   /** Segment `index` was applied; a received one (`keep`: its bytes) enters the store. */
-  applied(index: number, bytes: number, from: SegmentOrigin, keep: Buffer | null): void {
+  applied(index: number, bytes: number, from: SegmentOrigin, keep: Buffer | null, rebuilt = false): void {
     if (from === 'store') this.store?.hit(index, bytes);
+    else if (keep && rebuilt) this.store?.admitRebuilt(index, keep);
     else if (keep) this.store?.admit(index, keep);
   }
 

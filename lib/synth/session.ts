@@ -274,7 +274,8 @@ export class SynthSession {
     this.ledger.received(index, bytes, from);
     const lane = this.lane(index);
     // The pipeline hands the bytes to a worker thread (transferred): the store keeps its own copy.
-    const keep = from !== 'store' && !rebuilt && this.sources.keeps ? Buffer.from(data) : null;
+    // (A rebuilt one keeps its raw bytes: the store compresses them again, and keeps them if that gives the signed digest.)
+    const keep = from !== 'store' && this.sources.keeps ? Buffer.from(data) : null;
     this.launch
       .apply(index, data, lane === 'demand' ? Priority.DEMAND : Priority.BACKGROUND, rebuilt)
       .finally(() => this.ledger.settled(index))
@@ -284,7 +285,7 @@ export class SynthSession {
           const saved = rebuilt ? this.sources.settleThin(index, true) : null;
           if (saved) this.ledger.lookaside(saved.chunks, saved.bytes);
           if (from !== 'client') this.ledger.fromSource(from, bytes);
-          this.sources.applied(index, bytes, from, keep);
+          this.sources.applied(index, bytes, from, keep, rebuilt);
           this.scheduler.received(index);
           // A session that failed or is closing goes no further: a baseline session whose last
           // segment landed during its close started its VM after the teardown, and leaked it.

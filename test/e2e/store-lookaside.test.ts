@@ -6,7 +6,8 @@
  * but hold many of the same chunks. B's synthesis asks for digest tables,
  * takes the chunks it shares with A from the store, and gets thin segments
  * from the client: the client sends fewer bytes than B's overlay, the launch
- * images equal B's custom VM byte for byte, and the app reads B's bytes. A
+ * images equal B's custom VM byte for byte, the app reads B's bytes, and B's
+ * segments, rebuilt ones included, enter the store. A
  * client that does not offer lookaside is sent the whole of every segment.
  */
 import { removeTestRoot, testRoot } from '../helpers/env.js';
@@ -101,6 +102,10 @@ t.test('B takes the chunks it shares with A from the store: thin segments, the e
     "the app read B's bytes",
   );
   const st = store.stats();
+  t.ok(
+    B.body.segments.every((seg) => store.has(seg.sha256)),
+    'every segment of B entered the store, the rebuilt ones compressed again to their signed bytes',
+  );
   t.equal(st.chunkHits, look.chunks, 'the store counts the chunk hits');
   t.equal(st.chunkBytesSaved, look.bytesSaved);
   t.match(await metrics.text(), `vmsynth_store_chunk_hits_total ${look.chunks}`, 'and so do the metrics');
@@ -108,7 +113,7 @@ t.test('B takes the chunks it shares with A from the store: thin segments, the e
 });
 
 t.test('a client that does not offer lookaside sends whole segments', async (t) => {
-  await store.gc(0); // B's segments were not stored whole (thin ones are not); A's chunks go too
+  await store.gc(0); // B went into the store, A's chunks too: start from A alone
   const again = await synth({ overlay: ovA, request: { method: 'GET', path: '/run' } });
   t.ok(store.stats().chunks > 0, 'A is stored again');
   const r = await synth({ lookaside: false });
