@@ -55,7 +55,9 @@ export function registerStoreCommands(program: Command): void {
 
   store
     .command('stats')
-    .description('Size, cap, hit ratio, bytes saved, evictions and dropped entries (counted since the store was made).')
+    .description(
+      'Size, cap, hit ratio, bytes saved, chunk lookaside, evictions and dropped entries (counted since the store was made).',
+    )
     .option('--json', 'print the numbers as JSON')
     .action(async (o: { json?: boolean }) =>
       runCommand(!!o.json, async ({ json }) =>
@@ -74,6 +76,10 @@ export function registerStoreCommands(program: Command): void {
                     : `${(st.hitRatio * 100).toFixed(1)}% (${st.hits} hits, ${st.misses} misses)`,
                 ],
                 ['bytes saved', bytes(st.bytesSaved)],
+                [
+                  'chunk lookaside',
+                  `${st.chunks} chunks named; ${st.chunkHits} taken from the store (${bytes(st.chunkBytesSaved)} of payload)`,
+                ],
                 ['evictions', `${st.evictions} (${bytes(st.evictedBytes)})`],
                 ['dropped', `${st.dropped} (failed their check, or their file was gone)`],
               ]),

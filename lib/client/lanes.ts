@@ -44,6 +44,8 @@ export class SendLanes {
   private readonly attempts = new Map<number, number>();
   /** Segments asked for thin: the payload slots to leave out (kept across a drop; a new `thin` replaces it). */
   private readonly omit = new Map<number, Buffer>();
+  /** Segments decompressed for their table, kept for the thin request that may follow (until it, a `want`, or a drop). */
+  private readonly raws = new Map<number, Buffer>();
   private tableQueue: Promise<void> = Promise.resolve();
   /** Payload bytes left out of thin segments. */
   bytesOmitted = 0;
@@ -64,7 +66,10 @@ export class SendLanes {
 
   /** The server asks for these segments whole (even one it asked for thin before). */
   want(lane: 'demand' | 'background', segments: number[]): void {
-    for (const i of segments) this.omit.delete(i);
+    for (const i of segments) {
+      this.omit.delete(i);
+      this.raws.delete(i);
+    }
     this.enqueue(lane, segments);
   }
 
@@ -96,6 +101,7 @@ export class SendLanes {
           if (!s || this.closed || this.o.io() !== io || !io) return;
           const raw = decompressFrame(await this.readSegment(index), s.rawBytes);
           if (this.closed || this.o.io() !== io) return;
+          this.raws.set(index, raw);
           const table = segmentDigests(raw, s);
           io.send({ type: 'table', index }, table);
           this.tablesSent++;
@@ -131,6 +137,7 @@ export class SendLanes {
     this.demand = [];
     this.background = [];
     this.resumeAt = null;
+    this.raws.clear();
   }
 
   /** The server holds the first `bytes` of segment `index` (`resumed`): only the rest goes. */
@@ -176,7 +183,9 @@ export class SendLanes {
         let data = await this.readSegment(index);
         const omit = this.omit.get(index);
         if (omit) {
-          const kept = thinPayloads(s, decompressFrame(data, s.rawBytes), omit);
+          const raw = this.raws.get(index) ?? decompressFrame(data, s.rawBytes);
+          this.raws.delete(index);
+          const kept = thinPayloads(s, raw, omit);
           this.bytesOmitted += payloadBytes(s) - kept.length;
           data = compress(kept, { compressionLevel: this.o.overlay.body.compression.level });
         }

@@ -38,6 +38,8 @@ export interface Config {
   storeMaxMib: number;
   /** Whether segments received from clients enter the store. */
   storeReceived: boolean;
+  /** Whether sessions take chunks of other overlays from the store (chunk lookaside, for clients that offer it). */
+  storeLookaside: boolean;
   /** An S3-compatible endpoint (MinIO, Ceph RGW); null: AWS S3. */
   s3Endpoint: string | null;
   /** null: the SDK's (AWS_REGION, ~/.aws/config), else us-east-1. */
@@ -157,6 +159,13 @@ export const KEYS = [
     key: 'storeReceived',
     env: ['VMSYNTH_STORE_RECEIVED'],
     doc: 'whether segments received from clients enter the store (true | false)',
+    default: true,
+    parse: bool,
+  }),
+  spec({
+    key: 'storeLookaside',
+    env: ['VMSYNTH_STORE_LOOKASIDE'],
+    doc: "whether sessions take chunks other overlays' stored segments hold instead of asking the client (true | false)",
     default: true,
     parse: bool,
   }),

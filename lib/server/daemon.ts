@@ -65,7 +65,14 @@ export async function startDaemon(cfg: Config, opts: { verifyBases?: boolean } =
           }
         : {}),
       ...(cfg.storeMaxMib > 0
-        ? { store: { dir: cfg.storeDir, maxBytes: cfg.storeMaxMib * 2 ** 20, admitReceived: cfg.storeReceived } }
+        ? {
+            store: {
+              dir: cfg.storeDir,
+              maxBytes: cfg.storeMaxMib * 2 ** 20,
+              admitReceived: cfg.storeReceived,
+              lookaside: cfg.storeLookaside,
+            },
+          }
         : {}),
     });
     const s = server;

@@ -49,10 +49,24 @@ export interface LookasidePlan {
 
 export interface PlanContext {
   store: SegmentStore;
+  /** A stored segment's raw bytes (decompressed, unchecked), or null: not stored, or not a zstd frame (dropped). */
+  storedRaw(sha: Buffer): Promise<Buffer | null>;
   /** This overlay's base, as baseKey() names it. */
   base: string;
   /** A base chunk's bytes (a copy or a buffer the caller does not reuse before the next call). */
   baseChunk(image: number, index: number): Buffer;
+}
+
+/** A stored segment's raw bytes, read and decompressed (unchecked), or null: not stored, or dropped because it is not a zstd frame. */
+export async function readStoredRaw(store: SegmentStore, sha: Buffer): Promise<Buffer | null> {
+  const stored = await store.read(sha).catch(() => null);
+  if (!stored) return null;
+  try {
+    return decompressFrame(stored, MAX_SEGMENT_RAW_BYTES);
+  } catch {
+    await store.drop(sha, 'decompress');
+    return null;
+  }
 }
 
 /** The plan for one segment whose table checked out (checkTable), or null when the store holds none of its payloads. */
@@ -73,15 +87,8 @@ export async function planLookaside(
   const fills = new Map<number, Buffer>();
   for (const found of bySegment.values()) {
     const sha = found[0]!.loc.segment;
-    const stored = await ctx.store.read(sha).catch(() => null);
-    if (!stored) continue;
-    let raw: Buffer;
-    try {
-      raw = decompressFrame(stored, MAX_SEGMENT_RAW_BYTES);
-    } catch {
-      await ctx.store.drop(sha, 'decompress');
-      continue;
-    }
+    const raw = await ctx.storedRaw(sha);
+    if (!raw) continue;
     const made = new Map<number, Buffer>();
     let bad = false;
     for (const { loc, chunk } of found) {

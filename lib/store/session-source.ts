@@ -22,7 +22,7 @@ import { asBuffer } from '../overlay/records.js';
 import { checkTable } from '../overlay/thin.js';
 import type { Overlay } from '../overlay/reader.js';
 import { decompressFrame } from '../overlay/zstd-frame.js';
-import { baseKey, chunkRows, planLookaside, type LookasidePlan } from './lookaside.js';
+import { baseKey, chunkRows, planLookaside, readStoredRaw, type LookasidePlan } from './lookaside.js';
 import type { SegmentStore } from './segment-store.js';
 
 export interface SessionSourceOptions {
@@ -42,6 +42,8 @@ export class SessionSource {
   private readonly base: string;
   /** Whether lookaside can find anything: the store named chunks when the session began. */
   readonly lookaside: boolean;
+  /** Stored segments lately decompressed for lookaside (neighbouring segments of one overlay often draw on the same ones). */
+  private readonly raws = new Map<string, Buffer>();
 
   constructor(
     private readonly store: SegmentStore,
@@ -68,7 +70,24 @@ export class SessionSource {
     const s = this.overlay.body.segments[index]!;
     checkTable(index, s, table);
     if (this.closed) return null;
-    return planLookaside({ store: this.store, base: this.base, baseChunk }, s, table);
+    const storedRaw = (sha: Buffer) => this.storedRaw(sha);
+    const plan = await planLookaside({ store: this.store, base: this.base, baseChunk, storedRaw }, s, table);
+    for (const k of [...this.raws.keys()]) if (!this.store.has(Buffer.from(k, 'hex'))) this.raws.delete(k); // dropped
+    return plan;
+  }
+
+  private async storedRaw(sha: Buffer): Promise<Buffer | null> {
+    const key = sha.toString('hex');
+    const hit = this.raws.get(key);
+    if (hit) {
+      this.raws.delete(key); // most recent last
+      this.raws.set(key, hit);
+      return hit;
+    }
+    const raw = await readStoredRaw(this.store, sha);
+    if (raw) this.raws.set(key, raw);
+    while (this.raws.size > 4) this.raws.delete(this.raws.keys().next().value!);
+    return raw;
   }
 
   /** A thin segment of `chunks` chunks filled from the store checked out and was applied. */

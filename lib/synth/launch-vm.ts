@@ -39,6 +39,8 @@ export interface LaunchVmOptions {
   fail(err: VmsynthError): void;
   /** The VM runs, `ms` into the session. */
   ready(ms: number): void;
+  /** The app answered its first offload request. */
+  firstResponse(): void;
   /** The guest reads held now, for a timeout's message. */
   heldReads(): SynthStats['heldReads'];
 }
@@ -148,7 +150,10 @@ export class LaunchVm {
     );
     if (r.reply) {
       const first = this.o.ledger.replied();
-      if (first !== null) publish('firstResponse', { session: this.o.id, ms: first, policy: this.o.policy });
+      if (first !== null) {
+        publish('firstResponse', { session: this.o.id, ms: first, policy: this.o.policy });
+        this.o.firstResponse();
+      }
       return r.reply;
     }
     const last = r.last;

@@ -19,8 +19,6 @@ import { DEFAULTS } from '../core/defaults.js';
 import { publish } from '../core/diagnostics.js';
 import { asVmsynthError, VmsynthError } from '../core/errors.js';
 import { Scope } from '../core/scope.js';
-import { CHUNK_SIZE } from '../fs/chunk-map.js';
-import { ChunkFile } from '../overlay/chunk-io.js';
 import type { Overlay } from '../overlay/reader.js';
 import type { Policy } from '../protocol/messages.js';
 import type { ObjectSource } from '../store/object-source.js';
@@ -88,8 +86,6 @@ export class SynthSession {
   private failedWith: VmsynthError | null = null;
   /** The store and the object store, before the client. */
   private readonly sources: SegmentSources;
-  /** The base images, read for chunk lookaside's XOR payloads. */
-  private readonly baseFiles: ChunkFile[];
 
   private constructor(
     private readonly opts: SynthOptions,
@@ -104,8 +100,6 @@ export class SynthSession {
     });
     this.ledger = new SessionLedger(opts.policy, body.segments.length, opts.overlay.segmentsBytes);
     const wanted = (index: number) => !this.failedWith && !this.closing && this.scheduler.isRequested(index);
-    const base = opts.store && opts.lookaside ? [opts.base.file('memory'), opts.base.file('disk')] : [];
-    this.baseFiles = base.map((f) => new ChunkFile(f));
     this.sources = new SegmentSources(
       opts.store,
       opts.objects,
@@ -113,14 +107,10 @@ export class SynthSession {
         got: (index, data, from) => wanted(index) && this.apply(index, data, from),
         lost: (index) => wanted(index) && this.ask(this.lane(index), [index]),
       },
-      this.baseFiles.length ? { segments: body.segments, baseChunk: (i, c) => this.baseChunk(i, c) } : null,
+      opts.store && opts.lookaside
+        ? { segments: body.segments, base: [opts.base.file('memory'), opts.base.file('disk')] }
+        : null,
     );
-  }
-
-  private baseChunk(image: number, index: number): Buffer {
-    const b = Buffer.allocUnsafe(CHUNK_SIZE);
-    this.baseFiles[image]!.readAt(b, index * CHUNK_SIZE);
-    return b;
   }
 
   private lane(index: number): 'demand' | 'background' {
@@ -139,7 +129,6 @@ export class SynthSession {
     }
     s.scope.defer('remove the run directory', () => scope.close());
     s.scope.defer('stop the segment sources', () => s.sources.close());
-    s.scope.defer('close the base images', () => s.baseFiles.forEach((f) => f.close()));
     try {
       s.launch = await LaunchImages.create(
         {
@@ -166,13 +155,15 @@ export class SynthSession {
       ended: () => s.failedWith ?? (s.closing ? new VmsynthError('VMS_INTERRUPTED', 'the session ended') : null),
       fail: (err) => s.fail(err),
       ready: (ms) => opts.events.ready(ms),
+      firstResponse: () => s.sources.open(),
       heldReads: () => s.heldReads(),
     });
     return s;
   }
 
-  /** Asks for the first segments and, unless baseline, resumes the VM now. */
+  /** Asks for the first segments and, unless baseline, resumes the VM now (lookaside waits for an early start's first response). */
   run(): void {
+    if (this.opts.policy !== 'early-start') this.sources.open();
     this.pump();
     if (this.opts.policy !== 'baseline') this.vm.start();
     else if (this.scheduler.done) this.onComplete();

@@ -33,12 +33,12 @@ t.teardown(removeTestRoot);
 await guestBase('lookbase');
 await generateKey();
 const demo = await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8');
-// B: the same install at 20 MiB + 4 KiB (after a block of its own), and 2 MiB of its own data.
+// B: the same install at 52 MiB + 4 KiB (after a block of its own), and 8 MiB of its own data at 30 MiB.
 const scriptB = demo
-  .replace('dd of=/dev/vda bs=1M seek=40 conv=fsync', 'dd of=/dev/vda bs=4096 seek=5121 conv=fsync')
+  .replace('dd of=/dev/vda bs=1M seek=40 conv=fsync', 'dd of=/dev/vda bs=4096 seek=13313 conv=fsync')
   .concat(
-    '\ndd if=/dev/urandom of=/dev/vda bs=4096 seek=5120 count=1 conv=fsync 2>/dev/null',
-    '\ndd if=/dev/urandom of=/dev/vda bs=1M seek=30 count=2 conv=fsync 2>/dev/null\necho b\n',
+    '\ndd if=/dev/urandom of=/dev/vda bs=4096 seek=13312 count=1 conv=fsync 2>/dev/null',
+    '\ndd if=/dev/urandom of=/dev/vda bs=1M seek=30 count=8 conv=fsync 2>/dev/null\necho b\n',
   );
 if (scriptB === demo) throw new Error('the demo customization changed: B no longer installs elsewhere');
 const ovA = path.join(testRoot, 'a');
@@ -53,11 +53,16 @@ const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 const metrics = new ServerMetrics();
 t.teardown(() => metrics.close());
-const server = await SynthServer.listen({ port: 0, store: { dir: storeDir(), maxBytes: 1 << 30 } });
+// A small in-flight window: an early start asks for segments a few at a time, so some are asked after its first response.
+const server = await SynthServer.listen({
+  port: 0,
+  store: { dir: storeDir(), maxBytes: 1 << 30 },
+  maxInFlightBytes: 1 << 20,
+});
 t.teardown(() => server.close());
 const store = server.store!;
 const addr = server.address();
-const requestB = { method: 'GET' as const, path: '/run?mem_mb=8&disk_mb=4&disk_off_mb=20' };
+const requestB = { method: 'GET' as const, path: '/run?mem_mb=8&disk_mb=4&disk_off_mb=52' };
 const synth = (o: Partial<SynthesizeOptions>) =>
   synthesize({ server: `${addr.host}:${addr.port}`, timeoutMs: 300_000, overlay: ovB, request: requestB, ...o });
 const clientBytes = (r: { sends: { bytes: number }[] }) => r.sends.reduce((n, s) => n + s.bytes, 0);
@@ -73,7 +78,7 @@ t.test('A enters the store with its chunks named', async (t) => {
 t.test('B takes the chunks it shares with A from the store: thin segments, the exact images', async (t) => {
   let images: { memory: string; disk: string } | null = null;
   const r = await synth({
-    policy: 'early-start',
+    policy: 'baseline', // lookaside from the first segment (an early start waits for its first response)
     waitComplete: true,
     whileRunning: async ({ session }) => {
       const mnt = path.join(runDir(), session, 'mnt');
@@ -98,7 +103,7 @@ t.test('B takes the chunks it shares with A from the store: thin segments, the e
   t.equal(r.firstResponse.status, 200);
   t.equal(
     JSON.parse(r.firstResponse.body).diskDigest,
-    hex64(appDigest(bDisk.subarray(20 << 20, 24 << 20))),
+    hex64(appDigest(bDisk.subarray(52 << 20, 56 << 20))),
     "the app read B's bytes",
   );
   const st = store.stats();
@@ -110,6 +115,34 @@ t.test('B takes the chunks it shares with A from the store: thin segments, the e
   t.equal(st.chunkBytesSaved, look.bytesSaved);
   t.match(await metrics.text(), `vmsynth_store_chunk_hits_total ${look.chunks}`, 'and so do the metrics');
   t.same(await leaks([`${DOMAIN_PREFIX}${r.session}`], runDir()), NO_LEAKS);
+});
+
+t.test('an early start looks aside only after its first response, and answers with the right bytes', async (t) => {
+  await store.gc(0);
+  await synth({ overlay: ovA, request: { method: 'GET', path: '/run' } });
+  // The first request reads B's own data at 30 MiB: the shared install, last in the overlay's order, streams after it.
+  const r = await synth({
+    policy: 'early-start',
+    holdBackgroundAfterBytes: 1,
+    request: { method: 'GET', path: '/run?mem_mb=1&disk_mb=2&disk_off_mb=30' },
+  });
+  const s = r.serverStats as unknown as SynthStats;
+  const first = r.timeline.firstResponse!;
+  const before = r.sends.filter((x) => x.ms < first).length;
+  t.ok(before > 0 && before < r.segments, `${before} of ${r.segments} segments went before the first response`);
+  t.ok(
+    s.lookaside.thinSegments > 0,
+    `${s.lookaside.thinSegments} went thin after it (${s.lookaside.chunks} chunks from the store)`,
+  );
+  t.ok(
+    s.lookaside.tables <= r.segments - before,
+    `no table for the ${before} segments asked before it (${s.lookaside.tables} tables)`,
+  );
+  t.equal(
+    JSON.parse(r.firstResponse.body).diskDigest,
+    hex64(appDigest(bDisk.subarray(30 << 20, 32 << 20))),
+    "the app read B's bytes",
+  );
 });
 
 t.test('a client that does not offer lookaside sends whole segments', async (t) => {

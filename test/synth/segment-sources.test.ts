@@ -10,7 +10,7 @@ import { VmsynthError } from '../../lib/core/errors.js';
 import type { SegmentInfo } from '../../lib/overlay/format.js';
 import type { ObjectSource } from '../../lib/store/object-source.js';
 import type { SessionSource } from '../../lib/store/session-source.js';
-import { SegmentSources } from '../../lib/synth/segment-sources.js';
+import { PROBE_EVERY, SegmentSources, SPARSE_AFTER } from '../../lib/synth/segment-sources.js';
 
 function fakes(stored: number[], objectsUp = true) {
   const log: string[] = [];
@@ -124,13 +124,14 @@ function lookaside(opts: { lookaside?: boolean; signed?: boolean } = {}) {
     chunks: new Uint8Array(32),
     ...(opts.signed === false ? {} : { tableSha256: new Uint8Array(32) }),
   };
-  const segments = Array.from({ length: 10 }, () => segment) as unknown as SegmentInfo[];
+  const segments = Array.from({ length: 40 }, () => segment) as unknown as SegmentInfo[];
   const sources = new SegmentSources(
     store as unknown as SessionSource,
     undefined,
     { got: () => undefined, lost: () => undefined },
-    { segments, baseChunk: () => Buffer.alloc(4096) },
+    { segments, base: [] },
   );
+  sources.open();
   return { sources, log, fill };
 }
 
@@ -141,6 +142,43 @@ t.test('lookaside: a table is asked only when the store names chunks and the man
   const none = new SegmentSources(undefined, undefined, { got: () => undefined, lost: () => undefined });
   t.notOk(none.wantsTable(3), 'no store');
 });
+
+t.test('lookaside: shut until opened (an early start opens it at its first response)', async (t) => {
+  const store = { lookaside: true, has: () => false };
+  const seg = {
+    rawBytes: 4096 + 32,
+    digests: 1,
+    count: 1,
+    chunks: new Uint8Array(16),
+    tableSha256: new Uint8Array(32),
+  };
+  const s = new SegmentSources(
+    store as unknown as SessionSource,
+    undefined,
+    { got: () => undefined, lost: () => undefined },
+    { segments: [seg] as unknown as SegmentInfo[], base: [] },
+  );
+  t.notOk(s.wantsTable(0), 'not yet');
+  s.open();
+  t.ok(s.wantsTable(0), 'open');
+});
+
+t.test(
+  `lookaside backs off: after ${SPARSE_AFTER} empty tables in a row, one segment in ${PROBE_EVERY}; a find resumes`,
+  async (t) => {
+    const { sources } = lookaside();
+    for (let i = 10; i < 10 + SPARSE_AFTER; i++) {
+      t.ok(sources.wantsTable(i));
+      sources.askTable(i);
+      t.equal(await sources.table(i, Buffer.alloc(64)), null, `segment ${i}: nothing stored`);
+    }
+    const asked = Array.from({ length: 2 * PROBE_EVERY }, () => sources.wantsTable(9));
+    t.equal(asked.filter(Boolean).length, 2, 'probing: one in eight');
+    sources.askTable(7);
+    t.ok(await sources.table(7, Buffer.alloc(64)), 'a probe that finds something');
+    t.ok(sources.wantsTable(9) && sources.wantsTable(9), 'every segment again');
+  },
+);
 
 t.test('lookaside: a table leads to a thin request, or a whole one; a thin segment is rebuilt', async (t) => {
   const { sources, log, fill } = lookaside();
