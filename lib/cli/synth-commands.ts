@@ -86,6 +86,10 @@ export function registerSynthCommands(program: Command): void {
       '--overlay-url <s3url>',
       'the same overlay in an object store (s3://bucket/prefix, from `vmsynth overlay push`): the server fetches segments from there over its own link, and asks this client only for what it cannot get',
     )
+    .option(
+      '--no-lookaside',
+      "send every segment whole: do not offer chunk lookaside (the server's store filling in chunks it holds)",
+    )
     .option('--policy <p>', `${POLICIES.join(' | ')}`, parsePolicy, 'early-start' as Policy)
     .option('--path <path>', 'path of the first offload request', '/run')
     .option('--request <file>', 'body of the first offload request (sent as POST unless --method says otherwise)')
@@ -109,6 +113,7 @@ export function registerSynthCommands(program: Command): void {
         server: string;
         overlay: string;
         overlayUrl?: string;
+        lookaside: boolean;
         policy: Policy;
         path: string;
         request?: string;
@@ -154,6 +159,7 @@ export function registerSynthCommands(program: Command): void {
               server: o.server,
               overlay: o.overlay,
               ...(o.overlayUrl ? { overlayUrl: o.overlayUrl } : {}),
+              lookaside: o.lookaside,
               policy: o.policy,
               request,
               token: o.token ?? process.env.VMSYNTH_TOKEN,

@@ -10,6 +10,7 @@
  * does not drops the stored segment it came from and is left to the client.
  * The rebuilt segment is checked again, chunk by chunk, when it is applied.
  */
+import { yieldNow } from '../core/scope.js';
 import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import { sha256, xorInto } from '../overlay/chunk-io.js';
 import { ChunkKind, MAX_SEGMENT_RAW_BYTES, type OverlayBody } from '../overlay/format.js';
@@ -76,7 +77,10 @@ export async function planLookaside(
   table: Uint8Array,
 ): Promise<LookasidePlan | null> {
   const bySegment = new Map<string, { loc: ChunkLocation; chunk: PayloadChunk }[]>();
+  // The caller's thread answers FUSE: the work is cut into slices of 64 lookups or one stored segment.
+  let n = 0;
   for (const chunk of payloadChunks(entry, table)) {
+    if (++n % 64 === 0) await yieldNow();
     const loc = ctx.store.findChunk(chunk.digest);
     if (!loc || (loc.kind === ChunkKind.XOR && loc.base !== ctx.base)) continue;
     const key = loc.segment.toString('hex');
@@ -87,6 +91,7 @@ export async function planLookaside(
   const fills = new Map<number, Buffer>();
   for (const found of bySegment.values()) {
     const sha = found[0]!.loc.segment;
+    await yieldNow();
     const raw = await ctx.storedRaw(sha);
     if (!raw) continue;
     const made = new Map<number, Buffer>();

@@ -44,6 +44,8 @@ export class SessionSource {
   readonly lookaside: boolean;
   /** Stored segments lately decompressed for lookaside (neighbouring segments of one overlay often draw on the same ones). */
   private readonly raws = new Map<string, Buffer>();
+  /** Segments rebuilt from thin ones, to enter the store when the session ends. */
+  private readonly rebuilt: { index: number; raw: Buffer }[] = [];
 
   constructor(
     private readonly store: SegmentStore,
@@ -141,13 +143,14 @@ export class SessionSource {
    * Segment `index`, rebuilt from a thin one and verified chunk by chunk
    * (`raw`), enters the store if compressing it again gives the bytes the
    * manifest signs (the same zstd and level as the builder: deterministic).
+   * Compressing costs the thread that answers FUSE ~10 ms a MiB, so it waits
+   * for the session's end (close).
    */
   admitRebuilt(index: number, raw: Buffer): void {
-    const s = this.overlay.body.segments[index]!;
-    this.queueWrite(index, raw, () => {
-      const z = compress(raw, { compressionLevel: this.overlay.body.compression.level });
-      return sha256(z).equals(asBuffer(s.sha256)) ? z : null;
-    });
+    const cap = this.opts.maxPendingBytes ?? 64 << 20;
+    if (!this.opts.admitReceived || this.closed || this.pendingBytes + raw.length > cap) return;
+    this.pendingBytes += raw.length;
+    this.rebuilt.push({ index, raw });
   }
 
   private queueWrite(index: number, data: Buffer, compressed: () => Buffer | null): void {
@@ -172,6 +175,14 @@ export class SessionSource {
   /** Waits for admitted segments to be written, then releases the lease. */
   async close(): Promise<void> {
     if (this.closed) return;
+    for (const { index, raw } of this.rebuilt.splice(0)) {
+      this.pendingBytes -= raw.length;
+      const s = this.overlay.body.segments[index]!;
+      this.queueWrite(index, raw, () => {
+        const z = compress(raw, { compressionLevel: this.overlay.body.compression.level });
+        return sha256(z).equals(asBuffer(s.sha256)) ? z : null;
+      });
+    }
     this.closed = true;
     await this.writes.onIdle();
     this.release();

@@ -23,6 +23,7 @@
  * row with nothing found, only every PROBE_EVERY-th segment is looked up,
  * and a find goes back to every one.
  */
+import { publish } from '../core/diagnostics.js';
 import { asVmsynthError, VmsynthError } from '../core/errors.js';
 import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import { ChunkFile } from '../overlay/chunk-io.js';
@@ -142,7 +143,12 @@ export class SegmentSources {
    */
   async table(index: number, data: Buffer): Promise<LookasidePlan | null | 'ignored'> {
     if (!this.tableWait.has(index) || !this.store || !this.look) return 'ignored';
-    const plan = await this.store.plan(index, data, (i, c) => this.baseChunk(i, c)).catch(() => null);
+    const plan = await this.store
+      .plan(index, data, (i, c) => this.baseChunk(i, c))
+      .catch((err: unknown) => {
+        publish('progress', { step: `segment ${index}: its digest table was not used (${(err as Error).message})` });
+        return null;
+      });
     if (!this.tableWait.delete(index)) return 'ignored';
     if (plan) this.thin.set(index, plan);
     else this.whole.add(index);

@@ -15,7 +15,9 @@ import t from 'tap';
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { synthesize, type SynthesizeOptions } from '../../lib/client/client.js';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { synthesize, type SynthesizeOptions, type SynthesizeResult } from '../../lib/client/client.js';
 import { packageRoot, runDir, storeDir } from '../../lib/core/paths.js';
 import { appDigest, hex64 } from '../../lib/guest/patterns.js';
 import { createOverlay } from '../../lib/offline/create.js';
@@ -50,6 +52,7 @@ const B = await Overlay.open(ovB, { trusted: null });
 const bDisk = await fsp.readFile(path.join(customB, 'disk.raw'));
 const bMemory = await fsp.readFile(path.join(customB, 'memory.raw'));
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const run = promisify(execFile);
 
 const metrics = new ServerMetrics();
 t.teardown(() => metrics.close());
@@ -149,7 +152,24 @@ t.test('a client that does not offer lookaside sends whole segments', async (t) 
   await store.gc(0); // B went into the store, A's chunks too: start from A alone
   const again = await synth({ overlay: ovA, request: { method: 'GET', path: '/run' } });
   t.ok(store.stats().chunks > 0, 'A is stored again');
-  const r = await synth({ lookaside: false });
+  // Through the command, as a user opts out: `vmsynth synth --no-lookaside --json`.
+  const { stdout } = await run(
+    process.execPath,
+    [
+      path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs'),
+      'synth',
+      '--server',
+      `${addr.host}:${addr.port}`,
+      '--overlay',
+      ovB,
+      '--policy',
+      'baseline',
+      '--no-lookaside',
+      '--json',
+    ],
+    { env: { ...process.env, LOG_LEVEL: 'warn' }, maxBuffer: 64 << 20 },
+  );
+  const r = JSON.parse(stdout.trim().split('\n').at(-1)!) as SynthesizeResult;
   const s = r.serverStats as unknown as SynthStats;
   t.same(s.lookaside, { tables: 0, tableBytes: 0, thinSegments: 0, chunks: 0, bytesSaved: 0 });
   t.equal(r.lookaside.tables, 0);
