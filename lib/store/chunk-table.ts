@@ -59,6 +59,7 @@ export class ChunkTable {
          JOIN segments s ON s.sha = c.segment AND s.ready = 1 WHERE c.digest = ?`,
       ),
       count: db.prepare(`SELECT count(*) AS n FROM chunks`),
+      any: db.prepare(`SELECT 1 FROM chunks LIMIT 1`),
       indexed: db.prepare(`SELECT 1 FROM chunks WHERE segment = ? LIMIT 1`),
     };
   }
@@ -82,5 +83,10 @@ export class ChunkTable {
 
   count(): number {
     return (this.q.count.get() as { n: number }).n;
+  }
+
+  /** Whether any chunk is named (cheaper than count() on a big store). */
+  any(): boolean {
+    return this.q.any.get() !== undefined;
   }
 }

@@ -230,6 +230,11 @@ export class SegmentStore {
     if (this.has(sha)) this.index.chunks.add(sha, base, rows);
   }
 
+  /** Whether the index names any chunk (lookaside can find something). */
+  namesChunks(): boolean {
+    return this.index.chunks.any();
+  }
+
   /** Whether the chunks of stored segment `sha` are named already. */
   chunksIndexed(sha: Uint8Array): boolean {
     return this.index.chunks.indexed(sha);

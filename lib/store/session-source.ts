@@ -46,6 +46,7 @@ export class SessionSource {
   private readonly raws = new Map<string, Buffer>();
   /** Segments rebuilt from thin ones, to enter the store when the session ends. */
   private readonly rebuilt: { index: number; raw: Buffer }[] = [];
+  private rebuiltBytes = 0;
 
   constructor(
     private readonly store: SegmentStore,
@@ -56,7 +57,7 @@ export class SessionSource {
     const id = store.addOverlay(overlay);
     this.release = store.lease(id, `${process.pid}:${session}`);
     this.base = baseKey(overlay.body);
-    this.lookaside = store.stats().chunks > 0;
+    this.lookaside = store.namesChunks();
   }
 
   /**
@@ -148,8 +149,8 @@ export class SessionSource {
    */
   admitRebuilt(index: number, raw: Buffer): void {
     const cap = this.opts.maxPendingBytes ?? 64 << 20;
-    if (!this.opts.admitReceived || this.closed || this.pendingBytes + raw.length > cap) return;
-    this.pendingBytes += raw.length;
+    if (!this.opts.admitReceived || this.closed || this.rebuiltBytes + raw.length > cap) return;
+    this.rebuiltBytes += raw.length;
     this.rebuilt.push({ index, raw });
   }
 
@@ -175,8 +176,8 @@ export class SessionSource {
   /** Waits for admitted segments to be written, then releases the lease. */
   async close(): Promise<void> {
     if (this.closed) return;
+    this.rebuiltBytes = 0;
     for (const { index, raw } of this.rebuilt.splice(0)) {
-      this.pendingBytes -= raw.length;
       const s = this.overlay.body.segments[index]!;
       this.queueWrite(index, raw, () => {
         const z = compress(raw, { compressionLevel: this.overlay.body.compression.level });
