@@ -139,14 +139,26 @@ export class SegmentStore {
     await this.removeOrphans();
   }
 
-  /** Removes segment files the index does not know (a removal killed between row and file); returns how many. */
+  /**
+   * Removes files under segments/ the index does not know (a removal killed
+   * between row and file, or anything else put there): not named by a known
+   * SHA-256 in the directory of its first two hex digits, or not in a
+   * directory at all. Returns how many.
+   */
   private async removeOrphans(): Promise<number> {
     let n = 0;
     const root = path.join(this.dir, 'segments');
-    for (const sub of await fsp.readdir(root)) {
-      for (const name of await fsp.readdir(path.join(root, sub)).catch(() => [] as string[])) {
-        if (/^[0-9a-f]{64}$/.test(name) && this.index.known(Buffer.from(name, 'hex'))) continue;
-        await fsp.rm(path.join(root, sub, name), { force: true });
+    for (const sub of await fsp.readdir(root, { withFileTypes: true })) {
+      if (!sub.isDirectory()) {
+        await fsp.rm(path.join(root, sub.name), { force: true });
+        n++;
+        continue;
+      }
+      for (const name of await fsp.readdir(path.join(root, sub.name)).catch(() => [] as string[])) {
+        const known =
+          /^[0-9a-f]{64}$/.test(name) && name.startsWith(sub.name) && this.index.known(Buffer.from(name, 'hex'));
+        if (known) continue;
+        await fsp.rm(path.join(root, sub.name, name), { recursive: true, force: true });
         n++;
       }
     }

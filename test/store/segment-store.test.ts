@@ -144,8 +144,13 @@ t.test('gc removes files the index does not know, and evicts down to a target', 
   const stray = segment();
   await fsp.mkdir(path.dirname(s.segmentPath(stray.sha)), { recursive: true });
   await fsp.writeFile(s.segmentPath(stray.sha), stray.data);
+  // Files the layout cannot hold: one straight under segments/, a stored segment's name in the wrong directory.
+  await fsp.writeFile(path.join(dir, 'segments', 'README'), 'x');
+  const wrongDir = path.join(dir, 'segments', a.sha.toString('hex').startsWith('00') ? '01' : '00');
+  await fsp.mkdir(wrongDir, { recursive: true });
+  await fsp.writeFile(path.join(wrongDir, a.sha.toString('hex')), a.data);
   const r = await s.gc(1000);
-  t.match(r, { evicted: 1, evictedBytes: 1000, orphanFiles: 1 });
+  t.match(r, { evicted: 1, evictedBytes: 1000, orphanFiles: 3 });
   t.same([s.has(a.sha), s.has(b.sha)], [false, true], 'the least recently used went');
   await consistent(t, s);
 });
