@@ -346,7 +346,7 @@ Environment:
   program
     .command('clean')
     .description(
-      'Remove what a crashed vmsynth left behind: vmsynth-* domains, FUSE mounts and session directories of dead processes.',
+      'Remove what a crashed vmsynth left behind: vmsynth-* domains, FUSE mounts and session directories of dead processes, and QEMU logs of vmsynth domains libvirt no longer knows.',
     )
     .option('--all', 'also remove stale state of other vmsynth instances (other VMSYNTH_RUN_DIR)')
     .option('--json', 'print what was removed as JSON')
@@ -359,7 +359,7 @@ Environment:
           const r = await cleanStale(lv, { allInstances: o.all });
           if (!json)
             console.log(
-              `removed ${r.domains.length} domains, ${r.mounts.length} mounts, ${r.sessions.length} session directories`,
+              `removed ${r.domains.length} domains, ${r.mounts.length} mounts, ${r.sessions.length} session directories, ${r.logs.length} QEMU logs`,
             );
           return r;
         } finally {

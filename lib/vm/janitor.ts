@@ -5,7 +5,10 @@
  * so concurrent runs (and parallel tests) are safe. Stale state of another
  * vmsynth instance (another run directory) is left to that instance while its
  * run directory still exists; orphans whose run directory is gone
- * are anyone's to clean.
+ * are anyone's to clean. So are libvirt's QEMU logs of vmsynth domains
+ * libvirt no longer knows: after a host restart both the transient domain
+ * and the session directory (under /run, a tmpfs) are gone, and only the log
+ * in /var/log/libvirt/qemu is left.
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
@@ -21,7 +24,16 @@ export interface CleanReport {
   domains: string[];
   mounts: string[];
   sessions: string[];
+  /** QEMU logs of domains libvirt no longer knows. */
+  logs: string[];
 }
+
+/**
+ * A QEMU log of a domain libvirt does not know is left alone until it has
+ * been unmodified this long: a domain that just crashed is gone from libvirt
+ * at once, and its session reads the log's tail to say why (explainFailure).
+ */
+export const QEMU_LOG_GRACE_MS = 60_000;
 
 /**
  * Whether state recorded with this owner and run directory may be removed:
@@ -43,8 +55,11 @@ async function mayClean(owner: Owner | null, sessionDir: string, root: string, a
  * Removes stale state. With allInstances, stale state of other vmsynth
  * instances (other run directories) is removed too.
  */
-export async function cleanStale(lv: Libvirt | null, opts: { allInstances?: boolean } = {}): Promise<CleanReport> {
-  const report: CleanReport = { domains: [], mounts: [], sessions: [] };
+export async function cleanStale(
+  lv: Libvirt | null,
+  opts: { allInstances?: boolean; /** Where libvirt keeps QEMU logs (tests). */ qemuLogDir?: string } = {},
+): Promise<CleanReport> {
+  const report: CleanReport = { domains: [], mounts: [], sessions: [], logs: [] };
   const root = runDir();
   const all = !!opts.allInstances;
 
@@ -61,6 +76,8 @@ export async function cleanStale(lv: Libvirt | null, opts: { allInstances?: bool
       }
     }
   }
+
+  if (lv) report.logs = await removeOrphanLogs(lv, opts.qemuLogDir ?? path.dirname(qemuLogPath(DOMAIN_PREFIX)));
 
   for (const mount of await listFuseMounts()) {
     if (mount.fstype !== 'fuse.vmsynth') continue;
@@ -88,4 +105,25 @@ export async function cleanStale(lv: Libvirt | null, opts: { allInstances?: bool
     publish('staleCleaned', { kind: 'run-dir', what: dir });
   }
   return report;
+}
+
+/** Removes `vmsynth-*` QEMU logs whose domain libvirt does not know, unmodified for QEMU_LOG_GRACE_MS; returns them. */
+async function removeOrphanLogs(lv: Libvirt, dir: string): Promise<string[]> {
+  const logs = (await fsp.readdir(dir).catch(() => [] as string[])).filter(
+    (f) => f.startsWith(DOMAIN_PREFIX) && f.endsWith('.log'),
+  );
+  if (logs.length === 0) return [];
+  // Listed after the logs: a log whose domain is being created is of a domain libvirt already lists.
+  const known = new Set(await lv.vmsynthDomains());
+  const removed: string[] = [];
+  for (const f of logs) {
+    const file = path.join(dir, f);
+    if (known.has(f.slice(0, -'.log'.length))) continue;
+    const st = await fsp.stat(file).catch(() => null);
+    if (!st || Date.now() - st.mtimeMs < QEMU_LOG_GRACE_MS) continue;
+    await fsp.rm(file, { force: true });
+    removed.push(file);
+    publish('staleCleaned', { kind: 'qemu-log', what: file });
+  }
+  return removed;
 }

@@ -6,15 +6,16 @@ import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
 import { existsSync } from 'node:fs';
 import { execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { channels } from '../../lib/core/diagnostics.js';
 import { baseDir, packageRoot, runDir } from '../../lib/core/paths.js';
 import { createBase } from '../../lib/vm/base.js';
-import { cleanStale } from '../../lib/vm/janitor.js';
+import { cleanStale, QEMU_LOG_GRACE_MS } from '../../lib/vm/janitor.js';
 import { qemuLogPath } from '../../lib/vm/machine.js';
-import { Libvirt } from '../../lib/vm/libvirt.js';
+import { DOMAIN_PREFIX, Libvirt } from '../../lib/vm/libvirt.js';
 import { resumeBase } from '../../lib/vm/base-resume.js';
 import { guestBase, guestSource } from '../helpers/guest-base.js';
 import { leaks, mountsUnder, NO_LEAKS, virshDomains } from '../helpers/leaks.js';
@@ -178,3 +179,26 @@ t.test('a start after a crash removes the domain, mount and session a killed vms
   t.notOk(existsSync(qemuLogPath(domain)), "and the destroyed domain's QEMU log");
   t.ok(testRoot);
 });
+
+t.test(
+  'vmsynth clean removes the QEMU log of a domain libvirt forgot, whose session directory is gone too',
+  async (t) => {
+    // What a host restart leaves of a session killed with its server: no domain (transient),
+    // no session directory (under /run), only libvirt's log of the domain, a minute old or more.
+    const name = `${DOMAIN_PREFIX}${randomBytes(6).toString('hex')}`;
+    const log = qemuLogPath(name);
+    await fsp.writeFile(log, 'shutting down, reason=crashed\n');
+    t.teardown(() => fsp.rm(log, { force: true }));
+    const old = (Date.now() - QEMU_LOG_GRACE_MS - 5_000) / 1000;
+    await fsp.utimes(log, old, old);
+    t.notOk((await virshDomains()).includes(name), 'libvirt does not know the domain');
+    const { stdout } = await promisify(execFile)(
+      process.execPath,
+      [path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs'), 'clean', '--json'],
+      { env: process.env },
+    );
+    const report = JSON.parse(stdout.trim().split('\n').at(-1)!) as { logs: string[] };
+    t.ok(report.logs.includes(log), 'the command reports it');
+    t.notOk(existsSync(log), 'and nothing of it is left');
+  },
+);

@@ -3,8 +3,8 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { cleanStale } from '../../lib/vm/janitor.js';
-import { DOMAIN_PREFIX } from '../../lib/vm/libvirt.js';
+import { cleanStale, QEMU_LOG_GRACE_MS } from '../../lib/vm/janitor.js';
+import { DOMAIN_PREFIX, type Libvirt } from '../../lib/vm/libvirt.js';
 import { qemuLogPath } from '../../lib/vm/machine.js';
 import { currentOwner, OWNER_FILE } from '../../lib/vm/run-dir.js';
 
@@ -33,3 +33,37 @@ t.test('run directories of dead owners are removed, live ones kept', async (t) =
   await t.rejects(fsp.stat(qemuLogPath(DOMAIN_PREFIX + path.basename(dead))), "the dead run's QEMU log is removed");
   t.ok(await fsp.stat(qemuLogPath(DOMAIN_PREFIX + path.basename(live))), "the live run's log stays");
 });
+
+t.test(
+  'QEMU logs of domains libvirt no longer knows are removed once a minute old, whatever their run directory',
+  async (t) => {
+    // The path that left them: a session's process killed, then its domain and its run
+    // directory gone with a host restart (or a killed test's removed root); only the log stays.
+    // (In a directory of its own: the real one holds the logs of other test files' running domains.)
+    const logDir = path.join(testRoot, 'qemu-logs');
+    await fsp.mkdir(logDir, { recursive: true });
+    const name = (what: string) => `${DOMAIN_PREFIX}${what}`;
+    const log = (what: string) => path.join(logDir, `${name(what)}.log`);
+    const orphan = log('0rphan');
+    const fresh = log('fresh0'); // a domain that just crashed: its session reads the log first
+    const live = log('1ive00'); // its domain runs
+    const other = path.join(logDir, 'someone-else.log'); // not a vmsynth domain's
+    for (const f of [orphan, fresh, live, other]) await fsp.writeFile(f, 'log\n');
+    const old = (Date.now() - QEMU_LOG_GRACE_MS - 5_000) / 1000;
+    for (const f of [orphan, live, other]) await fsp.utimes(f, old, old);
+    const lv = {
+      vmsynthDomains: async () => [name('1ive00')],
+      xmlDesc: async () => '',
+      destroy: async () => false, // (the running domain is not this test's to end)
+    } as unknown as Libvirt;
+    const report = await cleanStale(lv, { qemuLogDir: logDir });
+    t.same(report.logs, [orphan], 'the orphan log is reported, and only it');
+    t.same(
+      (await fsp.readdir(logDir)).sort(),
+      [`${name('1ive00')}.log`, `${name('fresh0')}.log`, 'someone-else.log'].sort(),
+      "it is removed; a fresh one, a running domain's and another's stay",
+    );
+    const again = await cleanStale(lv, { qemuLogDir: logDir });
+    t.same(again.logs, [], 'nothing is left for a second pass');
+  },
+);
