@@ -13,27 +13,18 @@
  * sent as only the chunks A lacks.
  */
 import { openSegment } from '../overlay/apply-segment.js';
-import { ChunkKind, HASH_BYTES, hasDigest, segmentDigests } from '../overlay/format.js';
+import { segmentDigests } from '../overlay/format.js';
 import { Overlay } from '../overlay/reader.js';
-import { readRecord } from '../overlay/records.js';
+import { payloadChunks } from '../overlay/thin.js';
 
 /** Payload chunks per segment, as content digests (hex). */
 async function payloadDigests(dir: string): Promise<{ overlay: Overlay; segments: string[][] }> {
   const overlay = await Overlay.open(dir, { trusted: null });
   const file = overlay.segmentFile();
   try {
-    const segments = overlay.body.segments.map((s, index) => {
-      const digests = segmentDigests(openSegment(index, s, file.read(s)), s);
-      const out: string[] = [];
-      let d = 0;
-      for (let i = 0; i < s.count; i++) {
-        const kind = readRecord(s.chunks, i).kind;
-        if (!hasDigest(kind)) continue;
-        const digest = digests.subarray(d * HASH_BYTES, ++d * HASH_BYTES);
-        if (kind === ChunkKind.XOR || kind === ChunkKind.RAW) out.push(Buffer.from(digest).toString('hex'));
-      }
-      return out;
-    });
+    const segments = overlay.body.segments.map((s, index) =>
+      payloadChunks(s, segmentDigests(openSegment(index, s, file.read(s)), s)).map((c) => c.digest.toString('hex')),
+    );
     return { overlay, segments };
   } finally {
     file.close();

@@ -84,7 +84,7 @@ export function omitBitmap(slots: number, omitted: Iterable<number>): Buffer {
   return bits;
 }
 
-export function isOmitted(omit: Uint8Array, slot: number): boolean {
+function isOmitted(omit: Uint8Array, slot: number): boolean {
   return ((omit[slot >> 3] ?? 0) & (1 << (slot & 7))) !== 0;
 }
 

@@ -13,7 +13,7 @@
 import { yieldNow } from '../core/scope.js';
 import { CHUNK_SIZE } from '../fs/chunk-map.js';
 import { sha256, xorInto } from '../overlay/chunk-io.js';
-import { ChunkKind, MAX_SEGMENT_RAW_BYTES, type OverlayBody } from '../overlay/format.js';
+import { ChunkKind, MAX_SEGMENT_RAW_BYTES, segmentDigests, type OverlayBody } from '../overlay/format.js';
 import { omitBitmap, payloadChunks, slotCount, type PayloadChunk, type TableEntry } from '../overlay/thin.js';
 import { decompressFrame } from '../overlay/zstd-frame.js';
 import type { ChunkLocation, ChunkRow } from './chunk-table.js';
@@ -28,8 +28,7 @@ export function baseKey(body: OverlayBody): string {
 
 /** The chunk index rows of a segment whose raw bytes checked out. */
 export function chunkRows(entry: TableEntry, raw: Uint8Array): ChunkRow[] {
-  const table = raw.subarray(raw.length - entry.digests * 32);
-  return payloadChunks(entry, table).map((c) => ({
+  return payloadChunks(entry, segmentDigests(raw, entry)).map((c) => ({
     digest: c.digest,
     slot: c.slot,
     kind: c.kind,

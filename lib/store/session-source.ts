@@ -137,7 +137,8 @@ export class SessionSource {
 
   /** Segment `index`, received and verified, enters the store in the background. */
   admit(index: number, data: Buffer): void {
-    this.queueWrite(index, data, () => data);
+    const rawBytes = this.overlay.body.segments[index]!.rawBytes;
+    this.queueWrite(index, data.length, () => ({ compressed: data, raw: () => decompressFrame(data, rawBytes) }));
   }
 
   /**
@@ -154,21 +155,29 @@ export class SessionSource {
     this.rebuilt.push({ index, raw });
   }
 
-  private queueWrite(index: number, data: Buffer, compressed: () => Buffer | null): void {
+  /**
+   * Writes segment `index` to the store in the background, and names its
+   * chunks: `make` gives its compressed bytes (null: not fit to store) and its
+   * raw bytes; `bytes` count against the cap on pending writes.
+   */
+  private queueWrite(
+    index: number,
+    bytes: number,
+    make: () => { compressed: Buffer; raw: () => Uint8Array } | null,
+  ): void {
     const cap = this.opts.maxPendingBytes ?? 64 << 20;
-    if (!this.opts.admitReceived || this.closed || this.pendingBytes + data.length > cap) return;
-    this.pendingBytes += data.length;
+    if (!this.opts.admitReceived || this.closed || this.pendingBytes + bytes > cap) return;
+    this.pendingBytes += bytes;
     void this.writes.add(async () => {
       try {
         const sha = this.sha(index);
-        const s = this.overlay.body.segments[index]!;
-        const z = compressed();
-        if (z && ((await this.store.put(sha, z)) || (this.store.has(sha) && !this.store.chunksIndexed(sha))))
-          this.store.indexChunks(sha, this.base, chunkRows(s, z === data ? decompressFrame(z, s.rawBytes) : data));
+        const w = make();
+        if (w && ((await this.store.put(sha, w.compressed)) || (this.store.has(sha) && !this.store.chunksIndexed(sha))))
+          this.store.indexChunks(sha, this.base, chunkRows(this.overlay.body.segments[index]!, w.raw()));
       } catch (err) {
         publish('cleanupFailed', { what: `store segment ${index} of session ${this.session}`, error: err });
       } finally {
-        this.pendingBytes -= data.length;
+        this.pendingBytes -= bytes;
       }
     });
   }
@@ -179,9 +188,9 @@ export class SessionSource {
     this.rebuiltBytes = 0;
     for (const { index, raw } of this.rebuilt.splice(0)) {
       const s = this.overlay.body.segments[index]!;
-      this.queueWrite(index, raw, () => {
+      this.queueWrite(index, raw.length, () => {
         const z = compress(raw, { compressionLevel: this.overlay.body.compression.level });
-        return sha256(z).equals(asBuffer(s.sha256)) ? z : null;
+        return sha256(z).equals(asBuffer(s.sha256)) ? { compressed: z, raw: () => raw } : null;
       });
     }
     this.closed = true;

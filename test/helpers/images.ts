@@ -8,6 +8,9 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
+import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
+import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
+import { loadBase, type Base } from '../../lib/vm/base.js';
 import type { BaseManifest } from '../../lib/vm/base-manifest.js';
 import { BASE_FORMAT } from '../../lib/vm/base-manifest.js';
 
@@ -148,4 +151,27 @@ export async function generatePair(
   await fsp.writeFile(custom.disk, cd);
   await fsp.writeFile(custom.deviceState, Buffer.from('device state of the custom VM ' + 'x'.repeat(5000)));
   return { baseDir: path.join(basesDir, name), custom, planted };
+}
+
+/**
+ * A generated base `name` and custom VM (generatePair, the custom VM under
+ * `customDir`), a signing key, and a builder of overlays over that base
+ * (64 KiB segments), for tests that build several overlays over one base.
+ */
+export async function generatedOverlays(
+  name: string,
+  customDir: string,
+  opts: { memChunks: number; diskChunks: number; each: number; seed?: number },
+): Promise<{
+  pair: GeneratedPair;
+  base: Base;
+  build(custom: GeneratedPair['custom'], out: string): Promise<unknown>;
+}> {
+  const pair = await generatePair(process.env.VMSYNTH_BASE_DIR!, name, customDir, opts);
+  await generateKey();
+  const key = await loadSigningKey();
+  const base = await loadBase(name);
+  const build = (custom: GeneratedPair['custom'], out: string) =>
+    buildOverlay({ base: baseInput(base), custom, appPort: 8000, key, out, segmentBytes: 64 << 10 });
+  return { pair, base, build };
 }

@@ -10,26 +10,19 @@ import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { overlayShare } from '../../lib/offline/share.js';
-import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
 import { ChunkKind, Image } from '../../lib/overlay/format.js';
-import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
 import { Overlay } from '../../lib/overlay/reader.js';
 import { readRecord } from '../../lib/overlay/records.js';
-import { loadBase } from '../../lib/vm/base.js';
-import { generatePair } from '../helpers/images.js';
+import { generatedOverlays } from '../helpers/images.js';
 
 t.teardown(removeTestRoot);
 
-const pair = await generatePair(process.env.VMSYNTH_BASE_DIR!, 'shared', path.join(testRoot, 'custom'), {
+const { pair, build: buildOver } = await generatedOverlays('shared', path.join(testRoot, 'custom'), {
   memChunks: 2048,
   diskChunks: 1024,
   each: 40,
 });
-await generateKey();
-const key = await loadSigningKey();
-const base = baseInput(await loadBase('shared'));
-const build = (out: string, custom: typeof pair.custom) =>
-  buildOverlay({ base, custom, appPort: 8000, key, out, segmentBytes: 64 << 10 });
+const build = (out: string, custom: typeof pair.custom) => buildOver(custom, out);
 
 const a = path.join(testRoot, 'a');
 await build(a, pair.custom);

@@ -36,6 +36,15 @@ async function resumeFrom(t: Test, first: Rig, secret = first.accepted!.secret a
   return r;
 }
 
+/** The first connection drops `missing` bytes short of the end of `whole` (a frame): the second resumes. */
+async function dropMidFrame(t: Test, a: Rig, whole: Buffer, missing: number): Promise<Rig> {
+  a.socket.write(whole.subarray(0, whole.length - missing));
+  await new Promise((r) => setTimeout(r, 100));
+  a.socket.destroy();
+  await a.gone;
+  return resumeFrom(t, a);
+}
+
 t.test('a dropped session is resumed from another connection; unacknowledged replies come again', async (t) => {
   const a = await at(t, 'session', GRACE);
   t.equal((a.accepted!.secret as Buffer).length, 32, 'accepted carries a 32-byte secret');
@@ -228,12 +237,7 @@ t.test('a segment cut short by a drop: the server keeps what arrived, and asks o
   const payload = Buffer.alloc(300_000);
   for (let i = 0; i < payload.length; i++) payload[i] = i % 251;
   const whole = frame({ type: 'segment', index: 2 }, payload);
-  const cutAt = whole.length - 100_000; // the last 100,000 bytes never arrive
-  a.socket.write(whole.subarray(0, cutAt));
-  await new Promise((r) => setTimeout(r, 100));
-  a.socket.destroy();
-  await a.gone;
-  const b = await resumeFrom(t, a);
+  const b = await dropMidFrame(t, a, whole, 100_000); // the last 100,000 bytes never arrive
   const resumed = await b.next('resumed');
   t.match(resumed, { partialIndex: 2, partialBytes: 200_000 }, 'resumed names the part it holds');
   b.send(frame({ type: 'segment', index: 2, offset: 200_000 }, payload.subarray(200_000)));
@@ -247,11 +251,7 @@ t.test('the rest of a segment from another offset than the part held is refused'
   const a = await at(t, 'session', GRACE);
   a.sessions[0]!.wanted = { demand: [1], background: [], tables: [], thin: [] };
   const whole = frame({ type: 'segment', index: 1 }, Buffer.alloc(50_000, 3));
-  a.socket.write(whole.subarray(0, whole.length - 20_000));
-  await new Promise((r) => setTimeout(r, 100));
-  a.socket.destroy();
-  await a.gone;
-  const b = await resumeFrom(t, a);
+  const b = await dropMidFrame(t, a, whole, 20_000);
   t.match(await b.next('resumed'), { partialIndex: 1, partialBytes: 30_000 });
   b.send(frame({ type: 'segment', index: 1, offset: 29_000 }, Buffer.alloc(21_000, 3)));
   t.match(await b.next('never'), fatal('VMS_PROTOCOL'));
@@ -272,11 +272,7 @@ t.test(
     };
     const payload = Buffer.alloc(200_000, 7);
     const whole = frame({ type: 'segment', index: 2, thin: true }, payload);
-    a.socket.write(whole.subarray(0, whole.length - 50_000));
-    await new Promise((r) => setTimeout(r, 100));
-    a.socket.destroy();
-    await a.gone;
-    const b = await resumeFrom(t, a);
+    const b = await dropMidFrame(t, a, whole, 50_000);
     t.match(await b.next('resumed'), { partialIndex: 2, partialBytes: 150_000 });
     t.match(await b.next('want'), { lane: 'background', segments: [0] });
     t.match(await b.next('tables'), { type: 'tables', segments: [1] }, 'the table still awaited');

@@ -16,17 +16,14 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { CHUNK_SIZE } from '../../lib/fs/chunk-map.js';
 import { SegmentApplier } from '../../lib/overlay/apply-segment.js';
-import { baseInput, buildOverlay } from '../../lib/overlay/builder.js';
 import { ChunkFile } from '../../lib/overlay/chunk-io.js';
 import { segmentDigests, type SegmentInfo } from '../../lib/overlay/format.js';
-import { generateKey, loadSigningKey } from '../../lib/overlay/keys.js';
 import { Overlay } from '../../lib/overlay/reader.js';
 import { checkTable, payloadChunks, rebuildRaw, thinPayloads } from '../../lib/overlay/thin.js';
 import { decompressFrame } from '../../lib/overlay/zstd-frame.js';
 import { SegmentStore } from '../../lib/store/segment-store.js';
 import { SessionSource } from '../../lib/store/session-source.js';
-import { loadBase } from '../../lib/vm/base.js';
-import { generatePair, prng } from '../helpers/images.js';
+import { generatedOverlays, prng } from '../helpers/images.js';
 
 t.teardown(removeTestRoot);
 
@@ -67,16 +64,11 @@ async function storeWith(o: Overlay, dir: string): Promise<SegmentStore> {
 }
 
 t.before(async () => {
-  const pair = await generatePair(process.env.VMSYNTH_BASE_DIR!, 'gen', path.join(testRoot, 'custom'), {
+  const { pair, base, build } = await generatedOverlays('gen', path.join(testRoot, 'custom'), {
     memChunks: 2048,
     diskChunks: 1024,
     each: 60,
   });
-  await generateKey();
-  const key = await loadSigningKey();
-  const base = await loadBase('gen');
-  const build = (custom: typeof pair.custom, out: string) =>
-    buildOverlay({ base: baseInput(base), custom, appPort: 8000, key, out, segmentBytes: 64 << 10 });
   await build(pair.custom, path.join(testRoot, 'a'));
   // B: A's VM with every 40th chunk of memory rewritten (new random bytes).
   const dirB = path.join(testRoot, 'customB');
