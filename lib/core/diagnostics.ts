@@ -70,6 +70,8 @@ export const channels = {
   storeDropped: diagnostics.channel('vmsynth:store:dropped'),
   /** { session, url, segment, reason, error } — a session's object store failed (reason: not-found, denied, timeout, unreachable, corrupt, error); the client's connection serves the rest. */
   objectStoreFallback: diagnostics.channel('vmsynth:store:object-fallback'),
+  /** { session, segment, afterMs } — a guest read waited on the object store for `afterMs` ms: its segment is asked of the client too, and the first copy to come is used. */
+  objectStoreHedge: diagnostics.channel('vmsynth:store:object-hedge'),
   /** { what, error } — a cleanup step failed (it is logged, never thrown). */
   cleanupFailed: diagnostics.channel('vmsynth:cleanup:failed'),
 } as const;

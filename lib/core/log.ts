@@ -45,6 +45,7 @@ const EVENT_LEVEL: Record<ChannelName, Level> = {
   storeEvicted: 'debug',
   storeDropped: 'warn',
   objectStoreFallback: 'warn',
+  objectStoreHedge: 'info',
 };
 
 /** An event's level; a few depend on what the event says. */
@@ -91,6 +92,8 @@ function text(name: ChannelName, m: Record<string, unknown>): string {
       return `session ${String(m.session)} ended${m.error ? ` (${errText(m.error)})` : ''}: ${JSON.stringify(m.stats)}`;
     case 'serverListening':
       return `listening on ${String(m.host)}:${String(m.port)}${m.tls ? ' (TLS)' : ''}${m.auth ? ', clients authenticate' : ''}`;
+    case 'objectStoreHedge':
+      return `session ${String(m.session)}: a guest read waited ${String(m.afterMs)} ms on the object store for segment ${String(m.segment)}; asking the client too`;
     case 'fuseReadFailed':
       return `FUSE read failed (${String(m.path)} at ${String(m.offset)}): ${errText(m.error)}`;
     default:

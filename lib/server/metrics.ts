@@ -140,6 +140,11 @@ export class ServerMetrics {
       labelNames: ['reason'],
       registers: r,
     });
+    const objectHedges = new client.Counter({
+      name: 'vmsynth_object_store_hedges_total',
+      help: 'Guest reads that waited on the object store past the hedge delay; their segment was asked of the client too',
+      registers: r,
+    });
     active.set(0);
     badBases.set(0);
     storeHitRatio.set(NaN);
@@ -189,6 +194,7 @@ export class ServerMetrics {
     on('storeEvicted', () => storeEvictions.inc());
     on('storeDropped', (m) => storeDropped.inc({ reason: String(m.reason) }));
     on('objectStoreFallback', (m) => objectFallbacks.inc({ reason: String(m.reason) }));
+    on('objectStoreHedge', () => objectHedges.inc());
     on('baseChecked', (m) => {
       if (m.ok === false) badBases.inc();
     });

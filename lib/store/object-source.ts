@@ -24,6 +24,8 @@ export class ObjectSource {
   private readonly queue: PQueue;
   private readonly abort = new AbortController();
   private failedWith: VmsynthError | null = null;
+  /** A moving average of how long a ranged GET took here (ms), or null before one finished. */
+  private ewmaMs: number | null = null;
 
   constructor(
     private readonly objects: ObjectStore,
@@ -39,6 +41,11 @@ export class ObjectSource {
     return s3Url(this.loc);
   }
 
+  /** The typical time of one ranged GET in this session (ms), or null before one finished. */
+  get typicalMs(): number | null {
+    return this.ewmaMs;
+  }
+
   /** True until the first failure. */
   get usable(): boolean {
     return this.failedWith === null && !this.abort.signal.aborted;
@@ -51,7 +58,16 @@ export class ObjectSource {
       const got = await this.queue.add(
         async () => {
           if (!this.usable) return null;
-          return this.objects.get(this.loc, SEGMENTS_FILE, { offset: s.offset, bytes: s.bytes }, this.abort.signal);
+          const t0 = performance.now();
+          const got = await this.objects.get(
+            this.loc,
+            SEGMENTS_FILE,
+            { offset: s.offset, bytes: s.bytes },
+            this.abort.signal,
+          );
+          const ms = performance.now() - t0;
+          this.ewmaMs = this.ewmaMs === null ? ms : 0.75 * this.ewmaMs + 0.25 * ms;
+          return got;
         },
         { priority: demand ? 10 : 0, id: String(index) },
       );

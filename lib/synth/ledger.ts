@@ -7,6 +7,7 @@
 import { VmsynthError } from '../core/errors.js';
 import type { Policy } from '../protocol/messages.js';
 import type { BlockedReadStats, HeldReads } from './arrivals.js';
+import type { HedgeStats } from './hedges.js';
 
 /** Where a segment is, as a held guest read sees it. */
 export type SegmentState = 'none' | 'queued' | 'requested' | 'applying' | 'received';
@@ -29,6 +30,8 @@ export interface SynthStats {
    * taken from the store for them instead.
    */
   lookaside: { tables: number; tableBytes: number; thinSegments: number; chunks: number; bytesSaved: number };
+  /** Demand fetches from a slow object store also asked of the client (hedges.ts). */
+  hedges: HedgeStats;
   overlayBytes: number;
   /** Segments asked for on the demand lane. */
   demandFetches: number;
@@ -162,7 +165,12 @@ export class SessionLedger {
     };
   }
 
-  stats(live: { outOfOrder: number; blockedReads: BlockedReadStats; heldReads: SynthStats['heldReads'] }): SynthStats {
+  stats(live: {
+    outOfOrder: number;
+    blockedReads: BlockedReadStats;
+    heldReads: SynthStats['heldReads'];
+    hedges: HedgeStats;
+  }): SynthStats {
     return {
       policy: this.policy,
       segments: this.segments,
@@ -173,6 +181,7 @@ export class SessionLedger {
       segmentsFromObjects: this.segmentsFromObjects,
       bytesFromObjects: this.bytesFromObjects,
       lookaside: { ...this.look },
+      hedges: live.hedges,
       overlayBytes: this.overlayBytes,
       demandFetches: this.demandFetches,
       outOfOrder: live.outOfOrder,

@@ -33,6 +33,7 @@ import { decompressFrame } from '../overlay/zstd-frame.js';
 import type { LookasidePlan } from '../store/lookaside.js';
 import type { ObjectSource } from '../store/object-source.js';
 import type { SessionSource } from '../store/session-source.js';
+import { Hedges } from './hedges.js';
 
 export type SegmentOrigin = 'client' | 'store' | 'object';
 
@@ -41,6 +42,8 @@ export interface SourceCallbacks {
   got(index: number, data: Buffer, from: 'store' | 'object'): void;
   /** The source could not give segment `index` after all: ask the client. */
   lost(index: number): void;
+  /** A guest read has waited on the object store for segment `index` too long: ask the client too (Hedges). */
+  hedge(index: number, afterMs: number): void;
 }
 
 /** A segment asked of the client thin: resent as such after a resume. */
@@ -70,7 +73,8 @@ export const SPARSE_AFTER = 16;
 export const PROBE_EVERY = 8;
 
 export class SegmentSources {
-  private readonly fetching = new Set<number>();
+  /** Segments being fetched, and from where. */
+  private readonly fetching = new Map<number, 'store' | 'object'>();
   /** Segments whose digest table was asked of the client. */
   private readonly tableWait = new Set<number>();
   /** Segments asked of the client thin, with the payloads that fill them in. */
@@ -84,6 +88,8 @@ export class SegmentSources {
 
   /** The base images, opened for lookaside. */
   private readonly baseFiles: ChunkFile[] = [];
+  /** Demand fetches from the object store that also asked the client. */
+  readonly hedges: Hedges;
 
   constructor(
     private readonly store: SessionSource | undefined,
@@ -91,6 +97,10 @@ export class SegmentSources {
     private readonly cb: SourceCallbacks,
     private readonly look: LookasideOptions | null = null,
   ) {
+    this.hedges = new Hedges(
+      (index, afterMs) => this.cb.hedge(index, afterMs),
+      () => this.objects?.typicalMs ?? null,
+    );
     try {
       for (const f of look?.base ?? []) this.baseFiles.push(new ChunkFile(f));
     } catch (err) {
@@ -194,29 +204,46 @@ export class SegmentSources {
   /** Starts fetching segment `index` from the store or the object store; false when neither can give it. */
   take(index: number, demand: boolean): boolean {
     if (this.store?.has(index)) this.start(index, this.store.take(index), 'store');
-    else if (this.objects?.usable) this.start(index, this.objects.fetch(index, demand), 'object');
-    else return false;
+    else if (this.objects?.usable) {
+      this.start(index, this.objects.fetch(index, demand), 'object');
+      if (demand) this.hedges.arm(index);
+    } else return false;
     return true;
   }
 
   private start(index: number, fetched: Promise<Buffer | null>, from: 'store' | 'object'): void {
-    this.fetching.add(index);
+    this.fetching.set(index, from);
     void fetched.then((data) => {
       this.fetching.delete(index);
+      if (from === 'object' && this.hedges.fromObject(index, data !== null) === 'drop') return;
       if (data) this.cb.got(index, data, from);
       else this.cb.lost(index);
     });
   }
 
-  /** Whether segment `index` is being fetched from a source (so not asked of the client). */
+  /** Whether segment `index` is being fetched from a source and not also asked of the client (so the client must not send it). */
   isFetching(index: number): boolean {
-    return this.fetching.has(index);
+    return this.fetching.has(index) && !this.hedges.awaitsClient(index);
+  }
+
+  /**
+   * The client sent segment `index` (`bytes` long): 'drop' it (a hedge the object store won),
+   * 'refuse' it (a source is fetching it, and it was not asked of the client), or 'use' it.
+   */
+  clientCopy(index: number, bytes: number): 'use' | 'drop' | 'refuse' {
+    const v = this.hedges.fromClient(index, bytes);
+    if (v === 'use' && this.fetching.has(index)) return 'refuse';
+    return v === 'hedge' ? 'use' : v;
   }
 
   /** A guest read waits for segment `index`: if a source is fetching it, move it ahead there (true). */
   promote(index: number): boolean {
-    if (!this.fetching.has(index)) return false;
-    this.objects?.promote(index);
+    const from = this.fetching.get(index);
+    if (from === undefined) return false;
+    if (from === 'object') {
+      this.objects?.promote(index);
+      this.hedges.arm(index);
+    }
     return true;
   }
 
@@ -237,14 +264,22 @@ export class SegmentSources {
     return this.store !== undefined;
   }
 
-  /** Segment `index` from a source failed its check: that source gives it no more (the caller asks the client). */
-  async rejected(index: number, from: 'store' | 'object', err: unknown): Promise<void> {
-    if (from === 'store') await this.store?.reject(index);
-    else this.objects?.fail(asVmsynthError(err), index);
+  /**
+   * Segment `index` from a source failed its check: that source gives it no more. Resolves
+   * true when the client's copy is on its way already (a hedge), false when the caller must ask for it.
+   */
+  async rejected(index: number, from: 'store' | 'object', err: unknown): Promise<boolean> {
+    if (from === 'store') {
+      await this.store?.reject(index);
+      return false;
+    }
+    this.objects?.fail(asVmsynthError(err), index);
+    return this.hedges.objectRejected(index);
   }
 
   /** Stops fetching; waits for segments being admitted to the store, and releases its lease. */
   async close(): Promise<void> {
+    this.hedges.close();
     this.objects?.close();
     await this.store?.close();
     for (const f of this.baseFiles.splice(0)) f.close();

@@ -106,6 +106,11 @@ export class SynthSession {
       {
         got: (index, data, from) => wanted(index) && this.apply(index, data, from),
         lost: (index) => wanted(index) && this.ask(this.lane(index), [index]),
+        hedge: (index, afterMs) => {
+          if (!wanted(index)) return;
+          publish('objectStoreHedge', { session: this.id, segment: index, afterMs });
+          this.opts.events.want('demand', [index]);
+        },
       },
       opts.store && opts.lookaside
         ? { segments: body.segments, base: [opts.base.file('memory'), opts.base.file('disk')] }
@@ -224,8 +229,10 @@ export class SynthSession {
   /** A segment arrived from the client (`thin`: without the payloads a `thin` message named). */
   receive(index: number, data: Buffer, thin = false): void {
     if (this.failedWith || this.closing) return;
-    // The message parser guarantees an unsigned integer. A segment a source is fetching was not asked of the client.
-    const asked = index < this.scheduler.total && this.scheduler.isRequested(index) && !this.sources.isFetching(index);
+    // The message parser guarantees an unsigned integer.
+    const copy = index < this.scheduler.total ? this.sources.clientCopy(index, data.length) : 'refuse';
+    if (copy === 'drop') return; // a hedge the object store won
+    const asked = copy === 'use' && this.scheduler.isRequested(index);
     const refused = unexpectedSegment(index, asked, this.ledger.isApplying(index));
     if (refused) return this.fail(refused);
     if (!thin) {
@@ -264,8 +271,7 @@ export class SynthSession {
     const bytes = thinBytes ?? data.length;
     this.ledger.received(index, bytes, from);
     const lane = this.lane(index);
-    // The pipeline hands the bytes to a worker thread (transferred): the store keeps its own copy.
-    // (A rebuilt one keeps its raw bytes: the store compresses them again, and keeps them if that gives the signed digest.)
+    // The pipeline transfers the bytes to a worker thread: the store keeps a copy (raw if rebuilt: SessionSource.admitRebuilt).
     const keep = from !== 'store' && this.sources.keeps ? Buffer.from(data) : null;
     this.launch
       .apply(index, data, lane === 'demand' ? Priority.DEMAND : Priority.BACKGROUND, rebuilt)
@@ -278,8 +284,7 @@ export class SynthSession {
           if (from !== 'client') this.ledger.fromSource(from, bytes);
           this.sources.applied(index, bytes, from, keep, rebuilt);
           this.scheduler.received(index);
-          // A session that failed or is closing goes no further: a baseline session whose last
-          // segment landed during its close started its VM after the teardown, and leaked it.
+          // Failed or closing: no further (a baseline VM started after the teardown once leaked).
           if (this.closing || this.failedWith) return;
           if (this.scheduler.done) this.onComplete();
           else this.pump();
@@ -291,10 +296,14 @@ export class SynthSession {
           if (from !== 'client' && e.code === 'VMS_OVERLAY_CORRUPT' && !this.closing && !this.failedWith) {
             // A stored or fetched copy that fails its check is never used: the client sends it instead.
             publish('progress', { step: `session ${this.id}: segment ${index} from the ${from} failed its check` });
-            void this.sources.rejected(index, from, e).finally(() => {
-              this.scheduler.retry(index);
-              this.pump();
-            });
+            void this.sources
+              .rejected(index, from, e)
+              .catch(() => false)
+              .then((clientSends) => {
+                if (clientSends) return; // asked of the client as a hedge already
+                this.scheduler.retry(index);
+                this.pump();
+              });
           } else if (e.code === 'VMS_OVERLAY_CORRUPT' && !this.closing && this.ledger.mayRetry(index)) {
             publish('progress', { step: `session ${this.id}: segment ${index} failed its check; asking for it again` });
             this.scheduler.retry(index);
@@ -328,6 +337,7 @@ export class SynthSession {
     const out = { demand: [] as number[], background: [] as number[], tables: [] as number[], thin: [] as Thin[] };
     if (this.failedWith || this.closing) return out;
     const look = this.sources.lookasideOutstanding();
+    this.sources.hedges.resumed(); // hedged segments still racing are listed below (isFetching is false for them)
     out.tables = look.tables;
     out.thin = look.thin
       .filter((t) => !this.ledger.isApplying(t.index))
@@ -352,6 +362,7 @@ export class SynthSession {
       outOfOrder: this.scheduler.outOfOrder,
       blockedReads: this.launch.blockedReads(),
       heldReads: this.heldReads(),
+      hedges: this.sources.hedges.stats(),
     });
   }
 
@@ -374,11 +385,9 @@ export class SynthSession {
     this.closing ??= (async () => {
       const stats = this.stats();
       this.vm?.abortResume();
-      // Held guest reads fail first. A resume in progress may itself be waiting on one
-      // (QEMU and libvirtd read the images while the domain starts and loads its state),
-      // so it could never reach the step boundary awaited below; and a vCPU blocked in one
-      // would keep QEMU from exiting on libvirt's SIGTERM (libvirt then waits 10 s for
-      // SIGKILL) while that destroy call holds a thread of libuv's pool.
+      // Held guest reads fail first: a resume in progress may wait on one (QEMU and libvirtd read
+      // the images as the domain starts), and never reach the step boundary awaited below; and a
+      // vCPU blocked in one keeps QEMU from exiting on SIGTERM (libvirt waits 10 s for SIGKILL).
       this.launch?.failHeldReads();
       // Let a resume in progress reach a step boundary, so whatever it acquired is in the scope.
       await this.vm?.settled();

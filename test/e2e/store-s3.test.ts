@@ -6,8 +6,9 @@
  * the client's connection serving what the object store did not, and each
  * said in the metrics: the object missing (404), an access key the store
  * does not know (403), a URL outside the configured sources, an object
- * store that never answers (the session does not hang), and bytes in the
- * store that fail their check (never used). Then `base push` and
+ * store that never answers (the session does not hang), a slow one (guest
+ * reads hedged to the client), and bytes in the store that fail their
+ * check (never used). Then `base push` and
  * `base pull` through the CLI.
  */
 import { removeTestRoot, testRoot } from '../helpers/env.js';
@@ -171,6 +172,58 @@ t.test('an object store that never answers: the session falls back within its de
   t.equal(stats(r).segmentsReceived, r.segments, 'every segment from the client');
   t.ok(r.timeline.firstResponse! < 60_000, `first response in ${r.timeline.firstResponse} ms`);
   t.ok(performance.now() - t0 < 90_000, 'the session did not hang');
+  await answersRight(t, r);
+});
+
+t.test('a slow object store: guest reads are hedged to the client, and each segment is applied once', async (t) => {
+  // A proxy in front of s3rver that holds every byte it returns for DELAY_MS: slow, never failing.
+  const DELAY_MS = 1500;
+  const pairs: net.Socket[] = [];
+  const lag = net.createServer((down) => {
+    const up = net.connect(Number(new URL(s3.endpoint).port), '127.0.0.1');
+    pairs.push(down, up);
+    down.on('data', (b) => up.write(b));
+    up.on('data', (b) => setTimeout(() => down.writable && down.write(b), DELAY_MS));
+    for (const [a, b] of [
+      [down, up],
+      [up, down],
+    ] as const) {
+      a.on('error', () => b.destroy());
+      a.on('close', () => setTimeout(() => b.destroy(), DELAY_MS + 100));
+    }
+  });
+  await new Promise<void>((r) => lag.listen(0, '127.0.0.1', r));
+  t.teardown(() => {
+    for (const s of pairs) s.destroy();
+    lag.close();
+  });
+  const lagged = await SynthServer.listen({
+    port: 0,
+    objects: {
+      endpoint: `http://127.0.0.1:${(lag.address() as net.AddressInfo).port}`,
+      credentials: S3_CREDENTIALS,
+      timeoutMs: 20_000,
+      sources,
+    },
+  });
+  t.teardown(() => lagged.close());
+  const hedgesBefore = Number(/vmsynth_object_store_hedges_total (\d+)/.exec(await metrics.text())?.[1] ?? 0);
+  const before = await fallbacks('timeout');
+  const r = await synth(lagged, { policy: 'early-start', overlayUrl: good });
+  const st = r.serverStats as Stats & { hedges: { hedged: number; dropped: number } };
+  t.comment(
+    `objects ${DELAY_MS} ms late: first response ${r.timeline.firstResponse} ms, hedges ${JSON.stringify(st.hedges)}, ${JSON.stringify(r.timeline)}`,
+  );
+  t.ok(st.hedges.hedged >= 1, `${st.hedges.hedged} guest read(s) hedged to the client`);
+  t.equal(
+    Number(/vmsynth_object_store_hedges_total (\d+)/.exec(await metrics.text())?.[1]),
+    hedgesBefore + st.hedges.hedged,
+    'counted in the metrics',
+  );
+  t.ok(st.segmentsReceived >= 1, `${st.segmentsReceived} segment(s) from the client`);
+  t.ok(st.segmentsFromObjects >= 1, `${st.segmentsFromObjects} from the object store: it was slow, not dropped`);
+  t.equal(st.segmentsReceived + st.segmentsFromObjects, r.segments, 'each segment applied once');
+  t.equal(await fallbacks('timeout'), before, 'no fallback');
   await answersRight(t, r);
 });
 

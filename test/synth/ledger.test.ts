@@ -16,6 +16,8 @@ function fakeClock(start = 5_000.25) {
 
 const noBlocked: BlockedReadStats = { count: 0, totalMs: 0, maxMs: 0, p50Ms: 0, p90Ms: 0 };
 
+const hedges = { hedged: 0, dropped: 0, droppedBytes: 0 };
+
 t.test('ms() counts from construction, rounded', async (t) => {
   const clock = fakeClock();
   clock.advance(1_000);
@@ -68,7 +70,12 @@ t.test("replied() returns the first response's ms once, with what was received b
   clock.advance(100);
   t.equal(l.replied(), null, 'a later reply is not the first response');
   t.equal(l.firstResponseMs, 250, 'and does not move it');
-  const s = l.stats({ outOfOrder: 0, blockedReads: noBlocked, heldReads: { reads: 0, oldestMs: 0, segments: [] } });
+  const s = l.stats({
+    outOfOrder: 0,
+    blockedReads: noBlocked,
+    heldReads: { reads: 0, oldestMs: 0, segments: [] },
+    hedges,
+  });
   t.equal(s.bytesReceivedBeforeFirstResponse, 3_500, 'the segment after the reply is not counted before it');
   t.equal(s.segmentsReceivedBeforeFirstResponse, 2);
   t.equal(s.bytesReceived, 7_500);
@@ -77,7 +84,12 @@ t.test("replied() returns the first response's ms once, with what was received b
 t.test('before any reply the snapshot is null', async (t) => {
   const l = new SessionLedger('demand-only', 1, 10, fakeClock().now);
   l.received(0, 10);
-  const s = l.stats({ outOfOrder: 0, blockedReads: noBlocked, heldReads: { reads: 0, oldestMs: 0, segments: [] } });
+  const s = l.stats({
+    outOfOrder: 0,
+    blockedReads: noBlocked,
+    heldReads: { reads: 0, oldestMs: 0, segments: [] },
+    hedges,
+  });
   t.equal(s.firstResponseMs, null);
   t.equal(s.bytesReceivedBeforeFirstResponse, null);
   t.equal(s.segmentsReceivedBeforeFirstResponse, null);
@@ -152,7 +164,8 @@ t.test("stats() assembles the ledger's counts with the live numbers", async (t) 
   l.complete();
   const blockedReads: BlockedReadStats = { count: 2, totalMs: 30.5, maxMs: 20.5, p50Ms: 20.5, p90Ms: 20.5 };
   const heldReads = { reads: 1, oldestMs: 5, segments: [{ index: 3, state: 'queued' as const }] };
-  t.same(l.stats({ outOfOrder: 4, blockedReads, heldReads }), {
+  const hedged = { hedged: 2, dropped: 1, droppedBytes: 4_096 };
+  t.same(l.stats({ outOfOrder: 4, blockedReads, heldReads, hedges: hedged }), {
     policy: 'early-start',
     segments: 6,
     segmentsReceived: 3,
@@ -162,6 +175,7 @@ t.test("stats() assembles the ledger's counts with the live numbers", async (t) 
     segmentsFromObjects: 1,
     bytesFromObjects: 300,
     lookaside: { tables: 2, tableBytes: 384, thinSegments: 1, chunks: 3, bytesSaved: 12_288 },
+    hedges: hedged,
     overlayBytes: 123_456,
     demandFetches: 2,
     outOfOrder: 4,

@@ -43,6 +43,7 @@ function fakes(stored: number[], objectsUp = true) {
   const sources = new SegmentSources(store as unknown as SessionSource, objects as unknown as ObjectSource, {
     got: (i, data, from) => got.push(`${from} ${i} [${[...data].join()}]`),
     lost: (i) => got.push(`lost ${i}`),
+    hedge: (i) => got.push(`hedge ${i}`),
   });
   return { sources, log, got, down: () => (up = false) };
 }
@@ -60,7 +61,11 @@ t.test('the store first, then the object store; neither: the client', async (t) 
   t.notOk(f.sources.isFetching(1), 'done fetching');
   f.down();
   t.notOk(f.sources.take(3, false), 'the object store is down: ask the client');
-  const none = new SegmentSources(undefined, undefined, { got: () => undefined, lost: () => undefined });
+  const none = new SegmentSources(undefined, undefined, {
+    got: () => undefined,
+    lost: () => undefined,
+    hedge: () => undefined,
+  });
   t.notOk(none.take(0, true), 'no sources at all');
 });
 
@@ -97,7 +102,10 @@ t.test('what enters the store: segments from the client and the object store, no
   f.sources.asked([4, 5]);
   await f.sources.close();
   t.same(f.log, ['store.admit 1', 'store.admit 2', 'store.hit 3 30', 'store.miss 4,5', 'objects.close', 'store.close']);
-  t.notOk(new SegmentSources(undefined, undefined, { got: () => undefined, lost: () => undefined }).keeps);
+  t.notOk(
+    new SegmentSources(undefined, undefined, { got: () => undefined, lost: () => undefined, hedge: () => undefined })
+      .keeps,
+  );
 });
 
 /** Sources with lookaside over a fake store whose plan for segment 7 fills slot 1 (of 3), and for others finds nothing. */
@@ -128,7 +136,7 @@ function lookaside(opts: { lookaside?: boolean; signed?: boolean } = {}) {
   const sources = new SegmentSources(
     store as unknown as SessionSource,
     undefined,
-    { got: () => undefined, lost: () => undefined },
+    { got: () => undefined, lost: () => undefined, hedge: () => undefined },
     { segments, base: [] },
   );
   sources.open();
@@ -139,7 +147,11 @@ t.test('lookaside: a table is asked only when the store names chunks and the man
   t.ok(lookaside().sources.wantsTable(3));
   t.notOk(lookaside({ lookaside: false }).sources.wantsTable(3), 'the store names no chunk');
   t.notOk(lookaside({ signed: false }).sources.wantsTable(3), 'an overlay built before lookaside');
-  const none = new SegmentSources(undefined, undefined, { got: () => undefined, lost: () => undefined });
+  const none = new SegmentSources(undefined, undefined, {
+    got: () => undefined,
+    lost: () => undefined,
+    hedge: () => undefined,
+  });
   t.notOk(none.wantsTable(3), 'no store');
 });
 
@@ -155,7 +167,7 @@ t.test('lookaside: shut until opened (an early start opens it at its first respo
   const s = new SegmentSources(
     store as unknown as SessionSource,
     undefined,
-    { got: () => undefined, lost: () => undefined },
+    { got: () => undefined, lost: () => undefined, hedge: () => undefined },
     { segments: [seg] as unknown as SegmentInfo[], base: [] },
   );
   t.notOk(s.wantsTable(0), 'not yet');
