@@ -2,8 +2,8 @@
  * `npm run bench -- [name...] [options]`: runs the named benchmarks (resume,
  * overlay, memory, first-response, store, suite); without a name, all but the
  * store and the suite.
- * Options after the names go to the benchmark (only the suite takes any:
- * `npm run bench -- suite --quick`). Each prints a table with a ratio against
+ * Options after the names go to the benchmark (the suite's, and the store's
+ * --plot: `npm run bench -- suite --quick`). Each prints a table with a ratio against
  * a baseline measured in the same run, and writes JSON to bench/results/.
  */
 /** Each benchmark, imported when it runs (--help and bad names load none). */
@@ -12,7 +12,7 @@ const BENCHES: Record<string, (argv: string[]) => Promise<void>> = {
   overlay: async () => (await import('./overlay.js')).benchOverlay(),
   memory: async () => (await import('./memory.js')).benchMemory(),
   'first-response': async () => (await import('./first-response.js')).benchFirstResponse(),
-  store: async () => (await import('./store.js')).benchStore(),
+  store: async (argv) => (await import('./store.js')).benchStore(argv),
   suite: async (argv) => (await import('./suite.js')).benchSuite(argv),
 };
 /** What runs when no name is given: the suite takes hours, so it runs only by name. */
@@ -30,7 +30,8 @@ and writes JSON to bench/results/):
                   from an object store, and partial (a second app after a
                   first, chunk lookaside); BENCH_STORE_PAIRS picks the pairs
                   (demo, speech-ocr; the real apps need the suite's Debian
-                  base: hours the first time). Runs only by name
+                  base: hours the first time). Runs only by name.
+                  --plot RESULT.json draws a saved result's chart again
   suite           real apps in a Debian guest against Elijah's numbers (hours;
                   runs only by name; options: npm run bench -- suite --help)
 With no name: ${DEFAULT.join(', ')}.
@@ -49,9 +50,10 @@ for (const n of names) {
     process.exit(64);
   }
 }
-if (options.length && (names.length !== 1 || names[0] !== 'suite')) {
+const TAKES_OPTIONS = ['suite', 'store'];
+if (options.length && (names.length !== 1 || !TAKES_OPTIONS.includes(names[0]!))) {
   process.stderr.write(
-    `options (${options.join(' ')}) are for the suite alone: npm run bench -- suite ${options.join(' ')}\n`,
+    `options (${options.join(' ')}) are for one of ${TAKES_OPTIONS.join(', ')} alone: npm run bench -- suite ${options.join(' ')}\n`,
   );
   process.exit(64);
 }

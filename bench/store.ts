@@ -63,7 +63,7 @@ import {
 import { BENCH_S3_CREDENTIALS, startBenchS3 } from './lib/s3-server.js';
 import { onSignals } from './lib/signals.js';
 import { p50, percentile, round } from './lib/stats.js';
-import { esc, niceStep, px } from './lib/svg.js';
+import { groupedBars, renderSvg, stacked, type TopLevelSpec } from './lib/chart.js';
 
 const MIB = 1 << 20;
 const CLIENT_TIMEOUT_S = 300;
@@ -135,49 +135,87 @@ function summarize(c: Cell) {
 }
 type Summary = ReturnType<typeof summarize>;
 
-const COLORS: Record<string, string> = { local: '#888888', cold: '#d62728', warm: '#2ca02c', s3: '#1f77b4' };
+const COLORS = {
+  local: '#888888',
+  cold: '#d62728',
+  warm: '#2ca02c',
+  s3: '#1f77b4',
+  partial: '#ff7f0e',
+  unshared: '#9467bd',
+};
 
-/** Bars of p50 first response per link: local resume, cold, warm. */
-function svgPlot(
-  title: string,
-  localP50: number,
-  perLink: { link: Link; summary: Record<Variant, Summary> }[],
-): string {
-  const bars = perLink.flatMap((p) => [
-    { group: p.link.name, name: 'cold', v: p.summary.cold.firstResponseMs.p50 ?? 0 },
-    { group: p.link.name, name: 'warm', v: p.summary.warm.firstResponseMs.p50 ?? 0 },
-    { group: p.link.name, name: 's3', v: p.summary.s3.firstResponseMs.p50 ?? 0 },
-  ]);
-  bars.push({ group: 'local', name: 'local', v: localP50 });
-  const w = 120 + bars.length * 70;
-  const h = 320;
-  const max = Math.max(...bars.map((b) => b.v), 1);
-  const step = niceStep(max);
-  const top = Math.ceil(max / step) * step;
-  const y = (v: number) => px(260 - (v / top) * 220);
-  const out = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" font-family="sans-serif" font-size="12">`,
-    `<text x="10" y="20" font-size="14">${esc(title)}</text>`,
-  ];
-  for (let v = 0; v <= top; v += step)
-    out.push(
-      `<line x1="60" x2="${w - 10}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/><text x="55" y="${y(v) + 4}" text-anchor="end">${v}</text>`,
-    );
-  out.push(`<text x="12" y="150" transform="rotate(-90 12 150)">first response p50, ms</text>`);
-  bars.forEach((b, i) => {
-    const x = 80 + i * 70;
-    out.push(
-      `<rect x="${x}" y="${y(b.v)}" width="50" height="${px(260 - y(b.v))}" fill="${COLORS[b.name]}"/>`,
-      `<text x="${x + 25}" y="${y(b.v) - 4}" text-anchor="middle">${Math.round(b.v)}</text>`,
-      `<text x="${x + 25}" y="278" text-anchor="middle">${esc(b.name)}</text>`,
-      `<text x="${x + 25}" y="294" text-anchor="middle" fill="#555">${esc(b.group === b.name ? '' : b.group)}</text>`,
-    );
-  });
-  out.push('</svg>');
-  return out.join('\n');
+/** What the chart reads of a result (so a saved result can be plotted again: --plot). */
+interface Plotted {
+  accel: string;
+  runs: number;
+  overlay: { segmentsBytes: number };
+  localResume: { firstResponseMs: { p50: number | null } };
+  links: { link: Link; summary: Record<Variant, Summary> }[];
+  partial?: PartialRow[];
 }
 
-export async function benchStore(): Promise<void> {
+/** The store bench's chart: first response per link and variant; then, per pair and link, partial against cold (bytes, first response). */
+export function storeChart(r: Plotted): TopLevelSpec {
+  const group = (l: Link) => `${l.name}, ${l.rateMbit} Mbit/s`;
+  const local = r.localResume.firstResponseMs.p50 ?? 0;
+  const panels = [
+    groupedBars({
+      title: 'cold, warm, from the object store, against a local resume',
+      yTitle: 'first response p50, ms',
+      series: (['local', ...VARIANTS] as const).map((name) => ({ name, color: COLORS[name] })),
+      bars: r.links.flatMap((l) => [
+        { group: group(l.link), series: 'local', value: local },
+        ...VARIANTS.map((v) => ({ group: group(l.link), series: v, value: l.summary[v].firstResponseMs.p50 ?? 0 })),
+      ]),
+    }),
+  ];
+  const partial = r.partial ?? [];
+  if (partial.length > 0) {
+    const where = (p: PartialRow) => `${p.pair}, ${p.link}`;
+    panels.push(
+      groupedBars({
+        title: 'partial: a second app after a first, against it cold and its unshared bytes',
+        yTitle: "bytes over the client's link, MB",
+        digits: 1,
+        series: (['cold', 'partial', 'unshared'] as const).map((name) => ({ name, color: COLORS[name] })),
+        bars: partial.flatMap((p) => [
+          { group: where(p), series: 'cold', value: (p.cold.linkBytes ?? 0) / 1e6 },
+          { group: where(p), series: 'partial', value: (p.partial.linkBytes ?? 0) / 1e6 },
+          { group: where(p), series: 'unshared', value: p.share.unsharedBytes / 1e6 },
+        ]),
+      }),
+      groupedBars({
+        title: 'partial: first response',
+        yTitle: 'first response p50, s',
+        digits: 2,
+        series: (['cold', 'partial'] as const).map((name) => ({ name, color: COLORS[name] })),
+        bars: partial.flatMap((p) => [
+          { group: where(p), series: 'cold', value: (p.cold.firstResponseMs ?? 0) / 1000 },
+          { group: where(p), series: 'partial', value: (p.partial.firstResponseMs ?? 0) / 1000 },
+        ]),
+      }),
+    );
+  }
+  return stacked(
+    `store bench, ${r.accel.toUpperCase()}, ${r.runs} rounds, p50; demo overlay ${(r.overlay.segmentsBytes / MIB).toFixed(1)} MiB`,
+    panels,
+  );
+}
+
+/** `--plot RESULT.json`: draws a saved result's chart again, beside it (RESULT.svg). */
+async function replot(file: string): Promise<void> {
+  const r = JSON.parse(await fsp.readFile(file, 'utf8')) as Plotted;
+  const svg = file.replace(/\.json$/, '') + '.svg';
+  await fsp.writeFile(svg, await renderSvg(storeChart(r)));
+  console.log(`plot: ${svg}`);
+}
+
+export async function benchStore(argv: string[] = []): Promise<void> {
+  if (argv.length > 0) {
+    if (argv.length !== 2 || argv[0] !== '--plot' || !argv[1]!.endsWith('.json'))
+      throw new Error(`the store bench takes no options but --plot RESULT.json (got: ${argv.join(' ')})`);
+    return replot(argv[1]!);
+  }
   const detach = attachLogger({ level: process.env.LOG_LEVEL ?? 'warn' });
   const controller = new AbortController();
   const signal = controller.signal;
@@ -316,14 +354,7 @@ export async function benchStore(): Promise<void> {
     const file = path.join(outDir, `store-${stamp}.json`);
     const svg = path.join(outDir, `store-${stamp}.svg`);
     await fsp.writeFile(file, JSON.stringify(result, null, 2) + '\n');
-    await fsp.writeFile(
-      svg,
-      svgPlot(
-        `store: cold vs warm first response, ${accel.toUpperCase()}, n=${runs}, overlay ${(ov.segmentsBytes / MIB).toFixed(1)} MiB`,
-        localP50,
-        perLink,
-      ),
-    );
+    await fsp.writeFile(svg, await renderSvg(storeChart(result)));
     console.log(
       `store benchmark (${accel.toUpperCase()}, ${os.cpus().length} CPUs, ${runs} rounds per link, overlay ${(ov.segmentsBytes / MIB).toFixed(1)} MiB in ${ov.body.segments.length} segments)`,
     );
