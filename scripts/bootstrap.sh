@@ -7,7 +7,8 @@
 #   3. libvirtd and virtlogd running (started by hand where there is no systemd);
 #   4. npm dependencies (`npm ci` when package-lock.json changed), tap built for its plugins;
 #   5. the native addon in native/ (node-gyp, when a source is newer than the addon);
-#   6. the TypeScript build (when a source is newer than the last build).
+#   6. the TypeScript build (when a source is newer than the last build);
+#   7. the vmsynth command on the PATH: /usr/local/bin/vmsynth, a link to this checkout.
 # Everything it prints goes to stderr, so a command's stdout stays machine-readable.
 set -euo pipefail
 exec 3>&1 1>&2
@@ -123,4 +124,18 @@ if [ ! -f dist/.build-stamp ] || [ -n "$(find lib bench test tsconfig.json packa
   say "building (tsc)"
   node_modules/.bin/tsc -p .
   touch dist/.build-stamp
+fi
+
+# 7. The command on the PATH, as `npm install -g --prefix=/usr/local .` would link it (without
+#    npm's global install): /usr/local/bin/vmsynth -> this checkout's entry point. A vmsynth
+#    there that is not a link (an installed copy) is left alone.
+entry="$root/dist/lib/cli/entry.cjs"
+[ -x "$entry" ] || chmod 0755 "$entry"
+bin=/usr/local/bin/vmsynth
+if [ -L "$bin" ] || [ ! -e "$bin" ]; then
+  if [ "$(readlink -f "$bin" 2>/dev/null || true)" != "$(readlink -f "$entry")" ]; then
+    say "linking $bin -> $entry"
+    mkdir -p /usr/local/bin
+    ln -sfn "$entry" "$bin"
+  fi
 fi

@@ -230,3 +230,22 @@ t.test('store ls, stats, pin, gc and verify on an empty store, with --json; type
   t.equal(unusable.code, 74);
   t.match(JSON.parse(unusable.stdout), { error: { code: 'VMS_STORE' } });
 });
+
+t.test('bootstrap puts vmsynth on the PATH of a new shell, linked to this checkout', async (t) => {
+  const shell = (cmd: string) =>
+    new Promise<{ code: number; stdout: string }>((resolve) =>
+      execFile(
+        '/bin/sh',
+        ['-c', cmd],
+        // A login shell's PATH for root on Debian, not this process's.
+        { env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root' } },
+        (err, stdout) => resolve({ code: err ? Number(err.code) : 0, stdout }),
+      ),
+    );
+  const where = await shell('command -v vmsynth');
+  t.equal(where.stdout.trim(), '/usr/local/bin/vmsynth');
+  t.equal(await fsp.realpath('/usr/local/bin/vmsynth'), await fsp.realpath(main), 'this checkout');
+  const help = await shell('vmsynth --help');
+  t.equal(help.code, 0);
+  t.match(help.stdout, /^Usage: vmsynth /);
+});

@@ -1,6 +1,7 @@
 /**
  * The ops side of the command line: `vmsynth serve` (the service),
- * `vmsynth config check` and `vmsynth token generate`. Flags here only name
+ * `vmsynth config check`, `vmsynth token generate` and `vmsynth service
+ * install`. Flags here only name
  * config keys; lib/core/config.ts resolves them against the config file and
  * the environment.
  */
@@ -231,6 +232,35 @@ export function registerServeCommands(program: Command): void {
             `token for client "${name}" (give it to the client; it is not stored anywhere):\n  ${token}\nentry for the "clients" list of the server config:\n  ${JSON.stringify(entry)}`,
           );
         return { ...entry, token };
+      }),
+    );
+
+  program
+    .command('service')
+    .description('vmsynth as a systemd service.')
+    .command('install')
+    .description(
+      'Install the service: link /usr/local/bin/vmsynth to this package, write the systemd unit (/etc/systemd/system/vmsynth.service), a starting config (/etc/vmsynth/vmsynth.json, never overwritten) and the state directories, and reload systemd. Idempotent: run it again after an upgrade.',
+    )
+    .option('--now', 'also enable and start the service (systemctl enable --now vmsynth)')
+    .option('--root <dir>', 'install under this directory instead of / (a container root; systemctl is not run)')
+    .option('--json', 'print { root, steps: [{ what, path, result }], systemd } as JSON')
+    .action(async (o: { now?: boolean; root?: string; json?: boolean }) =>
+      runCommand(!!o.json, async ({ json }) => {
+        const { installService } = await import('../server/service-install.js');
+        const r = await installService({ ...(o.root ? { root: o.root } : {}), now: !!o.now });
+        if (!json) {
+          if (r.root !== '/') console.log(`under ${r.root}:`);
+          console.log(table(r.steps.map((s) => [s.path, `${s.result}${s.note ? ` (${s.note})` : ''}`])));
+          console.log(
+            r.systemd === 'started'
+              ? 'systemd: units reloaded; vmsynth enabled and started (systemctl status vmsynth)'
+              : r.systemd === 'reloaded'
+                ? 'systemd: units reloaded; start it with: systemctl enable --now vmsynth'
+                : 'systemd: not running here; the unit starts with systemd next time',
+          );
+        }
+        return r;
       }),
     );
 }

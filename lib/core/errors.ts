@@ -169,6 +169,10 @@ export const ERRORS = {
     exit: 69,
     hint: 'The object store did not serve the request: check the s3:// URL, the endpoint (s3Endpoint), the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE / ~/.aws) and that the bucket allows this; details.reason says which failed (not-found, denied, timeout, unreachable).',
   },
+  VMS_SERVICE: {
+    exit: 69,
+    hint: '`vmsynth service install` could not install or start the service: run it as root; with --now, `systemctl status vmsynth` and `journalctl -u vmsynth` say why the service did not start.',
+  },
   VMS_INTERRUPTED: { exit: 130, hint: 'Interrupted by a signal; everything the command had started was cleaned up.' },
   VMS_INTERNAL: { exit: 70, hint: 'This is a bug in vmsynth; please report it with the log.' },
 } as const satisfies Record<string, ErrorSpec>;

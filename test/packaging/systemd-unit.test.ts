@@ -1,19 +1,19 @@
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { KEYS } from '../../lib/core/config.js';
+import { unitText } from '../../lib/server/service-install.js';
 
 const GRACEFUL_STOP_MS = KEYS.find((k) => k.key === 'gracefulStopS')!.default * 1000;
 
 t.teardown(removeTestRoot);
 
-const UNIT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../packaging/vmsynth.service');
 const INSTALLED_BIN = '/usr/local/bin/vmsynth';
 const SYSTEMD_ANALYZE = '/usr/bin/systemd-analyze';
-const text = readFileSync(UNIT, 'utf8');
+/** The unit as `vmsynth service install` writes it (packaging/vmsynth.service, its @PACKAGE@ filled in). */
+const text = (await unitText()).toString('utf8');
 
 /** Settings per section, in file order (a key may repeat). */
 function parseUnit(unit: string): Map<string, Array<[string, string]>> {
