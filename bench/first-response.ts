@@ -98,7 +98,8 @@ import {
 import { measureRtt, printDrops, runDrops, summarizeDrops, type DropSummary, type DropVariant } from './lib/drops.js';
 import { onSignals } from './lib/signals.js';
 import { p50, percentile, round } from './lib/stats.js';
-import { niceStep, px } from './lib/svg.js';
+import { renderSvg } from './lib/chart.js';
+import { firstResponseChart } from './lib/first-response-chart.js';
 
 const MIB = 1 << 20;
 const CLIENT_TIMEOUT_S = 300;
@@ -330,83 +331,6 @@ function printLink(
   );
 }
 
-// ---------------------------------------------------------------- plot
-
-const COLORS: Record<string, string> = {
-  'early-start': '#2b7bb9',
-  baseline: '#c0504d',
-  'demand-only': '#6a9a3a',
-  'early-start+profile': '#8064a2',
-};
-
-/** A variant's name under its bars, broken before "+" so long names stay inside their group. */
-function barLabel(x: number, y: number, name: string): string {
-  const lines = name.split(/(?=\+)/);
-  return `<text x="${px(x)}" y="${px(y)}" text-anchor="middle" font-size="11">${lines.map((l, i) => `<tspan x="${px(x)}" dy="${i ? 13 : 0}">${l}</tspan>`).join('')}</text>`;
-}
-
-/** One panel per link: p50 (solid) and p90 (pale) bars per variant, the floor dashed, the overlapped bound dotted. */
-function panel(x0: number, link: Link, s: Record<string, Summary>, floor: Floor, w: number, h: number): string {
-  const names = Object.keys(s);
-  const top = Math.max(floor.floorMs, ...names.map((n) => s[n]!.firstResponseMs.p90 ?? 0)) * 1.1 || 1;
-  const step = niceStep(top);
-  const yMax = Math.ceil(top / step) * step;
-  const plot = { x: x0 + 60, y: 62, w: w - 120, h: h - 110 };
-  const y = (v: number) => px(plot.y + plot.h - (v / yMax) * plot.h);
-  const out: string[] = [
-    `<text x="${x0 + w / 2}" y="48" text-anchor="middle" font-weight="bold">${link.name}: ${link.rateMbit} Mbit/s</text>`,
-  ];
-  for (let v = 0; v <= yMax + 1e-9; v += step) {
-    out.push(
-      `<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/>`,
-      `<text x="${plot.x - 6}" y="${y(v) + 4}" text-anchor="end" font-size="11">${Math.round(v)}</text>`,
-    );
-  }
-  const group = plot.w / names.length;
-  names.forEach((n, i) => {
-    const gx = plot.x + i * group + group * 0.15;
-    const bw = group * 0.35;
-    const color = COLORS[n] ?? '#888';
-    const bars: [number | null, number][] = [
-      [s[n]!.firstResponseMs.p50, 1],
-      [s[n]!.firstResponseMs.p90, 0.45],
-    ];
-    bars.forEach(([v, opacity], j) => {
-      if (v === null) return;
-      out.push(
-        `<rect x="${px(gx + j * bw)}" y="${y(v)}" width="${px(bw - 2)}" height="${px(plot.y + plot.h - y(v))}" fill="${color}" fill-opacity="${opacity}"/>`,
-        `<text x="${px(gx + j * bw + bw / 2)}" y="${y(v) - 4}" text-anchor="middle" font-size="10">${v}</text>`,
-      );
-    });
-    out.push(barLabel(gx + bw, plot.y + plot.h + 16, n));
-  });
-  const fy = y(floor.floorMs);
-  const oy = y(floor.overlappedFloorMs);
-  out.push(
-    `<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${oy}" y2="${oy}" stroke="#000" stroke-dasharray="2 3"/>`,
-    `<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${fy}" y2="${fy}" stroke="#000" stroke-dasharray="6 4"/>`,
-    `<text x="${plot.x + plot.w + 4}" y="${fy - 2}" font-size="10">floor</text>`,
-    `<text x="${plot.x + plot.w + 4}" y="${fy + 10}" font-size="10">${floor.floorMs} ms</text>`,
-    `<line x1="${plot.x}" x2="${plot.x}" y1="${plot.y}" y2="${plot.y + plot.h}" stroke="#000"/>`,
-    `<text x="${x0 + 14}" y="${plot.y + plot.h / 2}" transform="rotate(-90 ${x0 + 14} ${plot.y + plot.h / 2})" text-anchor="middle" font-size="11">first response, ms</text>`,
-  );
-  return out.join('\n');
-}
-
-function svgPlot(title: string, perLink: { link: Link; summary: Record<string, Summary>; floor: Floor }[]): string {
-  const w = 500;
-  const h = 360;
-  const width = w * perLink.length;
-  const panels = perLink.map((p, i) => panel(i * w, p.link, p.summary, p.floor, w, h));
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${h + 20}" font-family="sans-serif">
-<rect width="100%" height="100%" fill="#fff"/>
-<text x="${width / 2}" y="14" text-anchor="middle" font-size="12">${title}</text>
-<text x="${width / 2}" y="28" text-anchor="middle" font-size="10">solid: p50, pale: p90, dashed: floor (transfer + local resume), dotted: overlapped bound</text>
-${panels.join('\n')}
-</svg>
-`;
-}
-
 // ---------------------------------------------------------------- the bench
 
 function variantsOf(p: Prepared): Variant[] {
@@ -585,7 +509,12 @@ async function report({ loadAtStart, accel, runs, prepared, local, perLink, drop
   await fsp.writeFile(file, JSON.stringify(result, null, 2) + '\n');
   await fsp.writeFile(
     svg,
-    svgPlot(`first response, ${accel.toUpperCase()}, n=${runs} per bar, overlay ${mib(ov.segmentsBytes)} MiB`, perLink),
+    await renderSvg(
+      firstResponseChart(
+        `first response, ${accel.toUpperCase()}, n=${runs} per bar, overlay ${mib(ov.segmentsBytes)} MiB`,
+        perLink,
+      ),
+    ),
   );
 
   console.log(

@@ -100,13 +100,12 @@ import {
   mergeSuiteResults,
   renderMarkdown,
   summaryText,
-  svgFirstResponse,
-  svgTimeline,
   type AppResult,
   type CellSummary,
   type Sample,
   type SuiteResult,
 } from './lib/suite-report.js';
+import { svgFirstResponse, svgTimeline } from './lib/suite-charts.js';
 
 const BASE_NAME = 'debian';
 const NAMES: LinkNames = { ns: 'vmsst-', dev: 'vst', tmp: 'vmsynth-bench-suite-', bench: 'suite', octet: 202 };
@@ -846,8 +845,8 @@ async function writeOutputs(result: SuiteResult, args: SuiteArgs): Promise<void>
   const plot = path.join(args.out, `${name}-first-response.svg`);
   const timeline = path.join(args.out, `${name}-timeline.svg`);
   await fsp.writeFile(json, JSON.stringify(result, null, 2) + '\n');
-  await fsp.writeFile(plot, svgFirstResponse(result));
-  await fsp.writeFile(timeline, svgTimeline(result));
+  await fsp.writeFile(plot, await svgFirstResponse(result));
+  await fsp.writeFile(timeline, await svgTimeline(result));
   console.log(summaryText(result));
   console.log(`results: ${json}\nplots: ${plot}\n       ${timeline}`);
   if (args.docs) await writeDocs(result);
@@ -861,8 +860,8 @@ async function writeOutputs(result: SuiteResult, args: SuiteArgs): Promise<void>
 async function writeDocs(result: SuiteResult): Promise<void> {
   const docs = path.join(packageRoot(), 'docs');
   await fsp.writeFile(path.join(docs, 'benchmarks.json'), JSON.stringify(result, null, 2) + '\n');
-  await fsp.writeFile(path.join(docs, 'benchmarks-first-response.svg'), svgFirstResponse(result));
-  await fsp.writeFile(path.join(docs, 'benchmarks-timeline.svg'), svgTimeline(result));
+  await fsp.writeFile(path.join(docs, 'benchmarks-first-response.svg'), await svgFirstResponse(result));
+  await fsp.writeFile(path.join(docs, 'benchmarks-timeline.svg'), await svgTimeline(result));
   await fsp.writeFile(
     path.join(docs, 'benchmarks.md'),
     renderMarkdown(result, {

@@ -1,8 +1,7 @@
 /**
  * The benchmark suite's output: its result types, the completeness check
  * the quick mode relies on, the text summary, docs/benchmarks.md (our
- * numbers beside Elijah's table) and the two SVG plots (first response per
- * app and policy; one run's segment timeline, background vs demand).
+ * numbers beside Elijah's table); its two charts are in suite-charts.ts.
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -11,7 +10,6 @@ import { VmsynthError } from '../../lib/core/errors.js';
 import { packageRoot } from '../../lib/core/paths.js';
 import type { Link } from './link.js';
 import { p50 } from './stats.js';
-import { esc, niceStep, px } from './svg.js';
 
 export const POLICIES = ['baseline', 'early-start', 'demand-only', 'remote-install'] as const;
 export type SuitePolicyName = (typeof POLICIES)[number];
@@ -530,142 +528,4 @@ export function renderMarkdown(r: SuiteResult, where: { json: string; plots: str
   }
   if (notes) out.push(notes.trim(), '');
   return out.join('\n');
-}
-
-// ---------------------------------------------------------------- plots
-
-const COLORS: Record<SuitePolicyName, string> = {
-  baseline: '#c0504d',
-  'early-start': '#2b7bb9',
-  'demand-only': '#6a9a3a',
-  'remote-install': '#8a8a8a',
-};
-
-/** First response per app and policy (p50 bars, p90 ticks), one panel per link, log scale; the floor as a dash per app. */
-export function svgFirstResponse(r: SuiteResult): string {
-  const w = Math.max(420, 130 * r.apps.length + 120);
-  const h = 380;
-  const all = r.apps.flatMap((a) =>
-    r.links.flatMap((l) =>
-      POLICIES.flatMap((p) => [a.links[l]!.summary[p].firstResponseMs.p90 ?? 0, a.links[l]!.floor.floorMs]),
-    ),
-  );
-  const lo = 10 ** Math.floor(Math.log10(Math.max(1, Math.min(...all.filter((v) => v > 0), 1000))));
-  const hi = 10 ** Math.ceil(Math.log10(Math.max(...all, lo * 10)));
-  const panels = r.links.map((l, li) => {
-    const x0 = li * w;
-    const plot = { x: x0 + 64, y: 60, w: w - 90, h: h - 120 };
-    const y = (v: number) =>
-      px(
-        plot.y + plot.h - ((Math.log10(Math.max(v, lo)) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))) * plot.h,
-      );
-    const out = [
-      `<text x="${x0 + w / 2}" y="46" text-anchor="middle" font-weight="bold">${esc(l)}: ${r.apps[0]?.links[l]?.link.rateMbit} Mbit/s</text>`,
-    ];
-    for (let v = lo; v <= hi; v *= 10) {
-      out.push(
-        `<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${y(v)}" y2="${y(v)}" stroke="#ddd"/>`,
-        `<text x="${plot.x - 6}" y="${y(v) + 4}" text-anchor="end" font-size="11">${v >= 1000 ? `${v / 1000} s` : `${v} ms`}</text>`,
-      );
-    }
-    const group = plot.w / r.apps.length;
-    r.apps.forEach((a, i) => {
-      const lr = a.links[l]!;
-      const bw = (group * 0.8) / POLICIES.length;
-      const gx = plot.x + i * group + group * 0.1;
-      POLICIES.forEach((p, j) => {
-        const c = lr.summary[p].firstResponseMs;
-        if (c.p50 === null) return;
-        const bx = gx + j * bw;
-        out.push(
-          `<rect x="${px(bx)}" y="${y(c.p50)}" width="${px(bw - 2)}" height="${px(plot.y + plot.h - y(c.p50))}" fill="${COLORS[p]}"><title>${esc(`${a.app} ${p}: p50 ${c.p50} ms, p90 ${c.p90} ms`)}</title></rect>`,
-        );
-        if (c.p90 !== null)
-          out.push(
-            `<line x1="${px(bx + 1)}" x2="${px(bx + bw - 3)}" y1="${y(c.p90)}" y2="${y(c.p90)}" stroke="#000"/>`,
-          );
-        out.push(
-          `<text x="${px(bx + bw / 2)}" y="${y(c.p50) - 3}" text-anchor="middle" font-size="9">${(c.p50 / 1000).toFixed(c.p50 < 10_000 ? 1 : 0)}</text>`,
-        );
-      });
-      const fy = y(lr.floor.floorMs);
-      out.push(
-        `<line x1="${px(gx - 2)}" x2="${px(gx + group * 0.8)}" y1="${fy}" y2="${fy}" stroke="#000" stroke-dasharray="5 3"/>`,
-        `<text x="${px(gx + group * 0.4)}" y="${plot.y + plot.h + 16}" text-anchor="middle" font-size="12">${esc(a.app)}</text>`,
-      );
-    });
-    out.push(`<line x1="${plot.x}" x2="${plot.x}" y1="${plot.y}" y2="${plot.y + plot.h}" stroke="#000"/>`);
-    return out.join('\n');
-  });
-  const legend = POLICIES.map(
-    (p, i) =>
-      `<rect x="${20 + i * 130}" y="${h - 30}" width="12" height="12" fill="${COLORS[p]}"/><text x="${36 + i * 130}" y="${h - 20}" font-size="11">${p}</text>`,
-  ).join('');
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${w * r.links.length}" height="${h}" font-family="sans-serif">
-<rect width="100%" height="100%" fill="#fff"/>
-<text x="${(w * r.links.length) / 2}" y="18" text-anchor="middle" font-size="13">first response per app and policy (${r.accel.toUpperCase()}, n=${r.runs}; bars p50, ticks p90, dashes the floor; log scale)</text>
-${panels.join('\n')}
-${legend}<text x="${20 + POLICIES.length * 130}" y="${h - 20}" font-size="11">- - floor</text>
-</svg>
-`;
-}
-
-/** One early-start run: cumulative MB handed to the socket over time, background and demand segments marked apart. */
-export function svgTimeline(r: SuiteResult): string {
-  const pick =
-    [...r.apps]
-      .sort((a, b) => b.overlay.bytes - a.overlay.bytes)
-      .find((a) => r.links.some((l) => a.links[l]?.timeline)) ?? r.apps[0];
-  const link =
-    r.links.includes('wifi') && pick?.links.wifi?.timeline ? 'wifi' : r.links.find((l) => pick?.links[l]?.timeline);
-  const t = pick && link ? pick.links[link]!.timeline : null;
-  const w = 760;
-  const h = 400;
-  if (!t || !pick || !link)
-    return `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="60"><text x="10" y="30">no early-start timeline</text></svg>\n`;
-  const plot = { x: 70, y: 50, w: w - 100, h: h - 110 };
-  const end = Math.max(t.finishedMs ?? 0, ...t.sends.map((s) => s.ms), t.firstResponseMs ?? 0, 1);
-  const total = t.sends.reduce((sum, s) => sum + s.bytes, 0) || 1;
-  const xStep = niceStep(end);
-  const xMax = Math.ceil(end / xStep) * xStep;
-  const yStep = niceStep(total / MB);
-  const yMax = Math.ceil(total / MB / yStep) * yStep || 1;
-  const X = (ms: number) => px(plot.x + (ms / xMax) * plot.w);
-  const Y = (bytes: number) => px(plot.y + plot.h - (bytes / MB / yMax) * plot.h);
-  const out: string[] = [];
-  for (let v = 0; v <= xMax + 1e-9; v += xStep)
-    out.push(
-      `<line x1="${X(v)}" x2="${X(v)}" y1="${plot.y}" y2="${plot.y + plot.h}" stroke="#eee"/><text x="${X(v)}" y="${plot.y + plot.h + 16}" text-anchor="middle" font-size="11">${(v / 1000).toFixed(xStep < 1000 ? 1 : 0)}</text>`,
-    );
-  for (let v = 0; v <= yMax + 1e-9; v += yStep)
-    out.push(
-      `<line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${Y(v * MB)}" y2="${Y(v * MB)}" stroke="#eee"/><text x="${plot.x - 6}" y="${Y(v * MB) + 4}" text-anchor="end" font-size="11">${+v.toFixed(1)}</text>`,
-    );
-  let sent = 0;
-  for (const s of t.sends) {
-    const y0 = Y(sent);
-    sent += s.bytes;
-    const color = s.lane === 'demand' ? '#d62728' : '#2b7bb9';
-    out.push(
-      `<line x1="${X(s.ms)}" x2="${X(s.ms)}" y1="${y0}" y2="${Y(sent)}" stroke="${color}" stroke-width="${s.lane === 'demand' ? 3 : 2}"><title>segment ${s.index} (${s.lane}) at ${s.ms} ms</title></line>`,
-    );
-  }
-  const mark = (ms: number | null, label: string, dy: number) =>
-    ms === null
-      ? ''
-      : `<line x1="${X(ms)}" x2="${X(ms)}" y1="${plot.y}" y2="${plot.y + plot.h}" stroke="#000" stroke-dasharray="4 3"/><text x="${X(ms) + 4}" y="${plot.y + 12 + dy}" font-size="11">${esc(label)} ${(ms / 1000).toFixed(2)} s</text>`;
-  const demand = t.sends.filter((s) => s.lane === 'demand').length;
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" font-family="sans-serif">
-<rect width="100%" height="100%" fill="#fff"/>
-<text x="${w / 2}" y="20" text-anchor="middle" font-size="13">${esc(pick.app)}, early start at ${esc(link)} (${pick.links[link]!.link.rateMbit} Mbit/s): segments sent over time, ${t.sends.length} segments, ${demand} on the demand lane</text>
-${out.join('\n')}
-${mark(t.resumedMs, 'VM resumed', 0)}
-${mark(t.firstResponseMs, 'first response', 16)}
-<line x1="${plot.x}" x2="${plot.x}" y1="${plot.y}" y2="${plot.y + plot.h}" stroke="#000"/><line x1="${plot.x}" x2="${plot.x + plot.w}" y1="${plot.y + plot.h}" y2="${plot.y + plot.h}" stroke="#000"/>
-<text x="${plot.x + plot.w / 2}" y="${h - 40}" text-anchor="middle" font-size="11">seconds since the client started</text>
-<text x="18" y="${plot.y + plot.h / 2}" transform="rotate(-90 18 ${plot.y + plot.h / 2})" text-anchor="middle" font-size="11">MB of segments sent</text>
-<rect x="${plot.x}" y="${h - 26}" width="12" height="4" fill="#2b7bb9"/><text x="${plot.x + 16}" y="${h - 20}" font-size="11">background (access order)</text>
-<rect x="${plot.x + 200}" y="${h - 26}" width="12" height="4" fill="#d62728"/><text x="${plot.x + 216}" y="${h - 20}" font-size="11">demand fetch</text>
-</svg>
-`;
 }

@@ -9,6 +9,7 @@ import { resolveConfig } from '../core/config.js';
 import { storeDir } from '../core/paths.js';
 import type { SegmentStore } from '../store/segment-store.js';
 import { bytes, table } from './format.js';
+import { progressBar, type Progress } from './progress.js';
 import { nonNegativeInt, runCommand } from './run.js';
 
 async function withStore<T>(fn: (store: SegmentStore) => Promise<T>): Promise<T> {
@@ -142,11 +143,13 @@ export function registerStoreCommands(program: Command): void {
     .action(async (o: { json?: boolean }) =>
       runCommand(!!o.json, async ({ json }) =>
         withStore(async (s) => {
+          let bar = null as Progress | null;
           const r = await s.verify((done, total) => {
-            if (!json && process.stderr.isTTY) process.stderr.write(`\rverifying ${done}/${total}`);
+            bar ??= progressBar({ label: 'verifying', total, unit: 'count', enabled: !json });
+            bar.update(done);
           });
+          bar?.stop();
           if (!json) {
-            if (process.stderr.isTTY) process.stderr.write('\n');
             console.log(
               `checked ${r.checked} segment(s), ${bytes(r.bytes)}: ${r.dropped.length ? `${r.dropped.length} failed and were dropped: ${r.dropped.join(', ')}` : 'all good'}`,
             );

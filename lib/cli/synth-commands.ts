@@ -8,6 +8,7 @@ import { VmsynthError } from '../core/errors.js';
 import type { ClientEvent, OffloadRequest, SynthesizeResult } from '../client/client.js';
 import { POLICIES, type Policy } from '../protocol/messages.js';
 import { bytes, ms, table } from './format.js';
+import { progressBar, type Progress } from './progress.js';
 import { positiveInt, runCommand } from './run.js';
 
 /** The --policy option parser (exported for tests: an option parser's error never reaches --json output). */
@@ -46,32 +47,23 @@ export function synthLines(r: SynthesizeResult): string {
   ]);
 }
 
-function progressBar(): { onEvent: (e: ClientEvent) => void; done: () => void } {
-  if (!process.stderr.isTTY) return { onEvent: () => undefined, done: () => undefined };
-  let last = '';
+/** The overlay's bytes sent, as a progress bar on a terminal; drops and resumes as lines above it. */
+function sendProgress(enabled: boolean): { onEvent: (e: ClientEvent) => void; done: () => void } {
+  let bar: Progress | null = null;
   const onEvent = (e: ClientEvent) => {
     if (e.type === 'dropped' || e.type === 'reconnected') {
-      const what =
+      bar?.log(
         e.type === 'dropped'
           ? `connection lost (${e.reason}); reconnecting`
-          : `session resumed after ${ms(e.lostMs)} (reconnect ${e.count})`;
-      process.stderr.write(`${last ? '\n' : ''}${what}\n`);
-      last = '';
+          : `session resumed after ${ms(e.lostMs)} (reconnect ${e.count})`,
+      );
       return;
     }
     if (e.type !== 'segment') return;
-    const width = 30;
-    const filled = Math.round((e.bytesSent / Math.max(1, e.overlayBytes)) * width);
-    const line = `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${e.sent}/${e.total} segments, ${bytes(e.bytesSent)} (${e.lane})`;
-    if (line !== last) process.stderr.write(`\r${line}`);
-    last = line;
+    bar ??= progressBar({ label: 'overlay', total: e.overlayBytes, unit: 'bytes', enabled });
+    bar.update(e.bytesSent, `${e.sent}/${e.total} segments (${e.lane})`);
   };
-  return {
-    onEvent,
-    done: () => {
-      if (last) process.stderr.write('\n');
-    },
-  };
+  return { onEvent, done: () => bar?.stop() };
 }
 
 export function registerSynthCommands(program: Command): void {
@@ -152,7 +144,7 @@ export function registerSynthCommands(program: Command): void {
               : undefined;
             tls = { ...(ca ? { ca } : {}), ...(o.tlsServername ? { servername: o.tlsServername } : {}) };
           }
-          const bar = json ? { onEvent: () => undefined, done: () => undefined } : progressBar();
+          const bar = sendProgress(!json);
           try {
             const { synthesize } = await import('../client/client.js');
             const r = await synthesize({

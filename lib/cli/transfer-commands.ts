@@ -8,9 +8,10 @@ import type { Command } from 'commander';
 import { resolveConfig } from '../core/config.js';
 import type { TransferOptions } from '../offline/transfer.js';
 import { bytes } from './format.js';
+import { progressBar, type Progress } from './progress.js';
 import { runCommand } from './run.js';
 
-/** The object store from config, and a progress line on a TTY. */
+/** The object store from config, and a progress bar on a terminal. */
 async function transferOptions(json: boolean, signal: AbortSignal): Promise<TransferOptions & { close(): void }> {
   const { ObjectStore } = await import('../store/object-store.js');
   const cfg = resolveConfig().config;
@@ -19,15 +20,20 @@ async function transferOptions(json: boolean, signal: AbortSignal): Promise<Tran
     ...(cfg.s3Region ? { region: cfg.s3Region } : {}),
     timeoutMs: cfg.s3TimeoutS * 1000,
   });
-  const tty = !json && process.stderr.isTTY;
+  // One bar per file, replaced when the next file starts.
+  let bar: { file: string; p: Progress } | null = null;
   return {
     objects,
     signal,
     onProgress: (file, done, total) => {
-      if (tty) process.stderr.write(`\r${file}: ${bytes(done)} of ${bytes(total)}\x1b[K`);
+      if (bar?.file !== file) {
+        bar?.p.stop();
+        bar = { file, p: progressBar({ label: file, total, unit: 'bytes', enabled: !json }) };
+      }
+      bar.p.update(done);
     },
     close: () => {
-      if (tty) process.stderr.write('\n');
+      bar?.p.stop();
       objects.close();
     },
   };

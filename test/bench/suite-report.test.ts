@@ -12,12 +12,11 @@ import {
   POLICIES,
   renderMarkdown,
   summaryText,
-  svgFirstResponse,
-  svgTimeline,
   type AppResult,
   type CellSummary,
   type SuiteResult,
 } from '../../bench/lib/suite-report.js';
+import { svgFirstResponse, svgTimeline } from '../../bench/lib/suite-charts.js';
 
 function cell(ms: number, n = 2): CellSummary {
   return {
@@ -226,14 +225,22 @@ t.test("markdown: Elijah's layout, our numbers beside the paper's", async (t) =>
 
 t.test('plots', async (t) => {
   const r = result();
-  const bars = svgFirstResponse(r).match(/<rect [^>]*><title>/g) ?? [];
+  const fr = await svgFirstResponse(r);
+  const bars = fr.match(/aria-roledescription="bar"/g) ?? [];
   t.equal(bars.length, r.apps.length * r.links.length * POLICIES.length, 'one bar per app, link and policy');
-  const tl = svgTimeline(r);
-  t.equal((tl.match(/<title>segment /g) ?? []).length, 3, 'one mark per segment');
-  t.equal((tl.match(/\(demand\)/g) ?? []).length, 1, 'demand segments marked as such');
-  t.match(tl, /VM resumed 0\.70 s/);
-  t.match(tl, /first response 4\.00 s/);
-  for (const svg of [svgFirstResponse(r), tl]) t.notMatch(svg, /NaN|undefined|Infinity/);
+  t.match(
+    fr,
+    /aria-label="app: speech; [^"]*; policy: early-start; p50: 4\.00; p90: 4\.10"/,
+    'a bar names its numbers',
+  );
+  const tl = await svgTimeline(r);
+  const sends =
+    tl.match(/aria-label="seconds since the client started: [^"]*; lane: (background|demand);[^"]*"/g) ?? [];
+  t.equal(sends.length, 3, 'one mark per segment');
+  t.equal(sends.filter((m) => m.includes('lane: demand')).length, 1, 'demand segments marked as such');
+  t.match(tl, />VM resumed 0\.70 s</);
+  t.match(tl, />first response 4\.00 s</);
+  for (const svg of [fr, tl]) t.notMatch(svg, /NaN|undefined|Infinity/);
 });
 
 t.test('merging runs of different cells', async (t) => {
