@@ -2,7 +2,8 @@
  * The benches' charts: a grouped bar chart renders to SVG with one bar per
  * value, in its series' colour, labelled with its value; and the store
  * bench's --plot draws a saved result (with partial rows) again, refusing
- * other options.
+ * other options; the first-response bench's chart has a bar per link and
+ * variant, and its floor and overlapped bound.
  */
 import t from 'tap';
 import { execFile } from 'node:child_process';
@@ -12,6 +13,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { groupedBars, renderSvg, stacked } from '../../bench/lib/chart.js';
+import { firstResponseChart } from '../../bench/lib/first-response-chart.js';
 
 const run = promisify(execFile);
 const MAIN = fileURLToPath(new URL('../../dist/bench/entry.cjs', import.meta.url));
@@ -94,4 +96,29 @@ t.test('store --plot draws a saved result again; other options are refused', asy
   );
   t.equal(refused?.code, 1);
   t.match(refused?.stderr, /takes no options but --plot RESULT\.json/);
+});
+
+t.test('the first-response chart: a bar per link and variant, and the two bounds per link', async (t) => {
+  const summary = (p50: number) => ({ firstResponseMs: { p50, p90: p50 + 100 } });
+  const svg = await renderSvg(
+    firstResponseChart('fr', [
+      {
+        link: { name: 'wifi', rateMbit: 38 },
+        summary: { 'early-start': summary(2000), baseline: summary(5000) },
+        floor: { floorMs: 1800, overlappedFloorMs: 1500 },
+      },
+      {
+        link: { name: 'lan', rateMbit: 1000 },
+        summary: { 'early-start': summary(1500), baseline: summary(2500) },
+        floor: { floorMs: 1300, overlappedFloorMs: 1250 },
+      },
+    ]),
+  );
+  t.same(
+    bars(svg).map((b) => b.label.replace(/; first response, ms: \d+/, '')),
+    ['variant: early-start', 'variant: baseline', 'variant: early-start', 'variant: baseline'],
+  );
+  const rules = svg.match(/aria-roledescription="rule mark"/g) ?? [];
+  t.equal(rules.length, 4, 'floor and overlapped bound on each link');
+  t.notMatch(svg, /NaN|undefined|Infinity/);
 });
