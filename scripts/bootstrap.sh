@@ -40,7 +40,7 @@ packages=(
   libfuse2 fuse3 busybox-static xdelta3 xz-utils
   gcc g++ make libc6-dev python3 pkg-config
   ca-certificates procps iproute2
-  openssl systemd
+  openssl systemd systemd-container
   debootstrap e2fsprogs apt-utils dpkg-dev
   espeak-ng sox imagemagick fonts-dejavu-core
 )
