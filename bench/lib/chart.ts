@@ -13,11 +13,11 @@ import { compile, type TopLevelSpec } from 'vega-lite';
 
 export type { TopLevelSpec } from 'vega-lite';
 
-/** Renders a Vega-Lite spec to an SVG document. */
+/** Renders a Vega-Lite spec to an SVG document (ending in a newline, as a text file should). */
 export async function renderSvg(spec: TopLevelSpec): Promise<string> {
   const view = new View(parse(compile(spec).spec), { renderer: 'none' });
   try {
-    return await view.toSVG();
+    return `${await view.toSVG()}\n`;
   } finally {
     view.finalize();
   }

@@ -44,7 +44,7 @@ t.test('grouped bars: one bar per value, in its series colour, labelled', async 
       }),
     ]),
   );
-  t.match(svg, /^<svg /);
+  t.match(svg, /^<svg [\s\S]*<\/svg>\n$/, 'a whole SVG document, ending in a newline');
   t.same(bars(svg), [
     { label: 'group: wifi; ms: 1762; series: cold', fill: '#d62728' },
     { label: 'group: wifi; ms: 1590; series: warm', fill: '#2ca02c' },
