@@ -5,7 +5,10 @@
  * `systemctl start vmsynth` returns once the server sent READY=1. Then a
  * synthesis from the host (the container shares its network) is answered;
  * `journalctl -u vmsynth` holds the JSON log with the session's lines; a
- * server stopped with SIGSTOP is killed by the watchdog and restarted; and
+ * shell in the unit's cgroup may open /dev/fuse but not /dev/net/tun
+ * (DeviceAllow=), and the server's bounding set is the unit's six
+ * capabilities; a server stopped with SIGSTOP is killed by the watchdog and
+ * restarted; and
  * `systemctl stop vmsynth` leaves no session directory, domain, QEMU or
  * FUSE mount behind in the container. The container's libvirtd starts the
  * VMs, as a cloudlet's would.
@@ -101,6 +104,22 @@ t.test('service install, then systemctl start: READY', async (t) => {
     journal.some((l) => l.event === 'firstResponse' && l.session === r.session),
     "the session's first response is in the journal, with its session id",
   );
+});
+
+t.test('the hardening holds: DeviceAllow= is enforced, the capabilities are the listed ones', async (t) => {
+  // A shell moved into the unit's cgroup meets its device policy: /dev/fuse yes, /dev/net/tun no.
+  const cg = await show('ControlGroup');
+  const probe =
+    'exec 3<>/dev/fuse && echo fuse-ok; (exec 4<>/dev/net/tun) 2>/dev/null && echo tun-ok || echo tun-denied';
+  t.equal((await box.exec(probe)).trim(), 'fuse-ok\ntun-ok', 'outside the unit, both open');
+  t.equal(
+    (await box.exec(`echo $$ > /sys/fs/cgroup${cg}/cgroup.procs && ${probe}`)).trim(),
+    'fuse-ok\ntun-denied',
+    'inside the unit, only what DeviceAllow= lists',
+  );
+  // CAP_CHOWN 0, CAP_DAC_OVERRIDE 1, CAP_DAC_READ_SEARCH 2, CAP_FOWNER 3, CAP_KILL 5, CAP_SYS_ADMIN 21.
+  const bounding = await box.exec(`grep CapBnd /proc/${await show('MainPID')}/status`);
+  t.match(bounding, /CapBnd:\s+000000000020002f/, "the bounding set is the unit's six capabilities, no more");
 });
 
 t.test('a wedged server is killed by the watchdog and restarted', async (t) => {

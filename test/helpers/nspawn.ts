@@ -91,6 +91,9 @@ export async function bootContainer(opts: {
       '--keep-unit',
       '--console=read-only',
       '--network-veth',
+      // So that systemd in here can attach the BPF device programs DeviceAllow= needs.
+      '--capability=CAP_BPF,CAP_NET_ADMIN',
+      '--system-call-filter=bpf',
       '--bind=/dev/fuse',
       ...opts.binds.map((b) => `--bind=${b}`),
       '--overlay=/etc::/etc',
