@@ -53,7 +53,7 @@ for (const n of names) {
 const TAKES_OPTIONS = ['suite', 'store'];
 if (options.length && (names.length !== 1 || !TAKES_OPTIONS.includes(names[0]!))) {
   process.stderr.write(
-    `options (${options.join(' ')}) are for one of ${TAKES_OPTIONS.join(', ')} alone: npm run bench -- suite ${options.join(' ')}\n`,
+    `options (${options.join(' ')}) go to one benchmark named alone (${TAKES_OPTIONS.join(' or ')}): npm run bench -- ${options.includes('--plot') ? 'store' : 'suite'} ${options.join(' ')}\n`,
   );
   process.exit(64);
 }

@@ -13,6 +13,9 @@ import { compile, type TopLevelSpec } from 'vega-lite';
 
 export type { TopLevelSpec } from 'vega-lite';
 
+/** The Vega-Lite schema every chart's spec names. */
+export const VEGA_LITE_SCHEMA = 'https://vega.github.io/schema/vega-lite/v6.json';
+
 /** Renders a Vega-Lite spec to an SVG document (ending in a newline, as a text file should). */
 export async function renderSvg(spec: TopLevelSpec): Promise<string> {
   const view = new View(parse(compile(spec).spec), { renderer: 'none' });
@@ -87,7 +90,7 @@ export function groupedBars(o: BarsOptions) {
 /** Panels stacked one above the other, as one chart. */
 export function stacked(title: string, panels: ReturnType<typeof groupedBars>[]): TopLevelSpec {
   return {
-    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    $schema: VEGA_LITE_SCHEMA,
     title: { text: title, anchor: 'start', fontSize: 14 },
     vconcat: panels,
     resolve: { scale: { color: 'independent', xOffset: 'independent' } },

@@ -3,7 +3,7 @@
  * one panel per link, p50 bars and p90 ticks per variant, and the floor and
  * the overlapped bound as rules.
  */
-import type { TopLevelSpec } from './chart.js';
+import { VEGA_LITE_SCHEMA, type TopLevelSpec } from './chart.js';
 
 /** What the chart reads of one link's results. */
 export interface PlottedLink {
@@ -44,7 +44,7 @@ export function firstResponseChart(title: string, perLink: PlottedLink[]): TopLe
   const y = (field: string) => ({ field, type: 'quantitative' as const, title: 'first response, ms' });
   const bars = [{ filter: "datum.kind === 'bar'" }];
   return {
-    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    $schema: VEGA_LITE_SCHEMA,
     title: {
       text: title,
       subtitle: 'bars p50, ticks p90; dashed: floor (transfer + local resume), dotted: overlapped bound',

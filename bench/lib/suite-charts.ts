@@ -5,10 +5,9 @@
  * run's segment timeline (bytes handed to the socket over time, background
  * and demand apart, with the VM's resume and the first response marked).
  */
-import { renderSvg, type TopLevelSpec } from './chart.js';
+import { renderSvg, VEGA_LITE_SCHEMA, type TopLevelSpec } from './chart.js';
 import { POLICIES, type SuitePolicyName, type SuiteResult } from './suite-report.js';
 
-const SCHEMA = 'https://vega.github.io/schema/vega-lite/v6.json';
 const MB = 1e6;
 
 const COLORS: Record<SuitePolicyName, string> = {
@@ -46,7 +45,7 @@ export function firstResponseSpec(r: SuiteResult): TopLevelSpec {
   });
   const only = (kind: string) => [{ filter: `datum.kind === '${kind}'` }];
   return {
-    $schema: SCHEMA,
+    $schema: VEGA_LITE_SCHEMA,
     title: {
       text: `first response per app and policy (${r.accel.toUpperCase()}, n=${r.runs})`,
       subtitle: 'bars p50, black ticks p90, dashed tick the floor (transfer + local resume)',
@@ -112,7 +111,7 @@ export function timelineSpec(r: SuiteResult): TopLevelSpec {
   const found = pickTimeline(r);
   if (!found)
     return {
-      $schema: SCHEMA,
+      $schema: VEGA_LITE_SCHEMA,
       title: 'no early-start timeline',
       data: { values: [] },
       mark: 'point',
@@ -135,7 +134,7 @@ export function timelineSpec(r: SuiteResult): TopLevelSpec {
   const demand = t.sends.filter((s) => s.lane === 'demand').length;
   const x = { field: 's', type: 'quantitative' as const, title: 'seconds since the client started' };
   return {
-    $schema: SCHEMA,
+    $schema: VEGA_LITE_SCHEMA,
     title: {
       text: `${pick.app}, early start at ${link} (${pick.links[link]!.link.rateMbit} Mbit/s): segments sent over time`,
       subtitle: `${t.sends.length} segments, ${demand} on the demand lane`,

@@ -68,7 +68,6 @@ export async function installService(o: InstallOptions = {}): Promise<InstallRep
     steps.push(await linkCommand(at(BIN_PATH), entry));
     const unit = await unitText();
     steps.push({ what: 'unit', path: UNIT_PATH, result: await writeIfChanged(at(UNIT_PATH), unit, 0o644) });
-    await fsp.mkdir(path.dirname(at(CONFIG_PATH)), { recursive: true, mode: 0o755 });
     const config = await fsp.readFile(path.join(packageRoot(), 'packaging', 'vmsynth.json'));
     const cfgExists = await exists(at(CONFIG_PATH));
     if (!cfgExists) await writeIfChanged(at(CONFIG_PATH), config, 0o640);
