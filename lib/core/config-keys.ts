@@ -67,6 +67,8 @@ export interface Config {
   handshakeTimeoutS: number;
   /** How long a session whose connection dropped waits for a resume; 0: it ends at the drop. */
   graceS: number;
+  /** Sessions outlive the server: a keeper process per session; a stop or crash leaves the VMs for the next server to adopt. */
+  keepSessions: boolean;
   keepaliveS: number;
   idleS: number;
   maxOffloadsInFlight: number;
@@ -307,6 +309,13 @@ export const KEYS = [
     doc: 'seconds a session whose connection dropped waits for its client to resume it (0: it ends at the drop)',
     default: DEFAULTS.graceS,
     parse: (k) => int(0, 86_400)(k),
+  }),
+  spec({
+    key: 'keepSessions',
+    env: ['VMSYNTH_KEEP_SESSIONS'],
+    doc: 'whether sessions outlive the server: a stop, restart or crash leaves each VM running for graceS, and the next server adopts it (true | false)',
+    default: true,
+    parse: bool,
   }),
   spec({
     key: 'keepaliveS',

@@ -22,6 +22,12 @@ export const channels = {
   fuseUnmounted: diagnostics.channel('vmsynth:fs:unmounted'),
   /** { path, offset, length, error } — a FUSE read failed and was answered with EIO. */
   fuseReadFailed: diagnostics.channel('vmsynth:fs:read-failed'),
+  /** { session, pid, ms } — a keeper process mounted a session's images (ms: from its spawn). */
+  keeperStarted: diagnostics.channel('vmsynth:synth:keeper-started'),
+  /** { session, domain, keeperPid, resumedMs, segmentsApplied } — a starting server took over a session a previous one left to its keeper. */
+  sessionAdopted: diagnostics.channel('vmsynth:server:session-adopted'),
+  /** { session, pid } — a stopping server left a session to its keeper (a later server adopts it within its grace period). */
+  sessionLeft: diagnostics.channel('vmsynth:server:session-left'),
   /** { kind, what } — stale state from a crashed run was removed. */
   staleCleaned: diagnostics.channel('vmsynth:janitor:cleaned'),
   /** { step, detail? } — progress of long work (guest build, base capture). */

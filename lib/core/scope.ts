@@ -5,6 +5,11 @@
  * socket, a temp directory) as a LIFO list of release steps. close() runs
  * every step even when some fail, so a failure half-way never leaks the rest.
  * Cancellation is an AbortSignal whose reason is a VmsynthError.
+ *
+ * A step may end state that outlives this process (a domain, a FUSE mount
+ * kept by another process, a run directory): it is `lasting`. release()
+ * runs every other step and leaves those, so a server can let go of a
+ * session that another server will adopt.
  */
 import { setTimeout as delay } from 'node:timers/promises';
 import { publish } from './diagnostics.js';
@@ -13,20 +18,33 @@ import { VmsynthError } from './errors.js';
 type Release = () => unknown;
 
 export class Scope {
-  private readonly steps: { what: string; release: Release }[] = [];
+  private readonly steps: { what: string; release: Release; lasting: boolean }[] = [];
   private closed = false;
 
-  /** Registers a release step; steps run in reverse order of registration. */
-  defer(what: string, release: Release): void {
+  /**
+   * Registers a release step; steps run in reverse order of registration.
+   * `lasting`: it ends state that outlives this process, and release() skips it.
+   */
+  defer(what: string, release: Release, opts: { lasting?: boolean } = {}): void {
     if (this.closed) throw new VmsynthError('VMS_INTERNAL', `scope already closed; cannot defer ${what}`);
-    this.steps.push({ what, release });
+    this.steps.push({ what, release, lasting: !!opts.lasting });
   }
 
   /** Runs all release steps, newest first. Failures are published, never thrown. */
-  async close(): Promise<void> {
+  close(): Promise<void> {
+    return this.run(true);
+  }
+
+  /** Runs the steps that are not lasting, newest first, and forgets the lasting ones. */
+  release(): Promise<void> {
+    return this.run(false);
+  }
+
+  private async run(all: boolean): Promise<void> {
     this.closed = true;
     while (this.steps.length > 0) {
-      const { what, release } = this.steps.pop()!;
+      const { what, release, lasting } = this.steps.pop()!;
+      if (lasting && !all) continue;
       try {
         await release();
       } catch (error) {

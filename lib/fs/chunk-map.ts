@@ -61,6 +61,19 @@ export class ChunkMap {
     this.sources[chunk] = source;
   }
 
+  /** A copy of every chunk's source, one byte each (a keeper process gets and gives back maps so). */
+  toBytes(): Uint8Array {
+    return this.sources.slice();
+  }
+
+  /** Sets every chunk's source from `bytes` (as toBytes gave them). */
+  load(bytes: Uint8Array): void {
+    if (bytes.length !== this.chunkCount)
+      throw new VmsynthError('VMS_INTERNAL', `a chunk map of ${this.chunkCount} chunks cannot load ${bytes.length}`);
+    for (const s of bytes) if (s > ChunkSource.MISSING) throw new VmsynthError('VMS_INTERNAL', `no chunk source ${s}`);
+    this.sources.set(bytes);
+  }
+
   /** Number of chunks with the given source. */
   count(source: ChunkSource): number {
     let n = 0;

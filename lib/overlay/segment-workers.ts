@@ -9,10 +9,8 @@
  * copied). A job that fails rejects with the worker's VmsynthError code and
  * details; a worker that dies fails every job waiting and every later one.
  */
-import { readdirSync, statSync } from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { compiledModule } from '../core/compiled.js';
 import { VmsynthError } from '../core/errors.js';
 import {
   runJob,
@@ -23,40 +21,9 @@ import {
   type SegmentJob,
 } from './apply-segment.js';
 
-let workerUrl: URL | null = null;
-
-/**
- * The worker's module: always compiled JavaScript. Run from dist/, the one
- * beside this module. Run from the TypeScript sources (tests), the one in
- * dist/, which must be built after the last change under lib/ (bootstrap
- * builds it before npm test and test:unit): a worker thread does not get
- * the TypeScript loader of the thread that starts it.
- */
+/** The worker's module: compiled JavaScript (core/compiled.ts says which). */
 function workerModule(): URL {
-  if (workerUrl) return workerUrl;
-  const here = fileURLToPath(import.meta.url);
-  if (!here.endsWith('.ts')) return (workerUrl = new URL('./segment-worker.js', import.meta.url));
-  const lib = path.resolve(path.dirname(here), '..');
-  const compiled = path.join(lib, '..', 'dist', 'lib', 'overlay', 'segment-worker.js');
-  // tsc rewrites every output it emits, so the compiled worker is as new as the last build.
-  const built = statSync(compiled, { throwIfNoEntry: false })?.mtimeMs ?? 0;
-  if (built === 0 || newestUnder(lib) > built) {
-    throw new VmsynthError(
-      'VMS_INTERNAL',
-      `the compiled segment worker (${compiled}) is missing or older than lib/: run \`npm run build\` (npm test and npm run test:unit build it first)`,
-    );
-  }
-  return (workerUrl = pathToFileURL(compiled));
-}
-
-/** The newest modification time of any file under `dir`. */
-function newestUnder(dir: string): number {
-  let newest = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, e.name);
-    newest = Math.max(newest, e.isDirectory() ? newestUnder(p) : statSync(p).mtimeMs);
-  }
-  return newest;
+  return compiledModule(import.meta.url, 'overlay/segment-worker.js', 'segment worker');
 }
 
 interface Pending {

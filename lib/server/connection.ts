@@ -220,6 +220,7 @@ export class Connection implements Attachment {
       events: served.events,
       ...(m.overlayUrl !== undefined ? { overlayUrl: m.overlayUrl } : {}),
       lookaside: m.lookaside === true,
+      manifest: m.manifest,
     });
     if (this.stage !== 'starting') {
       await handle.close(); // the connection ended while the session was being set up
@@ -227,6 +228,7 @@ export class Connection implements Attachment {
     }
     const secret = served.bind(handle, this);
     this.ctx.sessions.add(served);
+    this.ctx.keep?.(served);
     publish('sessionStarted', {
       session: handle.id,
       domain: handle.domain,

@@ -10,6 +10,7 @@ import type { SynthEvents } from '../synth/session.js';
 import type { Admitted } from './admission.js';
 import type { Authenticator } from './auth.js';
 import type { ByteBudget } from './byte-budget.js';
+import type { ServedSession } from './served-session.js';
 import type { SessionHandle } from './session-handle.js';
 import type { SessionRegistry } from './session-registry.js';
 
@@ -22,6 +23,8 @@ export interface SessionRequest extends Admitted {
   overlayUrl?: string;
   /** The client offered chunk lookaside (digest tables, thin segments). */
   lookaside?: boolean;
+  /** The overlay's manifest as the client sent it (a session left to its keeper keeps it for the next server). */
+  manifest: Buffer;
 }
 
 export interface ServerContext {
@@ -30,6 +33,8 @@ export interface ServerContext {
   admit(client: string, manifest: Buffer): Promise<Admitted>;
   /** Starts a session admitted by `admit`. */
   startSession(req: SessionRequest): Promise<SessionHandle>;
+  /** A session started and was bound to its client: keep what a later server needs to adopt it. */
+  keep?(served: ServedSession): void;
   /** The sessions, attached or in their grace period (a resume finds its session here). */
   sessions: SessionRegistry;
   timing: ConnectionTiming;

@@ -48,6 +48,7 @@ export async function startDaemon(cfg: Config, opts: { verifyBases?: boolean } =
       connectionsPerMinute: cfg.connectionsPerMinute,
       handshakeTimeoutMs: cfg.handshakeTimeoutS * 1000,
       graceMs: cfg.graceS * 1000,
+      keepSessions: cfg.keepSessions,
       keepaliveMs: cfg.keepaliveS * 1000,
       idleMs: cfg.idleS * 1000,
       maxOffloadsInFlight: cfg.maxOffloadsInFlight,
@@ -109,7 +110,7 @@ export async function startDaemon(cfg: Config, opts: { verifyBases?: boolean } =
         const overrun = new Promise<'overrun'>((resolve) => {
           timer = setTimeout(() => resolve('overrun'), cfg.gracefulStopS * 1000);
         });
-        const how = await Promise.race([srv.close().then(() => 'done' as const), overrun]);
+        const how = await Promise.race([srv.release().then(() => 'done' as const), overrun]);
         clearTimeout(timer);
         stopWatchdog?.();
         if (how === 'overrun')

@@ -42,6 +42,18 @@ export interface ServedOptions {
   maxOffloads: number;
   /** Called once the session has ended and its teardown is done. */
   onEnded(s: ServedSession, error: VmsynthError | null): void;
+  /** Adopting a session a previous server left: the SHA-256 of its secret (no new secret is made). */
+  secretSha256?: Buffer;
+}
+
+/** What a server that adopts the session needs to let its client resume it (kept in the run directory). */
+export interface ServedRecord {
+  client: string;
+  policy: Policy;
+  base: string;
+  segments: number;
+  /** Hex. */
+  secretSha256: string;
 }
 
 /** Sends `ids` in lists of at most MAX_LIST. */
@@ -59,7 +71,7 @@ export class ServedSession {
   private readonly t0 = performance.now();
   readonly log: RequestLog;
   /** The secret, for the accepted message (the server keeps only its hash after that). */
-  private secret: Buffer | null = randomBytes(SECRET_BYTES);
+  private secret: Buffer | null;
   /** Connections that resumed this session, and the time it spent without one. */
   resumes = 0;
   detachedMs = 0;
@@ -72,7 +84,8 @@ export class ServedSession {
   private lastPeer = '';
 
   constructor(private readonly opts: ServedOptions) {
-    this.secretSha256 = createHash('sha256').update(this.secret!).digest();
+    this.secret = opts.secretSha256 ? null : randomBytes(SECRET_BYTES);
+    this.secretSha256 = opts.secretSha256 ?? createHash('sha256').update(this.secret!).digest();
     this.log = new RequestLog(opts.maxOffloads);
   }
 
@@ -113,6 +126,38 @@ export class ServedSession {
     const secret = this.secret!;
     this.secret = null;
     return secret;
+  }
+
+  /** Whether the session's VM runs (only such a session can be left to its keeper). */
+  get vmRunning(): boolean {
+    return !!this.handle && this.handle.progress().resumedMs !== null;
+  }
+
+  /** What a later server needs to adopt the session (ServedRecord). */
+  record(): ServedRecord {
+    const { client, policy, base, segments } = this.opts;
+    return { client, policy, base, segments, secretSha256: this.secretSha256.toString('hex') };
+  }
+
+  /** A session a previous server left to its keeper, taken over: it waits for its client to resume it. */
+  adopt(handle: SessionHandle): void {
+    this.handle = handle;
+    this.startGrace('the server restarted', new VmsynthError('VMS_PEER_GONE', 'the server restarted'));
+  }
+
+  /**
+   * The server stops and leaves the session to its keeper: the connection closes without a word
+   * (the client reconnects, and resumes with the next server), and nothing is torn down.
+   */
+  async leave(): Promise<void> {
+    if (this.ending) return;
+    this.closing = true;
+    this.stopGrace();
+    this.attachment?.close();
+    this.attachment = null;
+    this.ending = this.handle!.release();
+    await this.ending;
+    publish('sessionLeft', { session: this.id, peer: this.lastPeer, client: this.opts.client });
   }
 
   /** Whether `secret` is this session's. */
@@ -167,8 +212,12 @@ export class ServedSession {
       void this.end(why);
       return;
     }
+    this.startGrace(attachment.peer, why);
+  }
+
+  private startGrace(peer: string, why: VmsynthError): void {
     this.detachedAt = performance.now();
-    publish('sessionDetached', { session: this.id, peer: attachment.peer, graceMs: this.opts.graceMs, error: why });
+    publish('sessionDetached', { session: this.id, peer, graceMs: this.opts.graceMs, error: why });
     this.graceTimer = setTimeout(() => {
       void this.end(
         new VmsynthError(

@@ -22,6 +22,7 @@ import { ObjectSource } from '../store/object-source.js';
 import { ObjectStore, parseS3Url, s3Url, type ObjectStoreOptions } from '../store/object-store.js';
 import { SegmentStore } from '../store/segment-store.js';
 import { SessionSource } from '../store/session-source.js';
+import type { SynthRecord } from '../synth/session-record.js';
 import { SynthSession } from '../synth/session.js';
 import { requireAccel } from '../vm/accel.js';
 import { findBaseWithImages, listBases, loadBase, verifyBase, type Base } from '../vm/base.js';
@@ -32,7 +33,9 @@ import { Admission, defaultLimits } from './admission.js';
 import { Authenticator, RateLimiter } from './auth.js';
 import { ByteBudget } from './byte-budget.js';
 import { Connection } from './connection.js';
-import type { ServerContext } from './context.js';
+import type { ServerContext, SessionRequest } from './context.js';
+import { adoptSessions, keepServed } from './adoption.js';
+import type { ServedSession } from './served-session.js';
 import { SessionRegistry } from './session-registry.js';
 
 export interface ServeOptions {
@@ -79,6 +82,11 @@ export interface ServeOptions {
   store?: { dir: string; maxBytes: number; admitReceived?: boolean; lookaside?: boolean };
   /** The object store sessions may fetch their overlay from, when the client names it by a URL under `sources`. */
   objects?: ObjectStoreOptions & { sources: string[]; parallel?: number };
+  /**
+   * Sessions outlive the server (default true): a keeper process serves each session's images, a
+   * stop (release()) or a crash leaves the VMs running for graceMs, and the next server adopts them.
+   */
+  keepSessions?: boolean;
 }
 
 /** Hashes each base once per server (keyed by directory and capture time): later checks share the first. */
@@ -169,31 +177,8 @@ export class SynthServer {
     this.ctx = {
       auth,
       admit: (client, manifest) => admission.admit(client, manifest),
-      startSession: async (req) => {
-        // The session leases its overlay in the store from here on; a session that fails to start releases it.
-        const id = newRunId();
-        const source = store
-          ? new SessionSource(store, req.overlay, id, { admitReceived: opts.store?.admitReceived ?? true })
-          : undefined;
-        const fetcher = req.overlayUrl ? this.objectSource(req.overlayUrl, req.overlay, id) : undefined;
-        try {
-          return await SynthSession.start({
-            ...req,
-            id,
-            lv,
-            threads: opts.threads,
-            maxInFlightBytes: opts.maxInFlightBytes,
-            fuseDevice: opts.fuseDevice,
-            ...(source ? { store: source } : {}),
-            ...(fetcher ? { objects: fetcher } : {}),
-            lookaside: req.lookaside === true && (opts.store?.lookaside ?? true),
-          });
-        } catch (err) {
-          fetcher?.close();
-          await source?.close();
-          throw err;
-        }
-      },
+      startSession: (req) => this.startSynth(req, newRunId()),
+      ...(this.keeps ? { keep: (served: ServedSession) => void keepServed(served).catch(() => undefined) } : {}),
       sessions: this.registry,
       timing: {
         handshakeTimeoutMs: opts.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutS * 1000,
@@ -222,8 +207,10 @@ export class SynthServer {
       const server = opts.tls
         ? tls.createServer({ cert: opts.tls.cert, key: opts.tls.key, minVersion: 'TLSv1.2' })
         : net.createServer();
-      const s = new SynthServer(server, lv, opts, await trustedKeys(opts.trust ?? []), store, objects);
+      const trusted = await trustedKeys(opts.trust ?? []);
+      const s = new SynthServer(server, lv, opts, trusted, store, objects);
       if (opts.verifyBases) await checkAllBases(s.checkBase);
+      await s.adopt(trusted);
       server.on(opts.tls ? 'secureConnection' : 'connection', (socket: net.Socket) => s.accept(socket));
       if (opts.tls)
         server.on('tlsClientError', (err: Error, socket: net.Socket) => {
@@ -257,6 +244,54 @@ export class SynthServer {
       await lv.close();
       throw err;
     }
+  }
+
+  private get keeps(): boolean {
+    return this.opts.keepSessions ?? true;
+  }
+
+  /** Starts a session's synthesis (`adopt`: takes over one a previous server left to its keeper). */
+  private async startSynth(req: SessionRequest, id: string, adopt?: SynthRecord): Promise<SynthSession> {
+    const { opts, store } = this;
+    // The session leases its overlay in the store from here on; a session that fails to start releases it.
+    const source = store
+      ? new SessionSource(store, req.overlay, id, { admitReceived: opts.store?.admitReceived ?? true })
+      : undefined;
+    const fetcher = req.overlayUrl ? this.objectSource(req.overlayUrl, req.overlay, id) : undefined;
+    const graceMs = opts.graceMs ?? DEFAULTS.graceS * 1000;
+    try {
+      return await SynthSession.start({
+        ...req,
+        id,
+        lv: this.lv,
+        threads: opts.threads,
+        maxInFlightBytes: opts.maxInFlightBytes,
+        fuseDevice: opts.fuseDevice,
+        ...(source ? { store: source } : {}),
+        ...(fetcher ? { objects: fetcher } : {}),
+        lookaside: req.lookaside === true && (opts.store?.lookaside ?? true),
+        ...(this.keeps && graceMs > 0
+          ? { keeper: { graceMs, manifest: req.manifest, overlayUrl: req.overlayUrl } }
+          : {}),
+        ...(adopt ? { adopt } : {}),
+      });
+    } catch (err) {
+      fetcher?.close();
+      await source?.close();
+      throw err;
+    }
+  }
+
+  /** Takes over the sessions a previous server left to their keepers. */
+  private async adopt(trusted: Map<string, Buffer>): Promise<void> {
+    await adoptSessions({
+      trusted,
+      findBase: findBaseWithImages,
+      start: (req, id, record) => this.startSynth(req, id, record),
+      registry: this.registry,
+      graceMs: this.opts.graceMs ?? DEFAULTS.graceS * 1000,
+      maxOffloads: this.opts.maxOffloadsInFlight ?? DEFAULTS.maxOffloadsInFlight,
+    });
   }
 
   /** The object source for a URL a client named, or none (not configured, or not under `sources`: said in the log). */
@@ -327,13 +362,26 @@ export class SynthServer {
     }
   }
 
+  /**
+   * Stops listening and leaves every session whose VM runs to its keeper (without keepers, or
+   * for a session still starting: ends it), then closes libvirt. The next server adopts them.
+   */
+  release(): Promise<void> {
+    return this.shutdown(new VmsynthError('VMS_SHUTTING_DOWN', 'the server is restarting'), this.keeps);
+  }
+
   /** Stops listening, ends every session (telling its client why), and closes libvirt. Idempotent. */
   close(reason = new VmsynthError('VMS_SHUTTING_DOWN', 'the server is shutting down')): Promise<void> {
+    return this.shutdown(reason, false);
+  }
+
+  private shutdown(reason: VmsynthError, leave: boolean): Promise<void> {
     this.closing ??= (async () => {
       const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
+      // A session left to its keeper closes its own connection; the others are told why they end.
       await Promise.all([
-        ...[...this.connections].map((c) => c.shutdown(reason)),
-        ...this.registry.all().map((s) => s.end(reason)),
+        ...[...this.connections].filter((c) => !leave || !c.session).map((c) => c.shutdown(reason)),
+        ...this.registry.all().map((s) => (leave && s.vmRunning ? s.leave() : s.end(reason))),
       ]);
       await stopped;
       this.store?.close();

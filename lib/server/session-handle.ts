@@ -26,4 +26,6 @@ export interface SessionHandle {
   progress(): { resumedMs: number | null; appliedMs: number | null };
   /** Ends the session and everything it started; resolves with its stats. Idempotent. */
   close(): Promise<object>;
+  /** Leaves the session to its keeper (the VM runs on) for a later server to adopt; resolves with its stats. */
+  release(): Promise<object>;
 }

@@ -174,6 +174,15 @@ export class SegmentScheduler {
     return true;
   }
 
+  /** Segment `index` was applied before this scheduler existed (a session adopted from its keeper). */
+  adopted(index: number): void {
+    this.check(index);
+    if (this.state[index] === RECEIVED) return;
+    this.release(index);
+    this.state[index] = RECEIVED;
+    this.receivedCount++;
+  }
+
   /** Segment `index` failed its check: ask for it again, ahead of everything else. */
   retry(index: number): void {
     this.check(index);

@@ -39,7 +39,23 @@ export interface HeldReads {
   segments: number[];
 }
 
+/** Told of every change to the chunk maps (a keeper process serving the images mirrors them). */
+export interface ArrivalsObserver {
+  arrived(image: number, index: number, source: ChunkSource): void;
+  redirected(image: number, index: number, segment: number): void;
+}
+
+/** The chunk maps' state, to hand to another process and back. */
+export interface ArrivalsState {
+  /** Per image, each chunk's source (ChunkMap.toBytes). */
+  sources: Uint8Array[];
+  /** Per image, the segment each MISSING chunk waits for (-1 otherwise). */
+  segmentOf: Int32Array[];
+}
+
 export class ChunkArrivals {
+  /** Told of each chunk that arrives or is redirected, after the change. */
+  observer: ArrivalsObserver | null = null;
   /** Per image, per chunk: the segment that carries it while it is MISSING (-1 otherwise). */
   private readonly segmentOf: Int32Array[];
   /** Per image, chunks still MISSING: at 0 the gate lets every read through without a scan. */
@@ -75,7 +91,28 @@ export class ChunkArrivals {
   redirect(image: number, index: number, segment: number): void {
     if (this.maps[image]!.get(index) !== ChunkSource.MISSING) return;
     this.segmentOf[image]![index] = segment;
+    this.observer?.redirected(image, index, segment);
     if (segment >= 0 && this.waiters.has(chunkKey(image, index))) this.demand(segment);
+  }
+
+  /** The maps and what each missing chunk waits for (copies). */
+  state(): ArrivalsState {
+    return { sources: this.maps.map((m) => m.toBytes()), segmentOf: this.segmentOf.map((a) => a.slice()) };
+  }
+
+  /** Takes over `state` (another process's, or a spec's); held reads are not touched. */
+  load(state: ArrivalsState): void {
+    this.maps.forEach((m, i) => {
+      const seg = state.segmentOf[i];
+      if (!seg || seg.length !== m.chunkCount)
+        throw new VmsynthError(
+          'VMS_INTERNAL',
+          `image ${i}: ${seg?.length ?? 0} segment entries for ${m.chunkCount} chunks`,
+        );
+      m.load(state.sources[i]!);
+      this.segmentOf[i]!.set(seg);
+      this.missing[i] = m.count(ChunkSource.MISSING);
+    });
   }
 
   /** The segment a MISSING chunk waits for (-1 when present). */
@@ -97,6 +134,7 @@ export class ChunkArrivals {
     if (this.isMissing(image, index)) this.missing[image]!--;
     this.maps[image]!.set(index, source);
     this.segmentOf[image]![index] = -1;
+    this.observer?.arrived(image, index, source);
     const k = chunkKey(image, index);
     const list = this.waiters.get(k);
     if (!list) return;
@@ -141,6 +179,17 @@ export class ChunkArrivals {
         }
       });
     };
+  }
+
+  /** Every segment a held read waits for (unordered, each once). */
+  waitingSegments(): number[] {
+    const out = new Set<number>();
+    for (const k of this.waiters.keys()) {
+      const { image, index } = chunkOfKey(k);
+      const s = this.segmentOf[image]![index]!;
+      if (s >= 0) out.add(s);
+    }
+    return [...out];
   }
 
   /** Reads waiting now. */

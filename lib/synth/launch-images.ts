@@ -5,16 +5,25 @@
  * offsets), the arrivals that hold guest reads of missing chunks, and the
  * segment pipeline. No VM and no network: a session mounts the images and
  * feeds `apply`; tests do the same without a guest.
+ *
+ * Mounted here, in this process, or by a keeper process (keeper.ts) that
+ * outlives it: then the chunk maps here are the mirror the pipeline marks,
+ * every change goes to the keeper, and held reads are the keeper's. A
+ * server that starts adopts a keeper a previous one left (`adopt`).
  */
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { VmsynthError } from '../core/errors.js';
 import type { Scope } from '../core/scope.js';
 import { ChunkMap, ChunkSource } from '../fs/chunk-map.js';
-import { ImageMount, type MountOptions } from '../fs/fuse-images.js';
+import { checkFuseDevice, ImageMount, type MountOptions } from '../fs/fuse-images.js';
 import { fileReader, ImageFile, zeroReader } from '../fs/image.js';
 import type { OverlayBody } from '../overlay/format.js';
 import { readRecord } from '../overlay/records.js';
 import { ChunkArrivals, type BlockedReadStats, type HeldReads } from './arrivals.js';
+import { KeeperLink } from './keeper-link.js';
+import { int32Bytes, type KeeperSpec } from './keeper-wire.js';
 import { SegmentPipeline } from './segment-pipeline.js';
 
 export interface LaunchImageOptions {
@@ -29,6 +38,10 @@ export interface LaunchImageOptions {
   unblocked?: (ms: number) => void;
   /** Worker threads for verify + decompress + apply. */
   threads: number;
+  /** Mount in a keeper process that outlives this one (the server does); else in this process. */
+  keeper?: { session: string; domain: string; graceMs: number };
+  /** Adopt the keeper a previous server left in `dir`: its maps, its mount, the files it serves. */
+  adopt?: boolean;
 }
 
 /** Where a launch VM's images are mounted. */
@@ -39,7 +52,12 @@ export interface MountedImages {
 }
 
 export class LaunchImages {
+  private link: KeeperLink | null = null;
+  /** The segments an adopted keeper had applied. */
+  adoptedSegments: number[] = [];
+
   private constructor(
+    private readonly opts: LaunchImageOptions,
     private readonly arrivals: ChunkArrivals,
     readonly memory: ImageFile,
     readonly disk: ImageFile,
@@ -65,9 +83,12 @@ export class LaunchImages {
       return h;
     };
     const received = [`${opts.dir}/memory.received`, `${opts.dir}/disk.received`];
-    const receivedHandles = [await open(received[0]!, 'w+'), await open(received[1]!, 'w+')];
-    await receivedHandles[0]!.truncate(body.base.memory.bytes);
-    await receivedHandles[1]!.truncate(body.base.disk.bytes);
+    const flags = opts.adopt ? 'r+' : 'w+';
+    const receivedHandles = [await open(received[0]!, flags), await open(received[1]!, flags)];
+    if (!opts.adopt) {
+      await receivedHandles[0]!.truncate(body.base.memory.bytes);
+      await receivedHandles[1]!.truncate(body.base.disk.bytes);
+    }
     const baseHandles = [await open(opts.base[0], 'r'), await open(opts.base[1], 'r')];
     const image = (i: number, name: string) =>
       new ImageFile(
@@ -90,7 +111,49 @@ export class LaunchImages {
       threads: opts.threads,
     });
     scope.defer('stop the apply workers', () => pipeline.close());
-    return new LaunchImages(arrivals, image(0, 'memory.img'), image(1, 'disk.img'), pipeline);
+    const launch = new LaunchImages(opts, arrivals, image(0, 'memory.img'), image(1, 'disk.img'), pipeline);
+    if (opts.adopt) await launch.adoptKeeper(scope);
+    return launch;
+  }
+
+  private keeperEvents() {
+    return {
+      demand: (segment: number) => this.opts.demand(segment),
+      unblocked: (ms: number) => this.opts.unblocked?.(ms),
+    };
+  }
+
+  /** Connects to the keeper a previous server left and takes over its maps and applied segments. */
+  private async adoptKeeper(scope: Scope): Promise<void> {
+    const got = await KeeperLink.adopt(this.opts.dir, this.keeperEvents());
+    if (!got) throw new VmsynthError('VMS_SESSION_GONE', `no live keeper serves the images in ${this.opts.dir}`);
+    this.arrivals.load(got.state);
+    this.adoptedSegments = got.state.applied;
+    this.useKeeper(got.link, scope);
+    await this.pipeline.adopt(got.state.applied);
+  }
+
+  private useKeeper(link: KeeperLink, scope: Scope): void {
+    this.link = link;
+    this.arrivals.observer = link;
+    scope.defer(`end the keeper of ${this.mountpoint}`, () => link.close(this.mountpoint), { lasting: true });
+    scope.defer('let go of the keeper', () => link.detach());
+    scope.defer('fail held guest reads', () => this.failHeldReads(), { lasting: true });
+  }
+
+  /** The keeper's process id, when a keeper serves the images. */
+  get keeperPid(): number | null {
+    return this.link?.pid ?? null;
+  }
+
+  private get mountpoint(): string {
+    return path.join(this.opts.dir, 'mnt');
+  }
+
+  /** The images' paths once mounted (an adopted keeper's mount). */
+  mounted(): MountedImages {
+    const mp = this.mountpoint;
+    return { mountpoint: mp, memory: path.join(mp, 'memory.img'), disk: path.join(mp, 'disk.img') };
   }
 
   /**
@@ -99,6 +162,34 @@ export class LaunchImages {
    * the unmount), then the mount goes.
    */
   async mount(mountpoint: string, opts: MountOptions, scope: Scope): Promise<MountedImages> {
+    const k = this.opts.keeper;
+    if (k) {
+      if (path.resolve(mountpoint) !== this.mountpoint)
+        throw new VmsynthError('VMS_INTERNAL', `a keeper mounts at ${this.mountpoint}, not ${mountpoint}`);
+      await checkFuseDevice(opts.fuseDevice);
+      // Changes from here on reach the keeper: queued until it listens, after the state it starts from.
+      const link = KeeperLink.create(this.keeperEvents());
+      this.arrivals.observer = link;
+      const state = this.arrivals.state();
+      const { body } = this.opts;
+      const spec: KeeperSpec = {
+        ...k,
+        mountpoint: this.mountpoint,
+        base: this.opts.base,
+        received: [`${this.opts.dir}/memory.received`, `${this.opts.dir}/disk.received`],
+        sizes: [body.base.memory.bytes, body.base.disk.bytes],
+        sources: [state.sources[0]!, state.sources[1]!],
+        segmentOf: [int32Bytes(state.segmentOf[0]!), int32Bytes(state.segmentOf[1]!)],
+      };
+      try {
+        await link.start(this.opts.dir, spec);
+      } catch (err) {
+        this.arrivals.observer = null;
+        throw err;
+      }
+      this.useKeeper(link, scope);
+      return this.mounted();
+    }
     const mount = await ImageMount.mount(mountpoint, [this.memory, this.disk], opts);
     scope.defer(`unmount ${mount.mountpoint}`, () => mount.unmount());
     scope.defer('fail held guest reads', () => this.failHeldReads());
@@ -111,8 +202,9 @@ export class LaunchImages {
    * does not check out (nothing of it is marked present then). `rebuilt`:
    * raw bytes rebuilt by chunk lookaside, checked chunk by chunk.
    */
-  apply(index: number, data: Buffer, priority: number, rebuilt = false): Promise<void> {
-    return this.pipeline.apply(index, data, priority, rebuilt);
+  async apply(index: number, data: Buffer, priority: number, rebuilt = false): Promise<void> {
+    await this.pipeline.apply(index, data, priority, rebuilt);
+    this.link?.applied(index);
   }
 
   /** A guest read now waits for segment `index`, received and still queued: move it ahead. */
@@ -127,22 +219,23 @@ export class LaunchImages {
 
   /** Fails every held guest read and every later one (teardown). */
   failHeldReads(err?: Error): void {
+    this.link?.fail();
     this.arrivals.failAll(err);
   }
 
-  /** The guest reads held now. */
+  /** The guest reads held now (a keeper's: as of its last report, at most 0.1 s old). */
   heldReads(): HeldReads {
-    return this.arrivals.held();
+    return this.link?.held ?? this.arrivals.held();
   }
 
   /** Guest reads held now (each counted once). */
   get waitingReads(): number {
-    return this.arrivals.waiting;
+    return this.link ? this.link.held.reads : this.arrivals.waiting;
   }
 
-  /** How long guest reads that had to wait waited. */
+  /** How long guest reads that had to wait waited (a keeper's: since it started). */
   blockedReads(): BlockedReadStats {
-    return this.arrivals.stats();
+    return this.link?.blocked ?? this.arrivals.stats();
   }
 
   /** Whether chunk `index` of image `image` (0 memory, 1 disk) has not arrived yet. */

@@ -17,7 +17,7 @@ import type { Base } from '../vm/base.js';
 import { askApp, type HttpReply } from '../vm/guest-app.js';
 import type { Libvirt } from '../vm/libvirt.js';
 import { explainFailure, type RunningVm } from '../vm/machine.js';
-import { restoreVm, type RestoredVm } from '../vm/restore.js';
+import { adoptRestored, restoreVm, type RestoredVm } from '../vm/restore.js';
 import type { RunDir } from '../vm/run-dir.js';
 import type { LaunchImages } from './launch-images.js';
 import { describeHeld, type SessionLedger, type SynthStats } from './ledger.js';
@@ -73,6 +73,30 @@ export class LaunchVm {
       },
       (err: unknown) => this.o.fail(asVmsynthError(err)),
     );
+  }
+
+  /** The host port forwarded to the app, once the VM runs. */
+  get hostPort(): number | null {
+    return this.vm?.hostPort ?? null;
+  }
+
+  /** Takes over the VM a previous server left running (its images served by an adopted keeper). */
+  async adopt(hostPort: number): Promise<void> {
+    const images = this.o.launch.mounted();
+    this.vm = await adoptRestored(
+      this.o.lv,
+      {
+        base: this.o.base,
+        run: this.o.dir,
+        memory: images.memory,
+        disk: images.disk,
+        hostPort,
+        appPort: this.o.overlay.body.vm.appPort,
+      },
+      this.o.scope,
+    );
+    this.watch(this.vm);
+    this.wake();
   }
 
   /** Offload requests waiting for the VM look again (the session failed or ended). */

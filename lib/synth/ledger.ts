@@ -135,6 +135,13 @@ export class SessionLedger {
     return true;
   }
 
+  /** The session was adopted from a previous server: its VM ran, and its overlay was complete, that many ms into it then. */
+  adopted(at: { resumedMs: number | null; completeMs: number | null; firstResponseMs: number | null }): void {
+    this.resumedMs = at.resumedMs;
+    this.completeMs = at.completeMs;
+    this.firstResponseMs = at.firstResponseMs;
+  }
+
   resumed(): number {
     this.resumedMs = this.ms();
     return this.resumedMs;

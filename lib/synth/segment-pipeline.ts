@@ -67,6 +67,32 @@ export class SegmentPipeline {
     );
   }
 
+  /**
+   * Takes over segments another process applied (a keeper's maps were loaded into the arrivals):
+   * their SELF chunks still waiting for a target wait for it here again, and one whose target
+   * arrived but whose copy a crash cut short is copied now.
+   */
+  async adopt(applied: readonly number[]): Promise<void> {
+    const arrivals = this.opts.arrivals;
+    for (const index of applied) {
+      const s = this.opts.segments[index];
+      if (!s) continue;
+      this.appliedSegments++;
+      for (let i = 0; i < s.count; i++) {
+        const r = readRecord(s.chunks, i);
+        if (r.kind !== ChunkKind.SELF || !arrivals.isMissing(r.image, r.index)) continue;
+        if (!arrivals.isMissing(r.refImage, r.refIndex)) {
+          await this.copy(r.refImage, r.refIndex, r.image, r.index);
+          continue;
+        }
+        const k = chunkKey(r.refImage, r.refIndex);
+        const list = this.dependents.get(k);
+        if (list) list.push({ image: r.image, index: r.index });
+        else this.dependents.set(k, [{ image: r.image, index: r.index }]);
+      }
+    }
+  }
+
   /** A guest read now waits for segment `index`, already received and still queued: move it ahead. */
   promote(index: number): boolean {
     try {

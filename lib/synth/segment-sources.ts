@@ -196,6 +196,25 @@ export class SegmentSources {
     };
   }
 
+  /**
+   * What a resumed client is asked for again: of the segments asked for and not yet received
+   * (`requested`, each on its lane now), those not being applied and not coming from the store or
+   * the object store; and, listed apart, what lookaside asked for (tables, thin segments).
+   */
+  outstanding(
+    requested: readonly { index: number; lane: 'demand' | 'background' }[],
+    isApplying: (index: number) => boolean,
+  ): Outstanding {
+    const out: Outstanding = { demand: [], background: [], tables: [...this.tableWait], thin: [] };
+    const laneOf = new Map(requested.map((r) => [r.index, r.lane]));
+    for (const [index, p] of this.thin)
+      if (!isApplying(index)) out.thin.push({ index, omit: p.omit, lane: laneOf.get(index) ?? 'background' });
+    this.hedges.resumed(); // hedged segments still racing are listed below (isFetching is false for them)
+    for (const r of requested)
+      if (!isApplying(r.index) && !this.isFetching(r.index) && !this.inLookaside(r.index)) out[r.lane].push(r.index);
+    return out;
+  }
+
   /** Whether segment `index` waits on lookaside (its table, or asked thin): a resume asks for it that way again. */
   inLookaside(index: number): boolean {
     return this.tableWait.has(index) || this.thin.has(index);

@@ -1,79 +1,34 @@
 /**
  * One synthesis session on the server: a launch VM built from a base and an
- * overlay whose segments are still arriving.
- *
- * It owns the run directory, the launch images (LaunchImages: chunk maps
- * with overlay chunks MISSING until their segment is applied, the segment
- * pipeline, the FUSE mount), the segment scheduler (what to ask the client
- * for next), the bookkeeping (ledger.ts), and the VM (vm/restore.ts). It
- * speaks to the network only through `want` and its event callbacks, so the
- * server owns the sockets and the session owns everything that must be torn
- * down: close() destroys the VM, fails held reads, unmounts, and removes the
- * files, whatever state the session reached.
- *
- * Policies: early-start resumes the VM at once and streams in the
- * background; demand-only resumes at once and fetches only what the guest
- * reads; baseline fetches and applies everything, then resumes.
+ * overlay whose segments are still arriving. It owns the run directory, the
+ * launch images (chunk maps, segment pipeline, FUSE mount: here, or in a
+ * keeper process), the scheduler, the ledger and the VM; it speaks to the
+ * network only through its events. close() destroys the VM, fails held reads,
+ * unmounts and removes the files, whatever state the session reached; with a
+ * keeper, release() leaves all that to the keeper, and `adopt` takes it back
+ * in a later server. Policies: early-start resumes at once and streams in the
+ * background; demand-only fetches only what the guest reads; baseline
+ * applies everything, then resumes.
  */
+import { promises as fsp } from 'node:fs';
 import { DEFAULTS } from '../core/defaults.js';
 import { publish } from '../core/diagnostics.js';
 import { asVmsynthError, VmsynthError } from '../core/errors.js';
 import { Scope } from '../core/scope.js';
-import type { Overlay } from '../overlay/reader.js';
-import type { Policy } from '../protocol/messages.js';
-import type { ObjectSource } from '../store/object-source.js';
-import type { SessionSource } from '../store/session-source.js';
 import { SegmentScheduler } from '../stream/scheduler.js';
-import type { Base } from '../vm/base.js';
 import type { HttpReply } from '../vm/guest-app.js';
-import type { Libvirt } from '../vm/libvirt.js';
 import { RunDir } from '../vm/run-dir.js';
 import { LaunchImages } from './launch-images.js';
 import { LaunchVm } from './launch-vm.js';
 import { SessionLedger, unexpectedSegment, type SynthStats } from './ledger.js';
 import { Priority } from './segment-pipeline.js';
-import { SegmentSources, type Outstanding, type SegmentOrigin, type Thin } from './segment-sources.js';
+import { SegmentSources, type Outstanding, type SegmentOrigin } from './segment-sources.js';
+import type { SynthOptions } from './session-options.js';
+import { MANIFEST_FILE, RecordWriter, type SynthRecord } from './session-record.js';
 
 export type { SynthStats } from './ledger.js';
 export type { Outstanding } from './segment-sources.js';
-
-export interface SynthEvents {
-  /** Ask the client for these segments. */
-  want(lane: 'demand' | 'background', segments: number[]): void;
-  /** A blocked guest read needs these segments, already asked for in the background: the client should send them next. */
-  hurry(segments: number[]): void;
-  /** Chunk lookaside: ask the client for these segments' digest tables. */
-  tables(segments: number[]): void;
-  /** Chunk lookaside: ask the client for segment `segment` without the payload slots `omit` sets. */
-  thin(lane: 'demand' | 'background', segment: number, omit: Buffer): void;
-  /** The VM is running. */
-  ready(resumedMs: number): void;
-  /** Every segment has been applied. */
-  complete(appliedMs: number): void;
-  /** The session cannot go on (the caller closes it). */
-  failed(err: VmsynthError): void;
-}
-
-export interface SynthOptions {
-  overlay: Overlay;
-  base: Base;
-  policy: Policy;
-  lv: Libvirt;
-  events: SynthEvents;
-  /** Worker threads for verify + decompress + apply (default: DEFAULTS.threads). */
-  threads?: number;
-  /** Background bytes requested and not yet applied (default: DEFAULTS.maxInFlightKib). */
-  maxInFlightBytes?: number;
-  fuseDevice?: string;
-  /** The session id (vm/run-dir.ts newRunId); default a new one. */
-  id?: string;
-  /** The cloudlet store, as this session sees it: segments it holds are taken from it, not asked of the client. */
-  store?: SessionSource;
-  /** The object store the client named the overlay by: segments the store lacks are fetched from it first. */
-  objects?: ObjectSource;
-  /** The client offered chunk lookaside (digest tables and thin segments). */
-  lookaside?: boolean;
-}
+export type { SynthEvents, SynthOptions } from './session-options.js';
 
 export class SynthSession {
   readonly id: string;
@@ -86,12 +41,25 @@ export class SynthSession {
   private failedWith: VmsynthError | null = null;
   /** The store and the object store, before the client. */
   private readonly sources: SegmentSources;
+  /** Adopting a keeper's session: demands its held reads make wait until its applied segments are known. */
+  private adopting: boolean;
+  private readonly demandedWhileAdopting: number[] = [];
+  private readonly record: RecordWriter | null = null;
 
   private constructor(
     private readonly opts: SynthOptions,
     private readonly dir: RunDir,
   ) {
     this.id = dir.id;
+    this.adopting = !!opts.adopt;
+    if (opts.keeper || opts.adopt) {
+      const url = opts.keeper?.overlayUrl ?? opts.adopt?.overlayUrl;
+      this.record = new RecordWriter(
+        dir.dir,
+        { ...(url ? { overlayUrl: url } : {}), lookaside: !!opts.lookaside },
+        (error) => publish('cleanupFailed', { what: `write the record of session ${this.id}`, error }),
+      );
+    }
     const body = opts.overlay.body;
     this.scheduler = new SegmentScheduler({
       sizes: body.segments.map((s) => s.bytes),
@@ -122,19 +90,16 @@ export class SynthSession {
     return this.scheduler.isDemanded(index) ? 'demand' : 'background';
   }
 
-  /** Sets up the session's files and pipeline; run() then starts it. */
+  /** Sets up the session's files and pipeline (or adopts them, with `adopt`); run() then starts it. */
   static async start(opts: SynthOptions): Promise<SynthSession> {
-    const scope = new Scope();
-    let s: SynthSession;
+    const dirScope = new Scope();
+    let made: SynthSession | null = null;
     try {
-      s = new SynthSession(opts, await RunDir.create(scope, opts.id));
-    } catch (err) {
-      await scope.close();
-      throw err;
-    }
-    s.scope.defer('remove the run directory', () => scope.close());
-    s.scope.defer('stop the segment sources', () => s.sources.close());
-    try {
+      const dir = opts.adopt ? await RunDir.adopt(dirScope, opts.id!) : await RunDir.create(dirScope, opts.id);
+      const s = (made = new SynthSession(opts, dir));
+      s.scope.defer('remove the run directory', () => dirScope.close(), { lasting: true });
+      s.scope.defer('stop the segment sources', () => s.sources.close());
+      if (opts.keeper && !opts.adopt) await fsp.writeFile(dir.file(MANIFEST_FILE), opts.keeper.manifest);
       s.launch = await LaunchImages.create(
         {
           body: opts.overlay.body,
@@ -143,13 +108,16 @@ export class SynthSession {
           demand: (segment) => s.onDemand(segment),
           unblocked: (ms) => publish('readUnblocked', { session: s.id, ms }),
           threads: opts.threads ?? DEFAULTS.threads,
+          ...(opts.keeper ? { keeper: { session: s.id, domain: s.domain, graceMs: opts.keeper.graceMs } } : {}),
+          adopt: !!opts.adopt,
         },
         s.scope,
       );
     } catch (err) {
-      await s.scope.close();
+      await (made ? made.scope.close() : dirScope.close());
       throw err;
     }
+    const s = made;
     s.vm = new LaunchVm({
       ...opts,
       id: s.id,
@@ -159,15 +127,49 @@ export class SynthSession {
       ledger: s.ledger,
       ended: () => s.failedWith ?? (s.closing ? new VmsynthError('VMS_INTERRUPTED', 'the session ended') : null),
       fail: (err) => s.fail(err),
-      ready: (ms) => opts.events.ready(ms),
-      firstResponse: () => s.sources.open(),
+      ready: (ms) => {
+        void s.saveRecord();
+        opts.events.ready(ms);
+      },
+      firstResponse: () => {
+        void s.saveRecord();
+        s.sources.open();
+      },
       heldReads: () => s.heldReads(),
     });
+    if (opts.adopt) await s.adopted(opts.adopt);
     return s;
+  }
+
+  /** Takes over the keeper's applied segments and the running VM of an adopted session. */
+  private async adopted(r: SynthRecord): Promise<void> {
+    try {
+      for (const i of this.launch.adoptedSegments) this.scheduler.adopted(i);
+      this.ledger.adopted({ resumedMs: r.resumedMs, completeMs: r.completeMs, firstResponseMs: r.firstResponseMs });
+      if (r.hostPort === null)
+        throw new VmsynthError('VMS_SESSION_GONE', `session ${this.id} has no running VM to adopt`);
+      await this.vm.adopt(r.hostPort);
+    } catch (err) {
+      await this.scope.close();
+      throw err;
+    }
+    this.adopting = false;
+    for (const segment of this.demandedWhileAdopting.splice(0)) this.onDemand(segment);
+  }
+
+  /** Keeps what a server adopting this session needs in the run directory (keeper sessions only). */
+  private saveRecord(): Promise<void> | undefined {
+    const { vm, ledger: l } = this;
+    const at = { resumedMs: l.resumedMs, completeMs: l.completeMs, firstResponseMs: l.firstResponseMs };
+    return this.record?.save({ hostPort: vm.hostPort, ...at });
   }
 
   /** Asks for the first segments and, unless baseline, resumes the VM now (lookaside waits for an early start's first response). */
   run(): void {
+    if (this.opts.adopt) {
+      this.sources.open();
+      return this.scheduler.done ? undefined : this.pump();
+    }
     if (this.opts.policy !== 'early-start') this.sources.open();
     this.pump();
     if (this.opts.policy !== 'baseline') this.vm.start();
@@ -209,6 +211,7 @@ export class SynthSession {
   }
 
   private onDemand(segment: number): void {
+    if (this.adopting) return void this.demandedWhileAdopting.push(segment);
     const before = this.scheduler.outOfOrder;
     if (this.scheduler.demand(segment)) {
       this.ledger.demandFetches++;
@@ -222,14 +225,13 @@ export class SynthSession {
         if (this.sources.cancelTable(segment)) this.opts.events.want('demand', [segment]);
         else if (!this.ledger.isApplying(segment) && !this.sources.promote(segment)) this.opts.events.hurry([segment]);
       }
-      this.launch.promote(segment);
+      this.launch?.promote(segment);
     }
   }
 
   /** A segment arrived from the client (`thin`: without the payloads a `thin` message named). */
   receive(index: number, data: Buffer, thin = false): void {
     if (this.failedWith || this.closing) return;
-    // The message parser guarantees an unsigned integer.
     const copy = index < this.scheduler.total ? this.sources.clientCopy(index, data.length) : 'refuse';
     if (copy === 'drop') return; // a hedge the object store won
     const asked = copy === 'use' && this.scheduler.isRequested(index);
@@ -262,10 +264,7 @@ export class SynthSession {
     this.pump();
   }
 
-  /**
-   * Verifies, decompresses and applies a segment from any source (the pipeline checks them all
-   * alike). `thinBytes`: `data` is raw, rebuilt from a thin segment of that many bytes.
-   */
+  /** Applies a segment from any source, checked alike (`thinBytes`: raw, rebuilt from a thin one that size). */
   private apply(index: number, data: Buffer, from: SegmentOrigin, thinBytes?: number): void {
     const rebuilt = thinBytes !== undefined;
     const bytes = thinBytes ?? data.length;
@@ -317,6 +316,7 @@ export class SynthSession {
 
   private onComplete(): void {
     const ms = this.ledger.complete();
+    void this.saveRecord();
     publish('overlayComplete', { session: this.id, ms });
     this.opts.events.complete(ms);
     if (this.opts.policy === 'baseline') this.vm.start();
@@ -329,23 +329,10 @@ export class SynthSession {
     this.opts.events.failed(err);
   }
 
-  /**
-   * Segments asked for and not yet received, by lane: those being applied are not asked for
-   * again; those lookaside asked for (tables, thin segments) are listed apart, to be asked so again.
-   */
+  /** Segments asked for and not yet received, by lane, and what lookaside asked for (SegmentSources.outstanding). */
   outstanding(): Outstanding {
-    const out = { demand: [] as number[], background: [] as number[], tables: [] as number[], thin: [] as Thin[] };
-    if (this.failedWith || this.closing) return out;
-    const look = this.sources.lookasideOutstanding();
-    this.sources.hedges.resumed(); // hedged segments still racing are listed below (isFetching is false for them)
-    out.tables = look.tables;
-    out.thin = look.thin
-      .filter((t) => !this.ledger.isApplying(t.index))
-      .map((t) => ({ ...t, lane: this.lane(t.index) }));
-    for (const r of this.scheduler.requested())
-      if (!this.ledger.isApplying(r.index) && !this.sources.isFetching(r.index) && !this.sources.inLookaside(r.index))
-        out[r.lane].push(r.index);
-    return out;
+    if (this.failedWith || this.closing) return { demand: [], background: [], tables: [], thin: [] };
+    return this.sources.outstanding(this.scheduler.requested(), (i) => this.ledger.isApplying(i));
   }
 
   progress(): { resumedMs: number | null; appliedMs: number | null } {
@@ -380,14 +367,26 @@ export class SynthSession {
     return this.vm.offload(method, path, body, timeoutMs);
   }
 
+  /** Leaves the session to its keeper for a later server: the VM, the mount and the run directory stay. */
+  release(): Promise<SynthStats> {
+    this.closing ??= (async () => {
+      const stats = this.stats();
+      this.vm?.abortResume();
+      await this.vm?.settled();
+      await this.saveRecord();
+      await this.scope.release();
+      return stats;
+    })();
+    return this.closing;
+  }
+
   /** Destroys the VM, fails held reads, unmounts, stops the workers and removes the files. Idempotent. */
   close(): Promise<SynthStats> {
     this.closing ??= (async () => {
       const stats = this.stats();
       this.vm?.abortResume();
-      // Held guest reads fail first: a resume in progress may wait on one (QEMU and libvirtd read
-      // the images as the domain starts), and never reach the step boundary awaited below; and a
-      // vCPU blocked in one keeps QEMU from exiting on SIGTERM (libvirt waits 10 s for SIGKILL).
+      // Held reads fail first: a resume may wait on one (libvirtd and QEMU read the images as the
+      // domain starts), and a vCPU blocked in one keeps QEMU from exiting on SIGTERM.
       this.launch?.failHeldReads();
       // Let a resume in progress reach a step boundary, so whatever it acquired is in the scope.
       await this.vm?.settled();

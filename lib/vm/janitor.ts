@@ -18,7 +18,7 @@ import { forceUnmount, listFuseMounts } from '../fs/mounts.js';
 import { ownerFromXml } from './domain-xml.js';
 import { DOMAIN_PREFIX, type Libvirt } from './libvirt.js';
 import { qemuLogPath } from './machine.js';
-import { OWNER_FILE, ownerAlive, readOwner, type Owner } from './run-dir.js';
+import { keeperAlive, OWNER_FILE, ownerAlive, readOwner, type Owner } from './run-dir.js';
 
 export interface CleanReport {
   domains: string[];
@@ -46,7 +46,8 @@ async function mayClean(owner: Owner | null, sessionDir: string, root: string, a
   // someone else's (a test's FUSE rig, say), unless it is under this instance's run directory.
   // (Treated as anyone's, it was force-unmounted by any server that started meanwhile.)
   if (!owner) return all || sessionDir.startsWith(root + path.sep);
-  if (await ownerAlive(owner)) return false;
+  // A session left to its keeper (synth/keeper.ts) lives on after its server: a later one adopts it.
+  if ((await ownerAlive(owner)) || (await keeperAlive(sessionDir))) return false;
   if (all || sessionDir.startsWith(root + path.sep)) return true;
   return !(await fsp.stat(sessionDir).catch(() => null));
 }
@@ -92,7 +93,7 @@ export async function cleanStale(
   for (const entry of await fsp.readdir(root).catch(() => [] as string[])) {
     const dir = path.join(root, entry);
     const owner = await readOwner(path.join(dir, OWNER_FILE));
-    if (owner && (await ownerAlive(owner))) continue;
+    if ((owner && (await ownerAlive(owner))) || (await keeperAlive(dir))) continue;
     const st = await fsp.stat(dir).catch(() => null);
     if (!st?.isDirectory()) continue;
     // Never remove a directory that still has a mount under it.

@@ -25,18 +25,42 @@ export async function startVm(
   scope: Scope,
   opts: { signal?: AbortSignal } = {},
 ): Promise<RunningVm> {
-  let destroyed: Promise<void> | null = null;
-  const destroy = () => (destroyed ??= lv.destroy(spec.name).then(() => undefined));
-  scope.defer(`destroy domain ${spec.name}`, async () => {
-    await destroy();
-    await fsp.rm(qemuLogPath(spec.name), { force: true });
-  });
+  const destroy = destroyStep(lv, spec.name, scope);
   await fsp.rm(spec.qmpSocket, { force: true });
   await lv.create(domainXml(spec), spec.name);
   const alive = () => lv.isActive(spec.name);
   const qmp = await QmpClient.connect(spec.qmpSocket, { signal: opts.signal, alive }).catch(async (err: unknown) => {
     throw await explainFailure(err, { spec, alive });
   });
+  scope.defer(`close QMP ${spec.qmpSocket}`, () => qmp.close());
+  return { spec, qmp, alive, destroy };
+}
+
+/** Registers the domain's destruction (and its QEMU log's removal) with `scope`; returns it, to run sooner. */
+function destroyStep(lv: Libvirt, name: string, scope: Scope): () => Promise<void> {
+  let destroyed: Promise<void> | null = null;
+  const destroy = () => (destroyed ??= lv.destroy(name).then(() => undefined));
+  scope.defer(
+    `destroy domain ${name}`,
+    async () => {
+      await destroy();
+      await fsp.rm(qemuLogPath(name), { force: true });
+    },
+    { lasting: true },
+  );
+  return destroy;
+}
+
+/**
+ * Takes over a running domain a previous vmsynth process started from `spec`: a new QMP
+ * connection (the monitor socket accepts one client at a time, and the old one is gone), and the
+ * same teardown steps startVm registers.
+ */
+export async function adoptVm(lv: Libvirt, spec: VmSpec, scope: Scope): Promise<RunningVm> {
+  const destroy = destroyStep(lv, spec.name, scope);
+  const alive = () => lv.isActive(spec.name);
+  if (!(await alive())) throw new VmsynthError('VMS_QEMU_DIED', `domain ${spec.name} is not running`);
+  const qmp = await QmpClient.connect(spec.qmpSocket, { alive });
   scope.defer(`close QMP ${spec.qmpSocket}`, () => qmp.close());
   return { spec, qmp, alive, destroy };
 }

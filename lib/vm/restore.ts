@@ -22,7 +22,7 @@ import { AGENT_GUEST_PORT } from './agent.js';
 import type { Base } from './base.js';
 import type { VmSpec } from './domain-xml.js';
 import type { Libvirt } from './libvirt.js';
-import { explainFailure, startVm, type RunningVm } from './machine.js';
+import { adoptVm, explainFailure, startVm, type RunningVm } from './machine.js';
 import { loadState } from './migration.js';
 import type { RunDir } from './run-dir.js';
 
@@ -107,7 +107,7 @@ export function restoreSpec(
 export async function restoreVm(lv: Libvirt, opts: RestoreOptions, scope: Scope): Promise<RestoredVm> {
   const { base, run } = opts;
   const layer = opts.disk.layer ?? run.file('disk.qcow2');
-  if (opts.disk.layer) scope.defer(`remove ${layer}`, () => fsp.rm(layer, { force: true }));
+  if (opts.disk.layer) scope.defer(`remove ${layer}`, () => fsp.rm(layer, { force: true }), { lasting: true });
   // -u: do not open the backing file now (over FUSE, that would read this process's own mount).
   await exec('qemu-img', [
     'create',
@@ -148,4 +148,24 @@ export async function restoreVm(lv: Libvirt, opts: RestoreOptions, scope: Scope)
     throw await explainFailure(err, vm);
   }
   return { ...vm, hostPort, agentPort, diskLayer: layer };
+}
+
+/**
+ * Takes over a VM restoreVm started in another process (a session a previous server left to its
+ * keeper): the same spec, a new QMP connection, the same teardown.
+ */
+export async function adoptRestored(
+  lv: Libvirt,
+  opts: { base: Base; run: RunDir; memory: string; disk: string; hostPort: number; appPort?: number },
+  scope: Scope,
+): Promise<RestoredVm> {
+  const layer = opts.run.file('disk.qcow2');
+  const spec = restoreSpec(opts.base, opts.run, {
+    disk: { path: layer, format: 'qcow2' },
+    memory: { path: opts.memory, share: false },
+    hostPort: opts.hostPort,
+    appPort: opts.appPort,
+  });
+  const vm = await adoptVm(lv, spec, scope);
+  return { ...vm, hostPort: opts.hostPort, agentPort: null, diskLayer: layer };
 }

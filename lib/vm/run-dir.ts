@@ -19,6 +19,8 @@ export interface Owner {
 }
 
 export const OWNER_FILE = 'owner.json';
+/** The keeper process serving a session's images (synth/keeper.ts), while it runs: an Owner too. */
+export const KEEPER_FILE = 'keeper.json';
 
 /** This process as an owner. */
 export async function currentOwner(): Promise<Owner> {
@@ -66,11 +68,28 @@ export class RunDir {
     if (!/^[0-9a-f]{12}$/.test(id)) throw new Error(`"${id}" is not a run id (12 hex digits)`);
     const dir = path.join(runDir(), id);
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
-    scope.defer(`remove run directory ${dir}`, () => fsp.rm(dir, { recursive: true, force: true }));
+    scope.defer(`remove run directory ${dir}`, () => fsp.rm(dir, { recursive: true, force: true }), { lasting: true });
     const owner = await currentOwner();
     await fsp.writeFile(path.join(dir, OWNER_FILE), JSON.stringify(owner));
     return new RunDir(id, dir, owner);
   }
+
+  /** Takes over the existing run directory `id` (a session a previous server left): this process owns it now. */
+  static async adopt(scope: Scope, id: string): Promise<RunDir> {
+    if (!/^[0-9a-f]{12}$/.test(id)) throw new Error(`"${id}" is not a run id (12 hex digits)`);
+    const dir = path.join(runDir(), id);
+    await fsp.access(dir);
+    scope.defer(`remove run directory ${dir}`, () => fsp.rm(dir, { recursive: true, force: true }), { lasting: true });
+    const owner = await currentOwner();
+    await fsp.writeFile(path.join(dir, OWNER_FILE), JSON.stringify(owner));
+    return new RunDir(id, dir, owner);
+  }
+}
+
+/** Whether a live keeper process holds the session in `dir` (its state is not stale, whoever started it). */
+export async function keeperAlive(dir: string): Promise<boolean> {
+  const k = await readOwner(path.join(dir, KEEPER_FILE));
+  return k !== null && (await ownerAlive(k));
 }
 
 export async function readOwner(file: string): Promise<Owner | null> {

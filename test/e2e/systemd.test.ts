@@ -7,8 +7,9 @@
  * `journalctl -u vmsynth` holds the JSON log with the session's lines; a
  * shell in the unit's cgroup may open /dev/fuse but not /dev/net/tun
  * (DeviceAllow=), and the server's bounding set is the unit's six
- * capabilities; a server stopped with SIGSTOP is killed by the watchdog and
- * restarted; and
+ * capabilities; `systemctl restart vmsynth` leaves a running session's VM
+ * running and its client resumes it on the new server; a server stopped
+ * with SIGSTOP is killed by the watchdog and restarted; and
  * `systemctl stop vmsynth` leaves no session directory, domain, QEMU or
  * FUSE mount behind in the container. The container's libvirtd starts the
  * VMs, as a cloudlet's would.
@@ -18,6 +19,7 @@ import t from 'tap';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { synthesize } from '../../lib/client/client.js';
+import { ClientSession } from '../../lib/client/session.js';
 import { keyDir, packageRoot } from '../../lib/core/paths.js';
 import { appDigest, hex64 } from '../../lib/guest/patterns.js';
 import { createOverlay } from '../../lib/offline/create.js';
@@ -104,6 +106,31 @@ t.test('service install, then systemctl start: READY', async (t) => {
     journal.some((l) => l.event === 'firstResponse' && l.session === r.session),
     "the session's first response is in the journal, with its session id",
   );
+});
+
+t.test('systemctl restart keeps a running session: its VM runs on, and its client resumes it', async (t) => {
+  const s = await ClientSession.open({ server: `${box.addr}:8021`, overlay: ov, token });
+  s.failed.catch(() => undefined);
+  const uptime = async () =>
+    (JSON.parse((await s.offload({ method: 'GET', path: '/info' })).body.toString()) as { uptimeMs: number }).uptimeMs;
+  const before = await uptime();
+  const pid = await show('MainPID');
+  await box.exec('systemctl restart vmsynth', 180_000);
+  t.not(await show('MainPID'), pid, 'a new server process');
+  t.equal(
+    (await box.exec(`virsh -c qemu:///system list --name | grep -c vmsynth-${s.id} || true`)).trim(),
+    '1',
+    'the VM still runs',
+  );
+  const after = await uptime();
+  t.ok(s.reconnects.length >= 1, 'the client reconnected and resumed its session');
+  t.ok(after > before, `the same VM answers: its app's uptime went on (${before} -> ${after} ms)`);
+  const journal = await box.exec('journalctl -u vmsynth -o cat --no-pager');
+  t.ok(
+    journal.split('\n').some((l) => l.includes('"event":"sessionAdopted"') && l.includes(`"session":"${s.id}"`)),
+    'the new server says it adopted the session',
+  );
+  await s.finish();
 });
 
 t.test('the hardening holds: DeviceAllow= is enforced, the capabilities are the listed ones', async (t) => {

@@ -70,6 +70,11 @@ export class FakeSession implements SessionHandle {
     this.closes++;
     return { fake: true };
   }
+  releases = 0;
+  async release(): Promise<object> {
+    this.releases++;
+    return { fake: true };
+  }
 }
 
 export interface Rig {

@@ -1,6 +1,6 @@
 /**
  * What a run may leave behind, looked up on the real host: libvirt domains,
- * QEMU processes, FUSE mounts and files under a directory. Tests assert all
+ * QEMU processes, keeper processes, FUSE mounts and files under a directory. Tests assert all
  * of them are empty after every path, successful or not.
  */
 import { execFile } from 'node:child_process';
@@ -23,6 +23,17 @@ export async function qemuProcessesFor(domain: string): Promise<string[]> {
     if (!/^\d+$/.test(pid)) continue;
     const cmd = await fsp.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
     if (cmd.includes('qemu-system') && cmd.includes(`guest=${domain}`)) out.push(pid);
+  }
+  return out;
+}
+
+/** Keeper processes (synth/keeper.ts) serving sessions under `runDir`. */
+export async function keepersUnder(runDir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const pid of await fsp.readdir('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    const args = (await fsp.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
+    if (args.some((a) => a.endsWith('keeper-main.js')) && args.some((a) => a.startsWith(`${runDir}/`))) out.push(pid);
   }
   return out;
 }
@@ -51,6 +62,7 @@ export async function filesUnder(dir: string): Promise<string[]> {
 export interface Leaks {
   domains: string[];
   qemu: string[];
+  keepers: string[];
   mounts: string[];
   files: string[];
 }
@@ -62,9 +74,10 @@ export async function leaks(domains: string[], runDir: string): Promise<Leaks> {
   return {
     domains: domains.filter((d) => live.includes(d)),
     qemu,
+    keepers: await keepersUnder(runDir),
     mounts: await mountsUnder(runDir),
     files: await filesUnder(runDir),
   };
 }
 
-export const NO_LEAKS: Leaks = { domains: [], qemu: [], mounts: [], files: [] };
+export const NO_LEAKS: Leaks = { domains: [], qemu: [], keepers: [], mounts: [], files: [] };

@@ -87,7 +87,7 @@ t.test('the service runs as a notify service with a watchdog', async (t) => {
   t.equal(value('NotifyAccess'), 'main');
   t.equal(value('ExecStart'), `${INSTALLED_BIN} serve`);
   t.ok(value('WatchdogSec'), 'WatchdogSec is set');
-  t.equal(value('KillMode'), 'mixed');
+  t.equal(value('KillMode'), 'process', 'signals reach the server only: the session keepers outlive it');
   t.equal(value('Restart'), 'on-failure');
   t.ok(
     values('Environment').some((e) => e.split(/\s+/).includes('LOG_FORMAT=json')),
@@ -160,7 +160,7 @@ t.test('no setting that gives the service its own mount namespace', async (t) =>
 t.test('directories and capabilities', async (t) => {
   t.equal(value('StateDirectory'), 'vmsynth');
   t.equal(value('RuntimeDirectory'), 'vmsynth');
-  t.equal(value('RuntimeDirectoryPreserve'), 'no');
+  t.equal(value('RuntimeDirectoryPreserve'), 'yes', 'the run directory outlives a stop: kept sessions live there');
   t.equal(value('CacheDirectory'), 'vmsynth');
   t.equal(value('ConfigurationDirectory'), 'vmsynth');
   const caps = (value('CapabilityBoundingSet') ?? '').split(/\s+/).filter(Boolean);

@@ -124,3 +124,18 @@ t.test('demand-only: nothing goes out but what guest reads need', async (t) => {
   t.same(s.drain(), [], 'still nothing in the background');
   t.notOk(s.done);
 });
+
+t.test(
+  'adopted() counts a segment applied before the scheduler existed: never asked for, and done counts it',
+  async (t) => {
+    const s = new SegmentScheduler({ sizes: [10, 10, 10], maxInFlightBytes: 100 });
+    s.adopted(0);
+    s.adopted(2);
+    s.adopted(2);
+    t.same(s.drain(), [{ index: 1, lane: 'background' }], 'only the one not applied is asked for');
+    t.equal(s.stateOf(0), 'received');
+    t.notOk(s.demand(2), 'a demand for an adopted segment asks for nothing');
+    t.ok(s.received(1));
+    t.ok(s.done);
+  },
+);

@@ -305,3 +305,40 @@ t.test('stats() percentiles and unblocked() agree on the same waits', async (t) 
   t.ok(sorted[0]! >= 4, `the first released waited at least 4 ms (${sorted[0]})`);
   t.ok(sorted[9]! >= 45, `the last released waited at least 45 ms (${sorted[9]})`);
 });
+
+t.test(
+  'state() and load() hand the maps to another process: a loaded copy holds reads exactly as the original',
+  async (t) => {
+    const { a } = rig();
+    a.expect(0, 3, 7);
+    a.expect(1, 2, 9);
+    a.arrived(1, 2, ChunkSource.OVERLAY);
+    a.expect(0, 4, 7);
+    a.redirect(0, 4, 8);
+    const seen: string[] = [];
+    a.observer = {
+      arrived: (image, index, source) => seen.push(`arrived ${image}:${index}:${source}`),
+      redirected: (image, index, segment) => seen.push(`redirected ${image}:${index}->${segment}`),
+    };
+    a.redirect(0, 3, 5);
+    a.arrived(0, 3, ChunkSource.ZERO);
+    t.same(seen, ['redirected 0:3->5', 'arrived 0:3:1'], 'the observer hears each change after it is made');
+
+    const copy = rig();
+    copy.a.load(a.state());
+    t.equal(copy.a.missingChunks, 1, 'one chunk still missing');
+    t.ok(copy.a.isMissing(0, 4) && copy.a.segmentFor(0, 4) === 8, 'the redirected chunk waits for its new segment');
+    t.equal(copy.maps[0]!.get(3), ChunkSource.ZERO);
+    t.equal(copy.maps[1]!.get(2), ChunkSource.OVERLAY);
+    const w = watch(copy.mem(4 * C, 10));
+    t.ok(w.held, 'a read of the missing chunk is held');
+    t.same(copy.demands, [8], 'and asks for its segment');
+    t.same(copy.a.waitingSegments(), [8]);
+    copy.a.arrived(0, 4, ChunkSource.OVERLAY);
+    await tick();
+    t.ok(w.settled, 'and goes on when it arrives');
+    t.throws(() => copy.a.load({ sources: [new Uint8Array(1)], segmentOf: [new Int32Array(1)] }), {
+      code: 'VMS_INTERNAL',
+    });
+  },
+);
