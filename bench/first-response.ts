@@ -44,7 +44,9 @@
  * BENCH_PROFILE=0 skips the profiled variant; BENCH_DROP_RUNS (default 5; 0
  * skips them) rounds of drops on the first link (bench/lib/drops.ts: early
  * start through a proxy that cuts the connection at 50% of the overlay and
- * keeps it down 1 s or 5 s, against the same proxy without a drop).
+ * keeps it down 1 s or 5 s, against the same proxy without a drop);
+ * BENCH_KEEP_SESSIONS=0 runs the server without session keepers (images
+ * mounted in the server process), to measure what the keeper costs.
  * Prints a table per link: p50/p90 of the client's timeline.firstResponse;
  * p50 of the VM resumed (client clock), of the segment bytes sent before
  * the first response (client count) and received before it (server count),
@@ -371,6 +373,7 @@ export async function benchFirstResponse(): Promise<void> {
       port: 0,
       trust: [prepared.key.pubFile],
       verifyBases: true,
+      keepSessions: process.env.BENCH_KEEP_SESSIONS !== '0',
     });
     scope.defer('close the synthesis server', () => server.close());
     const port = server.address().port;

@@ -43,6 +43,7 @@ packages=(
   openssl systemd systemd-container
   debootstrap e2fsprogs apt-utils dpkg-dev
   espeak-ng sox imagemagick fonts-dejavu-core
+  chromium
 )
 # One dpkg-query for all of them (a query per package took over a second).
 installed=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${packages[@]}" 2>/dev/null | awk '$2 == "installed" { print $1 }' || true)

@@ -27,6 +27,7 @@ export const LAYERS: Record<string, number> = {
   offline: 5,
   client: 5,
   server: 6,
+  web: 6,
   cli: 7,
 };
 

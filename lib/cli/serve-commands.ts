@@ -19,6 +19,7 @@ import {
   type Resolved,
 } from '../core/config.js';
 import { asVmsynthError, VmsynthError } from '../core/errors.js';
+import { isLoopbackHost } from '../core/net.js';
 import { table } from './format.js';
 import { dieBy, runCommand } from './run.js';
 
@@ -153,19 +154,30 @@ export function registerServeCommands(program: Command): void {
       async ({ signal, json }) => {
         const cfg = resolved!.config;
         const { startDaemon } = await import('../server/daemon.js');
-        const d = await startDaemon(cfg, { verifyBases: o.verifyBases });
+        const { SessionView } = await import('../web/session-view.js');
+        const view = new SessionView({
+          tokenSha256: cfg.viewTokenSha256,
+          open: cfg.metricsListen !== null && isLoopbackHost(cfg.metricsListen.host),
+        });
+        const d = await startDaemon(cfg, { verifyBases: o.verifyBases, routes: (...a) => view.handle(...a) }).catch(
+          (err: unknown) => {
+            view.close();
+            throw err;
+          },
+        );
         const a = d.server.address();
         const m = d.health?.address() ?? null;
         if (json) process.stdout.write(JSON.stringify({ listening: a, metrics: m }) + '\n');
         else if (cfg.logFormat === 'text')
           console.error(
-            `vmsynth serve: listening on ${a.host}:${a.port}${m ? `, metrics on http://${m.host}:${m.port}/metrics` : ''} (SIGTERM or Ctrl-C ends every session and stops; a second one forces)`,
+            `vmsynth serve: listening on ${a.host}:${a.port}${m ? `, metrics on http://${m.host}:${m.port}/metrics` : ''} (SIGTERM or Ctrl-C stops${cfg.keepSessions ? ', leaving running sessions to their keepers for the next server' : ' and ends every session'}; a second one forces)`,
           );
         await new Promise<void>((resolve) => {
           if (signal.aborted) resolve();
           signal.addEventListener('abort', () => resolve(), { once: true });
         });
         const { forced } = await d.stop();
+        view.close();
         // Sessions still tearing down may hold a libvirt call that waits on this
         // process (see dieBy); the next start's janitor removes what is left.
         if (forced) dieBy('SIGKILL');

@@ -54,14 +54,18 @@ export interface ReconnectOptions {
   session: string;
   /** Refusals for this long mean the server is gone (default REFUSED_MS). */
   refusedMs?: number;
+  /** The server keeps sessions across its restarts (welcome's `keeps`): refusals are waited out to the deadline. */
+  keeps?: boolean;
 }
 
 /**
  * Tries to reconnect until the deadline; resolves with null once a connection is made (the resume
  * then goes on over it), or with the error to end the session with. A server that refuses
  * connections for REFUSED_MS is not running: it stopped or crashed, and its VMs with it (a
- * restarted one would answer, and say the session is gone). A network that is down fails
- * otherwise (unreachable, or no answer), and is waited for up to the grace period.
+ * restarted one would answer, and say the session is gone) — unless it keeps sessions across
+ * restarts (`keeps`): then its VM runs on and a restarted server adopts the session, so refusals
+ * are waited out to the deadline. A network that is down fails otherwise (unreachable, or no
+ * answer), and is waited for up to the grace period.
  */
 export async function reconnectWithin(o: ReconnectOptions): Promise<VmsynthError | null> {
   let refusedSince: number | null = null;
@@ -78,17 +82,17 @@ export async function reconnectWithin(o: ReconnectOptions): Promise<VmsynthError
       }
       refusedSince ??= performance.now();
       refusedFor = performance.now() - refusedSince;
-      return refusedFor >= (o.refusedMs ?? REFUSED_MS);
+      return !o.keeps && refusedFor >= (o.refusedMs ?? REFUSED_MS);
     },
     o.lastDrop,
   );
   if (outcome.ok) return null;
   if (cancelled(outcome.error)) return outcome.error as VmsynthError;
   const { host, port } = o.server;
-  if (outcome.error)
+  if (outcome.error || (o.keeps && refusedFor > 0 && refusedSince !== null))
     return new VmsynthError(
       'VMS_PEER_GONE',
-      `lost the connection to the server ${host}:${port}, which has refused new ones for ${Math.round(refusedFor / 1000)} s since: it stopped or crashed, and session ${o.session} with it`,
+      `lost the connection to the server ${host}:${port}, which has refused new ones for ${Math.round(refusedFor / 1000)} s since: it stopped or crashed, and session ${o.session} with it${o.keeps ? ' (no server took the session back within its grace period)' : ''}`,
       { details: { reason: 'server-gone', refusedMs: Math.round(refusedFor) } },
     );
   return new VmsynthError(

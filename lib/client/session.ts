@@ -1,15 +1,13 @@
 /**
- * The mobile side of a vmsynth session: open() hands a server an overlay,
- * the session answers its segment requests from the local overlay files,
- * offload() sends requests to the app in the VM any number of times, and
- * finish() ends it. The session outlives its connection: when the
- * connection drops or goes quiet, it reconnects with backoff within the
- * server's grace period and resumes with its secret; the server says what it
- * still wants and which replies are coming, and requests it never got are
- * sent again under the same id (the server runs each id once).
- *
- * Segment requests come on two lanes (lanes.ts). Only the socket and the
- * overlay file reads are Node's; the protocol logic is plain TypeScript.
+ * The mobile side of a vmsynth session: open() hands a server an overlay, the
+ * session answers its segment requests from the local overlay files, offload()
+ * sends requests to the app in the VM, and finish() ends it. The session
+ * outlives its connection: after a drop it reconnects with backoff within the
+ * grace period and resumes with its secret; the server says what it still
+ * wants and which replies are coming, and requests it never got are sent
+ * again under the same id (the server runs each id once). Segment requests
+ * come on two lanes (lanes.ts). Only the socket and the overlay file reads
+ * are Node's; the protocol logic is plain TypeScript.
  */
 import { promises as fsp } from 'node:fs';
 import type net from 'node:net';
@@ -27,7 +25,7 @@ import { SendLanes } from './lanes.js';
 import type { ClientEvent, LoggedOffload, OffloadReply, OffloadRequest, Reconnect } from './types.js';
 import type { PendingOffload as Pending, SessionOptions, SessionState as State } from './types.js';
 
-/** How long one reconnect attempt may take to connect (the first connection gets 10 s). */
+/** How long one reconnect attempt may take to connect (the first gets 10 s). */
 const RECONNECT_CONNECT_MS = 2000;
 
 export class ClientSession {
@@ -42,6 +40,7 @@ export class ClientSession {
   private state: State = 'connecting';
   private keepaliveMs = 10_000;
   private graceMs = 0;
+  private keeps = false; // the server keeps sessions across its restarts (welcome's `keeps`)
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
   private readonly log: LoggedOffload[] = [];
@@ -171,6 +170,7 @@ export class ClientSession {
       case 'welcome':
         this.keepaliveMs = m.keepaliveMs;
         this.graceMs = m.graceMs;
+        this.keeps = m.keeps === true;
         io.setMaxFrameBytes(FRAME_CAPS.session);
         if (resume) io.send({ type: 'resume', session: this.id, secret: this.secret! });
         else io.send(sessionHeader(this.policy, this.opts.overlayUrl, this.opts.lookaside !== false), this.manifest);
@@ -242,8 +242,7 @@ export class ClientSession {
           return;
         }
         if (resume && this.state === 'finishing' && m.code === 'VMS_SESSION_GONE') {
-          // The connection dropped after `finish` went out and before `finished` came back: the
-          // session is over, as asked; only its stats are lost.
+          // Dropped after `finish` went out, before `finished` came back: over, as asked; stats lost.
           this.state = 'done';
           this.stop();
           this.finished?.resolve({ statsLost: true });
@@ -315,6 +314,7 @@ export class ClientSession {
       lastDrop: this.lastDrop,
       server: this.server,
       session: this.id,
+      keeps: this.keeps,
     });
     if (failure && this.state !== 'done') this.fail(failure);
   }

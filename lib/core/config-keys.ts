@@ -9,6 +9,7 @@ import {
   absPath,
   address,
   bool,
+  optSha256,
   optUrl,
   s3Urls,
   clients,
@@ -29,6 +30,8 @@ export interface Config {
   listen: Address;
   /** Health and metrics HTTP endpoint; null: off. */
   metricsListen: Address | null;
+  /** SHA-256 of the token the live session view (/sessions on metricsListen) needs; null: none. */
+  viewTokenSha256: string | null;
   baseDir: string;
   runDir: string;
   keyDir: string;
@@ -113,6 +116,13 @@ export const KEYS = [
     doc: 'HTTP /healthz, /readyz, /metrics address, [HOST:]PORT, or "off"',
     default: null,
     parse: (k) => (v, from) => (v === 'off' || v === null ? null : address(k, DEFAULTS.metricsPort)(v, from)),
+  }),
+  spec({
+    key: 'viewTokenSha256',
+    env: ['VMSYNTH_VIEW_TOKEN_SHA256'],
+    doc: 'SHA-256 of the token the live session view (/sessions on metricsListen) asks for (the tokenSha256 `vmsynth token generate` prints); none: no token on loopback, and the view is off on any other address',
+    default: null,
+    parse: optSha256,
   }),
   spec({
     key: 'baseDir',

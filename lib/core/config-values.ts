@@ -74,6 +74,19 @@ export const str =
     return v;
   };
 
+/** A SHA-256 in hex (a token's, as `vmsynth token generate` prints it), or null. */
+export const optSha256 =
+  (key: string) =>
+  (v: Raw, from: Source): string | null => {
+    if (v === null || v === '') return null;
+    if (typeof v !== 'string' || !/^[0-9a-f]{64}$/i.test(v))
+      fail(key, from, `must be a SHA-256 in hex (64 digits), got ${JSON.stringify(v)}`, {
+        reason: 'invalid',
+        expected: 'sha256',
+      });
+    return v.toLowerCase();
+  };
+
 export const absPath =
   (key: string) =>
   (v: Raw, from: Source): string =>

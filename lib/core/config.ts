@@ -17,6 +17,7 @@ import path from 'node:path';
 import { KEYS, type Config, type KeySpec, type Source } from './config-keys.js';
 import { DEFAULTS } from './defaults.js';
 import { VmsynthError } from './errors.js';
+import { isLoopbackHost } from './net.js';
 
 export { KEYS, tokenSha256, type Address, type ClientCredential, type Config, type Source } from './config-keys.js';
 
@@ -124,8 +125,7 @@ export function resolveConfig(
 
 /** An open server (no clients listed) is only allowed on loopback: anyone who reaches it may start VMs. */
 export function checkExposure(c: Config): void {
-  const loopback = c.listen.host === 'localhost' || c.listen.host === '::1' || c.listen.host.startsWith('127.');
-  if (c.clients.length === 0 && !loopback) {
+  if (c.clients.length === 0 && !isLoopbackHost(c.listen.host)) {
     const listen = `${c.listen.host}:${c.listen.port}`;
     const what = `none listed, so anyone who reaches ${listen} could start VMs; add clients (\`vmsynth token generate NAME\`) or listen on loopback`;
     throw new VmsynthError('VMS_CONFIG', `clients: ${what}`, {

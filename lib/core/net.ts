@@ -55,6 +55,11 @@ function anyPort(): Promise<number> {
 }
 
 /** A TCP port on 127.0.0.1, free now and not one an outgoing connection will take. */
+/** Whether a listen address is loopback only (reachable from this host alone). */
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
+
 export function freePort(): Promise<number> {
   const [from, to] = searchRange();
   return freePortIn(from, to);

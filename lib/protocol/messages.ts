@@ -46,7 +46,7 @@ export type ClientMessage =
   | { type: 'error'; code: string; message: string };
 
 export type ServerMessage =
-  | { type: 'welcome'; protocol: string; server: string; keepaliveMs: number; graceMs: number }
+  | { type: 'welcome'; protocol: string; server: string; keepaliveMs: number; graceMs: number; keeps?: boolean }
   | { type: 'accepted'; session: string; secret: Buffer; base: string; segments: number; policy: Policy }
   | {
       type: 'resumed';
@@ -199,13 +199,14 @@ export function parseClientMessage(f: Frame): ClientMessage {
 export function parseServerMessage(f: Frame): ServerMessage {
   switch (f.header.type) {
     case 'welcome': {
-      const h = fields(f, { protocol: str, server: str, keepaliveMs: uint, graceMs: uint });
+      const h = fields(f, { protocol: str, server: str, keepaliveMs: uint, graceMs: uint }, { keeps: bool });
       return {
         type: 'welcome',
         protocol: h.protocol as string,
         server: h.server as string,
         keepaliveMs: h.keepaliveMs as number,
         graceMs: h.graceMs as number,
+        ...(h.keeps === true ? { keeps: true } : {}),
       };
     }
     case 'accepted': {

@@ -199,7 +199,15 @@ export class Connection implements Attachment {
     if (this.overRate) this.armHandshake(this.ctx.timing.handshakeTimeoutMs); // authenticated: the usual limit again
     this.io.setMaxFrameBytes(FRAME_CAPS.session);
     const { keepaliveMs, graceMs } = this.ctx.timing;
-    this.io.send({ type: 'welcome', protocol: PROTOCOL, server: `vmsynth ${VMSYNTH_VERSION}`, keepaliveMs, graceMs });
+    const keeps = this.ctx.keep !== undefined ? { keeps: true } : {};
+    this.io.send({
+      type: 'welcome',
+      protocol: PROTOCOL,
+      server: `vmsynth ${VMSYNTH_VERSION}`,
+      keepaliveMs,
+      graceMs,
+      ...keeps,
+    });
   }
 
   private async openSession(m: Extract<ClientMessage, { type: 'session' }>): Promise<void> {

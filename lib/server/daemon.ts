@@ -4,8 +4,10 @@
  *   start: metrics subscribed -> FUSE, libvirt, stale state, keys, bases
  *          verified, listener bound (SynthServer.listen) -> health endpoint
  *          -> READY=1 to systemd -> watchdog pings;
- *   stop:  STOPPING=1 -> every session ended within gracefulStopS (clients
- *          told VMS_SHUTTING_DOWN) -> endpoint and metrics closed.
+ *   stop:  STOPPING=1 -> within gracefulStopS, every running session left
+ *          to its keeper for the next server (SynthServer.release; without
+ *          keepers, every session ended, clients told VMS_SHUTTING_DOWN)
+ *          -> endpoint and metrics closed.
  * A stop that overruns gracefulStopS is reported as forced; the caller exits
  * and the next start's janitor removes what was left.
  */
@@ -14,18 +16,21 @@ import { checkExposure, type Config } from '../core/config.js';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import * as sd from '../core/sd-notify.js';
-import { HealthEndpoint } from './health-http.js';
+import { HealthEndpoint, type Routes } from './health-http.js';
 import { ServerMetrics } from './metrics.js';
 import { SynthServer } from './server.js';
 
 export interface DaemonHandle {
   server: SynthServer;
   health: HealthEndpoint | null;
-  /** Ends every session and stops; `forced` when sessions outlived gracefulStopS. */
+  /** Leaves (or ends) every session and stops; `forced` when that outlived gracefulStopS. */
   stop(): Promise<{ forced: boolean }>;
 }
 
-export async function startDaemon(cfg: Config, opts: { verifyBases?: boolean } = {}): Promise<DaemonHandle> {
+export async function startDaemon(
+  cfg: Config,
+  opts: { verifyBases?: boolean; /** More routes on the ops endpoint (the live session view). */ routes?: Routes } = {},
+): Promise<DaemonHandle> {
   checkExposure(cfg);
   const metrics = new ServerMetrics();
   let server: SynthServer | null = null;
@@ -78,14 +83,20 @@ export async function startDaemon(cfg: Config, opts: { verifyBases?: boolean } =
     });
     const s = server;
     if (cfg.metricsListen) {
-      health = await HealthEndpoint.listen(cfg.metricsListen.host, cfg.metricsListen.port, metrics, {
-        notReady: async () => {
-          if (!s.accepting) return 'shutting down';
-          if (s.sessionCount >= cfg.maxSessions) return `running its limit of ${cfg.maxSessions} sessions`;
-          if (!(await s.libvirtAlive())) return 'libvirt does not answer';
-          return null;
+      health = await HealthEndpoint.listen(
+        cfg.metricsListen.host,
+        cfg.metricsListen.port,
+        metrics,
+        {
+          notReady: async () => {
+            if (!s.accepting) return 'shutting down';
+            if (s.sessionCount >= cfg.maxSessions) return `running its limit of ${cfg.maxSessions} sessions`;
+            if (!(await s.libvirtAlive())) return 'libvirt does not answer';
+            return null;
+          },
         },
-      });
+        opts.routes,
+      );
     }
   } catch (err) {
     await server?.close();

@@ -3,13 +3,17 @@
  *   /healthz  200 while the process answers at all (liveness);
  *   /readyz   200 while it accepts sessions and libvirt answers, else 503
  *             with the reason (readiness: take the cloudlet out of rotation);
- *   /metrics  Prometheus text from ServerMetrics.
- * Anything else is 404. It binds loopback by default: metrics name clients.
+ *   /metrics  Prometheus text from ServerMetrics;
+ * plus what `routes` answers (the CLI hangs the live session view there,
+ * lib/web/). Anything else is 404. It binds loopback by default: metrics name clients.
  */
 import http from 'node:http';
 import type net from 'node:net';
 import { VmsynthError } from '../core/errors.js';
 import type { ServerMetrics } from './metrics.js';
+
+/** More routes on the endpoint: answers the request and returns true, or returns false. */
+export type Routes = (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => boolean;
 
 export interface Readiness {
   /** null when ready, else why not. */
@@ -24,6 +28,7 @@ export class HealthEndpoint {
     port: number,
     metrics: ServerMetrics,
     readiness: Readiness,
+    routes?: Routes,
   ): Promise<HealthEndpoint> {
     const server = http.createServer((req, res) => {
       const send = (status: number, body: string, type = 'text/plain; charset=utf-8') => {
@@ -32,6 +37,7 @@ export class HealthEndpoint {
       };
       if (req.method !== 'GET' && req.method !== 'HEAD') return send(405, 'GET only\n');
       const url = new URL(req.url ?? '/', 'http://x');
+      if (routes?.(req, res, url)) return;
       switch (url.pathname) {
         case '/healthz':
           return send(200, 'ok\n');
@@ -46,7 +52,7 @@ export class HealthEndpoint {
             (err: unknown) => send(500, `${(err as Error).message}\n`),
           );
         default:
-          return send(404, 'not found: try /healthz, /readyz or /metrics\n');
+          return send(404, `not found: try /healthz, /readyz or /metrics${routes ? ' (or /sessions)' : ''}\n`);
       }
     });
     server.keepAliveTimeout = 5000;

@@ -54,7 +54,7 @@ export class KeeperLink implements ArrivalsObserver {
   blocked: BlockedReadStats = { count: 0, totalMs: 0, maxMs: 0, p50Ms: 0, p90Ms: 0 };
   private readonly pending = new Map<number, number[]>();
   private flushing = false;
-  private closed: ((forced: boolean) => void) | null = null;
+  private closed: ((forced: boolean | null) => void) | null = null;
   private stateWaiter: ((s: KeeperState) => void) | null = null;
   private gone = false;
 
@@ -78,7 +78,7 @@ export class KeeperLink implements ArrivalsObserver {
     socket.on('error', () => undefined);
     socket.on('close', () => {
       this.gone = true;
-      this.closed?.(true);
+      this.closed?.(null); // no answer: it is gone
     });
     for (const m of this.outbox) sendFrame(socket, m);
     this.outbox = [];
@@ -194,12 +194,25 @@ export class KeeperLink implements ArrivalsObserver {
   /** Ends the keeper: it unmounts and exits. Forces both if it does not within the time limit. */
   async close(mountpoint: string): Promise<{ forced: boolean }> {
     this.flush();
-    const done = new Promise<boolean>((resolve) => (this.closed = resolve));
-    this.send({ t: 'close' });
     if (!this.socket) return { forced: false }; // never started
-    const forced = this.gone || (await Promise.race([done, sleep(CLOSE_TIMEOUT_MS).then(() => true)]));
+    const wasGone = this.gone;
+    const answer = new Promise<boolean | null>((resolve) => (this.closed = resolve));
+    this.send({ t: 'close' });
+    // The keeper's answer: whether it had to force its unmount; null: no answer in time, or it was gone.
+    const said = wasGone ? null : await Promise.race([answer, sleep(CLOSE_TIMEOUT_MS).then(() => null)]);
     this.socket.destroy();
-    if (forced && this.pid > 0) {
+    if (said === false) return { forced: false };
+    const why =
+      said === true
+        ? 'had to abort its FUSE connection to unmount'
+        : wasGone
+          ? 'was gone'
+          : `did not unmount and exit within ${CLOSE_TIMEOUT_MS} ms`;
+    publish('cleanupFailed', {
+      what: `end the keeper of ${mountpoint}`,
+      error: new VmsynthError('VMS_INTERRUPTED', `the keeper (pid ${this.pid}) ${why}`),
+    });
+    if (said === null && this.pid > 0) {
       try {
         process.kill(this.pid, 'SIGKILL');
       } catch (err) {
@@ -208,7 +221,7 @@ export class KeeperLink implements ArrivalsObserver {
       const m = (await listFuseMounts()).find((x) => x.mountpoint === mountpoint);
       if (m) await forceUnmount(m);
     }
-    return { forced };
+    return { forced: true };
   }
 
   /** Lets go of the keeper without ending it: it waits out its grace period for a server to adopt it. */

@@ -136,8 +136,10 @@ export class LaunchImages {
   private useKeeper(link: KeeperLink, scope: Scope): void {
     this.link = link;
     this.arrivals.observer = link;
-    scope.defer(`end the keeper of ${this.mountpoint}`, () => link.close(this.mountpoint), { lasting: true });
+    // Steps run newest first: on close, held reads fail, then the keeper ends (unmount, exit),
+    // and letting go finds nothing left to let go of; on release, only letting go runs.
     scope.defer('let go of the keeper', () => link.detach());
+    scope.defer(`end the keeper of ${this.mountpoint}`, () => link.close(this.mountpoint), { lasting: true });
     scope.defer('fail held guest reads', () => this.failHeldReads(), { lasting: true });
   }
 

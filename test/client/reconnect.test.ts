@@ -84,3 +84,31 @@ t.test('a refusal streak broken by another failure starts again', async (t) => {
   );
   t.match(failure, { details: { reason: 'resume-failed' } }, 'never 250 ms of refusals in a row');
 });
+
+t.test('a server that keeps sessions across restarts is waited for to the deadline, refusals or not', async (t) => {
+  const t0 = performance.now();
+  const failure = await reconnectWithin(
+    opts(
+      async () => {
+        throw refused();
+      },
+      900,
+      { refusedMs: 200, keeps: true },
+    ),
+  );
+  t.match(failure, { code: 'VMS_PEER_GONE', details: { reason: 'server-gone' } });
+  t.match(failure!.message, /no server took the session back within its grace period/);
+  t.ok(performance.now() - t0 >= 890, 'not before the deadline');
+
+  let n = 0;
+  const back = await reconnectWithin(
+    opts(
+      async () => {
+        if (++n < 5) throw refused();
+      },
+      5000,
+      { refusedMs: 200, keeps: true },
+    ),
+  );
+  t.equal(back, null, 'a server back after refusals longer than refusedMs is reached');
+});

@@ -214,8 +214,10 @@ t.test('a client away past the grace period: its session ended, and left nothing
 
 t.test('a SIGKILLed server: the client is told the server is gone, not that it tore the session down', async (t) => {
   const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
+  // Without keepers: with them, the VM outlives the server and the client waits its grace period out
+  // for a restarted one (test/e2e/restart.test.ts).
   const child = spawn(process.execPath, [cli, 'serve', '--listen', '127.0.0.1:0', '--json'], {
-    env: process.env,
+    env: { ...process.env, VMSYNTH_KEEP_SESSIONS: 'false' },
     stdio: ['ignore', 'pipe', 'ignore'],
   });
   const addr = await new Promise<{ host: string; port: number }>((resolve, reject) => {

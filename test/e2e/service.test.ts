@@ -198,11 +198,13 @@ t.test('serve under a systemd-like supervisor', async (t) => {
   t.same(await leaks([], runDir()), NO_LEAKS, 'nothing left under the run directory');
 });
 
-t.test('a second signal forces the stop; the next start cleans what was left', async (t) => {
+// Without keepers (keepSessions false) a forced stop leaves a session's state for the janitor;
+// with them, the next server adopts it (test/e2e/restart.test.ts).
+t.test('without keepers, a second signal forces the stop; the next start cleans what was left', async (t) => {
   const { LOG_FORMAT: _f, LOG_LEVEL: _l, ...env } = process.env;
   const start = () => {
     const child = spawn(process.execPath, [cli, 'serve', '--listen', '127.0.0.1:0', '--json'], {
-      env,
+      env: { ...env, VMSYNTH_KEEP_SESSIONS: 'false' },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

@@ -78,9 +78,10 @@ t.test(
   },
 );
 
-t.test('SIGTERM ends every session cleanly and tells the client why', async (t) => {
+t.test('without keepers, SIGTERM ends every session cleanly and tells the client why', async (t) => {
+  // Without keepers: with them, SIGTERM leaves running sessions for the next server (restart.test.ts).
   const child = spawn(process.execPath, [cli, 'serve', '--listen', '127.0.0.1:0', '--json'], {
-    env: process.env,
+    env: { ...process.env, VMSYNTH_KEEP_SESSIONS: 'false' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
