@@ -49,13 +49,15 @@ export async function adoptSessions(host: AdoptionHost): Promise<{ adopted: stri
     // Another server of this run directory still serves it (two instances sharing one is a config error).
     const owner = await readOwner(path.join(dir, OWNER_FILE));
     if (owner && (await ownerAlive(owner))) continue;
+    // Read now: a failed adoption may have removed the run directory with the keeper's record.
+    const keeper = await readOwner(path.join(dir, KEEPER_FILE));
     try {
       await adoptOne(host, id, dir);
       out.adopted.push(id);
     } catch (err) {
       const error = asVmsynthError(err);
       publish('sessionEnded', { session: id, peer: '', client: '', stats: {}, error });
-      await stopKeeper(dir);
+      if (keeper && (await ownerAlive(keeper))) stopKeeper(keeper.pid);
       out.ended.push(id);
     }
   }
@@ -105,11 +107,9 @@ async function adoptOne(host: AdoptionHost, id: string, dir: string): Promise<vo
 }
 
 /** Ends a keeper that cannot be adopted: on SIGTERM it destroys the VM and removes the files. */
-async function stopKeeper(dir: string): Promise<void> {
-  const k = await readOwner(path.join(dir, KEEPER_FILE));
-  if (!k) return;
+function stopKeeper(pid: number): void {
   try {
-    process.kill(k.pid, 'SIGTERM');
+    process.kill(pid, 'SIGTERM');
   } catch {
     // gone already
   }

@@ -24,7 +24,6 @@ import { unpackOne } from '../core/msgpack.js';
 import { ChunkMap, ChunkSource } from '../fs/chunk-map.js';
 import { ImageMount } from '../fs/fuse-images.js';
 import { fileReader, ImageFile, zeroReader } from '../fs/image.js';
-import { Libvirt } from '../vm/libvirt.js';
 import { qemuLogPath } from '../vm/machine.js';
 import { currentOwner } from '../vm/run-dir.js';
 import { ChunkArrivals } from './arrivals.js';
@@ -220,6 +219,8 @@ export class ImageKeeper {
       log('keeperAbandoning', { session: this.spec.session, why });
       // Held reads fail first: a vCPU blocked in one keeps QEMU from exiting.
       this.arrivals.failAll(new VmsynthError('VMS_PEER_GONE', `no server adopted session ${this.spec.session}`));
+      // Loaded only now: libvirt's binding is most of what a keeper would otherwise hold in memory.
+      const { Libvirt } = await import('../vm/libvirt.js');
       const lv = await Libvirt.connect().catch((err: unknown) => (log('libvirtFailed', { error: String(err) }), null));
       if (lv) {
         await lv.destroy(this.spec.domain).catch((err: unknown) => log('destroyFailed', { error: String(err) }));
