@@ -201,6 +201,8 @@ export class KeeperLink implements ArrivalsObserver {
     // The keeper's answer: whether it had to force its unmount; null: no answer in time, or it was gone.
     const said = wasGone ? null : await Promise.race([answer, sleep(CLOSE_TIMEOUT_MS).then(() => null)]);
     this.socket.destroy();
+    // It answers, then closes its files and exits: the session is over once the process is.
+    if (said !== null) await exited(this.pid, CLOSE_TIMEOUT_MS);
     if (said === false) return { forced: false };
     const why =
       said === true
@@ -228,6 +230,16 @@ export class KeeperLink implements ArrivalsObserver {
   detach(): void {
     this.flush();
     this.socket?.destroy();
+  }
+}
+
+/** Waits until process `pid` is gone (a zombie counts as gone), for at most `ms`. */
+async function exited(pid: number, ms: number): Promise<void> {
+  const end = performance.now() + ms;
+  while (pid > 0 && performance.now() < end) {
+    const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
+    if (stat === null || stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) return;
+    await sleep(10);
   }
 }
 

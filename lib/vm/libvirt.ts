@@ -8,8 +8,10 @@ import { DomainState, Hypervisor, type Domain } from '@unraid/libvirt';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import { libvirtUri } from '../core/paths.js';
+import { DOMAIN_PREFIX } from './run-dir.js';
 
-export const DOMAIN_PREFIX = 'vmsynth-';
+/** Every vmsynth domain's name starts so (defined beside the run directories, which name them). */
+export { DOMAIN_PREFIX };
 
 export class Libvirt {
   private constructor(

@@ -10,13 +10,15 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { runDir } from '../core/paths.js';
 import type { Scope } from '../core/scope.js';
-import { DOMAIN_PREFIX } from './libvirt.js';
 
 export interface Owner {
   pid: number;
   /** Process start time (clock ticks since boot), to survive pid reuse. */
   start: string;
 }
+
+/** Every vmsynth domain's name starts so: the prefix, then the run id. */
+export const DOMAIN_PREFIX = 'vmsynth-';
 
 export const OWNER_FILE = 'owner.json';
 /** The keeper process serving a session's images (synth/keeper.ts), while it runs: an Owner too. */
