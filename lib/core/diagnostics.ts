@@ -22,7 +22,7 @@ export const channels = {
   fuseUnmounted: diagnostics.channel('vmsynth:fs:unmounted'),
   /** { path, offset, length, error } — a FUSE read failed and was answered with EIO. */
   fuseReadFailed: diagnostics.channel('vmsynth:fs:read-failed'),
-  /** { session, pid, ms } — a keeper process mounted a session's images (ms: from its spawn). */
+  /** { session, pid, ms, spare } — a keeper process serves a session's images (ms: from asking; spare: a spare started ahead took it). */
   keeperStarted: diagnostics.channel('vmsynth:synth:keeper-started'),
   /** { session, domain, keeperPid, resumedMs, segmentsApplied } — a starting server took over a session a previous one left to its keeper. */
   sessionAdopted: diagnostics.channel('vmsynth:server:session-adopted'),

@@ -23,6 +23,7 @@ import { ObjectStore, parseS3Url, s3Url, type ObjectStoreOptions } from '../stor
 import { SegmentStore } from '../store/segment-store.js';
 import { SessionSource } from '../store/session-source.js';
 import type { SynthRecord } from '../synth/session-record.js';
+import { KeeperPool } from '../synth/keeper-pool.js';
 import { SynthSession } from '../synth/session.js';
 import { requireAccel } from '../vm/accel.js';
 import { findBaseWithImages, listBases, loadBase, verifyBase, type Base } from '../vm/base.js';
@@ -137,6 +138,8 @@ export class SynthServer {
   private readonly registry: SessionRegistry;
   private readonly ctx: ServerContext;
   private readonly checkBase: (base: Base) => Promise<void>;
+  /** A spare keeper started ahead of each session's need. */
+  private readonly pool = new KeeperPool();
 
   private constructor(
     private readonly server: net.Server,
@@ -211,6 +214,7 @@ export class SynthServer {
       const s = new SynthServer(server, lv, opts, trusted, store, objects);
       if (opts.verifyBases) await checkAllBases(s.checkBase);
       await s.adopt(trusted);
+      if (s.keeps) s.pool.warm();
       server.on(opts.tls ? 'secureConnection' : 'connection', (socket: net.Socket) => s.accept(socket));
       if (opts.tls)
         server.on('tlsClientError', (err: Error, socket: net.Socket) => {
@@ -271,7 +275,7 @@ export class SynthServer {
         ...(fetcher ? { objects: fetcher } : {}),
         lookaside: req.lookaside === true && (opts.store?.lookaside ?? true),
         ...(this.keeps && graceMs > 0
-          ? { keeper: { graceMs, manifest: req.manifest, overlayUrl: req.overlayUrl } }
+          ? { keeper: { graceMs, manifest: req.manifest, overlayUrl: req.overlayUrl, pool: this.pool } }
           : {}),
         ...(adopt ? { adopt } : {}),
       });
@@ -384,6 +388,7 @@ export class SynthServer {
         ...this.registry.all().map((s) => (leave && s.vmRunning ? s.leave() : s.end(reason))),
       ]);
       await stopped;
+      this.pool.close();
       this.store?.close();
       this.objects?.close();
       await this.lv.close();

@@ -15,6 +15,7 @@ import { compiledModule } from '../core/compiled.js';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import { packr } from '../core/msgpack.js';
+import type { KeeperPool } from './keeper-pool.js';
 import { sleep } from '../core/scope.js';
 import type { ChunkSource } from '../fs/chunk-map.js';
 import { forceUnmount, listFuseMounts } from '../fs/mounts.js';
@@ -84,9 +85,20 @@ export class KeeperLink implements ArrivalsObserver {
     this.outbox = [];
   }
 
-  /** Writes the spec, starts the keeper of run directory `dir` and connects once it has mounted. */
-  async start(dir: string, spec: KeeperSpec): Promise<void> {
+  /**
+   * Writes the spec, has the pool's spare keeper take run directory `dir` (or starts one) and
+   * connects once it has mounted.
+   */
+  async start(dir: string, spec: KeeperSpec, pool?: KeeperPool): Promise<void> {
     await fsp.writeFile(path.join(dir, KEEPER_SPEC), packr.pack(spec));
+    const t0 = performance.now();
+    const pid = pool ? await pool.take(dir) : null;
+    if (pid !== null) {
+      const socket = await connect(path.join(dir, KEEPER_SOCKET));
+      this.connected(socket, pid);
+      publish('keeperStarted', { session: spec.session, pid, ms: Math.round(performance.now() - t0), spare: true });
+      return;
+    }
     const main = fileURLToPath(compiledModule(import.meta.url, 'synth/keeper-main.js', 'keeper'));
     const log = await fsp.open(path.join(dir, KEEPER_LOG), 'a');
     const child = spawn(process.execPath, [main, dir], { detached: true, stdio: ['ignore', log.fd, log.fd] });
@@ -95,12 +107,16 @@ export class KeeperLink implements ArrivalsObserver {
     const status: { exited: number | null } = { exited: null };
     child.once('exit', (code) => (status.exited = code ?? 1));
     child.once('error', () => (status.exited = 1));
-    const t0 = performance.now();
     for (;;) {
       const socket = await connect(path.join(dir, KEEPER_SOCKET)).catch(() => null);
       if (socket) {
         this.connected(socket, child.pid ?? -1);
-        publish('keeperStarted', { session: spec.session, pid: child.pid, ms: Math.round(performance.now() - t0) });
+        publish('keeperStarted', {
+          session: spec.session,
+          pid: child.pid,
+          ms: Math.round(performance.now() - t0),
+          spare: false,
+        });
         return;
       }
       if (status.exited !== null) throw await keeperFailure(dir, `the keeper exited with status ${status.exited}`);

@@ -15,7 +15,7 @@
  * held reads fail, the domain is destroyed, the mount and the run directory
  * go.
  */
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, writeSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -43,8 +43,20 @@ import {
 /** How often at most the held-read summary goes to the server. */
 const READS_EVERY_MS = 100;
 
+let logFd = 2;
+
+/** Where the keeper's log lines go from now on (a spare taking a session: its keeper.log). */
+export function logTo(fd: number): void {
+  logFd = fd;
+}
+
 function log(event: string, fields: Record<string, unknown> = {}): void {
-  process.stderr.write(JSON.stringify({ time: new Date().toISOString(), pid: process.pid, event, ...fields }) + '\n');
+  const line = JSON.stringify({ time: new Date().toISOString(), pid: process.pid, event, ...fields }) + '\n';
+  try {
+    writeSync(logFd, line);
+  } catch {
+    // a log that cannot be written does not stop the keeper
+  }
 }
 
 export class ImageKeeper {
@@ -65,6 +77,7 @@ export class ImageKeeper {
 
   /** Starts the keeper of run directory `dir`: mounts, listens, and waits for its server. */
   static async start(dir: string): Promise<ImageKeeper> {
+    process.chdir(dir); // its home: /proc/PID/cwd tells which session a keeper (a spare, say) serves
     const spec = unpackOne(await fsp.readFile(path.join(dir, KEEPER_SPEC))) as KeeperSpec;
     const maps = spec.sizes.map((n) => new ChunkMap(n));
     let keeper: ImageKeeper | null = null;
@@ -84,6 +97,7 @@ export class ImageKeeper {
       k.handles.push(h);
       return h;
     };
+    const gates = [arrivals.gate(0), arrivals.gate(1)];
     const image = async (i: number, name: string) =>
       new ImageFile(
         name,
@@ -95,7 +109,7 @@ export class ImageKeeper {
         },
         undefined,
         (offset, length) => {
-          const held = arrivals.gate(i)(offset, length);
+          const held = gates[i]!(offset, length);
           if (held) k.readsChanged();
           return held;
         },

@@ -23,6 +23,7 @@ import type { OverlayBody } from '../overlay/format.js';
 import { readRecord } from '../overlay/records.js';
 import { ChunkArrivals, type BlockedReadStats, type HeldReads } from './arrivals.js';
 import { KeeperLink } from './keeper-link.js';
+import type { KeeperPool } from './keeper-pool.js';
 import { int32Bytes, type KeeperSpec } from './keeper-wire.js';
 import { SegmentPipeline } from './segment-pipeline.js';
 
@@ -39,7 +40,7 @@ export interface LaunchImageOptions {
   /** Worker threads for verify + decompress + apply. */
   threads: number;
   /** Mount in a keeper process that outlives this one (the server does); else in this process. */
-  keeper?: { session: string; domain: string; graceMs: number };
+  keeper?: { session: string; domain: string; graceMs: number; pool?: KeeperPool };
   /** Adopt the keeper a previous server left in `dir`: its maps, its mount, the files it serves. */
   adopt?: boolean;
 }
@@ -164,8 +165,9 @@ export class LaunchImages {
    * the unmount), then the mount goes.
    */
   async mount(mountpoint: string, opts: MountOptions, scope: Scope): Promise<MountedImages> {
-    const k = this.opts.keeper;
-    if (k) {
+    const keeper = this.opts.keeper;
+    if (keeper) {
+      const { pool, ...k } = keeper;
       if (path.resolve(mountpoint) !== this.mountpoint)
         throw new VmsynthError('VMS_INTERNAL', `a keeper mounts at ${this.mountpoint}, not ${mountpoint}`);
       await checkFuseDevice(opts.fuseDevice);
@@ -184,7 +186,7 @@ export class LaunchImages {
         segmentOf: [int32Bytes(state.segmentOf[0]!), int32Bytes(state.segmentOf[1]!)],
       };
       try {
-        await link.start(this.opts.dir, spec);
+        await link.start(this.opts.dir, spec, pool);
       } catch (err) {
         this.arrivals.observer = null;
         throw err;

@@ -9,6 +9,7 @@ import type { ObjectSource } from '../store/object-source.js';
 import type { SessionSource } from '../store/session-source.js';
 import type { Base } from '../vm/base.js';
 import type { Libvirt } from '../vm/libvirt.js';
+import type { KeeperPool } from './keeper-pool.js';
 import type { SynthRecord } from './session-record.js';
 
 export interface SynthEvents {
@@ -52,7 +53,7 @@ export interface SynthOptions {
    * session itself when no server adopts it within graceMs; `manifest`: the overlay's manifest
    * as the client sent it, kept for that server.
    */
-  keeper?: { graceMs: number; manifest: Uint8Array; overlayUrl?: string };
+  keeper?: { graceMs: number; manifest: Uint8Array; overlayUrl?: string; pool?: KeeperPool };
   /** Adopt session `id` from the keeper a previous server left, with the record it kept. */
   adopt?: SynthRecord;
 }

@@ -108,7 +108,9 @@ export class SynthSession {
           demand: (segment) => s.onDemand(segment),
           unblocked: (ms) => publish('readUnblocked', { session: s.id, ms }),
           threads: opts.threads ?? DEFAULTS.threads,
-          ...(opts.keeper ? { keeper: { session: s.id, domain: s.domain, graceMs: opts.keeper.graceMs } } : {}),
+          ...(opts.keeper
+            ? { keeper: { session: s.id, domain: s.domain, graceMs: opts.keeper.graceMs, pool: opts.keeper.pool } }
+            : {}),
           adopt: !!opts.adopt,
         },
         s.scope,
@@ -220,8 +222,7 @@ export class SynthSession {
     } else {
       if (this.scheduler.outOfOrder > before) {
         publish('demandFetch', { session: this.id, segment, outOfOrder: true });
-        // Asked for in the background: it may still wait in the client's queue behind other background
-        // segments, or its table may be awaited (then it is asked for whole, now).
+        // Asked in the background: it may wait in the client's queue, or for its table (then: whole, now).
         if (this.sources.cancelTable(segment)) this.opts.events.want('demand', [segment]);
         else if (!this.ledger.isApplying(segment) && !this.sources.promote(segment)) this.opts.events.hurry([segment]);
       }

@@ -39,7 +39,12 @@ const children = new Set<ChildProcess>();
 t.teardown(async () => {
   for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
   // Whatever a failed run left: keepers end their sessions on SIGTERM.
-  for (const pid of await keepersUnder(runDir())) process.kill(Number(pid), 'SIGTERM');
+  for (const pid of await keepersUnder(runDir()))
+    try {
+      process.kill(Number(pid), 'SIGTERM');
+    } catch {
+      // gone meanwhile
+    }
   await new Promise((r) => setTimeout(r, 3000));
   await cleanStale(null, { allInstances: true });
 });

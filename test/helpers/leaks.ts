@@ -27,13 +27,16 @@ export async function qemuProcessesFor(domain: string): Promise<string[]> {
   return out;
 }
 
-/** Keeper processes (synth/keeper.ts) serving sessions under `runDir`. */
+/** Keeper processes (synth/keeper.ts) serving sessions under `runDir`: by their arguments or working directory. */
 export async function keepersUnder(runDir: string): Promise<string[]> {
   const out: string[] = [];
   for (const pid of await fsp.readdir('/proc')) {
     if (!/^\d+$/.test(pid)) continue;
     const args = (await fsp.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
-    if (args.some((a) => a.endsWith('keeper-main.js')) && args.some((a) => a.startsWith(`${runDir}/`))) out.push(pid);
+    if (!args.some((a) => a.endsWith('keeper-main.js'))) continue;
+    // A keeper works in its session's run directory (a spare that took one was started without it).
+    const cwd = await fsp.readlink(`/proc/${pid}/cwd`).catch(() => '');
+    if ([...args, cwd].some((a) => a.startsWith(`${runDir}/`))) out.push(pid);
   }
   return out;
 }
