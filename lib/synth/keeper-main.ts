@@ -11,7 +11,7 @@
  *                            away before that exits.
  * A start that fails says why in keeper.log and exits 1.
  */
-import { openSync } from 'node:fs';
+import { openSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { ImageKeeper, logTo } from './keeper.js';
 import { KEEPER_LOG } from './keeper-wire.js';
@@ -30,13 +30,20 @@ if (process.argv[2] === '--spare' && process.send) {
     if (typeof m?.take !== 'string') return;
     const dir = m.take;
     process.removeAllListeners('disconnect');
-    logTo(openSync(path.join(dir, KEEPER_LOG), 'a'));
+    let fd = 2;
+    try {
+      fd = openSync(path.join(dir, KEEPER_LOG), 'a');
+    } catch {
+      // no run directory to log into: the failure below says so to the server
+    }
+    logTo(fd);
     ImageKeeper.start(dir).then(
       () => {
         process.send!({ taken: true });
         process.disconnect();
       },
       (err: unknown) => {
+        writeSync(fd, JSON.stringify({ event: 'keeperFailed', ...failure(err) }) + '\n');
         process.send!({ failed: failure(err) }, () => process.exit(1));
       },
     );
