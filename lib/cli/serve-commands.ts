@@ -154,17 +154,17 @@ export function registerServeCommands(program: Command): void {
       async ({ signal, json }) => {
         const cfg = resolved!.config;
         const { startDaemon } = await import('../server/daemon.js');
+        // The live session view hangs on the ops endpoint: none without one.
+        const ops = cfg.metricsListen;
         const { SessionView } = await import('../web/session-view.js');
-        const view = new SessionView({
-          tokenSha256: cfg.viewTokenSha256,
-          open: cfg.metricsListen !== null && isLoopbackHost(cfg.metricsListen.host),
+        const view = ops ? new SessionView({ tokenSha256: cfg.viewTokenSha256, open: isLoopbackHost(ops.host) }) : null;
+        const d = await startDaemon(cfg, {
+          verifyBases: o.verifyBases,
+          ...(view ? { routes: (...a: Parameters<typeof view.handle>) => view.handle(...a) } : {}),
+        }).catch((err: unknown) => {
+          view?.close();
+          throw err;
         });
-        const d = await startDaemon(cfg, { verifyBases: o.verifyBases, routes: (...a) => view.handle(...a) }).catch(
-          (err: unknown) => {
-            view.close();
-            throw err;
-          },
-        );
         const a = d.server.address();
         const m = d.health?.address() ?? null;
         if (json) process.stdout.write(JSON.stringify({ listening: a, metrics: m }) + '\n');
@@ -177,7 +177,7 @@ export function registerServeCommands(program: Command): void {
           signal.addEventListener('abort', () => resolve(), { once: true });
         });
         const { forced } = await d.stop();
-        view.close();
+        view?.close();
         // Sessions still tearing down may hold a libvirt call that waits on this
         // process (see dieBy); the next start's janitor removes what is left.
         if (forced) dieBy('SIGKILL');

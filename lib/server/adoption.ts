@@ -16,7 +16,7 @@ import { Overlay } from '../overlay/reader.js';
 import { MANIFEST_FILE, readRecord, SYNTH_RECORD, writeRecord, type SynthRecord } from '../synth/session-record.js';
 import type { Base } from '../vm/base.js';
 import type { SessionRequest } from './context.js';
-import { KEEPER_FILE, keeperAlive, OWNER_FILE, ownerAlive, readOwner } from '../vm/run-dir.js';
+import { KEEPER_FILE, OWNER_FILE, ownerAlive, readOwner } from '../vm/run-dir.js';
 import { ServedSession, type ServedRecord } from './served-session.js';
 import type { SessionHandle } from './session-handle.js';
 import type { SessionRegistry } from './session-registry.js';
@@ -45,19 +45,20 @@ export async function adoptSessions(host: AdoptionHost): Promise<{ adopted: stri
   const root = runDir();
   for (const id of await fsp.readdir(root).catch(() => [] as string[])) {
     const dir = path.join(root, id);
-    if (!/^[0-9a-f]{12}$/.test(id) || !(await keeperAlive(dir))) continue;
+    if (!/^[0-9a-f]{12}$/.test(id)) continue;
+    // Read once: a failed adoption may remove the run directory with the keeper's record.
+    const keeper = await readOwner(path.join(dir, KEEPER_FILE));
+    if (!keeper || !(await ownerAlive(keeper))) continue;
     // Another server of this run directory still serves it (two instances sharing one is a config error).
     const owner = await readOwner(path.join(dir, OWNER_FILE));
     if (owner && (await ownerAlive(owner))) continue;
-    // Read now: a failed adoption may have removed the run directory with the keeper's record.
-    const keeper = await readOwner(path.join(dir, KEEPER_FILE));
     try {
       await adoptOne(host, id, dir);
       out.adopted.push(id);
     } catch (err) {
       const error = asVmsynthError(err);
       publish('sessionEnded', { session: id, peer: '', client: '', stats: {}, error });
-      if (keeper && (await ownerAlive(keeper))) stopKeeper(keeper.pid);
+      if (await ownerAlive(keeper)) stopKeeper(keeper.pid);
       out.ended.push(id);
     }
   }

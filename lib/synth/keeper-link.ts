@@ -10,22 +10,19 @@ import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { compiledModule } from '../core/compiled.js';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import { packr } from '../core/msgpack.js';
-import type { KeeperPool } from './keeper-pool.js';
+import { keeperMain, type KeeperPool } from './keeper-pool.js';
 import { sleep } from '../core/scope.js';
 import type { ChunkSource } from '../fs/chunk-map.js';
 import { forceUnmount, listFuseMounts } from '../fs/mounts.js';
-import { ownerAlive, readOwner } from '../vm/run-dir.js';
+import { KEEPER_FILE, ownerAlive, procStat, readOwner } from '../vm/run-dir.js';
 import type { ArrivalsObserver, ArrivalsState, BlockedReadStats, HeldReads } from './arrivals.js';
 import {
   bytesInt32,
   frameReader,
   KEEPER_LOG,
-  KEEPER_OWNER,
   KEEPER_SOCKET,
   KEEPER_SPEC,
   sendFrame,
@@ -99,7 +96,7 @@ export class KeeperLink implements ArrivalsObserver {
       publish('keeperStarted', { session: spec.session, pid, ms: Math.round(performance.now() - t0), spare: true });
       return;
     }
-    const main = fileURLToPath(compiledModule(import.meta.url, 'synth/keeper-main.js', 'keeper'));
+    const main = keeperMain();
     const log = await fsp.open(path.join(dir, KEEPER_LOG), 'a');
     const child = spawn(process.execPath, [main, dir], { detached: true, stdio: ['ignore', log.fd, log.fd] });
     await log.close();
@@ -130,7 +127,7 @@ export class KeeperLink implements ArrivalsObserver {
 
   /** Connects to the keeper a previous server left in `dir`, and takes its state. Null: there is none alive. */
   static async adopt(dir: string, events: KeeperEvents): Promise<{ link: KeeperLink; state: KeeperState } | null> {
-    const owner = await readOwner(path.join(dir, KEEPER_OWNER));
+    const owner = await readOwner(path.join(dir, KEEPER_FILE));
     if (!owner || !(await ownerAlive(owner))) return null;
     const socket = await connect(path.join(dir, KEEPER_SOCKET)).catch(() => null);
     if (!socket) return null;
@@ -253,8 +250,8 @@ export class KeeperLink implements ArrivalsObserver {
 async function exited(pid: number, ms: number): Promise<void> {
   const end = performance.now() + ms;
   while (pid > 0 && performance.now() < end) {
-    const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
-    if (stat === null || stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) return;
+    const fields = await procStat(pid);
+    if (fields === null || fields[0] === 'Z') return;
     await sleep(10);
   }
 }

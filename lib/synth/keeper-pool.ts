@@ -15,6 +15,11 @@ import { VmsynthError } from '../core/errors.js';
 /** After a take, the next spare starts this much later (the session that took one is starting). */
 const NEXT_SPARE_MS = 3000;
 
+/** The keeper process's entry module (keeper-main.ts), compiled. */
+export function keeperMain(): string {
+  return fileURLToPath(compiledModule(import.meta.url, 'synth/keeper-main.js', 'keeper'));
+}
+
 interface Spare {
   child: ChildProcess;
   ready: Promise<boolean>;
@@ -27,15 +32,10 @@ export class KeeperPool {
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
 
-  /** The keeper's entry module, resolved as keeper-link resolves it. */
-  static main(): string {
-    return fileURLToPath(compiledModule(import.meta.url, 'synth/keeper-main.js', 'keeper'));
-  }
-
   /** Starts a spare unless one runs. */
   warm(): void {
     if (this.closed || this.spare) return;
-    const child = fork(KeeperPool.main(), ['--spare'], {
+    const child = fork(keeperMain(), ['--spare'], {
       detached: true,
       stdio: ['ignore', 'ignore', 'ignore', 'ipc'],
       execArgv: [],

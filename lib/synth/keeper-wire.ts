@@ -14,8 +14,6 @@ import type { BlockedReadStats, HeldReads } from './arrivals.js';
 export const KEEPER_SOCKET = 'keeper.sock';
 /** What the keeper is given to start: msgpack in the run directory. */
 export const KEEPER_SPEC = 'keeper.spec';
-/** The keeper's pid and start time (run-dir.ts's Owner), while it runs. */
-export { KEEPER_FILE as KEEPER_OWNER } from '../vm/run-dir.js';
 /** The keeper's own log (stdout and stderr), in the run directory. */
 export const KEEPER_LOG = 'keeper.log';
 

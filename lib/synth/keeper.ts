@@ -25,13 +25,12 @@ import { ChunkMap, ChunkSource } from '../fs/chunk-map.js';
 import { ImageMount } from '../fs/fuse-images.js';
 import { fileReader, ImageFile, zeroReader } from '../fs/image.js';
 import { qemuLogPath } from '../vm/machine.js';
-import { currentOwner } from '../vm/run-dir.js';
+import { currentOwner, KEEPER_FILE } from '../vm/run-dir.js';
 import { ChunkArrivals } from './arrivals.js';
 import {
   bytesInt32,
   frameReader,
   int32Bytes,
-  KEEPER_OWNER,
   KEEPER_SOCKET,
   KEEPER_SPEC,
   sendFrame,
@@ -91,7 +90,7 @@ export class ImageKeeper {
     );
     arrivals.load({ sources: spec.sources, segmentOf: spec.segmentOf.map(bytesInt32) });
     const k = (keeper = new ImageKeeper(dir, spec, arrivals));
-    await fsp.writeFile(path.join(dir, KEEPER_OWNER), JSON.stringify(await currentOwner()));
+    await fsp.writeFile(path.join(dir, KEEPER_FILE), JSON.stringify(await currentOwner()));
     const open = async (file: string) => {
       const h = await fsp.open(file, 'r');
       k.handles.push(h);
@@ -255,7 +254,7 @@ export class ImageKeeper {
     await new Promise<void>((resolve) => this.listener.close(() => resolve()));
     await Promise.all(this.handles.map((h) => h.close().catch(() => undefined)));
     await fsp.rm(path.join(this.dir, KEEPER_SOCKET), { force: true });
-    await fsp.rm(path.join(this.dir, KEEPER_OWNER), { force: true });
+    await fsp.rm(path.join(this.dir, KEEPER_FILE), { force: true });
   }
 
   private exit(): void {

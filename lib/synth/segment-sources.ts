@@ -188,14 +188,6 @@ export class SegmentSources {
     return { chunks, bytes: chunks * CHUNK_SIZE };
   }
 
-  /** What the client was asked for by lookaside and has not sent: tables, and thin segments with their bitmaps. */
-  lookasideOutstanding(): { tables: number[]; thin: { index: number; omit: Buffer }[] } {
-    return {
-      tables: [...this.tableWait],
-      thin: [...this.thin].map(([index, p]) => ({ index, omit: p.omit })),
-    };
-  }
-
   /**
    * What a resumed client is asked for again: of the segments asked for and not yet received
    * (`requested`, each on its lane now), those not being applied and not coming from the store or

@@ -29,15 +29,15 @@ export async function currentOwner(): Promise<Owner> {
   return { pid: process.pid, start: (await processStart(process.pid)) ?? '' };
 }
 
+/** The fields of /proc/PID/stat after the command name (the first is the state: R, S, Z...); null when there is no such process. */
+export async function procStat(pid: number): Promise<string[] | null> {
+  const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
+  // The command name may contain spaces and parentheses: fields start after the last ')'.
+  return stat === null ? null : stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
 async function processStart(pid: number): Promise<string | null> {
-  try {
-    const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8');
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return fields[19] ?? null; // field 22 overall: starttime
-  } catch {
-    return null;
-  }
+  return (await procStat(pid))?.[19] ?? null; // field 22 overall: starttime
 }
 
 export async function ownerAlive(owner: Owner): Promise<boolean> {

@@ -9,6 +9,7 @@ import t from 'tap';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { KeeperPool } from '../../lib/synth/keeper-pool.js';
+import { procStat } from '../../lib/vm/run-dir.js';
 
 t.teardown(removeTestRoot);
 // The pool holds its spare without keeping the event loop alive (a server's listener does that).
@@ -16,8 +17,8 @@ const hold = setInterval(() => undefined, 1000);
 t.teardown(() => clearInterval(hold));
 
 const alive = async (pid: number) => {
-  const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
-  return stat !== null && !stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  const fields = await procStat(pid);
+  return fields !== null && fields[0] !== 'Z';
 };
 
 t.test('a take the spare cannot serve fails typed, with its log; no spare, no take', async (t) => {
