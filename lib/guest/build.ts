@@ -1,8 +1,9 @@
 /**
  * Builds vmsynth's small test guest from Debian packages, reproducibly:
- *   - the Debian cloud kernel, unpacked from its .deb (never installed on the host);
+ *   - Debian's generic kernel, unpacked from its .deb (never installed on the host);
+ *     not the cloud kernel, which lacks the vmgenid driver (CONFIG_VIRT_DRIVERS off);
  *   - an initramfs of busybox-static, the virtio modules the guest needs,
- *     guest/init and the offload app (guest/offload-app.c, built static);
+ *     guest/init and the offload app (guest/*.c, built static);
  *   - a small raw data disk of a known pseudo-random pattern.
  * The result is cached under <cache>/guest/<key>, the key a hash of every
  * input (sources, package versions, compiler, sizes), and built atomically.
@@ -19,8 +20,8 @@ import { cpioNewc, type CpioEntry } from './cpio.js';
 import { indexModules, loadOrder } from './kmod.js';
 
 const BUILDER_VERSION = 1;
-const KERNEL_META = 'linux-image-cloud-amd64';
-const MODULES = ['virtio_pci', 'virtio_blk', 'virtio_net', 'virtio_balloon'];
+const KERNEL_META = 'linux-image-amd64';
+export const MODULES = ['virtio_pci', 'virtio_blk', 'virtio_net', 'virtio_balloon'];
 /**
  * Kernel flags of the test guest. page_reporting_order=0: free page reporting
  * returns free pages of any size, not only 2 MiB blocks (see lib/vm/free-pages.ts).
@@ -107,7 +108,7 @@ export async function buildGuest(options: GuestOptions = {}): Promise<Guest> {
     busybox: await sh('dpkg-query', ['-W', '-f=${Version}', 'busybox-static']).catch(() => 'missing'),
     gcc: (await sh('gcc', ['-dumpfullversion']).catch(() => 'missing')),
     init: await fileSha(path.join(src, 'init')),
-    app: await fileSha(path.join(src, 'offload-app.c')),
+    app: await appSourcesSha(),
     modules: MODULES,
     cmdline: KERNEL_FLAGS,
     diskMiB,
@@ -150,11 +151,15 @@ export async function buildGuest(options: GuestOptions = {}): Promise<Guest> {
 }
 
 /**
- * Unpacks the kernel package into <into>/vmlinuz and returns the virtio
- * modules the guest loads, in load order, as initramfs entries
+ * Unpacks the kernel package into <into>/vmlinuz and returns the modules the
+ * guest loads (by default the virtio ones), in load order, as initramfs entries
  * (lib/modules/<m>.ko and lib/modules/load-order).
  */
-export async function unpackKernel(kernel: { name: string; version: string }, into: string): Promise<{ order: string[]; entries: CpioEntry[] }> {
+export async function unpackKernel(
+  kernel: { name: string; version: string },
+  into: string,
+  modules: string[] = MODULES,
+): Promise<{ order: string[]; entries: CpioEntry[] }> {
   const deb = await downloadKernel(kernel);
   const root = path.join(into, 'kernel-root');
   try {
@@ -162,7 +167,7 @@ export async function unpackKernel(kernel: { name: string; version: string }, in
     const release = kernel.name.replace(/^linux-image-/, '');
     await fsp.copyFile(path.join(root, 'boot', `vmlinuz-${release}`), path.join(into, 'vmlinuz'));
     const index = await indexModules(path.join(root, 'lib', 'modules', release));
-    const order = await loadOrder(index, MODULES);
+    const order = await loadOrder(index, modules);
     const entries: CpioEntry[] = [
       { kind: 'file', path: 'lib/modules/load-order', data: Buffer.from(order.map((m) => `${m}.ko`).join('\n') + '\n') },
     ];
@@ -187,10 +192,24 @@ export async function busyboxInitramfs(init: Buffer): Promise<CpioEntry[]> {
   ];
 }
 
-/** guest/offload-app.c built static into <dir>/offload-app; returns its path. */
+/** The offload app's C sources and headers (guest/*.c, guest/*.h), sorted. */
+async function appSources(): Promise<string[]> {
+  const names = (await fsp.readdir(sourceDir())).filter((n) => n.endsWith('.c') || n.endsWith('.h')).sort();
+  return names.map((n) => path.join(sourceDir(), n));
+}
+
+/** One hash over the offload app's sources (names and contents): a build input. */
+export async function appSourcesSha(): Promise<string> {
+  const h = createHash('sha256');
+  for (const f of await appSources()) h.update(`${path.basename(f)}\0${await fileSha(f)}\0`);
+  return h.digest('hex');
+}
+
+/** guest/*.c built static into <dir>/offload-app; returns its path. */
 export async function compileOffloadApp(dir: string): Promise<string> {
   const app = path.join(dir, 'offload-app');
-  await sh('gcc', ['-static', '-O2', '-s', '-o', app, path.join(sourceDir(), 'offload-app.c')]);
+  const sources = (await appSources()).filter((f) => f.endsWith('.c'));
+  await sh('gcc', ['-static', '-O2', '-s', '-o', app, ...sources]);
   return app;
 }
 

@@ -6,7 +6,7 @@
  *     offload-app as the placeholder app and customization agent;
  *   - an ext4 image of that directory made by `mkfs.ext4 -d` (no loop
  *     device, no mount);
- *   - the Debian cloud kernel, and a busybox initramfs that loads the virtio
+ *   - Debian's generic kernel, and a busybox initramfs that loads the virtio
  *     modules and switch_roots into the ext4 root.
  * The result is cached under <cache>/debian/<key>, the key a hash of every
  * input, built atomically. The root directory stays in the cache (root/): apt
@@ -22,12 +22,14 @@ import { mountsUnder } from '../fs/mounts.js';
 import { cacheDir } from '../core/paths.js';
 import type { BaseSource } from '../vm/base.js';
 import { cpioNewc } from './cpio.js';
-import { busyboxInitramfs, commitBuild, compileOffloadApp, fileSha, GUEST_APP_PORT, resolveKernel, sh, sourceDir, unpackKernel } from './build.js';
+import { appSourcesSha, busyboxInitramfs, commitBuild, compileOffloadApp, fileSha, GUEST_APP_PORT, MODULES, resolveKernel, sh, sourceDir, unpackKernel } from './build.js';
 
 const BUILDER_VERSION = 1;
 export const DEBIAN_SUITE = 'bookworm';
 /** What the base holds besides minbase: the apps' request servers are python3, the init uses `ip`. */
 export const DEBIAN_BASE_PACKAGES = ['python3', 'iproute2'];
+/** The generic kernel has ext4 as a module; it needs crc32c (a soft dependency kmod would load) for its checksums. */
+const DEBIAN_MODULES = [...MODULES, 'crc32c_generic', 'ext4'];
 const KERNEL_FLAGS = 'console=ttyS0 loglevel=4 panic=-1 page_reporting.page_reporting_order=0';
 
 export interface DebianGuestOptions {
@@ -73,8 +75,9 @@ export async function buildDebianGuest(opts: DebianGuestOptions = {}): Promise<D
     gcc: await sh('gcc', ['-dumpfullversion']).catch(() => 'missing'),
     init: await fileSha(path.join(sourceDir(), 'debian', 'vmsynth-init')),
     initramfs: await fileSha(path.join(sourceDir(), 'debian', 'initramfs-init')),
-    app: await fileSha(path.join(sourceDir(), 'offload-app.c')),
+    app: await appSourcesSha(),
     cmdline: KERNEL_FLAGS,
+    modules: DEBIAN_MODULES,
     diskMiB,
   };
   const key = createHash('sha256').update(JSON.stringify(inputs)).digest('hex').slice(0, 16);
@@ -108,7 +111,7 @@ export async function buildDebianGuest(opts: DebianGuestOptions = {}): Promise<D
     await sh('mkfs.ext4', ['-q', '-F', '-L', 'vmsynth-root', '-E', 'lazy_itable_init=0,lazy_journal_init=0', '-d', root, disk]);
 
     publish('progress', { step: 'making the initramfs (virtio modules, switch_root)' });
-    const { entries } = await unpackKernel(kernel, tmp);
+    const { entries } = await unpackKernel(kernel, tmp, DEBIAN_MODULES);
     const init = await fsp.readFile(path.join(sourceDir(), 'debian', 'initramfs-init'));
     await fsp.writeFile(path.join(tmp, 'initrd.img'), cpioNewc([...await busyboxInitramfs(init), { kind: 'dir', path: 'newroot' }, ...entries]));
     await fsp.writeFile(path.join(tmp, 'packages.txt'), versions + '\n');

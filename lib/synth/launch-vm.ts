@@ -132,7 +132,7 @@ export class LaunchVm {
       },
       this.o.scope,
     );
-    publish('domainRunning', { name: this.domain, ms: this.o.ledger.ms() });
+    publish('domainRunning', { name: this.domain, ms: this.o.ledger.ms(), genid: this.vm.spec.genid ?? null });
   }
 
   /** The watchdog: a VM that dies mid-session ends the session now, not at the next offload request. */

@@ -51,6 +51,15 @@ export interface BaseManifest {
   };
 }
 
+/**
+ * In vm.devices: the base was captured with a VM generation ID device. Such a
+ * base must be resumed with one (its device state has a vmgenid section), and
+ * each resume gets a fresh GUID; a base without it is resumed without.
+ */
+export const VMGENID_DEVICE = 'vmgenid';
+
+export const hasGenid = (m: BaseManifest): boolean => m.vm.devices.includes(VMGENID_DEVICE);
+
 type Check = (v: unknown) => boolean;
 const isStr: Check = (v) => typeof v === 'string' && v.length > 0;
 const isInt: Check = (v) => Number.isSafeInteger(v) && (v as number) >= 0;

@@ -132,7 +132,7 @@ export async function resumeBase(opts: ResumeOptions): Promise<ResumeResult> {
       scope,
     );
     const resumeMs = performance.now() - t0;
-    publish('domainRunning', { name: vm.spec.name, ms: resumeMs });
+    publish('domainRunning', { name: vm.spec.name, ms: resumeMs, genid: vm.spec.genid ?? null });
     const remaining = Math.max(1000, (opts.timeoutMs ?? 60_000) - resumeMs);
     const { hostPort, agentPort } = vm;
     const { reply } = await waitForApp(hostPort, {

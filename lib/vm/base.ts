@@ -8,6 +8,7 @@
  * file is the memory image. A base is built in a temp directory and renamed
  * into place only when complete: a failed capture leaves nothing.
  */
+import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -27,7 +28,7 @@ import { Libvirt } from './libvirt.js';
 import { startVm } from './machine.js';
 import { settleFreePages } from './free-pages.js';
 import { saveState } from './migration.js';
-import { BASE_FORMAT, parseBaseManifest, type BaseFile, type BaseManifest } from './base-manifest.js';
+import { BASE_FORMAT, parseBaseManifest, VMGENID_DEVICE, type BaseFile, type BaseManifest } from './base-manifest.js';
 import { RunDir } from './run-dir.js';
 import { VMSYNTH_VERSION } from '../core/version.js';
 
@@ -134,6 +135,7 @@ export async function createBase(opts: CreateBaseOptions): Promise<Base> {
       consoleLog: run.file('console.log'),
       net: { mac: BASE_MAC, hostPort: await freePort(), guestPort: source.appPort },
       incoming: false,
+      genid: randomUUID(),
       owner: { ...run.owner, sessionDir: run.dir },
     };
     publish('progress', { step: `booting ${spec.name} under ${accel.toUpperCase()} (${reason})` });
@@ -178,7 +180,13 @@ export async function createBase(opts: CreateBaseOptions): Promise<Base> {
         cmdline: spec.cmdline,
         mac: BASE_MAC,
         appPort: source.appPort,
-        devices: ['virtio-blk-pci:vda', 'virtio-net-pci:user', 'serial:file', 'virtio-balloon-pci:free-page-reporting'],
+        devices: [
+          'virtio-blk-pci:vda',
+          'virtio-net-pci:user',
+          'serial:file',
+          'virtio-balloon-pci:free-page-reporting',
+          VMGENID_DEVICE,
+        ],
       },
       created: {
         at: new Date().toISOString(),

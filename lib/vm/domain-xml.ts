@@ -35,6 +35,12 @@ export interface VmSpec {
   net: { mac: string; hostPort: number; guestPort: number; agent?: { hostPort: number; guestPort: number } };
   /** Start waiting for an incoming migration (device state) instead of booting. */
   incoming: boolean;
+  /**
+   * The VM generation ID (QEMU's vmgenid device, libvirt's <genid>), or none.
+   * A base captured with one must be resumed with one; a fresh GUID per resume
+   * makes the guest kernel reseed its RNG (hw/acpi/vmgenid.c post_load).
+   */
+  genid?: string;
   /** The vmsynth process that owns the domain; a later start destroys it once that process is gone. */
   owner: { pid: number; start: string; sessionDir: string };
 }
@@ -80,7 +86,7 @@ export function domainXml(spec: VmSpec): string {
     .map((a) => `    <qemu:arg value='${esc(a)}'/>`)
     .join('\n');
   return `<domain type='${spec.accel === 'kvm' ? 'kvm' : 'qemu'}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
-  <name>${esc(spec.name)}</name>
+  <name>${esc(spec.name)}</name>${spec.genid ? `\n  <genid>${esc(spec.genid)}</genid>` : ''}
   <metadata>
     <vmsynth:owner xmlns:vmsynth='${OWNER_XMLNS}' pid='${spec.owner.pid}' start='${esc(spec.owner.start)}' session='${esc(spec.owner.sessionDir)}'/>
   </metadata>

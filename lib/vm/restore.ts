@@ -14,12 +14,14 @@
  * starts is registered with the caller's scope, so the domain is destroyed
  * however the caller ends.
  */
+import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { exec } from '../core/exec.js';
 import { freePort } from '../core/net.js';
 import { throwIfAborted, type Scope } from '../core/scope.js';
 import { AGENT_GUEST_PORT } from './agent.js';
 import type { Base } from './base.js';
+import { hasGenid } from './base-manifest.js';
 import type { VmSpec } from './domain-xml.js';
 import type { Libvirt } from './libvirt.js';
 import { adoptVm, explainFailure, startVm, type RunningVm } from './machine.js';
@@ -99,6 +101,7 @@ export function restoreSpec(
       ...(at.agent ? { agent: at.agent } : {}),
     },
     incoming: true,
+    ...(hasGenid(m) ? { genid: randomUUID() } : {}),
     owner: { ...run.owner, sessionDir: run.dir },
   };
 }

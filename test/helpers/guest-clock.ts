@@ -1,6 +1,6 @@
 /**
  * The test guest's wall clock against the host's: a VM resumed from a
- * snapshot must not keep the snapshot's time (guest/offload-app.c --clock).
+ * snapshot must not keep the snapshot's time (guest/clock.c, offload-app --clock).
  */
 
 /** Waits until a snapshot taken at `taken` (ms since the epoch) is at least `ms` old, so a guest clock left at the snapshot's time would be off by more than that. */
@@ -11,7 +11,7 @@ export async function ageSnapshot(taken: number, ms: number): Promise<void> {
 
 /**
  * How far a resumed guest's clock may be from the host's: the guest sets it from QEMU's RTC,
- * which is good to half a second (guest/offload-app.c, clock_mode), plus the request's own time.
+ * which is good to half a second (guest/clock.c, clock_mode), plus the request's own time.
  */
 export const CLOCK_TOLERANCE_MS = 750;
 

@@ -52,3 +52,9 @@ t.test('owner and machine round-trip through XML', async (t) => {
   t.equal(machineFromXml(xml), 'pc-q35-7.2');
   t.equal(machineFromXml(`<os><type arch="x86_64" machine="pc-q35-7.2">hvm</type></os>`), 'pc-q35-7.2');
 });
+
+t.test('a VM generation ID becomes <genid>, and only when the spec has one', async (t) => {
+  const guid = '0b7c2a1e-5f1d-4c5e-9a43-2b1f6c0d9e11';
+  t.match(domainXml({ ...spec, genid: guid }), new RegExp(`\\n  <genid>${guid}</genid>\\n`));
+  t.notMatch(domainXml(spec), /genid/);
+});
