@@ -76,6 +76,10 @@ export const ERRORS = {
     exit: 70,
     hint: 'Saving or loading the device state failed; the base may be from another QEMU version: recreate it.',
   },
+  VMS_VM_MEMORY: {
+    exit: 71,
+    hint: "Reading a running VM's memory from /proc failed; run vmsynth as root (with CAP_SYS_PTRACE where Yama is on), and check that the VM still runs.",
+  },
   VMS_GUEST_TIMEOUT: {
     exit: 75,
     hint: 'The guest app never answered; see the console log tail in the message, or raise --timeout (TCG is slow).',
