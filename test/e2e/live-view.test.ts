@@ -91,6 +91,12 @@ t.test('live syntheses appear in the browser with their segments, chart and firs
       timeout: 10_000,
     });
     t.pass(`session ${s.id}: its card shows the ${applied.get(s.id)} segments the server applied`);
+    // The first response is a later event than the segments it needed: wait for it too.
+    await page.waitForFunction(
+      `/first response \\d/.test(document.querySelector('#s-${s.id} .first')?.textContent ?? '')`,
+      undefined,
+      { timeout: 10_000 },
+    );
     t.match(await card.locator('.first').textContent(), /first response \d/, 'with its first response');
     t.equal(await card.locator('.uplot canvas').count(), 1, 'and a uPlot chart');
     t.match(await card.locator('.head').textContent(), /VM running/, 'the VM runs');
