@@ -36,6 +36,12 @@ export interface VmSpec {
   /** Start waiting for an incoming migration (device state) instead of booting. */
   incoming: boolean;
   /**
+   * The incoming state has no configuration section: the devices alone, as
+   * QMP xen-save-devices-state writes them (a handoff's). QEMU then must not
+   * expect one (migration.send-configuration=off).
+   */
+  devicesOnly?: boolean;
+  /**
    * The VM generation ID (QEMU's vmgenid device, libvirt's <genid>), or none.
    * A base captured with one must be resumed with one; a fresh GUID per resume
    * makes the guest kernel reseed its RNG (hw/acpi/vmgenid.c post_load).
@@ -76,6 +82,7 @@ export function extraQemuArgs(spec: VmSpec): string[] {
     `virtio-net-pci,netdev=${NETDEV_ID},mac=${spec.net.mac},romfile=,bus=pcie.0,addr=0x10`,
   ];
   if (spec.incoming) args.push('-incoming', 'defer');
+  if (spec.devicesOnly) args.push('-global', 'migration.send-configuration=off');
   return args;
 }
 

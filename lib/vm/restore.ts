@@ -47,6 +47,13 @@ export interface RestoreOptions {
   disk: { path: string; layer?: string; discard?: boolean };
   /** The saved device state: a file, or its bytes (written into the run directory). */
   deviceState: string | Uint8Array;
+  /** The state is the devices alone, without a configuration section (QMP xen-save-devices-state). */
+  devicesOnly?: boolean;
+  /**
+   * The VM generation ID to resume with, for a VM that goes on (a handoff: it
+   * is the same VM, not a clone). Default: a fresh one, if the base has the device.
+   */
+  genid?: string;
   /** The app's port in the guest (default: the base's). */
   appPort?: number;
   /** Forward a host port to the guest's customization agent too. */
@@ -78,6 +85,8 @@ export function restoreSpec(
     hostPort: number;
     appPort?: number;
     agent?: VmSpec['net']['agent'];
+    devicesOnly?: boolean;
+    genid?: string;
   },
 ): VmSpec {
   const m = base.manifest;
@@ -101,7 +110,8 @@ export function restoreSpec(
       ...(at.agent ? { agent: at.agent } : {}),
     },
     incoming: true,
-    ...(hasGenid(m) ? { genid: randomUUID() } : {}),
+    ...(at.devicesOnly ? { devicesOnly: true } : {}),
+    ...(hasGenid(m) ? { genid: at.genid ?? randomUUID() } : {}),
     owner: { ...run.owner, sessionDir: run.dir },
   };
 }
@@ -138,6 +148,8 @@ export async function restoreVm(lv: Libvirt, opts: RestoreOptions, scope: Scope)
     hostPort,
     appPort: opts.appPort,
     ...(agentPort ? { agent: { hostPort: agentPort, guestPort: AGENT_GUEST_PORT } } : {}),
+    ...(opts.devicesOnly ? { devicesOnly: true } : {}),
+    ...(opts.genid ? { genid: opts.genid } : {}),
   });
   throwIfAborted(opts.signal);
   const vm = await startVm(lv, spec, scope, { signal: opts.signal });

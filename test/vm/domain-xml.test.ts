@@ -58,3 +58,8 @@ t.test('a VM generation ID becomes <genid>, and only when the spec has one', asy
   t.match(domainXml({ ...spec, genid: guid }), new RegExp(`\\n  <genid>${guid}</genid>\\n`));
   t.notMatch(domainXml(spec), /genid/);
 });
+
+t.test('a devices-only state (a handoff) makes QEMU expect no configuration section', async (t) => {
+  t.same(extraQemuArgs({ ...spec, devicesOnly: true }).slice(-2), ['-global', 'migration.send-configuration=off']);
+  t.notOk(extraQemuArgs(spec).includes('migration.send-configuration=off'));
+});

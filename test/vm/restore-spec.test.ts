@@ -44,3 +44,9 @@ t.test('a base captured with a VM generation ID is resumed with a fresh one each
 t.test('a base captured without one is resumed without one (its device state has no vmgenid section)', async (t) => {
   t.equal(restoreSpec(base(vm.devices), run, at).genid, undefined);
 });
+
+t.test('a VM that goes on (a handoff) keeps the generation ID it is given', async (t) => {
+  const b = base([...vm.devices, VMGENID_DEVICE]);
+  const guid = '0b7c2a1e-5f1d-4c5e-9a43-2b1f6c0d9e11';
+  t.equal(restoreSpec(b, run, { ...at, genid: guid }).genid, guid);
+});
