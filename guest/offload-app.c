@@ -12,13 +12,13 @@
  *       the guest saw after a resume are the bytes it had before.
  *
  *   GET /info also carries the guest's wall clock (unixMs), so the host can
- *   check that a resumed VM's clock is right, and eth0's MAC and 16 fresh
- *   bytes of getrandom (mac, random), so it can tell clones apart.
+ *   check that a resumed VM's clock is right, and eth0's MAC, 16 fresh bytes
+ *   of getrandom and the VM forks the kernel logged (mac, random, vmForks:
+ *   identity.c), so it can tell clones apart.
  *
  * With --clock it keeps the guest's system clock on the RTC instead (see
  * clock_mode below): a VM resumed from a snapshot starts with the clock it
- * had when the snapshot was taken. With --identity it gives each new VM
- * generation its own MAC (identity.c).
+ * had when the snapshot was taken.
  *
  * With --agent it is instead the customization agent (no working set), for
  * `vmsynth overlay create`; the host forwards its port only while it
@@ -282,7 +282,6 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--agent")) { agent_mode = 1; ws_mb = 0; continue; }
     if (!strcmp(argv[i], "--clock")) return clock_mode();
-    if (!strcmp(argv[i], "--identity")) return identity_mode();
     if (i + 1 >= argc) break;
     if (!strcmp(argv[i], "--port")) port = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--ws-mb")) ws_mb = atol(argv[++i]);
