@@ -138,11 +138,6 @@ export function machineFromXml(xml: string): string | null {
   return /<type[^>]*\smachine='([^']+)'/.exec(xml)?.[1] ?? /<type[^>]*\smachine="([^"]+)"/.exec(xml)?.[1] ?? null;
 }
 
-/** Reads a live domain's VM generation ID (<genid>), or null when it has none. */
-export function genidFromXml(xml: string): string | null {
-  return /<genid>\s*([0-9a-fA-F-]{36})\s*<\/genid>/.exec(xml)?.[1] ?? null;
-}
-
 /** Reads the owner record vmsynth put in a domain's metadata. */
 export function ownerFromXml(xml: string): { pid: number; start: string; sessionDir: string } | null {
   const m = /<(?:\w+:)?owner\b[^>]*>/.exec(xml);

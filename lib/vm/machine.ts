@@ -6,7 +6,7 @@
 import { promises as fsp } from 'node:fs';
 import { VmsynthError } from '../core/errors.js';
 import type { Scope } from '../core/scope.js';
-import { domainXml, genidFromXml, type VmSpec } from './domain-xml.js';
+import { domainXml, type VmSpec } from './domain-xml.js';
 import type { Libvirt } from './libvirt.js';
 import { QmpClient } from './qmp.js';
 
@@ -56,14 +56,10 @@ function destroyStep(lv: Libvirt, name: string, scope: Scope): () => Promise<voi
  * connection (the monitor socket accepts one client at a time, and the old one is gone), and the
  * same teardown steps startVm registers.
  */
-export async function adoptVm(lv: Libvirt, expected: VmSpec, scope: Scope): Promise<RunningVm> {
-  const destroy = destroyStep(lv, expected.name, scope);
-  const alive = () => lv.isActive(expected.name);
-  if (!(await alive())) throw new VmsynthError('VMS_QEMU_DIED', `domain ${expected.name} is not running`);
-  // The generation ID is the one the domain was started with, not the one a fresh spec would draw.
-  const { genid: _drawn, ...rest } = expected;
-  const genid = genidFromXml(await lv.xmlDesc(expected.name));
-  const spec: VmSpec = genid ? { ...rest, genid } : rest;
+export async function adoptVm(lv: Libvirt, spec: VmSpec, scope: Scope): Promise<RunningVm> {
+  const destroy = destroyStep(lv, spec.name, scope);
+  const alive = () => lv.isActive(spec.name);
+  if (!(await alive())) throw new VmsynthError('VMS_QEMU_DIED', `domain ${spec.name} is not running`);
   const qmp = await QmpClient.connect(spec.qmpSocket, { alive });
   scope.defer(`close QMP ${spec.qmpSocket}`, () => qmp.close());
   return { spec, qmp, alive, destroy };

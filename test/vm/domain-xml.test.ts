@@ -1,12 +1,5 @@
 import t from 'tap';
-import {
-  domainXml,
-  extraQemuArgs,
-  genidFromXml,
-  machineFromXml,
-  ownerFromXml,
-  type VmSpec,
-} from '../../lib/vm/domain-xml.js';
+import { domainXml, extraQemuArgs, machineFromXml, ownerFromXml, type VmSpec } from '../../lib/vm/domain-xml.js';
 
 const spec: VmSpec = {
   name: 'vmsynth-abc',
@@ -69,15 +62,4 @@ t.test('a VM generation ID becomes <genid>, and only when the spec has one', asy
 t.test('a devices-only state (a handoff) makes QEMU expect no configuration section', async (t) => {
   t.same(extraQemuArgs({ ...spec, devicesOnly: true }).slice(-2), ['-global', 'migration.send-configuration=off']);
   t.notOk(extraQemuArgs(spec).includes('migration.send-configuration=off'));
-});
-
-t.test("a live domain's generation ID is read back from its XML (an adopted VM keeps its own)", async (t) => {
-  const guid = '3a59865a-9324-4392-9209-b4bd004f5be2';
-  t.equal(genidFromXml(domainXml({ ...spec, genid: guid })), guid, 'from our XML');
-  t.equal(
-    genidFromXml(`<domain><name>x</name>\n  <genid>${guid}</genid>\n  <uuid>u</uuid></domain>`),
-    guid,
-    "from libvirt's",
-  );
-  t.equal(genidFromXml(domainXml(spec)), null, 'none when the domain has none');
 });
