@@ -17,7 +17,7 @@
  *   identity.c), so it can tell clones apart.
  *
  * With --clock it keeps the guest's system clock on the RTC instead (see
- * clock_mode below): a VM resumed from a snapshot starts with the clock it
+ * clock_mode in clock.c): a VM resumed from a snapshot starts with the clock it
  * had when the snapshot was taken.
  *
  * With --agent it is instead the customization agent (no working set), for
