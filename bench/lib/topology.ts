@@ -17,7 +17,7 @@
  * namespace only, so FUSE mounts stay visible to QEMU (`ip netns exec` would
  * give them a mount namespace of their own).
  */
-import { exec, type ExecResult } from '../../lib/core/exec.js';
+import { exec } from '../../lib/core/exec.js';
 import { VmsynthError } from '../../lib/core/errors.js';
 import type { Scope } from '../../lib/core/scope.js';
 import { processAlive } from '../../lib/core/stale.js';
@@ -55,10 +55,6 @@ export const NODE_DEV = 'lan0';
 
 /** Path of a namespace, for `nsenter --net=`. */
 export const netnsPath = (ns: string): string => `/run/netns/${ns}`;
-
-/** `cmd args` in a node's network namespace (only that namespace: mounts are shared). */
-export const inNode = (node: TopologyNode, cmd: string, args: string[]): Promise<ExecResult> =>
-  exec('nsenter', [`--net=${netnsPath(node.ns)}`, cmd, ...args]);
 
 function topologyError(what: string, err: unknown): VmsynthError {
   const detail = err instanceof Error ? err.message : String(err);
