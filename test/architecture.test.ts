@@ -23,6 +23,7 @@ export const LAYERS: Record<string, number> = {
   guest: 3,
   protocol: 4,
   store: 4,
+  handoff: 4,
   synth: 5,
   offline: 5,
   client: 5,

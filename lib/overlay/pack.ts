@@ -48,6 +48,9 @@ export function orderEntries(entries: Entries, order?: BuildOrder): Uint32Array 
   return idx.sort((x, y) => r[x]! - r[y]! || x - y);
 }
 
+/** Where a packer's compressed segments go: the overlay's segments file (a descriptor), or a function given each one and its offset. */
+export type SegmentSink = number | ((z: Buffer, offset: number) => void);
+
 /** Collects records and payloads into a segment; flush() compresses, writes and lists it. */
 export class SegmentPacker {
   readonly table: SegmentInfo[] = [];
@@ -62,9 +65,10 @@ export class SegmentPacker {
   private readonly maxRecords: number;
 
   constructor(
-    private readonly fd: number,
+    private readonly sink: SegmentSink,
     private readonly segmentBytes: number,
-    private readonly level: number,
+    /** zstd level of the segments flushed from now on (a handoff adapts it to the link). */
+    public level: number,
   ) {
     // A segment of references only (no payload) still ends after this many records.
     this.maxRecords = Math.max(1024, (segmentBytes / CHUNK_SIZE) * 16);
@@ -91,8 +95,12 @@ export class SegmentPacker {
     const rawBytes = this.used + this.digestCount * HASH_BYTES;
     this.digests.copy(this.raw, this.used, 0, this.digestCount * HASH_BYTES);
     const z = compress(this.raw.subarray(0, rawBytes), { compressionLevel: this.level });
-    let done = 0;
-    while (done < z.length) done += writeSync(this.fd, z, done, z.length - done, this.offset + done);
+    if (typeof this.sink === 'number') {
+      let done = 0;
+      while (done < z.length) done += writeSync(this.sink, z, done, z.length - done, this.offset + done);
+    } else {
+      this.sink(z, this.offset);
+    }
     this.table.push({
       offset: this.offset,
       bytes: z.length,

@@ -4,7 +4,7 @@
  * connection's context and the served session both import it, and neither
  * the other.
  */
-import type { Outstanding } from '../synth/session.js';
+import type { Outstanding } from '../synth/segment-sources.js';
 import type { HttpReply } from '../vm/guest-app.js';
 
 /** A synthesis session as a connection drives it: SynthSession, or a fake. */

@@ -193,6 +193,12 @@ export class KeeperLink implements ArrivalsObserver {
     this.send({ t: 'redirect', image, index, segment });
   }
 
+  /** These chunks of `image` are missing again and wait for `segment` (a handoff's delta). */
+  expected(image: number, segment: number, chunks: number[]): void {
+    this.flush();
+    this.send({ t: 'expect', image, segment, chunks: new Uint8Array(Uint32Array.from(chunks).buffer) });
+  }
+
   /** Segment `segment` is applied and every chunk it brought marked present. */
   applied(segment: number): void {
     this.flush();

@@ -41,6 +41,7 @@ export type ToKeeper =
   | { t: 'hello' } // a server adopts the keeper: it answers `state`
   | { t: 'arrived'; image: number; source: ChunkSource; chunks: Uint8Array } // u32 LE chunk indexes
   | { t: 'redirect'; image: number; index: number; segment: number }
+  | { t: 'expect'; image: number; segment: number; chunks: Uint8Array } // u32 LE chunk indexes that wait for `segment` now (a handoff's delta)
   | { t: 'applied'; segment: number }
   | { t: 'fail' } // fail every held read and every later one
   | { t: 'close' }; // unmount and exit (answers `closed`)

@@ -183,6 +183,13 @@ export class ImageKeeper {
       case 'redirect':
         this.arrivals.redirect(m.image, m.index, m.segment);
         return;
+      case 'expect': {
+        const idx = new Uint32Array(
+          m.chunks.buffer.slice(m.chunks.byteOffset, m.chunks.byteOffset + m.chunks.byteLength),
+        );
+        for (const i of idx) this.arrivals.expect(m.image, i, m.segment);
+        return;
+      }
       case 'applied':
         this.applied.add(m.segment);
         return;

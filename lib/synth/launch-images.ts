@@ -19,7 +19,7 @@ import type { Scope } from '../core/scope.js';
 import { ChunkMap, ChunkSource } from '../fs/chunk-map.js';
 import { checkFuseDevice, ImageMount, type MountOptions } from '../fs/fuse-images.js';
 import { fileReader, ImageFile, zeroReader } from '../fs/image.js';
-import type { OverlayBody } from '../overlay/format.js';
+import type { OverlayBody, SegmentInfo } from '../overlay/format.js';
 import { readRecord } from '../overlay/records.js';
 import { ChunkArrivals, type BlockedReadStats, type HeldReads } from './arrivals.js';
 import { KeeperLink } from './keeper-link.js';
@@ -56,6 +56,8 @@ export class LaunchImages {
   private link: KeeperLink | null = null;
   /** The segments an adopted keeper had applied. */
   adoptedSegments: number[] = [];
+  /** Per image, the chunks a handoff's delta segments brought (what a later handoff must send too). */
+  private readonly fromDelta = [new Set<number>(), new Set<number>()];
 
   private constructor(
     private readonly opts: LaunchImageOptions,
@@ -63,6 +65,8 @@ export class LaunchImages {
     readonly memory: ImageFile,
     readonly disk: ImageFile,
     private readonly pipeline: SegmentPipeline,
+    /** The overlay's segments, then a handoff's delta segments as they are announced. */
+    private readonly segments: SegmentInfo[],
   ) {}
 
   /** Creates the files and the pipeline; everything is released by `scope`. */
@@ -103,8 +107,9 @@ export class LaunchImages {
         undefined,
         arrivals.gate(i),
       );
+    const segments = [...body.segments];
     const pipeline = new SegmentPipeline({
-      segments: body.segments,
+      segments,
       base: [...opts.base],
       received,
       receivedHandles,
@@ -112,7 +117,7 @@ export class LaunchImages {
       threads: opts.threads,
     });
     scope.defer('stop the apply workers', () => pipeline.close());
-    const launch = new LaunchImages(opts, arrivals, image(0, 'memory.img'), image(1, 'disk.img'), pipeline);
+    const launch = new LaunchImages(opts, arrivals, image(0, 'memory.img'), image(1, 'disk.img'), pipeline, segments);
     if (opts.adopt) await launch.adoptKeeper(scope);
     return launch;
   }
@@ -209,6 +214,37 @@ export class LaunchImages {
   async apply(index: number, data: Buffer, priority: number, rebuilt = false): Promise<void> {
     await this.pipeline.apply(index, data, priority, rebuilt);
     this.link?.applied(index);
+  }
+
+  /**
+   * Announces a handoff's delta segment `index` (numbered after the
+   * overlay's): its chunks are missing from now on, and a guest read of one
+   * waits for it (and asks for it through `demand`) until `apply` brings it.
+   * Announce a pass's segments only once the previous pass is applied.
+   */
+  expectDelta(index: number, info: SegmentInfo): void {
+    if (index < this.opts.body.segments.length || this.segments[index])
+      throw new VmsynthError('VMS_INTERNAL', `delta segment ${index} is not new`);
+    this.segments[index] = info;
+    const byImage: number[][] = [[], []];
+    for (let i = 0; i < info.count; i++) {
+      const r = readRecord(info.chunks, i);
+      this.arrivals.expect(r.image, r.index, index);
+      this.fromDelta[r.image]!.add(r.index);
+      byImage[r.image]!.push(r.index);
+    }
+    byImage.forEach((chunks, image) => chunks.length > 0 && this.link?.expected(image, index, chunks));
+  }
+
+  /** Per image, ascending: the chunks delta segments brought (a handoff from here sends them too). */
+  deltaChunks(): [number[], number[]] {
+    const sorted = (s: Set<number>) => [...s].sort((a, b) => a - b);
+    return [sorted(this.fromDelta[0]!), sorted(this.fromDelta[1]!)];
+  }
+
+  /** Overlay and delta chunks not arrived yet, both images. */
+  get missingChunks(): number {
+    return this.arrivals.missingChunks;
   }
 
   /** A guest read now waits for segment `index`, received and still queued: move it ahead. */

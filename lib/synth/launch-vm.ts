@@ -52,6 +52,8 @@ export class LaunchVm {
   /** Aborted by stop(): a resume in progress stops at its next step. */
   private readonly abort = new AbortController();
   private resuming: Promise<unknown> = Promise.resolve();
+  /** A handoff's target: the device state (without RAM) and generation ID the VM goes on with. */
+  private handedOff: { deviceState: Uint8Array; genid: string | undefined } | null = null;
 
   constructor(private readonly o: LaunchVmOptions) {
     setMaxListeners(0, this.changed); // one listener per offload request waiting (bounded by maxOffloadsInFlight)
@@ -73,6 +75,21 @@ export class LaunchVm {
       },
       (err: unknown) => this.o.fail(asVmsynthError(err)),
     );
+  }
+
+  /**
+   * Mounts the images and restores the VM a handoff brought: the device state
+   * A saved without RAM (its RAM is the images, with the delta), and A's
+   * generation ID (the same VM, not a clone).
+   */
+  startHandedOff(deviceState: Uint8Array, genid: string | undefined): void {
+    this.handedOff = { deviceState, genid };
+    this.start();
+  }
+
+  /** The running VM (its QMP, its qcow2 layer), once it runs. */
+  get restored(): RestoredVm | null {
+    return this.vm;
   }
 
   /** The host port forwarded to the app, once the VM runs. */
@@ -125,7 +142,8 @@ export class LaunchVm {
         run: dir,
         memory: { path: images.memory, share: false },
         disk: { path: images.disk },
-        deviceState: overlay.deviceState(),
+        deviceState: this.handedOff?.deviceState ?? overlay.deviceState(),
+        ...(this.handedOff ? { devicesOnly: true, genid: this.handedOff.genid } : {}),
         appPort: overlay.body.vm.appPort,
         signal: this.abort.signal,
         onStarted: (vm) => this.watch(vm),

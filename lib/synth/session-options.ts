@@ -27,6 +27,8 @@ export interface SynthEvents {
   complete(appliedMs: number): void;
   /** The session cannot go on (the caller closes it). */
   failed(err: VmsynthError): void;
+  /** A handoff's target: a guest read waits for delta segment `segment` (numbered after the overlay's). */
+  deltaDemand?(segment: number): void;
 }
 
 export interface SynthOptions {
@@ -54,6 +56,11 @@ export interface SynthOptions {
    * as the client sent it, kept for that server.
    */
   keeper?: { graceMs: number; manifest: Uint8Array; overlayUrl?: string; pool?: KeeperPool };
+  /**
+   * A handoff's target: the overlay is applied whole (policy baseline), and the
+   * VM resumes only when the handoff brings its device state (`machine.startHandedOff`).
+   */
+  incoming?: boolean;
   /** Adopt session `id` from the keeper a previous server left, with the record it kept. */
   adopt?: SynthRecord;
 }

@@ -27,7 +27,6 @@ import type { SynthOptions } from './session-options.js';
 import { MANIFEST_FILE, RecordWriter, type SynthRecord } from './session-record.js';
 
 export type { SynthStats } from './ledger.js';
-export type { Outstanding } from './segment-sources.js';
 export type { SynthEvents, SynthOptions } from './session-options.js';
 
 export class SynthSession {
@@ -35,8 +34,9 @@ export class SynthSession {
   private readonly scope = new Scope();
   private readonly scheduler: SegmentScheduler;
   private readonly ledger: SessionLedger;
-  private launch!: LaunchImages;
-  private vm!: LaunchVm;
+  /** The launch images and the VM; a handoff reads them (a source's passes) or feeds them (a target's delta). */
+  launch!: LaunchImages;
+  vm!: LaunchVm;
   private closing: Promise<SynthStats> | null = null;
   private failedWith: VmsynthError | null = null;
   /** The store and the object store, before the client. */
@@ -174,7 +174,7 @@ export class SynthSession {
     }
     if (this.opts.policy !== 'early-start') this.sources.open();
     this.pump();
-    if (this.opts.policy !== 'baseline') this.vm.start();
+    if (this.opts.policy !== 'baseline' && !this.opts.incoming) this.vm.start();
     else if (this.scheduler.done) this.onComplete();
   }
 
@@ -214,6 +214,7 @@ export class SynthSession {
 
   private onDemand(segment: number): void {
     if (this.adopting) return void this.demandedWhileAdopting.push(segment);
+    if (segment >= this.scheduler.total) return this.opts.events.deltaDemand?.(segment); // a handoff's delta
     const before = this.scheduler.outOfOrder;
     if (this.scheduler.demand(segment)) {
       this.ledger.demandFetches++;
@@ -320,7 +321,7 @@ export class SynthSession {
     void this.saveRecord();
     publish('overlayComplete', { session: this.id, ms });
     this.opts.events.complete(ms);
-    if (this.opts.policy === 'baseline') this.vm.start();
+    if (this.opts.policy === 'baseline' && !this.opts.incoming) this.vm.start();
   }
 
   private fail(err: VmsynthError): void {
@@ -386,8 +387,7 @@ export class SynthSession {
     this.closing ??= (async () => {
       const stats = this.stats();
       this.vm?.abortResume();
-      // Held reads fail first: a resume may wait on one (libvirtd and QEMU read the images as the
-      // domain starts), and a vCPU blocked in one keeps QEMU from exiting on SIGTERM.
+      // Held reads fail first: a resume may wait on one, and a vCPU blocked in one keeps QEMU from exiting.
       this.launch?.failHeldReads();
       // Let a resume in progress reach a step boundary, so whatever it acquired is in the scope.
       await this.vm?.settled();

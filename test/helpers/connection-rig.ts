@@ -7,7 +7,7 @@ import type { Test } from 'tap';
 import net from 'node:net';
 import { VmsynthError, type ErrorCode } from '../../lib/core/errors.js';
 import type { Overlay } from '../../lib/overlay/reader.js';
-import type { Outstanding } from '../../lib/synth/session.js';
+import type { Outstanding } from '../../lib/synth/segment-sources.js';
 import { encodeFrame, FrameDecoder } from '../../lib/protocol/frames.js';
 import { PROTOCOL } from '../../lib/protocol/messages.js';
 import type { Admitted } from '../../lib/server/admission.js';
