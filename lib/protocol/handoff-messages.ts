@@ -187,7 +187,7 @@ function checkTable(t: unknown): DeltaTable {
     uint(x.digests) &&
     bytes(x.sha256, HASH_BYTES) &&
     bytes(x.chunks) &&
-    (x.chunks).length === (x.count) * 16 &&
+    x.chunks.length === x.count * 16 &&
     (x.tableSha256 === undefined || bytes(x.tableSha256, HASH_BYTES));
   if (!ok) throw bad('a delta segment table is malformed');
   return x as unknown as DeltaTable;
