@@ -10,6 +10,9 @@
  *       working set and reads B MiB of the data disk (O_DIRECT, from C MiB),
  *       and returns a digest of each, so the host can check that the bytes
  *       the guest saw after a resume are the bytes it had before.
+ *   GET /state?add=N&touch_mb=M&disk_mb=D&disk_off_mb=O -> state that requests
+ *       build (a count, a chain of values, pages and disk blocks written):
+ *       app-state.c. A VM that went on has it; a fresh one does not.
  *
  *   GET /info also carries the guest's wall clock (unixMs), so the host can
  *   check that a resumed VM's clock is right, and eth0's MAC, 16 fresh bytes
@@ -48,6 +51,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "app-state.h"
 #include "clock.h"
 #include "identity.h"
 
@@ -251,6 +255,10 @@ static void handle(int c, double started) {
     identity_json(id, sizeof id);
     snprintf(body, sizeof body, "{\"wsMb\":%zu,\"uptimeMs\":%.0f,\"unixMs\":%lld,%s}", ws_bytes / MIB, (now_us() - started) / 1e3, realtime_ms(), id);
     reply(c, 200, body);
+  } else if (strcmp(target, "/state") == 0) {
+    int status = app_state(query_num(query, "add", -1), query_num(query, "touch_mb", 0), query_num(query, "disk_mb", 0),
+                           query_num(query, "disk_off_mb", 56), ws, ws_bytes, disk_path, body, sizeof body);
+    reply(c, status, body);
   } else if (strcmp(target, "/run") == 0) {
     long mem_mb = query_num(query, "mem_mb", 0), disk_mb = query_num(query, "disk_mb", 0);
     long disk_off = query_num(query, "disk_off_mb", 0);

@@ -141,6 +141,18 @@ export const ERRORS = {
     exit: 69,
     hint: 'The session to resume has ended (finished, failed, or its grace period passed) or the server does not know it (it restarted); start a new session.',
   },
+  VMS_SESSION_MOVED: {
+    exit: 75,
+    hint: 'The session was handed off to another cloudlet (details.to, details.session); resume it there. The client library does this by itself.',
+  },
+  VMS_HANDOFF: {
+    exit: 75,
+    hint: 'The handoff failed at the step the message names; unless it says otherwise the VM goes on where it was. Retry, or hand off to another cloudlet.',
+  },
+  VMS_HANDOFF_REFUSED: {
+    exit: 69,
+    hint: "The target cloudlet refused the handoff (details.targetCode says why: it lacks the base, is full, or does not trust this cloudlet's key); the VM goes on here. Pick another cloudlet (`vmsynth discover`), or give the target the base or the key.",
+  },
   VMS_BUSY: {
     exit: 75,
     hint: 'The server runs as many sessions as it is allowed; retry shortly, or raise its --max-sessions.',

@@ -19,6 +19,7 @@ import type { OutgoingHeader } from '../protocol/frames.js';
 import { MAX_LIST, SECRET_BYTES, type Policy } from '../protocol/messages.js';
 import type { SynthEvents } from '../synth/session.js';
 import type { SessionHandle } from './session-handle.js';
+import { PartialSegment } from './partial-segment.js';
 import { RequestLog, type Outcome } from './request-log.js';
 
 /** The connection side of an attached session. */
@@ -78,9 +79,7 @@ export class ServedSession {
   private detachedAt: number | null = null;
   endedWith: VmsynthError | null = null;
   /** The received part of a segment whose frame a drop cut short: a resume asks only for the rest. */
-  private partial: { index: number; data: Buffer } | null = null;
-  /** Segment bytes received and then thrown away (a part that could not be kept or used). */
-  discardedBytes = 0;
+  readonly partial = new PartialSegment();
   private lastPeer = '';
 
   constructor(private readonly opts: ServedOptions) {
@@ -181,9 +180,8 @@ export class ServedSession {
     const progress = h.progress();
     const replayed = this.log.unacked();
     const wanted = h.outstanding();
-    const p = this.partial;
-    const still = [...wanted.demand, ...wanted.background, ...wanted.thin.map((t) => t.index)];
-    if (p && !still.includes(p.index)) this.dropPartial();
+    this.partial.keepOnly([...wanted.demand, ...wanted.background, ...wanted.thin.map((t) => t.index)]);
+    const part = this.partial.held;
     attachment.send({
       type: 'resumed',
       session: h.id,
@@ -194,7 +192,7 @@ export class ServedSession {
       ...(progress.appliedMs !== null ? { appliedMs: progress.appliedMs } : {}),
       replies: replayed.map(([id]) => id).slice(0, MAX_LIST),
       running: this.log.runningIds().slice(0, MAX_LIST),
-      ...(this.partial ? { partialIndex: this.partial.index, partialBytes: this.partial.data.length } : {}),
+      ...(part ? { partialIndex: part.index, partialBytes: part.bytes } : {}),
     });
     this.events.want('demand', wanted.demand);
     this.events.want('background', wanted.background);
@@ -241,21 +239,7 @@ export class ServedSession {
    * drop: the session gets it whole.
    */
   receive(index: number, data: Buffer, offset?: number, thin = false): void {
-    const p = this.partial;
-    if (offset !== undefined) {
-      if (!p || p.index !== index || p.data.length !== offset)
-        throw new VmsynthError(
-          'VMS_PROTOCOL',
-          `segment ${index} was sent from byte ${offset}, but the server holds ${p?.index === index ? `${p.data.length} bytes` : 'nothing'} of it`,
-          {
-            details: { reason: 'partial-offset', segment: index, offset, held: p?.index === index ? p.data.length : 0 },
-          },
-        );
-      this.partial = null;
-      data = Buffer.concat([p.data, data]);
-    } else if (p?.index === index) {
-      this.dropPartial(); // sent whole again: the part is not needed
-    }
+    data = this.partial.complete(index, data, offset);
     this.handle!.receive(index, data, thin);
   }
 
@@ -264,28 +248,9 @@ export class ServedSession {
     void this.handle!.receiveTable(index, data);
   }
 
-  /**
-   * The connection dropped while segment `index` was arriving: keeps what arrived (`offset`: the
-   * frame was itself the rest of a part kept before), so the resume asks only for the rest.
-   */
+  /** The connection dropped while segment `index` was arriving: keeps what arrived, for the resume (PartialSegment). */
   keepPartial(index: number, payload: Buffer, offset?: number): void {
-    if (this.ended || payload.length === 0) return;
-    const p = this.partial;
-    if (offset !== undefined) {
-      if (!p || p.index !== index || p.data.length !== offset) {
-        this.discardedBytes += payload.length;
-        return;
-      }
-      this.partial = { index, data: Buffer.concat([p.data, payload]) };
-      return;
-    }
-    if (p) this.dropPartial();
-    this.partial = { index, data: Buffer.from(payload) };
-  }
-
-  private dropPartial(): void {
-    this.discardedBytes += this.partial?.data.length ?? 0;
-    this.partial = null;
+    if (!this.ended) this.partial.keep(index, payload, offset);
   }
 
   /** An offload request: run once, whatever number of times it arrives. */
@@ -346,9 +311,9 @@ export class ServedSession {
         resumes: this.resumes,
         detachedMs: Math.round(this.detachedMs),
         requests: this.log.size,
-        segmentBytesDiscarded: this.discardedBytes,
+        segmentBytesDiscarded: this.partial.discardedBytes,
       };
-      this.partial = null;
+      this.partial.clear();
       // The attached connection may have changed during the teardown (a resume of an ending session is refused).
       const now = this.attachment;
       if (!error && now) now.send({ type: 'finished', stats: all });

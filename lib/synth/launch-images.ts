@@ -58,6 +58,8 @@ export class LaunchImages {
   adoptedSegments: number[] = [];
   /** Per image, the chunks a handoff's delta segments brought (what a later handoff must send too). */
   private readonly fromDelta = [new Set<number>(), new Set<number>()];
+  /** Memory and disk as a handoff's passes read them: the same maps, without the guest's counters or gate (read only complete images). */
+  views!: [ImageFile, ImageFile];
 
   private constructor(
     private readonly opts: LaunchImageOptions,
@@ -95,18 +97,12 @@ export class LaunchImages {
       await receivedHandles[1]!.truncate(body.base.disk.bytes);
     }
     const baseHandles = [await open(opts.base[0], 'r'), await open(opts.base[1], 'r')];
-    const image = (i: number, name: string) =>
-      new ImageFile(
-        name,
-        maps[i]!,
-        {
-          [ChunkSource.BASE]: fileReader(baseHandles[i]!, opts.base[i]!),
-          [ChunkSource.ZERO]: zeroReader,
-          [ChunkSource.OVERLAY]: fileReader(receivedHandles[i]!, received[i]!),
-        },
-        undefined,
-        arrivals.gate(i),
-      );
+    const readers = (i: number) => ({
+      [ChunkSource.BASE]: fileReader(baseHandles[i]!, opts.base[i]!),
+      [ChunkSource.ZERO]: zeroReader,
+      [ChunkSource.OVERLAY]: fileReader(receivedHandles[i]!, received[i]!),
+    });
+    const image = (i: number, name: string) => new ImageFile(name, maps[i]!, readers(i), undefined, arrivals.gate(i));
     const segments = [...body.segments];
     const pipeline = new SegmentPipeline({
       segments,
@@ -118,6 +114,8 @@ export class LaunchImages {
     });
     scope.defer('stop the apply workers', () => pipeline.close());
     const launch = new LaunchImages(opts, arrivals, image(0, 'memory.img'), image(1, 'disk.img'), pipeline, segments);
+    // The same images with their own counters, for a handoff's reads (they are not the guest's).
+    launch.views = [new ImageFile('memory.img', maps[0]!, readers(0)), new ImageFile('disk.img', maps[1]!, readers(1))];
     if (opts.adopt) await launch.adoptKeeper(scope);
     return launch;
   }
@@ -240,6 +238,16 @@ export class LaunchImages {
   deltaChunks(): [number[], number[]] {
     const sorted = (s: Set<number>) => [...s].sort((a, b) => a - b);
     return [sorted(this.fromDelta[0]!), sorted(this.fromDelta[1]!)];
+  }
+
+  /** The overlay's segment count: delta segments are numbered from here. */
+  get overlaySegments(): number {
+    return this.opts.body.segments.length;
+  }
+
+  /** The base's image files, memory then disk. */
+  get baseFiles(): readonly [string, string] {
+    return this.opts.base;
   }
 
   /** Overlay and delta chunks not arrived yet, both images. */

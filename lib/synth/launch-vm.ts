@@ -15,7 +15,8 @@ import type { Overlay } from '../overlay/reader.js';
 import type { Policy } from '../protocol/messages.js';
 import type { Base } from '../vm/base.js';
 import { askApp, type HttpReply } from '../vm/guest-app.js';
-import type { Libvirt } from '../vm/libvirt.js';
+import { qemuPid, type Libvirt } from '../vm/libvirt.js';
+import { saveDevices } from '../vm/migration.js';
 import { explainFailure, type RunningVm } from '../vm/machine.js';
 import { adoptRestored, restoreVm, type RestoredVm } from '../vm/restore.js';
 import type { RunDir } from '../vm/run-dir.js';
@@ -89,6 +90,31 @@ export class LaunchVm {
 
   /** The running VM (its QMP, its qcow2 layer), once it runs. */
   get restored(): RestoredVm | null {
+    return this.vm;
+  }
+
+  /** A handoff's stop: pauses the VM and returns its device state without RAM (the VM stays, paused). */
+  async stopForHandoff(): Promise<Buffer> {
+    const vm = this.running();
+    return saveDevices(vm.qmp, this.o.dir.file('handoff-devices.state'));
+  }
+
+  /** The handoff did not complete before the target resumed: the VM goes on here. */
+  async continueAfterHandoff(): Promise<void> {
+    await this.running().qmp.execute('cont');
+  }
+
+  /** QEMU's process id (for reading its memory from outside: handoff/vm-changes.ts). */
+  async qemuPid(): Promise<number> {
+    this.running();
+    const pid = await qemuPid(this.domain);
+    if (pid === null) throw new VmsynthError('VMS_QEMU_DIED', `the VM ${this.domain} has no QEMU process`);
+    return pid;
+  }
+
+  private running(): RestoredVm {
+    if (!this.vm || this.o.ended())
+      throw this.o.ended() ?? new VmsynthError('VMS_HANDOFF', `the VM of session ${this.o.id} is not running yet`);
     return this.vm;
   }
 

@@ -129,3 +129,21 @@ export async function loadState(qmp: QmpClient, file: string, socketPath: string
     await fsp.rm(socketPath, { force: true });
   }
 }
+
+/**
+ * Stops the VM (if it runs) and writes its device state without RAM to
+ * `file` (QMP xen-save-devices-state, live false: QEMU writes the file
+ * itself, so it must be where QEMU may write, the run directory). It loads
+ * into a QEMU started with `-global migration.send-configuration=off`
+ * (restore.ts `devicesOnly`). Returns the bytes.
+ */
+export async function saveDevices(qmp: QmpClient, file: string): Promise<Buffer> {
+  await qmp.execute('stop');
+  await fsp.rm(file, { force: true });
+  await qmp.execute('xen-save-devices-state', { filename: file, live: false });
+  try {
+    return await fsp.readFile(file);
+  } finally {
+    await fsp.rm(file, { force: true });
+  }
+}
