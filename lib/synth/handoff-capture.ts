@@ -45,7 +45,7 @@ export class HandoffCapture {
     const images = this.session.launch.views;
     return {
       launch: async (image, index, out) => {
-        const n = await images[image]!.read(out, CHUNK_SIZE, index * CHUNK_SIZE);
+        const n = await images[image].read(out, CHUNK_SIZE, index * CHUNK_SIZE);
         if (n < CHUNK_SIZE) out.fill(0, n);
       },
       base: async (image, index, out) => {

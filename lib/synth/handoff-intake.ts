@@ -19,7 +19,7 @@ import type { SynthSession } from './session.js';
 export class HandoffIntake {
   /** Applies of the pass announced last, and the chain that announces the next. */
   private applies: Promise<void>[] = [];
-  private announced: Promise<void> = Promise.resolve();
+  private announced: Promise<unknown> = Promise.resolve();
   /** Delta segments announced (their table is in the images) and not yet received. */
   private readonly waiting = new Map<number, (data: Buffer) => void>();
   /** Delta segments received before their pass was announced. */
@@ -37,9 +37,10 @@ export class HandoffIntake {
     private readonly done: () => void,
   ) {}
 
-  /** A pre-copy pass's tables. */
-  pass(tables: DeltaTable[]): void {
-    this.announce(tables, false);
+  /** A pre-copy pass's tables; resolves once the pass is applied (rejects when the handoff failed). */
+  async pass(tables: DeltaTable[]): Promise<void> {
+    await Promise.all(await this.announce(tables, false));
+    if (this.failure) throw this.failure;
   }
 
   /** The last pass's tables and the device state: the VM resumes as soon as the tables are announced. */
@@ -51,8 +52,9 @@ export class HandoffIntake {
     });
   }
 
-  private announce(tables: DeltaTable[], last: boolean): Promise<void> {
-    this.announced = this.announced.then(async () => {
+  /** Announces a pass once the previous one is applied; resolves with its applies. */
+  private announce(tables: DeltaTable[], last: boolean): Promise<Promise<void>[]> {
+    const announced = this.announced.then(async () => {
       // Every segment of the previous pass is applied before this one's chunks are announced.
       await Promise.all(this.applies);
       if (this.failure) throw this.failure;
@@ -60,8 +62,11 @@ export class HandoffIntake {
         this.session.launch.expectDelta(t.index, { ...t, offset: 0 });
         return this.arrival(t.index, last);
       });
+      return this.applies;
     });
-    return this.announced;
+    this.announced = announced.then(() => undefined);
+    this.announced.catch(() => undefined); // (the caller of pass or final hears it)
+    return announced;
   }
 
   /** Resolves once segment `index` has arrived and is applied. */

@@ -50,7 +50,7 @@ async function session(
   incoming: boolean,
   deltaDemand?: (segment: number) => void,
 ): Promise<{ s: SynthSession; ready: Promise<number>; complete: Promise<number> }> {
-  let s!: SynthSession;
+  const at: { s?: SynthSession } = {};
   let ready!: (ms: number) => void;
   let complete!: (ms: number) => void;
   let failed!: (err: Error) => void;
@@ -58,7 +58,7 @@ async function session(
   failure.catch(() => undefined);
   const events: SynthEvents = {
     want: (_lane, segments) => {
-      for (const i of segments) setImmediate(() => s.receive(i, segFile.read(overlay.body.segments[i]!)));
+      for (const i of segments) setImmediate(() => at.s!.receive(i, segFile.read(overlay.body.segments[i]!)));
     },
     hurry: () => undefined,
     tables: () => undefined,
@@ -68,7 +68,7 @@ async function session(
     failed: (err) => failed(err),
     ...(deltaDemand ? { deltaDemand } : {}),
   };
-  s = await SynthSession.start({ overlay, base, policy: 'baseline', lv, events, incoming, threads: 2 });
+  const s = (at.s = await SynthSession.start({ overlay, base, policy: 'baseline', lv, events, incoming, threads: 2 }));
   const race = <T>(p: Promise<T>) => Promise.race([p, failure]);
   const r = {
     s,
@@ -109,20 +109,21 @@ t.test('a VM handed off goes on with the state its requests built', async (t) =>
   t.ok(stop.deviceState.length > 0, `device state: ${stop.deviceState.length} bytes; last pass ${p3.bytes} bytes`);
 
   const demanded: number[] = [];
-  let intake!: HandoffIntake;
+  const ref: { intake?: HandoffIntake } = {};
   const b = await session(true, (segment) => {
     demanded.push(segment);
-    intake.demand(segment);
+    ref.intake!.demand(segment);
     sendFinal(); // a guest read waits: send the last pass now
   });
   t.teardown(() => b.s.close());
   await b.complete;
   let done!: () => void;
   const allThere = new Promise<void>((res) => (done = res));
-  intake = new HandoffIntake(b.s, (err) => t.fail(err.message), done);
+  const intake = (ref.intake = new HandoffIntake(b.s, (err) => t.fail(err.message), done));
   for (const p of [p1, p2]) {
-    intake.pass(tables(p));
+    const applied = intake.pass(tables(p));
     for (const seg of p.segments) intake.segment(seg.index, seg.data);
+    await applied;
   }
   let sent = false;
   const sendFinal = () => {
