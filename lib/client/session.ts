@@ -22,14 +22,16 @@ import type { Policy, ServerMessage } from '../protocol/messages.js';
 import { reconnectWithin } from './reconnect.js';
 import { connect, parseServer, serverError } from './connect.js';
 import { SendLanes } from './lanes.js';
+import { Offloads } from './offloads.js';
 import type { ClientEvent, LoggedOffload, OffloadReply, OffloadRequest, Reconnect } from './types.js';
-import type { PendingOffload as Pending, SessionOptions, SessionState as State } from './types.js';
+import type { SessionOptions, SessionState as State } from './types.js';
 
 /** How long one reconnect attempt may take to connect (the first gets 10 s). */
 const RECONNECT_CONNECT_MS = 2000;
 
 export class ClientSession {
-  readonly server: { host: string; port: number };
+  /** The server the session is on (a handoff moves it). */
+  server: { host: string; port: number };
   id = '';
   base = '';
   segments = 0;
@@ -41,9 +43,7 @@ export class ClientSession {
   private keepaliveMs = 10_000;
   private graceMs = 0;
   private keeps = false; // the server keeps sessions across its restarts (welcome's `keeps`)
-  private nextId = 1;
-  private readonly pending = new Map<number, Pending>();
-  private readonly log: LoggedOffload[] = [];
+  private readonly offloads = new Offloads();
   private readonly t0: number;
   private liveness: ReturnType<typeof setInterval> | null = null;
   private droppedAt: number | null = null;
@@ -196,7 +196,8 @@ export class ClientSession {
         if (m.appliedMs !== undefined) this.completeResolve(m.appliedMs);
         // Requests the server never got go again, under their ids; the others' replies are on their way.
         const known = new Set([...m.replies, ...m.running]);
-        for (const [id, p] of this.pending) if (!known.has(id)) this.sendOffload(id, p.req);
+        for (const [id, req] of this.offloads.waiting()) if (!known.has(id)) this.sendOffload(id, req);
+        this.offloads.resumed();
         if (this.state === 'finishing') io.send({ type: 'finish' });
         return;
       }
@@ -222,11 +223,17 @@ export class ClientSession {
         return;
       case 'reply':
         io.send({ type: 'ack', ids: [m.id] });
-        this.settle(m.id, null, { status: m.status, body: m.body });
+        this.offloads.settle(m.id, null, { status: m.status, body: m.body });
         return;
       case 'complete':
         this.completeResolve(m.appliedMs);
         this.emit({ type: 'timeline', step: 'overlayComplete', ms: this.ms() });
+        return;
+      case 'moved': // the VM runs on another cloudlet now: resume it there
+        this.server = { host: m.host, port: m.port };
+        this.id = m.session;
+        this.emit({ type: 'moved', to: `${m.host}:${m.port}`, session: m.session });
+        this.dropped(`the session moved to ${m.host}:${m.port}`);
         return;
       case 'ping':
         return;
@@ -237,8 +244,9 @@ export class ClientSession {
         return;
       case 'error':
         if (m.id !== undefined && !m.fatal) {
+          if (this.offloads.refused(m.id, serverError(m.code, m.message))) return; // the handoff failed: we stay
           io.send({ type: 'ack', ids: [m.id] });
-          this.settle(m.id, serverError(m.code, m.message), null);
+          this.offloads.settle(m.id, serverError(m.code, m.message), null);
           return;
         }
         if (resume && this.state === 'finishing' && m.code === 'VMS_SESSION_GONE') {
@@ -323,37 +331,29 @@ export class ClientSession {
   offload(req: OffloadRequest): Promise<OffloadReply> {
     if (this.failure) return Promise.reject(this.failure);
     if (this.state === 'done') return Promise.reject(new VmsynthError('VMS_PEER_GONE', 'the session has ended'));
-    const id = this.nextId++;
-    const entry: LoggedOffload = { id, ...req, atMs: this.ms() };
-    this.log.push(entry);
-    return new Promise<OffloadReply>((resolve, reject) => {
-      this.pending.set(id, { req, resolve, reject });
-      this.sendOffload(id, req);
-    }).then(
-      (r) => ((entry.status = r.status), r),
-      (err: unknown) => {
-        entry.error = err instanceof VmsynthError ? err.code : 'VMS_INTERNAL';
-        throw err;
-      },
-    );
+    return this.offloads.add(req, this.ms(), (id) => this.sendOffload(id, req));
+  }
+
+  /**
+   * Asks the server to move this session's VM to the cloudlet at `to` (HOST:PORT, a handoff).
+   * Resolves once the VM runs there and this session has resumed it; requests go on meanwhile
+   * (those the move held are sent again there, and run once).
+   */
+  handoff(to: string): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (!this.live) return Promise.reject(new VmsynthError('VMS_HANDOFF', 'a handoff needs a connected session'));
+    const { host, port } = parseServer(to);
+    return this.offloads.handoff((id) => this.io?.send({ type: 'handoff', id, host, port }));
   }
 
   /** Every request this session sent, in order, with its body and how it ended (Slingshot's request log). */
   requests(): LoggedOffload[] {
-    return this.log.map((e) => ({ ...e }));
+    return this.offloads.requests();
   }
 
   private sendOffload(id: number, req: OffloadRequest): void {
     if (!this.live) return; // sent after the resume
     this.io?.send({ type: 'offload', id, method: req.method, path: req.path }, req.body);
-  }
-
-  private settle(id: number, err: Error | null, reply: OffloadReply | null): void {
-    const p = this.pending.get(id);
-    if (!p) return; // a reply replayed after a resume, already had
-    this.pending.delete(id);
-    if (err) p.reject(err);
-    else p.resolve(reply!);
   }
 
   /** Ends the session: the server tears the VM down and answers with its stats. */
@@ -381,8 +381,7 @@ export class ClientSession {
     this.opened?.reject(err);
     this.failedReject(err);
     this.finished?.reject(err);
-    for (const p of this.pending.values()) p.reject(err);
-    this.pending.clear();
+    this.offloads.failAll(err);
   }
 
   private stop(): void {

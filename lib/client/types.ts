@@ -122,6 +122,8 @@ export type ClientEvent =
   | { type: 'accepted'; session: string; base: string }
   | { type: 'dropped'; reason: string }
   | { type: 'reconnected'; count: number; lostMs: number; reason: string }
+  /** The server moved the session's VM to another cloudlet (a handoff); the session resumes there. */
+  | { type: 'moved'; to: string; session: string }
   | {
       type: 'segment';
       index: number;

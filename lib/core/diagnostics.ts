@@ -36,6 +36,8 @@ export const channels = {
   sessionStarted: diagnostics.channel('vmsynth:server:session-started'),
   /** { session, peer, stats, error? } — a synthesis session ended and was torn down. */
   sessionEnded: diagnostics.channel('vmsynth:server:session-ended'),
+  /** { session, role: 'source' | 'target', peer, step, ms?, detail?, error? } — a step of a handoff to or from another cloudlet. */
+  handoff: diagnostics.channel('vmsynth:server:handoff'),
   /** { session, peer, graceMs, error } — a session's connection dropped; the session waits graceMs for a resume. */
   sessionDetached: diagnostics.channel('vmsynth:server:session-detached'),
   /** { session, peer, resumes } — a client resumed its session over a new connection. */

@@ -40,6 +40,7 @@ const EVENT_LEVEL: Record<ChannelName, Level> = {
   sessionDetached: 'info',
   offloadForwarded: 'debug',
   sessionReattached: 'info',
+  handoff: 'info',
   serverListening: 'info',
   storeHit: 'debug',
   storeChunkHit: 'debug',
@@ -54,7 +55,7 @@ const EVENT_LEVEL: Record<ChannelName, Level> = {
 /** An event's level; a few depend on what the event says. */
 function levelOf(name: ChannelName, m: Record<string, unknown>): Level {
   if (name === 'baseChecked' && m.ok === false) return 'error';
-  if (name === 'sessionEnded' && m.error) return 'warn';
+  if ((name === 'sessionEnded' || name === 'handoff') && m.error) return 'warn';
   // A read still held when its session ends is answered with an error because the VM is being torn down: expected, not a fault.
   if (name === 'fuseReadFailed' && (m.error as { code?: unknown } | undefined)?.code === 'VMS_INTERRUPTED')
     return 'debug';
@@ -89,6 +90,8 @@ function text(name: ChannelName, m: Record<string, unknown>): string {
         : `base "${String(m.base)}" failed verification: ${errText(m.error)}`;
     case 'sessionDetached':
       return `session ${String(m.session)}: the connection from ${String(m.peer)} dropped (${errText(m.error)}); waiting ${String(m.graceMs)} ms for a resume`;
+    case 'handoff':
+      return `handoff ${m.role === 'source' ? 'to' : 'from'} ${String(m.peer)}, session ${String(m.session)}: ${String(m.step)}${typeof m.ms === 'number' ? ` (${m.ms} ms)` : ''}${typeof m.detail === 'string' ? `: ${m.detail}` : ''}${m.error ? `: ${errText(m.error)}` : ''}`;
     case 'sessionReattached':
       return `session ${String(m.session)}: resumed by ${String(m.peer)} (resume ${String(m.resumes)})`;
     case 'sessionEnded':

@@ -34,6 +34,11 @@ export class FramedSocket {
     this.partial = null;
     return p;
   }
+  /** Another party takes over the conversation (a connection that turned out to be a handoff's). */
+  setHandlers(h: FramedHandlers): void {
+    this.handlers = h;
+  }
+
   /** performance.now() of the last bytes read and the last frame queued (keepalives and idle limits use them). */
   lastIn = performance.now();
   lastOut = performance.now();
@@ -41,7 +46,7 @@ export class FramedSocket {
   constructor(
     readonly socket: net.Socket,
     maxFrameBytes: number,
-    private readonly handlers: FramedHandlers,
+    private handlers: FramedHandlers,
   ) {
     this.decoder = new FrameDecoder({ maxFrameBytes });
     socket.setNoDelay(true);
@@ -53,7 +58,7 @@ export class FramedSocket {
       this.ended = true;
       this.partial = this.decoder.partialFrame();
       this.decoder.release();
-      handlers.closed(err);
+      this.handlers.closed(err);
     };
     socket.on('error', (err) => close(err));
     socket.on('close', () => close());

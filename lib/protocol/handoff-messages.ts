@@ -4,6 +4,7 @@
  * connects to cloudlet B's listener as a client would, says hello with this
  * protocol, and moves the VM:
  *
+ *   A: hello (as a client's, with this protocol)  B: welcome
  *   A: offer (the overlay manifest; the session's client, policy, secret hash)
  *   B: accepted (its session id) | error
  *   B: want (overlay segments its store and the object store lack)  A: segment
@@ -45,6 +46,7 @@ export type SourceMessage =
 
 /** From the target cloudlet (B). */
 export type TargetMessage =
+  | { type: 'welcome'; protocol: string; server: string }
   | { type: 'accepted'; session: string }
   | { type: 'want'; segments: number[] }
   | { type: 'complete'; appliedMs: number }
@@ -142,6 +144,9 @@ export function parseTargetMessage(f: Frame): TargetMessage {
   const h = f.header as Record<string, unknown>;
   noPayload(f);
   switch (h.type) {
+    case 'welcome':
+      need(f, str(h.protocol) && str(h.server), 'protocol');
+      return { type: 'welcome', protocol: h.protocol as string, server: h.server as string };
     case 'accepted':
       need(f, str(h.session), 'session');
       return { type: 'accepted', session: h.session as string };

@@ -41,6 +41,8 @@ export type ClientMessage =
   | { type: 'table'; index: number; data: Buffer }
   | { type: 'offload'; id: number; method: string; path: string; body: Buffer }
   | { type: 'ack'; ids: number[] }
+  /** Move the session's VM to the cloudlet at host:port (a handoff); `moved` follows, or an error with this id. */
+  | { type: 'handoff'; id: number; host: string; port: number }
   | { type: 'ping' }
   | { type: 'finish' }
   | { type: 'error'; code: string; message: string };
@@ -71,6 +73,8 @@ export type ServerMessage =
   | { type: 'ready'; resumedMs: number }
   | { type: 'reply'; id: number; status: number; body: Buffer }
   | { type: 'complete'; appliedMs: number }
+  /** The session's VM runs on another cloudlet now: resume `session` there with the same secret. */
+  | { type: 'moved'; host: string; port: number; session: string }
   | { type: 'ping' }
   | { type: 'finished'; stats: Record<string, unknown> }
   | { type: 'error'; code: string; message: string; fatal: boolean; id?: number };
@@ -96,6 +100,7 @@ const indices: Check = (v) => Array.isArray(v) && v.length > 0 && v.length <= MA
 const ids: Check = (v) => Array.isArray(v) && v.length <= MAX_LIST && v.every(uint);
 const secret: Check = (v) => v instanceof Uint8Array && v.length === SECRET_BYTES;
 const policy: Check = (v) => (POLICIES as readonly unknown[]).includes(v);
+const port: Check = (v) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 65535;
 
 function fields(
   f: Frame,
@@ -176,6 +181,10 @@ export function parseClientMessage(f: Frame): ClientMessage {
     case 'ack': {
       const h = fields(f, { ids: indices });
       return { type: 'ack', ids: h.ids as number[] };
+    }
+    case 'handoff': {
+      const h = fields(f, { id: uint, host: str, port });
+      return { type: 'handoff', id: h.id as number, host: h.host as string, port: h.port as number };
     }
     case 'ping':
       fields(f, {});
@@ -272,6 +281,10 @@ export function parseServerMessage(f: Frame): ServerMessage {
     case 'complete': {
       const h = fields(f, { appliedMs: uint });
       return { type: 'complete', appliedMs: h.appliedMs as number };
+    }
+    case 'moved': {
+      const h = fields(f, { host: str, port, session: str });
+      return { type: 'moved', host: h.host as string, port: h.port as number, session: h.session as string };
     }
     case 'ping':
       fields(f, {});

@@ -82,6 +82,8 @@ async function adoptOne(host: AdoptionHost, id: string, dir: string): Promise<vo
     maxOffloads: host.maxOffloads,
     onEnded: (x, error) => host.registry.remove(x, error),
     secretSha256: Buffer.from(served.secretSha256, 'hex'),
+    manifest,
+    ...(synth.overlayUrl !== undefined ? { overlayUrl: synth.overlayUrl } : {}),
   });
   const handle = await host.start(
     {

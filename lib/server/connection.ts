@@ -17,9 +17,11 @@ import { asVmsynthError, VmsynthError } from '../core/errors.js';
 import { VMSYNTH_VERSION } from '../core/version.js';
 import { FramedSocket } from '../protocol/framed-socket.js';
 import { aType, type Frame, type OutgoingHeader } from '../protocol/frames.js';
+import { HANDOFF_PROTOCOL } from '../protocol/handoff-messages.js';
 import { FRAME_CAPS, parseClientMessage, PROTOCOL, type ClientMessage } from '../protocol/messages.js';
 import type { ServerContext } from './context.js';
-import { clientMessage, ServedSession, type Attachment } from './served-session.js';
+import { clientMessage, movedTo } from './client-message.js';
+import { ServedSession, type Attachment } from './served-session.js';
 
 type Stage = 'greeting' | 'open' | 'starting' | 'attached' | 'ending';
 
@@ -142,6 +144,10 @@ export class Connection implements Attachment {
         this.expect('open', m);
         this.attach(this.ctx.sessions.find(m.session, m.secret, this.client!), true);
         return;
+      case 'handoff':
+        this.expect('attached', m);
+        this.served!.handoff(m.id, (to) => this.ctx.handoffs?.start(this.served!, to), m);
+        return;
       case 'segment':
         this.expect('attached', m);
         this.served!.receive(m.index, m.data, m.offset, m.thin === true);
@@ -179,6 +185,15 @@ export class Connection implements Attachment {
   }
 
   private hello(m: Extract<ClientMessage, { type: 'hello' }>): void {
+    const handoffs = this.ctx.handoffs;
+    if (m.protocol === HANDOFF_PROTOCOL && handoffs) {
+      // A cloudlet hands a session off here: the handoff's conversation takes the socket over.
+      this.client = this.ctx.auth.authenticate(m.token);
+      this.stage = 'ending';
+      this.closeWith(null, false);
+      handoffs.accept(this.io, this.peer, this.client);
+      return;
+    }
     if (m.protocol !== PROTOCOL) {
       const client = m.protocol.slice(0, 40);
       throw new VmsynthError(
@@ -220,6 +235,8 @@ export class Connection implements Attachment {
       graceMs: this.ctx.timing.graceMs,
       maxOffloads: this.ctx.maxOffloads,
       onEnded: (s, error) => this.ctx.sessions.remove(s, error),
+      manifest: m.manifest,
+      ...(m.overlayUrl !== undefined ? { overlayUrl: m.overlayUrl } : {}),
     });
     const handle = await this.ctx.startSession({
       overlay,
@@ -322,7 +339,8 @@ export class Connection implements Attachment {
     }
     if (err.code !== 'VMS_PEER_GONE')
       publish('connectionRefused', { peer: this.peer, client: this.client, code: err.code, message: err.message });
-    this.send({ type: 'error', code: err.code, message: clientMessage(err), fatal: true });
+    if (err.code === 'VMS_SESSION_MOVED') this.send({ type: 'moved', ...movedTo(err) });
+    else this.send({ type: 'error', code: err.code, message: clientMessage(err), fatal: true });
     this.stage = 'ending';
     this.closeWith(err);
   }
@@ -355,7 +373,8 @@ export class Connection implements Attachment {
     this.closeWith(this.served?.endedWith ?? null);
   }
 
-  private closeWith(err: VmsynthError | null): void {
+  /** Closes the connection (`end`: and its socket; not when a handoff took the socket over). */
+  private closeWith(err: VmsynthError | null, end = true): void {
     if (this.closed) return;
     this.closed = true;
     this.endedWith = err;
@@ -364,7 +383,7 @@ export class Connection implements Attachment {
     this.stage = 'ending';
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     if (this.liveness) clearInterval(this.liveness);
-    this.io.end();
+    if (end) this.io.end();
     this.onGone();
   }
 

@@ -5,6 +5,7 @@
  * the connection tests build one over fakes. Connections import this, never
  * the server, so the two do not import each other.
  */
+import type { FramedSocket } from '../protocol/framed-socket.js';
 import type { Policy } from '../protocol/messages.js';
 import type { SynthEvents } from '../synth/session.js';
 import type { Admitted } from './admission.js';
@@ -25,6 +26,8 @@ export interface SessionRequest extends Admitted {
   lookaside?: boolean;
   /** The overlay's manifest as the client sent it (a session left to its keeper keeps it for the next server). */
   manifest: Buffer;
+  /** A handoff's target: the VM resumes from the handoff's device state (SynthOptions.incoming). */
+  incoming?: boolean;
 }
 
 export interface ServerContext {
@@ -42,6 +45,16 @@ export interface ServerContext {
   maxOffloads: number;
   /** Bytes all connections may buffer before their sessions start. */
   preSession: ByteBudget;
+  /** Handoffs to and from other cloudlets (server/handoffs.ts); none: this server does none. */
+  handoffs?: HandoffHooks;
+}
+
+/** What a connection asks of the server's handoffs. */
+export interface HandoffHooks {
+  /** A cloudlet said hello to hand a session off here: the conversation on `io` is the handoff's from now on. */
+  accept(io: FramedSocket, peer: string, client: string): void;
+  /** The client asked to move its session's VM to host:port: resolves when it runs there, or rejects (typed). */
+  start(served: ServedSession, to: { host: string; port: number }): Promise<unknown>;
 }
 
 export interface ConnectionTiming {

@@ -13,7 +13,10 @@
  * and a client can replay its own copy to catch up another server.
  */
 import { createHash } from 'node:crypto';
-import { VmsynthError } from '../core/errors.js';
+import { ERRORS, VmsynthError, type ErrorCode } from '../core/errors.js';
+
+const asCode = (c: unknown): ErrorCode =>
+  typeof c === 'string' && Object.hasOwn(ERRORS, c) ? (c as ErrorCode) : 'VMS_INTERNAL';
 
 export interface LoggedRequest {
   id: number;
@@ -32,6 +35,15 @@ export interface LoggedRequest {
 
 /** What a request ended with, kept until acknowledged. */
 export type Outcome = { status: number; body: Buffer } | { error: VmsynthError };
+
+/** The log as a handoff carries it to the next cloudlet (plain values: MessagePack). */
+export interface LogSnapshot {
+  highest: number;
+  dropped: number;
+  entries: LoggedRequest[];
+  /** Outcomes not yet acknowledged: a reply's status and body, or an error's code and message. */
+  outcomes: Array<[number, { status: number; body: Uint8Array } | { code: string; message: string }]>;
+}
 
 /** What to do with an offload message. */
 export type Admit =
@@ -124,6 +136,47 @@ export class RequestLog {
     }
     this.trim();
     return n;
+  }
+
+  /** Whether request `id` was logged (it runs, ran, or was answered). */
+  knows(id: number): boolean {
+    return this.entries.has(id) || id <= this.highest;
+  }
+
+  /** The log for the next cloudlet; no request may be running (the handoff drained them). */
+  snapshot(): LogSnapshot {
+    if (this.running.size > 0)
+      throw new VmsynthError('VMS_INTERNAL', `${this.running.size} requests still run: the log cannot move`);
+    return {
+      highest: this.highest,
+      dropped: this.dropped,
+      entries: this.export(),
+      outcomes: [...this.outcomes].map(([id, o]) => [
+        id,
+        'status' in o ? { status: o.status, body: o.body } : { code: o.error.code, message: o.error.message },
+      ]),
+    };
+  }
+
+  /** Takes over the log of a session handed off from another cloudlet (checked: it came over the network). */
+  restore(s: LogSnapshot): void {
+    const ok =
+      Number.isSafeInteger(s.highest) &&
+      Array.isArray(s.entries) &&
+      Array.isArray(s.outcomes) &&
+      s.entries.every((e) => Number.isSafeInteger(e.id) && e.id <= s.highest) &&
+      s.outcomes.every(([id]) => Number.isSafeInteger(id) && id <= s.highest);
+    if (!ok) throw new VmsynthError('VMS_PROTOCOL', 'the request log a handoff carried is malformed');
+    this.highest = s.highest;
+    this.dropped = Number(s.dropped) || 0;
+    for (const e of s.entries) this.entries.set(e.id, { ...e });
+    for (const [id, o] of s.outcomes) {
+      const outcome: Outcome =
+        'status' in o
+          ? { status: o.status, body: Buffer.from(o.body) }
+          : { error: new VmsynthError(asCode(o.code), String(o.message)) };
+      this.outcomes.set(id, outcome);
+    }
   }
 
   /** Ids still running in the app. */

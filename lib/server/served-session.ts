@@ -19,6 +19,8 @@ import type { OutgoingHeader } from '../protocol/frames.js';
 import { MAX_LIST, SECRET_BYTES, type Policy } from '../protocol/messages.js';
 import type { SynthEvents } from '../synth/session.js';
 import type { SessionHandle } from './session-handle.js';
+import { clientMessage, inLists, movedError } from './client-message.js';
+import { OffloadHold } from './offload-hold.js';
 import { PartialSegment } from './partial-segment.js';
 import { RequestLog, type Outcome } from './request-log.js';
 
@@ -43,8 +45,11 @@ export interface ServedOptions {
   maxOffloads: number;
   /** Called once the session has ended and its teardown is done. */
   onEnded(s: ServedSession, error: VmsynthError | null): void;
-  /** Adopting a session a previous server left: the SHA-256 of its secret (no new secret is made). */
+  /** Adopting a session a previous server left, or one handed off here: the SHA-256 of its secret (no new secret is made). */
   secretSha256?: Buffer;
+  /** The overlay's manifest as the client sent it, and the URL it named (a handoff offers them to the next cloudlet). */
+  manifest?: Buffer;
+  overlayUrl?: string;
 }
 
 /** What a server that adopts the session needs to let its client resume it (kept in the run directory). */
@@ -55,11 +60,6 @@ export interface ServedRecord {
   segments: number;
   /** Hex. */
   secretSha256: string;
-}
-
-/** Sends `ids` in lists of at most MAX_LIST. */
-function inLists(ids: number[], send: (part: number[]) => void): void {
-  for (let i = 0; i < ids.length; i += MAX_LIST) send(ids.slice(i, i + MAX_LIST));
 }
 
 export class ServedSession {
@@ -81,6 +81,8 @@ export class ServedSession {
   /** The received part of a segment whose frame a drop cut short: a resume asks only for the rest. */
   readonly partial = new PartialSegment();
   private lastPeer = '';
+  /** While a handoff stops the VM, new offload requests wait here. */
+  private readonly hold = new OffloadHold();
 
   constructor(private readonly opts: ServedOptions) {
     this.secret = opts.secretSha256 ? null : randomBytes(SECRET_BYTES);
@@ -125,6 +127,67 @@ export class ServedSession {
     const secret = this.secret!;
     this.secret = null;
     return secret;
+  }
+
+  /** The synthesis session (a handoff reaches its VM through it). */
+  get synthesis(): SessionHandle | null {
+    return this.handle;
+  }
+
+  /** What a handoff offers the next cloudlet: the session as its client opened it. */
+  get offer(): ServedOptions & { secretSha256: Buffer } {
+    return { ...this.opts, secretSha256: this.secretSha256 };
+  }
+
+  /** A handoff is about to stop the VM: new requests wait; resolves once those running are answered (OffloadHold). */
+  quiesce(ms: number): Promise<void> {
+    return this.hold.start(
+      () => this.log.runningIds().length,
+      ms,
+      () => this.ended,
+    );
+  }
+
+  /** The client asked (request `id`) to move the VM to `to`: `moved` comes on success, an error with `id` otherwise. */
+  handoff(
+    id: number,
+    start: (to: { host: string; port: number }) => Promise<unknown> | undefined,
+    to: { host: string; port: number },
+  ): void {
+    const started = start(to) ?? Promise.reject(new VmsynthError('VMS_HANDOFF', 'this server does no handoffs'));
+    started.catch((err: unknown) => this.sendOutcome(id, { error: asVmsynthError(err) }));
+  }
+
+  /** The handoff failed: the requests that waited run now, here. */
+  unquiesce(): void {
+    this.hold.release();
+  }
+
+  /**
+   * The VM runs on the next cloudlet now: the client is told where (`moved`), and the session
+   * ends here; requests that waited are the client's to send again there (it has no reply).
+   */
+  async moved(to: { host: string; port: number; session: string }): Promise<void> {
+    const a = this.attachment;
+    this.attachment = null;
+    a?.send({ type: 'moved', ...to });
+    a?.close();
+    await this.end(movedError(this.id, to));
+  }
+
+  /** A session handed off to this cloudlet: its VM is not here yet, and no grace period runs until handedOver(). */
+  incoming(handle: SessionHandle): void {
+    this.handle = handle;
+    this.secret = null;
+  }
+
+  /** The handoff is complete: the session waits for its client's resume, for its grace period. */
+  handedOver(): void {
+    if (!this.attachment && !this.ended)
+      this.startGrace(
+        'handed off here',
+        new VmsynthError('VMS_PEER_GONE', 'the session was handed off to this cloudlet'),
+      );
   }
 
   /** Whether the session's VM runs (only such a session can be left to its keeper). */
@@ -255,6 +318,7 @@ export class ServedSession {
 
   /** An offload request: run once, whatever number of times it arrives. */
   offload(id: number, method: string, path: string, body: Buffer): void {
+    if (!this.log.knows(id) && this.hold.hold(() => this.offload(id, method, path, body))) return;
     const verdict = this.log.admit(id, method, path, body, Math.round(performance.now() - this.t0));
     switch (verdict.action) {
       case 'wait':
@@ -332,13 +396,4 @@ export class ServedSession {
     })();
     return this.ending;
   }
-}
-
-/**
- * What a client is told about an error: the message, except for an internal error, whose
- * message is JavaScript's (the server's log has it with its stack).
- */
-export function clientMessage(err: VmsynthError): string {
-  if (err.code === 'VMS_INTERNAL') return 'an internal error of the server ended the session (its log has the details)';
-  return err.message.slice(0, 4000);
 }

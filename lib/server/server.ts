@@ -26,7 +26,8 @@ import type { SynthRecord } from '../synth/session-record.js';
 import { KeeperPool } from '../synth/keeper-pool.js';
 import { SynthSession } from '../synth/session.js';
 import { requireAccel } from '../vm/accel.js';
-import { findBaseWithImages, listBases, loadBase, verifyBase, type Base } from '../vm/base.js';
+import { findBaseWithImages, type Base } from '../vm/base.js';
+import { baseChecker, checkAllBases } from './base-checks.js';
 import { cleanStale } from '../vm/janitor.js';
 import { Libvirt } from '../vm/libvirt.js';
 import { newRunId } from '../vm/run-dir.js';
@@ -36,6 +37,8 @@ import { ByteBudget } from './byte-budget.js';
 import { Connection } from './connection.js';
 import type { ServerContext, SessionRequest } from './context.js';
 import { adoptSessions, keepServed } from './adoption.js';
+import { Handoffs } from './handoffs.js';
+import type { HandoffTuning } from './handoff-out.js';
 import type { ServedSession } from './served-session.js';
 import { SessionRegistry } from './session-registry.js';
 
@@ -88,43 +91,8 @@ export interface ServeOptions {
    * stop (release()) or a crash leaves the VMs running for graceMs, and the next server adopts them.
    */
   keepSessions?: boolean;
-}
-
-/** Hashes each base once per server (keyed by directory and capture time): later checks share the first. */
-function baseChecker(): (base: Base) => Promise<void> {
-  const verified = new Map<string, Promise<void>>();
-  return (base) => {
-    const key = `${base.dir}\0${base.manifest.created.at}`;
-    let p = verified.get(key);
-    if (!p) {
-      p = verifyBase(base).then(() => undefined);
-      p.catch(() => undefined);
-      verified.set(key, p);
-    }
-    return p;
-  };
-}
-
-/** Hashes every local base now, publishing each result (`vmsynth serve` does this before it listens). */
-async function checkAllBases(checkBase: (base: Base) => Promise<void>): Promise<void> {
-  for (const entry of await listBases()) {
-    if (!entry.ok) {
-      publish('baseChecked', { base: entry.name, ok: false, error: entry.error });
-      continue;
-    }
-    const t0 = performance.now();
-    const base = await loadBase(entry.dir);
-    const error = await checkBase(base).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    publish('baseChecked', {
-      base: entry.name,
-      ok: !error,
-      ms: Math.round(performance.now() - t0),
-      ...(error ? { error } : {}),
-    });
-  }
+  /** Handoffs (server/handoffs.ts): this cloudlet's name, the token other cloudlets want, pre-copy tuning. */
+  handoff?: { name?: string; token?: string; tuning?: Partial<HandoffTuning> };
 }
 
 /** A connection over its address's rate must authenticate within this long. */
@@ -138,6 +106,7 @@ export class SynthServer {
   private readonly registry: SessionRegistry;
   private readonly ctx: ServerContext;
   private readonly checkBase: (base: Base) => Promise<void>;
+  private readonly handoffs: Handoffs;
   /** A spare keeper started ahead of each session's need. */
   private readonly pool = new KeeperPool();
 
@@ -192,6 +161,17 @@ export class SynthServer {
       maxOffloads: opts.maxOffloadsInFlight ?? DEFAULTS.maxOffloadsInFlight,
       preSession: new ByteBudget(opts.preSessionMemoryBytes ?? DEFAULTS.preSessionMemoryMib * 2 ** 20),
     };
+    this.handoffs = new Handoffs({
+      ...opts.handoff,
+      admit: (client, manifest) => admission.admit(client, manifest),
+      start: (req) => this.startSynth(req, newRunId()),
+      sessions: this.registry,
+      ...(this.keeps ? { keep: (served: ServedSession) => void keepServed(served).catch(() => undefined) } : {}),
+      ...this.ctx.timing,
+      maxOffloads: this.ctx.maxOffloads,
+      store,
+    });
+    this.ctx.handoffs = this.handoffs;
     this.checkBase = checkBase;
   }
 
@@ -382,6 +362,7 @@ export class SynthServer {
   private shutdown(reason: VmsynthError, leave: boolean): Promise<void> {
     this.closing ??= (async () => {
       const stopped = new Promise<void>((resolve) => this.server.close(() => resolve()));
+      this.handoffs.close();
       // A session left to its keeper closes its own connection; the others are told why they end.
       await Promise.all([
         ...[...this.connections].filter((c) => !leave || !c.session).map((c) => c.shutdown(reason)),

@@ -48,6 +48,7 @@ export class SessionRegistry {
     const s = this.live.get(id);
     if (!s || s.ended) {
       const g = this.gone.get(id);
+      if (g?.error?.code === 'VMS_SESSION_MOVED') throw g.error; // handed off: the client is told where
       const why = g ? (g.error ? `it ended: ${g.error.code}: ${g.error.message}` : 'it was finished') : null;
       throw new VmsynthError(
         'VMS_SESSION_GONE',

@@ -245,6 +245,11 @@ export class LaunchImages {
     return this.opts.body.segments.length;
   }
 
+  /** Segment `index`'s entry: the overlay's, or a delta segment's once announced. */
+  segmentInfo(index: number): SegmentInfo | undefined {
+    return this.segments[index];
+  }
+
   /** The base's image files, memory then disk. */
   get baseFiles(): readonly [string, string] {
     return this.opts.base;

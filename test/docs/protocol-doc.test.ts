@@ -29,8 +29,8 @@ t.test('the version, every message type, and the sizes the parser enforces', asy
   t.ok(doc.includes(`\`${PROTOCOL}\``), `names ${PROTOCOL}`);
   const table = doc.slice(doc.indexOf('## Messages'), doc.indexOf('### What may be sent when'));
   const types = [
-    ...['hello', 'session', 'resume', 'segment', 'offload', 'ack', 'ping', 'finish', 'error'],
-    ...['welcome', 'accepted', 'resumed', 'want', 'hurry', 'ready', 'reply', 'complete', 'finished'],
+    ...['hello', 'session', 'resume', 'segment', 'offload', 'ack', 'handoff', 'ping', 'finish', 'error'],
+    ...['welcome', 'accepted', 'resumed', 'want', 'hurry', 'ready', 'reply', 'complete', 'moved', 'finished'],
   ];
   for (const type of types) t.match(table, new RegExp(`\\| \`${type}\` \\|`), `the message table has ${type}`);
   t.ok(doc.includes(MAX_LIST.toLocaleString('en-US')), `lists of at most ${MAX_LIST}`);

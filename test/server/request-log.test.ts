@@ -76,3 +76,41 @@ t.test('the export: every request, how it ended, no bodies; trimmed ids are stil
   t.notOk('body' in out[0]!, 'no body');
   t.match(log.admit(2, 'POST', '/r2', body, 99), { action: 'refuse', error: { details: { reason: 'id-order' } } });
 });
+
+t.test(
+  'a handoff moves the log: the next cloudlet replays what was not acknowledged, and runs nothing twice',
+  async (t) => {
+    const a = new RequestLog(8);
+    for (let id = 1; id <= 3; id++) a.admit(id, 'POST', `/r${id}`, body, id);
+    a.settle(1, { status: 200, body: Buffer.from('one') });
+    a.ack([1]);
+    a.settle(2, { status: 201, body: Buffer.from('two') });
+    t.throws(() => a.snapshot(), { code: 'VMS_INTERNAL' }, 'not while a request runs');
+    a.settle(3, { error: new VmsynthError('VMS_GUEST_TIMEOUT', 'slow') });
+    const b = new RequestLog(8);
+    b.restore(a.snapshot());
+    t.same(
+      b.unacked().map(([id]) => id),
+      [2, 3],
+    );
+    t.match(
+      b.admit(2, 'POST', '/r2', body, 9),
+      { action: 'replay', outcome: { status: 201 } },
+      'a reply the client lacks',
+    );
+    t.match(b.admit(3, 'POST', '/r3', body, 9), {
+      action: 'replay',
+      outcome: { error: { code: 'VMS_GUEST_TIMEOUT' } },
+    });
+    t.match(b.admit(1, 'POST', '/r1', body, 9), { action: 'refuse' }, 'an acknowledged one is not run again');
+    t.match(b.admit(4, 'POST', '/r4', body, 9), { action: 'run' }, 'a new one runs');
+    t.ok(b.knows(2) && !b.knows(5));
+    t.throws(
+      () =>
+        new RequestLog(8).restore({ highest: 1, dropped: 0, entries: [], outcomes: [[5, { status: 1, body: body }]] }),
+      {
+        code: 'VMS_PROTOCOL',
+      },
+    );
+  },
+);
