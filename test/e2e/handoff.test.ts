@@ -120,6 +120,22 @@ t.test('a VM moves to the next cloudlet while it serves, with its state, every r
   );
   t.pass(`A's session ended ${Math.round(performance.now() - tA)} ms after the stream stopped`);
   t.equal(b.sessionCount, 1, 'B holds it');
+
+  // Straight back, B to A: what the first handoff brought goes back too (B never wrote it itself).
+  const sessionB = s.id;
+  await state('add=100&touch_mb=1');
+  const backT0 = performance.now();
+  await s.handoff(addr(a));
+  t.equal(`${s.server.host}:${s.server.port}`, addr(a), `back on A (${Math.round(performance.now() - backT0)} ms)`);
+  const back = await state('');
+  t.same([back.count, back.chain], [after.count + 1, back.chain], `the count went on: ${back.count}`);
+  t.equal(
+    (await disk()).diskDigest,
+    before.diskDigest,
+    'the blocks written on A before the first handoff are still there',
+  );
+  await until(() => b.sessionCount === 0, "B's session to end");
+  const domains = [`vmsynth-${sessionA}`, `vmsynth-${sessionB}`, `vmsynth-${s.id}`];
   await s.finish();
-  t.same(await leaks([`vmsynth-${sessionA}`, `vmsynth-${s.id}`], runDir()), NO_LEAKS, 'nothing left on either');
+  t.same(await leaks(domains, runDir()), NO_LEAKS, 'nothing left on either');
 });
