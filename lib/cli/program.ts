@@ -16,6 +16,7 @@ import { DEFAULTS } from '../core/defaults.js';
 import { registerErrorsCommand } from './errors-command.js';
 import { registerOverlayCommands } from './overlay-commands.js';
 import { registerServeCommands } from './serve-commands.js';
+import { registerHandoffCommands } from './handoff-commands.js';
 import { registerStoreCommands } from './store-commands.js';
 import { registerTransferCommands } from './transfer-commands.js';
 import { registerSynthCommands } from './synth-commands.js';
@@ -340,6 +341,7 @@ Environment:
   registerSynthCommands(program);
   registerServeCommands(program);
   registerStoreCommands(program);
+  registerHandoffCommands(program);
   registerTransferCommands(program);
   registerErrorsCommand(program);
 

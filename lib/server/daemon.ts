@@ -2,7 +2,8 @@
  * `vmsynth serve` as a service: the synthesis server plus what ops need
  * around it. Owns the order of start and stop:
  *   start: metrics subscribed -> FUSE, libvirt, stale state, keys, bases
- *          verified, listener bound (SynthServer.listen) -> health endpoint
+ *          verified, listener bound (SynthServer.listen) -> control socket
+ *          (control.ts, in the run directory) -> health endpoint
  *          -> READY=1 to systemd -> watchdog pings;
  *   stop:  STOPPING=1 -> within gracefulStopS, every running session left
  *          to its keeper for the next server (SynthServer.release; without
@@ -16,6 +17,7 @@ import { checkExposure, type Config } from '../core/config.js';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import * as sd from '../core/sd-notify.js';
+import { ControlSocket } from './control.js';
 import { HealthEndpoint, type Routes } from './health-http.js';
 import { ServerMetrics } from './metrics.js';
 import { SynthServer } from './server.js';
@@ -35,6 +37,7 @@ export async function startDaemon(
   const metrics = new ServerMetrics();
   let server: SynthServer | null = null;
   let health: HealthEndpoint | null = null;
+  let control: ControlSocket | null = null;
   try {
     const tls =
       cfg.tlsCert && cfg.tlsKey ? { cert: await readTls(cfg.tlsCert), key: await readTls(cfg.tlsKey) } : undefined;
@@ -82,6 +85,7 @@ export async function startDaemon(
         : {}),
     });
     const s = server;
+    control = await ControlSocket.listen(s, cfg.runDir);
     if (cfg.metricsListen) {
       health = await HealthEndpoint.listen(
         cfg.metricsListen.host,
@@ -99,6 +103,7 @@ export async function startDaemon(
       );
     }
   } catch (err) {
+    await control?.close();
     await server?.close();
     metrics.close();
     throw err;
@@ -110,6 +115,7 @@ export async function startDaemon(
 
   const srv = server;
   const endpoint = health;
+  const ctl = control;
   let stopping: Promise<{ forced: boolean }> | null = null;
   return {
     server: srv,
@@ -133,6 +139,7 @@ export async function startDaemon(
             ),
           });
         await endpoint?.close();
+        await ctl.close();
         metrics.close();
         return { forced: how === 'overrun' };
       })();

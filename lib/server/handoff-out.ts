@@ -233,12 +233,12 @@ export async function handOff(o: HandoffOutOptions): Promise<HandoffReport> {
       await sendPass(link, n, p);
       await inbox.next('applied', (m) => m.pass === n);
       const ms = performance.now() - t;
-      if (p.bytes > 64 << 10) rate = p.bytes / Math.max(1, ms);
+      if (p.bytes >= 64 << 10) rate = p.bytes / Math.max(1, ms); // (a smaller pass times the round trip, not the link)
       const chunks = p.kinds.reduce((a, b) => a + b, 0);
       passes.push({ bytes: p.bytes, chunks, ms: Math.round(ms), level });
       step(`pass ${n + 1}`, { ms: Math.round(ms), detail: `${chunks} chunks, ${p.bytes} bytes, zstd ${level}` });
       const prev = passes.at(-2);
-      if (rate !== null && p.bytes / rate < tuning.stopMs) break;
+      if (rate === null ? p.bytes < 64 << 10 : p.bytes / rate < tuning.stopMs) break; // small for the link
       if (prev && p.bytes > 0.8 * prev.bytes) break; // not converging: the VM writes as fast as we send
     }
 

@@ -38,7 +38,7 @@ import { Connection } from './connection.js';
 import type { ServerContext, SessionRequest } from './context.js';
 import { adoptSessions, keepServed } from './adoption.js';
 import { Handoffs } from './handoffs.js';
-import type { HandoffTuning } from './handoff-out.js';
+import type { HandoffReport, HandoffTuning } from './handoff-out.js';
 import type { ServedSession } from './served-session.js';
 import { SessionRegistry } from './session-registry.js';
 
@@ -304,6 +304,19 @@ export class SynthServer {
     let n = this.registry.count(client);
     for (const c of this.connections) if (c.starting && (client === undefined || c.client === client)) n++;
     return n;
+  }
+
+  /** Moves session `id`'s VM to the cloudlet at `to` (server/handoffs.ts); resolves when it runs there. */
+  handoff(id: string, to: { host: string; port: number }): Promise<HandoffReport> {
+    const served = this.registry.all().find((s) => s.id === id);
+    if (!served)
+      return Promise.reject(new VmsynthError('VMS_SESSION_GONE', `this server has no session ${id.slice(0, 40)}`));
+    return this.handoffs.start(served, to);
+  }
+
+  /** The sessions here, for `vmsynth handoff`'s listing. */
+  sessionList(): Array<{ id: string; client: string; vmRunning: boolean }> {
+    return this.registry.all().map((s) => ({ id: s.id, client: s.client, vmRunning: s.vmRunning }));
   }
 
   /** Sessions running now. */

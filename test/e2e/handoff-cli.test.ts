@@ -1,0 +1,122 @@
+/**
+ * `vmsynth handoff` against real `vmsynth serve` processes, each with its
+ * own run directory and store (cloudlets A, B, and C, which lacks the base):
+ * a handoff C refuses fails with VMS_HANDOFF_REFUSED naming why, and the VM
+ * goes on serving on A; a handoff to B moves it, the client follows, and
+ * the report says what crossed. Nothing is left on any of them.
+ */
+import { testRoot, removeTestRoot } from '../helpers/env.js';
+import t from 'tap';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { ClientSession } from '../../lib/client/session.js';
+import { freePort } from '../../lib/core/net.js';
+import { packageRoot } from '../../lib/core/paths.js';
+import { createOverlay } from '../../lib/offline/create.js';
+import { generateKey } from '../../lib/overlay/keys.js';
+import { guestBase } from '../helpers/guest-base.js';
+import { leaks, NO_LEAKS } from '../helpers/leaks.js';
+import { until } from '../helpers/wait.js';
+
+const run = promisify(execFile);
+t.teardown(removeTestRoot);
+
+await guestBase('hcbase');
+await generateKey();
+const ov = path.join(testRoot, 'overlay');
+const demo = await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8');
+await createOverlay({ base: 'hcbase', out: ov, script: demo });
+
+const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
+const children = new Set<ChildProcess>();
+t.teardown(async () => {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
+  await Promise.all([...children].map((c) => (c.exitCode === null ? new Promise((r) => c.once('exit', r)) : null)));
+});
+
+interface Cloudlet {
+  name: string;
+  addr: string;
+  env: NodeJS.ProcessEnv;
+  runDir: string;
+}
+
+/** Starts `vmsynth serve` as cloudlet `name`, with its own run directory and store (and base directory, if given). */
+async function cloudlet(name: string, bases?: string): Promise<Cloudlet> {
+  const port = await freePort();
+  const runDir = path.join(testRoot, `run-${name}`);
+  const env = {
+    ...process.env,
+    VMSYNTH_RUN_DIR: runDir,
+    VMSYNTH_STORE_DIR: path.join(testRoot, `store-${name}`),
+    ...(bases ? { VMSYNTH_BASE_DIR: bases } : {}),
+    LOG_FORMAT: 'json',
+    LOG_LEVEL: 'info',
+  };
+  const child = spawn(
+    process.execPath,
+    [cli, 'serve', '--listen', `127.0.0.1:${port}`, '--no-verify-bases', '--json'],
+    { env, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  children.add(child);
+  let out = '';
+  child.stderr.on('data', () => undefined);
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('"listening"')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`vmsynth serve ${name} exited with ${code}: ${out.slice(-2000)}`)));
+  });
+  return { name, addr: `127.0.0.1:${port}`, env, runDir };
+}
+
+/** Runs `vmsynth handoff ... --json` against cloudlet `from`; resolves with its exit code and JSON. */
+async function handoff(from: Cloudlet, args: string[]): Promise<{ code: number; out: Record<string, unknown> }> {
+  const r = await run(process.execPath, [cli, 'handoff', ...args, '--json'], { env: from.env }).then(
+    (x) => ({ code: 0, stdout: x.stdout }),
+    (e: { code: number; stdout: string }) => ({ code: e.code, stdout: e.stdout }),
+  );
+  return { code: r.code, out: JSON.parse(r.stdout) as Record<string, unknown> };
+}
+
+t.test('vmsynth handoff: refused by a cloudlet without the base, then done to one with it', async (t) => {
+  const [a, b, c] = await Promise.all([cloudlet('a'), cloudlet('b'), cloudlet('c', path.join(testRoot, 'no-bases'))]);
+  const s = await ClientSession.open({ server: a.addr, overlay: ov });
+  await s.complete;
+  const count = async () =>
+    (
+      JSON.parse((await s.offload({ method: 'GET', path: '/state?add=1&touch_mb=1' })).body.toString()) as {
+        count: number;
+      }
+    ).count;
+  t.equal(await count(), 1);
+  const listed = await handoff(a, ['--list']);
+  t.match(listed.out, { sessions: [{ id: s.id, vmRunning: true }] }, '--list shows the session');
+
+  const refused = await handoff(a, ['--session', s.id, '--to', c.addr]);
+  t.equal(refused.code, 69, 'exit 69');
+  t.match(
+    refused.out,
+    { error: { code: 'VMS_HANDOFF_REFUSED', details: { targetCode: 'VMS_BASE_NOT_FOUND' } } },
+    `refused: ${JSON.stringify(refused.out).slice(0, 300)}`,
+  );
+  t.equal(await count(), 2, 'the VM goes on serving on A');
+  t.equal(`${s.server.host}:${s.server.port}`, a.addr);
+
+  const moved = await handoff(a, ['--session', s.id, '--to', b.addr]);
+  t.equal(moved.code, 0, `moved: ${JSON.stringify(moved.out).slice(0, 400)}`);
+  t.match(moved.out, { to: b.addr, passes: Array, final: { deviceStateBytes: Number } });
+  await until(() => `${s.server.host}:${s.server.port}` === b.addr, 'the client to follow');
+  t.equal(await count(), 3, 'the count goes on, on B');
+  const domains = [`vmsynth-${String((listed.out.sessions as Array<{ id: string }>)[0]!.id)}`, `vmsynth-${s.id}`];
+  await s.finish();
+  for (const child of children) {
+    const gone = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await gone;
+  }
+  for (const x of [a, b, c]) t.same(await leaks(domains, x.runDir), NO_LEAKS, `nothing left on ${x.name}`);
+});
