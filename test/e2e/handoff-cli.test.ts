@@ -32,8 +32,9 @@ await createOverlay({ base: 'hcbase', out: ov, script: demo });
 const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
 const children = new Set<ChildProcess>();
 t.teardown(async () => {
-  for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
-  await Promise.all([...children].map((c) => (c.exitCode === null ? new Promise((r) => c.once('exit', r)) : null)));
+  const running = [...children].filter((c) => c.exitCode === null);
+  for (const c of running) c.kill('SIGTERM');
+  await Promise.all(running.map((c) => new Promise((r) => c.once('exit', r))));
 });
 
 interface Cloudlet {
