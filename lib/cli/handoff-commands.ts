@@ -61,9 +61,13 @@ export function registerHandoffCommands(program: Command): void {
     )
     .option('--session <id>', 'the session to move (--list shows them)')
     .option('--to <host:port>', "the target cloudlet's vmsynth serve address")
+    .option(
+      '--whole',
+      'the safe mode: the target resumes only once it holds every chunk, so the VM never depends on this cloudlet after the stop (a longer stop)',
+    )
     .option('--list', 'list the sessions of the server on this host')
     .option('--json', 'print the report (or the list) as JSON')
-    .action(async (o: { session?: string; to?: string; list?: boolean; json?: boolean }) =>
+    .action(async (o: { session?: string; to?: string; whole?: boolean; list?: boolean; json?: boolean }) =>
       runCommand(!!o.json, async ({ json }) => {
         if (o.list) {
           const r = await ask({ cmd: 'sessions' }, () => undefined);
@@ -76,7 +80,7 @@ export function registerHandoffCommands(program: Command): void {
           throw new VmsynthError('VMS_USAGE', 'vmsynth handoff needs --session ID and --to HOST:PORT (or --list)', {
             details: { flag: o.session ? '--to' : '--session' },
           });
-        const r = await ask({ cmd: 'handoff', session: o.session, to: o.to }, (p) => {
+        const r = await ask({ cmd: 'handoff', session: o.session, to: o.to, whole: !!o.whole }, (p) => {
           if (!json)
             console.error(
               `vmsynth: handoff: ${String(p.step)}${typeof p.ms === 'number' ? ` (${p.ms} ms)` : ''}${typeof p.detail === 'string' ? `: ${p.detail}` : ''}`,

@@ -40,7 +40,8 @@ export type SourceMessage =
   | { type: 'segment'; index: number; data: Buffer }
   | { type: 'pass'; pass: number; tables: Buffer }
   | { type: 'dsegment'; index: number; data: Buffer }
-  | { type: 'final'; pass: number; state: Buffer }
+  /** `whole`: resume only once every chunk of the last pass is applied (the safe mode). */
+  | { type: 'final'; pass: number; state: Buffer; whole?: boolean }
   | { type: 'ping' }
   | { type: 'error'; code: string; message: string };
 
@@ -127,7 +128,8 @@ export function parseSourceMessage(f: Frame): SourceMessage {
     case 'final':
       need(f, uint(h.pass), 'pass');
       need(f, f.payload.length > 0, 'payload');
-      return { type: 'final', pass: h.pass as number, state: f.payload };
+      need(f, h.whole === undefined || typeof h.whole === 'boolean', 'whole');
+      return { type: 'final', pass: h.pass as number, state: f.payload, ...(h.whole === true ? { whole: true } : {}) };
     case 'ping':
       noPayload(f);
       return { type: 'ping' };

@@ -5,7 +5,7 @@
  * lines: one request, then progress lines, then the answer; the socket then
  * closes.
  *
- *   → {"cmd":"handoff","session":ID,"to":"HOST:PORT"}
+ *   → {"cmd":"handoff","session":ID,"to":"HOST:PORT","whole":false}
  *   ← {"step":"..."} ...   ← {"ok":true,"report":{...}} | {"ok":false,"code":"VMS_...","message":"..."}
  *   → {"cmd":"sessions"}   ← {"ok":true,"sessions":[{"id":...,"client":...,"vmRunning":...}]}
  */
@@ -63,7 +63,7 @@ function serve(synth: SynthServer, socket: net.Socket): void {
       return;
     }
     socket.removeAllListeners('data');
-    let req: { cmd?: unknown; session?: unknown; to?: unknown };
+    let req: { cmd?: unknown; session?: unknown; to?: unknown; whole?: unknown };
     try {
       req = JSON.parse(buf.slice(0, nl)) as typeof req;
     } catch {
@@ -95,7 +95,7 @@ function serve(synth: SynthServer, socket: net.Socket): void {
       return fail(err);
     }
     synth
-      .handoff(session, to)
+      .handoff(session, to, { whole: req.whole === true })
       .then((report) => {
         say({ ok: true, report });
         socket.end();

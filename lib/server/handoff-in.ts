@@ -96,7 +96,7 @@ export class HandoffIn {
         const state = decodeFinal(m.state);
         this.need(this.served).log.restore(state.log as LogSnapshot);
         this.need(this.intake)
-          .final(state.tables, state.deviceState, state.genid)
+          .final(state.tables, state.deviceState, state.genid, m.whole === true)
           .catch((err: unknown) => this.link.end(asVmsynthError(err)));
         return;
       }

@@ -58,6 +58,8 @@ export interface HandoffOutOptions {
   storedSegment(index: number): Promise<Buffer | null>;
   keepaliveMs: number;
   tuning?: Partial<HandoffTuning>;
+  /** The safe mode: the target resumes only once it holds every chunk (the stop lasts the last pass's transfer too). */
+  whole?: boolean;
 }
 
 export interface HandoffReport {
@@ -249,7 +251,7 @@ export async function handOff(o: HandoffOutOptions): Promise<HandoffReport> {
     stopped = true;
     const last = await capture.pass(levelFor(rate));
     await link.send(
-      { type: 'final', pass: passes.length },
+      { type: 'final', pass: passes.length, ...(o.whole ? { whole: true } : {}) },
       encodeFinal({
         deviceState: state.deviceState,
         genid: state.genid,

@@ -34,7 +34,11 @@ export class Handoffs implements HandoffHooks {
     this.incoming.add(h);
   }
 
-  start(served: ServedSession, to: { host: string; port: number }): Promise<HandoffReport> {
+  start(
+    served: ServedSession,
+    to: { host: string; port: number },
+    opts: { whole?: boolean } = {},
+  ): Promise<HandoffReport> {
     const synth = served.synthesis;
     if (!(synth instanceof SynthSession) || served.ended)
       return Promise.reject(new VmsynthError('VMS_HANDOFF', `session ${served.id} has no VM here to hand off`));
@@ -57,6 +61,7 @@ export class Handoffs implements HandoffHooks {
         return store && info ? store.read(info.sha256) : null;
       },
       keepaliveMs: this.o.keepaliveMs,
+      ...(opts.whole ? { whole: true } : {}),
       ...(this.o.tuning ? { tuning: this.o.tuning } : {}),
     }).finally(() => this.outgoing.delete(served.id));
     this.outgoing.set(served.id, p);

@@ -307,11 +307,11 @@ export class SynthServer {
   }
 
   /** Moves session `id`'s VM to the cloudlet at `to` (server/handoffs.ts); resolves when it runs there. */
-  handoff(id: string, to: { host: string; port: number }): Promise<HandoffReport> {
+  handoff(id: string, to: { host: string; port: number }, opts: { whole?: boolean } = {}): Promise<HandoffReport> {
     const served = this.registry.all().find((s) => s.id === id);
     if (!served)
       return Promise.reject(new VmsynthError('VMS_SESSION_GONE', `this server has no session ${id.slice(0, 40)}`));
-    return this.handoffs.start(served, to);
+    return this.handoffs.start(served, to, opts);
   }
 
   /** The sessions here, for `vmsynth handoff`'s listing. */

@@ -43,10 +43,15 @@ export class HandoffIntake {
     if (this.failure) throw this.failure;
   }
 
-  /** The last pass's tables and the device state: the VM resumes as soon as the tables are announced. */
-  final(tables: DeltaTable[], deviceState: Uint8Array, genid: string | null): Promise<void> {
+  /**
+   * The last pass's tables and the device state: the VM resumes as soon as the tables are
+   * announced, or (`whole`) once every segment of the last pass is applied.
+   */
+  final(tables: DeltaTable[], deviceState: Uint8Array, genid: string | null, whole = false): Promise<void> {
     this.finalCount = tables.length;
-    return this.announce(tables, true).then(() => {
+    return this.announce(tables, true).then(async (applies) => {
+      if (whole) await Promise.all(applies);
+      if (this.failure) throw this.failure;
       this.session.vm.startHandedOff(deviceState, genid ?? undefined);
       if (tables.length === 0) this.done();
     });

@@ -3,7 +3,8 @@
  * own run directory and store (cloudlets A, B, and C, which lacks the base):
  * a handoff C refuses fails with VMS_HANDOFF_REFUSED naming why, and the VM
  * goes on serving on A; a handoff to B moves it, the client follows, and
- * the report says what crossed. Nothing is left on any of them.
+ * the report says what crossed (in the safe mode, --whole: the target
+ * resumed only once it held everything). Nothing is left on any of them.
  */
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
@@ -107,9 +108,10 @@ t.test('vmsynth handoff: refused by a cloudlet without the base, then done to on
   t.equal(await count(), 2, 'the VM goes on serving on A');
   t.equal(`${s.server.host}:${s.server.port}`, a.addr);
 
-  const moved = await handoff(a, ['--session', s.id, '--to', b.addr]);
+  // The safe mode: B resumes only once it holds every chunk, so it never demand-fetches from A.
+  const moved = await handoff(a, ['--session', s.id, '--to', b.addr, '--whole']);
   t.equal(moved.code, 0, `moved: ${JSON.stringify(moved.out).slice(0, 400)}`);
-  t.match(moved.out, { to: b.addr, passes: Array, final: { deviceStateBytes: Number } });
+  t.match(moved.out, { to: b.addr, passes: Array, final: { deviceStateBytes: Number }, demandFetches: 0 });
   await until(() => `${s.server.host}:${s.server.port}` === b.addr, 'the client to follow');
   t.equal(await count(), 3, 'the count goes on, on B');
   const domains = [`vmsynth-${String((listed.out.sessions as Array<{ id: string }>)[0]!.id)}`, `vmsynth-${s.id}`];
