@@ -16,6 +16,7 @@ import { DEFAULTS } from '../core/defaults.js';
 import { registerErrorsCommand } from './errors-command.js';
 import { registerOverlayCommands } from './overlay-commands.js';
 import { registerServeCommands } from './serve-commands.js';
+import { registerDiscoverCommands } from './discover-commands.js';
 import { registerHandoffCommands } from './handoff-commands.js';
 import { registerStoreCommands } from './store-commands.js';
 import { registerTransferCommands } from './transfer-commands.js';
@@ -342,6 +343,7 @@ Environment:
   registerServeCommands(program);
   registerStoreCommands(program);
   registerHandoffCommands(program);
+  registerDiscoverCommands(program);
   registerTransferCommands(program);
   registerErrorsCommand(program);
 

@@ -4,6 +4,7 @@
  * (from core/defaults.ts). The parsers are in config-values.ts; resolving
  * the sources is config.ts's job.
  */
+import type { Config } from './config-shape.js';
 import { DEFAULTS } from './defaults.js';
 import {
   absPath,
@@ -11,6 +12,8 @@ import {
   bool,
   optSha256,
   optUrl,
+  addresses,
+  optIp,
   s3Urls,
   clients,
   int,
@@ -18,70 +21,12 @@ import {
   oneOf,
   optPath,
   str,
-  type Address,
-  type ClientCredential,
   type Raw,
   type Source,
 } from './config-values.js';
 
 export { tokenSha256, type Address, type ClientCredential, type Raw, type Source } from './config-values.js';
-
-export interface Config {
-  listen: Address;
-  /** Health and metrics HTTP endpoint; null: off. */
-  metricsListen: Address | null;
-  /** SHA-256 of the token the live session view (/sessions on metricsListen) needs; null: none. */
-  viewTokenSha256: string | null;
-  baseDir: string;
-  runDir: string;
-  keyDir: string;
-  cacheDir: string;
-  storeDir: string;
-  /** The store's cap on segment bytes, MiB; 0: no store. */
-  storeMaxMib: number;
-  /** Whether segments received from clients enter the store. */
-  storeReceived: boolean;
-  /** Whether sessions take chunks of other overlays from the store (chunk lookaside, for clients that offer it). */
-  storeLookaside: boolean;
-  /** An S3-compatible endpoint (MinIO, Ceph RGW); null: AWS S3. */
-  s3Endpoint: string | null;
-  /** null: the SDK's (AWS_REGION, ~/.aws/config), else us-east-1. */
-  s3Region: string | null;
-  /** Object store locations clients may name their overlay by (s3://bucket/prefix); empty: none. */
-  s3Sources: string[];
-  s3TimeoutS: number;
-  /** Ranged GETs at once per session. */
-  s3Parallel: number;
-  libvirtUri: string;
-  /** Public key files trusted besides `keyDir`/trusted. */
-  trust: string[];
-  /** Empty: no authentication (only sensible on loopback). */
-  clients: ClientCredential[];
-  tlsCert: string | null;
-  tlsKey: string | null;
-  maxSessions: number;
-  maxSessionsPerClient: number;
-  /** Guest RAM plus in-flight segment bytes one session may pin, MiB. */
-  sessionMemoryMib: number;
-  maxInFlightKib: number;
-  threads: number;
-  /** New connections per minute from one address. */
-  connectionsPerMinute: number;
-  handshakeTimeoutS: number;
-  /** How long a session whose connection dropped waits for a resume; 0: it ends at the drop. */
-  graceS: number;
-  /** Sessions outlive the server: a keeper process per session; a stop or crash leaves the VMs for the next server to adopt. */
-  keepSessions: boolean;
-  keepaliveS: number;
-  idleS: number;
-  maxOffloadsInFlight: number;
-  /** Bytes all connections together may buffer before their session starts, MiB. */
-  preSessionMemoryMib: number;
-  /** How long SIGTERM waits for sessions to tear down before forcing. */
-  gracefulStopS: number;
-  logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
-  logFormat: 'json' | 'text';
-}
+export type { Config } from './config-shape.js';
 
 export interface KeySpec<K extends keyof Config> {
   key: K;
@@ -326,6 +271,27 @@ export const KEYS = [
     doc: 'whether sessions outlive the server: a stop, restart or crash leaves each VM running for graceS, and the next server adopts it (true | false)',
     default: true,
     parse: bool,
+  }),
+  spec({
+    key: 'announce',
+    env: ['VMSYNTH_ANNOUNCE'],
+    doc: 'announce this cloudlet on the local network with DNS-SD (_vmsynth._tcp, mDNS) so clients and other cloudlets find it (`vmsynth discover`) (true | false)',
+    default: false,
+    parse: bool,
+  }),
+  spec({
+    key: 'announceInterface',
+    env: ['VMSYNTH_ANNOUNCE_INTERFACE'],
+    doc: "the IP address of the interface mDNS announcements (and `vmsynth discover`'s queries) use; none: the system's default multicast interface",
+    default: null,
+    parse: optIp,
+  }),
+  spec({
+    key: 'cloudlets',
+    env: ['VMSYNTH_CLOUDLETS'],
+    doc: '`vmsynth discover` asks these cloudlets too, HOST:PORT (env: separated by "," or spaces): the static list where multicast does not reach',
+    default: [],
+    parse: (k) => addresses(k, DEFAULTS.port),
   }),
   spec({
     key: 'keepaliveS',

@@ -5,6 +5,7 @@
  * names the keys.
  */
 import { createHash } from 'node:crypto';
+import { isIP } from 'node:net';
 import path from 'node:path';
 import { DEFAULTS } from './defaults.js';
 import { VmsynthError } from './errors.js';
@@ -121,6 +122,32 @@ export const address =
         expected: 'address',
       });
     return a;
+  };
+
+/** A list of HOST:PORT addresses (env: separated by "," or spaces). */
+export const addresses =
+  (key: string, defaultPort: number) =>
+  (v: Raw, from: Source): Address[] => {
+    const items = typeof v === 'string' ? v.split(/[,\s]+/).filter(Boolean) : v;
+    if (!Array.isArray(items))
+      fail(key, from, `must be a list of HOST:PORT, got ${JSON.stringify(v)}`, {
+        reason: 'invalid',
+        expected: 'addresses',
+      });
+    return (items as Raw[]).map((x) => address(key, defaultPort)(x, from));
+  };
+
+/** An IPv4 or IPv6 address, or null. */
+export const optIp =
+  (key: string) =>
+  (v: Raw, from: Source): string | null => {
+    if (v === null || v === '') return null;
+    if (typeof v !== 'string' || isIP(v) === 0)
+      fail(key, from, `must be an IP address (an interface's), got ${JSON.stringify(v)}`, {
+        reason: 'invalid',
+        expected: 'ip',
+      });
+    return v;
   };
 
 /** A list of s3:// URLs (env: separated by "," or spaces). */

@@ -41,6 +41,8 @@ export type ClientMessage =
   | { type: 'table'; index: number; data: Buffer }
   | { type: 'offload'; id: number; method: string; path: string; body: Buffer }
   | { type: 'ack'; ids: number[] }
+  /** Instead of a session: what this cloudlet offers (`vmsynth discover`); answered with `info`. */
+  | { type: 'info' }
   /** Move the session's VM to the cloudlet at host:port (a handoff); `moved` follows, or an error with this id. */
   | { type: 'handoff'; id: number; host: string; port: number }
   | { type: 'ping' }
@@ -73,11 +75,23 @@ export type ServerMessage =
   | { type: 'ready'; resumedMs: number }
   | { type: 'reply'; id: number; status: number; body: Buffer }
   | { type: 'complete'; appliedMs: number }
+  /** What this cloudlet offers: its accelerator, its bases (by the images' SHA-256), its load. */
+  | { type: 'info'; server: string; accel: string; bases: CloudletBase[]; sessions: number; maxSessions: number }
   /** The session's VM runs on another cloudlet now: resume `session` there with the same secret. */
   | { type: 'moved'; host: string; port: number; session: string }
   | { type: 'ping' }
   | { type: 'finished'; stats: Record<string, unknown> }
   | { type: 'error'; code: string; message: string; fatal: boolean; id?: number };
+
+/** A base a cloudlet holds, as `info` names it (an overlay's base matches by both hashes). */
+export interface CloudletBase {
+  name: string;
+  disk: string;
+  memory: string;
+}
+
+/** Bases an `info` lists, at most (its header stays small). */
+export const MAX_INFO_BASES = 100;
 
 /** The header of a `session` message (its payload is the manifest); `overlayUrl` only when there is one. */
 export function sessionHeader(
@@ -100,6 +114,14 @@ const indices: Check = (v) => Array.isArray(v) && v.length > 0 && v.length <= MA
 const ids: Check = (v) => Array.isArray(v) && v.length <= MAX_LIST && v.every(uint);
 const secret: Check = (v) => v instanceof Uint8Array && v.length === SECRET_BYTES;
 const policy: Check = (v) => (POLICIES as readonly unknown[]).includes(v);
+const hex64: Check = (v) => typeof v === 'string' && /^[0-9a-f]{64}$/.test(v);
+const cloudletBases: Check = (v) =>
+  Array.isArray(v) &&
+  v.length <= MAX_INFO_BASES &&
+  v.every(
+    (b: Record<string, unknown>) =>
+      typeof b === 'object' && b !== null && str(b.name) && hex64(b.disk) && hex64(b.memory),
+  );
 const port: Check = (v) => Number.isInteger(v) && (v as number) >= 1 && (v as number) <= 65535;
 
 function fields(
@@ -182,6 +204,9 @@ export function parseClientMessage(f: Frame): ClientMessage {
       const h = fields(f, { ids: indices });
       return { type: 'ack', ids: h.ids as number[] };
     }
+    case 'info':
+      fields(f, {});
+      return { type: 'info' };
     case 'handoff': {
       const h = fields(f, { id: uint, host: str, port });
       return { type: 'handoff', id: h.id as number, host: h.host as string, port: h.port as number };
@@ -281,6 +306,17 @@ export function parseServerMessage(f: Frame): ServerMessage {
     case 'complete': {
       const h = fields(f, { appliedMs: uint });
       return { type: 'complete', appliedMs: h.appliedMs as number };
+    }
+    case 'info': {
+      const h = fields(f, { server: str, accel: str, bases: cloudletBases, sessions: uint, maxSessions: uint });
+      return {
+        type: 'info',
+        server: h.server as string,
+        accel: h.accel as string,
+        bases: h.bases as CloudletBase[],
+        sessions: h.sessions as number,
+        maxSessions: h.maxSessions as number,
+      };
     }
     case 'moved': {
       const h = fields(f, { host: str, port, session: str });

@@ -21,6 +21,7 @@ import { HANDOFF_PROTOCOL } from '../protocol/handoff-messages.js';
 import { FRAME_CAPS, parseClientMessage, PROTOCOL, type ClientMessage } from '../protocol/messages.js';
 import type { ServerContext } from './context.js';
 import { clientMessage, movedTo } from './client-message.js';
+import { liveness } from './liveness.js';
 import { ServedSession, type Attachment } from './served-session.js';
 
 type Stage = 'greeting' | 'open' | 'starting' | 'attached' | 'ending';
@@ -143,6 +144,13 @@ export class Connection implements Attachment {
       case 'resume':
         this.expect('open', m);
         this.attach(this.ctx.sessions.find(m.session, m.secret, this.client!), true);
+        return;
+      case 'info':
+        this.expect('open', m);
+        void this.ctx.info?.().then(
+          (i) => this.send({ type: 'info', ...i }),
+          (err: unknown) => this.fail(asVmsynthError(err)),
+        );
         return;
       case 'handoff':
         this.expect('attached', m);
@@ -294,24 +302,9 @@ export class Connection implements Attachment {
 
   /** Pings a quiet client; drops one that sent nothing, or read nothing, for the idle limit. */
   private checkLiveness(): void {
-    const { keepaliveMs, idleMs } = this.ctx.timing;
-    const now = performance.now();
-    const silentMs = now - this.io.lastIn;
-    const stalledMs = this.io.stalledMs();
-    if (silentMs > idleMs || stalledMs > idleMs) {
-      const reason = silentMs > idleMs ? 'idle' : 'not-reading';
-      const what =
-        reason === 'idle'
-          ? `sent nothing for ${Math.round(silentMs)} ms`
-          : `read nothing for ${Math.round(stalledMs)} ms`;
-      this.dropped(
-        new VmsynthError('VMS_PEER_GONE', `the client ${this.peer} ${what} (the limit is ${idleMs} ms)`, {
-          details: { reason, idleMs },
-        }),
-      );
-      return;
-    }
-    if (now - this.io.lastOut >= keepaliveMs) this.io.send({ type: 'ping' });
+    const v = liveness(this.io, this.peer, this.ctx.timing);
+    if (v === 'ping') this.io.send({ type: 'ping' });
+    else if (v) this.dropped(v.drop);
   }
 
   private finish(): void {

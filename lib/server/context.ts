@@ -6,7 +6,7 @@
  * the server, so the two do not import each other.
  */
 import type { FramedSocket } from '../protocol/framed-socket.js';
-import type { Policy } from '../protocol/messages.js';
+import type { Policy, ServerMessage } from '../protocol/messages.js';
 import type { SynthEvents } from '../synth/session.js';
 import type { Admitted } from './admission.js';
 import type { Authenticator } from './auth.js';
@@ -45,6 +45,8 @@ export interface ServerContext {
   maxOffloads: number;
   /** Bytes all connections may buffer before their sessions start. */
   preSession: ByteBudget;
+  /** What this cloudlet offers, for an `info` request (`vmsynth discover`). */
+  info?(): Promise<Omit<Extract<ServerMessage, { type: 'info' }>, 'type'>>;
   /** Handoffs to and from other cloudlets (server/handoffs.ts); none: this server does none. */
   handoffs?: HandoffHooks;
 }

@@ -17,6 +17,7 @@ import { checkExposure, type Config } from '../core/config.js';
 import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import * as sd from '../core/sd-notify.js';
+import { Announcer } from './announce.js';
 import { ControlSocket } from './control.js';
 import { HealthEndpoint, type Routes } from './health-http.js';
 import { ServerMetrics } from './metrics.js';
@@ -38,6 +39,7 @@ export async function startDaemon(
   let server: SynthServer | null = null;
   let health: HealthEndpoint | null = null;
   let control: ControlSocket | null = null;
+  let announcer: Announcer | null = null;
   try {
     const tls =
       cfg.tlsCert && cfg.tlsKey ? { cert: await readTls(cfg.tlsCert), key: await readTls(cfg.tlsKey) } : undefined;
@@ -86,6 +88,7 @@ export async function startDaemon(
     });
     const s = server;
     control = await ControlSocket.listen(s, cfg.runDir);
+    if (cfg.announce) announcer = await Announcer.start({ port: s.address().port, iface: cfg.announceInterface });
     if (cfg.metricsListen) {
       health = await HealthEndpoint.listen(
         cfg.metricsListen.host,
@@ -103,6 +106,7 @@ export async function startDaemon(
       );
     }
   } catch (err) {
+    await announcer?.close();
     await control?.close();
     await server?.close();
     metrics.close();
@@ -116,6 +120,7 @@ export async function startDaemon(
   const srv = server;
   const endpoint = health;
   const ctl = control;
+  const ann = announcer;
   let stopping: Promise<{ forced: boolean }> | null = null;
   return {
     server: srv,
@@ -123,6 +128,7 @@ export async function startDaemon(
     stop: () => {
       stopping ??= (async () => {
         sd.stopping();
+        await ann?.close(); // say goodbye first: clients stop picking this cloudlet
         let timer: NodeJS.Timeout | undefined;
         const overrun = new Promise<'overrun'>((resolve) => {
           timer = setTimeout(() => resolve('overrun'), cfg.gracefulStopS * 1000);

@@ -28,6 +28,7 @@ import { SynthSession } from '../synth/session.js';
 import { requireAccel } from '../vm/accel.js';
 import { findBaseWithImages, type Base } from '../vm/base.js';
 import { baseChecker, checkAllBases } from './base-checks.js';
+import { cloudletInfo } from './cloudlet-info.js';
 import { cleanStale } from '../vm/janitor.js';
 import { Libvirt } from '../vm/libvirt.js';
 import { newRunId } from '../vm/run-dir.js';
@@ -160,6 +161,7 @@ export class SynthServer {
       },
       maxOffloads: opts.maxOffloadsInFlight ?? DEFAULTS.maxOffloadsInFlight,
       preSession: new ByteBudget(opts.preSessionMemoryBytes ?? DEFAULTS.preSessionMemoryMib * 2 ** 20),
+      info: cloudletInfo(() => ({ sessions: this.liveSessions(), maxSessions: opts.maxSessions ?? d.maxSessions })),
     };
     this.handoffs = new Handoffs({
       ...opts.handoff,

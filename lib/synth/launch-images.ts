@@ -11,7 +11,7 @@
  * every change goes to the keeper, and held reads are the keeper's. A
  * server that starts adopts a keeper a previous one left (`adopt`).
  */
-import { promises as fsp } from 'node:fs';
+import { appendFileSync, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { VmsynthError } from '../core/errors.js';
@@ -26,6 +26,9 @@ import { KeeperLink } from './keeper-link.js';
 import type { KeeperPool } from './keeper-pool.js';
 import { int32Bytes, type KeeperSpec } from './keeper-wire.js';
 import { SegmentPipeline } from './segment-pipeline.js';
+
+/** The chunks delta segments brought, kept for an adopting server: u32 each, the disk's with bit 31 set. */
+const DELTA_CHUNKS_FILE = 'delta.chunks';
 
 export interface LaunchImageOptions {
   body: OverlayBody;
@@ -129,6 +132,9 @@ export class LaunchImages {
 
   /** Connects to the keeper a previous server left and takes over its maps and applied segments. */
   private async adoptKeeper(scope: Scope): Promise<void> {
+    const kept = await fsp.readFile(this.deltaFile).catch(() => Buffer.alloc(0));
+    for (const k of new Uint32Array(kept.buffer, kept.byteOffset, kept.length >> 2))
+      this.fromDelta[k >= 2 ** 31 ? 1 : 0]!.add(k % 2 ** 31);
     const got = await KeeperLink.adopt(this.opts.dir, this.keeperEvents());
     if (!got) throw new VmsynthError('VMS_SESSION_GONE', `no live keeper serves the images in ${this.opts.dir}`);
     this.arrivals.load(got.state);
@@ -232,6 +238,15 @@ export class LaunchImages {
       byImage[r.image]!.push(r.index);
     }
     byImage.forEach((chunks, image) => chunks.length > 0 && this.link?.expected(image, index, chunks));
+    // Kept in the run directory: a server that adopts this session must still send them in a later handoff.
+    appendFileSync(
+      this.deltaFile,
+      Buffer.from(Uint32Array.from(byImage.flatMap((c, image) => c.map((i) => image * 2 ** 31 + i))).buffer),
+    );
+  }
+
+  private get deltaFile(): string {
+    return path.join(this.opts.dir, DELTA_CHUNKS_FILE);
   }
 
   /** Per image, ascending: the chunks delta segments brought (a handoff from here sends them too). */

@@ -72,3 +72,12 @@ t.test('malformed handoff messages and payloads are VMS_PROTOCOL', async (t) => 
   t.throws(() => decodeTables(encodeTables([{ ...table, sha256: Buffer.alloc(3) }])), bad, 'a short hash');
   t.throws(() => decodeFinal(encodeTables([table])), bad, 'a final state that is a list');
 });
+
+t.test('info: what a cloudlet offers, for discovery', async (t) => {
+  t.same(parseClientMessage(frame({ type: 'info' })), { type: 'info' });
+  const base = { name: 'demo', disk: 'a'.repeat(64), memory: 'b'.repeat(64) };
+  const info = { type: 'info', server: 'vmsynth 1', accel: 'tcg', bases: [base], sessions: 1, maxSessions: 8 };
+  t.same(parseServerMessage(frame(info)), info);
+  t.throws(() => parseServerMessage(frame({ ...info, bases: [{ ...base, disk: 'x' }] })), { code: 'VMS_PROTOCOL' });
+  t.throws(() => parseServerMessage(frame({ ...info, bases: Array(101).fill(base) })), { code: 'VMS_PROTOCOL' });
+});

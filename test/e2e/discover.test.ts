@@ -1,0 +1,123 @@
+/**
+ * Finding cloudlets on a network made here (three namespaces on a bridge,
+ * bench/lib/topology.ts; multicast never touches the host's interfaces):
+ * cloudlet A runs `vmsynth serve --announce` on its bridge address, cloudlet
+ * B serves without announcing, and `vmsynth discover` in the client's
+ * namespace lists A (found by DNS-SD) and B (from --static), each with the
+ * base it holds, its load and its connect time. After A stops, it said
+ * goodbye: a new discover no longer finds it.
+ */
+import { testRoot, removeTestRoot } from '../helpers/env.js';
+import t from 'tap';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { packageRoot } from '../../lib/core/paths.js';
+import { Scope } from '../../lib/core/scope.js';
+import { LINKS } from '../../bench/lib/link.js';
+import { createTopology, netnsPath, removeStaleTopology, type TopologyNode } from '../../bench/lib/topology.js';
+import { guestBase } from '../helpers/guest-base.js';
+
+const run = promisify(execFile);
+const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
+const PREFIX = 'vmsdt-';
+t.teardown(removeTestRoot);
+
+await guestBase('discbase');
+await removeStaleTopology(PREFIX);
+const scope = new Scope();
+t.teardown(() => scope.close());
+const topo = await createTopology(scope, {
+  prefix: PREFIX,
+  octet: 212,
+  links: { clientA: LINKS.lan!, clientB: LINKS.lan!, ab: LINKS.lan! },
+});
+const { a, b, client } = topo.nodes;
+
+/** `vmsynth serve` in a node's namespace, on its bridge address; resolves once it listens. */
+async function serve(node: TopologyNode, announce: boolean): Promise<ChildProcess> {
+  const env = {
+    ...process.env,
+    VMSYNTH_RUN_DIR: path.join(testRoot, `run-${node.name}`),
+    VMSYNTH_STORE_DIR: path.join(testRoot, `store-${node.name}`),
+    LOG_FORMAT: 'json',
+  };
+  const args = [cli, 'serve', '--listen', `${node.addr}:8021`, '--no-verify-bases', '--json'];
+  const child = spawn('nsenter', [`--net=${netnsPath(node.ns)}`, process.execPath, ...args], {
+    env: announce ? { ...env, VMSYNTH_ANNOUNCE: 'true', VMSYNTH_ANNOUNCE_INTERFACE: node.addr } : env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  scope.defer(`stop vmsynth serve in ${node.ns}`, async () => {
+    if (child.exitCode !== null) return;
+    const gone = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await gone;
+  });
+  let out = '';
+  child.stderr!.on('data', () => undefined);
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('"listening"')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`vmsynth serve in ${node.ns} exited ${code}: ${out.slice(-1500)}`)));
+  });
+  return child;
+}
+
+interface Found {
+  cloudlets: Array<{
+    host: string;
+    port: number;
+    source: string;
+    rttMs: number | null;
+    info: { bases: Array<{ name: string }>; sessions: number; maxSessions: number; accel: string } | null;
+  }>;
+}
+
+async function discover(): Promise<Found> {
+  const { stdout } = await run('nsenter', [
+    `--net=${netnsPath(client.ns)}`,
+    process.execPath,
+    cli,
+    'discover',
+    '--interface',
+    client.addr,
+    '--static',
+    `${b.addr}:8021`,
+    '--json',
+  ]);
+  return JSON.parse(stdout) as Found;
+}
+
+t.test(
+  'vmsynth discover finds the announced cloudlet and asks the static one, with their bases and load',
+  async (t) => {
+    const announced = await serve(a, true);
+    await serve(b, false);
+    const found = await discover();
+    const byHost = new Map(found.cloudlets.map((c) => [c.host, c]));
+    t.match(
+      byHost.get(a.addr),
+      { port: 8021, source: 'mdns', info: { sessions: 0, accel: /^(tcg|kvm)$/ } },
+      'A, by DNS-SD',
+    );
+    t.match(byHost.get(b.addr), { port: 8021, source: 'static', info: { sessions: 0 } }, 'B, from the static list');
+    for (const c of [a, b])
+      t.ok(
+        byHost.get(c.addr)?.info?.bases.some((x) => x.name === 'discbase'),
+        `${c.name} holds the base (rtt ${byHost.get(c.addr)?.rttMs} ms)`,
+      );
+    t.equal(found.cloudlets.length, 2, 'nothing else on this network');
+
+    const gone = new Promise((r) => announced.once('exit', r));
+    announced.kill('SIGTERM');
+    await gone;
+    const after = await discover();
+    t.same(
+      after.cloudlets.filter((c) => c.source === 'mdns'),
+      [],
+      'A said goodbye when it stopped',
+    );
+  },
+);
