@@ -54,9 +54,9 @@ async function serve(node: TopologyNode, announce: boolean): Promise<ChildProces
     await gone;
   });
   let out = '';
-  child.stderr!.on('data', () => undefined);
+  child.stderr.on('data', () => undefined);
   await new Promise<void>((resolve, reject) => {
-    child.stdout!.on('data', (d: Buffer) => {
+    child.stdout.on('data', (d: Buffer) => {
       out += d.toString();
       if (out.includes('"listening"')) resolve();
     });
