@@ -138,6 +138,7 @@ export const KEYS = [
     env: ['VMSYNTH_S3_REGION'],
     doc: "object store region (default: the AWS SDK's, from AWS_REGION or ~/.aws/config, else us-east-1)",
     default: null,
+    secret: true,
     parse: (k) => (v, from) => (v === null || v === '' ? null : str(k)(v, from)),
   }),
   spec({
@@ -285,6 +286,14 @@ export const KEYS = [
     doc: "the IP address of the interface mDNS announcements (and `vmsynth discover`'s queries) use; none: the system's default multicast interface",
     default: null,
     parse: optIp,
+  }),
+  spec({
+    key: 'handoffToken',
+    env: ['VMSYNTH_HANDOFF_TOKEN'],
+    doc: "the token this cloudlet presents when it hands a session off to another cloudlet that wants client tokens (one of that cloudlet's clients'); none: it presents none",
+    default: null,
+    secret: true,
+    parse: (k) => (v, from) => (v === null || v === '' ? null : str(k)(v, from)),
   }),
   spec({
     key: 'cloudlets',

@@ -51,6 +51,8 @@ export interface Config {
   announce: boolean;
   /** The address of the interface announcements and discovery use; null: the system's default. */
   announceInterface: string | null;
+  /** The token this cloudlet presents to the target of a handoff (one of the target's clients); null: none. */
+  handoffToken: string | null;
   /** Cloudlets `vmsynth discover` asks besides those it finds announced. */
   cloudlets: Address[];
   keepaliveS: number;

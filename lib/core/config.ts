@@ -146,5 +146,9 @@ export function exportPaths(c: Config, env: NodeJS.ProcessEnv = process.env): vo
 
 /** The config as `config check` prints it: secrets replaced by what they are. */
 export function redacted(c: Config): Record<string, unknown> {
-  return { ...c, clients: c.clients.map((cl) => ({ name: cl.name, tokenSha256: `${cl.tokenSha256.slice(0, 8)}…` })) };
+  return {
+    ...c,
+    clients: c.clients.map((cl) => ({ name: cl.name, tokenSha256: `${cl.tokenSha256.slice(0, 8)}…` })),
+    handoffToken: c.handoffToken === null ? null : '(set, not shown)',
+  };
 }

@@ -15,9 +15,8 @@ import path from 'node:path';
 import { parseServer } from '../client/connect.js';
 import { channels } from '../core/diagnostics.js';
 import { asVmsynthError, VmsynthError } from '../core/errors.js';
+import { CONTROL_SOCKET } from '../vm/janitor.js';
 import type { SynthServer } from './server.js';
-
-export const CONTROL_SOCKET = 'control.sock';
 
 export class ControlSocket {
   private constructor(

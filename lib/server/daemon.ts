@@ -64,6 +64,7 @@ export async function startDaemon(
       maxOffloadsInFlight: cfg.maxOffloadsInFlight,
       preSessionMemoryBytes: cfg.preSessionMemoryMib * 2 ** 20,
       verifyBases: opts.verifyBases ?? true,
+      ...(cfg.handoffToken ? { handoff: { token: cfg.handoffToken } } : {}),
       ...(cfg.s3Sources.length
         ? {
             objects: {

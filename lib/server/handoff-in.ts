@@ -169,6 +169,7 @@ export class HandoffIn {
     });
     await this.link.send({ type: 'accepted', session: synth.id });
     synth.run();
+    synth.vm.mountEarly(); // the mount and the keeper's start stay out of the stop
   }
 
   /** Every chunk is here: the source may let go, and the session waits for its client. */

@@ -20,7 +20,7 @@ import { saveDevices } from '../vm/migration.js';
 import { explainFailure, type RunningVm } from '../vm/machine.js';
 import { adoptRestored, restoreVm, type RestoredVm } from '../vm/restore.js';
 import type { RunDir } from '../vm/run-dir.js';
-import type { LaunchImages } from './launch-images.js';
+import type { LaunchImages, MountedImages } from './launch-images.js';
 import { describeHeld, type SessionLedger, type SynthStats } from './ledger.js';
 
 export interface LaunchVmOptions {
@@ -53,6 +53,7 @@ export class LaunchVm {
   /** Aborted by stop(): a resume in progress stops at its next step. */
   private readonly abort = new AbortController();
   private resuming: Promise<unknown> = Promise.resolve();
+  private mounting: Promise<MountedImages> | null = null;
   /** A handoff's target: the device state (without RAM) and generation ID the VM goes on with. */
   private handedOff: { deviceState: Uint8Array; genid: string | undefined } | null = null;
 
@@ -156,11 +157,26 @@ export class LaunchVm {
   /** Resolves when a resume in progress reached a step boundary (whatever it acquired is in the scope). */
   async settled(): Promise<void> {
     await this.resuming.catch(() => undefined);
+    await this.mounting?.catch(() => undefined);
+  }
+
+  /**
+   * Mounts the images now, ahead of the resume (a handoff's target: the mount, and its keeper's
+   * start, then stay out of the time the VM is stopped).
+   */
+  mountEarly(): void {
+    if (this.o.ended()) return;
+    this.mounting ??= this.o.launch.mount(this.o.dir.file('mnt'), { fuseDevice: this.o.fuseDevice }, this.o.scope);
+    this.mounting.catch(() => undefined); // (the resume hears it)
   }
 
   private async resume(): Promise<void> {
     const { base, overlay, dir } = this.o;
-    const images = await this.o.launch.mount(dir.file('mnt'), { fuseDevice: this.o.fuseDevice }, this.o.scope);
+    const images = await (this.mounting ??= this.o.launch.mount(
+      dir.file('mnt'),
+      { fuseDevice: this.o.fuseDevice },
+      this.o.scope,
+    ));
     this.vm = await restoreVm(
       this.o.lv,
       {

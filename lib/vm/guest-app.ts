@@ -4,6 +4,8 @@
  * answers, and fails fast with a typed error when QEMU dies or time runs out.
  */
 import http from 'node:http';
+import type net from 'node:net';
+import { guestNet } from './guest-netns.js';
 import { promises as fsp } from 'node:fs';
 import { VmsynthError } from '../core/errors.js';
 import { sleep, throwIfAborted } from '../core/scope.js';
@@ -29,8 +31,8 @@ export interface HttpReply {
   body: Buffer;
 }
 
-/** One HTTP request to a guest service on 127.0.0.1:<port>; rejects on connection errors and on timeout. */
-export function guestRequest(
+/** One HTTP request to a guest service on 127.0.0.1:<port> (in QEMU's network namespace); rejects on connection errors and on timeout. */
+export async function guestRequest(
   port: number,
   method: string,
   path: string,
@@ -38,10 +40,31 @@ export function guestRequest(
   body?: Buffer,
   signal?: AbortSignal,
 ): Promise<HttpReply> {
+  const gn = await guestNet();
+  // From another namespace than QEMU's, the connection is made there (guest-netns.ts) and handed over.
+  const createConnection = gn
+    ? (_o: unknown, done: (err: Error | null, s?: net.Socket) => void) => {
+        gn.dial(port).then(
+          (s) => done(null, s),
+          (err: Error) => done(err),
+        );
+        return undefined;
+      }
+    : undefined;
   return new Promise((resolve, reject) => {
     const headers = body ? { 'Content-Length': body.length } : undefined;
     const req = http.request(
-      { host: '127.0.0.1', port, method, path, timeout: timeoutMs, agent: false, headers, signal },
+      {
+        host: '127.0.0.1',
+        port,
+        method,
+        path,
+        timeout: timeoutMs,
+        headers,
+        signal,
+        // (http.request uses createConnection only without an agent: agent false would make one.)
+        ...(createConnection ? { createConnection: createConnection as never } : { agent: false }),
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));

@@ -11,6 +11,7 @@
  * in /var/log/libvirt/qemu is left.
  */
 import { promises as fsp } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { publish } from '../core/diagnostics.js';
 import { runDir } from '../core/paths.js';
@@ -90,6 +91,13 @@ export async function cleanStale(
     publish('staleCleaned', { kind: 'mount', what: mount.mountpoint });
   }
 
+  // A server killed without its stop left its control socket (server/control.ts): nothing accepts on it.
+  const control = path.join(root, CONTROL_SOCKET);
+  if ((await fsp.lstat(control).catch(() => null))?.isSocket() && !(await socketAccepts(control))) {
+    await fsp.rm(control, { force: true });
+    publish('staleCleaned', { kind: 'control-socket', what: control });
+  }
+
   for (const entry of await fsp.readdir(root).catch(() => [] as string[])) {
     const dir = path.join(root, entry);
     const owner = await readOwner(path.join(dir, OWNER_FILE));
@@ -106,6 +114,21 @@ export async function cleanStale(
     publish('staleCleaned', { kind: 'run-dir', what: dir });
   }
   return report;
+}
+
+/** The control socket's name in a run directory (server/control.ts listens there). */
+export const CONTROL_SOCKET = 'control.sock';
+
+/** Whether a process accepts connections on the unix socket `file` (a live server's). */
+export function socketAccepts(file: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(file);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
 }
 
 /** Removes `vmsynth-*` QEMU logs whose domain libvirt does not know, unmodified for QEMU_LOG_GRACE_MS; returns them. */

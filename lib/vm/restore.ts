@@ -20,6 +20,7 @@ import { exec } from '../core/exec.js';
 import { freePort } from '../core/net.js';
 import { throwIfAborted, type Scope } from '../core/scope.js';
 import { AGENT_GUEST_PORT } from './agent.js';
+import { guestNet } from './guest-netns.js';
 import type { Base } from './base.js';
 import { hasGenid } from './base-manifest.js';
 import type { VmSpec } from './domain-xml.js';
@@ -140,8 +141,11 @@ export async function restoreVm(lv: Libvirt, opts: RestoreOptions, scope: Scope)
     await fsp.writeFile(run.file('device.state'), state);
     state = run.file('device.state');
   }
-  const hostPort = await freePort();
-  const agentPort = opts.agent ? await freePort() : null;
+  // (A process in another network namespace than QEMU's picks the ports in QEMU's: guest-netns.ts.)
+  const gn = await guestNet();
+  const port = () => (gn ? gn.freePort() : freePort());
+  const hostPort = await port();
+  const agentPort = opts.agent ? await port() : null;
   const spec = restoreSpec(base, run, {
     disk: { path: layer, format: 'qcow2', ...(opts.disk.discard ? { discard: true } : {}) },
     memory: opts.memory,

@@ -21,6 +21,7 @@ import { guestBase } from '../helpers/guest-base.js';
 const run = promisify(execFile);
 const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
 const PREFIX = 'vmsdt-';
+const TOKEN = 'discover-test-token';
 t.teardown(removeTestRoot);
 
 await guestBase('discbase');
@@ -40,6 +41,7 @@ async function serve(node: TopologyNode, announce: boolean): Promise<ChildProces
     ...process.env,
     VMSYNTH_RUN_DIR: path.join(testRoot, `run-${node.name}`),
     VMSYNTH_STORE_DIR: path.join(testRoot, `store-${node.name}`),
+    VMSYNTH_TOKEN: TOKEN, // off loopback a server wants client tokens
     LOG_FORMAT: 'json',
   };
   const args = [cli, 'serve', '--listen', `${node.addr}:8021`, '--no-verify-bases', '--json'];
@@ -85,6 +87,8 @@ async function discover(): Promise<Found> {
     client.addr,
     '--static',
     `${b.addr}:8021`,
+    '--token',
+    TOKEN,
     '--json',
   ]);
   return JSON.parse(stdout) as Found;

@@ -5,7 +5,9 @@
  */
 import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
+import path from 'node:path';
 import { promisify } from 'node:util';
+import { CONTROL_SOCKET, socketAccepts } from '../../lib/vm/janitor.js';
 
 const run = promisify(execFile);
 
@@ -70,7 +72,13 @@ export interface Leaks {
   files: string[];
 }
 
-/** Everything still present for these domains and under this run directory. */
+async function liveControlAside(files: string[], runDir: string): Promise<string[]> {
+  const control = path.join(runDir, CONTROL_SOCKET);
+  if (!files.includes(control) || !(await socketAccepts(control))) return files;
+  return files.filter((f) => f !== control);
+}
+
+/** Everything still present for these domains and under this run directory (a live server's control socket aside). */
 export async function leaks(domains: string[], runDir: string): Promise<Leaks> {
   const live = await virshDomains();
   const qemu = (await Promise.all(domains.map(qemuProcessesFor))).flat();
@@ -79,7 +87,8 @@ export async function leaks(domains: string[], runDir: string): Promise<Leaks> {
     qemu,
     keepers: await keepersUnder(runDir),
     mounts: await mountsUnder(runDir),
-    files: await filesUnder(runDir),
+    // A running server's control socket is its own; a dead one's is a leak.
+    files: await liveControlAside(await filesUnder(runDir), runDir),
   };
 }
 

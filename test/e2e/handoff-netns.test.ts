@@ -1,0 +1,151 @@
+/**
+ * A handoff between two cloudlets on a network made here
+ * (bench/lib/topology.ts: cloudlets A and B and the client each in a
+ * network namespace of its own, on a bridge, every link shaped with tc):
+ * `vmsynth serve` runs in A's and in B's namespace (each with its own run
+ * directory and store; they reach their QEMUs, which libvirtd runs in the
+ * host's namespace, through vm/guest-netns.ts), the client runs in its own
+ * and builds state on A, then asks for the handoff while it keeps sending
+ * requests. The VM moves over the A-B link (38 Mbit/s), the client follows,
+ * every request is answered once, and nothing is left in any namespace.
+ */
+import { testRoot, removeTestRoot } from '../helpers/env.js';
+import t from 'tap';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { packageRoot } from '../../lib/core/paths.js';
+import { Scope } from '../../lib/core/scope.js';
+import { createOverlay } from '../../lib/offline/create.js';
+import { generateKey } from '../../lib/overlay/keys.js';
+import { LINKS } from '../../bench/lib/link.js';
+import { createTopology, netnsPath, removeStaleTopology, type TopologyNode } from '../../bench/lib/topology.js';
+import { guestBase } from '../helpers/guest-base.js';
+import { leaks, NO_LEAKS } from '../helpers/leaks.js';
+
+const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
+const PREFIX = 'vmsht-';
+const TOKEN = 'handoff-netns-test-token';
+t.teardown(removeTestRoot);
+
+await guestBase('hnbase');
+await generateKey();
+const ov = path.join(testRoot, 'overlay');
+const demo = await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8');
+await createOverlay({ base: 'hnbase', out: ov, script: demo });
+
+await removeStaleTopology(PREFIX);
+const scope = new Scope();
+t.teardown(() => scope.close());
+const topo = await createTopology(scope, {
+  prefix: PREFIX,
+  octet: 213,
+  links: { clientA: LINKS.lan!, clientB: LINKS.lan!, ab: LINKS.wifi! },
+});
+const { a, b, client } = topo.nodes;
+const runDirOf = (n: TopologyNode) => path.join(testRoot, `run-${n.name}`);
+
+/** `vmsynth serve` in a node's namespace; resolves once it listens. */
+async function serve(node: TopologyNode): Promise<ChildProcess> {
+  const env = {
+    ...process.env,
+    VMSYNTH_RUN_DIR: runDirOf(node),
+    VMSYNTH_STORE_DIR: path.join(testRoot, `store-${node.name}`),
+    // Off loopback a server wants client tokens; the cloudlets present the same one to each other.
+    VMSYNTH_TOKEN: TOKEN,
+    VMSYNTH_HANDOFF_TOKEN: TOKEN,
+    LOG_FORMAT: 'json',
+  };
+  const child = spawn(
+    'nsenter',
+    [
+      `--net=${netnsPath(node.ns)}`,
+      process.execPath,
+      cli,
+      'serve',
+      '--listen',
+      `${node.addr}:8021`,
+      '--no-verify-bases',
+      '--json',
+    ],
+    { env, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  scope.defer(`stop vmsynth serve in ${node.ns}`, async () => {
+    if (child.exitCode !== null) return;
+    const gone = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    await gone;
+  });
+  let out = '';
+  child.stderr.on('data', () => undefined);
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('"listening"')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`vmsynth serve in ${node.ns} exited ${code}: ${out.slice(-1500)}`)));
+  });
+  return child;
+}
+
+/** The client's run, in its namespace: state on A, a stream of requests across the handoff to B. */
+const CLIENT = `
+const { ClientSession } = await import(${JSON.stringify(pathToFileURL(path.join(packageRoot(), 'dist', 'lib', 'client', 'session.js')).href)});
+const [overlay, from, to, token] = process.argv.slice(1);
+const s = await ClientSession.open({ server: from, overlay, token });
+await s.complete;
+const add = async (q) => JSON.parse((await s.offload({ method: 'GET', path: '/state?' + q })).body.toString());
+for (let i = 0; i < 3; i++) await add('add=1&touch_mb=2&disk_mb=1&disk_off_mb=56');
+let sent = 3, on = true, longest = 0;
+const stream = (async () => { let last = performance.now(); while (on) { await add('add=1'); sent++; const now = performance.now(); longest = Math.max(longest, now - last); last = now; } })();
+await new Promise((r) => setTimeout(r, 500));
+const t0 = performance.now();
+await s.handoff(to);
+const handoffMs = performance.now() - t0;
+await new Promise((r) => setTimeout(r, 1000));
+on = false;
+await stream;
+const after = await add('');
+const result = { sent, count: after.count, server: s.server.host + ':' + s.server.port, longestGapMs: Math.round(longest), handoffMs: Math.round(handoffMs), session: s.id };
+await s.finish();
+console.log(JSON.stringify(result));
+`;
+
+t.test('a VM moves between cloudlets in their own network namespaces, over a 38 Mbit/s link', async (t) => {
+  await serve(a);
+  await serve(b);
+  const child = spawn(
+    'nsenter',
+    [
+      `--net=${netnsPath(client.ns)}`,
+      process.execPath,
+      '--input-type=module',
+      '-e',
+      CLIENT,
+      ov,
+      `${a.addr}:8021`,
+      `${b.addr}:8021`,
+      TOKEN,
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const code = await new Promise<number | null>((r) => child.once('exit', r));
+  t.equal(code, 0, `the client ran (${err.slice(-1500)})`);
+  const r = JSON.parse(out.trim().split('\n').pop()!) as {
+    sent: number;
+    count: number;
+    server: string;
+    longestGapMs: number;
+    handoffMs: number;
+  };
+  t.equal(r.server, `${b.addr}:8021`, 'the client is on B');
+  t.equal(r.count, r.sent, `every one of the ${r.sent} requests counted once`);
+  t.pass(`handoff ${r.handoffMs} ms; longest gap between replies ${r.longestGapMs} ms`);
+  await scope.close();
+  for (const n of [a, b]) t.same(await leaks([], runDirOf(n)), NO_LEAKS, `nothing left of cloudlet ${n.name}`);
+});
