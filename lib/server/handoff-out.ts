@@ -247,8 +247,8 @@ export async function handOff(o: HandoffOutOptions): Promise<HandoffReport> {
     // The stop: no request runs, the VM pauses, the last pass and the device state go.
     await served.quiesce(tuning.quiesceMs);
     const tStop = performance.now();
+    stopped = true; // (from here a failure continues the VM: `cont` on a VM that runs is harmless)
     const state = await capture.stop();
-    stopped = true;
     const last = await capture.pass(levelFor(rate));
     await link.send(
       { type: 'final', pass: passes.length, ...(o.whole ? { whole: true } : {}) },
