@@ -1,7 +1,7 @@
 /**
  * `npm run bench -- [name...] [options]`: runs the named benchmarks (resume,
- * overlay, memory, first-response, store, suite); without a name, all but the
- * store and the suite.
+ * overlay, memory, first-response, store, suite, handoff); without a name, all
+ * but the store, the suite and the handoff.
  * Options after the names go to the benchmark (the suite's, and the store's
  * --plot: `npm run bench -- suite --quick`). Each prints a table with a ratio against
  * a baseline measured in the same run, and writes JSON to bench/results/.
@@ -14,6 +14,7 @@ const BENCHES: Record<string, (argv: string[]) => Promise<void>> = {
   'first-response': async () => (await import('./first-response.js')).benchFirstResponse(),
   store: async (argv) => (await import('./store.js')).benchStore(argv),
   suite: async (argv) => (await import('./suite.js')).benchSuite(argv),
+  handoff: async () => (await import('./handoff.js')).benchHandoff(),
 };
 /** What runs when no name is given: the suite takes hours, so it runs only by name. */
 const DEFAULT = ['resume', 'overlay', 'memory', 'first-response'];
@@ -34,6 +35,10 @@ and writes JSON to bench/results/):
                   --plot RESULT.json draws a saved result's chart again
   suite           real apps in a Debian guest against Elijah's numbers (hours;
                   runs only by name; options: npm run bench -- suite --help)
+  handoff         a live handoff between two cloudlets in network namespaces,
+                  A-B at 38 Mbit/s and 1 Gbit/s (BENCH_HANDOFF_LINKS), early
+                  start against the safe mode; the demo VM only so far.
+                  Runs only by name
 With no name: ${DEFAULT.join(', ')}.
 `;
 const args = process.argv.slice(2);
