@@ -88,6 +88,11 @@ t.test(
     t.throws(() => a.snapshot(), { code: 'VMS_INTERNAL' }, 'not while a request runs');
     a.settle(3, { error: new VmsynthError('VMS_GUEST_TIMEOUT', 'slow') });
     const b = new RequestLog(8);
+    t.same(
+      a.snapshot().entries.map((e) => e.id),
+      [2, 3],
+      'the acknowledged entry stays behind',
+    );
     b.restore(a.snapshot());
     t.same(
       b.unacked().map(([id]) => id),
