@@ -222,29 +222,45 @@ async function oneRun(
   };
 }
 
-function chart(runs: RunResult[]): TopLevelSpec {
-  const values = runs.flatMap((r, i) =>
-    r.samples.filter((s) => s.at > -2000 && s.at < 8000).map((s) => ({ ...s, run: `${r.link} ${r.mode} #${i}` })),
+/** The request stream across the first handoff of each link and mode: reply latency against time. */
+export function handoffChart(runs: Array<Pick<RunResult, 'link' | 'mode' | 'samples'>>): TopLevelSpec {
+  const first = runs.filter((r, i) => runs.findIndex((x) => x.link === r.link && x.mode === r.mode) === i);
+  const values = first.flatMap((r) =>
+    r.samples
+      .filter((s) => s.at > -1000 && s.at < 6000)
+      .map((s) => ({
+        at: s.at,
+        latencyMs: s.latencyMs,
+        on: s.on,
+        run: `A-B ${r.link}, ${r.mode === 'early' ? 'early start' : 'safe mode (--whole)'}`,
+      })),
   );
   return {
     $schema: VEGA_LITE_SCHEMA,
     title: {
-      text: 'Requests across a handoff: reply latency against time since the handoff was asked for',
+      text: 'Requests across a handoff (one at a time): each reply, when it came and how long it took',
       anchor: 'start',
     },
     data: { values },
-    facet: { row: { field: 'run', type: 'nominal', title: null } },
+    facet: {
+      row: {
+        field: 'run',
+        type: 'nominal',
+        title: null,
+        header: { labelAngle: 0, labelAlign: 'left', labelOrient: 'top', labelFontSize: 11 },
+      },
+    },
     spec: {
       width: 640,
       height: 90,
-      mark: { type: 'point', filled: true, size: 14 },
+      mark: { type: 'line', strokeWidth: 1 },
       encoding: {
         x: { field: 'at', type: 'quantitative', title: 'ms since the handoff was asked for' },
-        y: { field: 'latencyMs', type: 'quantitative', title: 'reply ms', scale: { type: 'symlog' } },
-        color: { field: 'on', type: 'nominal', title: 'served by' },
+        y: { field: 'latencyMs', type: 'quantitative', title: 'reply ms', scale: { type: 'log' } },
+        color: { field: 'on', type: 'nominal', title: 'served by', scale: { domain: ['A', 'B'] } },
       },
     },
-  };
+  } as TopLevelSpec;
 }
 
 export async function benchHandoff(): Promise<void> {
@@ -325,7 +341,7 @@ export async function benchHandoff(): Promise<void> {
     const file = path.join(dir, `handoff-${stamp}.json`);
     const svg = path.join(dir, `handoff-${stamp}.svg`);
     await fsp.writeFile(file, JSON.stringify(out, null, 2) + '\n');
-    await fsp.writeFile(svg, await renderSvg(chart(results)));
+    await fsp.writeFile(svg, await renderSvg(handoffChart(results)));
     console.log(
       `handoff benchmark (${accel.toUpperCase()}, ${os.cpus().length} CPUs, ${runs} runs per link and mode; A-B link shaped, B holding the overlay)`,
     );
