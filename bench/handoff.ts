@@ -260,7 +260,7 @@ export function handoffChart(runs: Array<Pick<RunResult, 'link' | 'mode' | 'samp
         color: { field: 'on', type: 'nominal', title: 'served by', scale: { domain: ['A', 'B'] } },
       },
     },
-  } as TopLevelSpec;
+  };
 }
 
 export async function benchHandoff(): Promise<void> {
