@@ -31,12 +31,13 @@ import { Scope } from '../lib/core/scope.js';
 import { detectAccel } from '../lib/vm/accel.js';
 import { renderSvg, VEGA_LITE_SCHEMA, type TopLevelSpec } from './lib/chart.js';
 import { prepare } from './lib/demo-overlay.js';
+import { startCloudlet, VMSYNTH_CLI } from './lib/cloudlet-server.js';
 import { LINKS, type Link } from './lib/link.js';
 import { percentile, round } from './lib/stats.js';
 import { createTopology, netnsPath, removeStaleTopology, setLinks, type TopologyNode } from './lib/topology.js';
 
 const run = promisify(execFile);
-const CLI = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
+const CLI = VMSYNTH_CLI;
 const PREFIX = 'vmshb-';
 const TOKEN = 'vmsynth-bench-handoff';
 const MODES = ['early', 'whole'] as const;
@@ -97,39 +98,17 @@ await s.finish();
 process.exit(0);
 `;
 
-/** `vmsynth serve` in a node's namespace; resolves once it listens. */
+/** `vmsynth serve` in a node's namespace, trusting the bench key; resolves with its run directory once it listens. */
 async function serve(scope: Scope, node: TopologyNode, tmp: string, trust: string): Promise<string> {
-  const runDir = path.join(tmp, `run-${node.name}`);
-  const env = {
-    ...process.env,
-    VMSYNTH_RUN_DIR: runDir,
-    VMSYNTH_STORE_DIR: path.join(tmp, `store-${node.name}`),
-    VMSYNTH_TOKEN: TOKEN,
-    VMSYNTH_HANDOFF_TOKEN: TOKEN,
-    VMSYNTH_TRUST: trust,
-    LOG_FORMAT: 'json',
-  };
-  const args = [CLI, 'serve', '--listen', `${node.addr}:8021`, '--no-verify-bases', '--json'];
-  const child = spawn('nsenter', [`--net=${netnsPath(node.ns)}`, process.execPath, ...args], {
+  const env = { VMSYNTH_TOKEN: TOKEN, VMSYNTH_HANDOFF_TOKEN: TOKEN, VMSYNTH_TRUST: trust };
+  const c = await startCloudlet(scope, {
+    name: node.name,
+    dir: tmp,
+    listen: { host: node.addr, port: 8021 },
+    ns: node.ns,
     env,
-    stdio: ['ignore', 'pipe', 'pipe'],
   });
-  scope.defer(`stop vmsynth serve in ${node.ns}`, async () => {
-    if (child.exitCode !== null) return;
-    const gone = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    await gone;
-  });
-  let out = '';
-  child.stderr.on('data', () => undefined);
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('"listening"')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`vmsynth serve in ${node.ns} exited ${code}: ${out.slice(-1500)}`)));
-  });
-  return runDir;
+  return c.runDir;
 }
 
 /** The client script in its namespace; `onLine` sees each JSON line. */

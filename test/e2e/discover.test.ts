@@ -9,17 +9,16 @@
  */
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
+import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { packageRoot } from '../../lib/core/paths.js';
 import { Scope } from '../../lib/core/scope.js';
+import { startCloudlet, VMSYNTH_CLI, type CloudletServer } from '../../bench/lib/cloudlet-server.js';
 import { LINKS } from '../../bench/lib/link.js';
 import { createTopology, netnsPath, removeStaleTopology, type TopologyNode } from '../../bench/lib/topology.js';
 import { guestBase } from '../helpers/guest-base.js';
 
 const run = promisify(execFile);
-const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
+const cli = VMSYNTH_CLI;
 const PREFIX = 'vmsdt-';
 const TOKEN = 'discover-test-token';
 t.teardown(removeTestRoot);
@@ -35,36 +34,19 @@ const topo = await createTopology(scope, {
 });
 const { a, b, client } = topo.nodes;
 
-/** `vmsynth serve` in a node's namespace, on its bridge address; resolves once it listens. */
-async function serve(node: TopologyNode, announce: boolean): Promise<ChildProcess> {
+/** `vmsynth serve` in a node's namespace, on its bridge address (announcing on it, with `announce`). */
+async function serve(node: TopologyNode, announce: boolean): Promise<CloudletServer> {
   const env = {
-    ...process.env,
-    VMSYNTH_RUN_DIR: path.join(testRoot, `run-${node.name}`),
-    VMSYNTH_STORE_DIR: path.join(testRoot, `store-${node.name}`),
     VMSYNTH_TOKEN: TOKEN, // off loopback a server wants client tokens
-    LOG_FORMAT: 'json',
+    ...(announce ? { VMSYNTH_ANNOUNCE: 'true', VMSYNTH_ANNOUNCE_INTERFACE: node.addr } : {}),
   };
-  const args = [cli, 'serve', '--listen', `${node.addr}:8021`, '--no-verify-bases', '--json'];
-  const child = spawn('nsenter', [`--net=${netnsPath(node.ns)}`, process.execPath, ...args], {
-    env: announce ? { ...env, VMSYNTH_ANNOUNCE: 'true', VMSYNTH_ANNOUNCE_INTERFACE: node.addr } : env,
-    stdio: ['ignore', 'pipe', 'pipe'],
+  return startCloudlet(scope, {
+    name: node.name,
+    dir: testRoot,
+    listen: { host: node.addr, port: 8021 },
+    ns: node.ns,
+    env,
   });
-  scope.defer(`stop vmsynth serve in ${node.ns}`, async () => {
-    if (child.exitCode !== null) return;
-    const gone = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    await gone;
-  });
-  let out = '';
-  child.stderr.on('data', () => undefined);
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('"listening"')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`vmsynth serve in ${node.ns} exited ${code}: ${out.slice(-1500)}`)));
-  });
-  return child;
 }
 
 interface Found {
@@ -114,9 +96,7 @@ t.test(
       );
     t.equal(found.cloudlets.length, 2, 'nothing else on this network');
 
-    const gone = new Promise((r) => announced.once('exit', r));
-    announced.kill('SIGTERM');
-    await gone;
+    await announced.stop();
     const after = await discover();
     t.same(
       after.cloudlets.filter((c) => c.source === 'mdns'),

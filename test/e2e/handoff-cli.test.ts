@@ -8,15 +8,17 @@
  */
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { ClientSession } from '../../lib/client/session.js';
 import { freePort } from '../../lib/core/net.js';
 import { packageRoot } from '../../lib/core/paths.js';
+import { Scope } from '../../lib/core/scope.js';
 import { createOverlay } from '../../lib/offline/create.js';
 import { generateKey } from '../../lib/overlay/keys.js';
+import { startCloudlet, VMSYNTH_CLI, type CloudletServer } from '../../bench/lib/cloudlet-server.js';
 import { guestBase } from '../helpers/guest-base.js';
 import { leaks, NO_LEAKS } from '../helpers/leaks.js';
 import { until } from '../helpers/wait.js';
@@ -30,49 +32,19 @@ const ov = path.join(testRoot, 'overlay');
 const demo = await fsp.readFile(path.join(packageRoot(), 'guest', 'examples', 'customize-demo.sh'), 'utf8');
 await createOverlay({ base: 'hcbase', out: ov, script: demo });
 
-const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
-const children = new Set<ChildProcess>();
-t.teardown(async () => {
-  const running = [...children].filter((c) => c.exitCode === null);
-  for (const c of running) c.kill('SIGTERM');
-  await Promise.all(running.map((c) => new Promise((r) => c.once('exit', r))));
-});
+const cli = VMSYNTH_CLI;
+const scope = new Scope();
+t.teardown(() => scope.close());
 
-interface Cloudlet {
+interface Cloudlet extends CloudletServer {
   name: string;
-  addr: string;
-  env: NodeJS.ProcessEnv;
-  runDir: string;
 }
 
 /** Starts `vmsynth serve` as cloudlet `name`, with its own run directory and store (and base directory, if given). */
 async function cloudlet(name: string, bases?: string): Promise<Cloudlet> {
-  const port = await freePort();
-  const runDir = path.join(testRoot, `run-${name}`);
-  const env = {
-    ...process.env,
-    VMSYNTH_RUN_DIR: runDir,
-    VMSYNTH_STORE_DIR: path.join(testRoot, `store-${name}`),
-    ...(bases ? { VMSYNTH_BASE_DIR: bases } : {}),
-    LOG_FORMAT: 'json',
-    LOG_LEVEL: 'info',
-  };
-  const child = spawn(
-    process.execPath,
-    [cli, 'serve', '--listen', `127.0.0.1:${port}`, '--no-verify-bases', '--json'],
-    { env, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  children.add(child);
-  let out = '';
-  child.stderr.on('data', () => undefined);
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('"listening"')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`vmsynth serve ${name} exited with ${code}: ${out.slice(-2000)}`)));
-  });
-  return { name, addr: `127.0.0.1:${port}`, env, runDir };
+  const listen = { host: '127.0.0.1', port: await freePort() };
+  const env = bases ? { VMSYNTH_BASE_DIR: bases } : {};
+  return { name, ...(await startCloudlet(scope, { name, dir: testRoot, listen, env })) };
 }
 
 /** Runs `vmsynth handoff ... --json` against cloudlet `from`; resolves with its exit code and JSON. */
@@ -116,10 +88,6 @@ t.test('vmsynth handoff: refused by a cloudlet without the base, then done to on
   t.equal(await count(), 3, 'the count goes on, on B');
   const domains = [`vmsynth-${String((listed.out.sessions as Array<{ id: string }>)[0]!.id)}`, `vmsynth-${s.id}`];
   await s.finish();
-  for (const child of children) {
-    const gone = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    await gone;
-  }
+  for (const x of [a, b, c]) await x.stop();
   for (const x of [a, b, c]) t.same(await leaks(domains, x.runDir), NO_LEAKS, `nothing left on ${x.name}`);
 });

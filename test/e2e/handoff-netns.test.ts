@@ -11,7 +11,7 @@
  */
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -19,12 +19,12 @@ import { packageRoot } from '../../lib/core/paths.js';
 import { Scope } from '../../lib/core/scope.js';
 import { createOverlay } from '../../lib/offline/create.js';
 import { generateKey } from '../../lib/overlay/keys.js';
+import { startCloudlet } from '../../bench/lib/cloudlet-server.js';
 import { LINKS } from '../../bench/lib/link.js';
 import { createTopology, netnsPath, removeStaleTopology, type TopologyNode } from '../../bench/lib/topology.js';
 import { guestBase } from '../helpers/guest-base.js';
 import { leaks, NO_LEAKS } from '../helpers/leaks.js';
 
-const cli = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
 const PREFIX = 'vmsht-';
 const TOKEN = 'handoff-netns-test-token';
 t.teardown(removeTestRoot);
@@ -44,50 +44,16 @@ const topo = await createTopology(scope, {
   links: { clientA: LINKS.lan!, clientB: LINKS.lan!, ab: LINKS.wifi! },
 });
 const { a, b, client } = topo.nodes;
-const runDirOf = (n: TopologyNode) => path.join(testRoot, `run-${n.name}`);
 
-/** `vmsynth serve` in a node's namespace; resolves once it listens. */
-async function serve(node: TopologyNode): Promise<ChildProcess> {
-  const env = {
-    ...process.env,
-    VMSYNTH_RUN_DIR: runDirOf(node),
-    VMSYNTH_STORE_DIR: path.join(testRoot, `store-${node.name}`),
-    // Off loopback a server wants client tokens; the cloudlets present the same one to each other.
-    VMSYNTH_TOKEN: TOKEN,
-    VMSYNTH_HANDOFF_TOKEN: TOKEN,
-    LOG_FORMAT: 'json',
-  };
-  const child = spawn(
-    'nsenter',
-    [
-      `--net=${netnsPath(node.ns)}`,
-      process.execPath,
-      cli,
-      'serve',
-      '--listen',
-      `${node.addr}:8021`,
-      '--no-verify-bases',
-      '--json',
-    ],
-    { env, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  scope.defer(`stop vmsynth serve in ${node.ns}`, async () => {
-    if (child.exitCode !== null) return;
-    const gone = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    await gone;
+/** `vmsynth serve` in a node's namespace. Off loopback a server wants client tokens; the cloudlets present the same one to each other. */
+const serve = (node: TopologyNode) =>
+  startCloudlet(scope, {
+    name: node.name,
+    dir: testRoot,
+    listen: { host: node.addr, port: 8021 },
+    ns: node.ns,
+    env: { VMSYNTH_TOKEN: TOKEN, VMSYNTH_HANDOFF_TOKEN: TOKEN },
   });
-  let out = '';
-  child.stderr.on('data', () => undefined);
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('"listening"')) resolve();
-    });
-    child.once('exit', (code) => reject(new Error(`vmsynth serve in ${node.ns} exited ${code}: ${out.slice(-1500)}`)));
-  });
-  return child;
-}
 
 /** The client's run, in its namespace: state on A, a stream of requests across the handoff to B. */
 const CLIENT = `
@@ -113,8 +79,7 @@ console.log(JSON.stringify(result));
 `;
 
 t.test('a VM moves between cloudlets in their own network namespaces, over a 38 Mbit/s link', async (t) => {
-  await serve(a);
-  await serve(b);
+  const servers = [await serve(a), await serve(b)];
   const child = spawn(
     'nsenter',
     [
@@ -147,5 +112,6 @@ t.test('a VM moves between cloudlets in their own network namespaces, over a 38 
   t.equal(r.count, r.sent, `every one of the ${r.sent} requests counted once`);
   t.pass(`handoff ${r.handoffMs} ms; longest gap between replies ${r.longestGapMs} ms`);
   await scope.close();
-  for (const n of [a, b]) t.same(await leaks([], runDirOf(n)), NO_LEAKS, `nothing left of cloudlet ${n.name}`);
+  for (const [i, s] of servers.entries())
+    t.same(await leaks([], s.runDir), NO_LEAKS, `nothing left of cloudlet ${i === 0 ? 'a' : 'b'}`);
 });
