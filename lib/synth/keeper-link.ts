@@ -26,6 +26,7 @@ import {
   KEEPER_SOCKET,
   KEEPER_SPEC,
   sendFrame,
+  u32Bytes,
   type FromKeeper,
   type KeeperSpec,
   type ToKeeper,
@@ -182,8 +183,7 @@ export class KeeperLink implements ArrivalsObserver {
   private flush(): void {
     this.flushing = false;
     for (const [key, list] of this.pending) {
-      const chunks = new Uint8Array(Uint32Array.from(list).buffer);
-      this.send({ t: 'arrived', image: key >> 2, source: (key & 3) as ChunkSource, chunks });
+      this.send({ t: 'arrived', image: key >> 2, source: (key & 3) as ChunkSource, chunks: u32Bytes(list) });
     }
     this.pending.clear();
   }
@@ -196,7 +196,7 @@ export class KeeperLink implements ArrivalsObserver {
   /** These chunks of `image` are missing again and wait for `segment` (a handoff's delta). */
   expected(image: number, segment: number, chunks: number[]): void {
     this.flush();
-    this.send({ t: 'expect', image, segment, chunks: new Uint8Array(Uint32Array.from(chunks).buffer) });
+    this.send({ t: 'expect', image, segment, chunks: u32Bytes(chunks) });
   }
 
   /** Segment `segment` is applied and every chunk it brought marked present. */

@@ -86,3 +86,13 @@ export function bytesInt32(b: Uint8Array): Int32Array {
   const copy = new Uint8Array(b); // aligned
   return new Int32Array(copy.buffer, 0, copy.byteLength >> 2);
 }
+
+/** A list of chunk indexes ⇄ bytes (u32 each, the host's byte order: both ends are this machine). */
+export function u32Bytes(list: readonly number[]): Uint8Array {
+  return new Uint8Array(Uint32Array.from(list).buffer);
+}
+
+export function bytesU32(b: Uint8Array): Uint32Array {
+  const copy = new Uint8Array(b); // aligned
+  return new Uint32Array(copy.buffer, 0, copy.byteLength >> 2);
+}

@@ -30,6 +30,7 @@ import { ChunkArrivals } from './arrivals.js';
 import {
   bytesInt32,
   frameReader,
+  bytesU32,
   int32Bytes,
   KEEPER_SOCKET,
   KEEPER_SPEC,
@@ -173,23 +174,15 @@ export class ImageKeeper {
         this.readsChanged();
         return;
       }
-      case 'arrived': {
-        const idx = new Uint32Array(
-          m.chunks.buffer.slice(m.chunks.byteOffset, m.chunks.byteOffset + m.chunks.byteLength),
-        );
-        for (const i of idx) this.arrivals.arrived(m.image, i, m.source);
+      case 'arrived':
+        for (const i of bytesU32(m.chunks)) this.arrivals.arrived(m.image, i, m.source);
         return;
-      }
       case 'redirect':
         this.arrivals.redirect(m.image, m.index, m.segment);
         return;
-      case 'expect': {
-        const idx = new Uint32Array(
-          m.chunks.buffer.slice(m.chunks.byteOffset, m.chunks.byteOffset + m.chunks.byteLength),
-        );
-        for (const i of idx) this.arrivals.expect(m.image, i, m.segment);
+      case 'expect':
+        for (const i of bytesU32(m.chunks)) this.arrivals.expect(m.image, i, m.segment);
         return;
-      }
       case 'applied':
         this.applied.add(m.segment);
         return;

@@ -24,7 +24,7 @@ import { readRecord } from '../overlay/records.js';
 import { ChunkArrivals, type BlockedReadStats, type HeldReads } from './arrivals.js';
 import { KeeperLink } from './keeper-link.js';
 import type { KeeperPool } from './keeper-pool.js';
-import { int32Bytes, type KeeperSpec } from './keeper-wire.js';
+import { bytesU32, int32Bytes, u32Bytes, type KeeperSpec } from './keeper-wire.js';
 import { SegmentPipeline } from './segment-pipeline.js';
 
 /** The chunks delta segments brought, kept for an adopting server: u32 each, the disk's with bit 31 set. */
@@ -133,8 +133,7 @@ export class LaunchImages {
   /** Connects to the keeper a previous server left and takes over its maps and applied segments. */
   private async adoptKeeper(scope: Scope): Promise<void> {
     const kept = await fsp.readFile(this.deltaFile).catch(() => Buffer.alloc(0));
-    for (const k of new Uint32Array(kept.buffer, kept.byteOffset, kept.length >> 2))
-      this.fromDelta[k >= 2 ** 31 ? 1 : 0]!.add(k % 2 ** 31);
+    for (const k of bytesU32(kept)) this.fromDelta[k >= 2 ** 31 ? 1 : 0]!.add(k % 2 ** 31);
     const got = await KeeperLink.adopt(this.opts.dir, this.keeperEvents());
     if (!got) throw new VmsynthError('VMS_SESSION_GONE', `no live keeper serves the images in ${this.opts.dir}`);
     this.arrivals.load(got.state);
@@ -239,10 +238,7 @@ export class LaunchImages {
     }
     byImage.forEach((chunks, image) => chunks.length > 0 && this.link?.expected(image, index, chunks));
     // Kept in the run directory: a server that adopts this session must still send them in a later handoff.
-    appendFileSync(
-      this.deltaFile,
-      Buffer.from(Uint32Array.from(byImage.flatMap((c, image) => c.map((i) => image * 2 ** 31 + i))).buffer),
-    );
+    appendFileSync(this.deltaFile, u32Bytes(byImage.flatMap((c, image) => c.map((i) => image * 2 ** 31 + i))));
   }
 
   private get deltaFile(): string {
