@@ -54,7 +54,6 @@ export interface DeltaPass {
   skipped: number;
   /** Compressed bytes of the segments. */
   bytes: number;
-  ms: number;
 }
 
 export interface PassOptions {
@@ -86,19 +85,8 @@ export class DeltaTracker {
     this.next = firstSegment;
   }
 
-  /** The number the next delta segment gets. */
-  get nextSegment(): number {
-    return this.next;
-  }
-
-  /** Chunks the target holds from the passes so far. */
-  get chunksSent(): number {
-    return this.sent.size;
-  }
-
   /** Packs what changed since the last pass (or since synthesis) into segments. */
   async pass(changed: AsyncIterable<ChunkNow>, readers: DeltaReaders, opts: PassOptions): Promise<DeltaPass> {
-    const t0 = performance.now();
     const out: DeltaSegment[] = [];
     const datas: Buffer[] = [];
     const packer = new SegmentPacker((z) => datas.push(z), opts.segmentBytes ?? 1 << 20, opts.level);
@@ -146,7 +134,7 @@ export class DeltaTracker {
       bytes += data.length;
       out.push({ index: this.next++, info: { ...info, offset: 0 }, data });
     });
-    return { segments: out, kinds: emit.kinds, looked, skipped, bytes, ms: performance.now() - t0 };
+    return { segments: out, kinds: emit.kinds, looked, skipped, bytes };
   }
 }
 

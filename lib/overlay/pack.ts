@@ -67,8 +67,7 @@ export class SegmentPacker {
   constructor(
     private readonly sink: SegmentSink,
     private readonly segmentBytes: number,
-    /** zstd level of the segments flushed from now on (a handoff adapts it to the link). */
-    public level: number,
+    private readonly level: number,
   ) {
     // A segment of references only (no payload) still ends after this many records.
     this.maxRecords = Math.max(1024, (segmentBytes / CHUNK_SIZE) * 16);

@@ -19,7 +19,6 @@ export class HandoffCapture {
   private readonly tracker: DeltaTracker;
   private readonly inherited: [number[], number[]];
   private base: FileHandle[] = [];
-  private passes = 0;
 
   constructor(private readonly session: SynthSession) {
     const launch = session.launch;
@@ -70,17 +69,7 @@ export class HandoffCapture {
       inherited: this.inherited,
       readers,
     });
-    this.passes++;
     return this.tracker.pass(changes, readers, { level, ...(signal ? { signal } : {}) });
-  }
-
-  get passCount(): number {
-    return this.passes;
-  }
-
-  /** Chunks the target holds from the passes so far. */
-  get chunksSent(): number {
-    return this.tracker.chunksSent;
   }
 
   /** Stops the VM; returns its device state without RAM and its generation ID. */
