@@ -86,7 +86,8 @@ export function levelFor(bytesPerMs: number | null): number {
   return 1;
 }
 
-function tablesOf(p: DeltaPass): DeltaTable[] {
+/** A pass's segment tables, as `pass` and `final` carry them. */
+export function tablesOf(p: DeltaPass): DeltaTable[] {
   return p.segments.map((s) => {
     const { offset: _offset, ...info } = s.info;
     return { index: s.index, ...info };

@@ -61,8 +61,6 @@ export class LaunchImages {
   adoptedSegments: number[] = [];
   /** Per image, the chunks a handoff's delta segments brought (what a later handoff must send too). */
   private readonly fromDelta = [new Set<number>(), new Set<number>()];
-  /** Memory and disk as a handoff's passes read them: the same maps, without the guest's counters or gate (read only complete images). */
-  views!: [ImageFile, ImageFile];
 
   private constructor(
     private readonly opts: LaunchImageOptions,
@@ -72,6 +70,8 @@ export class LaunchImages {
     private readonly pipeline: SegmentPipeline,
     /** The overlay's segments, then a handoff's delta segments as they are announced. */
     private readonly segments: SegmentInfo[],
+    /** Memory and disk as a handoff's passes read them: the same maps, without the guest's counters or gate (read only complete images). */
+    readonly views: [ImageFile, ImageFile],
   ) {}
 
   /** Creates the files and the pipeline; everything is released by `scope`. */
@@ -116,9 +116,10 @@ export class LaunchImages {
       threads: opts.threads,
     });
     scope.defer('stop the apply workers', () => pipeline.close());
-    const launch = new LaunchImages(opts, arrivals, image(0, 'memory.img'), image(1, 'disk.img'), pipeline, segments);
-    // The same images with their own counters, for a handoff's reads (they are not the guest's).
-    launch.views = [new ImageFile('memory.img', maps[0]!, readers(0)), new ImageFile('disk.img', maps[1]!, readers(1))];
+    const launch = new LaunchImages(opts, arrivals, image(0, 'memory.img'), image(1, 'disk.img'), pipeline, segments, [
+      new ImageFile('memory.img', maps[0]!, readers(0)),
+      new ImageFile('disk.img', maps[1]!, readers(1)),
+    ]);
     if (opts.adopt) await launch.adoptKeeper(scope);
     return launch;
   }

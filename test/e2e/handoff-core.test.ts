@@ -13,11 +13,10 @@ import t from 'tap';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { packageRoot } from '../../lib/core/paths.js';
-import type { DeltaPass } from '../../lib/handoff/delta.js';
 import { createOverlay } from '../../lib/offline/create.js';
 import { generateKey } from '../../lib/overlay/keys.js';
 import { Overlay } from '../../lib/overlay/reader.js';
-import type { DeltaTable } from '../../lib/protocol/handoff-messages.js';
+import { tablesOf } from '../../lib/server/handoff-out.js';
 import { HandoffCapture } from '../../lib/synth/handoff-capture.js';
 import { HandoffIntake } from '../../lib/synth/handoff-intake.js';
 import { SynthSession, type SynthEvents } from '../../lib/synth/session.js';
@@ -38,12 +37,6 @@ const segFile = overlay.segmentFile();
 t.teardown(() => segFile.close());
 const lv = await Libvirt.connect();
 t.teardown(() => lv.close());
-
-const tables = (p: DeltaPass): DeltaTable[] =>
-  p.segments.map((s) => {
-    const { offset: _, ...info } = s.info;
-    return { index: s.index, ...info };
-  });
 
 /** A session whose segments come straight from the overlay's file, as the client would send them. */
 async function session(
@@ -121,7 +114,7 @@ t.test('a VM handed off goes on with the state its requests built', async (t) =>
   const allThere = new Promise<void>((res) => (done = res));
   const intake = (ref.intake = new HandoffIntake(b.s, (err) => t.fail(err.message), done));
   for (const p of [p1, p2]) {
-    const applied = intake.pass(tables(p));
+    const applied = intake.pass(tablesOf(p));
     for (const seg of p.segments) intake.segment(seg.index, seg.data);
     await applied;
   }
@@ -131,7 +124,7 @@ t.test('a VM handed off goes on with the state its requests built', async (t) =>
     sent = true;
     for (const seg of p3.segments) intake.segment(seg.index, seg.data);
   };
-  await intake.final(tables(p3), stop.deviceState, stop.genid);
+  await intake.final(tablesOf(p3), stop.deviceState, stop.genid);
   const timer = setTimeout(sendFinal, 3000); // no read waited: send it anyway
   t.teardown(() => clearTimeout(timer));
   await b.ready;
