@@ -21,9 +21,10 @@ export function parseServer(spec: SynthesizeOptions['server']): { host: string; 
   return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
 }
 
-export function serverError(code: string, message: string): VmsynthError {
+export function serverError(code: string, message: string, targetCode?: string): VmsynthError {
   const known = Object.hasOwn(ERRORS, code) ? (code as ErrorCode) : 'VMS_PROTOCOL';
-  return new VmsynthError(known, `the server: ${message}`, { details: { serverCode: code } });
+  const target = targetCode !== undefined ? { targetCode } : {};
+  return new VmsynthError(known, `the server: ${message}`, { details: { serverCode: code, ...target } });
 }
 
 export function connect(

@@ -244,7 +244,7 @@ export class ClientSession {
         return;
       case 'error':
         if (m.id !== undefined && !m.fatal) {
-          if (this.offloads.refused(m.id, serverError(m.code, m.message))) return; // the handoff failed: we stay
+          if (this.offloads.refused(m.id, serverError(m.code, m.message, m.targetCode))) return; // the handoff failed: we stay
           io.send({ type: 'ack', ids: [m.id] });
           this.offloads.settle(m.id, serverError(m.code, m.message), null);
           return;

@@ -151,7 +151,7 @@ export const ERRORS = {
   },
   VMS_HANDOFF_REFUSED: {
     exit: 69,
-    hint: "The target cloudlet refused the handoff (details.targetCode says why: it lacks the base, is full, or does not trust this cloudlet's key); the VM goes on here. Pick another cloudlet (`vmsynth discover`), or give the target the base or the key.",
+    hint: "The target cloudlet refused the handoff (details.targetCode says why: it lacks the base, VMS_BASE_NOT_FOUND; runs its limit of sessions, VMS_BUSY; wants a token this cloudlet does not present (handoffToken), VMS_AUTH; does not trust the overlay's key, VMS_UNTRUSTED_KEY); the VM goes on here. Pick another cloudlet (`vmsynth discover`), or give the target what it lacks.",
   },
   VMS_BUSY: {
     exit: 75,

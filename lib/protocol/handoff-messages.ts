@@ -5,7 +5,8 @@
  * protocol, and moves the VM:
  *
  *   A: hello (as a client's, with this protocol)  B: welcome
- *   A: offer (the overlay manifest; the session's client, policy, secret hash)
+ *   A: offer (the overlay's id, or its manifest; the session's client, policy, secret hash)
+ *   B: manifest (it keeps no manifest with that id: A offers again, with it)
  *   B: accepted (its session id) | error
  *   B: want (overlay segments its store and the object store lack)  A: segment
  *   B: complete (the overlay is applied)
@@ -35,6 +36,9 @@ export type SourceMessage =
       policy: string;
       secretSha256: Buffer;
       overlayUrl?: string;
+      /** The overlay's id in a store (SHA-256 of its manifest body): B may hold its manifest. */
+      overlayId?: Buffer;
+      /** The manifest as the client sent it; empty when the offer names the overlay by id alone. */
       manifest: Buffer;
     }
   | { type: 'segment'; index: number; data: Buffer }
@@ -49,6 +53,8 @@ export type SourceMessage =
 export type TargetMessage =
   | { type: 'welcome'; protocol: string; server: string }
   | { type: 'accepted'; session: string }
+  /** B keeps no manifest with the offer's overlay id: offer again with it. */
+  | { type: 'manifest' }
   | { type: 'want'; segments: number[] }
   | { type: 'complete'; appliedMs: number }
   | { type: 'applied'; pass: number }
@@ -107,7 +113,8 @@ export function parseSourceMessage(f: Frame): SourceMessage {
       need(f, str(h.session) && str(h.client) && str(h.policy), 'session');
       need(f, bytes(h.secretSha256, HASH_BYTES), 'secretSha256');
       need(f, h.overlayUrl === undefined || str(h.overlayUrl), 'overlayUrl');
-      need(f, f.payload.length > 0, 'manifest');
+      need(f, h.overlayId === undefined || bytes(h.overlayId, HASH_BYTES), 'overlayId');
+      need(f, f.payload.length > 0 || h.overlayId !== undefined, 'manifest');
       return {
         type: 'offer',
         session: h.session as string,
@@ -115,6 +122,7 @@ export function parseSourceMessage(f: Frame): SourceMessage {
         policy: h.policy as string,
         secretSha256: Buffer.from(h.secretSha256 as Uint8Array),
         ...(h.overlayUrl !== undefined ? { overlayUrl: h.overlayUrl as string } : {}),
+        ...(h.overlayId !== undefined ? { overlayId: Buffer.from(h.overlayId as Uint8Array) } : {}),
         manifest: f.payload,
       };
     case 'segment':
@@ -152,6 +160,8 @@ export function parseTargetMessage(f: Frame): TargetMessage {
     case 'accepted':
       need(f, str(h.session), 'session');
       return { type: 'accepted', session: h.session as string };
+    case 'manifest':
+      return { type: 'manifest' };
     case 'want':
     case 'dwant':
       need(f, indices(h.segments), 'segments');

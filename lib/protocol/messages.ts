@@ -81,7 +81,8 @@ export type ServerMessage =
   | { type: 'moved'; host: string; port: number; session: string }
   | { type: 'ping' }
   | { type: 'finished'; stats: Record<string, unknown> }
-  | { type: 'error'; code: string; message: string; fatal: boolean; id?: number };
+  /** targetCode: a refused handoff's (VMS_HANDOFF_REFUSED) reason, the target cloudlet's code. */
+  | { type: 'error'; code: string; message: string; fatal: boolean; id?: number; targetCode?: string };
 
 /** A base a cloudlet holds, as `info` names it (an overlay's base matches by both hashes). */
 export interface CloudletBase {
@@ -333,13 +334,14 @@ export function parseServerMessage(f: Frame): ServerMessage {
       return { type: 'finished', stats: h.stats as Record<string, unknown> };
     }
     case 'error': {
-      const h = fields(f, { code: str, message: str, fatal: bool }, { id: uint });
+      const h = fields(f, { code: str, message: str, fatal: bool }, { id: uint, targetCode: str });
       return {
         type: 'error',
         code: h.code as string,
         message: h.message as string,
         fatal: h.fatal as boolean,
         ...(h.id !== undefined ? { id: h.id as number } : {}),
+        ...(h.targetCode !== undefined ? { targetCode: h.targetCode as string } : {}),
       };
     }
     default:

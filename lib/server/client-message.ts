@@ -1,6 +1,6 @@
 /** What a client is told about an error, where a moved session went, and long id lists cut to the protocol's limit. */
 import { VmsynthError } from '../core/errors.js';
-import { MAX_LIST } from '../protocol/messages.js';
+import { MAX_LIST, type ServerMessage } from '../protocol/messages.js';
 
 /**
  * What a client is told about an error: the message, except for an internal error, whose
@@ -9,6 +9,13 @@ import { MAX_LIST } from '../protocol/messages.js';
 export function clientMessage(err: VmsynthError): string {
   if (err.code === 'VMS_INTERNAL') return 'an internal error of the server ended the session (its log has the details)';
   return err.message.slice(0, 4000);
+}
+
+/** A request's error as the client is told it: a refused handoff's with the target's reason (targetCode). */
+export function requestError(id: number, err: VmsynthError): Extract<ServerMessage, { type: 'error' }> {
+  const target = (err.details as { targetCode?: unknown } | undefined)?.targetCode;
+  const targetCode = typeof target === 'string' ? { targetCode: target } : {};
+  return { type: 'error', id, code: err.code, message: err.message, fatal: false, ...targetCode };
 }
 
 /** Sends `ids` in lists of at most MAX_LIST. */

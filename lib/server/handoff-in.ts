@@ -40,6 +40,8 @@ export interface HandoffInHost {
   sessions: SessionRegistry;
   /** A session handed off here is complete: keep what a later server needs to adopt it. */
   keep?(served: ServedSession): void;
+  /** The manifest this cloudlet's store keeps for an overlay id, if any. */
+  storedManifest?(overlayId: Buffer): Buffer | null;
   graceMs: number;
   keepaliveMs: number;
   maxOffloads: number;
@@ -51,12 +53,14 @@ export class HandoffIn {
   private synth: SynthSession | null = null;
   private intake: HandoffIntake | null = null;
   private complete = false;
+  /** From the offer until its session is registered (or refused): counted as a session starting. */
+  starting = false;
   private readonly t0 = performance.now();
 
   constructor(
     io: FramedSocket,
     private readonly peer: string,
-    private readonly client: string,
+    readonly client: string,
     private readonly host: HandoffInHost,
     private readonly gone: (h: HandoffIn) => void,
   ) {
@@ -73,8 +77,11 @@ export class HandoffIn {
   private onMessage(m: SourceMessage): void {
     switch (m.type) {
       case 'offer':
-        if (this.served) throw new VmsynthError('VMS_PROTOCOL', 'a second offer on one handoff');
-        void this.offer(m).catch((err: unknown) => this.link.end(asVmsynthError(err)));
+        if (this.served || this.starting) throw new VmsynthError('VMS_PROTOCOL', 'a second offer on one handoff');
+        this.starting = true;
+        void this.offer(m)
+          .catch((err: unknown) => this.link.end(asVmsynthError(err)))
+          .finally(() => (this.starting = false));
         return;
       case 'segment':
         this.need(this.served).receive(m.index, m.data);
@@ -114,7 +121,10 @@ export class HandoffIn {
   private async offer(m: Extract<SourceMessage, { type: 'offer' }>): Promise<void> {
     if (!(POLICIES as readonly string[]).includes(m.policy))
       throw new VmsynthError('VMS_PROTOCOL', `unknown policy "${m.policy.slice(0, 40)}" in a handoff offer`);
-    const { overlay, base } = await this.host.admit(this.client, m.manifest);
+    // Offered by id: the manifest this store keeps for it, or ask for it (the next offer brings it).
+    const manifest = m.manifest.length > 0 ? m.manifest : m.overlayId && this.host.storedManifest?.(m.overlayId);
+    if (!manifest) return void (await this.link.send({ type: 'manifest' }));
+    const { overlay, base } = await this.host.admit(this.client, manifest);
     const served = new ServedSession({
       client: m.client,
       policy: m.policy as Policy,
@@ -124,7 +134,7 @@ export class HandoffIn {
       maxOffloads: this.host.maxOffloads,
       onEnded: (s, error) => this.host.sessions.remove(s, error),
       secretSha256: m.secretSha256,
-      manifest: m.manifest,
+      manifest,
       ...(m.overlayUrl ? { overlayUrl: m.overlayUrl } : {}),
     });
     const synth = await this.host.start({
@@ -132,7 +142,7 @@ export class HandoffIn {
       base,
       policy: 'baseline',
       incoming: true,
-      manifest: m.manifest,
+      manifest,
       ...(m.overlayUrl ? { overlayUrl: m.overlayUrl } : {}),
       events: {
         ...served.events,
@@ -154,6 +164,7 @@ export class HandoffIn {
     this.served = served;
     this.synth = synth;
     served.incoming(synth);
+    this.starting = false;
     this.host.sessions.add(served);
     this.intake = new HandoffIntake(
       synth,

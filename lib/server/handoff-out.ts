@@ -31,6 +31,7 @@ import {
   type TargetMessage,
 } from '../protocol/handoff-messages.js';
 import { FRAME_CAPS } from '../protocol/messages.js';
+import { manifestOverlayId } from '../store/segment-store.js';
 import { HandoffCapture } from '../synth/handoff-capture.js';
 import type { SynthSession } from '../synth/session.js';
 import { PeerLink } from './peer-link.js';
@@ -198,19 +199,8 @@ export async function handOff(o: HandoffOutOptions): Promise<HandoffReport> {
       client: o.name,
       ...(o.token ? { token: o.token } : {}),
     });
-    await inbox.next('welcome');
-    await link.send(
-      {
-        type: 'offer',
-        session: synth.id,
-        client: offer.client,
-        policy: offer.policy,
-        secretSha256: offer.secretSha256,
-        ...(offer.overlayUrl ? { overlayUrl: offer.overlayUrl } : {}),
-      },
-      offer.manifest,
-    );
-    const accepted = await inbox.next('accepted').catch((err: unknown) => {
+    // A refusal (at the hello: B wants a token we lack; at the offer: no base, full, key not trusted).
+    const refused = (err: unknown): never => {
       const e = asVmsynthError(err);
       const targetCode = (e.details as { peerCode?: string }).peerCode;
       throw targetCode
@@ -218,7 +208,25 @@ export async function handOff(o: HandoffOutOptions): Promise<HandoffReport> {
             details: { step: 'offer', targetCode },
           })
         : e;
-    });
+    };
+    await inbox.next('welcome').catch(refused);
+    // The overlay by id first: B's store may keep its manifest (most of an offer's bytes).
+    const offerHeader = {
+      type: 'offer',
+      session: synth.id,
+      client: offer.client,
+      policy: offer.policy,
+      secretSha256: offer.secretSha256,
+      overlayId: manifestOverlayId(offer.manifest),
+      ...(offer.overlayUrl ? { overlayUrl: offer.overlayUrl } : {}),
+    };
+    const acceptance = inbox.next('accepted');
+    const manifestWanted = inbox.next('manifest');
+    manifestWanted.catch(() => undefined); // (unanswered when B accepts at once)
+    await link.send(offerHeader);
+    if ((await Promise.race([acceptance, manifestWanted]).catch(refused)).type === 'manifest')
+      await link.send(offerHeader, offer.manifest);
+    const accepted = await acceptance.catch(refused);
     step('accepted', { detail: `session ${accepted.session} there` });
     await inbox.next('complete');
     step('the target holds the overlay', {

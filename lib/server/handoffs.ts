@@ -27,10 +27,14 @@ export class Handoffs implements HandoffHooks {
   private readonly incoming = new Set<HandoffIn>();
   private readonly outgoing = new Map<string, Promise<HandoffReport>>();
 
-  constructor(private readonly o: HandoffsOptions) {}
+  private readonly inHost: HandoffInHost;
+
+  constructor(private readonly o: HandoffsOptions) {
+    this.inHost = { ...o, storedManifest: (id) => o.store?.manifest(id) ?? null };
+  }
 
   accept(io: FramedSocket, peer: string, client: string): void {
-    const h = new HandoffIn(io, peer, client, this.o, (x) => this.incoming.delete(x));
+    const h = new HandoffIn(io, peer, client, this.inHost, (x) => this.incoming.delete(x));
     this.incoming.add(h);
   }
 
@@ -66,6 +70,13 @@ export class Handoffs implements HandoffHooks {
     }).finally(() => this.outgoing.delete(served.id));
     this.outgoing.set(served.id, p);
     return p;
+  }
+
+  /** Handoffs to here whose session is starting (admitted or being admitted, not yet a session): they count against the limits. */
+  starting(client?: string): number {
+    let n = 0;
+    for (const h of this.incoming) if (h.starting && (client === undefined || h.client === client)) n++;
+    return n;
   }
 
   /** Server shutdown: handoffs to here that are not complete end their sessions. */

@@ -19,7 +19,7 @@ import type { OutgoingHeader } from '../protocol/frames.js';
 import { MAX_LIST, SECRET_BYTES, type Policy } from '../protocol/messages.js';
 import type { SynthEvents } from '../synth/session.js';
 import type { SessionHandle } from './session-handle.js';
-import { clientMessage, inLists, movedError } from './client-message.js';
+import { clientMessage, inLists, movedError, requestError } from './client-message.js';
 import { OffloadHold } from './offload-hold.js';
 import { PartialSegment } from './partial-segment.js';
 import { RequestLog, type Outcome } from './request-log.js';
@@ -351,7 +351,7 @@ export class ServedSession {
 
   private sendOutcome(id: number, outcome: Outcome): void {
     if ('status' in outcome) this.send({ type: 'reply', id, status: outcome.status }, outcome.body);
-    else this.send({ type: 'error', id, code: outcome.error.code, message: outcome.error.message, fatal: false });
+    else this.send(requestError(id, outcome.error));
   }
 
   ack(ids: number[]): void {

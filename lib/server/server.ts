@@ -241,7 +241,10 @@ export class SynthServer {
     const { opts, store } = this;
     // The session leases its overlay in the store from here on; a session that fails to start releases it.
     const source = store
-      ? new SessionSource(store, req.overlay, id, { admitReceived: opts.store?.admitReceived ?? true })
+      ? new SessionSource(store, req.overlay, id, {
+          admitReceived: opts.store?.admitReceived ?? true,
+          manifest: req.manifest,
+        })
       : undefined;
     const fetcher = req.overlayUrl ? this.objectSource(req.overlayUrl, req.overlay, id) : undefined;
     const graceMs = opts.graceMs ?? DEFAULTS.graceS * 1000;
@@ -305,7 +308,7 @@ export class SynthServer {
   private liveSessions(client?: string): number {
     let n = this.registry.count(client);
     for (const c of this.connections) if (c.starting && (client === undefined || c.client === client)) n++;
-    return n;
+    return n + this.handoffs.starting(client);
   }
 
   /** Moves session `id`'s VM to the cloudlet at `to` (server/handoffs.ts); resolves when it runs there. */

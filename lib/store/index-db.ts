@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS overlay_segments(
   PRIMARY KEY(overlay, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS overlay_segments_sha ON overlay_segments(sha);
+-- The manifest as its client sent it (a handoff names the overlay by id, and the target reads it here).
+CREATE TABLE IF NOT EXISTS manifests(
+  overlay BLOB PRIMARY KEY REFERENCES overlays(id) ON DELETE CASCADE,
+  bytes BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS leases(
   overlay BLOB NOT NULL,
   holder TEXT NOT NULL,
@@ -84,6 +89,8 @@ export interface OverlayRecord {
   segments: Buffer[];
   /** Compressed bytes of all its segments. */
   bytes: number;
+  /** Its manifest as received, to keep. */
+  manifest?: Uint8Array;
 }
 
 export interface OverlayRow {
@@ -165,6 +172,8 @@ export class StoreIndex {
         `INSERT INTO overlays(id, key_id, base, created_at, segments, bytes, added_at, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
       useOverlay: db.prepare(`UPDATE overlays SET used_at = ? WHERE id = ?`),
+      addManifest: db.prepare(`INSERT OR IGNORE INTO manifests(overlay, bytes) VALUES (?, ?)`),
+      manifest: db.prepare(`SELECT bytes FROM manifests WHERE overlay = ?`),
       addRef: db.prepare(`INSERT OR IGNORE INTO overlay_segments(overlay, idx, sha) VALUES (?, ?, ?)`),
       pin: db.prepare(`UPDATE overlays SET pinned = ? WHERE id = ?`),
       lease: db.prepare(`INSERT OR REPLACE INTO leases(overlay, holder, pid) VALUES (?, ?, ?)`),
@@ -286,13 +295,18 @@ export class StoreIndex {
   /** Records an overlay and the segments its manifest names (idempotent); marks it used. */
   addOverlay(o: OverlayRecord, now = Date.now()): void {
     this.db.transaction(() => {
-      if (this.q.overlay.get(o.id)) {
-        this.q.useOverlay.run(now, o.id);
-        return;
+      if (this.q.overlay.get(o.id)) this.q.useOverlay.run(now, o.id);
+      else {
+        this.q.addOverlay.run(o.id, o.keyId, o.base, o.createdAt, o.segments.length, o.bytes, now, now);
+        o.segments.forEach((sha, i) => this.q.addRef.run(o.id, i, sha));
       }
-      this.q.addOverlay.run(o.id, o.keyId, o.base, o.createdAt, o.segments.length, o.bytes, now, now);
-      o.segments.forEach((sha, i) => this.q.addRef.run(o.id, i, sha));
+      if (o.manifest) this.q.addManifest.run(o.id, o.manifest);
     })();
+  }
+
+  /** The manifest kept for overlay `id`, or null. */
+  manifest(id: Uint8Array): Buffer | null {
+    return (this.q.manifest.get(id) as { bytes: Buffer } | undefined)?.bytes ?? null;
   }
 
   hasOverlay(id: Uint8Array): boolean {

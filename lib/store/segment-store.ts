@@ -23,6 +23,7 @@ import { publish } from '../core/diagnostics.js';
 import { VmsynthError } from '../core/errors.js';
 import { processAlive } from '../core/stale.js';
 import { sha256 } from '../overlay/chunk-io.js';
+import { decodeEnvelope } from '../overlay/manifest.js';
 import type { Overlay } from '../overlay/reader.js';
 import type { ChunkLocation, ChunkRow } from './chunk-table.js';
 import { StoreIndex, type Counter, type OverlayRow } from './index-db.js';
@@ -81,6 +82,11 @@ const hex = (sha: Uint8Array): string => Buffer.from(sha).toString('hex');
 /** The store's id for an overlay: the SHA-256 of its signed manifest body. */
 export function overlayId(overlay: Overlay): Buffer {
   return sha256(overlay.envelope.body);
+}
+
+/** The same id, from the manifest's bytes alone (not checked: whoever reads it admits it first). */
+export function manifestOverlayId(manifest: Uint8Array): Buffer {
+  return sha256(decodeEnvelope(manifest).body);
 }
 
 export class SegmentStore {
@@ -261,8 +267,8 @@ export class SegmentStore {
     if (by > 0) this.index.count(counter, by);
   }
 
-  /** Records an overlay (admitted: signed by a trusted key) and the segments it names; returns its id. */
-  addOverlay(overlay: Overlay): Buffer {
+  /** Records an overlay (admitted: signed by a trusted key), the segments it names and its manifest as received; returns its id. */
+  addOverlay(overlay: Overlay, manifest?: Uint8Array): Buffer {
     const id = overlayId(overlay);
     const body = overlay.body;
     this.index.addOverlay({
@@ -272,8 +278,14 @@ export class SegmentStore {
       createdAt: body.createdAt,
       segments: body.segments.map((s) => Buffer.from(s.sha256)),
       bytes: overlay.segmentsBytes,
+      ...(manifest ? { manifest } : {}),
     });
     return id;
+  }
+
+  /** The manifest of stored overlay `id` as it was received, or null (none kept). */
+  manifest(id: Uint8Array): Buffer | null {
+    return this.index.manifest(id);
   }
 
   /** Protects an overlay's segments from eviction until the returned function is called. */

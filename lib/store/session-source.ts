@@ -30,6 +30,8 @@ export interface SessionSourceOptions {
   admitReceived: boolean;
   /** Admitted bytes waiting to be written, at most; more are skipped (default 64 MiB). */
   maxPendingBytes?: number;
+  /** The overlay's manifest as received, kept with it (a handoff to here may name the overlay by id). */
+  manifest?: Uint8Array;
 }
 
 export class SessionSource {
@@ -54,7 +56,7 @@ export class SessionSource {
     private readonly session: string,
     private readonly opts: SessionSourceOptions,
   ) {
-    const id = store.addOverlay(overlay);
+    const id = store.addOverlay(overlay, opts.manifest);
     this.release = store.lease(id, `${process.pid}:${session}`);
     this.base = baseKey(overlay.body);
     this.lookaside = store.namesChunks();

@@ -139,6 +139,10 @@ export class LaunchVm {
       },
       this.o.scope,
     );
+    // Paused, it was stopped by a handoff whose server died before the target took it over:
+    // the VM goes on here (its target's copy, which no client was sent to, ends there).
+    const { status } = await this.vm.qmp.execute<{ status: string }>('query-status');
+    if (status === 'paused') await this.vm.qmp.execute('cont');
     this.watch(this.vm);
     this.wake();
   }

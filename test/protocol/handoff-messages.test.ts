@@ -38,6 +38,22 @@ t.test('the source and the target send what the other accepts', async (t) => {
     ),
   );
   t.same(offer.type === 'offer' && [offer.session, offer.manifest.toString()], ['a1', 'manifest']);
+  const byId = parseSourceMessage(
+    frame({
+      type: 'offer',
+      session: 'a1',
+      client: 'c',
+      policy: 'early-start',
+      secretSha256: Buffer.alloc(32),
+      overlayId: Buffer.alloc(32, 5),
+    }),
+  );
+  t.same(
+    byId.type === 'offer' && [byId.overlayId, byId.manifest.length],
+    [Buffer.alloc(32, 5), 0],
+    'an offer by overlay id alone, no manifest',
+  );
+  t.same(parseTargetMessage(frame({ type: 'manifest' })), { type: 'manifest' }, 'B asks for the manifest');
   t.same(parseSourceMessage(frame({ type: 'dsegment', index: 9 }, Buffer.from([1]))).type, 'dsegment');
   const pass = parseSourceMessage(frame({ type: 'pass', pass: 0 }, encodeTables([table])));
   t.same(pass.type === 'pass' && decodeTables(pass.tables)[0]!.index, 9, 'tables round-trip');
@@ -62,6 +78,9 @@ t.test('the source and the target send what the other accepts', async (t) => {
 t.test('malformed handoff messages and payloads are VMS_PROTOCOL', async (t) => {
   const bad = { code: 'VMS_PROTOCOL' };
   t.throws(() => parseSourceMessage(frame({ type: 'offer', session: 'a', client: 'c', policy: 'x' })), bad);
+  const offer = { type: 'offer', session: 'a', client: 'c', policy: 'x', secretSha256: Buffer.alloc(32) };
+  t.throws(() => parseSourceMessage(frame(offer)), bad, 'an offer with neither manifest nor overlay id');
+  t.throws(() => parseSourceMessage(frame({ ...offer, overlayId: Buffer.alloc(31) })), bad, 'a short overlay id');
   t.throws(() => parseSourceMessage(frame({ type: 'accepted', session: 'x' })), bad, "a target's message");
   t.throws(() => parseTargetMessage(frame({ type: 'dsegment', index: 1 }, Buffer.from([1]))), bad);
   t.throws(() => parseTargetMessage(frame({ type: 'dwant', segments: [] })), bad, 'an empty list');

@@ -62,6 +62,13 @@ t.test('server messages', async (t) => {
     message: 'no',
     fatal: true,
   });
+  const refused = { type: 'error', id: 9, code: 'VMS_HANDOFF_REFUSED', message: 'full', fatal: false };
+  t.same(
+    parseServerMessage(frame({ ...refused, targetCode: 'VMS_BUSY' })),
+    { ...refused, targetCode: 'VMS_BUSY' },
+    "a refused handoff's error names the target's reason",
+  );
+  t.throws(() => parseServerMessage(frame({ ...refused, targetCode: 7 })), { code: 'VMS_PROTOCOL' });
   t.throws(() => parseServerMessage(frame({ type: 'want', lane: 'demand', segments: [] })), { code: 'VMS_PROTOCOL' });
   t.throws(() => parseServerMessage(frame({ type: 'want', lane: 'sideways', segments: [1] })), {
     code: 'VMS_PROTOCOL',

@@ -112,6 +112,39 @@ t.test('leases of dead processes are dropped', async (t) => {
   ix.close();
 });
 
+t.test(
+  "an overlay's manifest is kept as received, added to an overlay known without one, and goes with it",
+  async (t) => {
+    const ix = new StoreIndex(':memory:');
+    overlay(ix, 1, [1]);
+    t.equal(ix.manifest(sha(201)), null, 'none given, none kept');
+    ix.addOverlay({
+      id: sha(201),
+      keyId: 'k',
+      base: 'b',
+      createdAt: 'now',
+      segments: [sha(1)],
+      bytes: 100,
+      manifest: Buffer.from('m1'),
+    });
+    t.same(ix.manifest(sha(201)), Buffer.from('m1'), 'kept when the overlay comes again with it');
+    ix.addOverlay({
+      id: sha(201),
+      keyId: 'k',
+      base: 'b',
+      createdAt: 'now',
+      segments: [sha(1)],
+      bytes: 100,
+      manifest: Buffer.from('m2'),
+    });
+    t.same(ix.manifest(sha(201)), Buffer.from('m1'), 'the first one stays (same id, same body)');
+    t.equal(ix.manifest(sha(202)), null, 'an unknown id');
+    t.equal(ix.dropEmptyOverlays(), 1, 'the overlay goes: none of its segments is stored');
+    t.equal(ix.manifest(sha(201)), null, 'and its manifest with it');
+    ix.close();
+  },
+);
+
 t.test('overlay listing and removal of empty overlay records', async (t) => {
   const ix = new StoreIndex(':memory:');
   stored(ix, 1, 70);
