@@ -36,8 +36,10 @@ and writes JSON to bench/results/):
   suite           real apps in a Debian guest against Elijah's numbers (hours;
                   runs only by name; options: npm run bench -- suite --help)
   handoff         a live handoff between two cloudlets in network namespaces,
-                  A-B at 38 Mbit/s and 1 Gbit/s (BENCH_HANDOFF_LINKS), early
-                  start against the safe mode; the demo VM only so far.
+                  A-B at 38 Mbit/s and 1 Gbit/s (BENCH_HANDOFF_LINKS: wifi,lan),
+                  early start, the safe mode and QEMU's live migration with
+                  its disk (BENCH_HANDOFF_MODES: early,whole,migrate), runs
+                  each (BENCH_HANDOFF_RUNS, 3); the demo VM only so far.
                   Runs only by name
 With no name: ${DEFAULT.join(', ')}.
 `;
