@@ -20,6 +20,7 @@ import { createOverlay } from '../../lib/offline/create.js';
 import { generateKey } from '../../lib/overlay/keys.js';
 import { SynthServer } from '../../lib/server/server.js';
 import { guestBase } from '../helpers/guest-base.js';
+import { counterApp } from '../helpers/counter-app.js';
 import { leaks, NO_LEAKS } from '../helpers/leaks.js';
 import { ResetProxy } from '../helpers/reset-proxy.js';
 import { until } from '../helpers/wait.js';
@@ -42,29 +43,9 @@ t.teardown(() => b.close());
 async function busySession() {
   const s = await ClientSession.open({ server: `127.0.0.1:${a.address().port}`, overlay: ov });
   await s.complete;
-  const add = async (q: string) => {
-    const r = await s.offload({ method: 'GET', path: `/state?${q}` });
-    if (r.status !== 200) throw new Error(`${r.status} ${r.body.toString()}`);
-    return JSON.parse(r.body.toString()) as { count: number };
-  };
-  for (let i = 0; i < 3; i++) await add('add=1&touch_mb=2');
-  let sent = 3;
-  let on = true;
-  const stream = (async () => {
-    while (on) {
-      await add('add=1');
-      sent++;
-    }
-  })();
-  return {
-    s,
-    add,
-    async stop() {
-      on = false;
-      await stream;
-      return sent;
-    },
-  };
+  const app = counterApp(s);
+  await app.build(3, 'touch_mb=2');
+  return { s, add: app.add, ...app.stream() };
 }
 
 for (const [when, frame] of [

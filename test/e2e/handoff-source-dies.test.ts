@@ -30,6 +30,7 @@ import { generateKey } from '../../lib/overlay/keys.js';
 import { SynthServer } from '../../lib/server/server.js';
 import { startCloudlet, VMSYNTH_CLI, type CloudletServer } from '../../bench/lib/cloudlet-server.js';
 import { guestBase } from '../helpers/guest-base.js';
+import { counterApp } from '../helpers/counter-app.js';
 import { leaks, NO_LEAKS } from '../helpers/leaks.js';
 import { until } from '../helpers/wait.js';
 
@@ -80,20 +81,9 @@ for (const [when, step] of [
     const s = await ClientSession.open({ server: a.addr, overlay: ov });
     await s.complete;
     const first = s.id;
-    const add = async (q: string) => {
-      const r = await s.offload({ method: 'GET', path: `/state?${q}` });
-      if (r.status !== 200) throw new Error(`${r.status} ${r.body.toString()}`);
-      return JSON.parse(r.body.toString()) as { count: number };
-    };
-    for (let i = 0; i < 3; i++) await add('add=1&touch_mb=2&disk_mb=1');
-    let sent = 3;
-    let on = true;
-    const stream = (async () => {
-      while (on) {
-        await add('add=1');
-        sent++;
-      }
-    })();
+    const app = counterApp(s);
+    await app.build(3, 'touch_mb=2&disk_mb=1');
+    const stream = app.stream();
     const reached = sourceStep(a, step);
     // `vmsynth handoff`, as ops would; it fails when A dies under it.
     const cli = new Promise<{ code: number; out: string }>((resolve) =>
@@ -119,12 +109,11 @@ for (const [when, step] of [
       60_000,
     );
     await new Promise((r) => setTimeout(r, 1000));
-    on = false;
-    await stream;
+    const sent = await stream.stop();
     t.equal(`${s.server.host}:${s.server.port}`, a.addr, 'the client is on A');
     // A request the guest was running when A's server died had its reply die with the server, and
     // the client sends it again: it may run twice (docs/DESIGN-NOTES.md, "Live handoff"); no other.
-    const count = (await add('')).count;
+    const count = (await app.add('')).count;
     t.ok(
       count === sent || count === sent + 1,
       `A's app counted the ${sent} requests once, one perhaps twice: ${count}`,

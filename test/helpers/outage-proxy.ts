@@ -10,8 +10,9 @@ export class OutageProxy {
   private readonly server: net.Server;
   private readonly open = new Set<net.Socket>();
   private isDown = false;
-  /** Connections accepted while up. */
+  /** Connections accepted while up, and reset while down. */
   connections = 0;
+  refused = 0;
 
   private constructor(private readonly target: { host: string; port: number }) {
     this.server = net.createServer((c) => this.accept(c));
@@ -50,6 +51,7 @@ export class OutageProxy {
   private accept(client: net.Socket): void {
     client.on('error', () => undefined);
     if (this.isDown) {
+      this.refused++;
       client.resetAndDestroy();
       return;
     }

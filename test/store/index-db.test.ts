@@ -17,7 +17,7 @@ function stored(ix: StoreIndex, n: number, bytes = 100): void {
   ix.commit(sha(n));
 }
 
-function overlay(ix: StoreIndex, id: number, segs: number[]): void {
+function overlay(ix: StoreIndex, id: number, segs: number[], manifest?: Buffer): void {
   ix.addOverlay({
     id: sha(200 + id),
     keyId: 'k',
@@ -25,6 +25,7 @@ function overlay(ix: StoreIndex, id: number, segs: number[]): void {
     createdAt: 'now',
     segments: segs.map(sha),
     bytes: segs.length * 100,
+    ...(manifest ? { manifest } : {}),
   });
 }
 
@@ -118,25 +119,9 @@ t.test(
     const ix = new StoreIndex(':memory:');
     overlay(ix, 1, [1]);
     t.equal(ix.manifest(sha(201)), null, 'none given, none kept');
-    ix.addOverlay({
-      id: sha(201),
-      keyId: 'k',
-      base: 'b',
-      createdAt: 'now',
-      segments: [sha(1)],
-      bytes: 100,
-      manifest: Buffer.from('m1'),
-    });
+    overlay(ix, 1, [1], Buffer.from('m1'));
     t.same(ix.manifest(sha(201)), Buffer.from('m1'), 'kept when the overlay comes again with it');
-    ix.addOverlay({
-      id: sha(201),
-      keyId: 'k',
-      base: 'b',
-      createdAt: 'now',
-      segments: [sha(1)],
-      bytes: 100,
-      manifest: Buffer.from('m2'),
-    });
+    overlay(ix, 1, [1], Buffer.from('m2'));
     t.same(ix.manifest(sha(201)), Buffer.from('m1'), 'the first one stays (same id, same body)');
     t.equal(ix.manifest(sha(202)), null, 'an unknown id');
     t.equal(ix.dropEmptyOverlays(), 1, 'the overlay goes: none of its segments is stored');
