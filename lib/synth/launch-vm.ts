@@ -170,17 +170,21 @@ export class LaunchVm {
    */
   mountEarly(): void {
     if (this.o.ended()) return;
-    this.mounting ??= this.o.launch.mount(this.o.dir.file('mnt'), { fuseDevice: this.o.fuseDevice }, this.o.scope);
-    this.mounting.catch(() => undefined); // (the resume hears it)
+    this.mount().catch(() => undefined); // (the resume hears it)
+  }
+
+  /** The images mounted, once (early, or by the resume). */
+  private mount(): Promise<MountedImages> {
+    return (this.mounting ??= this.o.launch.mount(
+      this.o.dir.file('mnt'),
+      { fuseDevice: this.o.fuseDevice },
+      this.o.scope,
+    ));
   }
 
   private async resume(): Promise<void> {
     const { base, overlay, dir } = this.o;
-    const images = await (this.mounting ??= this.o.launch.mount(
-      dir.file('mnt'),
-      { fuseDevice: this.o.fuseDevice },
-      this.o.scope,
-    ));
+    const images = await this.mount();
     this.vm = await restoreVm(
       this.o.lv,
       {
