@@ -35,6 +35,7 @@ import type { Base } from '../lib/vm/base.js';
 import { DOMAIN_PREFIX, Libvirt } from '../lib/vm/libvirt.js';
 import { renderSvg, VEGA_LITE_SCHEMA, type TopLevelSpec } from './lib/chart.js';
 import { prepare } from './lib/demo-overlay.js';
+import { jsonLines } from './lib/child-io.js';
 import { startCloudlet, VMSYNTH_CLI } from './lib/cloudlet-server.js';
 import { LINKS, type Link } from './lib/link.js';
 import { migrateUnderLoad, type MigrationUnderLoad } from './lib/qemu-migration.js';
@@ -146,15 +147,8 @@ function client(node: TopologyNode, args: string[], onLine: (o: Record<string, u
       stdio: ['pipe', 'pipe', 'pipe'],
     },
   );
-  let buf = '';
   let err = '';
-  c.stdout.on('data', (d: Buffer) => {
-    buf += d.toString();
-    for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
-      onLine(JSON.parse(buf.slice(0, nl)) as Record<string, unknown>, c);
-      buf = buf.slice(nl + 1);
-    }
-  });
+  jsonLines(c.stdout, (o) => onLine(o, c));
   c.stderr.on('data', (d: Buffer) => (err += d.toString()));
   return new Promise<void>((resolve, reject) =>
     c.once('exit', (code) =>

@@ -10,6 +10,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { packageRoot } from '../../lib/core/paths.js';
 import type { Scope } from '../../lib/core/scope.js';
+import { stopWith } from './child-io.js';
 import { netnsPath } from './topology.js';
 
 export const VMSYNTH_CLI = path.join(packageRoot(), 'dist', 'lib', 'cli', 'entry.cjs');
@@ -55,19 +56,19 @@ export async function startCloudlet(scope: Scope, o: CloudletOptions): Promise<C
         stdio: ['ignore', 'pipe', 'pipe'],
       })
     : spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    const gone = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    await gone;
-  };
-  scope.defer(`stop vmsynth serve ${o.name}`, stop);
+  const stop = stopWith(scope, `vmsynth serve ${o.name}`, child);
+  // Its log's tail, for the error if it never listens (all of it would grow for as long as it runs).
   let out = '';
+  let listening = false;
   child.stderr.on('data', () => undefined);
   await new Promise<void>((resolve, reject) => {
     child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.includes('"listening"')) resolve();
+      if (listening) return;
+      out = (out + d.toString()).slice(-4000);
+      if (out.includes('"listening"')) {
+        listening = true;
+        resolve();
+      }
     });
     child.once('exit', (code) => reject(new Error(`vmsynth serve ${o.name} exited ${code}: ${out.slice(-1500)}`)));
   });

@@ -31,6 +31,7 @@ import type { QmpClient } from '../../lib/vm/qmp.js';
 import { consoleTail, guestRequest } from '../../lib/vm/guest-app.js';
 import { restoreSpec } from '../../lib/vm/restore.js';
 import { RunDir } from '../../lib/vm/run-dir.js';
+import { jsonLines, stopWith } from './child-io.js';
 import { netnsPath, type TopologyNode } from './topology.js';
 
 const run = promisify(execFile);
@@ -89,21 +90,9 @@ async function relay(scope: Scope, node: TopologyNode, pairs: string[]): Promise
     [`--net=${netnsPath(node.ns)}`, process.execPath, '--input-type=module', '-e', RELAY, ...pairs],
     { stdio: ['pipe', 'pipe', 'inherit'] },
   );
-  scope.defer(`stop the relay in ${node.ns}`, async () => {
-    if (c.exitCode !== null || c.signalCode !== null) return;
-    const gone = new Promise((r) => c.once('exit', r));
-    c.kill('SIGTERM');
-    await gone;
-  });
+  stopWith(scope, `the relay in ${node.ns}`, c);
   const lines: Array<(l: Record<string, unknown>) => void> = [];
-  let buf = '';
-  c.stdout!.on('data', (d: Buffer) => {
-    buf += d.toString();
-    for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
-      lines.shift()?.(JSON.parse(buf.slice(0, nl)) as Record<string, unknown>);
-      buf = buf.slice(nl + 1);
-    }
-  });
+  jsonLines(c.stdout!, (o) => lines.shift()?.(o));
   const next = () =>
     new Promise<Record<string, unknown>>((resolve, reject) => {
       lines.push(resolve);
@@ -159,12 +148,16 @@ function diskNode(blocks: BlockInfo[]): string {
 }
 
 /** Migrates `domain`, disk and all, to a new domain; the target is left running, destroyed with `scope`. */
-export async function migrateLive(scope: Scope, o: MigrationOptions): Promise<MigrationResult> {
+export async function migrateLive(
+  scope: Scope,
+  o: MigrationOptions,
+  source?: { genid: string | null },
+): Promise<MigrationResult> {
   const t0 = performance.now();
   const runDir = await RunDir.create(scope);
   const disk = runDir.file('disk.qcow2');
   await exec('qemu-img', ['create', '-q', '-f', 'qcow2', disk, String(o.base.manifest.disk.bytes)]);
-  const { genid } = await domainForward(o.domain);
+  const { genid } = source ?? (await domainForward(o.domain));
   const hostPort = await freePort();
   const spec = restoreSpec(o.base, runDir, {
     disk: { path: disk, format: 'qcow2' },
@@ -342,15 +335,19 @@ export async function migrateUnderLoad(
   try {
     await sleep(o.leadMs);
     askedAt = performance.now();
-    const r = await migrateLive(scope, {
-      ...o,
-      onTargetRunning: (p, logs) => {
-        targetLogs = logs;
-        port = p;
-        turned.abort();
-        turned = new AbortController();
+    const r = await migrateLive(
+      scope,
+      {
+        ...o,
+        onTargetRunning: (p, logs) => {
+          targetLogs = logs;
+          port = p;
+          turned.abort();
+          turned = new AbortController();
+        },
       },
-    });
+      source,
+    );
     await sleep(o.tailMs);
     done = true;
     await stream;
