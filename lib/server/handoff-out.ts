@@ -315,18 +315,22 @@ export async function handOff(o: HandoffOutOptions): Promise<HandoffReport> {
       // The VM is still ours: it goes on here, with the requests that waited.
       if (stopped) await capture.resumeHere().catch(() => undefined);
       served.unquiesce();
-      step('failed', { error: e, detail: 'the VM goes on here' });
-      if (e.code === 'VMS_HANDOFF_REFUSED' || e.code === 'VMS_HANDOFF') throw e;
-      throw new VmsynthError('VMS_HANDOFF', `the handoff to ${to} failed: ${e.message}; the VM goes on here`, {
-        details: { step: stopped ? 'stopped' : 'pre-copy', cause: e.code },
-        cause: e,
-      });
+      const why =
+        e.code === 'VMS_HANDOFF_REFUSED' || e.code === 'VMS_HANDOFF'
+          ? e
+          : new VmsynthError('VMS_HANDOFF', `the handoff to ${to} failed: ${e.message}; the VM goes on here`, {
+              details: { step: stopped ? 'stopped' : 'pre-copy', cause: e.code },
+              cause: e,
+            });
+      step('failed', { error: why, detail: 'the VM goes on here' });
+      throw why;
     }
-    step('failed', { error: e, detail: 'after the target resumed: the VM there may not finish' });
-    throw new VmsynthError('VMS_HANDOFF', `the link to ${to} failed after the VM resumed there: ${e.message}`, {
+    const why = new VmsynthError('VMS_HANDOFF', `the link to ${to} failed after the VM resumed there: ${e.message}`, {
       details: { step: 'post-copy', cause: e.code },
       cause: e,
     });
+    step('failed', { error: why, detail: 'after the target resumed: the VM there may not finish' });
+    throw why;
   } finally {
     await capture.close();
   }

@@ -47,7 +47,8 @@ export class SessionRegistry {
     this.prune();
     const s = this.live.get(id);
     if (!s || s.ended) {
-      const g = this.gone.get(id);
+      // (A session still tearing down is told as one that ended, with its error.)
+      const g: Gone | undefined = this.gone.get(id) ?? (s ? { at: 0, error: s.endedWith } : undefined);
       if (g?.error?.code === 'VMS_SESSION_MOVED') throw g.error; // handed off: the client is told where
       const why = g ? (g.error ? `it ended: ${g.error.code}: ${g.error.message}` : 'it was finished') : null;
       throw new VmsynthError(

@@ -15,7 +15,12 @@
  *   resets: so a test can put the reset at an exact byte count *and* in a
  *   known state of the VM. Whether the gate opened is recorded.
  * - `resetOnServerFrame`: the connection is reset when the server sends a
- *   frame of that type, before it is forwarded.
+ *   frame of that type, before it is forwarded (`resetAfterServerFrame`:
+ *   just after it).
+ * - `holdAfterClientFrame`: once the client sent a frame of that type, its
+ *   `dsegment` frames (a handoff's delta) are held, each until the server
+ *   asks for it with a `dwant`: what a target needs to resume goes through,
+ *   the rest of the last pass waits (post-copy).
  * - reset(): by hand.
  */
 import net from 'node:net';
@@ -35,6 +40,15 @@ export interface ResetPlan {
   gateLimitMs?: number;
   /** Reset when the server sends a frame of this type, before it is forwarded. */
   resetOnServerFrame?: string;
+  /** Reset when the server sends a frame of this type, just after it is forwarded. */
+  resetAfterServerFrame?: string;
+  /** After the client's frame of this type, hold its `dsegment` frames until the server's `dwant` names them. */
+  holdAfterClientFrame?: string;
+  /**
+   * Connections after the first pass straight through to the target (default: reset): a handed-off
+   * client told to go where its source reached the target (the proxy) gets there.
+   */
+  passLater?: boolean;
   mode?: ResetMode;
 }
 
@@ -78,11 +92,11 @@ class Splitter {
   }
 }
 
-function typeOf(raw: Buffer): string {
+function headerOf(raw: Buffer): { type: string; index?: unknown; segments?: unknown } {
   try {
-    return decodeFrameBody(raw.subarray(PREFIX)).header.type;
+    return decodeFrameBody(raw.subarray(PREFIX)).header;
   } catch {
-    return '<undecodable>';
+    return { type: '<undecodable>' };
   }
 }
 
@@ -101,6 +115,15 @@ export class ResetProxy {
   private gateOpened: boolean | null = null;
   /** Set at the threshold: nothing more goes to the server. */
   private stalled = false;
+  /** With holdAfterClientFrame, once that frame went: held `dsegment` frames by index, and the indexes asked for. */
+  private holding = false;
+  private readonly held = new Map<number, Buffer>();
+  private readonly wanted = new Set<number>();
+  /** Connections passed straight through (passLater), closed with the proxy. */
+  private readonly passed: net.Socket[] = [];
+  /** `dsegment` frames held back, and let through on a `dwant`, so far. */
+  heldCount = 0;
+  releasedCount = 0;
   readonly s2cTypes: string[] = [];
   private record: ResetRecord | null = null;
   private resolveReset!: (r: ResetRecord) => void;
@@ -140,10 +163,20 @@ export class ResetProxy {
 
   private accept(client: net.Socket): void {
     if (this.client) {
-      client.resetAndDestroy();
+      if (!this.plan.passLater) return void client.resetAndDestroy();
+      const up = net.connect(this.target);
+      this.passed.push(client, up);
+      for (const [x, y] of [
+        [client, up],
+        [up, client],
+      ] as const) {
+        x.on('error', () => y.destroy());
+        x.on('close', () => y.destroy());
+        x.pipe(y);
+      }
       return;
     }
-    this.server.close(); // one connection per proxy
+    if (!this.plan.passLater) this.server.close(); // one connection per proxy
     this.client = client;
     client.pause();
     const upstream = net.connect(this.target);
@@ -174,11 +207,18 @@ export class ResetProxy {
       if (this.record || this.stalled) return;
       // The handshake is every frame before the first segment: hello, session, and the first
       // offload request, which the client sends as soon as it hears `accepted`.
-      if (this.handshakeBytes === null && typeOf(raw) === 'segment') {
+      const h = headerOf(raw);
+      if (this.handshakeBytes === null && h.type === 'segment') {
         this.handshakeBytes = this.c2sForwarded;
         if (this.plan.c2sAt) this.threshold = this.plan.c2sAt(this.handshakeBytes);
       }
+      if (this.holding && h.type === 'dsegment' && typeof h.index === 'number' && !this.wanted.has(h.index)) {
+        this.held.set(h.index, raw);
+        this.heldCount++;
+        continue;
+      }
       this.forward(raw);
+      if (h.type === this.plan.holdAfterClientFrame) this.holding = true;
     }
   }
 
@@ -220,7 +260,8 @@ export class ResetProxy {
     if (this.record || !this.client) return;
     for (const raw of this.s2c.push(d)) {
       if (this.record) return;
-      const type = typeOf(raw);
+      const h = headerOf(raw);
+      const type = h.type;
       if (this.plan.resetOnServerFrame === type) {
         this.reset(this.plan.mode ?? 'both', 'server-frame');
         return;
@@ -230,6 +271,21 @@ export class ResetProxy {
       this.s2cTypes.push(type);
       for (const w of this.typeWaiters.get(type) ?? []) w();
       this.typeWaiters.delete(type);
+      if (type === 'dwant' && Array.isArray(h.segments))
+        for (const i of h.segments as number[]) {
+          this.wanted.add(i);
+          const held = this.held.get(i);
+          if (held) {
+            this.held.delete(i);
+            this.releasedCount++;
+            this.forward(held);
+          }
+        }
+      if (this.plan.resetAfterServerFrame === type) {
+        // (on the next turn: the frame just written goes out first)
+        setImmediate(() => this.reset(this.plan.mode ?? 'both', 'server-frame'));
+        return;
+      }
     }
   }
 
@@ -275,7 +331,8 @@ export class ResetProxy {
   }
 
   close(): void {
-    this.server.close();
+    if (this.server.listening) this.server.close();
+    for (const x of this.passed) x.destroy();
     this.client?.destroy();
     this.upstream?.destroy();
   }
