@@ -31,7 +31,7 @@ import { runClient, type ClientRequest } from './lib/client-run.js';
 import { prepareDemoB, WORK, type Prepared } from './lib/demo-overlay.js';
 import type { Link } from './lib/link.js';
 import { p50, round } from './lib/stats.js';
-import { prepareApp } from './suite.js';
+import { prepareApp } from './lib/suite-app.js';
 
 const MIB = 1 << 20;
 const CLIENT_TIMEOUT_S = 600;

@@ -5,6 +5,9 @@ Usage: python3 offload-server.py APP [--port 8000]     APP: speech | ocr | face 
 
 The app's model is loaded once at start; requests take turns on it (one lock).
   GET  /health -> 200 {"ok":true,"app":APP}
+  GET  /count?add=1 -> 200 {"count":N}: a counter kept in the server, counted on by each such request
+                  (GET /count reads it); a handoff benchmark's stream of small requests, whose count
+                  shows that the app's state went with it and that no request ran twice.
   POST /run    -> 200 {"app":APP, ...result}; the compute time in ms is in the X-Compute-Ms header,
                   so the body is byte-identical for the same input.
                   400 {"error":...} for bad input, 500 {"error":...} for anything else.
@@ -202,6 +205,7 @@ APPS = {"speech": speech_app, "ocr": ocr_app, "face": face_app, "compute": compu
 
 def serve(app, port):
     run, lock = APPS[app](), threading.Lock()
+    counter = {"count": 0, "lock": threading.Lock()}
 
     class Handler(BaseHTTPRequestHandler):
         def reply(self, status, obj, ms=None):
@@ -217,8 +221,13 @@ def serve(app, port):
         def do_GET(self):
             if self.path == "/health":
                 self.reply(200, {"ok": True, "app": app})
+            elif self.path in ("/count", "/count?add=1"):
+                with counter["lock"]:
+                    counter["count"] += self.path.endswith("add=1")
+                    count = counter["count"]
+                self.reply(200, {"count": count})
             else:
-                self.reply(404, {"error": "no such path; try GET /health or POST /run"})
+                self.reply(404, {"error": "no such path; try GET /health, GET /count or POST /run"})
 
         def do_POST(self):
             if self.path != "/run":
