@@ -23,7 +23,9 @@
  * per app, not once per round.
  *
  * BENCH_HANDOFF_RUNS (default 3) rounds per link; BENCH_HANDOFF_LINKS
- * (default wifi,lan). Writes bench/results/handoff-<time>.json and an SVG of
+ * (default wifi,lan); BENCH_HANDOFF_AUTO_CONVERGE=1: the baseline with
+ * QEMU's auto-converge (`virsh migrate --auto-converge`; without it a Debian
+ * app's migration at 38 Mbit/s did not converge under the stream). Writes bench/results/handoff-<time>.json and an SVG of
  * the request stream across one handoff of each app, link and mode
  * (bench/lib/handoff-report.ts).
  */
@@ -134,7 +136,16 @@ export async function benchHandoff(): Promise<void> {
     const runDirA = await serve(scope, topo.nodes.a, tmp, trust);
     await serve(scope, topo.nodes.b, tmp, trust);
     const addrB = `${topo.nodes.b.addr}:${PORT}`;
-    const ctx = { nodes: topo.nodes, runDirA, addrA: `${topo.nodes.a.addr}:${PORT}`, addrB, token: TOKEN, lv };
+    const migration = { autoConverge: process.env.BENCH_HANDOFF_AUTO_CONVERGE === '1', signal: ac.signal };
+    const ctx = {
+      nodes: topo.nodes,
+      runDirA,
+      addrA: `${topo.nodes.a.addr}:${PORT}`,
+      addrB,
+      token: TOKEN,
+      lv,
+      migration,
+    };
     // B's store takes each overlay first: what crosses A-B in a handoff is then the delta alone.
     for (const app of apps) {
       say(`${app.name}: B's store takes the overlay`);
@@ -177,6 +188,7 @@ export async function benchHandoff(): Promise<void> {
       cpus: os.cpus().length,
       runs,
       apps: appNames,
+      autoConverge: migration.autoConverge,
       summary,
       failures,
       results,

@@ -37,7 +37,8 @@ export interface SummaryRow {
   bytesOverAB: number | null;
   deltaBytes: number | null;
   bytesOverDelta: number | null;
-  countedOnce: boolean;
+  /** (null: no run of the cell succeeded.) */
+  countedOnce: boolean | null;
 }
 
 export function summarize(
@@ -74,7 +75,7 @@ export function summarize(
               ),
               3,
             ),
-            countedOnce: rs.every((r) => r.countedOnce),
+            countedOnce: rs.length ? rs.every((r) => r.countedOnce) : null,
           },
         ];
       }),
@@ -93,7 +94,7 @@ export function printSummary(summary: SummaryRow[], apps: string[], links: Link[
         console.log(
           `  ${s.mode.padEnd(7)} downtime p50 ${s.downtimeMs.p50} ms (p90 ${s.downtimeMs.p90}), stop ${s.stoppedMs} ms, total ${s.totalMs} ms, over A-B ${s.bytesOverAB} bytes` +
             (s.mode === 'migrate'
-              ? ` (QEMU counted ${s.deltaBytes} for RAM, devices and disk), the app's state went on: ${s.countedOnce}; the guest died on B in ${s.failed} of ${s.n + s.failed} runs`
+              ? ` (QEMU counted ${s.deltaBytes} for RAM, devices and disk), the app's state went on: ${s.countedOnce}; failed (the guest dead on B, or no convergence) in ${s.failed} of ${s.n + s.failed} runs`
               : ` = ${s.bytesOverDelta}x the compressed delta (target ≤ 1.2), every request once: ${s.countedOnce}` +
                 (s.failed ? `; ${s.failed} run(s) failed` : '')),
         );

@@ -84,6 +84,8 @@ export interface RunContext {
   addrB: string;
   token: string;
   lv: Libvirt;
+  /** The baseline's options: QEMU's auto-converge (`virsh migrate --auto-converge`), and the bench's abort. */
+  migration: { autoConverge: boolean; signal: AbortSignal };
 }
 
 /** The client's part, in its namespace: JSON lines on stdout. */
@@ -268,6 +270,7 @@ export async function migrateRun(
             countPath: app.countPath,
             leadMs: 1500,
             tailMs: 1500,
+            ...ctx.migration,
             progress: (what) => {
               if (performance.now() - said < 5000 && !what.includes('failed')) return;
               said = performance.now();

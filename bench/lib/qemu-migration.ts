@@ -7,7 +7,10 @@
  * exported over NBD; the source mirrors its disk into that export
  * (blockdev-mirror, sync full) until the mirror is ready, then migrates RAM
  * and devices (QMP migrate, pre-copy, QEMU's default 300 ms downtime limit,
- * no bandwidth cap: libvirt's defaults); once the migration completes, the
+ * no bandwidth cap: libvirt's defaults; `autoConverge`: QEMU throttles the
+ * guest's CPUs while its dirty rate outruns the link, as `virsh migrate
+ * --auto-converge` asks; a RAM phase that does not converge within
+ * `ramLimitMs` is cancelled); once the migration completes, the
  * mirror is cancelled (its copy is complete), the target's NBD server
  * stopped, and the target continued.
  *
@@ -35,6 +38,8 @@ import { jsonLines, stopWith } from './child-io.js';
 import { netnsPath, type TopologyNode } from './topology.js';
 
 const run = promisify(execFile);
+/** A RAM phase this long has not converged: at 38 Mbit/s it has sent 1.4 GB, more than a 1 GiB VM's RAM. */
+const RAM_LIMIT_MS = 300_000;
 
 /** A QMP command to a libvirt domain's QEMU, through libvirt's monitor. */
 export async function domainQmp<T = unknown>(domain: string, command: string, args?: object): Promise<T> {
@@ -133,6 +138,12 @@ export interface MigrationOptions {
   onTargetRunning?: (hostPort: number, logs: string[]) => void;
   /** Where the migration is, now and then (each poll). */
   progress?: (what: string) => void;
+  /** QEMU's auto-converge capability (`virsh migrate --auto-converge`); default off, as libvirt's. */
+  autoConverge?: boolean;
+  /** The RAM phase's limit: past it the migration is cancelled, as one that does not converge (default 5 min). */
+  ramLimitMs?: number;
+  /** Aborts the migration (cancelled on the source) at the next poll. */
+  signal?: AbortSignal;
 }
 
 interface BlockInfo {
@@ -189,7 +200,12 @@ export async function migrateLive(
 
   const src = <T>(cmd: string, args?: object) => domainQmp<T>(o.domain, cmd, args);
   const sourceNode = diskNode(await src<BlockInfo[]>('query-block'));
-  await src('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: false }] });
+  await src('migrate-set-capabilities', {
+    capabilities: [
+      { capability: 'x-ignore-shared', state: false },
+      { capability: 'auto-converge', state: o.autoConverge === true },
+    ],
+  });
   await src('migrate-set-parameters', { 'max-bandwidth': Number.MAX_SAFE_INTEGER });
   await src('blockdev-add', {
     driver: 'nbd',
@@ -208,18 +224,32 @@ export async function migrateLive(
     const j = jobs.find((x) => x.device === 'migrate-disk');
     if (!j) throw new Error('the disk mirror ended before it was ready');
     if (j.ready) break;
+    if (o.signal?.aborted) {
+      await src('block-job-cancel', { device: 'migrate-disk', force: true }).catch(() => undefined);
+      throw o.signal.reason;
+    }
     o.progress?.(`disk mirror ${j.offset} of ${j.len} bytes`);
     await sleep(100);
   }
   await src('migrate', { uri: `unix:${migOut}` });
+  const ramFrom = performance.now();
   let info: {
     status: string;
     downtime?: number;
+    'expected-downtime'?: number;
     ram?: { transferred: number; remaining: number };
     'error-desc'?: string;
   };
   for (;;) {
     info = await src('query-migrate');
+    const over = performance.now() - ramFrom > (o.ramLimitMs ?? RAM_LIMIT_MS);
+    if ((over || o.signal?.aborted) && info.status === 'active') {
+      await src('migrate_cancel');
+      if (o.signal?.aborted) throw o.signal.reason;
+      throw new Error(
+        `QEMU's migration did not converge in ${Math.round((o.ramLimitMs ?? RAM_LIMIT_MS) / 1000)} s of RAM phase: cancelled (RAM sent ${info.ram?.transferred ?? 0} bytes, ${info.ram?.remaining ?? '?'} remaining; expected downtime ${info['expected-downtime'] ?? '?'} ms against the 300 ms limit)`,
+      );
+    }
     o.progress?.(
       `migration ${info.status}, RAM sent ${info.ram?.transferred ?? 0}, remaining ${info.ram?.remaining ?? '?'}`,
     );
