@@ -128,6 +128,13 @@ class ChunkSet {
   }
 }
 
+/** An untrusted field's value for a message: never throws (String() does on an object with a bad toString). */
+function shown(v: unknown): string {
+  if (typeof v === 'string') return `"${v.slice(0, 80)}"`;
+  if (v === null || v === undefined || typeof v === 'number' || typeof v === 'boolean') return String(v);
+  return Array.isArray(v) ? 'an array' : v instanceof Uint8Array ? 'bytes' : `a value of type ${typeof v}`;
+}
+
 /**
  * Decodes and validates a body: every field present and typed, segments
  * contiguous, every record in range, every chunk listed once, every SELF
@@ -137,12 +144,9 @@ export function decodeBody(bytes: Uint8Array): OverlayBody {
   const b = asMap(unpackBody(bytes));
   if (!b) throw corrupt('the overlay body is not a map');
   if (b.format !== OVERLAY_FORMAT)
-    throw new VmsynthError(
-      'VMS_OVERLAY_FORMAT',
-      `overlay body format "${String(b.format).slice(0, 80)}" is not ${OVERLAY_FORMAT}`,
-    );
+    throw new VmsynthError('VMS_OVERLAY_FORMAT', `overlay body format ${shown(b.format)} is not ${OVERLAY_FORMAT}`);
   const chunkSize = b.chunkSize;
-  if (chunkSize !== 4096) throw corrupt(`unsupported chunk size ${String(chunkSize)}`);
+  if (chunkSize !== 4096) throw corrupt(`unsupported chunk size ${shown(chunkSize)}`);
   const base = asMap(b.base);
   const chunkCount: number[] = [];
   for (const name of IMAGE_NAMES) {

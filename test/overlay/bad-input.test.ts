@@ -163,6 +163,21 @@ t.test('an unknown format version', async (t) => {
     }),
   );
   await refused(t, dir, 'VMS_OVERLAY_FORMAT');
+  // A format or chunk size that is a map whose toString is not a function: String() of it throws (a fuzz find).
+  for (const [field, code] of [
+    ['format', 'VMS_OVERLAY_FORMAT'],
+    ['chunkSize', 'VMS_OVERLAY_CORRUPT'],
+  ] as const) {
+    const odd = await damaged((d) =>
+      rewriteEnvelope(d, (env) => {
+        const body = unpackBody(env.body) as Record<string, any>;
+        body[field] = { toString: {} };
+        env.body = encodeBody(body);
+        env.signature.sig = signBytes(key, env.body);
+      }),
+    );
+    await refused(t, odd, code);
+  }
   // An overlay of the previous version says what to do about it.
   const v1 = await damaged((d) =>
     rewriteEnvelope(d, (env) => {
