@@ -40,6 +40,11 @@ export type SourceMessage =
       overlayId?: Buffer;
       /** The manifest as the client sent it; empty when the offer names the overlay by id alone. */
       manifest: Buffer;
+      /**
+       * The VM's generation ID (null: its machine has none). B starts its domain with it as
+       * soon as it accepts, waiting for the device state (absent: B starts it after the stop).
+       */
+      genid?: string | null;
     }
   | { type: 'segment'; index: number; data: Buffer }
   | { type: 'pass'; pass: number; tables: Buffer }
@@ -115,6 +120,7 @@ export function parseSourceMessage(f: Frame): SourceMessage {
       need(f, h.overlayUrl === undefined || str(h.overlayUrl), 'overlayUrl');
       need(f, h.overlayId === undefined || bytes(h.overlayId, HASH_BYTES), 'overlayId');
       need(f, f.payload.length > 0 || h.overlayId !== undefined, 'manifest');
+      need(f, h.genid === undefined || h.genid === null || (str(h.genid) && h.genid.length <= 64), 'genid');
       return {
         type: 'offer',
         session: h.session as string,
@@ -124,6 +130,7 @@ export function parseSourceMessage(f: Frame): SourceMessage {
         ...(h.overlayUrl !== undefined ? { overlayUrl: h.overlayUrl as string } : {}),
         ...(h.overlayId !== undefined ? { overlayId: Buffer.from(h.overlayId as Uint8Array) } : {}),
         manifest: f.payload,
+        ...(h.genid !== undefined ? { genid: h.genid as string | null } : {}),
       };
     case 'segment':
     case 'dsegment':

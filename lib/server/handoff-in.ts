@@ -180,7 +180,10 @@ export class HandoffIn {
     });
     await this.link.send({ type: 'accepted', session: synth.id });
     synth.run();
-    synth.vm.mountEarly(); // the mount and the keeper's start stay out of the stop
+    // The mount, the keeper's start and (when the source named its VM generation) the domain's
+    // start stay out of the stop.
+    if (m.genid !== undefined) synth.vm.startAhead(m.genid ?? undefined);
+    else synth.vm.mountEarly();
   }
 
   /** Every chunk is here: the source may let go, and the session waits for its client. */

@@ -219,6 +219,8 @@ export async function handOff(o: HandoffOutOptions): Promise<HandoffReport> {
       secretSha256: offer.secretSha256,
       overlayId: manifestOverlayId(offer.manifest),
       ...(offer.overlayUrl ? { overlayUrl: offer.overlayUrl } : {}),
+      // (B starts its domain with it while pre-copy runs: the stop then only loads the devices.)
+      genid: synth.vm.restored?.spec.genid ?? null,
     };
     const acceptance = inbox.next('accepted');
     const manifestWanted = inbox.next('manifest');

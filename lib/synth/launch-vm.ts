@@ -18,7 +18,13 @@ import { askApp, type HttpReply } from '../vm/guest-app.js';
 import { qemuPid, type Libvirt } from '../vm/libvirt.js';
 import { saveDevices } from '../vm/migration.js';
 import { explainFailure, type RunningVm } from '../vm/machine.js';
-import { adoptRestored, restoreVm, type RestoredVm } from '../vm/restore.js';
+import {
+  adoptRestored,
+  prepareRestore,
+  type PendingRestore,
+  type RestoredVm,
+  type RestoreOptions,
+} from '../vm/restore.js';
 import type { RunDir } from '../vm/run-dir.js';
 import type { LaunchImages, MountedImages } from './launch-images.js';
 import { describeHeld, type SessionLedger, type SynthStats } from './ledger.js';
@@ -56,6 +62,8 @@ export class LaunchVm {
   private mounting: Promise<MountedImages> | null = null;
   /** A handoff's target: the device state (without RAM) and generation ID the VM goes on with. */
   private handedOff: { deviceState: Uint8Array; genid: string | undefined } | null = null;
+  /** A handoff's target: the domain started ahead, waiting for that device state (startAhead). */
+  private ahead: { genid: string | undefined; pending: Promise<PendingRestore> } | null = null;
 
   constructor(private readonly o: LaunchVmOptions) {
     setMaxListeners(0, this.changed); // one listener per offload request waiting (bounded by maxOffloadsInFlight)
@@ -87,6 +95,20 @@ export class LaunchVm {
   startHandedOff(deviceState: Uint8Array, genid: string | undefined): void {
     this.handedOff = { deviceState, genid };
     this.start();
+  }
+
+  /**
+   * A handoff's target, once it accepted: mounts the images and starts the domain now, waiting
+   * for incoming state, with the source's generation ID. The stop then costs only the device
+   * state's load. The domain is the session's: it goes with it if the handoff fails.
+   */
+  startAhead(genid: string | undefined): void {
+    if (this.o.ended() || this.ahead || this.vm) return;
+    const pending = this.mount().then((images) =>
+      prepareRestore(this.o.lv, this.restoreOptions(images, { genid }), this.o.scope),
+    );
+    pending.catch(() => undefined); // (the resume hears it)
+    this.ahead = { genid, pending };
   }
 
   /** The running VM (its QMP, its qcow2 layer), once it runs. */
@@ -162,6 +184,7 @@ export class LaunchVm {
   async settled(): Promise<void> {
     await this.resuming.catch(() => undefined);
     await this.mounting?.catch(() => undefined);
+    await this.ahead?.pending.catch(() => undefined);
   }
 
   /**
@@ -182,24 +205,38 @@ export class LaunchVm {
     ));
   }
 
-  private async resume(): Promise<void> {
+  /** How the VM restores; `handoff`: a handoff's target (the devices without RAM, and the source's generation ID). */
+  private restoreOptions(
+    images: MountedImages,
+    handoff: { genid: string | undefined } | null,
+  ): Omit<RestoreOptions, 'deviceState'> {
     const { base, overlay, dir } = this.o;
-    const images = await this.mount();
-    this.vm = await restoreVm(
-      this.o.lv,
-      {
-        base,
-        run: dir,
-        memory: { path: images.memory, share: false },
-        disk: { path: images.disk },
-        deviceState: this.handedOff?.deviceState ?? overlay.deviceState(),
-        ...(this.handedOff ? { devicesOnly: true, genid: this.handedOff.genid } : {}),
-        appPort: overlay.body.vm.appPort,
-        signal: this.abort.signal,
-        onStarted: (vm) => this.watch(vm),
-      },
-      this.o.scope,
-    );
+    return {
+      base,
+      run: dir,
+      memory: { path: images.memory, share: false },
+      disk: { path: images.disk },
+      ...(handoff ? { devicesOnly: true, genid: handoff.genid } : {}),
+      appPort: overlay.body.vm.appPort,
+      signal: this.abort.signal,
+      onStarted: (vm) => this.watch(vm),
+    };
+  }
+
+  private async resume(): Promise<void> {
+    const handed = this.handedOff;
+    if (this.ahead && handed && this.ahead.genid !== handed.genid)
+      throw new VmsynthError('VMS_HANDOFF', "the source's last pass names another VM generation than its offer", {
+        details: { step: 'target' },
+      });
+    const pending =
+      (handed && this.ahead?.pending) ||
+      prepareRestore(
+        this.o.lv,
+        this.restoreOptions(await this.mount(), handed ? { genid: handed.genid } : null),
+        this.o.scope,
+      );
+    this.vm = await (await pending).load(handed?.deviceState ?? this.o.overlay.deviceState());
     publish('domainRunning', { name: this.domain, ms: this.o.ledger.ms(), genid: this.vm.spec.genid ?? null });
   }
 

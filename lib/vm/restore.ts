@@ -3,8 +3,9 @@
  * are. Given a base (the machine: kernel, CPU, devices), memory and disk
  * images and a device state, it starts a transient domain waiting for
  * incoming state, loads the device state, and returns once the VM runs.
- * `vmsynth base resume`, synthesis, customization and the coming handoff
- * target all restore through here.
+ * `vmsynth base resume`, synthesis, customization and a handoff's target all
+ * restore through here; the target starts the domain ahead (prepareRestore)
+ * and loads the device state once the source stops.
  *
  * The disk image is never written: guest writes go to a local qcow2 layer
  * created over it. The memory image is mapped share=off (writes stay in
@@ -119,6 +120,25 @@ export function restoreSpec(
 
 /** Restores a VM from the given images and device state; resolves when it runs. */
 export async function restoreVm(lv: Libvirt, opts: RestoreOptions, scope: Scope): Promise<RestoredVm> {
+  return (await prepareRestore(lv, opts, scope)).load(opts.deviceState);
+}
+
+/** A domain started and waiting for its device state (prepareRestore). */
+export interface PendingRestore {
+  /** Loads the device state and continues the VM; resolves when it runs. */
+  load(deviceState: string | Uint8Array): Promise<RestoredVm>;
+}
+
+/**
+ * Starts the domain, waiting for incoming state, and stops there: the device
+ * state comes with load(). QEMU reads no guest RAM before the state loads, so
+ * the images may still change until then (a handoff's last pass).
+ */
+export async function prepareRestore(
+  lv: Libvirt,
+  opts: Omit<RestoreOptions, 'deviceState'>,
+  scope: Scope,
+): Promise<PendingRestore> {
   const { base, run } = opts;
   const layer = opts.disk.layer ?? run.file('disk.qcow2');
   if (opts.disk.layer) scope.defer(`remove ${layer}`, () => fsp.rm(layer, { force: true }), { lasting: true });
@@ -136,11 +156,6 @@ export async function restoreVm(lv: Libvirt, opts: RestoreOptions, scope: Scope)
     layer,
     String(base.manifest.disk.bytes),
   ]);
-  let state = opts.deviceState;
-  if (typeof state !== 'string') {
-    await fsp.writeFile(run.file('device.state'), state);
-    state = run.file('device.state');
-  }
   // (A process in another network namespace than QEMU's picks the ports in QEMU's: guest-netns.ts.)
   const gn = await guestNet();
   const port = () => (gn ? gn.freePort() : freePort());
@@ -158,15 +173,24 @@ export async function restoreVm(lv: Libvirt, opts: RestoreOptions, scope: Scope)
   throwIfAborted(opts.signal);
   const vm = await startVm(lv, spec, scope, { signal: opts.signal });
   opts.onStarted?.(vm);
-  try {
-    await loadState(vm.qmp, state, run.file('incoming.sock'), {
-      ignoreShared: opts.memory.path !== null,
-      signal: opts.signal,
-    });
-  } catch (err) {
-    throw await explainFailure(err, vm);
-  }
-  return { ...vm, hostPort, agentPort, diskLayer: layer };
+  return {
+    async load(deviceState) {
+      let state = deviceState;
+      if (typeof state !== 'string') {
+        await fsp.writeFile(run.file('device.state'), state);
+        state = run.file('device.state');
+      }
+      try {
+        await loadState(vm.qmp, state, run.file('incoming.sock'), {
+          ignoreShared: opts.memory.path !== null,
+          signal: opts.signal,
+        });
+      } catch (err) {
+        throw await explainFailure(err, vm);
+      }
+      return { ...vm, hostPort, agentPort, diskLayer: layer };
+    },
+  };
 }
 
 /**

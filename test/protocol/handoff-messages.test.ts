@@ -53,6 +53,13 @@ t.test('the source and the target send what the other accepts', async (t) => {
     [Buffer.alloc(32, 5), 0],
     'an offer by overlay id alone, no manifest',
   );
+  const ahead = { type: 'offer', session: 'a1', client: 'c', policy: 'x', secretSha256: Buffer.alloc(32) };
+  for (const genid of ['3f1c2a4e-0000-4000-8000-000000000001', null]) {
+    const o = parseSourceMessage(frame({ ...ahead, genid }, Buffer.from('m')));
+    t.same(o.type === 'offer' && o.genid, genid, `an offer that names the VM generation (${genid}): B starts ahead`);
+  }
+  const old = parseSourceMessage(frame(ahead, Buffer.from('m')));
+  t.notOk(old.type === 'offer' && 'genid' in old, 'an offer without it: B starts after the stop');
   t.same(parseTargetMessage(frame({ type: 'manifest' })), { type: 'manifest' }, 'B asks for the manifest');
   t.same(parseSourceMessage(frame({ type: 'dsegment', index: 9 }, Buffer.from([1]))).type, 'dsegment');
   const pass = parseSourceMessage(frame({ type: 'pass', pass: 0 }, encodeTables([table])));
@@ -81,6 +88,9 @@ t.test('malformed handoff messages and payloads are VMS_PROTOCOL', async (t) => 
   const offer = { type: 'offer', session: 'a', client: 'c', policy: 'x', secretSha256: Buffer.alloc(32) };
   t.throws(() => parseSourceMessage(frame(offer)), bad, 'an offer with neither manifest nor overlay id');
   t.throws(() => parseSourceMessage(frame({ ...offer, overlayId: Buffer.alloc(31) })), bad, 'a short overlay id');
+  const m = Buffer.from('m');
+  t.throws(() => parseSourceMessage(frame({ ...offer, genid: 7 }, m)), bad, 'a generation ID not a string');
+  t.throws(() => parseSourceMessage(frame({ ...offer, genid: 'x'.repeat(65) }, m)), bad, 'a long generation ID');
   t.throws(() => parseSourceMessage(frame({ type: 'accepted', session: 'x' })), bad, "a target's message");
   t.throws(() => parseTargetMessage(frame({ type: 'dsegment', index: 1 }, Buffer.from([1]))), bad);
   t.throws(() => parseTargetMessage(frame({ type: 'dwant', segments: [] })), bad, 'an empty list');
