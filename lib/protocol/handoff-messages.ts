@@ -5,7 +5,8 @@
  * protocol, and moves the VM:
  *
  *   A: hello (as a client's, with this protocol)  B: welcome
- *   A: offer (the overlay's id, or its manifest; the session's client, policy, secret hash)
+ *   A: offer (the overlay's id, or its manifest; the session's client, policy, secret hash;
+ *            the VM's generation ID, with which B starts its domain ahead)
  *   B: manifest (it keeps no manifest with that id: A offers again, with it)
  *   B: accepted (its session id) | error
  *   B: want (overlay segments its store and the object store lack)  A: segment

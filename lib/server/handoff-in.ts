@@ -4,8 +4,10 @@
  * (the base must be here, the overlay's key trusted, room for one more
  * session), starts an incoming synthesis session (SynthOptions.incoming:
  * the overlay from the store, the object store, or the source, applied
- * whole), then takes the delta passes (synth/handoff-intake.ts), the
- * request log and the device state, and resumes the VM. The session is a
+ * whole), starts the VM's domain waiting for incoming state (the offer
+ * names the VM's generation), then takes the delta passes
+ * (synth/handoff-intake.ts), the request log and the device state, and
+ * resumes the VM: the stop costs the device state's load, not the domain's start. The session is a
  * ServedSession like any other: its client resumes it here with its secret.
  *
  * If the source goes away before every chunk is here, the VM cannot finish:
