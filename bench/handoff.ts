@@ -32,14 +32,11 @@
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cacheDir, packageRoot } from '../lib/core/paths.js';
+import { packageRoot } from '../lib/core/paths.js';
 import { Scope } from '../lib/core/scope.js';
 import { APP_NAMES, type AppName } from '../lib/guest/app-inputs.js';
-import { buildDebianGuest, debianBaseSource } from '../lib/guest/debian.js';
 import { detectAccel } from '../lib/vm/accel.js';
-import { ensureBase } from '../lib/vm/base.js';
 import { Libvirt } from '../lib/vm/libvirt.js';
-import { benchKey } from './lib/bench-key.js';
 import { renderSvg } from './lib/chart.js';
 import { startCloudlet } from './lib/cloudlet-server.js';
 import { prepare } from './lib/demo-overlay.js';
@@ -55,7 +52,7 @@ import {
 import { handoffChart, printSummary, summarize, type Failure } from './lib/handoff-report.js';
 import { LINKS } from './lib/link.js';
 import { onSignals } from './lib/signals.js';
-import { prepareApp } from './lib/suite-app.js';
+import { prepareApp, suiteBase } from './lib/suite-app.js';
 import { createTopology, removeStaleTopology, setLinks, type TopologyNode } from './lib/topology.js';
 
 const PREFIX = 'vmshb-';
@@ -78,8 +75,12 @@ async function serve(scope: Scope, node: TopologyNode, tmp: string, trust: strin
 
 /** The apps asked for, built (or found in the cache), with the keys that sign them. */
 async function prepareApps(names: string[], signal: AbortSignal): Promise<{ apps: HandoffApp[]; trust: string[] }> {
+  for (const name of names)
+    if (name !== 'demo' && !(APP_NAMES as readonly string[]).includes(name))
+      throw new Error(`BENCH_HANDOFF_APPS: unknown app "${name}"; choose from demo, ${APP_NAMES.join(', ')}`);
   const apps: HandoffApp[] = [];
   const trust: string[] = [];
+  let debian: ReturnType<typeof suiteBase> | null = null;
   for (const name of names) {
     if (name === 'demo') {
       const p = await prepare(signal, { profile: false });
@@ -93,11 +94,7 @@ async function prepareApps(names: string[], signal: AbortSignal): Promise<{ apps
       apps.push({ name, overlay: p.overlay.dir, base: p.base, build, stream: '/state?add=1', countPath: '/state?' });
       continue;
     }
-    if (!(APP_NAMES as readonly string[]).includes(name))
-      throw new Error(`BENCH_HANDOFF_APPS: unknown app "${name}"; choose from demo, ${APP_NAMES.join(', ')}`);
-    const guest = await buildDebianGuest();
-    const { base } = await ensureBase('debian', debianBaseSource(guest), signal);
-    const key = await benchKey(path.join(cacheDir(), 'bench', 'suite'));
+    const { guest, base, key } = await (debian ??= suiteBase(signal));
     say(`${name}: building or finding its overlay (the suite bench's)`);
     const a = await prepareApp(name as AppName, guest, base, key, false, signal);
     trust.push(key.pubFile);

@@ -15,23 +15,19 @@
  * B's compressed bytes less its shared payload chunks' share of them
  * (lib/offline/share.ts, measured on the two overlays).
  */
-import path from 'node:path';
 import type { SynthesizeResult } from '../lib/client/client.js';
-import { cacheDir } from '../lib/core/paths.js';
 import { abortReason, throwIfAborted } from '../lib/core/scope.js';
-import { buildDebianGuest, debianBaseSource } from '../lib/guest/debian.js';
 import { overlayShare, type ShareReport } from '../lib/offline/share.js';
 import type { Overlay } from '../lib/overlay/reader.js';
 import type { SegmentStore } from '../lib/store/segment-store.js';
 import type { SynthStats } from '../lib/synth/session.js';
-import { ensureBase } from '../lib/vm/base.js';
 import { workPath } from '../lib/vm/guest-app.js';
-import { benchKey, type BenchKey } from './lib/bench-key.js';
+import type { BenchKey } from './lib/bench-key.js';
 import { runClient, type ClientRequest } from './lib/client-run.js';
 import { prepareDemoB, WORK, type Prepared } from './lib/demo-overlay.js';
 import type { Link } from './lib/link.js';
 import { p50, round } from './lib/stats.js';
-import { prepareApp } from './lib/suite-app.js';
+import { prepareApp, suiteBase } from './lib/suite-app.js';
 
 const MIB = 1 << 20;
 const CLIENT_TIMEOUT_S = 600;
@@ -66,9 +62,7 @@ export async function preparePairs(demo: Prepared, keys: BenchKey[], signal: Abo
       a = { overlay: demo.overlay, request: req };
       b = { overlay: await prepareDemoB(demo, signal), request: req };
     } else {
-      const guest = await buildDebianGuest();
-      const { base } = await ensureBase('debian', debianBaseSource(guest), signal);
-      const key = await benchKey(path.join(cacheDir(), 'bench', 'suite'));
+      const { guest, base, key } = await suiteBase(signal);
       if (!keys.some((k) => k.keyId === key.keyId)) keys.push(key);
       const app = async (n: 'speech' | 'ocr'): Promise<App> => {
         const p = await prepareApp(n, guest, base, key, false, signal);

@@ -45,16 +45,13 @@ import path from 'node:path';
 import type { SegmentSend } from '../lib/client/client.js';
 import { VmsynthError } from '../lib/core/errors.js';
 import { attachLogger } from '../lib/core/log.js';
-import { cacheDir, packageRoot } from '../lib/core/paths.js';
+import { packageRoot } from '../lib/core/paths.js';
 import { abortReason, Scope, throwIfAborted } from '../lib/core/scope.js';
 import type { AppName } from '../lib/guest/app-inputs.js';
 import { APP_NAMES, APPS } from '../lib/guest/apps.js';
-import { buildDebianGuest, debianBaseSource } from '../lib/guest/debian.js';
 import type { Policy } from '../lib/protocol/messages.js';
 import { SynthServer } from '../lib/server/server.js';
 import { detectAccel } from '../lib/vm/accel.js';
-import { ensureBase } from '../lib/vm/base.js';
-import { benchKey } from './lib/bench-key.js';
 import { runClient } from './lib/client-run.js';
 import {
   checkLinkTools,
@@ -81,9 +78,8 @@ import {
   type SuiteResult,
 } from './lib/suite-report.js';
 import { svgFirstResponse, svgTimeline } from './lib/suite-charts.js';
-import { prepareApp, type PreparedApp } from './lib/suite-app.js';
+import { prepareApp, suiteBase, type PreparedApp } from './lib/suite-app.js';
 import {
-  BASE_NAME,
   localRound,
   prepareLocal,
   remoteInstall,
@@ -234,9 +230,7 @@ export async function benchSuite(argv: string[] = []): Promise<void> {
     progress(
       `accelerator ${accel.toUpperCase()} (${reason}); apps ${args.apps.join(', ')}; links ${args.links.map((l) => l.name).join(', ')}; ${args.runs} run(s) per cell`,
     );
-    const guest = await buildDebianGuest();
-    const { base } = await ensureBase(BASE_NAME, debianBaseSource(guest), signal);
-    const key = await benchKey(path.join(cacheDir(), 'bench', 'suite'));
+    const { guest, base, key } = await suiteBase(signal);
     const apps: PreparedApp[] = [];
     for (const name of args.apps) {
       const a = await prepareApp(name, guest, base, key, args.quick, signal);

@@ -8,7 +8,7 @@
  * reports of it: bytes over A-B, the whole move, the stop, the longest gap
  * between replies, and whether the app counted every request once.
  */
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { execFile, type ChildProcess } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -21,7 +21,7 @@ import { jsonLines } from './child-io.js';
 import { VMSYNTH_CLI } from './cloudlet-server.js';
 import type { Link } from './link.js';
 import { migrateUnderLoad, type MigrationUnderLoad } from './qemu-migration.js';
-import { netnsPath, type TopologyNode } from './topology.js';
+import { nodeScriptIn, type TopologyNode } from './topology.js';
 
 const run = promisify(execFile);
 
@@ -142,26 +142,11 @@ export function client(
   onLine: (o: Record<string, unknown>, c: ChildProcess) => void = () => undefined,
 ): Promise<void> {
   const { overlay, from, to, token, mode, app } = args;
-  const c = spawn(
-    'nsenter',
-    [
-      `--net=${netnsPath(node.ns)}`,
-      process.execPath,
-      '--input-type=module',
-      '-e',
-      CLIENT,
-      overlay,
-      from,
-      to,
-      token,
-      mode,
-      JSON.stringify({ build: app.build, stream: app.stream, countPath: app.countPath }),
-    ],
-    { stdio: ['pipe', 'pipe', 'pipe'] },
-  );
+  const spec = JSON.stringify({ build: app.build, stream: app.stream, countPath: app.countPath });
+  const c = nodeScriptIn(node.ns, CLIENT, [overlay, from, to, token, mode, spec], ['pipe', 'pipe', 'pipe']);
   let err = '';
-  jsonLines(c.stdout, (o) => onLine(o, c));
-  c.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  jsonLines(c.stdout!, (o) => onLine(o, c));
+  c.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   return new Promise<void>((resolve, reject) =>
     c.once('exit', (code) =>
       code === 0 ? resolve() : reject(new Error(`the client exited ${code}: ${err.slice(-1500)}`)),

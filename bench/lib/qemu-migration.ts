@@ -21,7 +21,7 @@
  * link through relays, a unix socket in A's namespace to a TCP connection to
  * B's, which counts the bytes.
  */
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { libvirtUri } from '../../lib/core/paths.js';
 import { sleep, type Scope } from '../../lib/core/scope.js';
@@ -35,7 +35,7 @@ import { consoleTail, guestRequest } from '../../lib/vm/guest-app.js';
 import { restoreSpec } from '../../lib/vm/restore.js';
 import { RunDir } from '../../lib/vm/run-dir.js';
 import { jsonLines, stopWith } from './child-io.js';
-import { netnsPath, type TopologyNode } from './topology.js';
+import { nodeScriptIn, type TopologyNode } from './topology.js';
 
 const run = promisify(execFile);
 /** A RAM phase this long has not converged: at 38 Mbit/s it has sent 1.4 GB, more than a 1 GiB VM's RAM. */
@@ -90,11 +90,7 @@ interface Relay {
 }
 
 async function relay(scope: Scope, node: TopologyNode, pairs: string[]): Promise<Relay> {
-  const c: ChildProcess = spawn(
-    'nsenter',
-    [`--net=${netnsPath(node.ns)}`, process.execPath, '--input-type=module', '-e', RELAY, ...pairs],
-    { stdio: ['pipe', 'pipe', 'inherit'] },
-  );
+  const c = nodeScriptIn(node.ns, RELAY, pairs, ['pipe', 'pipe', 'inherit']);
   stopWith(scope, `the relay in ${node.ns}`, c);
   const lines: Array<(l: Record<string, unknown>) => void> = [];
   jsonLines(c.stdout!, (o) => lines.shift()?.(o));

@@ -20,18 +20,29 @@ import {
   type AppSpec,
 } from '../../lib/guest/apps.js';
 import { buildAptRepo, serveDirectory, type AptRepo } from '../../lib/guest/apt-repo.js';
-import type { DebianGuest } from '../../lib/guest/debian.js';
+import { buildDebianGuest, debianBaseSource, type DebianGuest } from '../../lib/guest/debian.js';
 import { ChunkKind } from '../../lib/overlay/format.js';
 import { readRecord } from '../../lib/overlay/records.js';
 import { createOverlay } from '../../lib/offline/create.js';
 import { profileOverlay } from '../../lib/offline/profile.js';
 import { Overlay } from '../../lib/overlay/reader.js';
-import type { Base } from '../../lib/vm/base.js';
+import { ensureBase, type Base } from '../../lib/vm/base.js';
 import type { AppRequest } from '../../lib/vm/guest-app.js';
 import { elijahSize } from '../elijah.js';
 import { markEntry, pruneAppEntries } from './app-cache.js';
-import { openIfValid, trustedBy, type BenchKey } from './bench-key.js';
+import { benchKey, openIfValid, trustedBy, type BenchKey } from './bench-key.js';
 import type { AppResult } from './suite-report.js';
+
+/** The Debian base's name. */
+export const BASE_NAME = 'debian';
+
+/** The suite's Debian guest and base (built, or found in the cache), and the key that signs its apps' overlays. */
+export async function suiteBase(signal: AbortSignal): Promise<{ guest: DebianGuest; base: Base; key: BenchKey }> {
+  const guest = await buildDebianGuest();
+  const { base } = await ensureBase(BASE_NAME, debianBaseSource(guest), signal);
+  const key = await benchKey(path.join(cacheDir(), 'bench', 'suite'));
+  return { guest, base, key };
+}
 
 /** A customization may take this long (face: about 13 minutes under TCG). */
 export const INSTALL_TIMEOUT_MS = 3 * 3600_000;

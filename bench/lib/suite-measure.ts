@@ -21,11 +21,9 @@ import { guestRequest } from '../../lib/vm/guest-app.js';
 import type { BenchKey } from './bench-key.js';
 import type { Netns } from './link.js';
 import { percentile, round } from './stats.js';
-import { INSTALL_TIMEOUT_MS, type PreparedApp } from './suite-app.js';
+import { BASE_NAME, INSTALL_TIMEOUT_MS, type PreparedApp } from './suite-app.js';
 import type { CellSummary, Sample } from './suite-report.js';
 
-/** The Debian base's name. */
-export const BASE_NAME = 'debian';
 const SERVE_REPO = fileURLToPath(new URL('./serve-repo.js', import.meta.url));
 const progress = (msg: string) => process.stderr.write(`suite: ${msg}\n`);
 

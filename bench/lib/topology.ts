@@ -17,6 +17,7 @@
  * namespace only, so FUSE mounts stay visible to QEMU (`ip netns exec` would
  * give them a mount namespace of their own).
  */
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { exec } from '../../lib/core/exec.js';
 import { VmsynthError } from '../../lib/core/errors.js';
 import type { Scope } from '../../lib/core/scope.js';
@@ -55,6 +56,13 @@ export const NODE_DEV = 'lan0';
 
 /** Path of a namespace, for `nsenter --net=`. */
 export const netnsPath = (ns: string): string => `/run/netns/${ns}`;
+
+/** A node script (an ES module's text) run in namespace `ns` with `args`, entered with nsenter (the network only). */
+export function nodeScriptIn(ns: string, script: string, args: string[], stdio: StdioOptions): ChildProcess {
+  return spawn('nsenter', [`--net=${netnsPath(ns)}`, process.execPath, '--input-type=module', '-e', script, ...args], {
+    stdio,
+  });
+}
 
 function topologyError(what: string, err: unknown): VmsynthError {
   const detail = err instanceof Error ? err.message : String(err);

@@ -229,8 +229,9 @@ export class LaunchVm {
       throw new VmsynthError('VMS_HANDOFF', "the source's last pass names another VM generation than its offer", {
         details: { step: 'target' },
       });
+    // (Only a handoff's target starts ahead, and it resumes with the device state handed over.)
     const pending =
-      (handed && this.ahead?.pending) ||
+      this.ahead?.pending ??
       prepareRestore(
         this.o.lv,
         this.restoreOptions(await this.mount(), handed ? { genid: handed.genid } : null),

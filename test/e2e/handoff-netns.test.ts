@@ -11,7 +11,6 @@
  */
 import { testRoot, removeTestRoot } from '../helpers/env.js';
 import t from 'tap';
-import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -21,7 +20,7 @@ import { createOverlay } from '../../lib/offline/create.js';
 import { generateKey } from '../../lib/overlay/keys.js';
 import { startCloudlet } from '../../bench/lib/cloudlet-server.js';
 import { LINKS } from '../../bench/lib/link.js';
-import { createTopology, netnsPath, removeStaleTopology, type TopologyNode } from '../../bench/lib/topology.js';
+import { createTopology, nodeScriptIn, removeStaleTopology, type TopologyNode } from '../../bench/lib/topology.js';
 import { guestBase } from '../helpers/guest-base.js';
 import { leaks, NO_LEAKS } from '../helpers/leaks.js';
 
@@ -80,25 +79,12 @@ console.log(JSON.stringify(result));
 
 t.test('a VM moves between cloudlets in their own network namespaces, over a 38 Mbit/s link', async (t) => {
   const servers = [await serve(a), await serve(b)];
-  const child = spawn(
-    'nsenter',
-    [
-      `--net=${netnsPath(client.ns)}`,
-      process.execPath,
-      '--input-type=module',
-      '-e',
-      CLIENT,
-      ov,
-      `${a.addr}:8021`,
-      `${b.addr}:8021`,
-      TOKEN,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+  const args = [ov, `${a.addr}:8021`, `${b.addr}:8021`, TOKEN];
+  const child = nodeScriptIn(client.ns, CLIENT, args, ['ignore', 'pipe', 'pipe']);
   let out = '';
   let err = '';
-  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   const code = await new Promise<number | null>((r) => child.once('exit', r));
   t.equal(code, 0, `the client ran (${err.slice(-1500)})`);
   const r = JSON.parse(out.trim().split('\n').pop()!) as {
