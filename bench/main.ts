@@ -39,7 +39,9 @@ and writes JSON to bench/results/):
                   A-B at 38 Mbit/s and 1 Gbit/s (BENCH_HANDOFF_LINKS: wifi,lan),
                   early start, the safe mode and QEMU's live migration with
                   its disk (BENCH_HANDOFF_MODES: early,whole,migrate), runs
-                  each (BENCH_HANDOFF_RUNS, 3); the demo VM only so far.
+                  each (BENCH_HANDOFF_RUNS, 3); apps BENCH_HANDOFF_APPS
+                  (demo,compute,ocr; about 70 min), BENCH_HANDOFF_AUTO_CONVERGE=1
+                  for the baseline with QEMU's auto-converge.
                   Runs only by name
 With no name: ${DEFAULT.join(', ')}.
 `;
